@@ -1,0 +1,242 @@
+"""Value kinds and range checks that settings are declared with.
+
+A *kind* turns a raw value (from YAML, an environment string or Python) into a typed
+one, or says what it is not. A *check* says whether a typed value is in range. Both
+describe themselves for the generated configuration reference.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+import attrs
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+_NONE = {"", "none", "null"}
+
+
+class Check(Protocol):
+    def problem(self, value: Any) -> str | None: ...
+
+    def describe(self) -> str: ...
+
+
+@attrs.frozen
+class Kind:
+    """How raw values of one type are parsed and how the type is named in docs."""
+
+    label: str
+    types: tuple[type, ...]
+    parser: Callable[[Any], Any]
+
+    def parse(self, raw: Any) -> Any:
+        """Typed value for ``raw``; raises ValueError('is not ...') otherwise."""
+        return self.parser(raw)
+
+    def type_problem(self, value: Any) -> str | None:
+        if isinstance(value, bool) and bool not in self.types:
+            return f"{value!r} is not {self.label}"
+        if not isinstance(value, self.types):
+            return f"{value!r} is not {self.label}"
+        return None
+
+
+def _bool(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and raw.strip().lower() in _TRUE | _FALSE:
+        return raw.strip().lower() in _TRUE
+    raise ValueError("is not a boolean (true or false)")
+
+
+def _float(raw: Any) -> float:
+    if isinstance(raw, bool):
+        raise ValueError("is not a number")
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise ValueError("is not a number") from None
+    if not math.isfinite(value):
+        raise ValueError("is not a finite number")
+    return value
+
+
+def _int(raw: Any) -> int:
+    if isinstance(raw, bool):
+        raise ValueError("is not an integer")
+    if isinstance(raw, int):
+        return raw
+    if isinstance(raw, float) and raw.is_integer():
+        return int(raw)
+    if isinstance(raw, str):
+        try:
+            return int(raw.strip())
+        except ValueError:
+            pass
+    raise ValueError("is not an integer")
+
+
+def _str(raw: Any) -> str:
+    if isinstance(raw, str):
+        return raw
+    raise ValueError("is not a string")
+
+
+def _optional(parser: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def parse(raw: Any) -> Any:
+        if raw is None or (isinstance(raw, str) and raw.strip().lower() in _NONE):
+            return None
+        return parser(raw)
+
+    return parse
+
+
+def _split(raw: str) -> list[str]:
+    return [part.strip() for part in raw.split(",") if part.strip()]
+
+
+def _int_list(raw: Any) -> tuple[int, ...]:
+    items: Sequence[Any]
+    if isinstance(raw, str):
+        items = _split(raw)
+    elif isinstance(raw, int) and not isinstance(raw, bool):
+        items = [raw]
+    elif isinstance(raw, (list, tuple)):
+        items = raw
+    else:
+        raise ValueError("is not a list of integers")
+    try:
+        return tuple(_int(item) for item in items)
+    except ValueError:
+        raise ValueError("is not a list of integers") from None
+
+
+def _str_list(raw: Any) -> tuple[str, ...]:
+    if isinstance(raw, str):
+        return tuple(_split(raw))
+    if isinstance(raw, (list, tuple)) and all(isinstance(item, str) for item in raw):
+        return tuple(raw)
+    raise ValueError("is not a list of strings")
+
+
+def _range(raw: Any) -> tuple[float, float]:
+    """``[100, 500]``, ``"100-500"``, ``"100,500"`` or ``{min: 100, max: 500}``."""
+    parts: Sequence[Any]
+    if isinstance(raw, Mapping) and set(raw) == {"min", "max"}:
+        parts = [raw["min"], raw["max"]]
+    elif isinstance(raw, str):
+        parts = raw.replace(",", "-").split("-") if raw.count("-") <= 1 else []
+    elif isinstance(raw, (list, tuple)):
+        parts = raw
+    else:
+        parts = []
+    if len(parts) != 2:
+        raise ValueError("is not a range (min-max, [min, max] or {min, max})")
+    try:
+        return (_float(parts[0]), _float(parts[1]))
+    except ValueError:
+        raise ValueError("is not a range of numbers (min-max)") from None
+
+
+def _body(raw: Any) -> str:
+    """A fault body: text as given, a mapping or list as JSON."""
+    if isinstance(raw, str):
+        return raw
+    if isinstance(raw, (Mapping, list)):
+        return json.dumps(raw, separators=(",", ":"))
+    raise ValueError("is not a string or a mapping")
+
+
+_NUMBER = (int, float)
+BOOL = Kind("a boolean", (bool,), _bool)
+INT = Kind("an integer", (int,), _int)
+FLOAT = Kind("a number", _NUMBER, _float)
+STR = Kind("a string", (str,), _str)
+OPTIONAL_FLOAT = Kind("a number or none", (*_NUMBER, type(None)), _optional(_float))
+OPTIONAL_INT = Kind("an integer or none", (int, type(None)), _optional(_int))
+OPTIONAL_STR = Kind("a string or none", (str, type(None)), _optional(_str))
+OPTIONAL_BODY = Kind("text, a mapping (JSON) or none", (str, type(None)), _optional(_body))
+INT_LIST = Kind("a list of integers", (tuple,), _int_list)
+STR_LIST = Kind("a list of strings", (tuple,), _str_list)
+RANGE = Kind("a range min-max or none", (tuple, type(None)), _optional(_range))
+
+
+def _num(value: float) -> str:
+    return f"{value:g}"
+
+
+@attrs.frozen
+class Between:
+    low: float
+    high: float
+
+    def problem(self, value: Any) -> str | None:
+        if value is None or self.low <= value <= self.high:
+            return None
+        return f"{_num(value)} is not in [{_num(self.low)}, {_num(self.high)}]"
+
+    def describe(self) -> str:
+        return f"[{_num(self.low)}, {_num(self.high)}]"
+
+
+@attrs.frozen
+class AtLeast:
+    low: float
+
+    def problem(self, value: Any) -> str | None:
+        if value is None or value >= self.low:
+            return None
+        return f"{_num(value)} is not >= {_num(self.low)}"
+
+    def describe(self) -> str:
+        return f">= {_num(self.low)}"
+
+
+@attrs.frozen
+class OneOf:
+    values: tuple[str, ...]
+
+    def problem(self, value: Any) -> str | None:
+        if value in self.values:
+            return None
+        return f"{value!r} is not one of {', '.join(self.values)}"
+
+    def describe(self) -> str:
+        return " \\| ".join(f"`{value}`" for value in self.values)
+
+
+@attrs.frozen
+class EachBetween:
+    low: int
+    high: int
+
+    def problem(self, value: Any) -> str | None:
+        bad = [item for item in value if not self.low <= item <= self.high]
+        if not bad:
+            return None
+        return f"{', '.join(map(str, bad))} not in [{self.low}, {self.high}]"
+
+    def describe(self) -> str:
+        return f"each in [{self.low}, {self.high}]"
+
+
+@attrs.frozen
+class OrderedRange:
+    low: float
+
+    def problem(self, value: Any) -> str | None:
+        if value is None:
+            return None
+        lo, hi = value
+        if lo < self.low:
+            return f"{_num(lo)}-{_num(hi)} starts below {_num(self.low)}"
+        if lo > hi:
+            return f"{_num(lo)}-{_num(hi)} is not ordered (min <= max)"
+        return None
+
+    def describe(self) -> str:
+        return f"{_num(self.low)} <= min <= max"

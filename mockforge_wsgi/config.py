@@ -1,0 +1,456 @@
+"""Chaos configuration: frozen attrs classes, their validation, and loading.
+
+Each setting is declared once, with :func:`setting`: its default, how a raw value
+(YAML, an environment string, a Python value) becomes a typed one, what range is
+allowed, and a help text. Validation, the environment variable names and the
+reference table in ``docs/configuration.md`` all come from that one declaration.
+
+Usage::
+
+    config = load_config("chaos.yaml")                      # defaults < YAML < env
+    config = load_config(overrides={"latency": {"fixed_delay_ms": 200}})
+    slower = attrs.evolve(config, latency=attrs.evolve(config.latency, fixed_delay_ms=500))
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+import yaml
+
+from . import _kinds as kinds
+
+__all__ = [
+    "ENV_PREFIX",
+    "ChaosConfig",
+    "ConfigError",
+    "FaultInjectionConfig",
+    "LatencyConfig",
+    "RateLimitConfig",
+    "TrafficShapingConfig",
+    "config_from_dict",
+    "iter_settings",
+    "load_config",
+]
+
+ENV_PREFIX = "MOCKFORGE_CHAOS_"
+ROOT = "chaos"
+
+
+class ConfigError(ValueError):
+    """Every problem found in a configuration, each as ``path: value is not allowed``."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("invalid chaos configuration:\n  " + "\n  ".join(self.problems))
+
+
+def setting(
+    default: Any,
+    kind: kinds.Kind,
+    help: str,
+    check: kinds.Check | None = None,
+) -> Any:
+    """Declare one setting: an attrs field whose metadata drives loading, env and docs."""
+
+    def validate(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        problem = kind.type_problem(value) or (check.problem(value) if check else None)
+        if problem:
+            raise ConfigError([f"{attribute.name}: {problem}"])
+
+    return attrs.field(
+        default=default,
+        validator=validate,
+        metadata={"kind": kind, "check": check, "help": help},
+    )
+
+
+def section(cls: type[Any], help: str) -> Any:
+    """Declare a nested section (``latency``, ``fault_injection``, ...)."""
+    return attrs.field(factory=cls, metadata={"section": cls, "help": help})
+
+
+PROBABILITY = kinds.Between(0.0, 1.0)
+PERCENT = kinds.Between(0.0, 100.0)
+NON_NEGATIVE = kinds.AtLeast(0)
+POSITIVE = kinds.AtLeast(1)
+
+
+@attrs.frozen
+class LatencyConfig:
+    """Delay added before the app runs."""
+
+    enabled: bool = setting(False, kinds.BOOL, "Inject latency at all.")
+    fixed_delay_ms: float = setting(
+        0.0, kinds.FLOAT, "Base delay; the mean of `normal`.", NON_NEGATIVE
+    )
+    random_delay_range_ms: tuple[float, float] | None = setting(
+        None,
+        kinds.RANGE,
+        "Delay drawn uniformly from `min-max`; used when distribution is `uniform` "
+        "(or `auto` and this is set).",
+        kinds.OrderedRange(0),
+    )
+    jitter_percent: float = setting(
+        0.0, kinds.FLOAT, "Scale the delay by a uniform factor of +/- this percent.", PERCENT
+    )
+    probability: float = setting(
+        1.0, kinds.FLOAT, "Share of requests that get a delay.", PROBABILITY
+    )
+    distribution: str = setting(
+        "auto",
+        kinds.STR,
+        "`auto` is `uniform` when random_delay_range_ms is set, else `fixed`.",
+        kinds.OneOf(("auto", "fixed", "uniform", "normal", "lognormal")),
+    )
+    stddev_ms: float = setting(
+        0.0, kinds.FLOAT, "Standard deviation of `normal` (clipped at 0).", NON_NEGATIVE
+    )
+    median_ms: float = setting(100.0, kinds.FLOAT, "Median of `lognormal`.", NON_NEGATIVE)
+    sigma: float = setting(
+        0.5, kinds.FLOAT, "Shape of `lognormal` (sigma of the log).", NON_NEGATIVE
+    )
+    cap_ms: float | None = setting(
+        None, kinds.OPTIONAL_FLOAT, "Upper bound on any delay, after jitter.", NON_NEGATIVE
+    )
+
+    def __attrs_post_init__(self) -> None:
+        needs_range = self.distribution == "uniform" and self.random_delay_range_ms is None
+        if needs_range:
+            raise ConfigError(
+                ["random_delay_range_ms: None is not allowed with distribution 'uniform'"]
+            )
+
+
+@attrs.frozen
+class FaultInjectionConfig:
+    """Faults answered instead of (or cutting) the app's response."""
+
+    enabled: bool = setting(False, kinds.BOOL, "Inject faults at all.")
+    http_errors: tuple[int, ...] = setting(
+        (500, 502, 503, 504),
+        kinds.INT_LIST,
+        "Statuses an HTTP-error fault picks from, uniformly.",
+        kinds.EachBetween(400, 599),
+    )
+    http_error_probability: float = setting(
+        0.0, kinds.FLOAT, "Chance of an HTTP-error fault (rolled 1st).", PROBABILITY
+    )
+    timeout_probability: float = setting(
+        0.0,
+        kinds.FLOAT,
+        "Chance of a timeout: hold timeout_ms, then 504 (rolled 2nd).",
+        PROBABILITY,
+    )
+    timeout_ms: float = setting(5000.0, kinds.FLOAT, "How long a timeout holds.", NON_NEGATIVE)
+    connection_error_probability: float = setting(
+        0.0,
+        kinds.FLOAT,
+        "Chance of a TCP reset instead of a response (rolled 3rd).",
+        PROBABILITY,
+    )
+    partial_response_probability: float = setting(
+        0.0,
+        kinds.FLOAT,
+        "Chance of a body cut short under its full Content-Length (rolled 4th).",
+        PROBABILITY,
+    )
+    partial_response_fraction: float = setting(
+        0.5, kinds.FLOAT, "Share of the body sent before a partial response is cut.", PROBABILITY
+    )
+    error_body: str | None = setting(
+        None,
+        kinds.OPTIONAL_BODY,
+        "Body of an HTTP-error or timeout fault (a mapping is sent as JSON); "
+        "default: JSON naming the fault.",
+    )
+
+
+@attrs.frozen
+class RateLimitConfig:
+    """Token buckets: global, per client IP, per endpoint."""
+
+    enabled: bool = setting(False, kinds.BOOL, "Limit request rates at all.")
+    requests_per_second: float = setting(
+        100.0, kinds.FLOAT, "Refill rate of every bucket.", kinds.AtLeast(0.001)
+    )
+    burst_size: int = setting(
+        10, kinds.INT, "Bucket capacity: requests admitted at once.", POSITIVE
+    )
+    global_limit: bool = setting(True, kinds.BOOL, "One bucket for the whole server.")
+    per_ip: bool = setting(False, kinds.BOOL, "One bucket per client IP.")
+    per_endpoint: bool = setting(False, kinds.BOOL, "One bucket per route (or path).")
+    trusted_proxies: tuple[str, ...] = setting(
+        (),
+        kinds.STR_LIST,
+        "Proxy addresses whose X-Forwarded-For is believed; none by default.",
+    )
+    max_tracked_keys: int = setting(
+        100_000, kinds.INT, "Cap on per-IP and per-endpoint buckets kept in memory.", POSITIVE
+    )
+    expose_headers: bool = setting(
+        True, kinds.BOOL, "Add RateLimit-* headers to admitted responses too."
+    )
+
+
+@attrs.frozen
+class TrafficShapingConfig:
+    """Bandwidth, packet loss and connection limits."""
+
+    enabled: bool = setting(False, kinds.BOOL, "Shape traffic at all.")
+    bandwidth_limit_bps: int = setting(
+        0, kinds.INT, "Response body rate in bytes per second; 0 is unlimited.", NON_NEGATIVE
+    )
+    upload_bandwidth_limit_bps: int = setting(
+        0, kinds.INT, "Request body read rate in bytes per second; 0 is unlimited.", NON_NEGATIVE
+    )
+    packet_loss_percent: float = setting(
+        0.0, kinds.FLOAT, "Chance per 1460-byte segment of a retransmission delay.", PERCENT
+    )
+    request_drop_probability: float = setting(
+        0.0, kinds.FLOAT, "Chance that a whole request is dropped (connection cut).", PROBABILITY
+    )
+    max_connections: int = setting(
+        0, kinds.INT, "Requests in flight at most; 0 is unlimited.", NON_NEGATIVE
+    )
+    queue_timeout_ms: float = setting(
+        0.0, kinds.FLOAT, "Wait this long for a slot before answering 503.", NON_NEGATIVE
+    )
+    connection_timeout_ms: float = setting(
+        0.0, kinds.FLOAT, "Bound on the whole response; 0 is none.", NON_NEGATIVE
+    )
+
+
+@attrs.frozen
+class ChaosConfig:
+    """Everything the middleware injects. Frozen: change it with ``attrs.evolve``."""
+
+    enabled: bool = setting(False, kinds.BOOL, "Master switch; nothing is injected when off.")
+    scenario: str | None = setting(None, kinds.OPTIONAL_STR, "Scenario active at start.")
+    seed: int | None = setting(
+        None, kinds.OPTIONAL_INT, "Seed for reproducible decisions in one process."
+    )
+    latency: LatencyConfig = section(LatencyConfig, "Latency injection.")
+    fault_injection: FaultInjectionConfig = section(FaultInjectionConfig, "Fault injection.")
+    rate_limit: RateLimitConfig = section(RateLimitConfig, "Rate limiting.")
+    traffic_shaping: TrafficShapingConfig = section(TrafficShapingConfig, "Traffic shaping.")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/YAML-ready data that :func:`config_from_dict` reads back."""
+        return attrs.asdict(self, retain_collection_types=False)
+
+
+@attrs.frozen
+class SettingInfo:
+    """One leaf setting, as walked from the declarations (for env names and docs)."""
+
+    path: tuple[str, ...]
+    field: attrs.Attribute[Any]
+
+    @property
+    def dotted(self) -> str:
+        return ".".join((ROOT, *self.path))
+
+    @property
+    def env_name(self) -> str:
+        return ENV_PREFIX + "_".join(self.path).upper()
+
+    @property
+    def kind(self) -> kinds.Kind:
+        kind: kinds.Kind = self.field.metadata["kind"]
+        return kind
+
+    @property
+    def check(self) -> kinds.Check | None:
+        check: kinds.Check | None = self.field.metadata["check"]
+        return check
+
+
+def iter_settings(
+    cls: type[Any] = ChaosConfig, prefix: tuple[str, ...] = ()
+) -> Iterator[SettingInfo]:
+    """Every leaf setting of ``cls``, depth first, in declaration order."""
+    for field in attrs.fields(cls):
+        nested = field.metadata.get("section")
+        if nested is not None:
+            yield from iter_settings(nested, (*prefix, field.name))
+        else:
+            yield SettingInfo((*prefix, field.name), field)
+
+
+T = TypeVar("T")
+
+
+def config_from_dict(
+    data: Mapping[str, Any],
+    cls: type[T] = ChaosConfig,  # type: ignore[assignment]
+    *,
+    path: str = ROOT,
+    origins: Mapping[str, str] | None = None,
+) -> T:
+    """Build ``cls`` from raw data, or raise one ConfigError listing every problem."""
+    problems: list[str] = []
+    result = _build(cls, data, path, problems, origins or {})
+    if problems or result is None:
+        raise ConfigError(problems)
+    return result
+
+
+def _build(
+    cls: type[T],
+    data: Any,
+    path: str,
+    problems: list[str],
+    origins: Mapping[str, str],
+) -> T | None:
+    if not isinstance(data, Mapping):
+        problems.append(f"{path}: {data!r} is not a mapping")
+        return None
+    fields = {field.name: field for field in attrs.fields(cls)}  # type: ignore[arg-type]
+    for key in data:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; allowed: {', '.join(fields)}"
+            problems.append(f"{path}.{key}: unknown key{hint}")
+    kwargs: dict[str, Any] = {}
+    before = len(problems)
+    for name, field in fields.items():
+        if name not in data:
+            continue
+        field_path = f"{path}.{name}"
+        nested = field.metadata.get("section")
+        if nested is not None:
+            kwargs[name] = _build(nested, data[name], field_path, problems, origins)
+            continue
+        kind: kinds.Kind = field.metadata["kind"]
+        check: kinds.Check | None = field.metadata["check"]
+        raw = data[name]
+        try:
+            value = kind.parse(raw)
+        except ValueError as error:
+            problems.append(_located(field_path, f"{raw!r} {error}", origins))
+            continue
+        problem = check.problem(value) if check else None
+        if problem:
+            problems.append(_located(field_path, problem, origins))
+            continue
+        kwargs[name] = value
+    if len(problems) > before:
+        return None
+    try:
+        return cls(**kwargs)
+    except ConfigError as error:
+        problems.extend(f"{path}.{problem}" for problem in error.problems)
+        return None
+
+
+def _located(path: str, problem: str, origins: Mapping[str, str]) -> str:
+    origin = origins.get(path)
+    text = f"{path}: {problem}" if problem else path
+    return f"{text} (from {origin})" if origin else text
+
+
+def env_layer(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str], list[str]]:
+    """The ``MOCKFORGE_CHAOS_*`` variables as a nested raw layer, their origins, and problems."""
+    by_name = {info.env_name: info for info in iter_settings()}
+    layer: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    problems: list[str] = []
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        info = by_name.get(name)
+        if info is None:
+            close = difflib.get_close_matches(name, by_name, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            problems.append(f"{name}: unknown environment variable{hint}")
+            continue
+        target = layer
+        for part in info.path[:-1]:
+            target = target.setdefault(part, {})
+        target[info.path[-1]] = raw
+        origins[info.dotted] = name
+    return layer, origins, problems
+
+
+def yaml_layer(source: str | os.PathLike[str]) -> dict[str, Any]:
+    """The chaos block of a YAML file: top-level ``chaos:`` or ``observability: chaos:``."""
+    try:
+        document = yaml.safe_load(Path(source).read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ConfigError([f"{source}: cannot read ({error.strerror})"]) from error
+    except yaml.YAMLError as error:
+        raise ConfigError([f"{source}: not valid YAML ({error})"]) from error
+    return chaos_block(document, str(source))
+
+
+def chaos_block(document: Any, where: str = "<config>") -> dict[str, Any]:
+    """Find the chaos mapping inside a parsed YAML document (empty when absent)."""
+    if document is None:
+        return {}
+    if not isinstance(document, Mapping):
+        raise ConfigError([f"{where}: the document is not a mapping"])
+    top = document.get("chaos")
+    observability = document.get("observability")
+    nested = observability.get("chaos") if isinstance(observability, Mapping) else None
+    if top is not None and nested is not None:
+        raise ConfigError([f"{where}: both 'chaos' and 'observability.chaos' are set; keep one"])
+    block = top if top is not None else nested
+    if block is None:
+        return {}
+    if not isinstance(block, Mapping):
+        raise ConfigError([f"chaos: {block!r} is not a mapping"])
+    return dict(block)
+
+
+def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge two raw layers; ``over`` wins, mappings merge key by key."""
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> ChaosConfig:
+    """Load the config with precedence defaults < YAML file < environment < overrides.
+
+    ``environ`` defaults to ``os.environ``; pass ``{}`` to ignore the environment.
+    Raises one :class:`ConfigError` listing every problem; nothing half-applies.
+    """
+    problems: list[str] = []
+    layer: dict[str, Any] = {}
+    if path is not None:
+        try:
+            layer = yaml_layer(path)
+        except ConfigError as error:
+            problems.extend(error.problems)
+    env, origins, env_problems = env_layer(os.environ if environ is None else environ)
+    problems.extend(env_problems)
+    layer = merge(merge(layer, env), overrides or {})
+    for overridden in _leaf_paths(overrides or {}, ROOT):
+        origins.pop(overridden, None)
+    result = _build(ChaosConfig, layer, ROOT, problems, origins)
+    if problems or result is None:
+        raise ConfigError(problems)
+    return result
+
+
+def _leaf_paths(data: Mapping[str, Any], prefix: str) -> Iterator[str]:
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            yield from _leaf_paths(value, f"{prefix}.{key}")
+        else:
+            yield f"{prefix}.{key}"

@@ -1,0 +1,237 @@
+"""Fault injection: decide which fault a request gets, then render or enact it.
+
+Faults are rolled in this order, each with its own probability, and the first hit
+wins: HTTP error, timeout, connection error, partial response. So the share of
+requests that get a timeout is ``(1 - p_http) * p_timeout``, and so on down the list.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Literal
+
+import attrs
+
+from . import _sockets
+from .config import FaultInjectionConfig
+from .latency import sleep_ms
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+__all__ = ["Fault", "PartialBody", "decide_fault", "drain_input", "render_fault"]
+
+FaultKind = Literal["http_error", "timeout", "connection_error", "partial_response"]
+
+# Bytes of an unread request body we read and discard before answering early. Beyond
+# it the client gets the fault on a connection we close, as servers do for big bodies.
+DRAIN_LIMIT = 16 * 1024 * 1024
+_DRAIN_CHUNK = 64 * 1024
+
+
+@attrs.frozen
+class Fault:
+    """One injected fault, decided before anything is applied."""
+
+    kind: FaultKind
+    status: int | None = None
+    hold_ms: float = 0.0
+    fraction: float = 0.0
+
+    @property
+    def label(self) -> str:
+        """Short name used in the annotation header, metrics and logs."""
+        if self.kind == "http_error":
+            return f"http_{self.status}"
+        if self.kind == "timeout":
+            return f"timeout_{self.hold_ms:g}ms"
+        return self.kind
+
+
+def decide_fault(config: FaultInjectionConfig, rng: random.Random) -> Fault | None:
+    """The fault for one request, or None. Pure: draws only from ``rng``."""
+    if not config.enabled:
+        return None
+    if config.http_errors and _hit(config.http_error_probability, rng):
+        return Fault("http_error", status=rng.choice(config.http_errors))
+    if _hit(config.timeout_probability, rng):
+        return Fault("timeout", status=504, hold_ms=config.timeout_ms)
+    if _hit(config.connection_error_probability, rng):
+        return Fault("connection_error")
+    if _hit(config.partial_response_probability, rng):
+        return Fault("partial_response", fraction=config.partial_response_fraction)
+    return None
+
+
+def _hit(probability: float, rng: random.Random) -> bool:
+    # No draw for a fault that is off, so enabling one fault leaves the others' draws alone.
+    return probability > 0.0 and (probability >= 1.0 or rng.random() < probability)
+
+
+def drain_input(environ: WSGIEnvironment, limit: int = DRAIN_LIMIT) -> bool:
+    """Read and discard the request body so an early answer is the one the client sees.
+
+    Returns False when the body is larger than ``limit`` (it is left unread).
+    """
+    stream = environ.get("wsgi.input")
+    if stream is None:
+        return True
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = 0
+    terminated = environ.get("wsgi.input_terminated", False)
+    if length > limit:
+        return False
+    remaining = limit if terminated and not length else length
+    try:
+        while remaining > 0:
+            chunk = stream.read(min(_DRAIN_CHUNK, remaining))
+            if not chunk:
+                break
+            remaining -= len(chunk)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def fault_body(fault: Fault, config: FaultInjectionConfig) -> tuple[bytes, str]:
+    """The body and content type of an HTTP-error or timeout answer."""
+    if config.error_body is None:
+        text = json.dumps(
+            {
+                "error": "injected fault",
+                "fault": fault.label,
+                "status": fault.status,
+                "injected_by": "mockforge",
+            }
+        )
+        return text.encode(), "application/json"
+    try:
+        json.loads(config.error_body)
+    except ValueError:
+        return config.error_body.encode(), "text/plain; charset=utf-8"
+    return config.error_body.encode(), "application/json"
+
+
+def render_fault(
+    fault: Fault,
+    config: FaultInjectionConfig,
+    environ: WSGIEnvironment,
+    start_response: StartResponse,
+    annotation: str,
+) -> Iterable[bytes]:
+    """Answer the request with an early fault instead of calling the app."""
+    drain_input(environ)
+    if fault.kind == "connection_error":
+        sock = _sockets.client_socket(environ)
+        if sock is not None:
+            _sockets.reset_connection(sock)
+            raise _sockets.dropped("injected connection reset")
+        # No socket to reset: promise a body and send none, the closest a WSGI app gets.
+        body, content_type = fault_body(attrs.evolve(fault, status=502), config)
+        start_response(
+            "502 Bad Gateway",
+            [
+                ("Content-Type", content_type),
+                ("Content-Length", str(len(body))),
+                ("X-Mockforge-Chaos", f"{annotation}, fallback=cut"),
+            ],
+        )
+        return []
+    if fault.kind == "timeout":
+        sleep_ms(fault.hold_ms)
+    status = fault.status or 500
+    body, content_type = fault_body(fault, config)
+    start_response(
+        _status_line(status),
+        [
+            ("Content-Type", content_type),
+            ("Content-Length", str(len(body))),
+            ("X-Mockforge-Chaos", annotation),
+        ],
+    )
+    return [body]
+
+
+def _status_line(status: int) -> str:
+    from werkzeug.http import HTTP_STATUS_CODES
+
+    return f"{status} {HTTP_STATUS_CODES.get(status, 'Injected Fault')}"
+
+
+class PartialBody:
+    """Sends the first ``fraction`` of a body under its full Content-Length, then cuts.
+
+    Used as the app's ``start_response`` wrapper and as the returned iterable: the
+    headers tell the full length, the body stops short, and the connection is shut
+    so the client sees an incomplete read at once, not after a keep-alive timeout.
+    ``close()`` always closes the app's iterable.
+    """
+
+    def __init__(self, fraction: float, environ: WSGIEnvironment) -> None:
+        self._fraction = fraction
+        self._socket = _sockets.client_socket(environ)
+        self._budget: int | None = None
+        self._inner: Iterable[bytes] | None = None
+        self._done = False
+
+    def start_response(self, start_response: StartResponse, annotation: str) -> StartResponse:
+        def partial_start_response(
+            status: str, headers: list[tuple[str, str]], exc_info: Any = None
+        ) -> Any:
+            for name, value in headers:
+                if name.lower() == "content-length" and value.strip().isdigit():
+                    self._budget = int(self._fraction * int(value))
+            write = start_response(status, [*headers, ("X-Mockforge-Chaos", annotation)], exc_info)
+            return self._write_through(write)
+
+        return partial_start_response
+
+    def wrap(self, inner: Iterable[bytes]) -> PartialBody:
+        self._inner = inner
+        return self
+
+    def _write_through(self, write: Any) -> Any:
+        def partial_write(data: bytes) -> None:
+            if self._done:
+                return
+            write(self._take(data))
+            if self._budget == 0:
+                self._cut()
+
+        return partial_write
+
+    def _take(self, data: bytes) -> bytes:
+        if self._budget is None:  # no Content-Length: send part of the first chunk
+            if not data:
+                return b""
+            self._budget = int(len(data) * self._fraction)
+        allowed = data[: self._budget]
+        self._budget -= len(allowed)
+        return allowed
+
+    def _cut(self) -> None:
+        """Shut the connection after what was sent; without a socket, just stop."""
+        self._done = True
+        if self._socket is not None:
+            _sockets.cut_connection(self._socket)
+            raise _sockets.dropped("injected partial response")
+
+    def __iter__(self) -> Iterator[bytes]:
+        assert self._inner is not None
+        for chunk in self._inner:
+            if self._done:
+                return
+            # Yielded even when empty: the headers must be out before the cut.
+            yield self._take(chunk)
+            if self._budget == 0:
+                self._cut()
+                return
+
+    def close(self) -> None:
+        close = getattr(self._inner, "close", None)
+        if close is not None:
+            close()

@@ -1,0 +1,51 @@
+"""Latency injection: decide a delay from the config and a random source, then sleep it."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+
+from .config import LatencyConfig
+
+__all__ = ["decide_delay", "sleep_ms"]
+
+
+def decide_delay(config: LatencyConfig, rng: random.Random) -> float | None:
+    """The delay in milliseconds for one request, or None when it gets none.
+
+    Pure: draws only from ``rng`` and never sleeps, so a seeded ``rng`` replays the
+    same decisions.
+    """
+    if not config.enabled:
+        return None
+    if config.probability < 1.0 and rng.random() >= config.probability:
+        return None
+    delay = _base_delay(config, rng)
+    if config.jitter_percent:
+        delay *= 1.0 + rng.uniform(-config.jitter_percent, config.jitter_percent) / 100.0
+    if config.cap_ms is not None:
+        delay = min(delay, config.cap_ms)
+    return delay if delay > 0.0 else None
+
+
+def _base_delay(config: LatencyConfig, rng: random.Random) -> float:
+    distribution = config.distribution
+    if distribution == "auto":
+        distribution = "uniform" if config.random_delay_range_ms is not None else "fixed"
+    if distribution == "uniform":
+        assert config.random_delay_range_ms is not None  # guaranteed by LatencyConfig
+        low, high = config.random_delay_range_ms
+        return rng.uniform(low, high)
+    if distribution == "normal":
+        return max(0.0, rng.gauss(config.fixed_delay_ms, config.stddev_ms))
+    if distribution == "lognormal":
+        if config.median_ms <= 0.0:
+            return 0.0
+        return rng.lognormvariate(math.log(config.median_ms), config.sigma)
+    return config.fixed_delay_ms
+
+
+def sleep_ms(delay_ms: float) -> None:
+    """Block the calling thread for ``delay_ms`` milliseconds (WSGI is synchronous)."""
+    time.sleep(delay_ms / 1000.0)

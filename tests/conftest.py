@@ -1,0 +1,146 @@
+"""Real servers for the tests: gunicorn in a subprocess, werkzeug's server in a thread.
+
+Every server binds 127.0.0.1 on a port the kernel picks; gunicorn inherits the
+already listening socket (``fd://``), so there is no race for the port.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from gunicorn.config import KNOWN_SETTINGS
+from werkzeug.serving import make_server
+
+TESTS_DIR = Path(__file__).parent
+READY_PATH = "/api/chaos/ready"  # exempt from chaos by default, so readiness is never faulted
+
+
+class Server:
+    def __init__(self, url: str, log_path: Path | None = None) -> None:
+        self.url = url
+        self.log_path = log_path
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path else ""
+
+
+def session() -> requests.Session:
+    """A client that never consults proxy settings: tests talk to 127.0.0.1 only."""
+    client = requests.Session()
+    client.trust_env = False
+    return client
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        with contextlib.suppress(requests.RequestException):
+            if session().get(url + READY_PATH, timeout=5).status_code == 200:
+                return
+        time.sleep(0.05)
+    raise RuntimeError("server did not become ready in 30 s")
+
+
+_CAN_DISABLE_CONTROL_SOCKET = any(s.name == "control_socket_disable" for s in KNOWN_SETTINGS)
+
+
+@contextlib.contextmanager
+def gunicorn_server(
+    tmp_path: Path,
+    *,
+    env: dict[str, str] | None = None,
+    worker_class: str = "sync",
+    workers: int = 1,
+    threads: int = 4,
+    app: str = "wsgi_apps:app",
+    extra_args: tuple[str, ...] = (),
+) -> Iterator[Server]:
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(128)
+    listener.set_inheritable(True)
+    port = listener.getsockname()[1]
+    args = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--bind",
+        f"fd://{listener.fileno()}",
+        "--worker-class",
+        worker_class,
+        "--workers",
+        str(workers),
+        "--threads",
+        str(threads),
+        "--chdir",
+        str(TESTS_DIR),
+        "--timeout",
+        "60",
+        "--keep-alive",
+        "5",
+        "--log-level",
+        "debug",
+        *(["--no-control-socket"] if _CAN_DISABLE_CONTROL_SOCKET else []),
+        *extra_args,
+        app,
+    ]
+    log_path = tmp_path / f"gunicorn-{port}.log"
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith("MOCKFORGE_")}
+    child_env.update(env or {})
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            args, env=child_env, pass_fds=[listener.fileno()], stdout=log, stderr=log
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_ready(url, proc)
+        yield Server(url, log_path)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        listener.close()
+
+
+@contextlib.contextmanager
+def werkzeug_server(app: Any) -> Iterator[Server]:
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        _wait_ready(url)
+        yield Server(url)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def assert_clean_log(server: Server) -> None:
+    """Injected faults must not look like server errors in the log."""
+    log = server.log()
+    assert "Traceback" not in log, log
+    assert "[ERROR]" not in log, log
+
+
+@pytest.fixture
+def client() -> Iterator[requests.Session]:
+    with session() as http:
+        yield http

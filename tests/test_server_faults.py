@@ -1,0 +1,148 @@
+"""Faults and latency as a real client sees them, through real servers."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from conftest import assert_clean_log, gunicorn_server, session, werkzeug_server
+from wsgi_apps import base_app
+
+from mockforge_wsgi import load_config
+from mockforge_wsgi.middleware import ChaosMiddleware
+
+pytestmark = pytest.mark.server
+
+WORKERS = [pytest.param("sync", id="sync"), pytest.param("gthread", id="gthread")]
+
+
+def chaos_env(**settings: str) -> dict[str, str]:
+    env = {"MOCKFORGE_CHAOS_ENABLED": "true"}
+    env.update({f"MOCKFORGE_CHAOS_{key.upper()}": value for key, value in settings.items()})
+    return env
+
+
+def test_fixed_delay_lands_within_5ms_at_p99(tmp_path: Path) -> None:
+    env = chaos_env(latency_enabled="true", latency_fixed_delay_ms="200")
+    with gunicorn_server(tmp_path, env=env, worker_class="gthread") as server, session() as http:
+        http.get(server.url + "/hello", timeout=10)  # warm the connection and the worker
+        elapsed_ms = []
+        for _ in range(50):
+            start = time.perf_counter()
+            response = http.get(server.url + "/hello", timeout=10)
+            elapsed_ms.append((time.perf_counter() - start) * 1000)
+            assert response.headers["X-Mockforge-Chaos"] == "latency=200ms"
+    p99 = statistics.quantiles(elapsed_ms, n=100, method="inclusive")[98]
+    assert min(elapsed_ms) >= 200.0
+    assert p99 <= 205.0, sorted(elapsed_ms)[-5:]
+
+
+@pytest.mark.parametrize("worker_class", WORKERS)
+def test_http_error_fault(tmp_path: Path, worker_class: str) -> None:
+    env = chaos_env(
+        fault_injection_enabled="true",
+        fault_injection_http_errors="503",
+        fault_injection_http_error_probability="1",
+    )
+    with gunicorn_server(tmp_path, env=env, worker_class=worker_class) as server, session() as http:
+        response = http.post(server.url + "/echo", data=b"y" * 100_000, timeout=10)
+        assert response.status_code == 503
+        assert response.headers["X-Mockforge-Chaos"] == "fault=http_503"
+        assert response.json()["fault"] == "http_503"
+        # The connection is still good for the next request (the body was drained).
+        assert http.get(server.url + "/api/chaos/ready", timeout=10).text == "hello"
+    assert_clean_log(server)
+
+
+@pytest.mark.parametrize("worker_class", WORKERS)
+def test_timeout_fault_holds_then_504(tmp_path: Path, worker_class: str) -> None:
+    env = chaos_env(
+        fault_injection_enabled="true",
+        fault_injection_timeout_probability="1",
+        fault_injection_timeout_ms="300",
+    )
+    with gunicorn_server(tmp_path, env=env, worker_class=worker_class) as server, session() as http:
+        start = time.perf_counter()
+        response = http.get(server.url + "/hello", timeout=10)
+        held = time.perf_counter() - start
+    assert response.status_code == 504
+    assert response.headers["X-Mockforge-Chaos"] == "fault=timeout_300ms"
+    assert held >= 0.3
+    assert_clean_log(server)
+
+
+@pytest.mark.parametrize("worker_class", WORKERS)
+def test_connection_error_is_a_tcp_reset(tmp_path: Path, worker_class: str) -> None:
+    env = chaos_env(
+        fault_injection_enabled="true", fault_injection_connection_error_probability="1"
+    )
+    with gunicorn_server(tmp_path, env=env, worker_class=worker_class) as server, session() as http:
+        for path in ("/hello", "/echo"):
+            with pytest.raises(requests.ConnectionError) as caught:
+                http.post(server.url + path, data=b"z" * 50_000, timeout=10)
+            assert _caused_by(caught.value, ConnectionResetError)
+        # The server is unharmed.
+        assert http.get(server.url + "/api/chaos/ready", timeout=10).status_code == 200
+    assert_clean_log(server)
+    assert "Ignoring connection reset" in server.log()
+
+
+@pytest.mark.parametrize("worker_class", WORKERS)
+@pytest.mark.parametrize("path", ["/bytes/100000", "/stream/100000"], ids=["length", "chunked"])
+def test_partial_response_is_cut_at_once(tmp_path: Path, worker_class: str, path: str) -> None:
+    env = chaos_env(
+        fault_injection_enabled="true", fault_injection_partial_response_probability="1"
+    )
+    with gunicorn_server(tmp_path, env=env, worker_class=worker_class) as server, session() as http:
+        start = time.perf_counter()
+        with pytest.raises(requests.exceptions.ChunkedEncodingError) as caught:
+            http.get(server.url + path, timeout=10)
+        cut_after = time.perf_counter() - start
+        assert http.get(server.url + "/api/chaos/ready", timeout=10).status_code == 200
+    if path.startswith("/bytes"):
+        assert "IncompleteRead(50000 bytes read, 50000 more expected)" in str(caught.value)
+    # Far below the 5 s keep-alive timeout: the connection was cut, not left idle.
+    assert cut_after < 2.0
+    assert_clean_log(server)
+
+
+def test_werkzeug_dev_server_gets_real_reset_and_cut() -> None:
+    config = load_config(
+        environ={},
+        overrides={"enabled": True, "fault_injection": {"enabled": True}},
+    )
+    middleware = ChaosMiddleware(base_app, config=config)
+    with werkzeug_server(middleware) as server, session() as http:
+        middleware.config = _with_faults(config, connection_error_probability=1.0)
+        with pytest.raises(requests.ConnectionError) as caught:
+            http.get(server.url + "/hello", timeout=10)
+        assert _caused_by(caught.value, ConnectionResetError)
+        middleware.config = _with_faults(config, partial_response_probability=1.0)
+        with pytest.raises(requests.exceptions.ChunkedEncodingError):
+            http.get(server.url + "/bytes/4000", timeout=10)
+        middleware.config = config
+        assert http.get(server.url + "/hello", timeout=10).text == "hello"
+
+
+def _with_faults(config, **faults):  # type: ignore[no-untyped-def]
+    import attrs
+
+    return attrs.evolve(config, fault_injection=attrs.evolve(config.fault_injection, **faults))
+
+
+def _caused_by(error: BaseException, kind: type[BaseException]) -> bool:
+    """Whether ``kind`` is anywhere in the chain requests and urllib3 wrap errors in."""
+    stack, seen = [error], set()
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, kind):
+            return True
+        linked = (*current.args, current.__cause__, current.__context__)
+        stack.extend(item for item in linked if isinstance(item, BaseException))
+    return False

@@ -1,0 +1,46 @@
+"""Plain WSGI apps the tests serve, in-process and under a real gunicorn.
+
+gunicorn loads ``wsgi_apps:app`` (run with ``--chdir tests``): the base app wrapped
+in chaos configured by ``MOCKFORGE_CONFIG`` and ``MOCKFORGE_CHAOS_*``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from mockforge_wsgi import load_config
+from mockforge_wsgi.middleware import ChaosMiddleware
+
+
+def base_app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+    """``/bytes/N`` (N bytes, Content-Length), ``/stream/N`` (no length),
+    ``/echo`` (the request body), ``/pid`` (the worker's pid), else ``hello``."""
+    path = environ.get("PATH_INFO", "/")
+    if path.startswith(("/bytes/", "/stream/")):
+        size = int(path.rsplit("/", 1)[1])
+        headers = [("Content-Type", "application/octet-stream")]
+        if path.startswith("/bytes/"):
+            headers.append(("Content-Length", str(size)))
+        start_response("200 OK", headers)
+        return _chunks(size)
+    if path == "/echo":
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length)
+    elif path == "/pid":
+        body = str(os.getpid()).encode()
+    else:
+        body = b"hello"
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def _chunks(size: int, chunk: int = 16384) -> Iterator[bytes]:
+    while size > 0:
+        step = min(size, chunk)
+        size -= step
+        yield b"x" * step
+
+
+app = ChaosMiddleware(base_app, config=load_config(os.environ.get("MOCKFORGE_CONFIG")))
