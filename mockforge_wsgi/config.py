@@ -242,7 +242,11 @@ class ChaosConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML-ready data that :func:`config_from_dict` reads back."""
-        return attrs.asdict(self, retain_collection_types=False)
+        return attrs.asdict(self, value_serializer=_plain)
+
+
+def _plain(instance: Any, field: Any, value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 
 
 @attrs.frozen

@@ -1,6 +1,6 @@
 """The configuration reference table, generated from the setting declarations.
 
-    python -m mockforge_wsgi.config_docs --write docs/configuration.md
+python -m mockforge_wsgi.config_docs --write docs/configuration.md
 """
 
 from __future__ import annotations

@@ -47,7 +47,10 @@ def test_http_error_fault(tmp_path: Path, worker_class: str) -> None:
         fault_injection_http_errors="503",
         fault_injection_http_error_probability="1",
     )
-    with gunicorn_server(tmp_path, env=env, worker_class=worker_class) as server, session() as http:
+    with (
+        gunicorn_server(tmp_path, env=env, worker_class=worker_class) as server,
+        session() as http,
+    ):
         response = http.post(server.url + "/echo", data=b"y" * 100_000, timeout=10)
         assert response.status_code == 503
         assert response.headers["X-Mockforge-Chaos"] == "fault=http_503"
@@ -64,7 +67,10 @@ def test_timeout_fault_holds_then_504(tmp_path: Path, worker_class: str) -> None
         fault_injection_timeout_probability="1",
         fault_injection_timeout_ms="300",
     )
-    with gunicorn_server(tmp_path, env=env, worker_class=worker_class) as server, session() as http:
+    with (
+        gunicorn_server(tmp_path, env=env, worker_class=worker_class) as server,
+        session() as http,
+    ):
         start = time.perf_counter()
         response = http.get(server.url + "/hello", timeout=10)
         held = time.perf_counter() - start
@@ -79,7 +85,10 @@ def test_connection_error_is_a_tcp_reset(tmp_path: Path, worker_class: str) -> N
     env = chaos_env(
         fault_injection_enabled="true", fault_injection_connection_error_probability="1"
     )
-    with gunicorn_server(tmp_path, env=env, worker_class=worker_class) as server, session() as http:
+    with (
+        gunicorn_server(tmp_path, env=env, worker_class=worker_class) as server,
+        session() as http,
+    ):
         for path in ("/hello", "/echo"):
             with pytest.raises(requests.ConnectionError) as caught:
                 http.post(server.url + path, data=b"z" * 50_000, timeout=10)
@@ -96,7 +105,10 @@ def test_partial_response_is_cut_at_once(tmp_path: Path, worker_class: str, path
     env = chaos_env(
         fault_injection_enabled="true", fault_injection_partial_response_probability="1"
     )
-    with gunicorn_server(tmp_path, env=env, worker_class=worker_class) as server, session() as http:
+    with (
+        gunicorn_server(tmp_path, env=env, worker_class=worker_class) as server,
+        session() as http,
+    ):
         start = time.perf_counter()
         with pytest.raises(requests.exceptions.ChunkedEncodingError) as caught:
             http.get(server.url + path, timeout=10)

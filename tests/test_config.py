@@ -1,0 +1,280 @@
+"""Config: declarations, validation that names every problem, sources and precedence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+import pytest
+
+from mockforge_wsgi.config import (
+    ChaosConfig,
+    ConfigError,
+    LatencyConfig,
+    config_from_dict,
+    iter_settings,
+    load_config,
+)
+from mockforge_wsgi.config_docs import render_into
+
+DOCS = Path(__file__).parent.parent / "docs" / "configuration.md"
+
+
+def problems_of(data: dict[str, object]) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        config_from_dict(data)
+    return caught.value.problems
+
+
+def test_defaults_are_valid_and_off() -> None:
+    config = load_config(environ={})
+    assert config == ChaosConfig()
+    assert config.enabled is False
+    assert config.latency.probability == 1.0
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        pytest.param(
+            {"latency": {"probability": 1.5}},
+            "chaos.latency.probability: 1.5 is not in [0, 1]",
+            id="probability",
+        ),
+        pytest.param(
+            {"fault_injection": {"http_error_probability": -0.1}},
+            "chaos.fault_injection.http_error_probability: -0.1 is not in [0, 1]",
+            id="negative-probability",
+        ),
+        pytest.param(
+            {"fault_injection": {"http_errors": [500, 700]}},
+            "chaos.fault_injection.http_errors: 700 not in [400, 599]",
+            id="status-too-high",
+        ),
+        pytest.param(
+            {"fault_injection": {"http_errors": [200]}},
+            "chaos.fault_injection.http_errors: 200 not in [400, 599]",
+            id="status-not-an-error",
+        ),
+        pytest.param(
+            {"latency": {"fixed_delay_ms": -5}},
+            "chaos.latency.fixed_delay_ms: -5 is not >= 0",
+            id="negative-delay",
+        ),
+        pytest.param(
+            {"fault_injection": {"timeout_ms": -1}},
+            "chaos.fault_injection.timeout_ms: -1 is not >= 0",
+            id="negative-timeout",
+        ),
+        pytest.param(
+            {"latency": {"random_delay_range_ms": [500, 100]}},
+            "chaos.latency.random_delay_range_ms: 500-100 is not ordered (min <= max)",
+            id="unordered-range",
+        ),
+        pytest.param(
+            {"latency": {"jitter_percent": 150}},
+            "chaos.latency.jitter_percent: 150 is not in [0, 100]",
+            id="jitter",
+        ),
+        pytest.param(
+            {"latency": {"distribution": "pareto"}},
+            "chaos.latency.distribution: 'pareto' is not one of auto, fixed, uniform, normal, "
+            "lognormal",
+            id="distribution",
+        ),
+        pytest.param(
+            {"latency": {"distribution": "uniform"}},
+            "chaos.latency.random_delay_range_ms: None is not allowed with distribution 'uniform'",
+            id="uniform-needs-range",
+        ),
+        pytest.param(
+            {"enabled": "maybe"},
+            "chaos.enabled: 'maybe' is not a boolean (true or false)",
+            id="bool",
+        ),
+        pytest.param(
+            {"latency": {"fixed_delay_ms": "slow"}},
+            "chaos.latency.fixed_delay_ms: 'slow' is not a number",
+            id="not-a-number",
+        ),
+        pytest.param(
+            {"latency": {"fixed_delay_ms": float("inf")}},
+            "chaos.latency.fixed_delay_ms: inf is not a finite number",
+            id="infinite",
+        ),
+        pytest.param(
+            {"traffic_shaping": {"packet_loss_percent": 101}},
+            "chaos.traffic_shaping.packet_loss_percent: 101 is not in [0, 100]",
+            id="loss-percent",
+        ),
+        pytest.param(
+            {"rate_limit": {"burst_size": 0}},
+            "chaos.rate_limit.burst_size: 0 is not >= 1",
+            id="burst",
+        ),
+        pytest.param(
+            {"latency": {"jiter_percent": 10}},
+            "chaos.latency.jiter_percent: unknown key; did you mean 'jitter_percent'?",
+            id="unknown-key",
+        ),
+        pytest.param(
+            {"latency": 5},
+            "chaos.latency: 5 is not a mapping",
+            id="section-not-mapping",
+        ),
+    ],
+)
+def test_each_bad_value_gives_one_error_naming_its_path(
+    data: dict[str, object], expected: str
+) -> None:
+    assert problems_of(data) == [expected]
+
+
+def test_every_problem_is_collected_in_one_error() -> None:
+    problems = problems_of(
+        {
+            "enabled": 3,
+            "latency": {"probability": 2, "fixed_delay_ms": -1},
+            "fault_injection": {"http_errors": [99]},
+            "typo": True,
+        }
+    )
+    assert len(problems) == 5
+    assert "chaos.typo: unknown key" in problems[0]
+    message = str(ConfigError(problems))
+    assert message.startswith("invalid chaos configuration:")
+
+
+def test_direct_construction_is_validated_and_frozen() -> None:
+    with pytest.raises(ConfigError, match=r"probability: 1.5 is not in \[0, 1\]"):
+        LatencyConfig(probability=1.5)
+    config = LatencyConfig()
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        config.probability = 0.5  # type: ignore[misc]
+    assert attrs.evolve(config, probability=0.5).probability == 0.5
+
+
+def test_round_trip_through_dict() -> None:
+    config = config_from_dict(
+        {
+            "enabled": True,
+            "latency": {"enabled": True, "random_delay_range_ms": [100, 500]},
+            "fault_injection": {"http_errors": [503], "error_body": {"oops": True}},
+        }
+    )
+    assert config.latency.random_delay_range_ms == (100.0, 500.0)
+    assert config.fault_injection.error_body == '{"oops":true}'
+    assert config_from_dict(config.to_dict()) == config
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        pytest.param("chaos:\n  enabled: true\n  latency: {fixed_delay_ms: 500}\n", id="top"),
+        pytest.param(
+            "observability:\n  chaos:\n    enabled: true\n    latency: {fixed_delay_ms: 500}\n",
+            id="design-note",
+        ),
+    ],
+)
+def test_yaml_layouts(tmp_path: Path, document: str) -> None:
+    path = tmp_path / "chaos.yaml"
+    path.write_text(document)
+    config = load_config(path, environ={})
+    assert config.enabled is True
+    assert config.latency.fixed_delay_ms == 500.0
+
+
+def test_yaml_with_both_layouts_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "chaos.yaml"
+    path.write_text("chaos: {enabled: true}\nobservability: {chaos: {enabled: false}}\n")
+    with pytest.raises(ConfigError, match="keep one"):
+        load_config(path, environ={})
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param("chaos: [1, 2]\n", "chaos: [1, 2] is not a mapping", id="not-mapping"),
+        pytest.param("chaos: {enabled: [\n", "not valid YAML", id="broken-yaml"),
+    ],
+)
+def test_bad_yaml_files(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "chaos.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=expected.replace("[", r"\[").replace("]", r"\]")):
+        load_config(path, environ={})
+
+
+def test_missing_file_names_it(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "nope.yaml", environ={})
+
+
+def test_environment_values_are_parsed_per_kind() -> None:
+    config = load_config(
+        environ={
+            "MOCKFORGE_CHAOS_ENABLED": "yes",
+            "MOCKFORGE_CHAOS_SEED": "7",
+            "MOCKFORGE_CHAOS_LATENCY_RANDOM_DELAY_RANGE_MS": "100-500",
+            "MOCKFORGE_CHAOS_LATENCY_CAP_MS": "none",
+            "MOCKFORGE_CHAOS_FAULT_INJECTION_HTTP_ERRORS": "500, 502,503",
+            "MOCKFORGE_CHAOS_RATE_LIMIT_TRUSTED_PROXIES": "10.0.0.1,10.0.0.2",
+            "UNRELATED": "ignored",
+        }
+    )
+    assert config.enabled is True
+    assert config.seed == 7
+    assert config.latency.random_delay_range_ms == (100.0, 500.0)
+    assert config.latency.cap_ms is None
+    assert config.fault_injection.http_errors == (500, 502, 503)
+    assert config.rate_limit.trusted_proxies == ("10.0.0.1", "10.0.0.2")
+
+
+def test_environment_errors_name_the_variable() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(
+            environ={
+                "MOCKFORGE_CHAOS_LATENCY_PROBABILITY": "1.5",
+                "MOCKFORGE_CHAOS_LATENCY_PROBABILTY": "0.5",
+            }
+        )
+    assert caught.value.problems == [
+        "MOCKFORGE_CHAOS_LATENCY_PROBABILTY: unknown environment variable; "
+        "did you mean MOCKFORGE_CHAOS_LATENCY_PROBABILITY?",
+        "chaos.latency.probability: 1.5 is not in [0, 1] "
+        "(from MOCKFORGE_CHAOS_LATENCY_PROBABILITY)",
+    ]
+
+
+def test_precedence_defaults_yaml_env_explicit(tmp_path: Path) -> None:
+    path = tmp_path / "chaos.yaml"
+    path.write_text(
+        "chaos:\n  latency:\n"
+        "    fixed_delay_ms: 100\n    jitter_percent: 5\n    probability: 0.5\n"
+    )
+    environ = {
+        "MOCKFORGE_CHAOS_LATENCY_JITTER_PERCENT": "10",
+        "MOCKFORGE_CHAOS_LATENCY_PROBABILITY": "0.7",
+    }
+    config = load_config(path, environ=environ, overrides={"latency": {"probability": 0.9}})
+    assert config.latency.fixed_delay_ms == 100.0  # YAML over default
+    assert config.latency.jitter_percent == 10.0  # env over YAML
+    assert config.latency.probability == 0.9  # explicit over env
+    assert config.latency.cap_ms is None  # default
+
+
+def test_every_setting_has_a_unique_environment_variable() -> None:
+    names = [info.env_name for info in iter_settings()]
+    assert len(names) == len(set(names))
+    assert all(name.startswith("MOCKFORGE_CHAOS_") for name in names)
+
+
+def test_docs_reference_is_generated_and_current() -> None:
+    document = DOCS.read_text(encoding="utf-8")
+    assert render_into(document) == document, (
+        "docs/configuration.md is stale: run python -m mockforge_wsgi.config_docs "
+        "--write docs/configuration.md"
+    )
+    for info in iter_settings():
+        assert f"`{info.env_name}`" in document
