@@ -158,3 +158,12 @@ def _caused_by(error: BaseException, kind: type[BaseException]) -> bool:
         linked = (*current.args, current.__cause__, current.__context__)
         stack.extend(item for item in linked if isinstance(item, BaseException))
     return False
+
+
+def test_bad_config_stops_the_server_before_it_serves(tmp_path: Path) -> None:
+    env = chaos_env(latency_probability="1.5")
+    with pytest.raises(RuntimeError, match="server exited"), gunicorn_server(tmp_path, env=env):
+        pass
+    log = next(tmp_path.glob("gunicorn-*.log")).read_text()
+    assert "chaos.latency.probability: 1.5 is not in [0, 1]" in log
+    assert "(from MOCKFORGE_CHAOS_LATENCY_PROBABILITY)" in log
