@@ -7,6 +7,7 @@ describe themselves for the generated configuration reference.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -240,3 +241,22 @@ class OrderedRange:
 
     def describe(self) -> str:
         return f"{_num(self.low)} <= min <= max"
+
+
+@attrs.frozen
+class Networks:
+    """Each entry an IP address or CIDR network."""
+
+    def problem(self, value: Any) -> str | None:
+        bad = []
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                bad.append(entry)
+        if not bad:
+            return None
+        return f"{', '.join(map(repr, bad))} is not an IP address or CIDR network"
+
+    def describe(self) -> str:
+        return "IP addresses or CIDR networks"

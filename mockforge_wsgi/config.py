@@ -79,6 +79,7 @@ PROBABILITY = kinds.Between(0.0, 1.0)
 PERCENT = kinds.Between(0.0, 100.0)
 NON_NEGATIVE = kinds.AtLeast(0)
 POSITIVE = kinds.AtLeast(1)
+RATE = kinds.AtLeast(0.001)
 
 
 @attrs.frozen
@@ -177,24 +178,51 @@ class RateLimitConfig:
 
     enabled: bool = setting(False, kinds.BOOL, "Limit request rates at all.")
     requests_per_second: float = setting(
-        100.0, kinds.FLOAT, "Refill rate of every bucket.", kinds.AtLeast(0.001)
+        100.0,
+        kinds.FLOAT,
+        "Refill rate of the global bucket (and the default of the others).",
+        RATE,
     )
     burst_size: int = setting(
         10, kinds.INT, "Bucket capacity: requests admitted at once.", POSITIVE
     )
     global_limit: bool = setting(True, kinds.BOOL, "One bucket for the whole server.")
     per_ip: bool = setting(False, kinds.BOOL, "One bucket per client IP.")
+    per_ip_requests_per_second: float | None = setting(
+        None, kinds.OPTIONAL_FLOAT, "Rate of each per-IP bucket; none: the global rate.", RATE
+    )
+    per_ip_burst_size: int | None = setting(
+        None, kinds.OPTIONAL_INT, "Capacity of each per-IP bucket; none: burst_size.", POSITIVE
+    )
     per_endpoint: bool = setting(False, kinds.BOOL, "One bucket per route (or path).")
+    per_endpoint_requests_per_second: float | None = setting(
+        None,
+        kinds.OPTIONAL_FLOAT,
+        "Rate of each per-endpoint bucket; none: the global rate.",
+        RATE,
+    )
+    per_endpoint_burst_size: int | None = setting(
+        None,
+        kinds.OPTIONAL_INT,
+        "Capacity of each per-endpoint bucket; none: burst_size.",
+        POSITIVE,
+    )
     trusted_proxies: tuple[str, ...] = setting(
         (),
         kinds.STR_LIST,
         "Proxy addresses whose X-Forwarded-For is believed; none by default.",
+        kinds.Networks(),
     )
     max_tracked_keys: int = setting(
-        100_000, kinds.INT, "Cap on per-IP and per-endpoint buckets kept in memory.", POSITIVE
+        100_000,
+        kinds.INT,
+        "Cap on per-IP and per-endpoint buckets kept in memory (read at start).",
+        POSITIVE,
     )
     expose_headers: bool = setting(
-        True, kinds.BOOL, "Add RateLimit-* headers to admitted responses too."
+        True,
+        kinds.BOOL,
+        "Add RateLimit-* headers to admitted responses too (429s always have them).",
     )
 
 

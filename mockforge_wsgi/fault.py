@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import attrs
 
 from . import _sockets
+from ._headers import add_annotation
 from .config import FaultInjectionConfig
 from .latency import sleep_ms
 
@@ -24,6 +25,9 @@ if TYPE_CHECKING:
 __all__ = ["Fault", "PartialBody", "decide_fault", "drain_input", "render_fault"]
 
 FaultKind = Literal["http_error", "timeout", "connection_error", "partial_response"]
+
+# A cut response promises this many bytes and sends none (any non-zero length will do).
+_CUT_PROMISED_BYTES = 64
 
 # Bytes of an unread request body we read and discard before answering early. Beyond
 # it the client gets the fault on a connection we close, as servers do for big bodies.
@@ -121,26 +125,12 @@ def render_fault(
     config: FaultInjectionConfig,
     environ: WSGIEnvironment,
     start_response: StartResponse,
-    annotation: str,
+    extra_headers: list[tuple[str, str]],
 ) -> Iterable[bytes]:
     """Answer the request with an early fault instead of calling the app."""
     drain_input(environ)
     if fault.kind == "connection_error":
-        sock = _sockets.client_socket(environ)
-        if sock is not None:
-            _sockets.reset_connection(sock)
-            raise _sockets.dropped("injected connection reset")
-        # No socket to reset: promise a body and send none, the closest a WSGI app gets.
-        body, content_type = fault_body(attrs.evolve(fault, status=502), config)
-        start_response(
-            "502 Bad Gateway",
-            [
-                ("Content-Type", content_type),
-                ("Content-Length", str(len(body))),
-                ("X-Mockforge-Chaos", f"{annotation}, fallback=cut"),
-            ],
-        )
-        return []
+        return reset_or_cut(environ, start_response, extra_headers, "injected connection reset")
     if fault.kind == "timeout":
         sleep_ms(fault.hold_ms)
     status = fault.status or 500
@@ -150,10 +140,43 @@ def render_fault(
         [
             ("Content-Type", content_type),
             ("Content-Length", str(len(body))),
-            ("X-Mockforge-Chaos", annotation),
+            *extra_headers,
         ],
     )
     return [body]
+
+
+def reset_or_cut(
+    environ: WSGIEnvironment,
+    start_response: StartResponse,
+    extra_headers: list[tuple[str, str]],
+    why: str,
+    *,
+    reset: bool = True,
+) -> Iterable[bytes]:
+    """End the request without an answer: a TCP reset (or a plain close with
+    ``reset=False``) where the socket is reachable.
+
+    Without a socket, the closest a WSGI app gets: a 502 whose promised body never
+    comes, annotated ``fallback=cut``.
+    """
+    sock = _sockets.client_socket(environ)
+    if sock is not None:
+        if reset:
+            _sockets.reset_connection(sock)
+        else:
+            _sockets.cut_connection(sock)
+        raise _sockets.dropped(why)
+    headers = add_annotation(extra_headers, "fallback=cut")
+    start_response(
+        "502 Bad Gateway",
+        [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(_CUT_PROMISED_BYTES)),
+            *headers,
+        ],
+    )
+    return []
 
 
 def _status_line(status: int) -> str:
@@ -178,14 +201,16 @@ class PartialBody:
         self._inner: Iterable[bytes] | None = None
         self._done = False
 
-    def start_response(self, start_response: StartResponse, annotation: str) -> StartResponse:
+    def start_response(
+        self, start_response: StartResponse, extra_headers: list[tuple[str, str]]
+    ) -> StartResponse:
         def partial_start_response(
             status: str, headers: list[tuple[str, str]], exc_info: Any = None
         ) -> Any:
             for name, value in headers:
                 if name.lower() == "content-length" and value.strip().isdigit():
                     self._budget = int(self._fraction * int(value))
-            write = start_response(status, [*headers, ("X-Mockforge-Chaos", annotation)], exc_info)
+            write = start_response(status, [*headers, *extra_headers], exc_info)
             return self._write_through(write)
 
         return partial_start_response

@@ -2,25 +2,36 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from werkzeug.exceptions import HTTPException
+from werkzeug.routing import Map, RequestRedirect
+
+from ._headers import add_annotation
 from .config import ChaosConfig
-from .fault import PartialBody, render_fault
-from .latency import sleep_ms
-from .plan import ANNOTATION_HEADER, NO_CHAOS, PLAN_ENVIRON_KEY, Plan, decide_plan
+from .fault import PartialBody, render_fault, reset_or_cut
+from .plan import NO_CHAOS, PLAN_ENVIRON_KEY, Plan, decide_plan
+from .rate_limit import RateLimiter, client_ip, render_refusal
+from .state import MemoryStore, Store, StoreError
+from .traffic_shaping import PacedBody, PacedInput, SlotGuard, sleep_until
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-__all__ = ["DEFAULT_EXEMPT_PATHS", "ChaosMiddleware"]
+__all__ = ["DEFAULT_EXEMPT_PATHS", "ChaosMiddleware", "route_resolver"]
 
 log = logging.getLogger("mockforge_wsgi")
 
 # The management API and metrics must stay reachable: a user can always turn chaos off.
 DEFAULT_EXEMPT_PATHS = ("/api/chaos", "/metrics")
+CONNECTION_SLOTS = "connections"
+
+RouteResolver = Callable[["WSGIEnvironment"], str]
 
 
 class ChaosMiddleware:
@@ -32,7 +43,10 @@ class ChaosMiddleware:
 
     ``config`` may be replaced at any time (it is frozen; each request reads it once).
     ``rng`` defaults to ``random.Random(config.seed)``: with a seed, one process
-    replays the same decisions for the same request sequence.
+    replays the same decisions for the same request sequence. ``store`` holds rate
+    limit buckets and connection slots (default: this process's memory).
+    ``route_for`` names a request's endpoint for per-endpoint limits; by default the
+    route template of a wrapped Flask app, else the path.
     """
 
     def __init__(
@@ -42,6 +56,8 @@ class ChaosMiddleware:
         config: ChaosConfig | None = None,
         exempt_paths: Sequence[str] = DEFAULT_EXEMPT_PATHS,
         rng: random.Random | None = None,
+        store: Store | None = None,
+        route_for: RouteResolver | None = None,
     ) -> None:
         self.app = app
         self.config = config if config is not None else ChaosConfig()
@@ -49,24 +65,44 @@ class ChaosMiddleware:
         # not "/api/chaosmonkey".
         self.exempt_paths = tuple(path.rstrip("/") for path in exempt_paths)
         self.rng = rng if rng is not None else random.Random(self.config.seed)
+        self.store = (
+            store
+            if store is not None
+            else MemoryStore(max_keys=self.config.rate_limit.max_tracked_keys)
+        )
+        self.limiter = RateLimiter(self.store)
+        self.route_for = route_for if route_for is not None else route_resolver(app)
         self.internal_errors = 0
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         config = self.config
         if not config.enabled or self._is_exempt(environ.get("PATH_INFO") or "/"):
             return self.app(environ, start_response)
+        started = time.monotonic()
         try:
-            plan = decide_plan(config, self.rng)
+            plan = self._decide(config, environ, started)
         except Exception:
-            self._internal_error()
+            self._internal_error("deciding")
             plan = NO_CHAOS
         environ[PLAN_ENVIRON_KEY] = plan
         if plan is NO_CHAOS:
             return self.app(environ, start_response)
-        return self._apply(plan, config, environ, start_response)
+        return self._apply(plan, config, environ, start_response, started)
 
     def _is_exempt(self, path: str) -> bool:
         return any(path == prefix or path.startswith(prefix + "/") for prefix in self.exempt_paths)
+
+    def _decide(self, config: ChaosConfig, environ: WSGIEnvironment, now: float) -> Plan:
+        limits = config.rate_limit
+        verdict = None
+        if limits.enabled:
+            client = client_ip(environ, limits.trusted_proxies) if limits.per_ip else ""
+            endpoint = self.route_for(environ) if limits.per_endpoint else ""
+            try:
+                verdict = self.limiter.check(limits, client, endpoint, now)
+            except StoreError:
+                self._internal_error("reaching the rate-limit store")
+        return decide_plan(config, self.rng, verdict)
 
     def _apply(
         self,
@@ -74,32 +110,120 @@ class ChaosMiddleware:
         config: ChaosConfig,
         environ: WSGIEnvironment,
         start_response: StartResponse,
+        started: float,
     ) -> Iterable[bytes]:
-        annotation = plan.annotation()
-        if plan.delay_ms is not None:
-            sleep_ms(plan.delay_ms)
-        fault = plan.fault
-        if fault is None:
-            return self.app(environ, _annotated(start_response, annotation))
-        if fault.kind == "partial_response":
-            body = PartialBody(fault.fraction, environ)
-            return body.wrap(self.app(environ, body.start_response(start_response, annotation)))
-        return render_fault(fault, config.fault_injection, environ, start_response, annotation)
+        headers = plan.response_headers(config.rate_limit.expose_headers)
+        if plan.refused:
+            assert plan.rate_limit is not None
+            return render_refusal(plan.rate_limit, start_response, headers)
+        shaping = plan.shaping
+        if shaping is not None and shaping.drop:
+            return reset_or_cut(
+                environ, start_response, headers, "injected request drop", reset=False
+            )
+        if shaping is None or not shaping.max_connections:
+            return self._serve(plan, config, environ, start_response, headers, started)
+        if not self.store.acquire_slot(
+            CONNECTION_SLOTS, shaping.max_connections, shaping.queue_timeout_ms / 1000.0
+        ):
+            return _render_busy(start_response, headers)
+        release = functools.partial(self.store.release_slot, CONNECTION_SLOTS)
+        try:
+            body = self._serve(plan, config, environ, start_response, headers, started)
+        except BaseException:
+            release()
+            raise
+        return SlotGuard(body, release)
 
-    def _internal_error(self) -> None:
-        """Our own bug must not look like chaos: serve unharmed, log, count."""
+    def _serve(
+        self,
+        plan: Plan,
+        config: ChaosConfig,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        headers: list[tuple[str, str]],
+        started: float,
+    ) -> Iterable[bytes]:
+        """Latency, then a fault or the app, with the body shaped as planned."""
+        shaping = plan.shaping
+        timeout = shaping.connection_timeout_ms if shaping is not None else 0.0
+        deadline = started + timeout / 1000.0 if timeout else None
+        if shaping is not None and shaping.upload_bps:
+            environ["wsgi.input"] = PacedInput(environ["wsgi.input"], shaping.upload_bps)
+        if plan.delay_ms is not None and not sleep_until(
+            time.monotonic() + plan.delay_ms / 1000.0, deadline
+        ):
+            return reset_or_cut(
+                environ, start_response, headers, "connection timeout", reset=False
+            )
+        fault = plan.fault
+        if fault is not None and fault.kind != "partial_response":
+            return render_fault(fault, config.fault_injection, environ, start_response, headers)
+        body: Iterable[bytes]
+        if fault is not None:
+            partial = PartialBody(fault.fraction, environ)
+            body = partial.wrap(self.app(environ, partial.start_response(start_response, headers)))
+        else:
+            body = self.app(environ, _with_headers(start_response, headers))
+        if shaping is not None and shaping.paces_body:
+            body = PacedBody(body, shaping, environ, started=started)
+        return body
+
+    def _internal_error(self, doing: str) -> None:
+        """Our own failure must not look like chaos: serve unharmed, log, count."""
         self.internal_errors += 1
         if self.internal_errors == 1 or self.internal_errors % 1000 == 0:
             log.exception(
-                "mockforge internal error (%d so far); serving without chaos",
+                "mockforge internal error while %s (%d so far); serving without chaos",
+                doing,
                 self.internal_errors,
             )
 
 
-def _annotated(start_response: StartResponse, annotation: str) -> StartResponse:
-    def annotated_start_response(
+def _with_headers(start_response: StartResponse, extra: list[tuple[str, str]]) -> StartResponse:
+    if not extra:
+        return start_response
+
+    def start_response_with_headers(
         status: str, headers: list[tuple[str, str]], exc_info: Any = None
     ) -> Any:
-        return start_response(status, [*headers, (ANNOTATION_HEADER, annotation)], exc_info)
+        return start_response(status, [*headers, *extra], exc_info)
 
-    return annotated_start_response
+    return start_response_with_headers
+
+
+def _render_busy(start_response: StartResponse, extra: list[tuple[str, str]]) -> Iterable[bytes]:
+    body = b'{"error":"too many connections","injected_by":"mockforge"}'
+    start_response(
+        "503 Service Unavailable",
+        [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(body))),
+            ("Retry-After", "1"),
+            *add_annotation(extra, "connection_limit=full"),
+        ],
+    )
+    return [body]
+
+
+def route_resolver(app: Any) -> RouteResolver:
+    """The endpoint key for a request: the route template where the app exposes a
+    werkzeug URL map (Flask: ``app.wsgi_app`` is bound to the Flask app), else the path."""
+    url_map = getattr(getattr(app, "__self__", None), "url_map", None)
+    if url_map is None:
+        url_map = getattr(app, "url_map", None)
+    if not isinstance(url_map, Map):
+        return _path_of
+    return functools.partial(_route_in, url_map)
+
+
+def _path_of(environ: WSGIEnvironment) -> str:
+    return str(environ.get("PATH_INFO") or "/")
+
+
+def _route_in(url_map: Map, environ: WSGIEnvironment) -> str:
+    try:
+        rule, _ = url_map.bind_to_environ(environ).match(return_rule=True)
+    except (HTTPException, RequestRedirect):
+        return _path_of(environ)
+    return str(rule.rule)

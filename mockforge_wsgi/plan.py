@@ -11,13 +11,15 @@ import random
 
 import attrs
 
+from ._headers import ANNOTATION_HEADER
 from .config import ChaosConfig
 from .fault import Fault, decide_fault
 from .latency import decide_delay
+from .rate_limit import RateLimitVerdict
+from .traffic_shaping import Shaping, decide_shaping
 
 __all__ = ["ANNOTATION_HEADER", "NO_CHAOS", "PLAN_ENVIRON_KEY", "Plan", "decide_plan"]
 
-ANNOTATION_HEADER = "X-Mockforge-Chaos"
 PLAN_ENVIRON_KEY = "mockforge.plan"
 
 
@@ -27,24 +29,68 @@ class Plan:
 
     delay_ms: float | None = None
     fault: Fault | None = None
+    rate_limit: RateLimitVerdict | None = None
+    shaping: Shaping | None = None
+
+    @property
+    def refused(self) -> bool:
+        """Refused by the rate limiter: nothing else is applied."""
+        return self.rate_limit is not None and not self.rate_limit.allowed
 
     def annotation(self) -> str:
         """The ``X-Mockforge-Chaos`` value, e.g. ``latency=512ms, fault=http_503``."""
         parts = []
+        if self.refused:
+            assert self.rate_limit is not None
+            parts.append(f"rate_limit={self.rate_limit.level}")
+        if self.shaping is not None:
+            parts.extend(self.shaping.annotation_parts())
         if self.delay_ms is not None:
             parts.append(f"latency={self.delay_ms:.0f}ms")
         if self.fault is not None:
             parts.append(f"fault={self.fault.label}")
+        if self.cut_by_timeout:
+            parts.append("cut=connection_timeout")
         return ", ".join(parts)
+
+    @property
+    def cut_by_timeout(self) -> bool:
+        """The latency alone outlasts the connection timeout: the request will be cut."""
+        timeout = self.shaping.connection_timeout_ms if self.shaping is not None else 0.0
+        return bool(timeout and self.delay_ms is not None and self.delay_ms >= timeout)
+
+    def response_headers(self, expose_rate_limit: bool = True) -> list[tuple[str, str]]:
+        """Headers added to the response: the annotation, and RateLimit-* when exposed
+        (always on a refusal)."""
+        headers = []
+        annotation = self.annotation()
+        if annotation:
+            headers.append((ANNOTATION_HEADER, annotation))
+        if self.rate_limit is not None and (expose_rate_limit or self.refused):
+            headers.extend(self.rate_limit.headers())
+        return headers
 
 
 NO_CHAOS = Plan()
 
 
-def decide_plan(config: ChaosConfig, rng: random.Random) -> Plan:
-    """Decide one request's chaos. Pure: no sleeping, no I/O, draws only from ``rng``."""
+def decide_plan(
+    config: ChaosConfig,
+    rng: random.Random,
+    rate_limit: RateLimitVerdict | None = None,
+) -> Plan:
+    """Decide one request's chaos from the config and the rate limiter's verdict.
+
+    Pure: no sleeping, no I/O, draws only from ``rng``. A refused request gets
+    nothing else; a dropped one gets no latency or fault.
+    """
+    if rate_limit is not None and not rate_limit.allowed:
+        return Plan(rate_limit=rate_limit)
+    shaping = decide_shaping(config.traffic_shaping, rng)
+    if shaping is not None and shaping.drop:
+        return Plan(rate_limit=rate_limit, shaping=shaping)
     delay_ms = decide_delay(config.latency, rng)
     fault = decide_fault(config.fault_injection, rng)
-    if delay_ms is None and fault is None:
+    if delay_ms is None and fault is None and shaping is None and rate_limit is None:
         return NO_CHAOS
-    return Plan(delay_ms=delay_ms, fault=fault)
+    return Plan(delay_ms=delay_ms, fault=fault, rate_limit=rate_limit, shaping=shaping)

@@ -1,0 +1,59 @@
+"""The store interface: where runtime state that must be shared lives.
+
+One interface, several backends chosen by URL (``memory://`` now; an embedded
+cross-process store and Redis later). Algorithms (rate limiting, connection limits)
+take a store and never know which backend they use.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+
+from .gcra import Bucket, BucketOutcome
+
+__all__ = ["Store", "StoreError"]
+
+
+class StoreError(RuntimeError):
+    """A backend failed (unreachable, timed out). Callers fail open and count it."""
+
+
+class Store(abc.ABC):
+    """Shared runtime state: token buckets, connection slots, event counters."""
+
+    @abc.abstractmethod
+    def acquire(self, buckets: Sequence[Bucket], now: float) -> list[BucketOutcome]:
+        """Charge one request to every bucket, all or nothing.
+
+        If any bucket refuses, none is charged, and every outcome is returned so the
+        caller can report the tightest level.
+        """
+
+    @abc.abstractmethod
+    def acquire_slot(self, name: str, limit: int, timeout_s: float) -> bool:
+        """Take one of ``limit`` slots, waiting up to ``timeout_s``; False if none came."""
+
+    @abc.abstractmethod
+    def release_slot(self, name: str) -> None:
+        """Give back a slot taken with :meth:`acquire_slot`."""
+
+    @abc.abstractmethod
+    def slots_in_use(self, name: str) -> int:
+        """How many slots of ``name`` are taken now."""
+
+    @abc.abstractmethod
+    def incr(self, counter: str, amount: int = 1) -> None:
+        """Add to an event counter."""
+
+    @abc.abstractmethod
+    def counters(self) -> dict[str, int]:
+        """Every counter's current value."""
+
+    @abc.abstractmethod
+    def tracked_keys(self) -> int:
+        """How many bucket keys are held (for memory bounds and tests)."""
+
+    @abc.abstractmethod
+    def reset(self) -> None:
+        """Forget buckets and counters (slots in use stay: their requests are running)."""

@@ -1,0 +1,94 @@
+"""The in-process store: dicts under one lock, for one process with many threads."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+
+from .base import Store
+from .gcra import Bucket, BucketOutcome, gcra
+
+__all__ = ["MemoryStore"]
+
+# Per request, how many buckets at the old end of the table are checked for being
+# full again (and dropped). Amortised cleaning: no sweeps, bounded work per request.
+_CLEAN_PER_CALL = 2
+
+
+class MemoryStore(Store):
+    """Token buckets, slots and counters of one process.
+
+    The bucket table is bounded by ``max_keys``: buckets that are full again are
+    dropped (a full bucket and no bucket admit the same), and beyond the cap the
+    least recently charged bucket is dropped too (counted in ``evicted``); such a
+    key starts again with a full bucket.
+    """
+
+    def __init__(self, max_keys: int = 100_000) -> None:
+        self.max_keys = max_keys
+        self.evicted = 0
+        self._lock = threading.Lock()
+        self._tats: OrderedDict[str, float] = OrderedDict()
+        self._slots: dict[str, int] = {}
+        self._slot_freed = threading.Condition(self._lock)
+        self._counters: dict[str, int] = {}
+
+    def acquire(self, buckets: Sequence[Bucket], now: float) -> list[BucketOutcome]:
+        with self._lock:
+            tats = self._tats
+            decided = [gcra(tats.get(bucket.key), now, bucket) for bucket in buckets]
+            if all(outcome.allowed for outcome, _ in decided):
+                for bucket, (_, new_tat) in zip(buckets, decided, strict=True):
+                    tats[bucket.key] = new_tat
+                    tats.move_to_end(bucket.key)
+                self._clean(now)
+            return [outcome for outcome, _ in decided]
+
+    def _clean(self, now: float) -> None:
+        tats = self._tats
+        for _ in range(_CLEAN_PER_CALL):
+            if not tats:
+                return
+            key = next(iter(tats))
+            if tats[key] > now:
+                break
+            del tats[key]
+        while len(tats) > self.max_keys:
+            tats.popitem(last=False)
+            self.evicted += 1
+
+    def acquire_slot(self, name: str, limit: int, timeout_s: float) -> bool:
+        with self._slot_freed:
+            taken = self._slot_freed.wait_for(
+                lambda: self._slots.get(name, 0) < limit, timeout=max(timeout_s, 0.0)
+            )
+            if not taken:
+                return False
+            self._slots[name] = self._slots.get(name, 0) + 1
+            return True
+
+    def release_slot(self, name: str) -> None:
+        with self._slot_freed:
+            self._slots[name] = max(self._slots.get(name, 0) - 1, 0)
+            self._slot_freed.notify()
+
+    def slots_in_use(self, name: str) -> int:
+        with self._lock:
+            return self._slots.get(name, 0)
+
+    def incr(self, counter: str, amount: int = 1) -> None:
+        with self._lock:
+            self._counters[counter] = self._counters.get(counter, 0) + amount
+
+    def counters(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counters)
+
+    def tracked_keys(self) -> int:
+        return len(self._tats)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._tats.clear()
+            self._counters.clear()

@@ -1,0 +1,309 @@
+"""Traffic shaping: bandwidth pacing, a packet-loss model, connection limits and timeouts.
+
+Packet loss is modelled at the HTTP layer, since a WSGI app cannot drop real IP
+packets: the response body is seen as 1460-byte TCP segments (an Ethernet MSS), and
+each segment is lost with ``packet_loss_percent`` chance. A lost segment costs what TCP
+pays for it: a retransmission timeout, 200 ms at first (Linux's minimum RTO) and
+doubled each time the same segment is lost again (RFC 6298, section 5.5), each RTO
+capped at 60 s (RFC 6298, section 2.5). After 15 retransmissions of one segment the
+connection is given up, as Linux does (``tcp_retries2``).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from . import _sockets
+from .config import TrafficShapingConfig
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIEnvironment
+
+__all__ = [
+    "PacedBody",
+    "PacedInput",
+    "Shaping",
+    "SlotGuard",
+    "decide_shaping",
+    "retransmission_stall",
+    "sleep_until",
+]
+
+SEGMENT_BYTES = 1460
+INITIAL_RTO_S = 0.2
+MAX_RTO_S = 60.0
+MAX_RETRANSMISSIONS = 15
+# Pacing writes this much time's worth of bytes at once: small enough for a smooth
+# rate, large enough that a fast limit does not become thousands of tiny writes.
+PACE_INTERVAL_S = 0.02
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], None]
+
+
+@attrs.frozen
+class Shaping:
+    """The traffic shaping one request gets (decided up front, applied while serving)."""
+
+    bandwidth_bps: int = 0
+    upload_bps: int = 0
+    loss_percent: float = 0.0
+    loss_seed: int = 0
+    drop: bool = False
+    max_connections: int = 0
+    queue_timeout_ms: float = 0.0
+    connection_timeout_ms: float = 0.0
+
+    @property
+    def paces_body(self) -> bool:
+        return bool(self.bandwidth_bps or self.loss_percent or self.connection_timeout_ms)
+
+    def annotation_parts(self) -> list[str]:
+        if self.drop:
+            return ["drop=request"]
+        parts = []
+        if self.bandwidth_bps:
+            parts.append(f"bandwidth={self.bandwidth_bps}Bps")
+        if self.upload_bps:
+            parts.append(f"upload={self.upload_bps}Bps")
+        if self.loss_percent:
+            parts.append(f"packet_loss={self.loss_percent:g}%")
+        if self.connection_timeout_ms:
+            parts.append(f"connection_timeout={self.connection_timeout_ms:g}ms")
+        return parts
+
+
+def decide_shaping(config: TrafficShapingConfig, rng: random.Random) -> Shaping | None:
+    """The shaping for one request, or None. Loss is drawn later from ``loss_seed``."""
+    if not config.enabled:
+        return None
+    drop = config.request_drop_probability > 0.0 and rng.random() < (
+        config.request_drop_probability
+    )
+    shaping = Shaping(
+        bandwidth_bps=config.bandwidth_limit_bps,
+        upload_bps=config.upload_bandwidth_limit_bps,
+        loss_percent=config.packet_loss_percent,
+        loss_seed=rng.getrandbits(32) if config.packet_loss_percent else 0,
+        drop=drop,
+        max_connections=config.max_connections,
+        queue_timeout_ms=config.queue_timeout_ms,
+        connection_timeout_ms=config.connection_timeout_ms,
+    )
+    return None if shaping == _NOTHING else shaping
+
+
+_NOTHING = Shaping()
+
+
+def retransmission_stall(rng: random.Random, loss: float) -> tuple[float, bool]:
+    """Seconds one lost segment costs, and whether TCP would give the connection up."""
+    stall, rto = 0.0, INITIAL_RTO_S
+    for _ in range(MAX_RETRANSMISSIONS):
+        stall += rto
+        rto = min(rto * 2.0, MAX_RTO_S)
+        if rng.random() >= loss:
+            return stall, False
+    return stall, True
+
+
+def _segments_until_loss(rng: random.Random, loss: float) -> int:
+    """Whole segments sent before the next lost one: geometric, one draw per loss."""
+    if loss >= 1.0:
+        return 0
+    return int(math.log(1.0 - rng.random()) / math.log(1.0 - loss))
+
+
+def sleep_until(
+    due: float,
+    deadline: float | None,
+    clock: Clock = time.monotonic,
+    sleep: Sleep = time.sleep,
+) -> bool:
+    """Sleep until ``due``; False (after sleeping to it) if ``deadline`` comes first."""
+    now = clock()
+    if deadline is not None and due > deadline:
+        if deadline > now:
+            sleep(deadline - now)
+        return False
+    if due > now:
+        sleep(due - now)
+    return True
+
+
+class PacedBody:
+    """Paces a response body to a byte rate, stalls it for lost segments, and cuts it
+    at the connection deadline; ``close()`` always closes the app's iterable.
+
+    Large app chunks are re-chunked into ``PACE_INTERVAL_S`` worth of bytes; nothing is
+    buffered beyond the chunk in hand. Slice ``k`` leaves at ``start + bytes_before_k /
+    rate`` (plus any loss stalls), so sleep errors do not add up.
+    """
+
+    def __init__(
+        self,
+        inner: Iterable[bytes],
+        shaping: Shaping,
+        environ: WSGIEnvironment,
+        *,
+        started: float,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = time.sleep,
+    ) -> None:
+        self._inner = inner
+        self._bps = shaping.bandwidth_bps
+        self._loss = shaping.loss_percent / 100.0
+        self._rng = random.Random(shaping.loss_seed)
+        timeout = shaping.connection_timeout_ms
+        self._deadline = started + timeout / 1000.0 if timeout else None
+        self._environ = environ
+        self._clock = clock
+        self._sleep = sleep
+        self.timed_out = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._paced()
+
+    def _paced(self) -> Iterator[bytes]:
+        bps = self._bps
+        step = max(1, int(bps * PACE_INTERVAL_S)) if bps else None
+        next_loss = self._loss_offset(0) if self._loss else None
+        origin: float | None = None
+        sent = 0
+        for chunk in self._inner:
+            if not chunk:
+                yield chunk
+                continue
+            offset = 0
+            while offset < len(chunk):
+                if origin is None:
+                    origin = self._clock()
+                if next_loss is not None and sent == next_loss:
+                    stall, gave_up = retransmission_stall(self._rng, self._loss)
+                    if not self._wait_until(self._clock() + stall) or gave_up:
+                        self._cut()
+                        return
+                    origin += stall
+                    next_loss = self._loss_offset(sent // SEGMENT_BYTES + 1)
+                size = len(chunk) - offset
+                if step is not None:
+                    size = min(size, step)
+                if next_loss is not None:
+                    size = min(size, next_loss - sent)
+                due = origin + sent / bps if bps else self._clock()
+                if not self._wait_until(due):
+                    self._cut()
+                    return
+                yield chunk[offset : offset + size]
+                offset += size
+                sent += size
+
+    def _loss_offset(self, from_segment: int) -> int:
+        return (from_segment + _segments_until_loss(self._rng, self._loss)) * SEGMENT_BYTES
+
+    def _wait_until(self, due: float) -> bool:
+        return sleep_until(due, self._deadline, self._clock, self._sleep)
+
+    def _cut(self) -> None:
+        """The deadline passed (or TCP gave up): shut the connection mid-body."""
+        self.timed_out = True
+        sock = _sockets.client_socket(self._environ)
+        if sock is not None:
+            _sockets.cut_connection(sock)
+            raise _sockets.dropped("connection timeout")
+
+    def close(self) -> None:
+        close = getattr(self._inner, "close", None)
+        if close is not None:
+            close()
+
+
+class PacedInput:
+    """``wsgi.input`` read no faster than ``bps`` bytes per second."""
+
+    def __init__(
+        self,
+        stream: Any,
+        bps: int,
+        *,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = time.sleep,
+    ) -> None:
+        self._stream = stream
+        self._bps = bps
+        self._step = max(1, int(bps * PACE_INTERVAL_S))
+        self._clock = clock
+        self._sleep = sleep
+        self._origin: float | None = None
+        self._read = 0
+
+    def _pace(self, data: bytes) -> bytes:
+        if self._origin is None:
+            self._origin = self._clock()
+        self._read += len(data)
+        delay = self._origin + self._read / self._bps - self._clock()
+        if delay > 0:
+            self._sleep(delay)
+        return data
+
+    def read(self, size: int | None = -1) -> bytes:
+        """Up to ``size`` bytes (all when negative), arriving at the paced rate."""
+        parts = []
+        left = -1 if size is None or size < 0 else size
+        while left != 0:
+            want = self._step if left < 0 else min(left, self._step)
+            data = self._stream.read(want)
+            if not data:
+                break
+            parts.append(self._pace(data))
+            if left > 0:
+                left -= len(data)
+        return b"".join(parts)
+
+    def readline(self, size: int | None = -1) -> bytes:
+        data: bytes = self._stream.readline(-1 if size is None else size)
+        return self._pace(data)
+
+    def readlines(self, hint: int = -1) -> list[bytes]:
+        return list(iter(self.readline, b""))
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.readline, b"")
+
+
+class SlotGuard:
+    """Holds a connection slot for the life of a response and gives it back exactly once.
+
+    Released in ``close()`` after the app's iterable is closed, even if that raises.
+    (werkzeug's ``ClosingIterator`` would skip later callbacks when the first raises.)
+    """
+
+    def __init__(self, inner: Iterable[bytes], release: Callable[[], None]) -> None:
+        self._inner = inner
+        self._release: Callable[[], None] | None = release
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._inner)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._inner, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._give_back()
+
+    def _give_back(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+
+    def __del__(self) -> None:
+        # A server that never calls close() would otherwise leak the slot for good.
+        self._give_back()
