@@ -1,0 +1,244 @@
+"""Rate limiting: GCRA arithmetic, levels checked together, real threads, 429s."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+import pytest
+from flask import Flask
+from werkzeug.test import Client
+
+from mockforge_wsgi import load_config
+from mockforge_wsgi.config import RateLimitConfig
+from mockforge_wsgi.middleware import ChaosMiddleware
+from mockforge_wsgi.rate_limit import RateLimiter, client_ip
+from mockforge_wsgi.state import Bucket, MemoryStore, Store, StoreError
+from mockforge_wsgi.state.gcra import gcra
+
+
+def hello(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+    return [b"ok"]
+
+
+def limited(**rate_limit: Any) -> ChaosMiddleware:
+    config = load_config(
+        environ={}, overrides={"enabled": True, "rate_limit": {"enabled": True, **rate_limit}}
+    )
+    return ChaosMiddleware(hello, config=config)
+
+
+def test_gcra_admits_the_burst_then_the_rate() -> None:
+    bucket = Bucket("k", interval_s=0.1, burst=3)
+    tat = None
+    outcomes = []
+    for _ in range(4):
+        outcome, new_tat = gcra(tat, 10.0, bucket)
+        outcomes.append(outcome)
+        if outcome.allowed:
+            tat = new_tat
+    assert [o.allowed for o in outcomes] == [True, True, True, False]
+    assert [o.remaining for o in outcomes] == [2, 1, 0, 0]
+    assert outcomes[3].retry_after_s == pytest.approx(0.1)
+    assert outcomes[3].reset_s == pytest.approx(0.3)
+    # One interval later exactly one more request fits.
+    assert gcra(tat, 10.1, bucket)[0].allowed
+    assert not gcra(gcra(tat, 10.1, bucket)[1], 10.1, bucket)[0].allowed
+
+
+def test_threads_get_burst_plus_rate_times_time() -> None:
+    """100 rps, burst 10, 8 threads hammering for 3 s: admitted = 10 + 100 * elapsed."""
+    limiter = RateLimiter(MemoryStore())
+    config = RateLimitConfig(enabled=True, requests_per_second=100, burst_size=10)
+    admitted = 0
+    lock = threading.Lock()
+    start = time.monotonic()
+    stop_at = start + 3.0
+
+    def hammer() -> None:
+        nonlocal admitted
+        mine = 0
+        for _ in range(2_000_000):  # bounded; the clock ends it first
+            now = time.monotonic()
+            if now >= stop_at:
+                break
+            verdict = limiter.check(config, "", "", now)
+            assert verdict is not None
+            mine += verdict.allowed
+        with lock:
+            admitted += mine
+
+    threads = [threading.Thread(target=hammer) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    expected = 10 + 100 * 3.0
+    assert abs(admitted - expected) <= 0.02 * expected, admitted
+
+
+def test_a_refused_request_charges_no_other_level() -> None:
+    limiter = RateLimiter(MemoryStore())
+    config = RateLimitConfig(
+        enabled=True, requests_per_second=0.001, burst_size=5, per_ip=True, per_ip_burst_size=2
+    )
+    now = 100.0
+    a = [limiter.check(config, "10.0.0.1", "", now) for _ in range(3)]
+    assert [v.allowed for v in a if v] == [True, True, False]
+    assert a[2] is not None and a[2].level == "per_ip"
+    # The refused third request took no global token: three are left for others.
+    b = [limiter.check(config, f"10.0.1.{i}", "", now) for i in range(4)]
+    assert [v.allowed for v in b if v] == [True, True, True, False]
+    assert b[3] is not None and b[3].level == "global"
+
+
+def test_per_ip_and_per_endpoint_limits_are_independent() -> None:
+    limiter = RateLimiter(MemoryStore())
+    config = RateLimitConfig(
+        enabled=True,
+        requests_per_second=0.001,
+        burst_size=2,
+        global_limit=False,
+        per_ip=True,
+        per_endpoint=True,
+        per_endpoint_burst_size=3,
+    )
+    now = 5.0
+
+    def allowed(ip: str, endpoint: str) -> bool:
+        verdict = limiter.check(config, ip, endpoint, now)
+        return verdict is not None and verdict.allowed
+
+    assert [allowed("a", "/x") for _ in range(3)] == [True, True, False]  # per-IP limit of a
+    assert allowed("b", "/x")  # another IP is untouched; /x has had 3 charges now
+    assert not allowed("c", "/x")  # /x's own bucket (3) is spent, whatever the IP
+    assert allowed("c", "/y")  # another endpoint is untouched
+
+
+def test_refusal_is_a_429_with_headers() -> None:
+    middleware = limited(requests_per_second=0.5, burst_size=2)
+    client = Client(middleware)
+    first = client.get("/")
+    assert first.status_code == 200
+    assert first.headers["RateLimit-Limit"] == "2"
+    assert first.headers["RateLimit-Remaining"] == "1"
+    assert first.headers["X-RateLimit-Remaining"] == "1"
+    assert first.headers["RateLimit-Reset"] == "2"
+    assert "X-Mockforge-Chaos" not in first.headers
+    client.get("/")
+    refused = client.get("/")
+    assert refused.status_code == 429
+    assert refused.headers["Retry-After"] == "2"  # 2 s to the next token, whole seconds
+    assert refused.headers["RateLimit-Remaining"] == "0"
+    assert refused.headers["X-RateLimit-Limit"] == "2"
+    assert refused.headers["RateLimit-Reset"] == "4"
+    assert refused.headers["X-Mockforge-Chaos"] == "rate_limit=global"
+    assert json.loads(refused.data)["level"] == "global"
+
+
+def test_retry_after_rounds_up_to_whole_seconds() -> None:
+    middleware = limited(requests_per_second=100, burst_size=1)
+    client = Client(middleware)
+    client.get("/")
+    refused = client.get("/")
+    assert refused.status_code == 429
+    assert refused.headers["Retry-After"] == "1"  # 10 ms rounds up to 1 s
+
+
+def test_admitted_headers_can_be_switched_off() -> None:
+    response = Client(limited(expose_headers=False)).get("/")
+    assert response.status_code == 200
+    assert "RateLimit-Limit" not in response.headers
+
+
+@pytest.mark.parametrize(
+    ("environ", "trusted", "expected"),
+    [
+        pytest.param(
+            {"REMOTE_ADDR": "10.0.0.5", "HTTP_X_FORWARDED_FOR": "1.2.3.4"},
+            (),
+            "10.0.0.5",
+            id="xff-ignored-by-default",
+        ),
+        pytest.param(
+            {"REMOTE_ADDR": "10.0.0.5", "HTTP_X_FORWARDED_FOR": "1.2.3.4"},
+            ("10.0.0.0/8",),
+            "1.2.3.4",
+            id="trusted-proxy",
+        ),
+        pytest.param(
+            {"REMOTE_ADDR": "9.9.9.9", "HTTP_X_FORWARDED_FOR": "1.2.3.4"},
+            ("10.0.0.0/8",),
+            "9.9.9.9",
+            id="untrusted-peer",
+        ),
+        pytest.param(
+            {"REMOTE_ADDR": "10.0.0.5", "HTTP_X_FORWARDED_FOR": "6.6.6.6, 1.2.3.4, 10.0.0.9"},
+            ("10.0.0.0/8",),
+            "1.2.3.4",
+            id="rightmost-untrusted-hop",
+        ),
+    ],
+)
+def test_client_ip(environ: dict[str, str], trusted: tuple[str, ...], expected: str) -> None:
+    assert client_ip(environ, trusted) == expected
+
+
+def test_endpoint_key_is_the_flask_route_template() -> None:
+    flask_app = Flask(__name__)
+
+    @flask_app.get("/users/<int:user_id>")
+    def user(user_id: int) -> str:
+        return str(user_id)
+
+    config = load_config(
+        environ={},
+        overrides={
+            "enabled": True,
+            "rate_limit": {
+                "enabled": True,
+                "global_limit": False,
+                "per_endpoint": True,
+                "requests_per_second": 0.001,
+                "burst_size": 2,
+            },
+        },
+    )
+    flask_app.wsgi_app = ChaosMiddleware(flask_app.wsgi_app, config=config)  # type: ignore[method-assign]
+    client = flask_app.test_client()
+    statuses = [client.get(f"/users/{n}").status_code for n in (1, 2, 3)]
+    assert statuses == [200, 200, 429]  # one bucket for the route, not one per path
+    assert client.get("/elsewhere").status_code == 404  # unknown path: keyed by path
+
+
+def test_table_stays_under_the_cap_and_drops_full_buckets() -> None:
+    store = MemoryStore(max_keys=1000)
+    limiter = RateLimiter(store)
+    config = RateLimitConfig(enabled=True, global_limit=False, per_ip=True, requests_per_second=10)
+    for i in range(50_000):
+        limiter.check(config, f"ip-{i}", "", 0.0)
+        assert store.tracked_keys() <= 1000
+    assert store.evicted == 49_000
+    # 10 s later every bucket is full again; requests drop them as they pass.
+    for i in range(600):
+        limiter.check(config, "late", "", 10.0 + i)
+    assert store.tracked_keys() == 1  # only the bucket still charged
+
+
+class FailingStore(MemoryStore):
+    def acquire(self, buckets: Any, now: float) -> Any:
+        raise StoreError("store unreachable")
+
+
+def test_an_unreachable_store_fails_open_and_is_counted() -> None:
+    config = load_config(
+        environ={}, overrides={"enabled": True, "rate_limit": {"enabled": True, "burst_size": 1}}
+    )
+    store: Store = FailingStore()
+    middleware = ChaosMiddleware(hello, config=config, store=store)
+    client = Client(middleware)
+    assert [client.get("/").status_code for _ in range(3)] == [200, 200, 200]
+    assert middleware.internal_errors == 3

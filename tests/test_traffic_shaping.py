@@ -1,0 +1,339 @@
+"""Traffic shaping: pacing, the loss model, connection limits and timeouts."""
+
+from __future__ import annotations
+
+import random
+import socket
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from conftest import assert_clean_log, gunicorn_server, session, werkzeug_server
+from stats import assert_binomial
+from test_server_faults import chaos_env
+from wsgi_apps import base_app
+
+from mockforge_wsgi import load_config
+from mockforge_wsgi.config import TrafficShapingConfig
+from mockforge_wsgi.middleware import CONNECTION_SLOTS, ChaosMiddleware
+from mockforge_wsgi.traffic_shaping import (
+    INITIAL_RTO_S,
+    SEGMENT_BYTES,
+    PacedBody,
+    PacedInput,
+    Shaping,
+    decide_shaping,
+    retransmission_stall,
+)
+
+
+class FakeTime:
+    """A clock that only moves when slept on: pacing tested without waiting."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+class Closing(list[bytes]):
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def paced(
+    chunks: list[bytes], shaping: Shaping, fake: FakeTime
+) -> tuple[list[tuple[float, int]], Closing]:
+    inner = Closing(chunks)
+    body = PacedBody(inner, shaping, {}, started=0.0, clock=fake.clock, sleep=fake.sleep)
+    sent = [(fake.now, len(piece)) for piece in body]
+    body.close()
+    return sent, inner
+
+
+def test_pacing_rechunks_and_keeps_the_schedule() -> None:
+    fake = FakeTime()
+    sent, inner = paced([b"x" * 100_000], Shaping(bandwidth_bps=10_000), fake)
+    assert inner.closed
+    assert {size for _, size in sent} == {200}  # 20 ms worth of 10 kB/s per write
+    assert sum(size for _, size in sent) == 100_000
+    # Slice k leaves at k * 200 / 10_000 s: no drift however many slices.
+    assert sent[-1][0] == pytest.approx((100_000 - 200) / 10_000)
+
+
+def test_loss_stalls_whole_segments() -> None:
+    fake = FakeTime()
+    body = b"y" * (SEGMENT_BYTES * 400)
+    sent, _ = paced([body], Shaping(loss_percent=10.0, loss_seed=7), fake)
+    assert sum(size for _, size in sent) == len(body)
+    stalls = fake.sleeps
+    # Every stall is a sum of doubling RTOs: 0.2, 0.6, 1.4, ...
+    allowed = {round(INITIAL_RTO_S * (2**k - 1), 6) for k in range(1, 8)}
+    assert {round(s, 6) for s in stalls} <= allowed
+    # Lost segments (first losses) ~ Binomial(400, 0.1).
+    assert_binomial(len(stalls), 400, 0.10)
+
+
+def test_retransmission_stall_doubles_the_rto() -> None:
+    rng = random.Random(3)
+    stalls = Counter(round(retransmission_stall(rng, 0.5)[0], 6) for _ in range(4000))
+    # P(k retransmissions) = 0.5^k: 0.2 s half the time, 0.6 s a quarter, 1.4 s an eighth.
+    assert_binomial(stalls[0.2], 4000, 0.5)
+    assert_binomial(stalls[0.6], 4000, 0.25)
+    assert_binomial(stalls[1.4], 4000, 0.125)
+
+
+def test_total_loss_gives_the_connection_up() -> None:
+    stall, gave_up = retransmission_stall(random.Random(1), 1.0)
+    assert gave_up
+    assert stall > 60
+
+
+def test_request_drop_probability() -> None:
+    config = TrafficShapingConfig(enabled=True, request_drop_probability=0.2)
+    rng = random.Random(5)
+    drops = sum(bool((s := decide_shaping(config, rng)) and s.drop) for _ in range(4000))
+    assert_binomial(drops, 4000, 0.2)
+
+
+def test_paced_input_reads_at_the_rate() -> None:
+    import io
+
+    fake = FakeTime()
+    stream = PacedInput(io.BytesIO(b"z" * 50_000), 10_000, clock=fake.clock, sleep=fake.sleep)
+    assert stream.read(30_000) == b"z" * 30_000
+    assert fake.now == pytest.approx(3.0)
+    assert stream.read() == b"z" * 20_000
+    assert fake.now == pytest.approx(5.0)
+    assert stream.read(10) == b""
+
+
+def _timed_body(port: int, path: str) -> tuple[list[tuple[float, int]], bytes]:
+    """GET ``path`` on a raw socket; every recv timed, the body separated from the head."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        head = b""
+        in_body = False
+        arrivals: list[tuple[float, int]] = []
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                break
+            now = time.perf_counter()
+            if not in_body:
+                head += data
+                if b"\r\n\r\n" in head:
+                    in_body = True
+                    head, rest = head.split(b"\r\n\r\n", 1)
+                    if rest:
+                        arrivals.append((now, len(rest)))
+                continue
+            arrivals.append((now, len(data)))
+    return arrivals, head
+
+
+def test_bandwidth_through_a_real_server_within_2_percent(tmp_path: Path) -> None:
+    """512 KiB at 100 KiB/s, timed byte by byte by a raw-socket client."""
+    limit = 100 * 1024
+    env = chaos_env(traffic_shaping_enabled="true", traffic_shaping_bandwidth_limit_bps=str(limit))
+    with gunicorn_server(tmp_path, env=env, worker_class="gthread") as server:
+        port = int(server.url.rsplit(":", 1)[1])
+        arrivals, head = _timed_body(port, f"/bytes/{512 * 1024}")
+    assert b"X-Mockforge-Chaos: bandwidth=102400Bps" in head
+    assert sum(size for _, size in arrivals) == 512 * 1024
+    # Rate over the body: bytes after the first arrival over the time they took.
+    elapsed = arrivals[-1][0] - arrivals[0][0]
+    rate = (512 * 1024 - arrivals[0][1]) / elapsed
+    assert abs(rate - limit) <= 0.02 * limit, rate
+    assert_clean_log(server)
+
+
+def test_upload_is_paced_through_a_real_server(tmp_path: Path) -> None:
+    limit = 50_000
+    env = chaos_env(
+        traffic_shaping_enabled="true", traffic_shaping_upload_bandwidth_limit_bps=str(limit)
+    )
+    body = b"u" * 100_000
+    with gunicorn_server(tmp_path, env=env, worker_class="gthread") as server, session() as http:
+        start = time.perf_counter()
+        response = http.post(server.url + "/echo", data=body, timeout=30)
+        elapsed = time.perf_counter() - start
+    assert response.content == body
+    # The last paced read ends at len/limit = 2 s after the first.
+    assert 2.0 <= elapsed <= 2.5
+
+
+def test_packet_loss_through_a_real_server(tmp_path: Path) -> None:
+    env = chaos_env(traffic_shaping_enabled="true", traffic_shaping_packet_loss_percent="20")
+    size = SEGMENT_BYTES * 50
+    with gunicorn_server(tmp_path, env=env, worker_class="gthread") as server, session() as http:
+        start = time.perf_counter()
+        response = http.get(server.url + f"/bytes/{size}", timeout=60)
+        elapsed = time.perf_counter() - start
+    assert response.content == b"x" * size
+    assert response.headers["X-Mockforge-Chaos"] == "packet_loss=20%"
+    # No loss in 50 segments at 20% has chance 0.8^50 ~ 1.4e-5; one loss costs 200 ms.
+    assert elapsed >= INITIAL_RTO_S
+
+
+def test_request_drop_cuts_without_an_answer(tmp_path: Path) -> None:
+    env = chaos_env(traffic_shaping_enabled="true", traffic_shaping_request_drop_probability="1")
+    with gunicorn_server(tmp_path, env=env, worker_class="gthread") as server, session() as http:
+        with pytest.raises(requests.ConnectionError, match="without response"):
+            http.get(server.url + "/hello", timeout=10)
+    assert_clean_log(server)
+
+
+def test_connection_timeout_cuts_latency(tmp_path: Path) -> None:
+    env = chaos_env(
+        latency_enabled="true",
+        latency_fixed_delay_ms="3000",
+        traffic_shaping_enabled="true",
+        traffic_shaping_connection_timeout_ms="300",
+    )
+    with gunicorn_server(tmp_path, env=env, worker_class="gthread") as server, session() as http:
+        start = time.perf_counter()
+        with pytest.raises(requests.ConnectionError):
+            http.get(server.url + "/hello", timeout=10)
+        elapsed = time.perf_counter() - start
+    assert 0.3 <= elapsed < 2.0
+    assert_clean_log(server)
+
+
+def test_connection_timeout_cuts_a_paced_body(tmp_path: Path) -> None:
+    env = chaos_env(
+        traffic_shaping_enabled="true",
+        traffic_shaping_bandwidth_limit_bps="10000",
+        traffic_shaping_connection_timeout_ms="500",
+    )
+    with gunicorn_server(tmp_path, env=env, worker_class="sync") as server, session() as http:
+        start = time.perf_counter()
+        with pytest.raises(requests.exceptions.ChunkedEncodingError):
+            http.get(server.url + "/bytes/100000", timeout=10)
+        elapsed = time.perf_counter() - start
+    assert 0.5 <= elapsed < 2.0
+    assert_clean_log(server)
+
+
+def _shaped(**traffic: Any) -> ChaosMiddleware:
+    config = load_config(
+        environ={},
+        overrides={"enabled": True, "traffic_shaping": {"enabled": True, **traffic}},
+    )
+    return ChaosMiddleware(_app_with_failures, config=config)
+
+
+def _app_with_failures(environ: dict[str, Any], start_response: Any) -> Any:
+    if environ["PATH_INFO"] == "/boom":
+        raise RuntimeError("the app failed")
+    if environ["PATH_INFO"] == "/slow":
+        time.sleep(0.3)
+    return base_app(environ, start_response)
+
+
+def test_connection_limit_answers_503_beyond_it() -> None:
+    middleware = _shaped(max_connections=2)
+    with werkzeug_server(middleware) as server:
+        statuses = _concurrent_statuses(server.url + "/slow", 4)
+    assert sorted(statuses) == [200, 200, 503, 503]
+    assert middleware.store.slots_in_use(CONNECTION_SLOTS) == 0
+
+
+def test_connection_limit_queues_up_to_the_timeout() -> None:
+    middleware = _shaped(max_connections=2, queue_timeout_ms=5000)
+    with werkzeug_server(middleware) as server:
+        statuses = _concurrent_statuses(server.url + "/slow", 4)
+    assert statuses == [200, 200, 200, 200]
+
+
+def _concurrent_statuses(url: str, n: int) -> list[int]:
+    statuses: list[int] = []
+    lock = threading.Lock()
+
+    def get() -> None:
+        with session() as http:
+            status = http.get(url, timeout=10).status_code
+        with lock:
+            statuses.append(status)
+
+    threads = [threading.Thread(target=get) for _ in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(15)
+    return statuses
+
+
+def test_no_slot_leaks_after_1000_mixed_requests() -> None:
+    """Faults, app exceptions and clients hanging up mid-body: every slot comes back."""
+    config = load_config(
+        environ={},
+        overrides={
+            "enabled": True,
+            "seed": 1,
+            "fault_injection": {
+                "enabled": True,
+                "http_error_probability": 0.1,
+                "connection_error_probability": 0.1,
+                "partial_response_probability": 0.1,
+            },
+            "traffic_shaping": {"enabled": True, "max_connections": 6, "queue_timeout_ms": 2000},
+        },
+    )
+    middleware = ChaosMiddleware(_app_with_failures, config=config)
+    outcomes: Counter[str] = Counter()
+    lock = threading.Lock()
+
+    def worker(index: int) -> None:
+        with session() as http:
+            for n in range(125):
+                kind = ("plain", "boom", "hangup", "stream")[(index + n) % 4]
+                try:
+                    if kind == "hangup":
+                        _hang_up_mid_body(port)
+                        result = "hung up"
+                    else:
+                        path = {"plain": "/hello", "boom": "/boom", "stream": "/bytes/200000"}[
+                            kind
+                        ]
+                        result = str(http.get(server.url + path, timeout=10).status_code)
+                except requests.RequestException as error:
+                    result = type(error).__name__
+                with lock:
+                    outcomes[result] += 1
+
+    with werkzeug_server(middleware) as server:
+        port = int(server.url.rsplit(":", 1)[1])
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        deadline = time.monotonic() + 10
+        while middleware.store.slots_in_use(CONNECTION_SLOTS) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert middleware.store.slots_in_use(CONNECTION_SLOTS) == 0
+    assert sum(outcomes.values()) == 1000
+    # Every kind of ending happened.
+    assert {"200", "500", "hung up", "ConnectionError", "ChunkedEncodingError"} <= set(outcomes)
+
+
+def _hang_up_mid_body(port: int) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /bytes/2000000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        try:
+            sock.recv(1000)
+        except OSError:
+            pass
