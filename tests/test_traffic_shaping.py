@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import socket
 import threading
@@ -190,9 +191,12 @@ def test_packet_loss_through_a_real_server(tmp_path: Path) -> None:
 
 def test_request_drop_cuts_without_an_answer(tmp_path: Path) -> None:
     env = chaos_env(traffic_shaping_enabled="true", traffic_shaping_request_drop_probability="1")
-    with gunicorn_server(tmp_path, env=env, worker_class="gthread") as server, session() as http:
-        with pytest.raises(requests.ConnectionError, match="without response"):
-            http.get(server.url + "/hello", timeout=10)
+    with (
+        gunicorn_server(tmp_path, env=env, worker_class="gthread") as server,
+        session() as http,
+        pytest.raises(requests.ConnectionError, match="without response"),
+    ):
+        http.get(server.url + "/hello", timeout=10)
     assert_clean_log(server)
 
 
@@ -333,7 +337,5 @@ def test_no_slot_leaks_after_1000_mixed_requests() -> None:
 def _hang_up_mid_body(port: int) -> None:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(b"GET /bytes/2000000 HTTP/1.1\r\nHost: x\r\n\r\n")
-        try:
+        with contextlib.suppress(OSError):
             sock.recv(1000)
-        except OSError:
-            pass
