@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from .config import RateLimitConfig
 from .state import Bucket, BucketOutcome, Store
+from .state.gcra import new
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -26,24 +27,42 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class RateLimitVerdict(NamedTuple):
-    """The outcome of the tightest level: the refusing one, or the one with least left."""
+    """The tightest level's outcome: the refusing one, or the one with least left."""
 
-    allowed: bool
     level: str
-    limit: int
-    remaining: int
-    reset_s: float
-    retry_after_s: float
+    outcome: BucketOutcome
+
+    @property
+    def allowed(self) -> bool:
+        return self.outcome.allowed
 
     def headers(self) -> list[tuple[str, str]]:
         """``RateLimit-*`` (IETF draft, delta seconds) and their ``X-RateLimit-*`` twins."""
-        reset = str(math.ceil(self.reset_s))
-        values = [("Limit", str(self.limit)), ("Remaining", str(self.remaining)), ("Reset", reset)]
+        outcome = self.outcome
+        values = [
+            ("Limit", str(outcome.limit)),
+            ("Remaining", str(outcome.remaining)),
+            ("Reset", str(math.ceil(outcome.reset_s))),
+        ]
         headers = [(f"RateLimit-{name}", value) for name, value in values]
         headers += [(f"X-RateLimit-{name}", value) for name, value in values]
-        if not self.allowed:
-            headers.append(("Retry-After", str(max(1, math.ceil(self.retry_after_s)))))
+        if not outcome.allowed:
+            headers.append(("Retry-After", str(self.retry_after)))
         return headers
+
+    @property
+    def retry_after(self) -> int:
+        """Whole seconds until a token is back, rounded up (at least 1)."""
+        return max(1, math.ceil(self.outcome.retry_after_s))
+
+
+class _Levels(NamedTuple):
+    """What a config says about levels, computed once per config object."""
+
+    names: tuple[str, ...]
+    global_buckets: tuple[Bucket, ...]  # () or (the global bucket,)
+    per_ip: tuple[float, int] | None  # interval, burst
+    per_endpoint: tuple[float, int] | None
 
 
 class RateLimiter:
@@ -57,55 +76,52 @@ class RateLimiter:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._config: RateLimitConfig | None = None
+        self._levels = _levels(RateLimitConfig())
 
     def check(
         self, config: RateLimitConfig, client: str, endpoint: str, now: float
     ) -> RateLimitVerdict | None:
         """None when no level is enabled; else the verdict (the store is charged if allowed)."""
-        levels, buckets = _buckets(config, client, endpoint)
+        if config is not self._config:  # configs are frozen: identity is enough
+            self._levels, self._config = _levels(config), config
+        levels = self._levels
+        buckets: Sequence[Bucket] = levels.global_buckets
+        if levels.per_ip is not None or levels.per_endpoint is not None:
+            keyed = list(buckets)
+            if levels.per_ip is not None:
+                keyed.append(new(Bucket, ("ip:" + client, *levels.per_ip)))
+            if levels.per_endpoint is not None:
+                keyed.append(new(Bucket, ("endpoint:" + endpoint, *levels.per_endpoint)))
+            buckets = keyed
         if not buckets:
             return None
-        outcomes = self.store.acquire(buckets, now)
-        return _tightest(levels, outcomes)
+        index, outcome = self.store.acquire(buckets, now)
+        verdict: RateLimitVerdict = new(RateLimitVerdict, (levels.names[index], outcome))
+        return verdict
 
 
-def _buckets(
-    config: RateLimitConfig, client: str, endpoint: str
-) -> tuple[list[str], list[Bucket]]:
-    levels: list[str] = []
-    buckets: list[Bucket] = []
+def _levels(config: RateLimitConfig) -> _Levels:
+    rate, burst = config.requests_per_second, config.burst_size
+    names = []
+    global_buckets: tuple[Bucket, ...] = ()
+    per_ip = per_endpoint = None
     if config.global_limit:
-        levels.append("global")
-        buckets.append(_global_bucket(config.requests_per_second, config.burst_size))
+        names.append("global")
+        global_buckets = (Bucket("global", 1.0 / rate, burst),)
     if config.per_ip:
-        rate = config.per_ip_requests_per_second or config.requests_per_second
-        levels.append("per_ip")
-        buckets.append(
-            Bucket(f"ip:{client}", 1.0 / rate, config.per_ip_burst_size or config.burst_size)
+        names.append("per_ip")
+        per_ip = (
+            1.0 / (config.per_ip_requests_per_second or rate),
+            config.per_ip_burst_size or burst,
         )
     if config.per_endpoint:
-        rate = config.per_endpoint_requests_per_second or config.requests_per_second
-        burst = config.per_endpoint_burst_size or config.burst_size
-        levels.append("per_endpoint")
-        buckets.append(Bucket(f"endpoint:{endpoint}", 1.0 / rate, burst))
-    return levels, buckets
-
-
-@functools.lru_cache(maxsize=64)
-def _global_bucket(rate: float, burst: int) -> Bucket:
-    return Bucket("global", 1.0 / rate, burst)
-
-
-def _tightest(levels: Sequence[str], outcomes: Sequence[BucketOutcome]) -> RateLimitVerdict:
-    refused = [(o.retry_after_s, i) for i, o in enumerate(outcomes) if not o.allowed]
-    if refused:
-        index = max(refused)[1]
-    else:
-        index = min(range(len(outcomes)), key=lambda i: outcomes[i].remaining)
-    o = outcomes[index]
-    return RateLimitVerdict(
-        o.allowed, levels[index], o.limit, o.remaining, o.reset_s, o.retry_after_s
-    )
+        names.append("per_endpoint")
+        per_endpoint = (
+            1.0 / (config.per_endpoint_requests_per_second or rate),
+            config.per_endpoint_burst_size or burst,
+        )
+    return _Levels(tuple(names), global_buckets, per_ip, per_endpoint)
 
 
 def client_ip(environ: WSGIEnvironment, trusted_proxies: tuple[str, ...] = ()) -> str:
@@ -151,8 +167,8 @@ def render_refusal(
         {
             "error": "rate limit exceeded",
             "level": verdict.level,
-            "limit": verdict.limit,
-            "retry_after_s": max(1, math.ceil(verdict.retry_after_s)),
+            "limit": verdict.outcome.limit,
+            "retry_after_s": verdict.retry_after,
             "injected_by": "mockforge",
         }
     ).encode()

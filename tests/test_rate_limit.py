@@ -16,7 +16,7 @@ from mockforge_wsgi.config import RateLimitConfig
 from mockforge_wsgi.middleware import ChaosMiddleware
 from mockforge_wsgi.rate_limit import RateLimiter, client_ip
 from mockforge_wsgi.state import Bucket, MemoryStore, Store, StoreError
-from mockforge_wsgi.state.gcra import gcra
+from mockforge_wsgi.state.gcra import BucketOutcome, charge
 
 
 def hello(environ: dict[str, Any], start_response: Any) -> list[bytes]:
@@ -33,20 +33,31 @@ def limited(**rate_limit: Any) -> ChaosMiddleware:
 
 def test_gcra_admits_the_burst_then_the_rate() -> None:
     bucket = Bucket("k", interval_s=0.1, burst=3)
-    tat = None
-    outcomes = []
-    for _ in range(4):
-        outcome, new_tat = gcra(tat, 10.0, bucket)
-        outcomes.append(outcome)
-        if outcome.allowed:
-            tat = new_tat
+    tats: dict[str, float] = {}
+
+    def charge_at(now: float) -> BucketOutcome:
+        _, outcome, new_tats = charge(tats.get, [bucket], now)
+        if new_tats is not None:
+            tats["k"] = new_tats[0]
+        return outcome
+
+    outcomes = [charge_at(10.0) for _ in range(4)]
     assert [o.allowed for o in outcomes] == [True, True, True, False]
     assert [o.remaining for o in outcomes] == [2, 1, 0, 0]
     assert outcomes[3].retry_after_s == pytest.approx(0.1)
     assert outcomes[3].reset_s == pytest.approx(0.3)
     # One interval later exactly one more request fits.
-    assert gcra(tat, 10.1, bucket)[0].allowed
-    assert not gcra(gcra(tat, 10.1, bucket)[1], 10.1, bucket)[0].allowed
+    assert [charge_at(10.1).allowed for _ in range(2)] == [True, False]
+
+
+def test_charge_reports_the_tightest_level() -> None:
+    tats = {"a": 10.0 + 0.4, "b": 10.0 + 0.1}  # a has 1 token left of 5, b has 4
+    buckets = [Bucket("a", 0.1, 5), Bucket("b", 0.1, 5)]
+    index, outcome, _ = charge(tats.get, buckets, 10.0)
+    assert (index, outcome.allowed, outcome.remaining) == (0, True, 0)
+    tats["a"] = 10.5  # a is empty: refused by a, and nothing is charged
+    index, outcome, new_tats = charge(tats.get, buckets, 10.0)
+    assert (index, outcome.allowed, new_tats) == (0, False, None)
 
 
 def test_threads_get_burst_plus_rate_times_time() -> None:
@@ -88,11 +99,13 @@ def test_a_refused_request_charges_no_other_level() -> None:
     now = 100.0
     a = [limiter.check(config, "10.0.0.1", "", now) for _ in range(3)]
     assert [v.allowed for v in a if v] == [True, True, False]
-    assert a[2] is not None and a[2].level == "per_ip"
+    assert a[2] is not None
+    assert a[2].level == "per_ip"
     # The refused third request took no global token: three are left for others.
     b = [limiter.check(config, f"10.0.1.{i}", "", now) for i in range(4)]
     assert [v.allowed for v in b if v] == [True, True, True, False]
-    assert b[3] is not None and b[3].level == "global"
+    assert b[3] is not None
+    assert b[3].level == "global"
 
 
 def test_per_ip_and_per_endpoint_limits_are_independent() -> None:
@@ -223,7 +236,7 @@ def test_table_stays_under_the_cap_and_drops_full_buckets() -> None:
         assert store.tracked_keys() <= 1000
     assert store.evicted == 49_000
     # 10 s later every bucket is full again; requests drop them as they pass.
-    for i in range(600):
+    for i in range(1001):  # each charge checks the least recently charged bucket
         limiter.check(config, "late", "", 10.0 + i)
     assert store.tracked_keys() == 1  # only the bucket still charged
 

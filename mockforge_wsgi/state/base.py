@@ -23,11 +23,10 @@ class Store(abc.ABC):
     """Shared runtime state: token buckets, connection slots, event counters."""
 
     @abc.abstractmethod
-    def acquire(self, buckets: Sequence[Bucket], now: float) -> list[BucketOutcome]:
-        """Charge one request to every bucket, all or nothing.
+    def acquire(self, buckets: Sequence[Bucket], now: float) -> tuple[int, BucketOutcome]:
+        """Charge one request to every bucket, all or nothing (see :func:`gcra.charge`).
 
-        If any bucket refuses, none is charged, and every outcome is returned so the
-        caller can report the tightest level.
+        Returns the index of the tightest bucket and its outcome.
         """
 
     @abc.abstractmethod

@@ -7,20 +7,17 @@ from collections import OrderedDict
 from collections.abc import Sequence
 
 from .base import Store
-from .gcra import Bucket, BucketOutcome, gcra
+from .gcra import Bucket, BucketOutcome, charge
 
 __all__ = ["MemoryStore"]
-
-# Per request, how many buckets at the old end of the table are checked for being
-# full again (and dropped). Amortised cleaning: no sweeps, bounded work per request.
-_CLEAN_PER_CALL = 2
 
 
 class MemoryStore(Store):
     """Token buckets, slots and counters of one process.
 
     The bucket table is bounded by ``max_keys``: buckets that are full again are
-    dropped (a full bucket and no bucket admit the same), and beyond the cap the
+    dropped (a full bucket and no bucket admit the same; each charge checks the least
+    recently charged one, so cleaning is amortised, never a sweep), and beyond the cap the
     least recently charged bucket is dropped too (counted in ``evicted``); such a
     key starts again with a full bucket.
     """
@@ -34,26 +31,26 @@ class MemoryStore(Store):
         self._slot_freed = threading.Condition(self._lock)
         self._counters: dict[str, int] = {}
 
-    def acquire(self, buckets: Sequence[Bucket], now: float) -> list[BucketOutcome]:
+    def acquire(self, buckets: Sequence[Bucket], now: float) -> tuple[int, BucketOutcome]:
         with self._lock:
             tats = self._tats
-            decided = [gcra(tats.get(bucket.key), now, bucket) for bucket in buckets]
-            if all(outcome.allowed for outcome, _ in decided):
-                for bucket, (_, new_tat) in zip(buckets, decided, strict=True):
-                    tats[bucket.key] = new_tat
-                    tats.move_to_end(bucket.key)
+            index, outcome, new_tats = charge(tats.get, buckets, now)
+            if new_tats is not None:
+                for position, bucket in enumerate(buckets):
+                    key = bucket.key
+                    if key in tats:
+                        tats.move_to_end(key)
+                    tats[key] = new_tats[position]
                 self._clean(now)
-            return [outcome for outcome, _ in decided]
+            return index, outcome
 
     def _clean(self, now: float) -> None:
+        """Drop the oldest bucket if it is full again; evict beyond the cap."""
         tats = self._tats
-        for _ in range(_CLEAN_PER_CALL):
-            if not tats:
-                return
-            key = next(iter(tats))
-            if tats[key] > now:
-                break
-            del tats[key]
+        if len(tats) > 1:
+            oldest = next(iter(tats))
+            if tats[oldest] <= now:
+                del tats[oldest]
         while len(tats) > self.max_keys:
             tats.popitem(last=False)
             self.evicted += 1
