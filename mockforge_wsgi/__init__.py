@@ -11,11 +11,13 @@ from .config import (
     TrafficShapingConfig,
     load_config,
 )
+from .middleware import ChaosMiddleware
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ChaosConfig",
+    "ChaosMiddleware",
     "ConfigError",
     "FaultInjectionConfig",
     "LatencyConfig",

@@ -339,3 +339,26 @@ def _hang_up_mid_body(port: int) -> None:
         sock.sendall(b"GET /bytes/2000000 HTTP/1.1\r\nHost: x\r\n\r\n")
         with contextlib.suppress(OSError):
             sock.recv(1000)
+
+
+def test_paced_upload_reaches_a_flask_view_intact() -> None:
+    from flask import Flask, request
+
+    flask_app = Flask(__name__)
+
+    @flask_app.post("/upload")
+    def upload() -> dict[str, int]:
+        return {"length": len(request.get_data())}
+
+    config = load_config(
+        environ={},
+        overrides={
+            "enabled": True,
+            "traffic_shaping": {"enabled": True, "upload_bandwidth_limit_bps": 200_000},
+        },
+    )
+    flask_app.wsgi_app = ChaosMiddleware(flask_app.wsgi_app, config=config)  # type: ignore[method-assign]
+    start = time.perf_counter()
+    response = flask_app.test_client().post("/upload", data=b"p" * 100_000)
+    assert response.json == {"length": 100_000}
+    assert time.perf_counter() - start >= 0.5 - 0.02  # 100 kB at 200 kB/s, first slice free
