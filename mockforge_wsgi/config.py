@@ -55,8 +55,13 @@ def setting(
     kind: kinds.Kind,
     help: str,
     check: kinds.Check | None = None,
+    *,
+    ramps: bool = False,
 ) -> Any:
-    """Declare one setting: an attrs field whose metadata drives loading, env and docs."""
+    """Declare one setting: an attrs field whose metadata drives loading, env and docs.
+
+    ``ramps`` marks a probability or delay that a ramped scenario grows from zero.
+    """
 
     def validate(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         problem = kind.type_problem(value) or (check.problem(value) if check else None)
@@ -66,7 +71,7 @@ def setting(
     return attrs.field(
         default=default,
         validator=validate,
-        metadata={"kind": kind, "check": check, "help": help},
+        metadata={"kind": kind, "check": check, "help": help, "ramps": ramps},
     )
 
 
@@ -88,7 +93,11 @@ class LatencyConfig:
 
     enabled: bool = setting(False, kinds.BOOL, "Inject latency at all.")
     fixed_delay_ms: float = setting(
-        0.0, kinds.FLOAT, "Base delay; the mean of `normal`.", NON_NEGATIVE
+        0.0,
+        kinds.FLOAT,
+        "Base delay; the mean of `normal`.",
+        NON_NEGATIVE,
+        ramps=True,
     )
     random_delay_range_ms: tuple[float, float] | None = setting(
         None,
@@ -96,12 +105,17 @@ class LatencyConfig:
         "Delay drawn uniformly from `min-max`; used when distribution is `uniform` "
         "(or `auto` and this is set).",
         kinds.OrderedRange(0),
+        ramps=True,
     )
     jitter_percent: float = setting(
         0.0, kinds.FLOAT, "Scale the delay by a uniform factor of +/- this percent.", PERCENT
     )
     probability: float = setting(
-        1.0, kinds.FLOAT, "Share of requests that get a delay.", PROBABILITY
+        1.0,
+        kinds.FLOAT,
+        "Share of requests that get a delay.",
+        PROBABILITY,
+        ramps=True,
     )
     distribution: str = setting(
         "auto",
@@ -112,7 +126,9 @@ class LatencyConfig:
     stddev_ms: float = setting(
         0.0, kinds.FLOAT, "Standard deviation of `normal` (clipped at 0).", NON_NEGATIVE
     )
-    median_ms: float = setting(100.0, kinds.FLOAT, "Median of `lognormal`.", NON_NEGATIVE)
+    median_ms: float = setting(
+        100.0, kinds.FLOAT, "Median of `lognormal`.", NON_NEGATIVE, ramps=True
+    )
     sigma: float = setting(
         0.5, kinds.FLOAT, "Shape of `lognormal` (sigma of the log).", NON_NEGATIVE
     )
@@ -140,13 +156,18 @@ class FaultInjectionConfig:
         kinds.EachBetween(400, 599),
     )
     http_error_probability: float = setting(
-        0.0, kinds.FLOAT, "Chance of an HTTP-error fault (rolled 1st).", PROBABILITY
+        0.0,
+        kinds.FLOAT,
+        "Chance of an HTTP-error fault (rolled 1st).",
+        PROBABILITY,
+        ramps=True,
     )
     timeout_probability: float = setting(
         0.0,
         kinds.FLOAT,
         "Chance of a timeout: hold timeout_ms, then 504 (rolled 2nd).",
         PROBABILITY,
+        ramps=True,
     )
     timeout_ms: float = setting(5000.0, kinds.FLOAT, "How long a timeout holds.", NON_NEGATIVE)
     connection_error_probability: float = setting(
@@ -154,12 +175,14 @@ class FaultInjectionConfig:
         kinds.FLOAT,
         "Chance of a TCP reset instead of a response (rolled 3rd).",
         PROBABILITY,
+        ramps=True,
     )
     partial_response_probability: float = setting(
         0.0,
         kinds.FLOAT,
         "Chance of a body cut short under its full Content-Length (rolled 4th).",
         PROBABILITY,
+        ramps=True,
     )
     partial_response_fraction: float = setting(
         0.5, kinds.FLOAT, "Share of the body sent before a partial response is cut.", PROBABILITY
@@ -238,10 +261,18 @@ class TrafficShapingConfig:
         0, kinds.INT, "Request body read rate in bytes per second; 0 is unlimited.", NON_NEGATIVE
     )
     packet_loss_percent: float = setting(
-        0.0, kinds.FLOAT, "Chance per 1460-byte segment of a retransmission delay.", PERCENT
+        0.0,
+        kinds.FLOAT,
+        "Chance per 1460-byte segment of a retransmission delay.",
+        PERCENT,
+        ramps=True,
     )
     request_drop_probability: float = setting(
-        0.0, kinds.FLOAT, "Chance that a whole request is dropped (connection cut).", PROBABILITY
+        0.0,
+        kinds.FLOAT,
+        "Chance that a whole request is dropped (connection cut).",
+        PROBABILITY,
+        ramps=True,
     )
     max_connections: int = setting(
         0, kinds.INT, "Requests in flight at most; 0 is unlimited.", NON_NEGATIVE

@@ -17,6 +17,7 @@ from .config import ChaosConfig
 from .fault import PartialBody, render_fault, reset_or_cut
 from .plan import NO_CHAOS, PLAN_ENVIRON_KEY, Plan, decide_plan
 from .rate_limit import RateLimiter, client_ip, render_refusal
+from .scenarios import ScenarioEngine
 from .state import MemoryStore, Store, StoreError
 from .traffic_shaping import PacedBody, PacedInput, SlotGuard, sleep_until
 
@@ -41,7 +42,8 @@ class ChaosMiddleware:
 
         app.wsgi_app = ChaosMiddleware(app.wsgi_app, config=load_config("chaos.yaml"))
 
-    ``config`` may be replaced at any time (it is frozen; each request reads it once).
+    ``config`` is the startup config; the ``engine`` (a :class:`ScenarioEngine`) holds
+    what management calls change, and each request reads the effective config once.
     ``rng`` defaults to ``random.Random(config.seed)``: with a seed, one process
     replays the same decisions for the same request sequence. ``store`` holds rate
     limit buckets and connection slots (default: this process's memory).
@@ -58,24 +60,35 @@ class ChaosMiddleware:
         rng: random.Random | None = None,
         store: Store | None = None,
         route_for: RouteResolver | None = None,
+        engine: ScenarioEngine | None = None,
     ) -> None:
         self.app = app
-        self.config = config if config is not None else ChaosConfig()
+        startup = config if config is not None else ChaosConfig()
         # Prefixes matched on whole path segments: "/api/chaos" exempts "/api/chaos/x",
         # not "/api/chaosmonkey".
         self.exempt_paths = tuple(path.rstrip("/") for path in exempt_paths)
-        self.rng = rng if rng is not None else random.Random(self.config.seed)
-        self.store = (
-            store
-            if store is not None
-            else MemoryStore(max_keys=self.config.rate_limit.max_tracked_keys)
-        )
+        self.rng = rng if rng is not None else random.Random(startup.seed)
+        if engine is None:
+            if store is None:
+                store = MemoryStore(max_keys=startup.rate_limit.max_tracked_keys)
+            engine = ScenarioEngine(startup, store=store)
+        self.engine = engine
+        self.store = engine.store
         self.limiter = RateLimiter(self.store)
         self.route_for = route_for if route_for is not None else route_resolver(app)
         self.internal_errors = 0
 
+    @property
+    def config(self) -> ChaosConfig:
+        """The effective config now (the active scenario's, or the runtime one)."""
+        return self.engine.effective()
+
+    @config.setter
+    def config(self, config: ChaosConfig) -> None:
+        self.engine.set_config(config)
+
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        config = self.config
+        config = self.engine.effective()
         if not config.enabled or self._is_exempt(environ.get("PATH_INFO") or "/"):
             return self.app(environ, start_response)
         started = time.monotonic()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
+from typing import Any
 
 from .gcra import Bucket, BucketOutcome
 
@@ -20,7 +21,8 @@ class StoreError(RuntimeError):
 
 
 class Store(abc.ABC):
-    """Shared runtime state: token buckets, connection slots, event counters."""
+    """Shared runtime state: token buckets, connection slots, event counters, and the
+    runtime state (enabled flag, config, active scenario) with a version number."""
 
     @abc.abstractmethod
     def acquire(self, buckets: Sequence[Bucket], now: float) -> tuple[int, BucketOutcome]:
@@ -42,8 +44,8 @@ class Store(abc.ABC):
         """How many slots of ``name`` are taken now."""
 
     @abc.abstractmethod
-    def incr(self, counter: str, amount: int = 1) -> None:
-        """Add to an event counter."""
+    def incr(self, counter: str, amount: int = 1) -> int:
+        """Add to an event counter; returns its new value."""
 
     @abc.abstractmethod
     def counters(self) -> dict[str, int]:
@@ -52,6 +54,18 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def tracked_keys(self) -> int:
         """How many bucket keys are held (for memory bounds and tests)."""
+
+    @abc.abstractmethod
+    def state_version(self) -> int:
+        """Version of the runtime state; changes with every save. Cheap: read per request."""
+
+    @abc.abstractmethod
+    def load_state(self) -> tuple[int, dict[str, Any] | None]:
+        """The runtime state (JSON-ready data) and its version; None before any save."""
+
+    @abc.abstractmethod
+    def save_state(self, state: dict[str, Any]) -> int:
+        """Replace the runtime state; returns the new version."""
 
     @abc.abstractmethod
     def reset(self) -> None:

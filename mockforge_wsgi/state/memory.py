@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Any
 
 from .base import Store
 from .gcra import Bucket, BucketOutcome, charge
@@ -30,6 +31,8 @@ class MemoryStore(Store):
         self._slots: dict[str, int] = {}
         self._slot_freed = threading.Condition(self._lock)
         self._counters: dict[str, int] = {}
+        self._state: dict[str, Any] | None = None
+        self._version = 0
 
     def acquire(self, buckets: Sequence[Bucket], now: float) -> tuple[int, BucketOutcome]:
         with self._lock:
@@ -74,13 +77,28 @@ class MemoryStore(Store):
         with self._lock:
             return self._slots.get(name, 0)
 
-    def incr(self, counter: str, amount: int = 1) -> None:
+    def incr(self, counter: str, amount: int = 1) -> int:
         with self._lock:
-            self._counters[counter] = self._counters.get(counter, 0) + amount
+            value = self._counters.get(counter, 0) + amount
+            self._counters[counter] = value
+            return value
 
     def counters(self) -> dict[str, int]:
         with self._lock:
             return dict(self._counters)
+
+    def state_version(self) -> int:
+        return self._version
+
+    def load_state(self) -> tuple[int, dict[str, Any] | None]:
+        with self._lock:
+            return self._version, self._state
+
+    def save_state(self, state: dict[str, Any]) -> int:
+        with self._lock:
+            self._state = state
+            self._version += 1
+            return self._version
 
     def tracked_keys(self) -> int:
         return len(self._tats)

@@ -1,0 +1,539 @@
+"""Scenarios: named chaos configs, and the engine that switches, times and ramps them.
+
+A scenario is a whole :class:`ChaosConfig`: while it is active it is the effective
+config; when it stops (or its ``duration_s`` runs out) the runtime config returns. The
+runtime state (enabled flag, runtime config, active scenario, custom scenarios,
+schedule) lives in the store, so every process sharing a store sees the same.
+
+Usage::
+
+    engine = ScenarioEngine(load_config("chaos.yaml"))
+    engine.activate("network_degradation", duration_s=60, ramp_s=10)
+    config = engine.effective()   # per request: cheap unless something changed
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal
+
+import attrs
+
+from .config import ChaosConfig, ConfigError, config_from_dict, iter_settings
+from .state import MemoryStore, Store
+
+__all__ = [
+    "BUILTIN_SCENARIOS",
+    "NETWORK_PROFILES",
+    "PREDEFINED_SCENARIOS",
+    "ActiveScenario",
+    "Scenario",
+    "ScenarioEngine",
+    "ScheduleEntry",
+    "UnknownScenario",
+    "ramped",
+    "scenario_from_dict",
+]
+
+ScenarioKind = Literal["predefined", "network_profile", "custom"]
+# While a ramp runs, the effective config is recomputed at most this often.
+RAMP_STEP_S = 0.05
+_NEVER = float("inf")
+
+
+class UnknownScenario(KeyError):
+    """No scenario (or no active scenario) by that name."""
+
+
+@attrs.frozen
+class Scenario:
+    """A named chaos config."""
+
+    name: str
+    description: str
+    kind: ScenarioKind
+    config: ChaosConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        data = self.config.to_dict()
+        for key in ("enabled", "scenario", "seed"):
+            data.pop(key)
+        return {"name": self.name, "description": self.description, "kind": self.kind, **data}
+
+
+def _builtin(name: str, description: str, kind: ScenarioKind, **sections: Any) -> Scenario:
+    config: ChaosConfig = config_from_dict({"enabled": True, "scenario": name, **sections})
+    return Scenario(name, description, kind, config)
+
+
+_ALL_ERRORS = [500, 502, 503, 504]
+
+# The design note's five scenarios, with its values; where it leaves one open the choice
+# is marked "chosen" and listed in docs/scenarios.md.
+PREDEFINED_SCENARIOS: dict[str, Scenario] = {
+    scenario.name: scenario
+    for scenario in (
+        _builtin(
+            "network_degradation",
+            "Poor network: 500 ms + 20% jitter, 5% packet loss, 100 KB/s.",
+            "predefined",
+            latency={"enabled": True, "fixed_delay_ms": 500, "jitter_percent": 20},
+            traffic_shaping={
+                "enabled": True,
+                "bandwidth_limit_bps": 100_000,
+                "packet_loss_percent": 5,
+            },
+        ),
+        _builtin(
+            "service_instability",
+            "Unstable backend: 20% HTTP errors, 10% timeouts.",
+            "predefined",
+            fault_injection={
+                "enabled": True,
+                "http_errors": _ALL_ERRORS,  # chosen: the note's list
+                "http_error_probability": 0.2,
+                "timeout_probability": 0.1,
+                "timeout_ms": 5000,  # chosen
+            },
+        ),
+        _builtin(
+            "cascading_failure",
+            "Multiple failures: 1-5 s delays + 30% jitter, 30% errors, 20% timeouts, "
+            "10% connection errors, 10 req/s.",
+            "predefined",
+            latency={"enabled": True, "random_delay_range_ms": [1000, 5000], "jitter_percent": 30},
+            fault_injection={
+                "enabled": True,
+                "http_errors": _ALL_ERRORS,  # chosen
+                "http_error_probability": 0.3,
+                "timeout_probability": 0.2,
+                "timeout_ms": 5000,  # chosen
+                "connection_error_probability": 0.1,
+            },
+            rate_limit={"enabled": True, "requests_per_second": 10, "burst_size": 10},
+        ),
+        _builtin(
+            "peak_traffic",
+            "High load: 50 req/s global limit with burst 10, and per-endpoint limits.",
+            "predefined",
+            rate_limit={
+                "enabled": True,
+                "requests_per_second": 50,
+                "burst_size": 10,
+                "per_endpoint": True,  # chosen: each endpoint also 50 req/s, burst 10
+            },
+        ),
+        _builtin(
+            "slow_backend",
+            "Slow service: 2 s + 10% jitter on every request.",
+            "predefined",
+            latency={
+                "enabled": True,
+                "fixed_delay_ms": 2000,
+                "jitter_percent": 10,
+                "probability": 1.0,
+            },
+        ),
+    )
+}
+
+# Link conditions; the sources are in docs/scenarios.md. Latency is the round trip
+# added to each request; bandwidth is bytes per second down (response) and up (request).
+NETWORK_PROFILES: dict[str, Scenario] = {
+    scenario.name: scenario
+    for scenario in (
+        _builtin(
+            "slow_3g",
+            "Chrome DevTools 'Slow 3G': 2000 ms, 50 KB/s down and up.",
+            "network_profile",
+            latency={"enabled": True, "fixed_delay_ms": 2000},
+            traffic_shaping={
+                "enabled": True,
+                "bandwidth_limit_bps": 50_000,
+                "upload_bandwidth_limit_bps": 50_000,
+            },
+        ),
+        _builtin(
+            "fast_3g",
+            "Chrome DevTools 'Fast 3G': 562.5 ms, 180 KB/s down, 84.4 KB/s up.",
+            "network_profile",
+            latency={"enabled": True, "fixed_delay_ms": 562.5},
+            traffic_shaping={
+                "enabled": True,
+                "bandwidth_limit_bps": 180_000,
+                "upload_bandwidth_limit_bps": 84_375,
+            },
+        ),
+        _builtin(
+            "flaky_wifi",
+            "Congested Wi-Fi (our choice): 20-300 ms, 1.25 MB/s, 3% packet loss.",
+            "network_profile",
+            latency={"enabled": True, "random_delay_range_ms": [20, 300]},
+            traffic_shaping={
+                "enabled": True,
+                "bandwidth_limit_bps": 1_250_000,
+                "upload_bandwidth_limit_bps": 625_000,
+                "packet_loss_percent": 3,
+            },
+        ),
+        _builtin(
+            "cable",
+            "WebPageTest 'Cable': 28 ms, 5 Mbit/s down, 1 Mbit/s up.",
+            "network_profile",
+            latency={"enabled": True, "fixed_delay_ms": 28},
+            traffic_shaping={
+                "enabled": True,
+                "bandwidth_limit_bps": 625_000,
+                "upload_bandwidth_limit_bps": 125_000,
+            },
+        ),
+        _builtin(
+            "dialup",
+            "WebPageTest '56K Dial-Up': 120 ms, 49 kbit/s down, 30 kbit/s up.",
+            "network_profile",
+            latency={"enabled": True, "fixed_delay_ms": 120},
+            traffic_shaping={
+                "enabled": True,
+                "bandwidth_limit_bps": 6_125,
+                "upload_bandwidth_limit_bps": 3_750,
+            },
+        ),
+    )
+}
+
+BUILTIN_SCENARIOS: dict[str, Scenario] = {**PREDEFINED_SCENARIOS, **NETWORK_PROFILES}
+
+
+def scenario_from_dict(name: str, data: Any, path: str) -> tuple[Scenario, bool]:
+    """A custom scenario from YAML or the API, and whether it may override a built-in.
+
+    Takes ``description``, ``override`` and any config sections; validated like config.
+    """
+    if not isinstance(data, Mapping):
+        raise ConfigError([f"{path}: {data!r} is not a mapping"])
+    body = dict(data)
+    problems = []
+    description = body.pop("description", "")
+    override = body.pop("override", False)
+    if not isinstance(description, str):
+        problems.append(f"{path}.description: {description!r} is not a string")
+    if not isinstance(override, bool):
+        problems.append(f"{path}.override: {override!r} is not a boolean")
+    for key in ("enabled", "scenario", "seed"):
+        if key in body:
+            problems.append(f"{path}.{key}: not allowed in a scenario")
+            body.pop(key)
+    if not name or not name.replace("_", "").replace("-", "").isalnum():
+        problems.append(f"{path}: name {name!r} is not letters, digits, '_' or '-'")
+    config: ChaosConfig | None
+    try:
+        config = config_from_dict(
+            {"enabled": True, "scenario": name, **body}, ChaosConfig, path=path
+        )
+    except ConfigError as error:
+        problems.extend(error.problems)
+        config = None
+    if problems or config is None:
+        raise ConfigError(problems)
+    if name in BUILTIN_SCENARIOS and not override:
+        raise ConfigError(
+            [f"{path}: '{name}' is a built-in scenario; set override: true to replace it"]
+        )
+    return Scenario(name, description, "custom", config), override
+
+
+def ramped(config: ChaosConfig, fraction: float) -> ChaosConfig:
+    """``config`` with every probability and delay scaled by ``fraction`` (0..1)."""
+    if fraction >= 1.0:
+        return config
+    sections: dict[str, dict[str, Any]] = {}
+    for info in iter_settings():
+        if not info.field.metadata["ramps"]:
+            continue
+        section, name = info.path
+        value = getattr(getattr(config, section), name)
+        if isinstance(value, tuple):
+            value = tuple(item * fraction for item in value)
+        elif value is not None:
+            value = value * fraction
+        sections.setdefault(section, {})[name] = value
+    return attrs.evolve(
+        config,
+        **{
+            section: attrs.evolve(getattr(config, section), **changes)
+            for section, changes in sections.items()
+        },
+    )
+
+
+@attrs.frozen
+class ActiveScenario:
+    """The running scenario: since when, for how long, ramped over how long."""
+
+    name: str
+    started_at: float
+    duration_s: float | None = None
+    ramp_s: float | None = None
+
+    def ends_at(self) -> float | None:
+        return None if self.duration_s is None else self.started_at + self.duration_s
+
+    def ramp_fraction(self, now: float) -> float:
+        if not self.ramp_s:
+            return 1.0
+        return min(1.0, max(0.0, (now - self.started_at) / self.ramp_s))
+
+
+@attrs.frozen
+class ScheduleEntry:
+    """Start ``name`` at ``start_at`` (clock time), for ``duration_s`` (None: until stopped)."""
+
+    start_at: float
+    name: str
+    duration_s: float | None = None
+
+
+@attrs.frozen
+class RuntimeState:
+    """What management calls change; kept in the store as JSON-ready data."""
+
+    enabled: bool
+    config: ChaosConfig
+    active: ActiveScenario | None = None
+    custom: tuple[Scenario, ...] = ()
+    schedule: tuple[ScheduleEntry, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "enabled": self.enabled,
+            "config": self.config.to_dict(),
+            "active": attrs.asdict(self.active) if self.active else None,
+            "custom": [
+                {"name": s.name, "description": s.description, "config": s.config.to_dict()}
+                for s in self.custom
+            ],
+            "schedule": [attrs.asdict(entry) for entry in self.schedule],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RuntimeState:
+        return cls(
+            enabled=data["enabled"],
+            config=config_from_dict(data["config"]),
+            active=ActiveScenario(**data["active"]) if data["active"] else None,
+            custom=tuple(
+                Scenario(
+                    item["name"], item["description"], "custom", config_from_dict(item["config"])
+                )
+                for item in data["custom"]
+            ),
+            schedule=tuple(ScheduleEntry(**entry) for entry in data["schedule"]),
+        )
+
+
+class ScenarioEngine:
+    """Owns the runtime state: enable/disable, runtime config, scenarios and schedule.
+
+    Every change is saved to the store with a new version; :meth:`effective` re-reads
+    the store only when the version moved or a time-based change is due (a scenario's
+    end, a schedule entry, the next ramp step).
+    """
+
+    def __init__(
+        self,
+        startup: ChaosConfig,
+        *,
+        store: Store | None = None,
+        clock: Callable[[], float] = time.time,
+        custom: Iterable[Scenario] = (),
+    ) -> None:
+        self.startup = startup
+        self.store = store if store is not None else MemoryStore()
+        self.clock = clock
+        self._startup_custom = tuple(custom)
+        self._lock = threading.RLock()
+        self._version = -1
+        self._state = self._initial_state()
+        self._effective = startup
+        self.refresh_at = 0.0
+        if self.store.load_state()[1] is None:
+            self._save(self._state)
+
+    def _initial_state(self) -> RuntimeState:
+        state = RuntimeState(
+            enabled=self.startup.enabled, config=self.startup, custom=self._startup_custom
+        )
+        if self.startup.scenario:
+            self._lookup(state, self.startup.scenario)
+            active = ActiveScenario(self.startup.scenario, self.clock())
+            state = attrs.evolve(state, active=active)
+        return state
+
+    # -- reading ------------------------------------------------------------------
+
+    def effective(self) -> ChaosConfig:
+        """The config to apply now. Per request: one clock read and one version read."""
+        if self.store.state_version() == self._version and (
+            self.refresh_at == _NEVER or self.clock() < self.refresh_at
+        ):
+            return self._effective
+        return self._refresh()
+
+    def state(self) -> RuntimeState:
+        self.effective()
+        return self._state
+
+    def _refresh(self) -> ChaosConfig:
+        with self._lock:
+            now = self.clock()
+            version, data = self.store.load_state()
+            if version != self._version and data is not None:
+                self._state, self._version = RuntimeState.from_dict(data), version
+            state = self._advance(self._state, now)
+            if state is not self._state:
+                self._save(state)
+            self._effective, self.refresh_at = self._compute(state, now)
+            return self._effective
+
+    def _advance(self, state: RuntimeState, now: float) -> RuntimeState:
+        """Apply time-based changes that are due: schedule entries, a scenario's end."""
+        due = [entry for entry in state.schedule if entry.start_at <= now]
+        if due:
+            last = due[-1]  # entries are sorted: the latest due one is what runs now
+            state = attrs.evolve(
+                state,
+                schedule=tuple(entry for entry in state.schedule if entry.start_at > now),
+                active=ActiveScenario(last.name, last.start_at, last.duration_s),
+                enabled=True,
+            )
+        ends = state.active.ends_at() if state.active else None
+        if ends is not None and now >= ends:
+            state = attrs.evolve(state, active=None)
+        return state
+
+    def _compute(self, state: RuntimeState, now: float) -> tuple[ChaosConfig, float]:
+        refresh_at = min((e.start_at for e in state.schedule), default=_NEVER)
+        active = state.active
+        if active is None:
+            config = state.config
+        else:
+            scenario = self._lookup(state, active.name).config
+            fraction = active.ramp_fraction(now)
+            config = ramped(scenario, fraction)
+            if fraction < 1.0:
+                refresh_at = min(refresh_at, now + RAMP_STEP_S)
+            ends = active.ends_at()
+            if ends is not None:
+                refresh_at = min(refresh_at, ends)
+            config = attrs.evolve(config, seed=state.config.seed)
+        if config.enabled != state.enabled:
+            config = attrs.evolve(config, enabled=state.enabled)
+        return config, refresh_at
+
+    def scenarios(self) -> dict[str, Scenario]:
+        """Every scenario by name: built-ins, then custom ones (which may override)."""
+        return self._all(self.state())
+
+    def _all(self, state: RuntimeState) -> dict[str, Scenario]:
+        return {**BUILTIN_SCENARIOS, **{s.name: s for s in state.custom}}
+
+    def _lookup(self, state: RuntimeState, name: str) -> Scenario:
+        try:
+            return self._all(state)[name]
+        except KeyError:
+            raise UnknownScenario(name) from None
+
+    # -- changing -----------------------------------------------------------------
+
+    def _change(self, change: Callable[[RuntimeState, float], RuntimeState]) -> RuntimeState:
+        with self._lock:
+            self._refresh()
+            state = change(self._state, self.clock())
+            self._save(state)
+            self._effective, self.refresh_at = self._compute(state, self.clock())
+            return state
+
+    def _save(self, state: RuntimeState) -> None:
+        self._version = self.store.save_state(state.to_dict())
+        self._state = state
+
+    def set_enabled(self, enabled: bool) -> None:
+        self._change(lambda state, now: attrs.evolve(state, enabled=enabled))
+
+    def set_config(self, config: ChaosConfig) -> None:
+        """Replace the runtime config (``enabled`` in it sets the switch too)."""
+        self._change(lambda state, now: attrs.evolve(state, config=config, enabled=config.enabled))
+
+    def reset(self) -> None:
+        """Startup config back, scenario stopped, schedule cleared, counters zeroed."""
+        self._change(lambda state, now: self._initial_state())
+        self.store.reset()
+
+    def define(self, scenario: Scenario) -> None:
+        """Add or replace a custom scenario (built-in names were checked on parsing)."""
+
+        def add(state: RuntimeState, now: float) -> RuntimeState:
+            others = tuple(s for s in state.custom if s.name != scenario.name)
+            return attrs.evolve(state, custom=(*others, scenario))
+
+        self._change(add)
+
+    def activate(
+        self, name: str, *, duration_s: float | None = None, ramp_s: float | None = None
+    ) -> ActiveScenario:
+        """Start ``name`` now, replacing any active scenario, and turn chaos on."""
+
+        def start(state: RuntimeState, now: float) -> RuntimeState:
+            self._lookup(state, name)
+            return attrs.evolve(
+                state, active=ActiveScenario(name, now, duration_s, ramp_s), enabled=True
+            )
+
+        state = self._change(start)
+        assert state.active is not None
+        return state.active
+
+    def stop(self, name: str | None = None) -> None:
+        """Stop the active scenario (only if it is ``name``, when given)."""
+
+        def halt(state: RuntimeState, now: float) -> RuntimeState:
+            if state.active is None or (name is not None and state.active.name != name):
+                raise UnknownScenario(name or "(none active)")
+            return attrs.evolve(state, active=None)
+
+        self._change(halt)
+
+    def schedule(self, entries: Iterable[tuple[float, str, float | None]]) -> None:
+        """Replace the schedule: (seconds from now, scenario, duration or None)."""
+
+        def plan(state: RuntimeState, now: float) -> RuntimeState:
+            parsed = []
+            for offset, name, duration in entries:
+                self._lookup(state, name)
+                parsed.append(ScheduleEntry(now + offset, name, duration))
+            return attrs.evolve(state, schedule=tuple(sorted(parsed, key=lambda e: e.start_at)))
+
+        self._change(plan)
+
+    def status(self) -> dict[str, Any]:
+        """Enabled flag, active scenario with remaining time, effective config, counters."""
+        config = self.effective()
+        state, now = self._state, self.clock()
+        active = None
+        if state.active is not None:
+            ends = state.active.ends_at()
+            active = {
+                **attrs.asdict(state.active),
+                "elapsed_s": round(now - state.active.started_at, 3),
+                "remaining_s": None if ends is None else round(max(0.0, ends - now), 3),
+                "ramp_progress": round(state.active.ramp_fraction(now), 3),
+            }
+        return {
+            "enabled": state.enabled,
+            "active_scenario": active,
+            "schedule": [attrs.asdict(entry) for entry in state.schedule],
+            "effective_config": config.to_dict(),
+            "counters": self.store.counters(),
+        }

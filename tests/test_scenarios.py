@@ -1,0 +1,194 @@
+"""Scenarios and the engine, with a fake clock: no test sleeps."""
+
+from __future__ import annotations
+
+import pytest
+
+from mockforge_wsgi import load_config
+from mockforge_wsgi.config import ChaosConfig, ConfigError
+from mockforge_wsgi.scenarios import (
+    NETWORK_PROFILES,
+    PREDEFINED_SCENARIOS,
+    ScenarioEngine,
+    UnknownScenario,
+    ramped,
+    scenario_from_dict,
+)
+from mockforge_wsgi.state import MemoryStore
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def engine(startup: ChaosConfig | None = None) -> tuple[ScenarioEngine, FakeClock]:
+    clock = FakeClock()
+    return ScenarioEngine(startup or ChaosConfig(), clock=clock), clock
+
+
+def test_predefined_values_are_the_design_notes() -> None:
+    nd = PREDEFINED_SCENARIOS["network_degradation"].config
+    assert (nd.latency.fixed_delay_ms, nd.latency.jitter_percent) == (500, 20)
+    assert nd.traffic_shaping.packet_loss_percent == 5
+    assert nd.traffic_shaping.bandwidth_limit_bps == 100_000
+    assert not nd.fault_injection.enabled
+    assert not nd.rate_limit.enabled
+
+    si = PREDEFINED_SCENARIOS["service_instability"].config
+    assert si.fault_injection.http_errors == (500, 502, 503, 504)
+    assert (si.fault_injection.http_error_probability, si.fault_injection.timeout_probability) == (
+        0.2,
+        0.1,
+    )
+    assert not si.latency.enabled
+
+    cf = PREDEFINED_SCENARIOS["cascading_failure"].config
+    assert cf.latency.random_delay_range_ms == (1000, 5000)
+    assert cf.latency.jitter_percent == 30
+    faults = cf.fault_injection
+    assert (
+        faults.http_error_probability,
+        faults.timeout_probability,
+        faults.connection_error_probability,
+    ) == (0.3, 0.2, 0.1)
+    assert cf.rate_limit.requests_per_second == 10
+
+    pt = PREDEFINED_SCENARIOS["peak_traffic"].config
+    assert (pt.rate_limit.requests_per_second, pt.rate_limit.burst_size) == (50, 10)
+    assert pt.rate_limit.per_endpoint and pt.rate_limit.global_limit
+
+    sb = PREDEFINED_SCENARIOS["slow_backend"].config
+    assert (sb.latency.fixed_delay_ms, sb.latency.jitter_percent, sb.latency.probability) == (
+        2000,
+        10,
+        1.0,
+    )
+    assert set(NETWORK_PROFILES) == {"slow_3g", "fast_3g", "flaky_wifi", "cable", "dialup"}
+
+
+def test_activate_switch_and_stop() -> None:
+    base = load_config(environ={}, overrides={"latency": {"enabled": True, "fixed_delay_ms": 7}})
+    eng, clock = engine(base)
+    assert eng.effective().enabled is False
+    active = eng.activate("slow_backend")
+    assert (active.name, active.started_at) == ("slow_backend", 1000.0)
+    assert eng.effective().enabled is True  # activating turns chaos on
+    assert eng.effective().latency.fixed_delay_ms == 2000
+    eng.activate("service_instability")  # replaces, live
+    assert eng.effective().fault_injection.http_error_probability == 0.2
+    assert not eng.effective().latency.enabled
+    eng.stop()
+    assert eng.effective().latency.fixed_delay_ms == 7  # the runtime config is back
+    with pytest.raises(UnknownScenario):
+        eng.stop()
+    with pytest.raises(UnknownScenario):
+        eng.activate("no_such_scenario")
+
+
+def test_duration_returns_the_base_config_by_itself() -> None:
+    eng, clock = engine()
+    eng.activate("slow_backend", duration_s=30)
+    clock.now += 29.9
+    assert eng.status()["active_scenario"]["remaining_s"] == pytest.approx(0.1)
+    assert eng.effective().latency.fixed_delay_ms == 2000
+    clock.now += 0.1
+    assert not eng.effective().latency.enabled
+    assert eng.status()["active_scenario"] is None
+
+
+def test_ramp_grows_probabilities_and_delays_linearly() -> None:
+    eng, clock = engine()
+    eng.activate("cascading_failure", ramp_s=10)
+    assert eng.effective().fault_injection.http_error_probability == 0.0
+    clock.now += 2.5
+    config = eng.effective()
+    assert config.fault_injection.http_error_probability == pytest.approx(0.075)
+    assert config.latency.random_delay_range_ms == pytest.approx((250, 1250))
+    assert config.rate_limit.requests_per_second == 10  # not a probability or delay
+    clock.now += 7.5
+    assert eng.effective().fault_injection.http_error_probability == pytest.approx(0.3)
+    assert eng.status()["active_scenario"]["ramp_progress"] == 1.0
+
+
+def test_ramped_scales_only_marked_settings() -> None:
+    config = PREDEFINED_SCENARIOS["network_degradation"].config
+    half = ramped(config, 0.5)
+    assert half.latency.fixed_delay_ms == 250
+    assert half.latency.jitter_percent == 20
+    assert half.traffic_shaping.packet_loss_percent == 2.5
+    assert half.traffic_shaping.bandwidth_limit_bps == 100_000
+    assert ramped(config, 1.0) is config
+
+
+def test_schedule_runs_entries_in_order() -> None:
+    eng, clock = engine()
+    eng.schedule([(10, "slow_backend", 5), (20, "peak_traffic", None)])
+    assert not eng.effective().enabled
+    clock.now += 10
+    assert eng.status()["active_scenario"]["name"] == "slow_backend"
+    clock.now += 5
+    assert eng.status()["active_scenario"] is None
+    clock.now += 5
+    assert eng.status()["active_scenario"]["name"] == "peak_traffic"
+    assert eng.status()["schedule"] == []
+    with pytest.raises(UnknownScenario):
+        eng.schedule([(1, "nope", None)])
+
+
+def test_startup_scenario_is_active() -> None:
+    eng, _ = engine(load_config(environ={}, overrides={"scenario": "slow_backend"}))
+    assert eng.status()["active_scenario"]["name"] == "slow_backend"
+
+
+def test_custom_scenarios_validated_and_not_shadowing() -> None:
+    scenario, override = scenario_from_dict(
+        "my_flaky",
+        {"description": "d", "fault_injection": {"enabled": True, "http_error_probability": 0.5}},
+        "chaos.scenarios.my_flaky",
+    )
+    assert (scenario.kind, override) == ("custom", False)
+    eng, _ = engine()
+    eng.define(scenario)
+    eng.activate("my_flaky")
+    assert eng.effective().fault_injection.http_error_probability == 0.5
+    with pytest.raises(ConfigError, match="set override: true"):
+        scenario_from_dict("slow_backend", {}, "chaos.scenarios.slow_backend")
+    replaced, override = scenario_from_dict(
+        "slow_backend", {"override": True, "latency": {"enabled": True}}, "p"
+    )
+    assert override
+    with pytest.raises(ConfigError) as caught:
+        scenario_from_dict(
+            "bad", {"latency": {"probability": 3}, "seed": 1}, "chaos.scenarios.bad"
+        )
+    assert caught.value.problems == [
+        "chaos.scenarios.bad.seed: not allowed in a scenario",
+        "chaos.scenarios.bad.latency.probability: 3 is not in [0, 1]",
+    ]
+
+
+def test_reset_restores_startup_and_zeroes_counters() -> None:
+    store = MemoryStore()
+    clock = FakeClock()
+    eng = ScenarioEngine(ChaosConfig(), store=store, clock=clock)
+    eng.activate("slow_backend")
+    store.incr("latency", 3)
+    eng.reset()
+    assert eng.status()["active_scenario"] is None
+    assert eng.effective().enabled is False
+    assert store.counters() == {}
+
+
+def test_two_engines_on_one_store_see_each_others_changes() -> None:
+    store = MemoryStore()
+    clock = FakeClock()
+    first = ScenarioEngine(ChaosConfig(), store=store, clock=clock)
+    second = ScenarioEngine(ChaosConfig(), store=store, clock=clock)
+    first.activate("slow_backend")
+    assert second.effective().latency.fixed_delay_ms == 2000
+    second.set_enabled(False)
+    assert first.effective().enabled is False
