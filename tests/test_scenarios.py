@@ -72,7 +72,7 @@ def test_predefined_values_are_the_design_notes() -> None:
 
 def test_activate_switch_and_stop() -> None:
     base = load_config(environ={}, overrides={"latency": {"enabled": True, "fixed_delay_ms": 7}})
-    eng, clock = engine(base)
+    eng, _ = engine(base)
     assert eng.effective().enabled is False
     active = eng.activate("slow_backend")
     assert (active.name, active.started_at) == ("slow_backend", 1000.0)
@@ -161,6 +161,7 @@ def test_custom_scenarios_validated_and_not_shadowing() -> None:
         "slow_backend", {"override": True, "latency": {"enabled": True}}, "p"
     )
     assert override
+    assert replaced.config.latency.enabled
     with pytest.raises(ConfigError) as caught:
         scenario_from_dict(
             "bad", {"latency": {"probability": 3}, "seed": 1}, "chaos.scenarios.bad"
