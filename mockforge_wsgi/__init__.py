@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ._version import __version__
 from .config import (
     ChaosConfig,
     ConfigError,
@@ -12,8 +13,6 @@ from .config import (
     load_config,
 )
 from .middleware import ChaosMiddleware
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ChaosConfig",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import random
@@ -13,6 +14,8 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, RequestRedirect
 
 from ._headers import add_annotation
+from .api import DEFAULT_PREFIX as DEFAULT_API_PREFIX
+from .api import create_management_app
 from .config import ChaosConfig
 from .fault import PartialBody, render_fault, reset_or_cut
 from .plan import NO_CHAOS, PLAN_ENVIRON_KEY, Plan, decide_plan
@@ -29,7 +32,7 @@ __all__ = ["DEFAULT_EXEMPT_PATHS", "ChaosMiddleware", "route_resolver"]
 log = logging.getLogger("mockforge_wsgi")
 
 # The management API and metrics must stay reachable: a user can always turn chaos off.
-DEFAULT_EXEMPT_PATHS = ("/api/chaos", "/metrics")
+DEFAULT_EXEMPT_PATHS = (DEFAULT_API_PREFIX, "/metrics")
 CONNECTION_SLOTS = "connections"
 
 RouteResolver = Callable[["WSGIEnvironment"], str]
@@ -61,6 +64,9 @@ class ChaosMiddleware:
         store: Store | None = None,
         route_for: RouteResolver | None = None,
         engine: ScenarioEngine | None = None,
+        api_prefix: str | None = DEFAULT_API_PREFIX,
+        admin_token: str | None = None,
+        protect_reads: bool = False,
     ) -> None:
         self.app = app
         startup = config if config is not None else ChaosConfig()
@@ -73,10 +79,22 @@ class ChaosMiddleware:
                 store = MemoryStore(max_keys=startup.rate_limit.max_tracked_keys)
             engine = ScenarioEngine(startup, store=store)
         self.engine = engine
+        self._effective = engine.effective
         self.store = engine.store
         self.limiter = RateLimiter(self.store)
         self.route_for = route_for if route_for is not None else route_resolver(app)
         self.internal_errors = 0
+        # The management API answers under its prefix before any chaos is considered.
+        self.management: WSGIApplication | None = None
+        self._api_root = (api_prefix or "").rstrip("/")
+        self._api_below = self._api_root + "/"
+        if api_prefix:
+            self.management = create_management_app(
+                engine,
+                prefix=self._api_root,
+                admin_token=admin_token,
+                protect_reads=protect_reads,
+            )
 
     @property
     def config(self) -> ChaosConfig:
@@ -88,8 +106,11 @@ class ChaosMiddleware:
         self.engine.set_config(config)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        config = self.engine.effective()
-        if not config.enabled or self._is_exempt(environ.get("PATH_INFO") or "/"):
+        path = environ.get("PATH_INFO") or "/"
+        if path.startswith(self._api_root) and self._is_api(path):
+            return self.management(environ, start_response)  # type: ignore[misc]
+        config = self._effective()
+        if not config.enabled or self._is_exempt(path):
             return self.app(environ, start_response)
         started = time.monotonic()
         try:
@@ -100,7 +121,14 @@ class ChaosMiddleware:
         environ[PLAN_ENVIRON_KEY] = plan
         if plan is NO_CHAOS:
             return self.app(environ, start_response)
+        for event in plan.events():
+            self.store.incr(event)
         return self._apply(plan, config, environ, start_response, started)
+
+    def _is_api(self, path: str) -> bool:
+        return self.management is not None and (
+            path == self._api_root or path.startswith(self._api_below)
+        )
 
     def _is_exempt(self, path: str) -> bool:
         return any(path == prefix or path.startswith(prefix + "/") for prefix in self.exempt_paths)
@@ -139,6 +167,7 @@ class ChaosMiddleware:
         if not self.store.acquire_slot(
             CONNECTION_SLOTS, shaping.max_connections, shaping.queue_timeout_ms / 1000.0
         ):
+            self.store.incr("connection_limited")
             return _render_busy(start_response, headers)
         release = functools.partial(self.store.release_slot, CONNECTION_SLOTS)
         try:
@@ -185,6 +214,8 @@ class ChaosMiddleware:
     def _internal_error(self, doing: str) -> None:
         """Our own failure must not look like chaos: serve unharmed, log, count."""
         self.internal_errors += 1
+        with contextlib.suppress(Exception):
+            self.store.incr("internal_errors")
         if self.internal_errors == 1 or self.internal_errors % 1000 == 0:
             log.exception(
                 "mockforge internal error while %s (%d so far); serving without chaos",

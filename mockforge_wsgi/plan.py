@@ -59,6 +59,24 @@ class Plan:
         timeout = self.shaping.connection_timeout_ms if self.shaping is not None else 0.0
         return bool(timeout and self.delay_ms is not None and self.delay_ms >= timeout)
 
+    def events(self) -> list[str]:
+        """Counter names for what this plan injects (``latency``, ``fault.http_error``...)."""
+        events = []
+        if self.refused:
+            return ["rate_limited"]
+        if self.shaping is not None:
+            if self.shaping.drop:
+                return ["request_dropped"]
+            if self.shaping.paces_body:
+                events.append("shaped")
+        if self.delay_ms is not None:
+            events.append("latency")
+        if self.fault is not None:
+            events.append(f"fault.{self.fault.kind}")
+        if self.cut_by_timeout:
+            events.append("connection_timeout")
+        return events
+
     def response_headers(self, expose_rate_limit: bool = True) -> list[tuple[str, str]]:
         """Headers added to the response: the annotation, and RateLimit-* when exposed
         (always on a refusal)."""

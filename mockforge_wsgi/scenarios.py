@@ -41,6 +41,8 @@ ScenarioKind = Literal["predefined", "network_profile", "custom"]
 # While a ramp runs, the effective config is recomputed at most this often.
 RAMP_STEP_S = 0.05
 _NEVER = float("inf")
+# Finite but far: keeps the version check on for stores that cannot notify us.
+_POLL = 1e300
 
 
 class UnknownScenario(KeyError):
@@ -351,6 +353,8 @@ class ScenarioEngine:
     ) -> None:
         self.startup = startup
         self.store = store if store is not None else MemoryStore()
+        self._store_version = self.store.state_version
+        self._notified = self.store.subscribe(self._invalidate)
         self.clock = clock
         self._startup_custom = tuple(custom)
         self._lock = threading.RLock()
@@ -374,12 +378,20 @@ class ScenarioEngine:
     # -- reading ------------------------------------------------------------------
 
     def effective(self) -> ChaosConfig:
-        """The config to apply now. Per request: one clock read and one version read."""
-        if self.store.state_version() == self._version and (
-            self.refresh_at == _NEVER or self.clock() < self.refresh_at
-        ):
+        """The config to apply now. Per request, when nothing is pending: one comparison.
+
+        ``refresh_at`` is never-ending only while the store tells us of every change
+        (in-process stores); otherwise each call compares the store's version, and a
+        clock read catches time-based changes (a scenario's end, the schedule, a ramp).
+        """
+        if self.refresh_at == _NEVER:
+            return self._effective
+        if self._store_version() == self._version and self.clock() < self.refresh_at:
             return self._effective
         return self._refresh()
+
+    def _invalidate(self) -> None:
+        self.refresh_at = 0.0
 
     def state(self) -> RuntimeState:
         self.effective()
@@ -394,8 +406,14 @@ class ScenarioEngine:
             state = self._advance(self._state, now)
             if state is not self._state:
                 self._save(state)
-            self._effective, self.refresh_at = self._compute(state, now)
-            return self._effective
+            return self._settle(state, now)
+
+    def _settle(self, state: RuntimeState, now: float) -> ChaosConfig:
+        config, refresh_at = self._compute(state, now)
+        self._effective = config
+        # A save by someone else while we computed must not be masked by our result.
+        self.refresh_at = refresh_at if self._store_version() == self._version else 0.0
+        return config
 
     def _advance(self, state: RuntimeState, now: float) -> RuntimeState:
         """Apply time-based changes that are due: schedule entries, a scenario's end."""
@@ -415,6 +433,8 @@ class ScenarioEngine:
 
     def _compute(self, state: RuntimeState, now: float) -> tuple[ChaosConfig, float]:
         refresh_at = min((e.start_at for e in state.schedule), default=_NEVER)
+        if not self._notified:
+            refresh_at = min(refresh_at, _POLL)  # other processes may change the state
         active = state.active
         if active is None:
             config = state.config
@@ -452,7 +472,7 @@ class ScenarioEngine:
             self._refresh()
             state = change(self._state, self.clock())
             self._save(state)
-            self._effective, self.refresh_at = self._compute(state, self.clock())
+            self._settle(state, self.clock())
             return state
 
     def _save(self, state: RuntimeState) -> None:
@@ -465,6 +485,12 @@ class ScenarioEngine:
     def set_config(self, config: ChaosConfig) -> None:
         """Replace the runtime config (``enabled`` in it sets the switch too)."""
         self._change(lambda state, now: attrs.evolve(state, config=config, enabled=config.enabled))
+
+    def update_config(self, **sections: Any) -> None:
+        """Replace sections of the runtime config (``latency=LatencyConfig(...)``)."""
+        self._change(
+            lambda state, now: attrs.evolve(state, config=attrs.evolve(state.config, **sections))
+        )
 
     def reset(self) -> None:
         """Startup config back, scenario stopped, schedule cleared, counters zeroed."""

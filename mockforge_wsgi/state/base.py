@@ -8,7 +8,7 @@ take a store and never know which backend they use.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .gcra import Bucket, BucketOutcome
@@ -58,6 +58,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def state_version(self) -> int:
         """Version of the runtime state; changes with every save. Cheap: read per request."""
+
+    def subscribe(self, callback: Callable[[], None]) -> bool:
+        """Call ``callback`` after every state save, if this store can (in-process ones
+        can); returns whether it will. Stores that cannot are polled by version."""
+        return False
 
     @abc.abstractmethod
     def load_state(self) -> tuple[int, dict[str, Any] | None]:

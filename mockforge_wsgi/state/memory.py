@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .base import Store
@@ -33,6 +33,7 @@ class MemoryStore(Store):
         self._counters: dict[str, int] = {}
         self._state: dict[str, Any] | None = None
         self._version = 0
+        self._subscribers: list[Callable[[], None]] = []
 
     def acquire(self, buckets: Sequence[Bucket], now: float) -> tuple[int, BucketOutcome]:
         with self._lock:
@@ -94,11 +95,18 @@ class MemoryStore(Store):
         with self._lock:
             return self._version, self._state
 
+    def subscribe(self, callback: Callable[[], None]) -> bool:
+        self._subscribers.append(callback)
+        return True
+
     def save_state(self, state: dict[str, Any]) -> int:
         with self._lock:
             self._state = state
             self._version += 1
-            return self._version
+            version = self._version
+        for notify in self._subscribers:
+            notify()
+        return version
 
     def tracked_keys(self) -> int:
         return len(self._tats)

@@ -1,0 +1,522 @@
+"""The management API: a Flask blueprint over a ScenarioEngine, and an app to mount it.
+
+Every route is declared once in ``ROUTES``; the blueprint and the OpenAPI document are
+both built from that table. Bad input never changes anything: it gets a 400 (or 404,
+413) with a JSON body listing each problem by field path.
+
+Usage (any WSGI stack: ChaosMiddleware mounts it for you at ``/api/chaos``)::
+
+    flask_app.register_blueprint(create_blueprint(engine), url_prefix="/api/chaos")
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import math
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+from flask import Blueprint, Flask, Response, current_app, request
+from werkzeug.exceptions import HTTPException
+
+from ._kinds import Kind
+from ._version import __version__
+from .config import (
+    ChaosConfig,
+    ConfigError,
+    FaultInjectionConfig,
+    LatencyConfig,
+    RateLimitConfig,
+    TrafficShapingConfig,
+    config_from_dict,
+    iter_settings,
+)
+from .scenarios import ScenarioEngine, UnknownScenario, scenario_from_dict
+
+__all__ = [
+    "DEFAULT_PREFIX",
+    "MAX_BODY_BYTES",
+    "ROUTES",
+    "create_blueprint",
+    "create_management_app",
+]
+
+DEFAULT_PREFIX = "/api/chaos"
+MAX_BODY_BYTES = 64 * 1024
+ADMIN_TOKEN_ENV = "MOCKFORGE_ADMIN_TOKEN"
+
+# URL segment -> (config attribute, section class)
+SECTIONS: dict[str, tuple[str, type[Any]]] = {
+    "latency": ("latency", LatencyConfig),
+    "faults": ("fault_injection", FaultInjectionConfig),
+    "rate-limit": ("rate_limit", RateLimitConfig),
+    "traffic": ("traffic_shaping", TrafficShapingConfig),
+}
+
+
+class ApiError(Exception):
+    """A request we refuse; rendered as JSON with every problem listed."""
+
+    def __init__(self, status: int, error: str, problems: list[str] | None = None) -> None:
+        super().__init__(error)
+        self.status = status
+        self.error = error
+        self.problems = problems or []
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(json.dumps(data), status=status, mimetype="application/json")
+
+
+def _engine() -> ScenarioEngine:
+    engine: ScenarioEngine = current_app.extensions["mockforge_engine"]
+    return engine
+
+
+def _body(*, required: bool = True) -> Any:
+    """The request's JSON body (whatever its Content-Type: curl -d sends a form type)."""
+    raw = request.get_data(cache=True)
+    if not raw.strip():
+        if required:
+            raise ApiError(400, "invalid request", ["body: a JSON body is required"])
+        return {}
+    try:
+        return json.loads(raw)
+    except ValueError as error:
+        raise ApiError(400, "invalid request", [f"body: not valid JSON ({error})"]) from None
+
+
+def _mapping(data: Any, path: str = "body") -> dict[str, Any]:
+    if not isinstance(data, Mapping):
+        raise ApiError(400, "invalid request", [f"{path}: {data!r} is not a JSON object"])
+    return dict(data)
+
+
+def _validated(build: Callable[[], Any]) -> Any:
+    try:
+        return build()
+    except ConfigError as error:
+        raise ApiError(400, "invalid configuration", error.problems) from None
+
+
+# -- views ---------------------------------------------------------------------------
+
+
+def status() -> Response:
+    return _json(_engine().status())
+
+
+def enable() -> Response:
+    _engine().set_enabled(True)
+    return _json({"enabled": True})
+
+
+def disable() -> Response:
+    _engine().set_enabled(False)
+    return _json({"enabled": False})
+
+
+def reset() -> Response:
+    _engine().reset()
+    return _json(_engine().status())
+
+
+def _runtime_config() -> ChaosConfig:
+    state = _engine().state()
+    return attrs.evolve(state.config, enabled=state.enabled)
+
+
+def config() -> Response:
+    if request.method == "PUT":
+        body = _mapping(_body())
+        _engine().set_config(_validated(lambda: config_from_dict(body)))
+    return _json(_runtime_config().to_dict())
+
+
+def config_section(section: str) -> Response:
+    attribute, cls = SECTIONS[section]
+    current = getattr(_runtime_config(), attribute)
+    if request.method in ("PUT", "PATCH"):
+        body = _mapping(_body())
+        if request.method == "PATCH":
+            body = {**attrs.asdict(current), **body}
+        path = f"chaos.{attribute}"
+        current = _validated(lambda: config_from_dict(body, cls, path=path))
+        _engine().update_config(**{attribute: current})
+    return _json(attrs.asdict(current))
+
+
+def scenarios() -> Response:
+    engine = _engine()
+    if request.method == "POST":
+        body = _mapping(_body())
+        name = body.pop("name", None)
+        if not isinstance(name, str):
+            raise ApiError(400, "invalid scenario", [f"name: {name!r} is not a string"])
+        scenario, _ = _validated(lambda: scenario_from_dict(name, body, f"scenarios.{name}"))
+        engine.define(scenario)
+        return _json(scenario.to_dict(), 201)
+    if request.method == "DELETE":
+        active = engine.state().active
+        if active is not None:
+            engine.stop()
+        return _json({"stopped": active.name if active else None})
+    return _json({"scenarios": [s.to_dict() for s in engine.scenarios().values()]})
+
+
+def active_scenario() -> Response:
+    return _json({"active": _engine().status()["active_scenario"]})
+
+
+def scenario(name: str) -> Response:
+    engine = _engine()
+    if request.method == "DELETE":
+        try:
+            engine.stop(name)
+        except UnknownScenario:
+            raise ApiError(
+                404, "not active", [f"scenario: '{name}' is not the active one"]
+            ) from None
+        return _json({"stopped": name})
+    options = _mapping(_body(required=False))
+    problems = [
+        f"{key}: unknown field; allowed: duration_s, ramp_s"
+        for key in options
+        if key not in ("duration_s", "ramp_s")
+    ]
+    timing = {key: options.get(key) for key in ("duration_s", "ramp_s")}
+    for key, value in timing.items():
+        if value is not None and (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or value <= 0
+        ):
+            problems.append(f"{key}: {value!r} is not a number > 0")
+    if problems:
+        raise ApiError(400, "invalid request", problems)
+    try:
+        active = engine.activate(name, **timing)
+    except UnknownScenario:
+        raise ApiError(404, "unknown scenario", [f"scenario: '{name}' does not exist"]) from None
+    return _json({"active": attrs.asdict(active)})
+
+
+def schedule() -> Response:
+    engine = _engine()
+    if request.method == "PUT":
+        body = _body()
+        if not isinstance(body, list):
+            raise ApiError(400, "invalid schedule", [f"body: {body!r} is not a list"])
+        entries, problems = [], []
+        for index, item in enumerate(body):
+            path = f"[{index}]"
+            if not isinstance(item, Mapping) or not isinstance(item.get("scenario"), str):
+                problems.append(f"{path}: needs {{start_s, scenario, duration_s}}")
+                continue
+            start, duration = item.get("start_s", 0), item.get("duration_s")
+            unknown = set(item) - {"start_s", "scenario", "duration_s"}
+            problems += [f"{path}.{key}: unknown field" for key in sorted(unknown)]
+            if isinstance(start, bool) or not isinstance(start, (int, float)) or start < 0:
+                problems.append(f"{path}.start_s: {start!r} is not a number >= 0")
+            if duration is not None and (
+                isinstance(duration, bool)
+                or not isinstance(duration, (int, float))
+                or duration <= 0
+            ):
+                problems.append(f"{path}.duration_s: {duration!r} is not a number > 0")
+            entries.append((start, item["scenario"], duration))
+        if problems:
+            raise ApiError(400, "invalid schedule", problems)
+        try:
+            engine.schedule(entries)
+        except UnknownScenario as error:
+            raise ApiError(
+                404, "unknown scenario", [f"scenario: {error} does not exist"]
+            ) from None
+    return _json({"schedule": engine.status()["schedule"]})
+
+
+def stats() -> Response:
+    engine = _engine()
+    store = engine.store
+    return _json(
+        {
+            "counters": store.counters(),
+            "rate_limit_keys": store.tracked_keys(),
+            "connections_in_use": store.slots_in_use("connections"),
+        }
+    )
+
+
+def openapi() -> Response:
+    prefix = request.path[: -len("/openapi.json")]
+    return _json(openapi_document(prefix))
+
+
+@attrs.frozen
+class Route:
+    rule: str
+    methods: tuple[str, ...]
+    view: Callable[..., Response]
+    summary: str
+    defaults: Mapping[str, str] | None = None
+    body: str | None = None  # JSON schema reference of the request body, for the docs
+
+
+ROUTES: tuple[Route, ...] = (
+    Route(
+        "/status", ("GET",), status, "Enabled flag, active scenario, effective config, counters"
+    ),
+    Route("/enable", ("POST",), enable, "Turn chaos on"),
+    Route("/disable", ("POST",), disable, "Turn chaos off (the master switch)"),
+    Route("/reset", ("POST",), reset, "Startup config back, scenario stopped, counters zeroed"),
+    Route(
+        "/config",
+        ("GET", "PUT"),
+        config,
+        "The runtime config (PUT replaces it)",
+        body="ChaosConfig",
+    ),
+    *(
+        Route(
+            f"/config/{segment}",
+            ("GET", "PUT", "PATCH"),
+            config_section,
+            f"The {attribute} section (PUT replaces it atomically, PATCH merges)",
+            defaults={"section": segment},
+            body=cls.__name__,
+        )
+        for segment, (attribute, cls) in SECTIONS.items()
+    ),
+    Route(
+        "/scenarios",
+        ("GET", "POST", "DELETE"),
+        scenarios,
+        "List scenarios; POST defines a custom one; DELETE stops the active one",
+        body="Scenario",
+    ),
+    Route("/scenarios/active", ("GET",), active_scenario, "The active scenario, or null"),
+    Route(
+        "/scenarios/<name>",
+        ("POST", "DELETE"),
+        scenario,
+        "POST starts it (body: duration_s, ramp_s); DELETE stops it",
+        body="Activation",
+    ),
+    Route(
+        "/schedule", ("GET", "PUT"), schedule, "The schedule (PUT replaces it)", body="Schedule"
+    ),
+    Route("/stats", ("GET",), stats, "Counters of injected events and store figures"),
+    Route("/openapi.json", ("GET",), openapi, "This document (OpenAPI 3.1)"),
+)
+
+
+def create_blueprint(
+    engine: ScenarioEngine,
+    *,
+    admin_token: str | None = None,
+    protect_reads: bool = False,
+) -> Blueprint:
+    """The management blueprint. With ``admin_token``, mutating routes (and reads, with
+    ``protect_reads``) need ``Authorization: Bearer <token>``; the comparison is
+    constant-time."""
+    blueprint = Blueprint("mockforge_chaos", __name__)
+    for route in ROUTES:
+        options: dict[str, Any] = {"defaults": dict(route.defaults)} if route.defaults else {}
+        blueprint.add_url_rule(
+            route.rule,
+            endpoint=route.view.__name__
+            + (f"_{route.defaults['section']}" if route.defaults else ""),
+            view_func=route.view,
+            methods=list(route.methods),
+            **options,
+        )
+
+    @blueprint.record_once
+    def attach(state: Any) -> None:
+        state.app.extensions["mockforge_engine"] = engine
+        state.app.config.setdefault("MAX_CONTENT_LENGTH", MAX_BODY_BYTES)
+
+    @blueprint.before_request
+    def authorize() -> Response | None:
+        needs_token = request.method not in ("GET", "HEAD", "OPTIONS") or protect_reads
+        if admin_token and needs_token:
+            given = request.headers.get("Authorization", "")
+            expected = f"Bearer {admin_token}"
+            if not hmac.compare_digest(given.encode(), expected.encode()):
+                response = _json(
+                    {
+                        "error": "unauthorized",
+                        "problems": ["Authorization: a valid Bearer token is required"],
+                    },
+                    401,
+                )
+                response.headers["WWW-Authenticate"] = 'Bearer realm="mockforge"'
+                return response
+        return None
+
+    @blueprint.errorhandler(ApiError)
+    def api_error(error: ApiError) -> Response:
+        return _json({"error": error.error, "problems": error.problems}, error.status)
+
+    return blueprint
+
+
+def create_management_app(
+    engine: ScenarioEngine,
+    *,
+    prefix: str = DEFAULT_PREFIX,
+    admin_token: str | None = None,
+    protect_reads: bool = False,
+) -> Flask:
+    """A Flask app serving only the management API under ``prefix``, for any WSGI stack.
+
+    ``admin_token`` defaults to the ``MOCKFORGE_ADMIN_TOKEN`` environment variable.
+    """
+    if admin_token is None:
+        admin_token = os.environ.get(ADMIN_TOKEN_ENV) or None
+    app = Flask("mockforge_wsgi.api")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.register_blueprint(
+        create_blueprint(engine, admin_token=admin_token, protect_reads=protect_reads),
+        url_prefix=prefix,
+    )
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> Response:
+        """404, 405, 413 and friends as JSON, like every other answer of the API."""
+        problems = {413: [f"body: larger than {MAX_BODY_BYTES} bytes"]}.get(error.code or 0, [])
+        return _json({"error": error.name.lower(), "problems": problems}, error.code or 500)
+
+    return app
+
+
+# -- OpenAPI -------------------------------------------------------------------------
+
+_JSON_TYPES: dict[str, dict[str, Any]] = {
+    "a boolean": {"type": "boolean"},
+    "an integer": {"type": "integer"},
+    "a number": {"type": "number"},
+    "a string": {"type": "string"},
+    "a number or none": {"type": ["number", "null"]},
+    "an integer or none": {"type": ["integer", "null"]},
+    "a string or none": {"type": ["string", "null"]},
+    "text, a mapping (JSON) or none": {"type": ["string", "object", "null"]},
+    "a list of integers": {"type": "array", "items": {"type": "integer"}},
+    "a list of strings": {"type": "array", "items": {"type": "string"}},
+    "a range min-max or none": {
+        "type": ["array", "null"],
+        "items": {"type": "number"},
+        "minItems": 2,
+        "maxItems": 2,
+    },
+}
+
+
+def _schema_of(kind: Kind, help: str) -> dict[str, Any]:
+    return {**_JSON_TYPES[kind.label], "description": help}
+
+
+def _schemas() -> dict[str, Any]:
+    """JSON schemas of the config and its sections, from the setting declarations."""
+    sections: dict[str, dict[str, Any]] = {}
+    top: dict[str, Any] = {}
+    for info in iter_settings():
+        schema = _schema_of(info.kind, info.field.metadata["help"])
+        if len(info.path) == 1:
+            top[info.path[0]] = schema
+        else:
+            sections.setdefault(info.path[0], {})[info.path[1]] = schema
+    schemas: dict[str, Any] = {}
+    for attribute, cls in SECTIONS.values():
+        schemas[cls.__name__] = {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": sections[attribute],
+        }
+        top[attribute] = {"$ref": f"#/components/schemas/{cls.__name__}"}
+    schemas["ChaosConfig"] = {"type": "object", "additionalProperties": False, "properties": top}
+    scenario_properties: dict[str, Any] = {
+        "name": {"type": "string"},
+        "description": {"type": "string"},
+        "override": {"type": "boolean"},
+    }
+    for attribute, cls in SECTIONS.values():
+        scenario_properties[attribute] = {"$ref": f"#/components/schemas/{cls.__name__}"}
+    schemas["Scenario"] = {
+        "type": "object",
+        "required": ["name"],
+        "properties": scenario_properties,
+    }
+    schemas["Activation"] = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "duration_s": {"type": "number", "exclusiveMinimum": 0},
+            "ramp_s": {"type": "number", "exclusiveMinimum": 0},
+        },
+    }
+    schemas["Schedule"] = {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "required": ["scenario"],
+            "properties": {
+                "start_s": {"type": "number", "minimum": 0},
+                "scenario": {"type": "string"},
+                "duration_s": {"type": ["number", "null"], "exclusiveMinimum": 0},
+            },
+        },
+    }
+    schemas["Problems"] = {
+        "type": "object",
+        "properties": {
+            "error": {"type": "string"},
+            "problems": {"type": "array", "items": {"type": "string"}},
+        },
+    }
+    return schemas
+
+
+def openapi_document(prefix: str) -> dict[str, Any]:
+    """OpenAPI 3.1 for every route in ``ROUTES`` under ``prefix``."""
+    problems = {"application/json": {"schema": {"$ref": "#/components/schemas/Problems"}}}
+    paths: dict[str, Any] = {}
+    for route in ROUTES:
+        path = prefix + route.rule.replace("<", "{").replace(">", "}")
+        operations = paths.setdefault(path, {})
+        for method in route.methods:
+            operation: dict[str, Any] = {
+                "summary": route.summary,
+                "responses": {
+                    "200": {"description": "OK", "content": {"application/json": {}}},
+                    "400": {"description": "Invalid input, nothing changed", "content": problems},
+                    "401": {"description": "Admin token missing or wrong", "content": problems},
+                    "404": {"description": "Unknown scenario", "content": problems},
+                    "413": {"description": "Body over 64 KB", "content": problems},
+                },
+            }
+            if "{name}" in path:
+                operation["parameters"] = [
+                    {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+                ]
+            if method in ("PUT", "PATCH", "POST") and route.body:
+                operation["requestBody"] = {
+                    "required": method != "POST" or route.rule == "/scenarios",
+                    "content": {
+                        "application/json": {
+                            "schema": {"$ref": f"#/components/schemas/{route.body}"}
+                        }
+                    },
+                }
+            operations[method.lower()] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "mockforge chaos management API", "version": __version__},
+        "paths": paths,
+        "components": {"schemas": _schemas()},
+    }
