@@ -23,7 +23,7 @@ from gunicorn.config import KNOWN_SETTINGS
 from werkzeug.serving import make_server
 
 TESTS_DIR = Path(__file__).parent
-READY_PATH = "/api/chaos/ready"  # exempt from chaos by default, so readiness is never faulted
+READY_PATH = "/api/chaos/status"  # the management API: never subject to chaos
 
 
 class Server:

@@ -1,0 +1,337 @@
+"""The management API: every route, every 4xx path, auth, and the OpenAPI document."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from werkzeug.test import Client, TestResponse
+
+from mockforge_wsgi import load_config
+from mockforge_wsgi.api import ROUTES, create_management_app, openapi_document
+from mockforge_wsgi.config import ChaosConfig
+from mockforge_wsgi.middleware import ChaosMiddleware
+from mockforge_wsgi.scenarios import ScenarioEngine
+
+P = "/api/chaos"
+
+
+def hello(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")])
+    return [b"hello"]
+
+
+def make(startup: ChaosConfig | None = None, **kwargs: Any) -> tuple[Client, ChaosMiddleware]:
+    middleware = ChaosMiddleware(hello, config=startup or ChaosConfig(), **kwargs)
+    return Client(middleware), middleware
+
+
+def call(client: Client, method: str, path: str, body: Any = None, **kwargs: Any) -> TestResponse:
+    data = None if body is None else (body if isinstance(body, (bytes, str)) else json.dumps(body))
+    return client.open(P + path, method=method, data=data, **kwargs)
+
+
+def problems(response: TestResponse) -> list[str]:
+    payload = response.get_json()
+    assert set(payload) == {"error", "problems"}, payload
+    return list(payload["problems"])
+
+
+def test_status_enable_disable() -> None:
+    client, middleware = make()
+    status = call(client, "GET", "/status").get_json()
+    assert status["enabled"] is False
+    assert status["active_scenario"] is None
+    assert status["effective_config"]["latency"]["probability"] == 1.0
+    assert call(client, "POST", "/enable").get_json() == {"enabled": True}
+    assert middleware.config.enabled is True
+    assert call(client, "POST", "/disable").get_json() == {"enabled": False}
+    assert middleware.config.enabled is False
+
+
+def test_config_get_put_and_sections() -> None:
+    client, middleware = make()
+    assert call(client, "GET", "/config").get_json() == ChaosConfig().to_dict()
+    latency = {"enabled": True, "fixed_delay_ms": 1000, "jitter_percent": 20.0, "probability": 0.8}
+    put = call(client, "PUT", "/config/latency", latency)
+    assert put.status_code == 200
+    assert put.get_json()["fixed_delay_ms"] == 1000
+    # PUT replaces the section: fields not given are back to their defaults.
+    call(client, "PUT", "/config/latency", {"cap_ms": 5})
+    assert call(client, "GET", "/config/latency").get_json()["fixed_delay_ms"] == 0
+    # PATCH merges.
+    patched = call(client, "PATCH", "/config/latency", {"fixed_delay_ms": 300})
+    assert (patched.get_json()["fixed_delay_ms"], patched.get_json()["cap_ms"]) == (300, 5)
+    assert middleware.config.latency.fixed_delay_ms == 300
+    for segment, attribute in [
+        ("faults", "fault_injection"),
+        ("rate-limit", "rate_limit"),
+        ("traffic", "traffic_shaping"),
+    ]:
+        got = call(client, "PATCH", f"/config/{segment}", {"enabled": True}).get_json()
+        assert got["enabled"] is True
+        assert getattr(middleware.config, attribute).enabled is True
+    whole = call(client, "PUT", "/config", {"enabled": True, "seed": 3}).get_json()
+    assert (whole["enabled"], whole["seed"], whole["latency"]["fixed_delay_ms"]) == (True, 3, 0)
+
+
+def test_half_valid_put_changes_nothing() -> None:
+    client, middleware = make()
+    before = call(client, "GET", "/config").get_json()
+    response = call(
+        client,
+        "PUT",
+        "/config",
+        {"enabled": True, "latency": {"fixed_delay_ms": 100, "probability": 1.5}, "bogus": 1},
+    )
+    assert response.status_code == 400
+    assert problems(response) == [
+        "chaos.bogus: unknown key; allowed: enabled, scenario, seed, latency, fault_injection, "
+        "rate_limit, traffic_shaping",
+        "chaos.latency.probability: 1.5 is not in [0, 1]",
+    ]
+    assert call(client, "GET", "/config").get_json() == before
+    assert middleware.config.enabled is False
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "expected"),
+    [
+        pytest.param(
+            "PUT", "/config/latency", b"{not json", 400, "body: not valid JSON", id="not-json"
+        ),
+        pytest.param(
+            "PUT", "/config/latency", b"", 400, "body: a JSON body is required", id="empty"
+        ),
+        pytest.param(
+            "PUT", "/config/latency", [1, 2], 400, "body: [1, 2] is not a JSON object", id="list"
+        ),
+        pytest.param(
+            "PATCH",
+            "/config/faults",
+            {"http_errors": [700]},
+            400,
+            "chaos.fault_injection.http_errors: 700 not in [400, 599]",
+            id="out-of-range",
+        ),
+        pytest.param(
+            "PUT",
+            "/config/rate-limit",
+            {"burst_size": "ten"},
+            400,
+            "chaos.rate_limit.burst_size: 'ten' is not an integer",
+            id="wrong-type",
+        ),
+        pytest.param(
+            "PATCH",
+            "/config/traffic",
+            {"bandwith_limit_bps": 5},
+            400,
+            "chaos.traffic_shaping.bandwith_limit_bps: unknown key; did you mean "
+            "'bandwidth_limit_bps'?",
+            id="unknown-field",
+        ),
+        pytest.param(
+            "POST",
+            "/scenarios/nope",
+            None,
+            404,
+            "scenario: 'nope' does not exist",
+            id="unknown-scenario",
+        ),
+        pytest.param(
+            "POST",
+            "/scenarios/slow_backend",
+            {"duration_s": -1, "speed": 2},
+            400,
+            "speed: unknown field; allowed: duration_s, ramp_s",
+            id="activation-fields",
+        ),
+        pytest.param(
+            "DELETE",
+            "/scenarios/slow_backend",
+            None,
+            404,
+            "scenario: 'slow_backend' is not the active one",
+            id="stop-inactive",
+        ),
+        pytest.param(
+            "POST",
+            "/scenarios",
+            {"name": "slow_backend"},
+            400,
+            "'slow_backend' is a built-in scenario; set override: true to replace it",
+            id="shadowing",
+        ),
+        pytest.param(
+            "POST", "/scenarios", {"latency": {}}, 400, "name: None is not a string", id="no-name"
+        ),
+        pytest.param(
+            "PUT", "/schedule", {"a": 1}, 400, "body: {'a': 1} is not a list", id="schedule-shape"
+        ),
+        pytest.param(
+            "PUT",
+            "/schedule",
+            [{"start_s": -1, "scenario": "slow_backend"}],
+            400,
+            "[0].start_s: -1 is not a number >= 0",
+            id="schedule-value",
+        ),
+        pytest.param(
+            "PUT",
+            "/schedule",
+            [{"scenario": "nope"}],
+            404,
+            "scenario: 'nope' does not exist",
+            id="schedule-unknown",
+        ),
+    ],
+)
+def test_bad_input(method: str, path: str, body: Any, status: int, expected: str) -> None:
+    client, _ = make()
+    before = call(client, "GET", "/status").get_json()
+    response = call(client, method, path, body)
+    assert response.status_code == status
+    assert any(expected in problem for problem in problems(response)), problems(response)
+    assert call(client, "GET", "/status").get_json() == before
+
+
+def test_body_over_64kb_is_413() -> None:
+    client, _ = make()
+    response = call(client, "PUT", "/config", b"{" + b" " * 70_000 + b"}")
+    assert response.status_code == 413
+    assert problems(response) == ["body: larger than 65536 bytes"]
+
+
+def test_unknown_route_and_method_are_json() -> None:
+    client, _ = make()
+    assert call(client, "GET", "/nope").status_code == 404
+    wrong = call(client, "DELETE", "/status")
+    assert wrong.status_code == 405
+    assert wrong.get_json()["error"] == "method not allowed"
+
+
+def test_scenarios_routes() -> None:
+    client, middleware = make()
+    listed = call(client, "GET", "/scenarios").get_json()["scenarios"]
+    names = {s["name"] for s in listed}
+    assert {"network_degradation", "slow_3g"} <= names
+    nd = next(s for s in listed if s["name"] == "network_degradation")
+    assert nd["latency"]["fixed_delay_ms"] == 500
+    created = call(
+        client,
+        "POST",
+        "/scenarios",
+        {
+            "name": "flaky",
+            "description": "half fail",
+            "fault_injection": {"enabled": True, "http_error_probability": 0.5},
+        },
+    )
+    assert created.status_code == 201
+    assert created.get_json()["kind"] == "custom"
+    started = call(client, "POST", "/scenarios/flaky", {"duration_s": 60, "ramp_s": 5})
+    assert started.get_json()["active"]["name"] == "flaky"
+    active = call(client, "GET", "/scenarios/active").get_json()["active"]
+    assert (active["name"], active["duration_s"], active["ramp_s"]) == ("flaky", 60, 5)
+    assert call(client, "DELETE", "/scenarios/flaky").get_json() == {"stopped": "flaky"}
+    assert call(client, "GET", "/scenarios/active").get_json() == {"active": None}
+    call(client, "POST", "/scenarios/slow_backend")
+    assert call(client, "DELETE", "/scenarios").get_json() == {"stopped": "slow_backend"}
+    assert call(client, "DELETE", "/scenarios").get_json() == {"stopped": None}
+    assert middleware.config.latency.enabled is False
+
+
+def test_schedule_and_stats_and_reset() -> None:
+    client, middleware = make(
+        load_config(
+            environ={},
+            overrides={"enabled": True, "latency": {"enabled": True, "fixed_delay_ms": 1}},
+        )
+    )
+    got = call(
+        client,
+        "PUT",
+        "/schedule",
+        [{"start_s": 3600, "scenario": "slow_backend", "duration_s": 10}],
+    )
+    assert got.get_json()["schedule"][0]["name"] == "slow_backend"
+    assert call(client, "GET", "/schedule").get_json() == got.get_json()
+    client.get("/api/test")
+    stats = call(client, "GET", "/stats").get_json()
+    assert stats["counters"]["latency"] == 1
+    assert stats["connections_in_use"] == 0
+    call(client, "POST", "/scenarios/slow_backend")
+    reset = call(client, "POST", "/reset").get_json()
+    assert reset["active_scenario"] is None
+    assert reset["schedule"] == []
+    assert reset["counters"] == {}
+    assert middleware.config.latency.fixed_delay_ms == 1
+
+
+def test_admin_token_guards_mutations() -> None:
+    client, _ = make(admin_token="s3cret")
+    assert call(client, "GET", "/status").status_code == 200
+    refused = call(client, "POST", "/enable")
+    assert refused.status_code == 401
+    assert refused.headers["WWW-Authenticate"].startswith("Bearer")
+    wrong = call(client, "POST", "/enable", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401
+    ok = call(client, "POST", "/enable", headers={"Authorization": "Bearer s3cret"})
+    assert ok.status_code == 200
+
+
+def test_admin_token_can_guard_reads_and_comes_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MOCKFORGE_ADMIN_TOKEN", "envtoken")
+    client, _ = make(protect_reads=True)
+    assert call(client, "GET", "/status").status_code == 401
+    assert (
+        call(client, "GET", "/status", headers={"Authorization": "Bearer envtoken"}).status_code
+        == 200
+    )
+
+
+def test_management_is_never_subject_to_chaos() -> None:
+    startup = load_config(
+        environ={},
+        overrides={
+            "enabled": True,
+            "rate_limit": {"enabled": True, "requests_per_second": 1, "burst_size": 1},
+            "fault_injection": {"enabled": True, "http_error_probability": 1.0},
+        },
+    )
+    client, _ = make(startup)
+    assert client.get("/api/test").status_code in (429, 500, 502, 503, 504)
+    for _ in range(20):
+        assert call(client, "GET", "/status").status_code == 200
+    assert call(client, "POST", "/disable").status_code == 200
+    assert client.get("/api/test").status_code == 200
+
+
+def test_api_mounts_at_any_prefix() -> None:
+    middleware = ChaosMiddleware(hello, api_prefix="/_chaos")
+    client = Client(middleware)
+    assert client.post("/_chaos/enable").get_json() == {"enabled": True}
+    assert client.get("/api/chaos/status").data == b"hello"  # the app's own path now
+
+
+def test_openapi_documents_exactly_the_registered_routes() -> None:
+    app = create_management_app(ScenarioEngine(ChaosConfig()), prefix=P)
+    registered = {
+        (rule.rule.replace("<", "{").replace(">", "}"), method.lower())
+        for rule in app.url_map.iter_rules()
+        if rule.endpoint.startswith("mockforge_chaos.")
+        for method in rule.methods or ()
+        if method not in ("HEAD", "OPTIONS")
+    }
+    document = Client(app).get(P + "/openapi.json").get_json()
+    assert document["openapi"] == "3.1.0"
+    documented = {(path, method) for path, ops in document["paths"].items() for method in ops}
+    assert documented == registered
+    assert document == openapi_document(P)
+    assert len(ROUTES) == 15
+    latency = document["components"]["schemas"]["LatencyConfig"]["properties"]
+    assert latency["probability"]["type"] == "number"
