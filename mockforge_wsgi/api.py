@@ -408,6 +408,15 @@ _JSON_TYPES: dict[str, dict[str, Any]] = {
     "text, a mapping (JSON) or none": {"type": ["string", "object", "null"]},
     "a list of integers": {"type": "array", "items": {"type": "integer"}},
     "a list of strings": {"type": "array", "items": {"type": "string"}},
+    "a pattern (fail_first, every or sequence) or none": {"type": ["object", "string", "null"]},
+    "a list of rules": {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "required": ["match"],
+            "properties": {"match": {"type": "object"}},
+        },
+    },
     "a range min-max or none": {
         "type": ["array", "null"],
         "items": {"type": "number"},

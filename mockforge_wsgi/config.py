@@ -15,6 +15,7 @@ Usage::
 from __future__ import annotations
 
 import difflib
+import json
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -24,6 +25,8 @@ import attrs
 import yaml
 
 from . import _kinds as kinds
+from .patterns import FaultPattern, parse_pattern
+from .rules import Rule, parse_match
 
 __all__ = [
     "ENV_PREFIX",
@@ -85,6 +88,19 @@ PERCENT = kinds.Between(0.0, 100.0)
 NON_NEGATIVE = kinds.AtLeast(0)
 POSITIVE = kinds.AtLeast(1)
 RATE = kinds.AtLeast(0.001)
+
+
+def _pattern(raw: Any) -> FaultPattern | None:
+    if raw is None or isinstance(raw, FaultPattern):
+        return raw
+    if isinstance(raw, str) and raw.strip().lower() in ("", "none", "null"):
+        return None
+    return parse_pattern(raw)
+
+
+PATTERN = kinds.Kind(
+    "a pattern (fail_first, every or sequence) or none", (FaultPattern, type(None)), _pattern
+)
 
 
 @attrs.frozen
@@ -193,6 +209,13 @@ class FaultInjectionConfig:
         "Body of an HTTP-error or timeout fault (a mapping is sent as JSON); "
         "default: JSON naming the fault.",
     )
+    pattern: FaultPattern | None = setting(
+        None,
+        PATTERN,
+        "Count-based HTTP errors, checked before the probabilities: "
+        "`{fail_first: 3, status: 503}`, `{every: 5, status: 500}`, "
+        "`{sequence: [503, 503, 200], repeat: false}` (env: `fail_first:3:503`).",
+    )
 
 
 @attrs.frozen
@@ -285,6 +308,66 @@ class TrafficShapingConfig:
     )
 
 
+SECTION_CLASSES: dict[str, type[Any]] = {
+    "latency": LatencyConfig,
+    "fault_injection": FaultInjectionConfig,
+    "rate_limit": RateLimitConfig,
+    "traffic_shaping": TrafficShapingConfig,
+}
+
+
+def _rules(raw: Any) -> tuple[Rule, ...]:
+    """Rules from a list of ``{match: {...}, <section>: {...}}``; section values are
+    validated like config, each problem with its path."""
+    if isinstance(raw, tuple) and all(isinstance(rule, Rule) for rule in raw):
+        return raw
+    if isinstance(raw, str):  # from the environment: JSON
+        try:
+            raw = json.loads(raw) if raw.strip() else []
+        except ValueError:
+            raise ValueError("is not a JSON list of rules") from None
+    if not isinstance(raw, list):
+        raise ValueError("is not a list of rules")
+    problems: list[str] = []
+    rules = []
+    for index, item in enumerate(raw):
+        path = f"[{index}]"
+        if not isinstance(item, Mapping) or "match" not in item:
+            problems.append(f"{path}: {item!r} needs a match and config sections")
+            continue
+        match, match_problems = parse_match(item["match"], f"{path}.match")
+        problems.extend(match_problems)
+        overrides = []
+        for key, value in item.items():
+            if key == "match":
+                continue
+            cls = SECTION_CLASSES.get(key)
+            if cls is None:
+                allowed = ", ".join(["match", *SECTION_CLASSES])
+                problems.append(f"{path}.{key}: unknown key; allowed: {allowed}")
+                continue
+            section = _build(cls, value, f"{path}.{key}", problems, {})
+            if section is not None:
+                overrides.append((key, tuple((name, getattr(section, name)) for name in value)))
+        if match is not None:
+            rules.append(Rule(match, tuple(overrides)))
+    if problems:
+        raise ConfigError(problems)
+    return tuple(rules)
+
+
+RULES = kinds.Kind("a list of rules", (tuple,), _rules)
+
+
+def apply_rule(config: ChaosConfig, rule: Rule) -> ChaosConfig:
+    """The config a request matching ``rule`` gets: its sections over the global ones."""
+    sections = {
+        name: attrs.evolve(getattr(config, name), **dict(fields))
+        for name, fields in rule.overrides
+    }
+    return attrs.evolve(config, rules=(), **sections)
+
+
 @attrs.frozen
 class ChaosConfig:
     """Everything the middleware injects. Frozen: change it with ``attrs.evolve``."""
@@ -298,10 +381,31 @@ class ChaosConfig:
     fault_injection: FaultInjectionConfig = section(FaultInjectionConfig, "Fault injection.")
     rate_limit: RateLimitConfig = section(RateLimitConfig, "Rate limiting.")
     traffic_shaping: TrafficShapingConfig = section(TrafficShapingConfig, "Traffic shaping.")
+    rules: tuple[Rule, ...] = setting(
+        (),
+        RULES,
+        "Conditional chaos: `[{match: {path, route, methods, header, client_cidr, body_size}, "
+        "<section>: {...}}]`; the first matching rule's sections apply (env: JSON).",
+    )
+
+    def __attrs_post_init__(self) -> None:
+        problems: list[str] = []
+        for index, rule in enumerate(self.rules):
+            for name, fields in rule.overrides:
+                try:
+                    attrs.evolve(getattr(self, name), **dict(fields))
+                except ConfigError as error:
+                    problems.extend(f"rules[{index}].{name}.{p}" for p in error.problems)
+        if problems:
+            raise ConfigError(problems)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML-ready data that :func:`config_from_dict` reads back."""
-        return attrs.asdict(self, value_serializer=_plain)
+        data = attrs.asdict(self, value_serializer=_plain)
+        data["rules"] = [rule.to_dict() for rule in self.rules]
+        pattern = self.fault_injection.pattern
+        data["fault_injection"]["pattern"] = pattern.describe() if pattern else None
+        return data
 
 
 def _plain(instance: Any, field: Any, value: Any) -> Any:
@@ -395,6 +499,9 @@ def _build(
         raw = data[name]
         try:
             value = kind.parse(raw)
+        except ConfigError as error:  # a structured value (rules) names its own paths
+            problems.extend(_located(f"{field_path}{p}", "", origins) for p in error.problems)
+            continue
         except ValueError as error:
             problems.append(_located(field_path, f"{raw!r} {error}", origins))
             continue
@@ -500,6 +607,7 @@ def load_config(
             layer = yaml_layer(path)
         except ConfigError as error:
             problems.extend(error.problems)
+        layer.pop("scenarios", None)  # custom scenarios: read by scenarios.load_scenarios
     env, origins, env_problems = env_layer(os.environ if environ is None else environ)
     problems.extend(env_problems)
     layer = merge(merge(layer, env), overrides or {})

@@ -54,10 +54,20 @@ class Fault:
         return self.kind
 
 
-def decide_fault(config: FaultInjectionConfig, rng: random.Random) -> Fault | None:
-    """The fault for one request, or None. Pure: draws only from ``rng``."""
+def decide_fault(
+    config: FaultInjectionConfig, rng: random.Random, number: int | None = None
+) -> Fault | None:
+    """The fault for one request, or None. Pure: draws only from ``rng``.
+
+    ``number`` is the request's number for the count-based pattern, which is checked
+    first; a request the pattern lets through still rolls the probabilities.
+    """
     if not config.enabled:
         return None
+    if config.pattern is not None and number is not None:
+        status = config.pattern.status_for(number)
+        if status is not None:
+            return Fault("http_error", status=status)
     if config.http_errors and _hit(config.http_error_probability, rng):
         return Fault("http_error", status=rng.choice(config.http_errors))
     if _hit(config.timeout_probability, rng):

@@ -16,11 +16,12 @@ from werkzeug.routing import Map, RequestRedirect
 from ._headers import add_annotation
 from .api import DEFAULT_PREFIX as DEFAULT_API_PREFIX
 from .api import create_management_app
-from .config import ChaosConfig
+from .config import ChaosConfig, apply_rule
 from .fault import PartialBody, render_fault, reset_or_cut
+from .patterns import PATTERN_COUNTER
 from .plan import NO_CHAOS, PLAN_ENVIRON_KEY, Plan, decide_plan
 from .rate_limit import RateLimiter, client_ip, render_refusal
-from .scenarios import ScenarioEngine
+from .scenarios import Scenario, ScenarioEngine
 from .state import MemoryStore, Store, StoreError
 from .traffic_shaping import PacedBody, PacedInput, SlotGuard, sleep_until
 
@@ -64,6 +65,7 @@ class ChaosMiddleware:
         store: Store | None = None,
         route_for: RouteResolver | None = None,
         engine: ScenarioEngine | None = None,
+        scenarios: Iterable[Scenario] = (),
         api_prefix: str | None = DEFAULT_API_PREFIX,
         admin_token: str | None = None,
         protect_reads: bool = False,
@@ -77,13 +79,14 @@ class ChaosMiddleware:
         if engine is None:
             if store is None:
                 store = MemoryStore(max_keys=startup.rate_limit.max_tracked_keys)
-            engine = ScenarioEngine(startup, store=store)
+            engine = ScenarioEngine(startup, store=store, custom=scenarios)
         self.engine = engine
         self._effective = engine.effective
         self.store = engine.store
         self.limiter = RateLimiter(self.store)
         self.route_for = route_for if route_for is not None else route_resolver(app)
         self.internal_errors = 0
+        self._rule_configs: tuple[ChaosConfig, list[ChaosConfig]] | None = None
         # The management API answers under its prefix before any chaos is considered.
         self.management: WSGIApplication | None = None
         self._api_root = (api_prefix or "").rstrip("/")
@@ -114,6 +117,8 @@ class ChaosMiddleware:
             return self.app(environ, start_response)
         started = time.monotonic()
         try:
+            if config.rules:
+                config = self._config_for(config, environ)
             plan = self._decide(config, environ, started)
         except Exception:
             self._internal_error("deciding")
@@ -133,7 +138,21 @@ class ChaosMiddleware:
     def _is_exempt(self, path: str) -> bool:
         return any(path == prefix or path.startswith(prefix + "/") for prefix in self.exempt_paths)
 
+    def _config_for(self, config: ChaosConfig, environ: WSGIEnvironment) -> ChaosConfig:
+        """The first matching rule's config, or the global one (conditional chaos)."""
+        cached = self._rule_configs
+        if cached is None or cached[0] is not config:
+            cached = self._rule_configs = (config, [apply_rule(config, r) for r in config.rules])
+        for rule, rule_config in zip(config.rules, cached[1], strict=True):
+            if rule.match.matches(environ, self.route_for):
+                return rule_config
+        return config
+
     def _decide(self, config: ChaosConfig, environ: WSGIEnvironment, now: float) -> Plan:
+        faults = config.fault_injection
+        number = None
+        if faults.enabled and faults.pattern is not None:
+            number = self.store.incr(PATTERN_COUNTER)
         limits = config.rate_limit
         verdict = None
         if limits.enabled:
@@ -143,7 +162,7 @@ class ChaosMiddleware:
                 verdict = self.limiter.check(limits, client, endpoint, now)
             except StoreError:
                 self._internal_error("reaching the rate-limit store")
-        return decide_plan(config, self.rng, verdict)
+        return decide_plan(config, self.rng, verdict, number)
 
     def _apply(
         self,

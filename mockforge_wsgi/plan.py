@@ -96,6 +96,7 @@ def decide_plan(
     config: ChaosConfig,
     rng: random.Random,
     rate_limit: RateLimitVerdict | None = None,
+    pattern_number: int | None = None,
 ) -> Plan:
     """Decide one request's chaos from the config and the rate limiter's verdict.
 
@@ -108,7 +109,7 @@ def decide_plan(
     if shaping is not None and shaping.drop:
         return Plan(rate_limit=rate_limit, shaping=shaping)
     delay_ms = decide_delay(config.latency, rng)
-    fault = decide_fault(config.fault_injection, rng)
+    fault = decide_fault(config.fault_injection, rng, pattern_number)
     if delay_ms is None and fault is None and shaping is None and rate_limit is None:
         return NO_CHAOS
     return Plan(delay_ms=delay_ms, fault=fault, rate_limit=rate_limit, shaping=shaping)

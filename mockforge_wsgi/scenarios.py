@@ -14,6 +14,7 @@ Usage::
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -21,7 +22,8 @@ from typing import Any, Literal
 
 import attrs
 
-from .config import ChaosConfig, ConfigError, config_from_dict, iter_settings
+from .config import ChaosConfig, ConfigError, config_from_dict, iter_settings, yaml_layer
+from .patterns import PATTERN_COUNTER
 from .state import MemoryStore, Store
 
 __all__ = [
@@ -33,6 +35,7 @@ __all__ = [
     "ScenarioEngine",
     "ScheduleEntry",
     "UnknownScenario",
+    "load_scenarios",
     "ramped",
     "scenario_from_dict",
 ]
@@ -244,6 +247,23 @@ def scenario_from_dict(name: str, data: Any, path: str) -> tuple[Scenario, bool]
             [f"{path}: '{name}' is a built-in scenario; set override: true to replace it"]
         )
     return Scenario(name, description, "custom", config), override
+
+
+def load_scenarios(path: str | os.PathLike[str]) -> tuple[Scenario, ...]:
+    """Custom scenarios from a YAML file's ``chaos.scenarios`` mapping, all validated
+    (one ConfigError listing every problem)."""
+    block = yaml_layer(path).get("scenarios") or {}
+    if not isinstance(block, Mapping):
+        raise ConfigError([f"chaos.scenarios: {block!r} is not a mapping of name to scenario"])
+    scenarios, problems = [], []
+    for name, data in block.items():
+        try:
+            scenarios.append(scenario_from_dict(str(name), data, f"chaos.scenarios.{name}")[0])
+        except ConfigError as error:
+            problems.extend(error.problems)
+    if problems:
+        raise ConfigError(problems)
+    return tuple(scenarios)
 
 
 def ramped(config: ChaosConfig, fraction: float) -> ChaosConfig:
@@ -476,6 +496,7 @@ class ScenarioEngine:
             return state
 
     def _save(self, state: RuntimeState) -> None:
+        self.store.set_counter(PATTERN_COUNTER, 0)  # patterns count from each change
         self._version = self.store.save_state(state.to_dict())
         self._state = state
 

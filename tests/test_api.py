@@ -86,11 +86,10 @@ def test_half_valid_put_changes_nothing() -> None:
         {"enabled": True, "latency": {"fixed_delay_ms": 100, "probability": 1.5}, "bogus": 1},
     )
     assert response.status_code == 400
-    assert problems(response) == [
-        "chaos.bogus: unknown key; allowed: enabled, scenario, seed, latency, fault_injection, "
-        "rate_limit, traffic_shaping",
-        "chaos.latency.probability: 1.5 is not in [0, 1]",
-    ]
+    found = problems(response)
+    assert len(found) == 2
+    assert found[0].startswith("chaos.bogus: unknown key; allowed: enabled, scenario, seed")
+    assert found[1] == "chaos.latency.probability: 1.5 is not in [0, 1]"
     assert call(client, "GET", "/config").get_json() == before
     assert middleware.config.enabled is False
 

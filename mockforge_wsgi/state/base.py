@@ -48,6 +48,10 @@ class Store(abc.ABC):
         """Add to an event counter; returns its new value."""
 
     @abc.abstractmethod
+    def set_counter(self, counter: str, value: int) -> None:
+        """Set a counter (the pattern's request count restarts at zero on changes)."""
+
+    @abc.abstractmethod
     def counters(self) -> dict[str, int]:
         """Every counter's current value."""
 

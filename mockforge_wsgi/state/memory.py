@@ -84,6 +84,10 @@ class MemoryStore(Store):
             self._counters[counter] = value
             return value
 
+    def set_counter(self, counter: str, value: int) -> None:
+        with self._lock:
+            self._counters[counter] = value
+
     def counters(self) -> dict[str, int]:
         with self._lock:
             return dict(self._counters)

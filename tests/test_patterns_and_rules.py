@@ -1,0 +1,213 @@
+"""Count-based fault patterns and conditional chaos rules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from werkzeug.test import Client
+
+from mockforge_wsgi import load_config
+from mockforge_wsgi.config import ConfigError, config_from_dict
+from mockforge_wsgi.middleware import ChaosMiddleware
+from mockforge_wsgi.patterns import FaultPattern, parse_pattern
+from mockforge_wsgi.scenarios import load_scenarios
+
+
+def hello(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")])
+    return [b"hello"]
+
+
+def statuses(
+    middleware: ChaosMiddleware, count: int, path: str = "/x", **kwargs: Any
+) -> list[int]:
+    client = Client(middleware)
+    return [client.get(path, **kwargs).status_code for _ in range(count)]
+
+
+def with_faults(**faults: Any) -> ChaosMiddleware:
+    config = load_config(
+        environ={}, overrides={"enabled": True, "fault_injection": {"enabled": True, **faults}}
+    )
+    return ChaosMiddleware(hello, config=config)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "expected"),
+    [
+        pytest.param(
+            {"fail_first": 3, "status": 503}, [503, 503, 503, 200, 200, 200], id="first-n"
+        ),
+        pytest.param("every:3:500", [200, 200, 500, 200, 200, 500], id="every-nth"),
+        pytest.param({"sequence": [503, 502, 200]}, [503, 502, 200, 200, 200, 200], id="sequence"),
+        pytest.param(
+            {"sequence": [503, 200], "repeat": True}, [503, 200, 503, 200, 503, 200], id="repeat"
+        ),
+    ],
+)
+def test_patterns_through_the_middleware(pattern: Any, expected: list[int]) -> None:
+    assert statuses(with_faults(pattern=pattern), 6) == expected
+
+
+def test_the_count_restarts_on_every_management_change() -> None:
+    middleware = with_faults(pattern={"fail_first": 2})
+    assert statuses(middleware, 3) == [503, 503, 200]
+    Client(middleware).post("/api/chaos/enable")
+    assert statuses(middleware, 3) == [503, 503, 200]
+
+
+def test_patterns_from_the_environment() -> None:
+    config = load_config(
+        environ={
+            "MOCKFORGE_CHAOS_FAULT_INJECTION_PATTERN": "sequence:500,200",
+            "MOCKFORGE_CHAOS_RULES": '[{"match": {"path": "/slow"}, "latency": {}}]',
+        }
+    )
+    assert config.fault_injection.pattern == FaultPattern("sequence", statuses=(500, 200))
+    assert config.rules[0].match.path == "/slow"
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        pytest.param({"every": 0}, "every 0 is not >= 1", id="zero"),
+        pytest.param(
+            {"fail_first": 2, "status": 200}, "status 200 is not in [400, 599]", id="status"
+        ),
+        pytest.param({"every": 2, "fail_first": 1}, "exactly one of", id="two-kinds"),
+        pytest.param({"sequence": []}, "non-empty list", id="empty"),
+    ],
+)
+def test_bad_patterns(raw: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("[", r"\[")):
+        parse_pattern(raw)
+
+
+def rules_middleware(rules: list[dict[str, Any]], **global_faults: Any) -> ChaosMiddleware:
+    config = load_config(
+        environ={},
+        overrides={
+            "enabled": True,
+            "fault_injection": {"enabled": bool(global_faults), **global_faults},
+            "rules": rules,
+        },
+    )
+    return ChaosMiddleware(hello, config=config)
+
+
+FAIL = {"fault_injection": {"enabled": True, "http_errors": [503], "http_error_probability": 1.0}}
+
+
+@pytest.mark.parametrize(
+    ("match", "request_kwargs", "matched"),
+    [
+        pytest.param({"path": "/api/*"}, {"path": "/api/pay"}, True, id="glob"),
+        pytest.param({"path": "/api/*"}, {"path": "/other"}, False, id="glob-miss"),
+        pytest.param({"methods": ["post"]}, {"method": "POST"}, True, id="method"),
+        pytest.param({"methods": ["POST"]}, {"method": "GET"}, False, id="method-miss"),
+        pytest.param(
+            {"header": "X-Chaos"}, {"headers": {"X-Chaos": "1"}}, True, id="header-present"
+        ),
+        pytest.param(
+            {"header": {"name": "X-Chaos", "equals": "on"}},
+            {"headers": {"X-Chaos": "off"}},
+            False,
+            id="header-not-equal",
+        ),
+        pytest.param(
+            {"client_cidr": "10.0.0.0/8"},
+            {"environ_base": {"REMOTE_ADDR": "10.1.2.3"}},
+            True,
+            id="cidr",
+        ),
+        pytest.param(
+            {"client_cidr": ["10.0.0.0/8"]},
+            {"environ_base": {"REMOTE_ADDR": "192.168.1.1"}},
+            False,
+            id="cidr-miss",
+        ),
+        pytest.param(
+            {"body_size": [10, 100]}, {"method": "POST", "data": b"x" * 50}, True, id="size"
+        ),
+        pytest.param(
+            {"body_size": [10, 100]}, {"method": "POST", "data": b"x" * 500}, False, id="size-miss"
+        ),
+    ],
+)
+def test_rule_matching(
+    match: dict[str, Any], request_kwargs: dict[str, Any], matched: bool
+) -> None:
+    middleware = rules_middleware([{"match": match, **FAIL}])
+    kwargs = {"path": "/x", "method": "GET", **request_kwargs}
+    response = Client(middleware).open(**kwargs)
+    assert (response.status_code == 503) is matched
+
+
+def test_first_matching_rule_wins_and_others_fall_back() -> None:
+    middleware = rules_middleware(
+        [
+            {"match": {"path": "/a/*"}, **FAIL},
+            {"match": {"path": "/a/b"}, "fault_injection": {"http_errors": [500]}},
+        ],
+        http_errors=[502],
+        http_error_probability=1.0,
+    )
+    client = Client(middleware)
+    assert client.get("/a/b").status_code == 503  # first rule, though the second matches too
+    assert client.get("/elsewhere").status_code == 502  # the global config
+
+
+def test_rule_sections_merge_over_the_global_ones() -> None:
+    middleware = rules_middleware(
+        [{"match": {"path": "/b"}, "fault_injection": {"http_errors": [504]}}],
+        http_errors=[502],
+        http_error_probability=1.0,
+    )
+    assert Client(middleware).get("/b").status_code == 504  # probability from the global section
+
+
+def test_rule_problems_name_their_paths() -> None:
+    with pytest.raises(ConfigError) as caught:
+        config_from_dict(
+            {"rules": [{"match": {"body_size": [5, 1]}, "latency": {"jitter_percent": 200}}, 7]}
+        )
+    assert caught.value.problems == [
+        "chaos.rules[0].match.body_size: [5, 1] is not [min, max] bytes with min <= max",
+        "chaos.rules[0].latency.jitter_percent: 200 is not in [0, 100]",
+        "chaos.rules[1]: 7 needs a match and config sections",
+    ]
+
+
+def test_custom_scenarios_from_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "chaos.yaml"
+    path.write_text(
+        "chaos:\n"
+        "  enabled: true\n"
+        "  scenarios:\n"
+        "    flaky_payments:\n"
+        "      description: payments fail half the time\n"
+        "      fault_injection: {enabled: true, http_error_probability: 0.5}\n"
+    )
+    assert load_config(path, environ={}).enabled is True
+    (scenario,) = load_scenarios(path)
+    middleware = ChaosMiddleware(hello, config=load_config(path, environ={}), scenarios=[scenario])
+    client = Client(middleware)
+    assert client.post("/api/chaos/scenarios/flaky_payments").status_code == 200
+    assert middleware.config.fault_injection.http_error_probability == 0.5
+
+
+def test_yaml_scenarios_are_validated(tmp_path: Path) -> None:
+    path = tmp_path / "chaos.yaml"
+    path.write_text(
+        "chaos:\n  scenarios:\n    slow_backend: {latency: {enabled: true}}\n"
+        "    odd: {latency: {probability: 9}}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_scenarios(path)
+    assert caught.value.problems == [
+        "chaos.scenarios.slow_backend: 'slow_backend' is a built-in scenario; set override: true "
+        "to replace it",
+        "chaos.scenarios.odd.latency.probability: 9 is not in [0, 1]",
+    ]
