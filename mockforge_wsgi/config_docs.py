@@ -13,8 +13,8 @@ from typing import Any
 
 from .config import iter_settings
 
-BEGIN = "<!-- BEGIN GENERATED: settings (python -m mockforge_wsgi.config_docs --write) -->"
-END = "<!-- END GENERATED: settings -->"
+BEGIN = "<!-- BEGIN GENERATED: {name} (python -m mockforge_wsgi.config_docs --write) -->"
+END = "<!-- END GENERATED: {name} -->"
 
 
 def _default(value: Any) -> str:
@@ -42,17 +42,91 @@ def reference_table() -> str:
     return "\n".join(lines)
 
 
+def _percent(probability: float) -> str:
+    return f"{probability * 100:g}%"
+
+
+def _scenario_row(scenario: Any) -> str:
+    config = scenario.config
+    latency, faults, limits, traffic = (
+        config.latency,
+        config.fault_injection,
+        config.rate_limit,
+        config.traffic_shaping,
+    )
+    delay = "-"
+    if latency.enabled:
+        if latency.random_delay_range_ms:
+            low, high = latency.random_delay_range_ms
+            delay = f"{low:g}-{high:g} ms"
+        else:
+            delay = f"{latency.fixed_delay_ms:g} ms"
+        if latency.jitter_percent:
+            delay += f" + {latency.jitter_percent:g}% jitter"
+        delay += f", on {_percent(latency.probability)} of requests"
+    errors = []
+    if faults.enabled:
+        statuses = ", ".join(map(str, faults.http_errors))
+        if faults.http_error_probability:
+            errors.append(f"{_percent(faults.http_error_probability)} HTTP ({statuses})")
+        if faults.timeout_probability:
+            errors.append(
+                f"{_percent(faults.timeout_probability)} timeout ({faults.timeout_ms:g} ms, 504)"
+            )
+        if faults.connection_error_probability:
+            errors.append(f"{_percent(faults.connection_error_probability)} connection reset")
+    rate = "-"
+    if limits.enabled:
+        levels = [name for name in ("per_ip", "per_endpoint") if getattr(limits, name)]
+        rate = f"{limits.requests_per_second:g} req/s, burst {limits.burst_size}"
+        rate += "".join(f", {level.replace('_', '-')}" for level in levels)
+    shaping = []
+    if traffic.enabled:
+        if traffic.bandwidth_limit_bps:
+            shaping.append(f"{traffic.bandwidth_limit_bps:,} B/s down")
+        if traffic.upload_bandwidth_limit_bps:
+            shaping.append(f"{traffic.upload_bandwidth_limit_bps:,} B/s up")
+        if traffic.packet_loss_percent:
+            shaping.append(f"{traffic.packet_loss_percent:g}% loss")
+    return (
+        f"| `{scenario.name}` | {delay} | {'; '.join(errors) or '-'} | {rate} "
+        f"| {', '.join(shaping) or '-'} |"
+    )
+
+
+def scenario_table() -> str:
+    """One markdown row per built-in scenario, from the scenario definitions."""
+    from .scenarios import BUILTIN_SCENARIOS
+
+    lines = [
+        "| Scenario | Latency | Errors | Rate limit | Traffic |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    lines += [_scenario_row(scenario) for scenario in BUILTIN_SCENARIOS.values()]
+    return "\n".join(lines)
+
+
+GENERATORS = {"settings": reference_table, "scenarios": scenario_table}
+
+
 def render_into(document: str) -> str:
-    """``document`` with the text between the markers replaced by the current table."""
-    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.DOTALL)
-    if not pattern.search(document):
-        raise ValueError("the generated-section markers are missing")
-    return pattern.sub(lambda _: f"{BEGIN}\n{reference_table()}\n{END}", document)
+    """``document`` with every generated section (between its markers) made anew."""
+    found = False
+    for name, generate in GENERATORS.items():
+        begin, end = BEGIN.format(name=name), END.format(name=name)
+        pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
+        if pattern.search(document):
+            found = True
+            table = generate()
+            document = pattern.sub(lambda _, b=begin, e=end, t=table: f"{b}\n{t}\n{e}", document)
+    if not found:
+        raise ValueError("no generated-section markers found")
+    return document
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--write", metavar="FILE", help="update the table inside FILE")
+    parser.add_argument("--write", metavar="FILE", help="update the tables inside FILE")
     args = parser.parse_args(argv)
     if args.write is None:
         print(reference_table())
