@@ -594,10 +594,13 @@ def load_config(
     *,
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    override_sources: Mapping[str, str] | None = None,
 ) -> ChaosConfig:
     """Load the config with precedence defaults < YAML file < environment < overrides.
 
     ``environ`` defaults to ``os.environ``; pass ``{}`` to ignore the environment.
+    ``override_sources`` names where override values came from (``chaos.seed`` ->
+    ``--seed``), so errors point at the flag the user typed.
     Raises one :class:`ConfigError` listing every problem; nothing half-applies.
     """
     problems: list[str] = []
@@ -613,6 +616,7 @@ def load_config(
     layer = merge(merge(layer, env), overrides or {})
     for overridden in _leaf_paths(overrides or {}, ROOT):
         origins.pop(overridden, None)
+    origins.update(override_sources or {})
     result = _build(ChaosConfig, layer, ROOT, problems, origins)
     if problems or result is None:
         raise ConfigError(problems)

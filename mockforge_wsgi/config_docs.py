@@ -117,8 +117,8 @@ def render_into(document: str) -> str:
         pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
         if pattern.search(document):
             found = True
-            table = generate()
-            document = pattern.sub(lambda _, b=begin, e=end, t=table: f"{b}\n{t}\n{e}", document)
+            replacement = f"{begin}\n{generate()}\n{end}"
+            document = pattern.sub(lambda _: replacement, document)  # noqa: B023 (used at once)
     if not found:
         raise ValueError("no generated-section markers found")
     return document

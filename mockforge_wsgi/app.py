@@ -1,0 +1,88 @@
+"""gunicorn entry point: the mock API (or your app) wrapped in chaos, management API mounted.
+
+    gunicorn mockforge_wsgi.app:app                          # MOCKFORGE_CONFIG, MOCKFORGE_CHAOS_*
+    gunicorn "mockforge_wsgi.app:create_app('chaos.yaml')"
+
+``app`` is built on first use, in each worker, from ``MOCKFORGE_CONFIG`` (a YAML path)
+and the ``MOCKFORGE_CHAOS_*`` environment; a bad config stops the worker from booting.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import yaml
+
+from .config import RULES, ConfigError, load_config
+from .middleware import ChaosMiddleware
+from .mock_api import MockApp, parse_routes, route_rules
+from .scenarios import load_scenarios
+
+__all__ = ["CONFIG_ENV", "create_app"]
+
+CONFIG_ENV = "MOCKFORGE_CONFIG"
+
+
+def create_app(
+    config_path: str | os.PathLike[str] | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    override_sources: Mapping[str, str] | None = None,
+    wrap: Any = None,
+    admin_token: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> ChaosMiddleware:
+    """The mock API (or ``wrap``, a WSGI app) in a ChaosMiddleware.
+
+    Precedence: defaults < YAML < environment < ``overrides`` (CLI flags).
+    Raises one ConfigError listing every problem of the file, environment and flags.
+    """
+    environ = os.environ if environ is None else environ
+    path = config_path or environ.get(CONFIG_ENV) or None
+    problems: list[str] = []
+    config = scenarios = routes = None
+    try:
+        config = load_config(
+            path, environ=environ, overrides=overrides, override_sources=override_sources
+        )
+    except ConfigError as error:
+        problems += error.problems
+    if path is not None and not any(p.startswith(str(path)) for p in problems):
+        try:
+            scenarios = load_scenarios(path)
+        except ConfigError as error:
+            problems += error.problems
+        try:
+            routes = parse_routes(_document(path).get("routes"))
+        except ConfigError as error:
+            problems += error.problems
+    if problems or config is None:
+        raise ConfigError(problems)
+    routes, scenarios = routes or (), scenarios or ()
+    extra_rules = route_rules(routes)
+    if extra_rules:  # per-route chaos goes first: a route's own override wins
+        config = attrs.evolve(config, rules=(*RULES.parse(extra_rules), *config.rules))
+    return ChaosMiddleware(
+        wrap if wrap is not None else MockApp(routes),
+        config=config,
+        scenarios=scenarios,
+        admin_token=admin_token,
+    )
+
+
+def _document(path: str | os.PathLike[str]) -> Mapping[str, Any]:
+    document = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    return document if isinstance(document, Mapping) else {}
+
+
+def __getattr__(name: str) -> Any:
+    """``app``: built on first use, so importing this module reads no configuration."""
+    if name == "app":
+        application = create_app()
+        globals()["app"] = application
+        return application
+    raise AttributeError(name)
