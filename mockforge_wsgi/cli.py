@@ -1,19 +1,398 @@
-"""The ``mockforge`` command."""
+"""The ``mockforge`` command: serve (gunicorn in-process), chaos client verbs, validate."""
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import socket
 import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterable
+from typing import Any
 
 import click
+from gunicorn.app.base import BaseApplication
+from gunicorn.config import KNOWN_SETTINGS
+from gunicorn.util import import_app
 
-from .config import ConfigError, load_config
-from .scenarios import load_scenarios
+from .config import ChaosConfig, ConfigError
+from .scenarios import BUILTIN_SCENARIOS, Scenario, UnknownScenario, load_scenarios
+
+ADMIN_TOKEN_ENV = "MOCKFORGE_ADMIN_TOKEN"
+DEFAULT_URL = "http://127.0.0.1:3000"
+# gunicorn's own default worker timeout; we only ever raise it.
+BASE_WORKER_TIMEOUT_S = 30
+DEFAULT_BURST = 10
 
 
 @click.group()
 @click.version_option(package_name="mockforge-wsgi")
 def main() -> None:
     """Chaos engineering for synchronous Python web stacks."""
+
+
+# -- serve ----------------------------------------------------------------------------
+
+# flag -> (config path, value to set alongside) ; values are validated by the config
+CHAOS_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
+    "chaos_latency_ms": ("latency.fixed_delay_ms", {"latency.enabled": True}),
+    "chaos_latency_range": ("latency.random_delay_range_ms", {"latency.enabled": True}),
+    "chaos_latency_probability": ("latency.probability", {"latency.enabled": True}),
+    "chaos_http_errors": ("fault_injection.http_errors", {"fault_injection.enabled": True}),
+    "chaos_http_error_probability": (
+        "fault_injection.http_error_probability",
+        {"fault_injection.enabled": True},
+    ),
+    "chaos_rate_limit": ("rate_limit.requests_per_second", {"rate_limit.enabled": True}),
+    "chaos_bandwidth_limit": (
+        "traffic_shaping.bandwidth_limit_bps",
+        {"traffic_shaping.enabled": True},
+    ),
+    "chaos_packet_loss": (
+        "traffic_shaping.packet_loss_percent",
+        {"traffic_shaping.enabled": True},
+    ),
+    "chaos_scenario": ("scenario", {}),
+    "seed": ("seed", {}),
+}
+
+
+def _flag_overrides(flags: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """CLI flags as a nested overrides layer, and which flag each path came from."""
+    overrides: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+
+    def put(dotted: str, value: Any) -> None:
+        *parents, leaf = dotted.split(".")
+        target = overrides
+        for part in parents:
+            target = target.setdefault(part, {})
+        target[leaf] = value
+
+    if flags.get("chaos"):
+        put("enabled", True)
+    rate = flags.get("chaos_rate_limit")
+    try:
+        low_rate = rate is not None and 0 < float(rate) < DEFAULT_BURST
+    except ValueError:
+        low_rate = False  # the config check reports it
+    if low_rate:
+        # A burst above one second's worth would hide a low limit from a short test.
+        put("rate_limit.burst_size", max(1, math.ceil(float(rate))))
+        sources["chaos.rate_limit.burst_size"] = "--chaos-rate-limit"
+    for name, (dotted, alongside) in CHAOS_FLAGS.items():
+        value = flags.get(name)
+        if value is None:
+            continue
+        put(dotted, value)
+        sources[f"chaos.{dotted}"] = "--" + name.replace("_", "-")
+        for extra, extra_value in alongside.items():
+            put(extra, extra_value)
+    return overrides, sources
+
+
+def longest_delay_s(configs: Iterable[ChaosConfig]) -> float:
+    """The longest a request can be held by any of ``configs`` (latency, then a timeout)."""
+    longest = 0.0
+    for config in configs:
+        latency, faults = config.latency, config.fault_injection
+        delay = 0.0
+        if latency.enabled:
+            delay = latency.fixed_delay_ms
+            if latency.random_delay_range_ms:
+                delay = max(delay, latency.random_delay_range_ms[1])
+            if latency.distribution == "normal":
+                delay = latency.fixed_delay_ms + 6 * latency.stddev_ms
+            if latency.distribution == "lognormal":
+                delay = latency.median_ms * math.exp(6 * latency.sigma)
+            delay *= 1 + latency.jitter_percent / 100
+            if latency.cap_ms is not None:
+                delay = min(delay, latency.cap_ms)
+        hold = faults.timeout_ms if faults.enabled and faults.timeout_probability else 0.0
+        longest = max(longest, (delay + hold) / 1000)
+    return longest
+
+
+def worker_timeout(config: ChaosConfig, scenarios: Iterable[Scenario]) -> int:
+    """A gunicorn worker timeout above the longest delay the config or a scenario injects.
+
+    (gthread workers beat their heartbeat from the main thread, so a sleeping request
+    thread never trips it; a sync worker is blocked for the whole delay.)"""
+    configs = [config, *(scenario.config for scenario in scenarios)]
+    return BASE_WORKER_TIMEOUT_S + math.ceil(longest_delay_s(configs))
+
+
+def _check_port(host: str, port: int) -> None:
+    probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+    try:
+        probe.bind((host, port))
+    except OSError as error:
+        raise click.UsageError(
+            f"--host {host} --port {port}: cannot bind ({error.strerror})"
+        ) from None
+    finally:
+        probe.close()
+
+
+def _import_app(spec: str) -> Any:
+    try:
+        return import_app(spec)
+    except BaseException as error:  # gunicorn raises SystemExit-like errors, too
+        raise click.UsageError(
+            f"--app {spec}: could not import it ({type(error).__name__}: {error}); "
+            "expected module:name or module:factory(), importable from the current directory"
+        ) from None
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    envvar="MOCKFORGE_CONFIG",
+    help="YAML config file.",
+)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option(
+    "--port",
+    default=3000,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="0: any free port (gunicorn logs which).",
+)
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
+@click.option(
+    "--threads",
+    default=8,
+    show_default=True,
+    type=click.IntRange(1, 1000),
+    help="Threads per gthread worker.",
+)
+@click.option(
+    "--worker-class",
+    default="gthread",
+    show_default=True,
+    type=click.Choice(["gthread", "sync"]),
+    help="gthread: injected latency does not block other requests.",
+)
+@click.option(
+    "--app", "app_spec", metavar="MODULE:APP", help="Wrap your WSGI app instead of the mock API."
+)
+@click.option(
+    "--admin-token",
+    envvar=ADMIN_TOKEN_ENV,
+    help="Bearer token the management API requires for changes.",
+)
+@click.option("--seed", help="Seed for reproducible chaos (per worker).")
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error", "critical"]),
+)
+@click.option("--chaos", is_flag=True, help="Enable chaos.")
+@click.option("--chaos-scenario", metavar="NAME", help="Scenario active at start.")
+@click.option("--chaos-latency-ms", metavar="MS", help="Fixed delay.")
+@click.option(
+    "--chaos-latency-range", metavar="MIN-MAX", help='Random delay range, e.g. "100-500".'
+)
+@click.option("--chaos-latency-probability", metavar="P", help="Share of requests delayed.")
+@click.option(
+    "--chaos-http-errors", metavar="CODES", help='Statuses to inject, e.g. "500,502,503".'
+)
+@click.option("--chaos-http-error-probability", metavar="P", help="Chance of an HTTP error.")
+@click.option(
+    "--chaos-rate-limit",
+    metavar="RPS",
+    help="Global requests per second (below 10, the burst is lowered to match).",
+)
+@click.option("--chaos-bandwidth-limit", metavar="BPS", help="Response bytes per second.")
+@click.option("--chaos-packet-loss", metavar="PERCENT", help="Packet loss percent.")
+def serve(
+    config_path: str | None,
+    host: str,
+    port: int,
+    workers: int,
+    threads: int,
+    worker_class: str,
+    app_spec: str | None,
+    admin_token: str | None,
+    log_level: str,
+    **flags: Any,
+) -> None:
+    """Serve the mock API (or --app) wrapped in chaos, under gunicorn.
+
+    Precedence: flags > MOCKFORGE_CHAOS_* environment > --config YAML > defaults.
+    """
+    from .app import create_app
+
+    overrides, sources = _flag_overrides(flags)
+    wrapped = _import_app(app_spec) if app_spec else None
+    try:
+        middleware = create_app(
+            config_path,
+            overrides=overrides,
+            override_sources=sources,
+            wrap=wrapped,
+            admin_token=admin_token,
+        )
+    except ConfigError as error:
+        raise click.UsageError(str(error)) from None
+    except UnknownScenario as error:
+        known = ", ".join(BUILTIN_SCENARIOS)
+        raise click.UsageError(
+            f"--chaos-scenario: {error} is not a scenario (built-in: {known})"
+        ) from None
+    _check_port(host, port)
+    startup = middleware.engine.startup
+    custom = middleware.engine.scenarios().values()
+    options = {
+        "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+        "workers": workers,
+        "threads": threads,
+        "worker_class": worker_class,
+        "timeout": worker_timeout(startup, custom),
+        "loglevel": log_level,
+    }
+
+    def factory() -> Any:
+        return create_app(
+            config_path,
+            overrides=overrides,
+            override_sources=sources,
+            wrap=_import_app(app_spec) if app_spec else None,
+            admin_token=admin_token,
+        )
+
+    click.echo(
+        f"mockforge: serving on http://{host}:{port} ({workers} {worker_class} worker(s), "
+        f"chaos {'on' if startup.enabled else 'off'}; management API at /api/chaos)",
+        err=True,
+    )
+    _Server(factory, options).run()
+
+
+class _Server(BaseApplication):  # type: ignore[misc]
+    """gunicorn run in this process, configured from our flags, not from argv."""
+
+    def __init__(self, factory: Any, options: dict[str, Any]) -> None:
+        self._factory = factory
+        self._options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self._options.items():
+            self.cfg.set(key, value)
+        if _CAN_DISABLE_CONTROL_SOCKET:  # its default path would be shared by every server
+            self.cfg.set("control_socket_disable", True)
+
+    def load(self) -> Any:
+        return self._factory()
+
+
+_CAN_DISABLE_CONTROL_SOCKET = any(s.name == "control_socket_disable" for s in KNOWN_SETTINGS)
+
+
+# -- client verbs ---------------------------------------------------------------------
+
+
+def _request(url: str, method: str, path: str, body: Any = None) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        url.rstrip("/") + "/api/chaos" + path, data=data, method=method
+    )
+    request.add_header("Content-Type", "application/json")
+    token = os.environ.get(ADMIN_TOKEN_ENV)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as error:
+        detail = error.read().decode(errors="replace")
+        click.echo(f"{method} {request.full_url}: {error.code} {detail}", err=True)
+        sys.exit(1)
+    except urllib.error.URLError as error:
+        click.echo(f"cannot reach {url}: {error.reason}", err=True)
+        sys.exit(1)
+
+
+def _show(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2))
+
+
+url_option = click.option(
+    "--url", default=DEFAULT_URL, show_default=True, envvar="MOCKFORGE_URL", help="The server."
+)
+
+
+@main.group()
+def chaos() -> None:
+    """Drive a running server's chaos (admin token from MOCKFORGE_ADMIN_TOKEN)."""
+
+
+@chaos.command()
+@url_option
+def status(url: str) -> None:
+    """Enabled flag, active scenario, effective config, counters."""
+    _show(_request(url, "GET", "/status"))
+
+
+@chaos.command()
+@url_option
+def enable(url: str) -> None:
+    """Turn chaos on."""
+    _show(_request(url, "POST", "/enable"))
+
+
+@chaos.command()
+@url_option
+def disable(url: str) -> None:
+    """Turn chaos off."""
+    _show(_request(url, "POST", "/disable"))
+
+
+@chaos.command()
+@url_option
+def reset(url: str) -> None:
+    """Startup config back, scenario stopped, counters zeroed."""
+    _show(_request(url, "POST", "/reset"))
+
+
+@chaos.command()
+@url_option
+@click.argument("name")
+@click.option(
+    "--duration", type=click.FloatRange(min=0, min_open=True), help="Seconds, then stop."
+)
+@click.option(
+    "--ramp", type=click.FloatRange(min=0, min_open=True), help="Seconds to grow to full."
+)
+def scenario(url: str, name: str, duration: float | None, ramp: float | None) -> None:
+    """Start scenario NAME now."""
+    body = {k: v for k, v in (("duration_s", duration), ("ramp_s", ramp)) if v is not None}
+    _show(_request(url, "POST", f"/scenarios/{name}", body))
+
+
+@chaos.command()
+@url_option
+def stop(url: str) -> None:
+    """Stop the active scenario."""
+    _show(_request(url, "DELETE", "/scenarios"))
+
+
+@main.command()
+@url_option
+def scenarios(url: str) -> None:
+    """List the server's scenarios as a table."""
+    listed = _request(url, "GET", "/scenarios")["scenarios"]
+    width = max(len(s["name"]) for s in listed)
+    click.echo(f"{'NAME':<{width}}  {'KIND':<15}  DESCRIPTION")
+    for item in listed:
+        click.echo(f"{item['name']:<{width}}  {item['kind']:<15}  {item['description']}")
 
 
 @main.command()
@@ -25,19 +404,19 @@ def main() -> None:
     help="Also check MOCKFORGE_CHAOS_* variables, as a server would read them.",
 )
 def validate(file: str, with_env: bool) -> None:
-    """Check a YAML config FILE; print every problem, exit 1 if there are any."""
-    problems = []
-    config = scenarios = None
+    """Check a YAML config FILE (chaos, scenarios, routes); exit 1 listing every problem."""
+    from .app import create_app
+
     try:
-        config = load_config(file, environ=None if with_env else {})
-    except ConfigError as error:
-        problems.extend(error.problems)
-    try:
-        scenarios = load_scenarios(file)
-    except ConfigError as error:
-        problems.extend(p for p in error.problems if p not in problems)
-    if problems or config is None or scenarios is None:
+        middleware = create_app(file, environ=None if with_env else {})
+    except (ConfigError, UnknownScenario) as error:
+        problems = error.problems if isinstance(error, ConfigError) else [f"scenario: {error}"]
         click.echo(str(ConfigError(problems)), err=True)
         sys.exit(1)
+    config = middleware.engine.startup
+    custom = len(load_scenarios(file))
     state = "enabled" if config.enabled else "disabled"
-    click.echo(f"{file}: valid (chaos {state}, {len(scenarios)} custom scenarios)")
+    click.echo(f"{file}: valid (chaos {state}, {custom} custom scenarios)")
+
+
+__all__ = ["main", "worker_timeout"]

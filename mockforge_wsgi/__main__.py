@@ -1,0 +1,5 @@
+"""``python -m mockforge_wsgi``: the ``mockforge`` command."""
+
+from .cli import main
+
+main()
