@@ -73,14 +73,13 @@ def _flag_overrides(flags: dict[str, Any]) -> tuple[dict[str, Any], dict[str, st
 
     if flags.get("chaos"):
         put("enabled", True)
-    rate = flags.get("chaos_rate_limit")
     try:
-        low_rate = rate is not None and 0 < float(rate) < DEFAULT_BURST
+        rate = float(flags.get("chaos_rate_limit") or "nan")
     except ValueError:
-        low_rate = False  # the config check reports it
-    if low_rate:
+        rate = math.nan  # the config check reports it
+    if 0 < rate < DEFAULT_BURST:
         # A burst above one second's worth would hide a low limit from a short test.
-        put("rate_limit.burst_size", max(1, math.ceil(float(rate))))
+        put("rate_limit.burst_size", max(1, math.ceil(rate)))
         sources["chaos.rate_limit.burst_size"] = "--chaos-rate-limit"
     for name, (dotted, alongside) in CHAOS_FLAGS.items():
         value = flags.get(name)
