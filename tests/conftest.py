@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -67,6 +68,7 @@ def gunicorn_server(
     threads: int = 4,
     app: str = "wsgi_apps:app",
     extra_args: tuple[str, ...] = (),
+    chdir: Path = TESTS_DIR,
 ) -> Iterator[Server]:
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
@@ -86,7 +88,7 @@ def gunicorn_server(
         "--threads",
         str(threads),
         "--chdir",
-        str(TESTS_DIR),
+        str(chdir),
         "--timeout",
         "60",
         "--keep-alive",
@@ -144,3 +146,35 @@ def assert_clean_log(server: Server) -> None:
 def client() -> Iterator[requests.Session]:
     with session() as http:
         yield http
+
+
+@contextlib.contextmanager
+def mockforge_serve(
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None
+) -> Iterator[Server]:
+    """The real ``mockforge serve`` on a port the kernel picks (read from gunicorn's log)."""
+    log_path = tmp_path / f"serve-{time.monotonic_ns()}.log"
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith("MOCKFORGE_")}
+    child_env.update(env or {})
+    command = [sys.executable, "-m", "mockforge_wsgi", "serve", "--port", "0", *args]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(command, env=child_env, stdout=log, stderr=log, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 30
+        port = None
+        while port is None:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mockforge serve did not start:\n{log_path.read_text()}")
+            found = re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", log_path.read_text())
+            port = int(found.group(1)) if found else None
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{port}"
+        _wait_ready(url, proc)
+        yield Server(url, log_path)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)

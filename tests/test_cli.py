@@ -1,0 +1,212 @@
+"""The ``mockforge`` command: serve with the design note's flags, client verbs, validate."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import gunicorn_server, mockforge_serve, session
+
+from mockforge_wsgi import load_config
+from mockforge_wsgi.cli import longest_delay_s, main, worker_timeout
+from mockforge_wsgi.scenarios import BUILTIN_SCENARIOS
+
+pytestmark = pytest.mark.server
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        pytest.param(
+            ["--chaos-latency-range", "500-100"],
+            "chaos.latency.random_delay_range_ms: 500-100 is not ordered (min <= max) "
+            "(from --chaos-latency-range)",
+            id="range",
+        ),
+        pytest.param(
+            ["--chaos-http-errors", "700"],
+            "chaos.fault_injection.http_errors: 700 not in [400, 599] (from --chaos-http-errors)",
+            id="status",
+        ),
+        pytest.param(
+            ["--chaos-http-error-probability", "1.5"],
+            "1.5 is not in [0, 1] (from --chaos-http-error-probability)",
+            id="probability",
+        ),
+        pytest.param(["--chaos-packet-loss", "lots"], "'lots' is not a number", id="not-a-number"),
+        pytest.param(["--chaos-scenario", "nope"], "'nope' is not a scenario", id="scenario"),
+        pytest.param(
+            ["--app", "no_such_module:app"], "--app no_such_module:app: could not import", id="app"
+        ),
+    ],
+)
+def test_bad_flags_exit_2_before_binding(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(main, ["serve", "--port", "1", *args], env={})
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+
+
+def test_a_port_in_use_exits_2() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(main, ["serve", "--port", str(port)], env={})
+    assert result.exit_code == 2
+    assert f"--port {port}: cannot bind" in result.output
+
+
+def test_worker_timeout_covers_the_longest_injected_delay() -> None:
+    config = load_config(
+        environ={},
+        overrides={
+            "fault_injection": {"enabled": True, "timeout_probability": 1, "timeout_ms": 30_000}
+        },
+    )
+    assert longest_delay_s([config]) == 30.0
+    assert worker_timeout(config, []) == 60  # a 30 s injected timeout cannot kill a worker
+    # cascading_failure: 5 s + 30% jitter, then a 5 s timeout.
+    assert worker_timeout(load_config(environ={}), BUILTIN_SCENARIOS.values()) == 30 + 12
+
+
+def test_verification_network_degradation_takes_about_500ms(tmp_path: Path) -> None:
+    with (
+        mockforge_serve(tmp_path, "--chaos", "--chaos-scenario", "network_degradation") as server,
+        session() as http,
+    ):
+        elapsed = []
+        for _ in range(5):
+            start = time.perf_counter()
+            assert http.get(server.url + "/api/test", timeout=30).status_code == 200
+            elapsed.append(time.perf_counter() - start)
+    # 500 ms +/- 20% jitter; the small body and a lost segment (5%) can add to it.
+    assert all(value >= 0.4 for value in elapsed), elapsed
+    assert sorted(elapsed)[2] <= 0.9, elapsed
+
+
+def test_verification_http_errors(tmp_path: Path) -> None:
+    args = ("--chaos", "--chaos-http-errors", "500", "--chaos-http-error-probability", "1.0")
+    with mockforge_serve(tmp_path, *args) as server, session() as http:
+        assert [http.get(server.url + "/api/test", timeout=10).status_code for _ in range(5)] == [
+            500
+        ] * 5
+
+
+def test_verification_rate_limit(tmp_path: Path) -> None:
+    with (
+        mockforge_serve(tmp_path, "--chaos", "--chaos-rate-limit", "1") as server,
+        session() as http,
+    ):
+        statuses = [http.get(server.url + "/api/test", timeout=10).status_code for _ in range(10)]
+    assert statuses[0] == 200
+    assert statuses.count(429) >= 8
+
+
+def test_verification_status_and_live_switching(tmp_path: Path) -> None:
+    with mockforge_serve(tmp_path) as server:
+        runner = CliRunner()
+        url = ["--url", server.url]
+        assert '"enabled": false' in runner.invoke(main, ["chaos", "status", *url]).output
+        assert runner.invoke(main, ["chaos", "enable", *url]).exit_code == 0
+        switched = runner.invoke(
+            main, ["chaos", "scenario", "cascading_failure", "--duration", "60", *url]
+        )
+        assert '"name": "cascading_failure"' in switched.output
+        runner.invoke(main, ["chaos", "scenario", "slow_backend", *url])
+        status = runner.invoke(main, ["chaos", "status", *url]).output
+        assert '"name": "slow_backend"' in status
+        assert '"stopped": "slow_backend"' in runner.invoke(main, ["chaos", "stop", *url]).output
+        table = runner.invoke(main, ["scenarios", *url]).output
+        assert table.splitlines()[0].split() == ["NAME", "KIND", "DESCRIPTION"]
+        assert "dialup" in table
+        assert runner.invoke(main, ["chaos", "disable", *url]).exit_code == 0
+        assert '"counters": {}' in runner.invoke(main, ["chaos", "reset", *url]).output
+
+
+def test_client_verbs_report_an_unreachable_server() -> None:
+    result = CliRunner().invoke(main, ["chaos", "status", "--url", "http://127.0.0.1:9"])
+    assert result.exit_code == 1
+    assert "cannot reach http://127.0.0.1:9" in result.output
+
+
+def test_client_verbs_send_the_admin_token(tmp_path: Path) -> None:
+    with mockforge_serve(tmp_path, "--admin-token", "t0ken") as server:
+        url = ["--url", server.url]
+        refused = CliRunner().invoke(
+            main, ["chaos", "enable", *url], env={"MOCKFORGE_ADMIN_TOKEN": ""}
+        )
+        assert refused.exit_code == 1
+        assert "401" in refused.output
+        ok = CliRunner().invoke(
+            main, ["chaos", "enable", *url], env={"MOCKFORGE_ADMIN_TOKEN": "t0ken"}
+        )
+        assert ok.exit_code == 0
+
+
+def test_yaml_routes_and_per_route_chaos(tmp_path: Path) -> None:
+    config = tmp_path / "mock.yaml"
+    config.write_text(
+        "chaos:\n  enabled: true\n"
+        "routes:\n"
+        "  - method: GET\n    path: /users/<int:id>\n    json: {name: Ada}\n"
+        "    headers: {X-Source: mock}\n"
+        "  - method: GET\n    path: /flaky\n    text: nope\n"
+        "    chaos:\n      fault_injection:\n"
+        "        {enabled: true, http_errors: [502], http_error_probability: 1.0}\n"
+    )
+    with mockforge_serve(tmp_path, "--config", str(config)) as server, session() as http:
+        user = http.get(server.url + "/users/7", timeout=10)
+        assert (user.status_code, user.json(), user.headers["X-Source"]) == (
+            200,
+            {"name": "Ada"},
+            "mock",
+        )
+        assert http.get(server.url + "/flaky", timeout=10).status_code == 502
+        missing = http.get(server.url + "/nowhere", timeout=10)
+        assert (missing.status_code, missing.json()["error"]) == (404, "not found")
+        echoed = http.post(server.url + "/api/echo", json={"a": 1}, timeout=10).json()
+        assert echoed["json"] == {"a": 1}
+        assert len(http.get(server.url + "/api/bytes/100000", timeout=10).content) == 100000
+        assert http.get(server.url + "/health", timeout=10).json() == {"status": "ok"}
+
+
+def test_validate(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text(
+        "chaos:\n  enabled: true\n  scenarios:\n    mine: {latency: {enabled: true}}\n"
+    )
+    result = CliRunner().invoke(main, ["validate", str(good)], env={})
+    assert result.exit_code == 0
+    assert "valid (chaos enabled, 1 custom scenarios)" in result.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "chaos:\n  latncy: {}\nroutes:\n  - {method: FETCH, path: users, status: 700}\n"
+    )
+    result = CliRunner().invoke(main, ["validate", str(bad)], env={})
+    assert result.exit_code == 1
+    for problem in [
+        "chaos.latncy: unknown key; did you mean 'latency'?",
+        "routes[0].method: 'FETCH' is not one of GET",
+        "routes[0].path: 'users' is not a path starting with /",
+        "routes[0].status: 700 is not in [100, 599]",
+    ]:
+        assert problem in result.output
+
+
+@pytest.mark.parametrize("how", ["mockforge serve", "gunicorn"])
+def test_four_workers_start_and_serve(tmp_path: Path, how: str) -> None:
+    if how == "gunicorn":
+        server_cm = gunicorn_server(
+            tmp_path, app="mockforge_wsgi.app:app", workers=4, worker_class="gthread"
+        )
+    else:
+        server_cm = mockforge_serve(tmp_path, "--workers", "4")
+    with server_cm as server, session() as http:
+        for _ in range(20):
+            with session() as fresh:  # new connections, spread over the workers
+                assert fresh.get(server.url + "/health", timeout=10).status_code == 200
+        assert http.get(server.url + "/api/chaos/status", timeout=10).status_code == 200
+    assert server.log().count("Booting worker") >= 4

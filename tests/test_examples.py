@@ -1,0 +1,61 @@
+"""The Flask and Django examples: wrapping stays one line, and the API comes along."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import gunicorn_server, session
+
+pytestmark = pytest.mark.server
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+def test_flask_example(tmp_path: Path) -> None:
+    config = tmp_path / "chaos.yaml"
+    config.write_text(
+        "chaos:\n  enabled: true\n"
+        "  fault_injection: {enabled: true, http_errors: [503], http_error_probability: 1.0}\n"
+    )
+    with (
+        gunicorn_server(
+            tmp_path,
+            app="app:app",
+            chdir=EXAMPLES / "flask_app",
+            worker_class="gthread",
+            env={"MOCKFORGE_CONFIG": str(config)},
+        ) as server,
+        session() as http,
+    ):
+        assert http.get(server.url + "/api/test", timeout=10).status_code == 503
+        assert http.post(server.url + "/api/chaos/disable", timeout=10).status_code == 200
+        assert http.get(server.url + "/api/test", timeout=10).json()["message"].startswith("Hello")
+
+
+def test_django_example(tmp_path: Path) -> None:
+    env = {
+        "MOCKFORGE_CHAOS_ENABLED": "true",
+        "MOCKFORGE_CHAOS_RATE_LIMIT_ENABLED": "true",
+        "MOCKFORGE_CHAOS_RATE_LIMIT_GLOBAL_LIMIT": "false",
+        "MOCKFORGE_CHAOS_RATE_LIMIT_PER_ENDPOINT": "true",
+        "MOCKFORGE_CHAOS_RATE_LIMIT_REQUESTS_PER_SECOND": "0.01",
+        "MOCKFORGE_CHAOS_RATE_LIMIT_BURST_SIZE": "2",
+    }
+    with (
+        gunicorn_server(
+            tmp_path,
+            app="mysite.wsgi:application",
+            chdir=EXAMPLES / "django_project",
+            worker_class="gthread",
+            env=env,
+        ) as server,
+        session() as http,
+    ):
+        users = [http.get(server.url + f"/users/{n}", timeout=10) for n in (1, 2, 3)]
+        assert [r.status_code for r in users] == [200, 200, 429]  # one bucket for the route
+        assert users[0].json() == {"id": 1}
+        assert users[2].headers["X-Mockforge-Chaos"] == "rate_limit=per_endpoint"
+        assert http.get(server.url + "/api/test", timeout=10).status_code == 200  # its own bucket
+        status = http.get(server.url + "/api/chaos/status", timeout=10).json()
+        assert status["counters"]["rate_limited"] == 1
