@@ -210,3 +210,16 @@ def test_four_workers_start_and_serve(tmp_path: Path, how: str) -> None:
                 assert fresh.get(server.url + "/health", timeout=10).status_code == 200
         assert http.get(server.url + "/api/chaos/status", timeout=10).status_code == 200
     assert server.log().count("Booting worker") >= 4
+
+
+def test_serve_sets_the_worker_timeout_above_an_injected_30s_timeout(tmp_path: Path) -> None:
+    env = {
+        "MOCKFORGE_CHAOS_FAULT_INJECTION_ENABLED": "true",
+        "MOCKFORGE_CHAOS_FAULT_INJECTION_TIMEOUT_PROBABILITY": "0.5",
+        "MOCKFORGE_CHAOS_FAULT_INJECTION_TIMEOUT_MS": "30000",
+    }
+    with mockforge_serve(
+        tmp_path, "--log-level", "debug", "--worker-class", "sync", env=env
+    ) as server:
+        pass
+    assert "timeout: 60" in server.log()  # gunicorn's config dump at debug level
