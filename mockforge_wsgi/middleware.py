@@ -21,7 +21,7 @@ from .fault import PartialBody, render_fault, reset_or_cut
 from .patterns import PATTERN_COUNTER
 from .plan import NO_CHAOS, PLAN_ENVIRON_KEY, Plan, decide_plan
 from .rate_limit import RateLimiter, client_ip, render_refusal
-from .scenarios import Scenario, ScenarioEngine
+from .scenarios import NEVER, Scenario, ScenarioEngine
 from .state import MemoryStore, Store, StoreError
 from .traffic_shaping import PacedBody, PacedInput, SlotGuard, sleep_until
 
@@ -81,7 +81,6 @@ class ChaosMiddleware:
                 store = MemoryStore(max_keys=startup.rate_limit.max_tracked_keys)
             engine = ScenarioEngine(startup, store=store, custom=scenarios)
         self.engine = engine
-        self._effective = engine.effective
         self.store = engine.store
         self.limiter = RateLimiter(self.store)
         self.route_for = route_for if route_for is not None else route_resolver(app)
@@ -109,10 +108,12 @@ class ChaosMiddleware:
         self.engine.set_config(config)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO") or "/"
+        path = environ.get("PATH_INFO", "")
         if path.startswith(self._api_root) and self._is_api(path):
             return self.management(environ, start_response)  # type: ignore[misc]
-        config = self._effective()
+        engine = self.engine
+        # The engine's cached config is current while no refresh is due (one comparison).
+        config = engine.current if engine.refresh_at == NEVER else engine.effective()
         if not config.enabled or self._is_exempt(path):
             return self.app(environ, start_response)
         started = time.monotonic()

@@ -43,7 +43,7 @@ __all__ = [
 ScenarioKind = Literal["predefined", "network_profile", "custom"]
 # While a ramp runs, the effective config is recomputed at most this often.
 RAMP_STEP_S = 0.05
-_NEVER = float("inf")
+NEVER = float("inf")
 # Finite but far: keeps the version check on for stores that cannot notify us.
 _POLL = 1e300
 
@@ -380,7 +380,9 @@ class ScenarioEngine:
         self._lock = threading.RLock()
         self._version = -1
         self._state = self._initial_state()
-        self._effective = startup
+        # The effective config as last computed; callers may read it directly while
+        # ``refresh_at`` is NEVER (nothing pending, and the store notifies changes).
+        self.current = startup
         self.refresh_at = 0.0
         if self.store.load_state()[1] is None:
             self._save(self._state)
@@ -404,10 +406,10 @@ class ScenarioEngine:
         (in-process stores); otherwise each call compares the store's version, and a
         clock read catches time-based changes (a scenario's end, the schedule, a ramp).
         """
-        if self.refresh_at == _NEVER:
-            return self._effective
+        if self.refresh_at == NEVER:
+            return self.current
         if self._store_version() == self._version and self.clock() < self.refresh_at:
-            return self._effective
+            return self.current
         return self._refresh()
 
     def _invalidate(self) -> None:
@@ -430,7 +432,7 @@ class ScenarioEngine:
 
     def _settle(self, state: RuntimeState, now: float) -> ChaosConfig:
         config, refresh_at = self._compute(state, now)
-        self._effective = config
+        self.current = config
         # A save by someone else while we computed must not be masked by our result.
         self.refresh_at = refresh_at if self._store_version() == self._version else 0.0
         return config
@@ -452,7 +454,7 @@ class ScenarioEngine:
         return state
 
     def _compute(self, state: RuntimeState, now: float) -> tuple[ChaosConfig, float]:
-        refresh_at = min((e.start_at for e in state.schedule), default=_NEVER)
+        refresh_at = min((e.start_at for e in state.schedule), default=NEVER)
         if not self._notified:
             refresh_at = min(refresh_at, _POLL)  # other processes may change the state
         active = state.active
