@@ -121,14 +121,14 @@ class ChaosMiddleware:
             if config.rules:
                 config = self._config_for(config, environ)
             plan = self._decide(config, environ, started)
+            for event in plan.events():
+                self.store.incr(event)
         except Exception:
             self._internal_error("deciding")
             plan = NO_CHAOS
         environ[PLAN_ENVIRON_KEY] = plan
         if plan is NO_CHAOS:
             return self.app(environ, start_response)
-        for event in plan.events():
-            self.store.incr(event)
         return self._apply(plan, config, environ, start_response, started)
 
     def _is_api(self, path: str) -> bool:

@@ -498,7 +498,8 @@ class ScenarioEngine:
             return state
 
     def _save(self, state: RuntimeState) -> None:
-        self.store.set_counter(PATTERN_COUNTER, 0)  # patterns count from each change
+        if self.store.counters().get(PATTERN_COUNTER):
+            self.store.set_counter(PATTERN_COUNTER, 0)  # patterns count from each change
         self._version = self.store.save_state(state.to_dict())
         self._state = state
 

@@ -55,6 +55,16 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes] | None = None) -> None:
     raise RuntimeError("server did not become ready in 30 s")
 
 
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Ask the server to stop (gunicorn shuts down gracefully on TERM), then insist."""
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
 _CAN_DISABLE_CONTROL_SOCKET = any(s.name == "control_socket_disable" for s in KNOWN_SETTINGS)
 
 
@@ -111,12 +121,7 @@ def gunicorn_server(
         _wait_ready(url, proc)
         yield Server(url, log_path)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        _stop(proc)
         listener.close()
 
 
@@ -172,9 +177,4 @@ def mockforge_serve(
         _wait_ready(url, proc)
         yield Server(url, log_path)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        _stop(proc)
