@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
+from werkzeug.http import HTTP_STATUS_CODES
 
 from . import _sockets
 from ._headers import add_annotation
@@ -190,8 +191,6 @@ def reset_or_cut(
 
 
 def _status_line(status: int) -> str:
-    from werkzeug.http import HTTP_STATUS_CODES
-
     return f"{status} {HTTP_STATUS_CODES.get(status, 'Injected Fault')}"
 
 
