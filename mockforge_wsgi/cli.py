@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import socket
 import sys
+import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterable
@@ -19,6 +21,7 @@ from gunicorn.util import import_app
 
 from .config import ChaosConfig, ConfigError
 from .scenarios import BUILTIN_SCENARIOS, Scenario, UnknownScenario, load_scenarios
+from .state import STORE_ENV, EmbeddedStore, store_from_url
 
 ADMIN_TOKEN_ENV = "MOCKFORGE_ADMIN_TOKEN"
 DEFAULT_URL = "http://127.0.0.1:3000"
@@ -246,6 +249,7 @@ def serve(
             f"--chaos-scenario: {error} is not a scenario (built-in: {known})"
         ) from None
     _check_port(host, port)
+    shared = _shared_store(workers)
     startup = middleware.engine.startup
     custom = middleware.engine.scenarios().values()
     options = {
@@ -256,6 +260,8 @@ def serve(
         "timeout": worker_timeout(startup, custom),
         "loglevel": log_level,
     }
+    if shared is not None:
+        options["child_exit"] = lambda server, worker: shared.release_worker(worker.pid)
 
     def factory() -> Any:
         return create_app(
@@ -266,12 +272,34 @@ def serve(
             admin_token=admin_token,
         )
 
+    store = f"shared store {shared.path.parent}" if shared is not None else "in-process store"
     click.echo(
         f"mockforge: serving on http://{host}:{port} ({workers} {worker_class} worker(s), "
-        f"chaos {'on' if startup.enabled else 'off'}; management API at /api/chaos)",
+        f"{store}, chaos {'on' if startup.enabled else 'off'}; management API at /api/chaos)",
         err=True,
     )
-    _Server(factory, options).run()
+    try:
+        _Server(factory, options).run()
+    finally:
+        if shared is not None and os.environ.get(STORE_ENV, "").endswith(_OWN_STORE_MARK):
+            shutil.rmtree(shared.path.parent, ignore_errors=True)
+
+
+_OWN_STORE_MARK = "-mockforge-store"
+
+
+def _shared_store(workers: int) -> EmbeddedStore | None:
+    """With several workers, one embedded store in a fresh directory (unless
+    MOCKFORGE_STORE names one), so every worker sees the same state and limits."""
+    url = os.environ.get(STORE_ENV)
+    if url:
+        store = store_from_url(url)
+        return store if isinstance(store, EmbeddedStore) else None
+    if workers == 1:
+        return None
+    directory = tempfile.mkdtemp(suffix=_OWN_STORE_MARK)
+    os.environ[STORE_ENV] = f"file://{directory}"  # the workers inherit it at fork
+    return EmbeddedStore(directory)
 
 
 class _Server(BaseApplication):  # type: ignore[misc]

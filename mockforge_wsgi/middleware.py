@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -22,7 +23,7 @@ from .patterns import PATTERN_COUNTER
 from .plan import NO_CHAOS, PLAN_ENVIRON_KEY, Plan, decide_plan
 from .rate_limit import RateLimiter, client_ip, render_refusal
 from .scenarios import NEVER, Scenario, ScenarioEngine
-from .state import MemoryStore, Store, StoreError
+from .state import Store, StoreError, store_from_env
 from .traffic_shaping import PacedBody, PacedInput, SlotGuard, sleep_until
 
 if TYPE_CHECKING:
@@ -35,6 +36,8 @@ log = logging.getLogger("mockforge_wsgi")
 # The management API and metrics must stay reachable: a user can always turn chaos off.
 DEFAULT_EXEMPT_PATHS = (DEFAULT_API_PREFIX, "/metrics")
 CONNECTION_SLOTS = "connections"
+DEBUG_HEADERS_ENV = "MOCKFORGE_DEBUG_HEADERS"
+WORKER_HEADER = "X-Mockforge-Worker"
 
 RouteResolver = Callable[["WSGIEnvironment"], str]
 
@@ -50,7 +53,8 @@ class ChaosMiddleware:
     what management calls change, and each request reads the effective config once.
     ``rng`` defaults to ``random.Random(config.seed)``: with a seed, one process
     replays the same decisions for the same request sequence. ``store`` holds rate
-    limit buckets and connection slots (default: this process's memory).
+    limit buckets, connection slots and the runtime state (default: the one
+    ``MOCKFORGE_STORE`` names, else this process's memory).
     ``route_for`` names a request's endpoint for per-endpoint limits; by default the
     route template of a wrapped Flask app, else the path.
     """
@@ -69,6 +73,7 @@ class ChaosMiddleware:
         api_prefix: str | None = DEFAULT_API_PREFIX,
         admin_token: str | None = None,
         protect_reads: bool = False,
+        debug_headers: bool | None = None,
     ) -> None:
         self.app = app
         startup = config if config is not None else ChaosConfig()
@@ -78,13 +83,17 @@ class ChaosMiddleware:
         self.rng = rng if rng is not None else random.Random(startup.seed)
         if engine is None:
             if store is None:
-                store = MemoryStore(max_keys=startup.rate_limit.max_tracked_keys)
+                store = store_from_env(max_keys=startup.rate_limit.max_tracked_keys)
             engine = ScenarioEngine(startup, store=store, custom=scenarios)
         self.engine = engine
         self.store = engine.store
         self.limiter = RateLimiter(self.store)
         self.route_for = route_for if route_for is not None else route_resolver(app)
         self.internal_errors = 0
+        # X-Mockforge-Worker: <pid> on every response with chaos: which worker decided.
+        if debug_headers is None:
+            debug_headers = os.environ.get(DEBUG_HEADERS_ENV, "") in ("1", "true", "yes")
+        self.debug_headers = debug_headers
         self._rule_configs: tuple[ChaosConfig, list[ChaosConfig]] | None = None
         # The management API answers under its prefix before any chaos is considered.
         self.management: WSGIApplication | None = None
@@ -174,6 +183,8 @@ class ChaosMiddleware:
         started: float,
     ) -> Iterable[bytes]:
         headers = plan.response_headers(config.rate_limit.expose_headers)
+        if self.debug_headers:  # the pid at request time: workers fork after __init__
+            headers = [*headers, (WORKER_HEADER, str(os.getpid()))]
         if plan.refused:
             assert plan.rate_limit is not None
             return render_refusal(plan.rate_limit, start_response, headers)

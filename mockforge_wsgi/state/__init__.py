@@ -1,13 +1,46 @@
 """Runtime state behind one interface: buckets, slots, counters, the runtime state.
 
-``MemoryStore`` serves one process; backends for several processes and hosts implement
-the same :class:`Store`.
+``MemoryStore`` serves one process, ``EmbeddedStore`` every process of one host; both
+implement :class:`Store`, chosen by URL (``MOCKFORGE_STORE``).
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+from urllib.parse import unquote, urlsplit
+
 from .base import Store, StoreError
+from .embedded import EmbeddedStore
 from .gcra import Bucket, BucketOutcome
 from .memory import MemoryStore
 
-__all__ = ["Bucket", "BucketOutcome", "MemoryStore", "Store", "StoreError"]
+__all__ = [
+    "STORE_ENV",
+    "Bucket",
+    "BucketOutcome",
+    "EmbeddedStore",
+    "MemoryStore",
+    "Store",
+    "StoreError",
+    "store_from_env",
+    "store_from_url",
+]
+
+STORE_ENV = "MOCKFORGE_STORE"
+
+
+def store_from_url(url: str, *, max_keys: int = 100_000) -> Store:
+    """``memory://`` (this process) or ``file:///a/directory`` (every process of a host)."""
+    parts = urlsplit(url)
+    if parts.scheme == "memory":
+        return MemoryStore(max_keys=max_keys)
+    if parts.scheme == "file" and parts.path:
+        return EmbeddedStore(unquote(parts.path), max_keys=max_keys)
+    raise ValueError(f"store URL {url!r}: expected memory:// or file:///path/to/directory")
+
+
+def store_from_env(environ: Mapping[str, str] | None = None, *, max_keys: int = 100_000) -> Store:
+    """The store ``MOCKFORGE_STORE`` names, else this process's memory."""
+    url = (os.environ if environ is None else environ).get(STORE_ENV)
+    return store_from_url(url, max_keys=max_keys) if url else MemoryStore(max_keys=max_keys)

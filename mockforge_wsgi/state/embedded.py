@@ -1,0 +1,284 @@
+"""The embedded store: one memory-mapped file shared by every worker process of a host.
+
+Each process maps the same file and serialises its changes with an fcntl record lock
+that it takes itself (after fork). The kernel drops a process's record locks when it
+dies, so a worker that gunicorn kills mid-update cannot leave the others deadlocked (a
+``multiprocessing.Lock`` made before fork would stay held). fcntl locks belong to the
+process, not the thread, so a thread lock stands in front of it.
+
+Layout (native byte order, 8-byte aligned)::
+
+    header    state version | state length | counter rows in use | bucket entries
+    state     the runtime state as JSON (at most 1 MiB)
+    names     counter names, 32 bytes each
+    counters  a row per worker process: owner pid, then one u64 per name; summed on read
+    slots     a row per worker process: owner pid, in-flight requests
+    buckets   open-addressing table of (key hash, TAT); a TAT in the past is a free entry
+
+The state version is read without the lock (an aligned 8-byte read is never torn), so
+checking it per request costs one memory read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import mmap
+import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from .base import Store, StoreError
+from .gcra import Bucket, BucketOutcome, charge
+
+__all__ = ["EmbeddedStore"]
+
+FILE_NAME = "mockforge-store.bin"
+MAX_STATE_BYTES = 1 << 20
+MAX_COUNTERS = 64
+NAME_BYTES = 32
+MAX_WORKERS = 256
+# How far a key may sit from its home entry; beyond it the oldest probed bucket goes.
+MAX_PROBES = 32
+# Polling interval while waiting for a connection slot another process holds.
+SLOT_POLL_S = 0.002
+
+_VERSION, _LENGTH, _ROWS, _ENTRIES = 0, 1, 2, 3  # header words
+_STATE = 32
+_NAMES = _STATE + MAX_STATE_BYTES
+_COUNTERS = _NAMES + NAME_BYTES * MAX_COUNTERS
+_COUNTER_ROW = 1 + MAX_COUNTERS  # words
+_SLOTS = _COUNTERS + 8 * _COUNTER_ROW * MAX_WORKERS
+_SLOT_ROW = 2  # words: owner pid, in flight
+_BUCKETS = _SLOTS + 8 * _SLOT_ROW * MAX_WORKERS
+
+
+class EmbeddedStore(Store):
+    """Runtime state for every process on this host that opens the same directory.
+
+    Usage (gunicorn workers of one server)::
+
+        store = EmbeddedStore("/run/mockforge")     # or MOCKFORGE_STORE=file:///run/mockforge
+        app = ChaosMiddleware(app, config=config, store=store)
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], *, max_keys: int = 100_000) -> None:
+        folder = Path(directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / FILE_NAME
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        self._thread_lock = threading.RLock()
+        with self._locked():  # the first process sizes the file; later ones use its size
+            if os.fstat(self._fd).st_size == 0:
+                entries = max(1024, 2 * max_keys)
+                os.ftruncate(self._fd, _BUCKETS + 16 * entries)
+                with mmap.mmap(self._fd, 0) as fresh:
+                    memoryview(fresh).cast("Q")[_ENTRIES] = entries
+        self._map = mmap.mmap(self._fd, 0)
+        self._words = memoryview(self._map).cast("Q")
+        self._floats = memoryview(self._map).cast("d")
+        self._entries = int(self._words[_ENTRIES])
+        self._pid = 0
+        self._row = -1
+        self.evicted = 0
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        with self._thread_lock:
+            fcntl.lockf(self._fd, fcntl.LOCK_EX, 1, 0)
+            try:
+                yield
+            finally:
+                fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, 0)
+
+    # -- runtime state ------------------------------------------------------------------
+
+    def state_version(self) -> int:
+        return int(self._words[_VERSION])
+
+    def load_state(self) -> tuple[int, dict[str, Any] | None]:
+        with self._locked():
+            version, length = int(self._words[_VERSION]), int(self._words[_LENGTH])
+            raw = bytes(self._map[_STATE : _STATE + length])
+        return version, (json.loads(raw) if length else None)
+
+    def save_state(self, state: dict[str, Any]) -> int:
+        raw = json.dumps(state, separators=(",", ":")).encode()
+        if len(raw) > MAX_STATE_BYTES:
+            raise StoreError(f"the runtime state is {len(raw)} bytes; at most {MAX_STATE_BYTES}")
+        with self._locked():
+            self._map[_STATE : _STATE + len(raw)] = raw
+            self._words[_LENGTH] = len(raw)
+            self._words[_VERSION] += 1  # last, so a reader that sees it sees the state
+            return int(self._words[_VERSION])
+
+    # -- rows: each process counts in its own row, claimed after fork --------------------
+
+    def _own_row(self) -> int:
+        """This process's row in the counter and slot tables (call with the lock held)."""
+        pid = os.getpid()
+        if pid == self._pid:
+            return self._row
+        for row in range(MAX_WORKERS):
+            owner = int(self._words[_COUNTERS // 8 + row * _COUNTER_ROW])
+            if owner in (0, pid):
+                self._words[_COUNTERS // 8 + row * _COUNTER_ROW] = pid
+                self._words[_SLOTS // 8 + row * _SLOT_ROW] = pid
+                self._words[_ROWS] = max(int(self._words[_ROWS]), row + 1)
+                self._pid, self._row = pid, row
+                return row
+        raise StoreError(f"more than {MAX_WORKERS} processes share {self.path}")
+
+    def release_worker(self, pid: int) -> None:
+        """A worker died: give back its in-flight slots and its rows. Its counts stay in
+        its counter row (still summed); the next process to claim the row adds to them."""
+        with self._locked():
+            for row in range(int(self._words[_ROWS])):
+                slot = _SLOTS // 8 + row * _SLOT_ROW
+                if int(self._words[slot]) == pid:
+                    self._words[slot] = 0
+                    self._words[slot + 1] = 0
+                    self._words[_COUNTERS // 8 + row * _COUNTER_ROW] = 0
+
+    # -- counters -----------------------------------------------------------------------
+
+    def _name_index(self, name: str) -> int:
+        encoded = name.encode()[:NAME_BYTES].ljust(NAME_BYTES, b"\0")
+        for index in range(MAX_COUNTERS):
+            at = _NAMES + index * NAME_BYTES
+            current = self._map[at : at + NAME_BYTES]
+            if current == encoded:
+                return index
+            if current == bytes(NAME_BYTES):
+                self._map[at : at + NAME_BYTES] = encoded
+                return index
+        raise StoreError(f"more than {MAX_COUNTERS} counter names")
+
+    def _sum(self, index: int) -> int:
+        base = _COUNTERS // 8 + 1 + index
+        rows = int(self._words[_ROWS])
+        return sum(int(self._words[base + row * _COUNTER_ROW]) for row in range(rows))
+
+    def incr(self, counter: str, amount: int = 1) -> int:
+        with self._locked():  # increment and sum together: a pattern's numbers are unique
+            index = self._name_index(counter)
+            cell = _COUNTERS // 8 + self._own_row() * _COUNTER_ROW + 1 + index
+            self._words[cell] = (int(self._words[cell]) + amount) % (1 << 64)
+            return self._sum(index)
+
+    def set_counter(self, counter: str, value: int) -> None:
+        with self._locked():
+            index = self._name_index(counter)
+            own = self._own_row()
+            for row in range(int(self._words[_ROWS])):
+                cell = _COUNTERS // 8 + row * _COUNTER_ROW + 1 + index
+                self._words[cell] = value if row == own else 0
+
+    def counters(self) -> dict[str, int]:
+        result = {}
+        with self._locked():
+            for index in range(MAX_COUNTERS):
+                at = _NAMES + index * NAME_BYTES
+                raw = bytes(self._map[at : at + NAME_BYTES]).rstrip(b"\0")
+                if not raw:
+                    break
+                value = self._sum(index)
+                if value:
+                    result[raw.decode()] = value
+        return result
+
+    # -- connection slots -----------------------------------------------------------------
+
+    def _in_flight(self) -> int:
+        rows = int(self._words[_ROWS])
+        return sum(int(self._words[_SLOTS // 8 + row * _SLOT_ROW + 1]) for row in range(rows))
+
+    def acquire_slot(self, name: str, limit: int, timeout_s: float) -> bool:
+        deadline = time.monotonic() + max(timeout_s, 0.0)
+        while True:
+            with self._locked():
+                if self._in_flight() < limit:
+                    self._words[_SLOTS // 8 + self._own_row() * _SLOT_ROW + 1] += 1
+                    return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(SLOT_POLL_S)
+
+    def release_slot(self, name: str) -> None:
+        with self._locked():
+            cell = _SLOTS // 8 + self._own_row() * _SLOT_ROW + 1
+            self._words[cell] = max(int(self._words[cell]) - 1, 0)
+
+    def slots_in_use(self, name: str) -> int:
+        with self._locked():
+            return self._in_flight()
+
+    # -- buckets --------------------------------------------------------------------------
+
+    def _home(self, key: str) -> tuple[int, int]:
+        digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+        tag = int.from_bytes(digest, "little") or 1  # 0 marks a never-used entry
+        return tag, tag % self._entries
+
+    def _entry(self, position: int) -> int:
+        """Word index of entry ``position``: the tag, then the TAT as a double."""
+        return _BUCKETS // 8 + 2 * (position % self._entries)
+
+    def _find(self, key: str, now: float, taken: set[int]) -> tuple[int, int, float | None]:
+        """The entry of ``key`` (or where it may go, avoiding ``taken``), its tag, and its
+        TAT if live."""
+        tag, home = self._home(key)
+        reusable = -1
+        oldest, oldest_tat = -1, float("inf")
+        for step in range(MAX_PROBES):
+            entry = self._entry(home + step)
+            if entry in taken:
+                continue
+            stored, tat = int(self._words[entry]), float(self._floats[entry + 1])
+            if stored == tag and tat > now:
+                return entry, tag, tat
+            if stored == 0:
+                return (reusable if reusable >= 0 else entry), tag, None
+            if tat <= now and reusable < 0:
+                reusable = entry  # a full bucket is the same as none: its entry is free
+            if tat < oldest_tat:
+                oldest, oldest_tat = entry, tat
+        if reusable >= 0:
+            return reusable, tag, None
+        self.evicted += 1  # every probed bucket is live: drop the one nearest to full
+        return oldest, tag, None
+
+    def acquire(self, buckets: Sequence[Bucket], now: float) -> tuple[int, BucketOutcome]:
+        with self._locked():
+            found: dict[str, tuple[int, int, float | None]] = {}
+            for bucket in buckets:
+                found[bucket.key] = self._find(bucket.key, now, {f[0] for f in found.values()})
+            index, outcome, new_tats = charge(lambda key: found[key][2], buckets, now)
+            if new_tats is not None:
+                for bucket, tat in zip(buckets, new_tats, strict=True):
+                    entry, tag, _ = found[bucket.key]
+                    self._words[entry] = tag
+                    self._floats[entry + 1] = tat
+            return index, outcome
+
+    def tracked_keys(self) -> int:
+        now = time.monotonic()
+        with self._locked():
+            return sum(
+                1
+                for position in range(self._entries)
+                if self._words[self._entry(position)]
+                and self._floats[self._entry(position) + 1] > now
+            )
+
+    def reset(self) -> None:
+        with self._locked():
+            self._map[_BUCKETS : _BUCKETS + 16 * self._entries] = bytes(16 * self._entries)
+            for row in range(int(self._words[_ROWS])):
+                start = _COUNTERS + 8 * (row * _COUNTER_ROW + 1)
+                self._map[start : start + 8 * MAX_COUNTERS] = bytes(8 * MAX_COUNTERS)

@@ -1,0 +1,131 @@
+"""The embedded store across real processes (fork), including one killed mid-update."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from mockforge_wsgi.state import Bucket, EmbeddedStore, MemoryStore, store_from_url
+
+FORK = multiprocessing.get_context("fork")
+
+
+def test_store_urls(tmp_path: Path) -> None:
+    assert isinstance(store_from_url("memory://"), MemoryStore)
+    embedded = store_from_url(f"file://{tmp_path}/shared")
+    assert isinstance(embedded, EmbeddedStore)
+    assert embedded.path.parent == tmp_path / "shared"
+    with pytest.raises(ValueError, match="expected memory:// or file:///path"):
+        store_from_url("redis://localhost")
+
+
+def test_state_is_seen_by_another_process(tmp_path: Path) -> None:
+    store = EmbeddedStore(tmp_path)
+    assert store.load_state() == (0, None)
+
+    def writer() -> None:
+        EmbeddedStore(tmp_path).save_state({"enabled": True})
+
+    child = FORK.Process(target=writer)
+    child.start()
+    child.join(10)
+    assert store.state_version() == 1
+    assert store.load_state() == (1, {"enabled": True})
+
+
+def _charge_many(directory: Path, count: int, results: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    store = EmbeddedStore(directory)
+    bucket = [Bucket("global", 1000.0, 100)]  # one token per 1000 s: only the burst passes
+    admitted = sum(store.acquire(bucket, time.monotonic())[1].allowed for _ in range(count))
+    numbers = [store.incr("pattern_requests") for _ in range(count)]
+    results.put((admitted, numbers))
+
+
+def test_one_bucket_and_unique_counts_across_processes(tmp_path: Path) -> None:
+    EmbeddedStore(tmp_path)
+    results: multiprocessing.Queue = FORK.Queue()  # type: ignore[type-arg]
+    children = [FORK.Process(target=_charge_many, args=(tmp_path, 100, results)) for _ in range(4)]
+    for child in children:
+        child.start()
+    outcomes = [results.get(timeout=60) for _ in children]
+    for child in children:
+        child.join(10)
+    assert sum(admitted for admitted, _ in outcomes) == 100  # one burst for all four
+    numbers = sorted(n for _, ns in outcomes for n in ns)
+    assert numbers == list(range(1, 401))  # every request got its own number
+    assert EmbeddedStore(tmp_path).counters()["pattern_requests"] == 400
+
+
+def _hold_the_lock_forever(directory: Path, ready: multiprocessing.Event) -> None:  # type: ignore[type-arg]
+    store = EmbeddedStore(directory)
+    with store._locked():
+        ready.set()
+        time.sleep(600)
+
+
+def test_a_worker_killed_holding_the_lock_blocks_nobody(tmp_path: Path) -> None:
+    store = EmbeddedStore(tmp_path)
+    ready = FORK.Event()
+    child = FORK.Process(target=_hold_the_lock_forever, args=(tmp_path, ready))
+    child.start()
+    assert ready.wait(10)
+    assert child.pid is not None
+    os.kill(child.pid, signal.SIGKILL)
+    child.join(10)
+    start = time.monotonic()
+    assert store.incr("after") == 1  # the kernel dropped the dead process's lock
+    assert time.monotonic() - start < 5
+
+
+def _take_a_slot_and_die(directory: Path, ready: multiprocessing.Event) -> None:  # type: ignore[type-arg]
+    store = EmbeddedStore(directory)
+    assert store.acquire_slot("connections", 5, 0)
+    ready.set()
+    time.sleep(600)
+
+
+def test_a_dead_workers_slots_are_released(tmp_path: Path) -> None:
+    store = EmbeddedStore(tmp_path)
+    ready = FORK.Event()
+    child = FORK.Process(target=_take_a_slot_and_die, args=(tmp_path, ready))
+    child.start()
+    assert ready.wait(10)
+    assert store.slots_in_use("connections") == 1
+    assert child.pid is not None
+    os.kill(child.pid, signal.SIGKILL)
+    child.join(10)
+    store.release_worker(child.pid)  # what gunicorn's child_exit hook does
+    assert store.slots_in_use("connections") == 0
+    assert store.acquire_slot("connections", 1, 0)
+    assert not store.acquire_slot("connections", 1, 0.01)
+    store.release_slot("connections")
+    assert store.slots_in_use("connections") == 0
+
+
+def test_bucket_table_is_bounded_and_drops_full_buckets(tmp_path: Path) -> None:
+    store = EmbeddedStore(tmp_path, max_keys=512)  # 1024 entries
+    now = 100.0
+    for i in range(5000):
+        assert store.acquire([Bucket(f"ip:{i}", 1.0, 5)], now)[1].allowed
+    assert store.evicted > 0  # more live keys than entries: the nearest to full went
+    later = now + 10  # every bucket is full again: all entries are free
+    for i in range(1000):
+        assert store.acquire([Bucket(f"ip:new{i}", 1.0, 5)], later)[1].allowed
+    assert store.acquire([Bucket("ip:new1", 1.0, 1)], later)[1].allowed is False  # still tracked
+
+
+def test_reset_and_counters(tmp_path: Path) -> None:
+    store = EmbeddedStore(tmp_path)
+    store.incr("latency", 3)
+    store.set_counter("pattern_requests", 0)
+    assert store.counters() == {"latency": 3}
+    store.acquire([Bucket("global", 1.0, 1)], 5.0)
+    assert not store.acquire([Bucket("global", 1.0, 1)], 5.0)[1].allowed
+    store.reset()
+    assert store.counters() == {}
+    assert store.acquire([Bucket("global", 1.0, 1)], 5.0)[1].allowed
