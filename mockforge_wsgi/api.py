@@ -35,6 +35,7 @@ from .config import (
     iter_settings,
 )
 from .scenarios import ScenarioEngine, UnknownScenario, scenario_from_dict
+from .state import StoreError
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -362,6 +363,10 @@ def create_blueprint(
     @blueprint.errorhandler(ApiError)
     def api_error(error: ApiError) -> Response:
         return _json({"error": error.error, "problems": error.problems}, error.status)
+
+    @blueprint.errorhandler(StoreError)
+    def store_error(error: StoreError) -> Response:
+        return _json({"error": "store unreachable", "problems": [str(error)]}, 503)
 
     return blueprint
 

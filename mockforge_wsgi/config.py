@@ -377,6 +377,13 @@ class ChaosConfig:
     seed: int | None = setting(
         None, kinds.OPTIONAL_INT, "Seed for reproducible decisions in one process."
     )
+    on_store_error: str = setting(
+        "open",
+        kinds.STR,
+        "When the shared store is unreachable: `open` serves unharmed (logged, counted); "
+        "`closed` answers 503.",
+        kinds.OneOf(("open", "closed")),
+    )
     latency: LatencyConfig = section(LatencyConfig, "Latency injection.")
     fault_injection: FaultInjectionConfig = section(FaultInjectionConfig, "Fault injection.")
     rate_limit: RateLimitConfig = section(RateLimitConfig, "Rate limiting.")

@@ -132,6 +132,11 @@ class ChaosMiddleware:
             plan = self._decide(config, environ, started)
             for event in plan.events():
                 self.store.incr(event)
+        except StoreError:
+            if config.on_store_error == "closed":
+                return _render_store_down(start_response)
+            self._internal_error("reaching the store")
+            plan = NO_CHAOS
         except Exception:
             self._internal_error("deciding")
             plan = NO_CHAOS
@@ -171,6 +176,8 @@ class ChaosMiddleware:
             try:
                 verdict = self.limiter.check(limits, client, endpoint, now)
             except StoreError:
+                if config.on_store_error == "closed":
+                    raise
                 self._internal_error("reaching the rate-limit store")
         return decide_plan(config, self.rng, verdict, number)
 
@@ -276,6 +283,20 @@ def _render_busy(start_response: StartResponse, extra: list[tuple[str, str]]) ->
             ("Content-Length", str(len(body))),
             ("Retry-After", "1"),
             *add_annotation(extra, "connection_limit=full"),
+        ],
+    )
+    return [body]
+
+
+def _render_store_down(start_response: StartResponse) -> Iterable[bytes]:
+    """on_store_error: closed. Not chaos: the store we need is gone, and we say so."""
+    body = b'{"error":"chaos store unreachable","injected_by":"mockforge"}'
+    start_response(
+        "503 Service Unavailable",
+        [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(body))),
+            ("X-Mockforge-Chaos", "store=unreachable"),
         ],
     )
     return [body]

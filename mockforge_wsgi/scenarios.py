@@ -14,6 +14,7 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -24,7 +25,7 @@ import attrs
 
 from .config import ChaosConfig, ConfigError, config_from_dict, iter_settings, yaml_layer
 from .patterns import PATTERN_COUNTER
-from .state import MemoryStore, Store
+from .state import MemoryStore, Store, StoreError
 
 __all__ = [
     "BUILTIN_SCENARIOS",
@@ -46,6 +47,8 @@ RAMP_STEP_S = 0.05
 NEVER = float("inf")
 # Finite but far: keeps the version check on for stores that cannot notify us.
 _POLL = 1e300
+# After a failed read of the store, the last known config is kept this long.
+STORE_RETRY_S = 1.0
 
 
 class UnknownScenario(KeyError):
@@ -384,8 +387,9 @@ class ScenarioEngine:
         # ``refresh_at`` is NEVER (nothing pending, and the store notifies changes).
         self.current = startup
         self.refresh_at = 0.0
-        if self.store.load_state()[1] is None:
-            self._save(self._state)
+        with contextlib.suppress(StoreError):  # unreachable now: effective() retries
+            if self.store.load_state()[1] is None:
+                self._save(self._state)
 
     def _initial_state(self) -> RuntimeState:
         state = RuntimeState(
@@ -420,6 +424,14 @@ class ScenarioEngine:
         return self._state
 
     def _refresh(self) -> ChaosConfig:
+        try:
+            return self._reload()
+        except StoreError:
+            # Unreachable store: keep applying what we last knew, try again in a moment.
+            self.refresh_at = self.clock() + STORE_RETRY_S
+            return self.current
+
+    def _reload(self) -> ChaosConfig:
         with self._lock:
             now = self.clock()
             version, data = self.store.load_state()

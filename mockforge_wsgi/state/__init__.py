@@ -31,13 +31,20 @@ STORE_ENV = "MOCKFORGE_STORE"
 
 
 def store_from_url(url: str, *, max_keys: int = 100_000) -> Store:
-    """``memory://`` (this process) or ``file:///a/directory`` (every process of a host)."""
+    """``memory://`` (this process), ``file:///a/directory`` (every process of a host) or
+    ``redis://host:port/db`` (every process of every host using that Redis)."""
     parts = urlsplit(url)
     if parts.scheme == "memory":
         return MemoryStore(max_keys=max_keys)
     if parts.scheme == "file" and parts.path:
         return EmbeddedStore(unquote(parts.path), max_keys=max_keys)
-    raise ValueError(f"store URL {url!r}: expected memory:// or file:///path/to/directory")
+    if parts.scheme in ("redis", "rediss", "unix"):
+        from .redis_store import RedisStore  # needs the `redis` extra
+
+        return RedisStore(url)
+    raise ValueError(
+        f"store URL {url!r}: expected memory://, file:///path/to/directory or redis://host:port/db"
+    )
 
 
 def store_from_env(environ: Mapping[str, str] | None = None, *, max_keys: int = 100_000) -> Store:

@@ -1,0 +1,226 @@
+"""The Redis store: one chaos state and one set of limits for servers on many hosts.
+
+Every rate-limit check is one round trip: a Lua script charges all levels at once, all
+or nothing, with the time taken from the Redis server (``TIME``), so clock skew between
+hosts changes nothing. Bucket keys expire when their bucket is full again, which bounds
+memory. The runtime state sits under a version key; processes poll that version at most
+every ``version_poll_s`` (a management change reaches every host within that time).
+
+An unreachable Redis raises :class:`StoreError` (logged once per outage); callers fail
+open or closed as configured. redis-py reconnects by itself when Redis is back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from .base import Store, StoreError
+from .gcra import Bucket, BucketOutcome
+
+__all__ = ["RedisStore"]
+
+log = logging.getLogger("mockforge_wsgi")
+T = TypeVar("T")
+
+# gcra.charge, line by line, with `now` from the server. Floats go back as strings
+# (Redis turns Lua numbers into integers).
+CHARGE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local new_tats = {}
+local refused, refused_wait = -1, 0
+local tightest, tightest_room = 1, math.huge
+for i = 1, #KEYS do
+  local interval, burst = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
+  local tat = tonumber(redis.call('GET', KEYS[i]))
+  if tat == nil or tat < now then tat = now end
+  local new_tat = tat + interval
+  new_tats[i] = new_tat
+  local over = new_tat - now - burst * interval
+  if over > 1e-9 then
+    if over > refused_wait then refused, refused_wait = i, over end
+  elseif -over < tightest_room * interval then
+    tightest, tightest_room = i, -over / interval
+  end
+end
+if refused >= 0 then
+  local interval, burst = tonumber(ARGV[2 * refused - 1]), tonumber(ARGV[2 * refused])
+  return {refused - 1, 0, burst, 0, string.format('%.17g', new_tats[refused] - interval - now),
+          string.format('%.17g', refused_wait)}
+end
+for i = 1, #KEYS do
+  local ttl = math.ceil((new_tats[i] - now) * 1000)
+  redis.call('SET', KEYS[i], string.format('%.17g', new_tats[i]), 'PX', math.max(ttl, 1))
+end
+return {tightest - 1, 1, tonumber(ARGV[2 * tightest]), math.floor(tightest_room + 1e-9),
+        string.format('%.17g', new_tats[tightest] - now), '0'}
+"""
+
+TAKE_SLOT = """
+local taken = 0
+for _, value in ipairs(redis.call('HVALS', KEYS[1])) do taken = taken + tonumber(value) end
+if taken >= tonumber(ARGV[1]) then return 0 end
+redis.call('HINCRBY', KEYS[1], ARGV[2], 1)
+return 1
+"""
+
+SLOT_POLL_S = 0.005
+RETRY_S = 0.5
+
+
+class RedisStore(Store):
+    """Shared state in Redis (``redis://host:port/db``)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "mockforge:",
+        socket_timeout_s: float = 0.25,
+        version_poll_s: float = 0.05,
+    ) -> None:
+        import redis
+
+        self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+        self._redis = redis.Redis.from_url(
+            url,
+            socket_timeout=socket_timeout_s,
+            socket_connect_timeout=socket_timeout_s,
+        )
+        self.url = url
+        self._prefix = prefix
+        self._charge = self._redis.register_script(CHARGE)
+        self._take_slot = self._redis.register_script(TAKE_SLOT)
+        self._version_poll_s = version_poll_s
+        self._version = 0
+        self._version_checked = float("-inf")
+        self._worker = f"{socket.gethostname()}:{os.getpid()}"
+        self.down = False
+        self.outages = 0
+        self._retry_at = 0.0
+
+    def _key(self, name: str) -> str:
+        return self._prefix + name
+
+    def _call(self, operation: Callable[[], T]) -> T:
+        """Run one Redis operation; an outage is logged once and raised as StoreError.
+
+        While Redis is down, calls fail at once for ``RETRY_S`` instead of each waiting
+        out a socket timeout, then one call tries again.
+        """
+        if self.down and time.monotonic() < self._retry_at:
+            raise StoreError(f"Redis store {self.url} unreachable")
+        try:
+            result = operation()
+        except self._errors as error:
+            self._retry_at = time.monotonic() + RETRY_S
+            if not self.down:
+                self.down = True
+                self.outages += 1
+                log.warning("mockforge: Redis store %s unreachable (%s)", self.url, error)
+            raise StoreError(f"Redis store {self.url} unreachable: {error}") from error
+        if self.down:
+            self.down = False
+            log.warning("mockforge: Redis store %s reachable again", self.url)
+        return result
+
+    # -- runtime state ------------------------------------------------------------------
+
+    def state_version(self) -> int:
+        now = time.monotonic()
+        if now - self._version_checked >= self._version_poll_s:
+            self._version_checked = now
+            try:
+                raw = self._call(lambda: self._redis.get(self._key("version")))
+            except StoreError:
+                return self._version  # keep serving with what we have
+            self._version = int(raw or 0)
+        return self._version
+
+    def load_state(self) -> tuple[int, dict[str, Any] | None]:
+        version, raw = self._call(
+            lambda: self._redis.mget(self._key("version"), self._key("state"))
+        )
+        self._version = int(version or 0)
+        return self._version, (json.loads(raw) if raw else None)
+
+    def save_state(self, state: dict[str, Any]) -> int:
+        def save() -> int:
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.set(self._key("state"), json.dumps(state, separators=(",", ":")))
+            pipe.incr(self._key("version"))
+            return int(pipe.execute()[1])
+
+        self._version = self._call(save)
+        return self._version
+
+    # -- rate limits --------------------------------------------------------------------
+
+    def acquire(self, buckets: Sequence[Bucket], now: float) -> tuple[int, BucketOutcome]:
+        keys = [self._key("tat:" + bucket.key) for bucket in buckets]
+        args: list[Any] = []
+        for bucket in buckets:
+            args += [repr(bucket.interval_s), bucket.burst]
+        index, allowed, limit, remaining, reset, retry = self._call(
+            lambda: self._charge(keys=keys, args=args)
+        )
+        outcome = BucketOutcome(
+            bool(allowed), int(limit), int(remaining), float(reset), float(retry)
+        )
+        return int(index), outcome
+
+    def tracked_keys(self) -> int:
+        pattern = self._key("tat:*")
+        return self._call(lambda: sum(1 for _ in self._redis.scan_iter(match=pattern)))
+
+    # -- counters -----------------------------------------------------------------------
+
+    def incr(self, counter: str, amount: int = 1) -> int:
+        return int(self._call(lambda: self._redis.hincrby(self._key("counters"), counter, amount)))
+
+    def set_counter(self, counter: str, value: int) -> None:
+        self._call(lambda: self._redis.hset(self._key("counters"), counter, value))
+
+    def counters(self) -> dict[str, int]:
+        raw = self._call(lambda: self._redis.hgetall(self._key("counters")))
+        return {
+            name.decode() if isinstance(name, bytes) else str(name): int(value)
+            for name, value in raw.items()
+            if int(value)
+        }
+
+    # -- connection slots: a field per worker, so a dead one can be given back ----------
+
+    def acquire_slot(self, name: str, limit: int, timeout_s: float) -> bool:
+        deadline = time.monotonic() + max(timeout_s, 0.0)
+        key = self._key("slots:" + name)
+        while True:
+            if self._call(lambda: self._take_slot(keys=[key], args=[limit, self._worker])):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(SLOT_POLL_S)
+
+    def release_slot(self, name: str) -> None:
+        self._call(lambda: self._redis.hincrby(self._key("slots:" + name), self._worker, -1))
+
+    def slots_in_use(self, name: str) -> int:
+        values = self._call(lambda: self._redis.hvals(self._key("slots:" + name)))
+        return sum(int(value) for value in values)
+
+    def release_worker(self, pid: int) -> None:
+        worker = f"{socket.gethostname()}:{pid}"
+        self._call(lambda: self._redis.hdel(self._key("slots:connections"), worker))
+
+    def reset(self) -> None:
+        def clear() -> None:
+            keys = list(self._redis.scan_iter(match=self._key("tat:*")))
+            self._redis.delete(self._key("counters"), *keys)
+
+        self._call(clear)

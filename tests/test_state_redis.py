@@ -1,0 +1,155 @@
+"""The Redis store, and gunicorn servers on different ports sharing one real Redis."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import requests
+from conftest import RedisServer, gunicorn_server, session
+
+from mockforge_wsgi.state import Bucket, StoreError, store_from_url
+from mockforge_wsgi.state.redis_store import RedisStore
+
+pytestmark = pytest.mark.server
+
+
+def test_store_basics(redis_server: RedisServer) -> None:
+    store = store_from_url(redis_server.url)
+    assert isinstance(store, RedisStore)
+    assert store.load_state() == (0, None)
+    assert store.save_state({"enabled": True}) == 1
+    assert store.load_state() == (1, {"enabled": True})
+    assert store.incr("latency", 2) == 2
+    store.set_counter("pattern_requests", 0)
+    assert store.counters() == {"latency": 2}
+    assert store.acquire_slot("connections", 1, 0)
+    assert not store.acquire_slot("connections", 1, 0.01)
+    store.release_slot("connections")
+    assert store.slots_in_use("connections") == 0
+    store.reset()
+    assert store.counters() == {}
+
+
+def test_charges_are_all_or_nothing_on_server_time(redis_server: RedisServer) -> None:
+    store = store_from_url(redis_server.url)
+    levels = [Bucket("global", 1000.0, 5), Bucket("ip:a", 1000.0, 2)]
+    # `now` is ignored: the server's TIME is the clock, so host clocks cannot disagree.
+    outcomes = [store.acquire(levels, now=12345.0) for _ in range(3)]
+    assert [o.allowed for _, o in outcomes] == [True, True, False]
+    assert outcomes[2][0] == 1  # refused by the per-IP level
+    assert outcomes[0][1].remaining == 1
+    others = [store.acquire([levels[0], Bucket("ip:b", 1000.0, 5)], 0.0) for _ in range(4)]
+    assert [o.allowed for _, o in others] == [True, True, True, False]  # 5 - 2 left
+    assert store.tracked_keys() == 3
+
+
+def test_outage_fails_fast_and_recovers(redis_server: RedisServer) -> None:
+    store = store_from_url(redis_server.url)
+    assert isinstance(store, RedisStore)
+    store.incr("x")
+    redis_server.stop()
+    with pytest.raises(StoreError):
+        store.incr("x")
+    start = time.monotonic()
+    with pytest.raises(StoreError):
+        store.incr("x")  # while down: no socket wait
+    assert time.monotonic() - start < 0.05
+    assert store.outages == 1
+    redis_server.start()
+    time.sleep(0.6)  # past the retry pause
+    assert store.incr("x") == 1  # a fresh Redis: nothing persisted
+    assert not store.down
+
+
+def _hammer(urls: list[str], seconds: float, clients: int) -> tuple[Counter[int], float]:
+    statuses: Counter[int] = Counter()
+    lock = threading.Lock()
+    start = time.monotonic()
+    stop_at = start + seconds
+
+    def client(url: str) -> None:
+        mine: Counter[int] = Counter()
+        with session() as http:
+            for _ in range(100_000):  # bounded; the clock ends it first
+                if time.monotonic() >= stop_at:
+                    break
+                try:
+                    mine[http.get(url + "/api/test", timeout=10).status_code] += 1
+                except requests.RequestException:
+                    mine[0] += 1
+        with lock:
+            statuses.update(mine)
+
+    threads = [
+        threading.Thread(target=client, args=(urls[i % len(urls)],)) for i in range(clients)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return statuses, time.monotonic() - start
+
+
+def test_two_servers_share_one_scenario_and_one_limit(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    env = {
+        "MOCKFORGE_STORE": redis_server.url,
+        "MOCKFORGE_CHAOS_ENABLED": "true",
+        "MOCKFORGE_CHAOS_RATE_LIMIT_ENABLED": "true",
+        "MOCKFORGE_CHAOS_RATE_LIMIT_REQUESTS_PER_SECOND": "20",
+        "MOCKFORGE_CHAOS_RATE_LIMIT_BURST_SIZE": "5",
+    }
+    common = {"app": "mockforge_wsgi.app:app", "workers": 2, "worker_class": "gthread", "env": env}
+    with (
+        gunicorn_server(tmp_path / "a", **common) as first,  # type: ignore[arg-type]
+        gunicorn_server(tmp_path / "b", **common) as second,  # type: ignore[arg-type]
+        session() as http,
+    ):
+        statuses, elapsed = _hammer([first.url, second.url], 3.0, 8)
+        expected = 5 + 20 * elapsed
+        assert set(statuses) <= {200, 429}, statuses
+        assert abs(statuses[200] - expected) <= 0.05 * expected, (statuses, elapsed)
+
+        http.post(first.url + "/api/chaos/scenarios/slow_backend", timeout=10).raise_for_status()
+        deadline = time.monotonic() + 5
+        seen = None
+        while time.monotonic() < deadline:
+            seen = http.get(second.url + "/api/chaos/status", timeout=10).json()["active_scenario"]
+            if seen:
+                break
+            time.sleep(0.05)
+        assert seen is not None
+        assert seen["name"] == "slow_backend"
+
+
+def test_redis_stopping_under_load_gives_no_500s(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    env = {
+        "MOCKFORGE_STORE": redis_server.url,
+        "MOCKFORGE_CHAOS_ENABLED": "true",
+        "MOCKFORGE_CHAOS_RATE_LIMIT_ENABLED": "true",
+        "MOCKFORGE_CHAOS_RATE_LIMIT_REQUESTS_PER_SECOND": "5",
+        "MOCKFORGE_CHAOS_RATE_LIMIT_BURST_SIZE": "5",
+    }
+    with gunicorn_server(
+        tmp_path / "a", app="mockforge_wsgi.app:app", workers=2, worker_class="gthread", env=env
+    ) as server:
+        before, _ = _hammer([server.url], 1.0, 4)
+        assert before[429] > 0  # the shared limit works
+        redis_server.stop()
+        during, _ = _hammer([server.url], 1.0, 4)
+        assert set(during) == {200}, during  # fail open: served unharmed, no 500s
+        redis_server.start()
+        time.sleep(1.5)  # past the retry pause of every worker
+        after, _ = _hammer([server.url], 1.5, 4)
+        assert after[429] > 0, after  # shared limits are back without a restart
+        assert set(after) <= {200, 429}
+    log = server.log()
+    assert "unreachable" in log
+    assert "reachable again" in log
