@@ -21,7 +21,7 @@ from gunicorn.util import import_app
 
 from .config import ChaosConfig, ConfigError
 from .scenarios import BUILTIN_SCENARIOS, Scenario, UnknownScenario, load_scenarios
-from .state import STORE_ENV, EmbeddedStore, store_from_url
+from .state import STORE_ENV, EmbeddedStore, MemoryStore, Store, store_from_url
 
 ADMIN_TOKEN_ENV = "MOCKFORGE_ADMIN_TOKEN"
 DEFAULT_URL = "http://127.0.0.1:3000"
@@ -272,7 +272,8 @@ def serve(
             admin_token=admin_token,
         )
 
-    store = f"shared store {shared.path.parent}" if shared is not None else "in-process store"
+    url = os.environ.get(STORE_ENV, "")
+    store = f"shared store {url}" if shared is not None else "in-process store"
     click.echo(
         f"mockforge: serving on http://{host}:{port} ({workers} {worker_class} worker(s), "
         f"{store}, chaos {'on' if startup.enabled else 'off'}; management API at /api/chaos)",
@@ -281,20 +282,21 @@ def serve(
     try:
         _Server(factory, options).run()
     finally:
-        if shared is not None and os.environ.get(STORE_ENV, "").endswith(_OWN_STORE_MARK):
-            shutil.rmtree(shared.path.parent, ignore_errors=True)
+        if url.endswith(_OWN_STORE_MARK):
+            shutil.rmtree(url.removeprefix("file://"), ignore_errors=True)
 
 
 _OWN_STORE_MARK = "-mockforge-store"
 
 
-def _shared_store(workers: int) -> EmbeddedStore | None:
-    """With several workers, one embedded store in a fresh directory (unless
-    MOCKFORGE_STORE names one), so every worker sees the same state and limits."""
+def _shared_store(workers: int) -> Store | None:
+    """The store the workers share: the one MOCKFORGE_STORE names, or with several
+    workers an embedded store in a fresh directory, so every worker sees the same state
+    and limits. None when each worker keeps its own memory (one worker)."""
     url = os.environ.get(STORE_ENV)
     if url:
         store = store_from_url(url)
-        return store if isinstance(store, EmbeddedStore) else None
+        return None if isinstance(store, MemoryStore) else store
     if workers == 1:
         return None
     directory = tempfile.mkdtemp(suffix=_OWN_STORE_MARK)

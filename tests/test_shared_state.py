@@ -162,3 +162,64 @@ def test_killing_a_worker_under_load(tmp_path: Path) -> None:
         assert http.get(api + "/stats", timeout=10).json()["connections_in_use"] == 0
     assert outcomes["200"] > 0
     assert set(outcomes) <= {"200", "ConnectionError", "ChunkedEncodingError"}, outcomes
+
+
+def test_a_per_ip_limit_holds_across_workers(tmp_path: Path) -> None:
+    env = {
+        "MOCKFORGE_CHAOS_ENABLED": "true",
+        "MOCKFORGE_CHAOS_RATE_LIMIT_ENABLED": "true",
+        "MOCKFORGE_CHAOS_RATE_LIMIT_GLOBAL_LIMIT": "false",
+        "MOCKFORGE_CHAOS_RATE_LIMIT_PER_IP": "true",
+        "MOCKFORGE_CHAOS_RATE_LIMIT_PER_IP_REQUESTS_PER_SECOND": "20",
+        "MOCKFORGE_CHAOS_RATE_LIMIT_PER_IP_BURST_SIZE": "5",
+    }
+    with _servers(tmp_path, "mockforge serve", env) as server:
+        statuses: Counter[int] = Counter()
+        lock = threading.Lock()
+        start = time.monotonic()
+        stop_at = start + 3.0
+
+        def client() -> None:
+            mine: Counter[int] = Counter()
+            with session() as http:  # every client is 127.0.0.1: one per-IP bucket
+                for _ in range(100_000):
+                    if time.monotonic() >= stop_at:
+                        break
+                    mine[http.get(server.url + "/api/test", timeout=10).status_code] += 1
+            with lock:
+                statuses.update(mine)
+
+        threads = [threading.Thread(target=client) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        elapsed = time.monotonic() - start
+    expected = 5 + 20 * elapsed
+    assert set(statuses) <= {200, 429}
+    assert abs(statuses[200] - expected) <= 0.05 * expected, (statuses, elapsed)
+
+
+def test_a_connection_limit_holds_across_workers(tmp_path: Path) -> None:
+    env = {
+        "MOCKFORGE_CHAOS_ENABLED": "true",
+        "MOCKFORGE_CHAOS_LATENCY_ENABLED": "true",
+        "MOCKFORGE_CHAOS_LATENCY_FIXED_DELAY_MS": "1000",
+        "MOCKFORGE_CHAOS_TRAFFIC_SHAPING_ENABLED": "true",
+        "MOCKFORGE_CHAOS_TRAFFIC_SHAPING_MAX_CONNECTIONS": "2",
+    }
+    with (
+        _servers(tmp_path, "mockforge serve", env, worker_class="sync") as server,
+        session() as http,
+    ):
+        results = _concurrently(
+            4, 4, lambda fresh: fresh.get(server.url + "/api/test", timeout=10)
+        )
+        statuses = sorted(response.status_code for response in results)
+        # Per-worker limits would let all four through (one request per sync worker).
+        assert set(statuses) <= {200, 503}
+        assert statuses.count(503) >= 1, statuses
+        assert statuses.count(200) >= 2, statuses
+        assert (
+            http.get(server.url + "/api/chaos/stats", timeout=10).json()["connections_in_use"] == 0
+        )

@@ -39,6 +39,10 @@ class Store(abc.ABC):
     def release_slot(self, name: str) -> None:
         """Give back a slot taken with :meth:`acquire_slot`."""
 
+    def release_worker(self, pid: int) -> None:  # noqa: B027 (optional, empty by default)
+        """A worker process died: give back the connection slots it held (gunicorn's
+        ``child_exit``). Nothing to do for a store that lives inside that process."""
+
     @abc.abstractmethod
     def slots_in_use(self, name: str) -> int:
         """How many slots of ``name`` are taken now."""
