@@ -22,9 +22,10 @@ from .middleware import ChaosMiddleware
 from .mock_api import MockApp, parse_routes, route_rules
 from .scenarios import load_scenarios
 
-__all__ = ["CONFIG_ENV", "create_app"]
+__all__ = ["CONFIG_ENV", "METRICS_ENV", "create_app"]
 
 CONFIG_ENV = "MOCKFORGE_CONFIG"
+METRICS_ENV = "MOCKFORGE_METRICS"
 
 
 def create_app(
@@ -35,8 +36,10 @@ def create_app(
     wrap: Any = None,
     admin_token: str | None = None,
     environ: Mapping[str, str] | None = None,
-) -> ChaosMiddleware:
-    """The mock API (or ``wrap``, a WSGI app) in a ChaosMiddleware.
+    metrics: bool | None = None,
+) -> Any:
+    """The mock API (or ``wrap``, a WSGI app) in a ChaosMiddleware, and with ``metrics``
+    (default: ``MOCKFORGE_METRICS=1``) in a MetricsMiddleware serving ``/metrics``.
 
     Precedence: defaults < YAML < environment < ``overrides`` (CLI flags).
     Raises one ConfigError listing every problem of the file, environment and flags.
@@ -66,12 +69,19 @@ def create_app(
     extra_rules = route_rules(routes)
     if extra_rules:  # per-route chaos goes first: a route's own override wins
         config = attrs.evolve(config, rules=(*RULES.parse(extra_rules), *config.rules))
-    return ChaosMiddleware(
+    chaos = ChaosMiddleware(
         wrap if wrap is not None else MockApp(routes),
         config=config,
         scenarios=scenarios,
         admin_token=admin_token,
     )
+    if metrics is None:
+        metrics = environ.get(METRICS_ENV, "").lower() in ("1", "true", "yes")
+    if not metrics:
+        return chaos
+    from .metrics import MetricsMiddleware  # needs the `metrics` extra
+
+    return MetricsMiddleware(chaos)
 
 
 def _document(path: str | os.PathLike[str]) -> Mapping[str, Any]:

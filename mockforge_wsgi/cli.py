@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
 import math
 import os
@@ -19,6 +21,7 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.config import KNOWN_SETTINGS
 from gunicorn.util import import_app
 
+from .app import METRICS_ENV, create_app
 from .config import ChaosConfig, ConfigError
 from .scenarios import BUILTIN_SCENARIOS, Scenario, UnknownScenario, load_scenarios
 from .state import STORE_ENV, EmbeddedStore, MemoryStore, Store, store_from_url
@@ -28,6 +31,7 @@ DEFAULT_URL = "http://127.0.0.1:3000"
 # gunicorn's own default worker timeout; we only ever raise it.
 BASE_WORKER_TIMEOUT_S = 30
 DEFAULT_BURST = 10
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 @click.group()
@@ -195,6 +199,12 @@ def _import_app(spec: str) -> Any:
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error", "critical"]),
 )
+@click.option(
+    "--metrics", is_flag=True, help="Prometheus metrics at /metrics (the `metrics` extra)."
+)
+@click.option(
+    "--metrics-port", type=click.IntRange(1, 65535), help="Also serve /metrics on this port."
+)
 @click.option("--chaos", is_flag=True, help="Enable chaos.")
 @click.option("--chaos-scenario", metavar="NAME", help="Scenario active at start.")
 @click.option("--chaos-latency-ms", metavar="MS", help="Fixed delay.")
@@ -223,16 +233,17 @@ def serve(
     app_spec: str | None,
     admin_token: str | None,
     log_level: str,
+    metrics: bool,
+    metrics_port: int | None,
     **flags: Any,
 ) -> None:
     """Serve the mock API (or --app) wrapped in chaos, under gunicorn.
 
     Precedence: flags > MOCKFORGE_CHAOS_* environment > --config YAML > defaults.
     """
-    from .app import create_app
-
     overrides, sources = _flag_overrides(flags)
     wrapped = _import_app(app_spec) if app_spec else None
+    metrics = metrics or metrics_port is not None
     try:
         middleware = create_app(
             config_path,
@@ -240,6 +251,7 @@ def serve(
             override_sources=sources,
             wrap=wrapped,
             admin_token=admin_token,
+            metrics=False,  # checked here; the workers build their own
         )
     except ConfigError as error:
         raise click.UsageError(str(error)) from None
@@ -260,8 +272,10 @@ def serve(
         "timeout": worker_timeout(startup, custom),
         "loglevel": log_level,
     }
-    if shared is not None:
-        options["child_exit"] = lambda server, worker: shared.release_worker(worker.pid)
+    metrics_dir = _metrics_dir() if metrics else None
+    options["child_exit"] = functools.partial(_child_exit, shared, metrics_dir)
+    if metrics_port is not None:
+        options["when_ready"] = functools.partial(_serve_metrics_port, host, metrics_port)
 
     def factory() -> Any:
         return create_app(
@@ -270,6 +284,7 @@ def serve(
             override_sources=sources,
             wrap=_import_app(app_spec) if app_spec else None,
             admin_token=admin_token,
+            metrics=metrics,
         )
 
     url = os.environ.get(STORE_ENV, "")
@@ -284,6 +299,42 @@ def serve(
     finally:
         if url.endswith(_OWN_STORE_MARK):
             shutil.rmtree(url.removeprefix("file://"), ignore_errors=True)
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _metrics_dir() -> str:
+    """An empty directory for prometheus_client's multiprocess mode, set before any
+    worker imports it (workers are forked: they inherit the environment)."""
+    # Looked up, not imported: prometheus_client picks its value class at import time,
+    # which must come after the environment variable is set.
+    if importlib.util.find_spec("prometheus_client") is None:
+        raise click.UsageError(
+            "--metrics needs prometheus_client: pip install 'mockforge-wsgi[metrics]'"
+        )
+    directory = tempfile.mkdtemp(suffix="-mockforge-metrics")
+    os.environ[MULTIPROC_ENV] = directory
+    os.environ[METRICS_ENV] = "1"
+    return directory
+
+
+def _child_exit(shared: Store | None, metrics_dir: str | None, server: Any, worker: Any) -> None:
+    """gunicorn hook: a worker died; give back its slots, retire its live gauges."""
+    if shared is not None:
+        shared.release_worker(worker.pid)
+    if metrics_dir is not None:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid, metrics_dir)  # type: ignore[no-untyped-call]
+
+
+def _serve_metrics_port(host: str, port: int, server: Any) -> None:
+    """gunicorn hook (master, when ready): the workers' metrics on a port of their own."""
+    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    start_http_server(port, addr=host, registry=registry)
 
 
 _OWN_STORE_MARK = "-mockforge-store"
@@ -434,10 +485,8 @@ def scenarios(url: str) -> None:
 )
 def validate(file: str, with_env: bool) -> None:
     """Check a YAML config FILE (chaos, scenarios, routes); exit 1 listing every problem."""
-    from .app import create_app
-
     try:
-        middleware = create_app(file, environ=None if with_env else {})
+        middleware = create_app(file, environ=None if with_env else {}, metrics=False)
     except (ConfigError, UnknownScenario) as error:
         problems = error.problems if isinstance(error, ConfigError) else [f"scenario: {error}"]
         click.echo(str(ConfigError(problems)), err=True)

@@ -36,6 +36,7 @@ log = logging.getLogger("mockforge_wsgi")
 # The management API and metrics must stay reachable: a user can always turn chaos off.
 DEFAULT_EXEMPT_PATHS = (DEFAULT_API_PREFIX, "/metrics")
 CONNECTION_SLOTS = "connections"
+CONNECTION_LIMITED_KEY = "mockforge.connection_limited"  # for metrics: decided at apply
 DEBUG_HEADERS_ENV = "MOCKFORGE_DEBUG_HEADERS"
 WORKER_HEADER = "X-Mockforge-Worker"
 
@@ -206,6 +207,7 @@ class ChaosMiddleware:
             CONNECTION_SLOTS, shaping.max_connections, shaping.queue_timeout_ms / 1000.0
         ):
             self.store.incr("connection_limited")
+            environ[CONNECTION_LIMITED_KEY] = True
             return _render_busy(start_response, headers)
         release = functools.partial(self.store.release_slot, CONNECTION_SLOTS)
         try:

@@ -77,6 +77,28 @@ class Plan:
             events.append("connection_timeout")
         return events
 
+    def injections(self) -> list[tuple[str, str]]:
+        """(type, detail) of each injection, as metrics and logs name them."""
+        if self.refused:
+            assert self.rate_limit is not None
+            return [("rate_limited", self.rate_limit.level)]
+        found = []
+        shaping = self.shaping
+        if shaping is not None:
+            if shaping.drop:
+                return [("request_dropped", "")]
+            if shaping.bandwidth_bps:
+                found.append(("bandwidth_throttled", str(shaping.bandwidth_bps)))
+            if shaping.loss_percent:
+                found.append(("packet_loss", f"{shaping.loss_percent:g}%"))
+        if self.delay_ms is not None:
+            found.append(("latency", ""))
+        fault = self.fault
+        if fault is not None:
+            kind = {"connection_error": "connection_reset"}.get(fault.kind, fault.kind)
+            found.append((kind, str(fault.status) if fault.kind == "http_error" else ""))
+        return found
+
     def response_headers(self, expose_rate_limit: bool = True) -> list[tuple[str, str]]:
         """Headers added to the response: the annotation, and RateLimit-* when exposed
         (always on a refusal)."""

@@ -1,0 +1,185 @@
+"""Prometheus metrics: what was asked for, what was answered, and what was injected.
+
+``MetricsMiddleware`` wraps the chaos middleware (outside it, so injected latency is in
+the measured duration) and serves ``/metrics``. Needs the ``metrics`` extra. Under
+several gunicorn workers set ``PROMETHEUS_MULTIPROC_DIR`` to an empty directory before
+the workers start (``mockforge serve --metrics`` does); ``/metrics`` then sums every
+worker's values.
+
+Usage::
+
+    app = MetricsMiddleware(ChaosMiddleware(app, config=config))
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from .middleware import CONNECTION_LIMITED_KEY
+from .plan import PLAN_ENVIRON_KEY, Plan
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+    from .scenarios import ScenarioEngine
+
+__all__ = ["CONNECTION_LIMITED_KEY", "ChaosMetrics", "MetricsMiddleware"]
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class ChaosMetrics:
+    """The metric families, on their own registry (or the multiprocess files)."""
+
+    def __init__(self, engine: ScenarioEngine | None = None) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+
+        self.engine = engine
+        self.registry = CollectorRegistry(auto_describe=True)
+        # In multiprocess mode values live in files; this registry only defines them.
+        self.requests = Counter(
+            "mockforge_http_requests",
+            "HTTP requests answered",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "mockforge_http_request_duration_seconds",
+            "Time from request to the end of the response, injected chaos included",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.injections = Counter(
+            "mockforge_chaos_injections",
+            "Chaos injected, by type and detail",
+            ["type", "detail"],
+            registry=self.registry,
+        )
+        self.injected_latency = Histogram(
+            "mockforge_chaos_injected_latency_seconds",
+            "Latency injected per delayed request",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+    def observe(self, environ: WSGIEnvironment, route: str, status: str, seconds: float) -> None:
+        method = str(environ.get("REQUEST_METHOD", "GET"))
+        self.requests.labels(method, route, status).inc()
+        self.duration.labels(method, route).observe(seconds)
+        plan = environ.get(PLAN_ENVIRON_KEY)
+        if isinstance(plan, Plan):
+            for kind, detail in plan.injections():
+                self.injections.labels(kind, detail).inc()
+            if plan.delay_ms is not None:
+                self.injected_latency.observe(plan.delay_ms / 1000.0)
+        if environ.get(CONNECTION_LIMITED_KEY):
+            self.injections.labels("connection_limited", "").inc()
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The text format: every worker's values in multiprocess mode, plus the gauges."""
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+        from prometheus_client.core import GaugeMetricFamily
+
+        registry = self.registry
+        if os.environ.get(MULTIPROC_ENV):
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        text = generate_latest(registry)
+        if self.engine is not None:
+            status = self.engine.status()
+            enabled = GaugeMetricFamily(
+                "mockforge_chaos_enabled", "1 when chaos is on", value=int(status["enabled"])
+            )
+            active = GaugeMetricFamily(
+                "mockforge_chaos_active_scenario", "1 for the active scenario", labels=["name"]
+            )
+            if status["active_scenario"]:
+                active.add_metric([status["active_scenario"]["name"]], 1)
+            gauges = CollectorRegistry()
+            gauges.register(_Fixed([enabled, active]))
+            text += generate_latest(gauges)
+        return text, CONTENT_TYPE_LATEST
+
+
+class _Fixed:
+    def __init__(self, families: list[Any]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Any]:
+        return iter(self.families)
+
+
+class MetricsMiddleware:
+    """Counts and times every response, and serves ``path`` (default ``/metrics``)."""
+
+    def __init__(
+        self,
+        app: WSGIApplication,
+        metrics: ChaosMetrics | None = None,
+        *,
+        path: str = "/metrics",
+        route_for: Callable[[WSGIEnvironment], str] | None = None,
+    ) -> None:
+        self.app = app
+        engine = getattr(app, "engine", None)
+        self.metrics = metrics if metrics is not None else ChaosMetrics(engine)
+        self.path = path
+        self.route_for = route_for or getattr(app, "route_for", None) or _path_of
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == self.path:
+            text, content_type = self.metrics.exposition()
+            start_response(
+                "200 OK", [("Content-Type", content_type), ("Content-Length", str(len(text)))]
+            )
+            return [text]
+        started = time.perf_counter()
+        status = ["000"]
+
+        def record_status(code: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            status[0] = code[:3]
+            return start_response(code, headers, exc_info)
+
+        def done() -> None:
+            route = self.route_for(environ)
+            self.metrics.observe(environ, route, status[0], time.perf_counter() - started)
+
+        try:
+            body = self.app(environ, record_status)
+        except BaseException:
+            status[0] = "000"  # no answer: a reset, a drop, a cut
+            done()
+            raise
+        return _Observed(body, done)
+
+
+class _Observed:
+    """The app's body; ``close()`` closes it, then records the finished request once."""
+
+    def __init__(self, inner: Iterable[bytes], done: Callable[[], None]) -> None:
+        self._inner = inner
+        self._done: Callable[[], None] | None = done
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._inner)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._inner, "close", None)
+            if close is not None:
+                close()
+        finally:
+            done, self._done = self._done, None
+            if done is not None:
+                done()
+
+
+def _path_of(environ: WSGIEnvironment) -> str:
+    return str(environ.get("PATH_INFO") or "/")

@@ -1,0 +1,104 @@
+"""Prometheus metrics: exact counts in process and across four gunicorn workers."""
+
+from __future__ import annotations
+
+import re
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from conftest import mockforge_serve, session
+from test_shared_state import _concurrently
+from werkzeug.test import Client
+
+from mockforge_wsgi import ChaosMiddleware, load_config
+from mockforge_wsgi.metrics import MetricsMiddleware
+
+
+def hello(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")])
+    return [b"hello"]
+
+
+def sample(text: str, metric: str, **labels: str) -> float:
+    """The value of one sample in the text format (0 when absent)."""
+    for line in text.splitlines():
+        if not line.startswith(metric + "{") and not line.startswith(metric + " "):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split(" ")[0]))
+        if all(found.get(key) == value for key, value in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_counts_in_process() -> None:
+    config = load_config(
+        environ={},
+        overrides={
+            "enabled": True,
+            "latency": {"enabled": True, "fixed_delay_ms": 1},
+            "fault_injection": {
+                "enabled": True,
+                "http_errors": [503],
+                "pattern": "fail_first:3:503",
+            },
+        },
+    )
+    client = Client(MetricsMiddleware(ChaosMiddleware(hello, config=config)))
+    statuses = [client.get("/x", buffered=True).status_code for _ in range(5)]
+    assert statuses == [503, 503, 503, 200, 200]
+    text = client.get("/metrics").get_data(as_text=True)
+    assert sample(text, "mockforge_http_requests_total", route="/x", status="503") == 3
+    assert sample(text, "mockforge_http_requests_total", route="/x", status="200") == 2
+    assert sample(text, "mockforge_chaos_injections_total", type="http_error", detail="503") == 3
+    assert sample(text, "mockforge_chaos_injections_total", type="latency") == 5
+    assert sample(text, "mockforge_chaos_injected_latency_seconds_count") == 5
+    assert sample(text, "mockforge_chaos_enabled") == 1
+    assert sample(text, "mockforge_http_request_duration_seconds_count", route="/x") == 5
+
+
+@pytest.mark.server
+def test_exact_counts_across_four_workers(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        metrics_port = probe.getsockname()[1]
+    args = (
+        "--metrics",
+        "--metrics-port",
+        str(metrics_port),
+        "--workers",
+        "4",
+        "--worker-class",
+        "sync",
+    )
+    with (
+        mockforge_serve(tmp_path, *args, env={"MOCKFORGE_DEBUG_HEADERS": "1"}) as server,
+        session() as http,
+    ):
+        api = server.url + "/api/chaos"
+        http.post(api + "/enable", timeout=10).raise_for_status()
+        faults = {"enabled": True, "http_errors": [502], "http_error_probability": 1.0}
+        http.put(api + "/config/faults", json=faults, timeout=10).raise_for_status()
+        http.put(api + "/config/latency", json={"enabled": True, "fixed_delay_ms": 20}, timeout=10)
+        http.post(api + "/scenarios", json={"name": "mine", "fault_injection": faults}, timeout=10)
+        http.post(api + "/scenarios/mine", timeout=10).raise_for_status()
+
+        results = _concurrently(
+            40, 8, lambda fresh: fresh.get(server.url + "/api/test", timeout=10)
+        )
+        assert [r.status_code for r in results] == [502] * 40
+        workers = {r.headers["X-Mockforge-Worker"] for r in results}
+        assert len(workers) >= 2
+        text = http.get(server.url + "/metrics", timeout=10).text
+        assert (
+            sample(text, "mockforge_chaos_injections_total", type="http_error", detail="502") == 40
+        )
+        assert sample(text, "mockforge_http_requests_total", route="/api/test", status="502") == 40
+        assert sample(text, "mockforge_chaos_active_scenario", name="mine") == 1
+        on_port = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+        assert (
+            sample(on_port, "mockforge_chaos_injections_total", type="http_error", detail="502")
+            == 40
+        )
