@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 ANNOTATION_HEADER = "X-Mockforge-Chaos"
+REQUEST_ID_HEADER = "X-Mockforge-Request-Id"
+# The request id shared by the response header, the log lines and the recorder.
+REQUEST_ID_KEY = "mockforge.request_id"
 
 
 def add_annotation(headers: list[tuple[str, str]], part: str) -> list[tuple[str, str]]:

@@ -22,10 +22,11 @@ from .middleware import ChaosMiddleware
 from .mock_api import MockApp, parse_routes, route_rules
 from .scenarios import load_scenarios
 
-__all__ = ["CONFIG_ENV", "METRICS_ENV", "create_app"]
+__all__ = ["CONFIG_ENV", "METRICS_ENV", "RECORDER_ENV", "create_app"]
 
 CONFIG_ENV = "MOCKFORGE_CONFIG"
 METRICS_ENV = "MOCKFORGE_METRICS"
+RECORDER_ENV = "MOCKFORGE_RECORDER_DB"
 
 
 def create_app(
@@ -37,9 +38,11 @@ def create_app(
     admin_token: str | None = None,
     environ: Mapping[str, str] | None = None,
     metrics: bool | None = None,
+    recorder_db: str | os.PathLike[str] | None = None,
 ) -> Any:
-    """The mock API (or ``wrap``, a WSGI app) in a ChaosMiddleware, and with ``metrics``
-    (default: ``MOCKFORGE_METRICS=1``) in a MetricsMiddleware serving ``/metrics``.
+    """The mock API (or ``wrap``, a WSGI app) in a ChaosMiddleware; with ``recorder_db``
+    (or ``MOCKFORGE_RECORDER_DB``) in a RecorderMiddleware; with ``metrics`` (default:
+    ``MOCKFORGE_METRICS=1``) in a MetricsMiddleware serving ``/metrics``.
 
     Precedence: defaults < YAML < environment < ``overrides`` (CLI flags).
     Raises one ConfigError listing every problem of the file, environment and flags.
@@ -75,13 +78,19 @@ def create_app(
         scenarios=scenarios,
         admin_token=admin_token,
     )
+    app: Any = chaos
+    recorder_db = recorder_db or environ.get(RECORDER_ENV) or None
+    if recorder_db is not None:
+        from .recorder import Recorder, RecorderMiddleware
+
+        app = RecorderMiddleware(app, Recorder(recorder_db))
     if metrics is None:
         metrics = environ.get(METRICS_ENV, "").lower() in ("1", "true", "yes")
-    if not metrics:
-        return chaos
-    from .metrics import MetricsMiddleware  # needs the `metrics` extra
+    if metrics:
+        from .metrics import MetricsMiddleware  # needs the `metrics` extra
 
-    return MetricsMiddleware(chaos)
+        app = MetricsMiddleware(app, route_for=chaos.route_for, engine=chaos.engine)
+    return app
 
 
 def _document(path: str | os.PathLike[str]) -> Mapping[str, Any]:

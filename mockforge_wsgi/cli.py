@@ -205,6 +205,12 @@ def _import_app(spec: str) -> Any:
 @click.option(
     "--metrics-port", type=click.IntRange(1, 65535), help="Also serve /metrics on this port."
 )
+@click.option("--recorder", is_flag=True, help="Record every request (SQLite).")
+@click.option(
+    "--recorder-db",
+    type=click.Path(dir_okay=False),
+    help="Recorder database [mockforge-recorder.db].",
+)
 @click.option("--chaos", is_flag=True, help="Enable chaos.")
 @click.option("--chaos-scenario", metavar="NAME", help="Scenario active at start.")
 @click.option("--chaos-latency-ms", metavar="MS", help="Fixed delay.")
@@ -235,6 +241,8 @@ def serve(
     log_level: str,
     metrics: bool,
     metrics_port: int | None,
+    recorder: bool,
+    recorder_db: str | None,
     **flags: Any,
 ) -> None:
     """Serve the mock API (or --app) wrapped in chaos, under gunicorn.
@@ -244,6 +252,8 @@ def serve(
     overrides, sources = _flag_overrides(flags)
     wrapped = _import_app(app_spec) if app_spec else None
     metrics = metrics or metrics_port is not None
+    if recorder or recorder_db:
+        recorder_db = os.path.abspath(recorder_db or "mockforge-recorder.db")
     try:
         middleware = create_app(
             config_path,
@@ -285,6 +295,7 @@ def serve(
             wrap=_import_app(app_spec) if app_spec else None,
             admin_token=admin_token,
             metrics=metrics,
+            recorder_db=recorder_db,
         )
 
     url = os.environ.get(STORE_ENV, "")

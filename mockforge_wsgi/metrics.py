@@ -14,10 +14,10 @@ Usage::
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from ._observe import observe
 from .middleware import CONNECTION_LIMITED_KEY
 from .plan import PLAN_ENVIRON_KEY, Plan
 
@@ -126,9 +126,10 @@ class MetricsMiddleware:
         *,
         path: str = "/metrics",
         route_for: Callable[[WSGIEnvironment], str] | None = None,
+        engine: ScenarioEngine | None = None,
     ) -> None:
         self.app = app
-        engine = getattr(app, "engine", None)
+        engine = engine if engine is not None else getattr(app, "engine", None)
         self.metrics = metrics if metrics is not None else ChaosMetrics(engine)
         self.path = path
         self.route_for = route_for or getattr(app, "route_for", None) or _path_of
@@ -140,45 +141,10 @@ class MetricsMiddleware:
                 "200 OK", [("Content-Type", content_type), ("Content-Length", str(len(text)))]
             )
             return [text]
-        started = time.perf_counter()
-        status = ["000"]
+        return observe(self.app, environ, start_response, self._done)
 
-        def record_status(code: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            status[0] = code[:3]
-            return start_response(code, headers, exc_info)
-
-        def done() -> None:
-            route = self.route_for(environ)
-            self.metrics.observe(environ, route, status[0], time.perf_counter() - started)
-
-        try:
-            body = self.app(environ, record_status)
-        except BaseException:
-            status[0] = "000"  # no answer: a reset, a drop, a cut
-            done()
-            raise
-        return _Observed(body, done)
-
-
-class _Observed:
-    """The app's body; ``close()`` closes it, then records the finished request once."""
-
-    def __init__(self, inner: Iterable[bytes], done: Callable[[], None]) -> None:
-        self._inner = inner
-        self._done: Callable[[], None] | None = done
-
-    def __iter__(self) -> Iterator[bytes]:
-        return iter(self._inner)
-
-    def close(self) -> None:
-        try:
-            close = getattr(self._inner, "close", None)
-            if close is not None:
-                close()
-        finally:
-            done, self._done = self._done, None
-            if done is not None:
-                done()
+    def _done(self, environ: WSGIEnvironment, status: str, seconds: float) -> None:
+        self.metrics.observe(environ, self.route_for(environ), status, seconds)
 
 
 def _path_of(environ: WSGIEnvironment) -> str:

@@ -8,13 +8,14 @@ import logging
 import os
 import random
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, RequestRedirect
 
-from ._headers import add_annotation
+from ._headers import REQUEST_ID_HEADER, REQUEST_ID_KEY, add_annotation
 from .api import DEFAULT_PREFIX as DEFAULT_API_PREFIX
 from .api import create_management_app
 from .config import ChaosConfig, apply_rule
@@ -144,6 +145,17 @@ class ChaosMiddleware:
         environ[PLAN_ENVIRON_KEY] = plan
         if plan is NO_CHAOS:
             return self.app(environ, start_response)
+        request_id = environ.setdefault(REQUEST_ID_KEY, uuid.uuid4().hex[:16])
+        if log.isEnabledFor(logging.INFO):
+            for kind, detail in plan.injections():
+                log.info(
+                    "chaos injected request_id=%s type=%s detail=%s method=%s path=%s",
+                    request_id,
+                    kind,
+                    detail,
+                    environ.get("REQUEST_METHOD"),
+                    path,
+                )
         return self._apply(plan, config, environ, start_response, started)
 
     def _is_api(self, path: str) -> bool:
@@ -191,6 +203,7 @@ class ChaosMiddleware:
         started: float,
     ) -> Iterable[bytes]:
         headers = plan.response_headers(config.rate_limit.expose_headers)
+        headers.append((REQUEST_ID_HEADER, environ[REQUEST_ID_KEY]))
         if self.debug_headers:  # the pid at request time: workers fork after __init__
             headers = [*headers, (WORKER_HEADER, str(os.getpid()))]
         if plan.refused:

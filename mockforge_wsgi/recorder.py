@@ -1,0 +1,286 @@
+"""The request recorder: one SQLite row per request, with what the Plan injected.
+
+Requests only put a tuple on a queue; a background thread per process writes them in
+batches (SQLite in WAL mode, so several worker processes can share one file), and keeps
+the table under ``max_rows``. ``RecorderMiddleware`` records and serves the search API::
+
+    POST /api/recorder/search  {"status_code": 500, "path_prefix": "/api", "fault_type":
+                                "http_error", "method": "GET", "since": 1.7e9, "until": ...,
+                                "limit": 100, "offset": 0}
+    GET  /api/recorder/export?format=jsonl|csv
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import queue
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ._headers import REQUEST_ID_KEY
+from ._observe import observe
+from .plan import PLAN_ENVIRON_KEY, Plan
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+__all__ = ["REQUEST_ID_KEY", "Recorder", "RecorderMiddleware"]
+
+COLUMNS = (
+    "time",
+    "request_id",
+    "method",
+    "path",
+    "status",
+    "duration_ms",
+    "client",
+    "worker",
+    "fault_type",
+    "latency_ms",
+    "injected",
+)
+BATCH = 500
+FLUSH_EVERY_S = 0.2
+MAX_LIMIT = 1000
+FILTERS = (
+    "status_code",
+    "path_prefix",
+    "method",
+    "fault_type",
+    "since",
+    "until",
+    "limit",
+    "offset",
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time REAL NOT NULL, request_id TEXT NOT NULL, method TEXT NOT NULL, path TEXT NOT NULL,
+    status INTEGER NOT NULL, duration_ms REAL NOT NULL, client TEXT, worker INTEGER,
+    fault_type TEXT, latency_ms REAL, injected TEXT
+);
+CREATE INDEX IF NOT EXISTS requests_time ON requests (time);
+CREATE INDEX IF NOT EXISTS requests_status ON requests (status);
+"""
+
+
+class Recorder:
+    """Buffers request rows and writes them to SQLite from a background thread."""
+
+    def __init__(self, path: str | os.PathLike[str], *, max_rows: int = 100_000) -> None:
+        self.path = Path(path)
+        self.max_rows = max_rows
+        self._queue: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._write_lock = threading.Lock()
+        self._pid = 0
+        with self._connect() as connection:
+            connection.executescript(_SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(self.path, timeout=10, isolation_level=None)
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")
+        return connection
+
+    def record(self, row: tuple[Any, ...]) -> None:
+        """Queue one row (``COLUMNS`` order); cheap, never blocks on the database."""
+        if self._pid != os.getpid():  # first row in this process (workers fork)
+            self._start()
+        self._queue.put(row)
+
+    def _start(self) -> None:
+        with self._write_lock:
+            if self._pid == os.getpid():
+                return
+            self._pid = os.getpid()
+            threading.Thread(
+                target=self._drain_forever, name="mockforge-recorder", daemon=True
+            ).start()
+
+    def _drain_forever(self) -> None:
+        while True:
+            time.sleep(FLUSH_EVERY_S)
+            self.flush()
+
+    def flush(self) -> int:
+        """Write every queued row now; returns how many."""
+        rows: list[tuple[Any, ...]] = []
+        with self._write_lock:
+            while True:
+                try:
+                    rows.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            if not rows:
+                return 0
+            placeholders = ", ".join("?" * len(COLUMNS))
+            with self._connect() as connection:
+                for start in range(0, len(rows), BATCH):
+                    connection.executemany(
+                        f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({placeholders})",
+                        rows[start : start + BATCH],
+                    )
+                connection.execute(
+                    "DELETE FROM requests WHERE id <= (SELECT MAX(id) FROM requests) - ?",
+                    (self.max_rows,),
+                )
+            connection.close()
+        return len(rows)
+
+    def search(self, filters: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Rows matching ``filters`` (see the module docstring), newest first."""
+        self.flush()
+        where: list[str] = []
+        args: list[Any] = []
+        if filters.get("status_code") is not None:
+            where.append("status = ?")
+            args.append(int(filters["status_code"]))
+        if filters.get("path_prefix"):
+            where.append("substr(path, 1, ?) = ?")
+            args += [len(filters["path_prefix"]), filters["path_prefix"]]
+        if filters.get("method"):
+            where.append("method = ?")
+            args.append(str(filters["method"]).upper())
+        if filters.get("fault_type"):
+            where.append("fault_type = ?")
+            args.append(filters["fault_type"])
+        if filters.get("since") is not None:
+            where.append("time >= ?")
+            args.append(float(filters["since"]))
+        if filters.get("until") is not None:
+            where.append("time <= ?")
+            args.append(float(filters["until"]))
+        sql = f"SELECT {', '.join(COLUMNS)} FROM requests"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id DESC LIMIT ? OFFSET ?"
+        args += [min(int(filters.get("limit", 100)), MAX_LIMIT), int(filters.get("offset", 0))]
+        with self._connect() as connection:
+            found = connection.execute(sql, args).fetchall()
+        connection.close()
+        return [dict(zip(COLUMNS, row, strict=True)) for row in found]
+
+
+def _filter_problems(filters: Any) -> list[str]:
+    if not isinstance(filters, Mapping):
+        return [f"body: {filters!r} is not a JSON object"]
+    problems = [
+        f"{key}: unknown filter; allowed: {', '.join(FILTERS)}"
+        for key in filters
+        if key not in FILTERS
+    ]
+    numbers = {"status_code": int, "since": float, "until": float, "limit": int, "offset": int}
+    for key, kind in numbers.items():
+        value = filters.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            problems.append(f"{key}: {value!r} is not a number")
+        elif value is not None and kind is int and (value < 0 or value != int(value)):
+            problems.append(f"{key}: {value!r} is not a whole number >= 0")
+    for key in ("path_prefix", "method", "fault_type"):
+        if filters.get(key) is not None and not isinstance(filters[key], str):
+            problems.append(f"{key}: {filters[key]!r} is not a string")
+    return problems
+
+
+class RecorderMiddleware:
+    """Records every request and serves ``/api/recorder/search`` and ``/export``."""
+
+    def __init__(
+        self, app: WSGIApplication, recorder: Recorder, *, prefix: str = "/api/recorder"
+    ) -> None:
+        self.app = app
+        self.recorder = recorder
+        self.prefix = prefix.rstrip("/")
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path.startswith(self.prefix + "/"):
+            return self._api(path[len(self.prefix) :], environ, start_response)
+        environ.setdefault(REQUEST_ID_KEY, uuid.uuid4().hex[:16])
+        return observe(self.app, environ, start_response, self._done)
+
+    def _done(self, environ: WSGIEnvironment, status: str, seconds: float) -> None:
+        plan = environ.get(PLAN_ENVIRON_KEY)
+        injected = plan.annotation() if isinstance(plan, Plan) else ""
+        kinds = [kind for kind, _ in plan.injections()] if isinstance(plan, Plan) else []
+        fault = next((k for k in kinds if k != "latency"), kinds[0] if kinds else None)
+        self.recorder.record(
+            (
+                time.time(),
+                environ.get(REQUEST_ID_KEY, ""),
+                environ.get("REQUEST_METHOD", "GET"),
+                environ.get("PATH_INFO", "/"),
+                int(status),
+                seconds * 1000.0,
+                environ.get("REMOTE_ADDR"),
+                os.getpid(),
+                fault,
+                plan.delay_ms if isinstance(plan, Plan) else None,
+                injected,
+            )
+        )
+
+    def _api(
+        self, route: str, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET")
+        if route == "/search" and method == "POST":
+            try:
+                length = int(environ.get("CONTENT_LENGTH") or 0)
+                raw = environ["wsgi.input"].read(length) if length else b"{}"
+                filters = json.loads(raw or b"{}")
+            except ValueError as error:
+                return _answer(
+                    start_response,
+                    400,
+                    {"error": "invalid request", "problems": [f"body: not valid JSON ({error})"]},
+                )
+            problems = _filter_problems(filters)
+            if problems:
+                return _answer(
+                    start_response, 400, {"error": "invalid request", "problems": problems}
+                )
+            rows = self.recorder.search(filters)
+            return _answer(start_response, 200, {"count": len(rows), "requests": rows})
+        if route == "/export" and method == "GET":
+            query = dict(
+                part.split("=", 1)
+                for part in environ.get("QUERY_STRING", "").split("&")
+                if "=" in part
+            )
+            rows = self.recorder.search({"limit": MAX_LIMIT})
+            if query.get("format") == "csv":
+                buffer = io.StringIO()
+                writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
+                writer.writeheader()
+                writer.writerows(rows)
+                return _text(start_response, buffer.getvalue(), "text/csv; charset=utf-8")
+            lines = "".join(json.dumps(row) + "\n" for row in rows)
+            return _text(start_response, lines, "application/x-ndjson")
+        return _answer(
+            start_response, 404, {"error": "not found", "problems": [f"path: {route!r}"]}
+        )
+
+
+def _answer(start_response: StartResponse, status: int, data: Any) -> Iterable[bytes]:
+    reasons = {200: "OK", 400: "Bad Request", 404: "Not Found"}
+    return _text(
+        start_response, json.dumps(data), "application/json", f"{status} {reasons[status]}"
+    )
+
+
+def _text(
+    start_response: StartResponse, text: str, content_type: str, status: str = "200 OK"
+) -> Iterable[bytes]:
+    body = text.encode()
+    start_response(status, [("Content-Type", content_type), ("Content-Length", str(len(body)))])
+    return [body]

@@ -1,0 +1,113 @@
+"""The request recorder: rows for what was injected, search, export, several workers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import mockforge_serve, session
+from test_shared_state import _concurrently
+from werkzeug.test import Client
+
+from mockforge_wsgi import ChaosMiddleware, load_config
+from mockforge_wsgi.recorder import Recorder, RecorderMiddleware
+
+
+def hello(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")])
+    return [b"hello"]
+
+
+def recorded(tmp_path: Path, **overrides: Any) -> tuple[Client, Recorder]:
+    config = load_config(environ={}, overrides={"enabled": True, **overrides})
+    recorder = Recorder(tmp_path / "chaos.db")
+    return Client(RecorderMiddleware(ChaosMiddleware(hello, config=config), recorder)), recorder
+
+
+def search(client: Client, **filters: Any) -> Any:
+    return client.post("/api/recorder/search", data=json.dumps(filters)).get_json()
+
+
+def test_rows_say_what_was_injected(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    client, _ = recorded(
+        tmp_path,
+        latency={"enabled": True, "fixed_delay_ms": 1},
+        fault_injection={"enabled": True, "pattern": "fail_first:2:500"},
+    )
+    with caplog.at_level(logging.INFO, logger="mockforge_wsgi"):
+        responses = [client.get("/api/test", buffered=True) for _ in range(5)]
+        client.post("/other", buffered=True)
+    assert [r.status_code for r in responses] == [500, 500, 200, 200, 200]
+    failed = search(client, status_code=500)
+    assert failed["count"] == 2
+    row = failed["requests"][0]
+    assert (row["method"], row["path"], row["fault_type"]) == ("GET", "/api/test", "http_error")
+    assert row["injected"] == "latency=1ms, fault=http_500"
+    assert row["request_id"] == responses[1].headers["X-Mockforge-Request-Id"]
+    assert f"request_id={row['request_id']} type=http_error detail=500" in caplog.text
+    assert search(client, fault_type="latency", method="get")["count"] == 3
+    assert search(client, path_prefix="/oth")["count"] == 1
+    assert search(client, limit=2, offset=1)["count"] == 2
+    assert search(client, since=0, until=1)["count"] == 0
+
+
+def test_export_and_bad_filters(tmp_path: Path) -> None:
+    client, _ = recorded(tmp_path)
+    for _ in range(3):
+        client.get("/x", buffered=True)
+    lines = client.get("/api/recorder/export").get_data(as_text=True).splitlines()
+    assert [json.loads(line)["path"] for line in lines] == ["/x"] * 3
+    csv_text = client.get("/api/recorder/export?format=csv").get_data(as_text=True)
+    assert csv_text.splitlines()[0].startswith("time,request_id,method,path,status")
+    bad = client.post("/api/recorder/search", data=json.dumps({"status": 5, "limit": -1}))
+    assert bad.status_code == 400
+    assert bad.get_json()["problems"] == [
+        "status: unknown filter; allowed: status_code, path_prefix, method, fault_type, since, "
+        "until, limit, offset",
+        "limit: -1 is not a whole number >= 0",
+    ]
+    assert client.post("/api/recorder/search", data=b"{oops").status_code == 400
+
+
+def test_rows_stay_under_the_cap(tmp_path: Path) -> None:
+    recorder = Recorder(tmp_path / "small.db", max_rows=10)
+    for index in range(25):
+        recorder.record((float(index), "id", "GET", "/", 200, 1.0, None, 1, None, None, ""))
+    recorder.flush()
+    rows = recorder.search({"limit": 100})
+    assert len(rows) == 10
+    assert rows[0]["time"] == 24.0
+
+
+@pytest.mark.server
+def test_four_workers_record_into_one_database(tmp_path: Path) -> None:
+    database = tmp_path / "chaos-test.db"
+    args = (
+        "--workers", "4", "--worker-class", "sync", "--recorder", "--recorder-db", str(database),
+        "--chaos", "--chaos-http-errors", "500", "--chaos-http-error-probability", "1.0",
+        "--chaos-latency-ms", "10",
+    )  # fmt: skip
+    with mockforge_serve(tmp_path, *args) as server, session() as http:
+        results = _concurrently(
+            40, 8, lambda fresh: fresh.get(server.url + "/api/test", timeout=10)
+        )
+        assert [r.status_code for r in results] == [500] * 40
+        # The design note's "Query failed requests"; each worker flushes every 0.2 s.
+        count, deadline = 0, time.monotonic() + 5
+        while count != 40 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            count = http.post(
+                server.url + "/api/recorder/search", json={"status_code": 500}, timeout=10
+            ).json()["count"]
+        assert count == 40
+        workers = {
+            row["worker"]
+            for row in http.post(
+                server.url + "/api/recorder/search", json={"limit": 1000}, timeout=10
+            ).json()["requests"]
+        }
+        assert len(workers) >= 2
