@@ -22,11 +22,12 @@ from .middleware import ChaosMiddleware
 from .mock_api import MockApp, parse_routes, route_rules
 from .scenarios import load_scenarios
 
-__all__ = ["CONFIG_ENV", "METRICS_ENV", "RECORDER_ENV", "create_app"]
+__all__ = ["CONFIG_ENV", "METRICS_ENV", "OTLP_ENV", "RECORDER_ENV", "create_app"]
 
 CONFIG_ENV = "MOCKFORGE_CONFIG"
 METRICS_ENV = "MOCKFORGE_METRICS"
 RECORDER_ENV = "MOCKFORGE_RECORDER_DB"
+OTLP_ENV = "MOCKFORGE_OTLP_ENDPOINT"
 
 
 def create_app(
@@ -39,10 +40,12 @@ def create_app(
     environ: Mapping[str, str] | None = None,
     metrics: bool | None = None,
     recorder_db: str | os.PathLike[str] | None = None,
+    otlp_endpoint: str | None = None,
 ) -> Any:
     """The mock API (or ``wrap``, a WSGI app) in a ChaosMiddleware; with ``recorder_db``
     (or ``MOCKFORGE_RECORDER_DB``) in a RecorderMiddleware; with ``metrics`` (default:
-    ``MOCKFORGE_METRICS=1``) in a MetricsMiddleware serving ``/metrics``.
+    ``MOCKFORGE_METRICS=1``) in a MetricsMiddleware serving ``/metrics``; with
+    ``otlp_endpoint`` (or ``MOCKFORGE_OTLP_ENDPOINT``) traced, spans sent over OTLP/HTTP.
 
     Precedence: defaults < YAML < environment < ``overrides`` (CLI flags).
     Raises one ConfigError listing every problem of the file, environment and flags.
@@ -90,6 +93,12 @@ def create_app(
         from .metrics import MetricsMiddleware  # needs the `metrics` extra
 
         app = MetricsMiddleware(app, route_for=chaos.route_for, engine=chaos.engine)
+    otlp_endpoint = otlp_endpoint or environ.get(OTLP_ENV) or None
+    if otlp_endpoint is not None:
+        from .tracing import TracingMiddleware, setup_tracing  # needs the `otel` extra
+
+        setup_tracing(otlp_endpoint)
+        app = TracingMiddleware(app)
     return app
 
 

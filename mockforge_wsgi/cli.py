@@ -211,6 +211,15 @@ def _import_app(spec: str) -> Any:
     type=click.Path(dir_okay=False),
     help="Recorder database [mockforge-recorder.db].",
 )
+@click.option(
+    "--tracing", is_flag=True, help="A span per request, chaos as span events (the `otel` extra)."
+)
+@click.option(
+    "--otlp-endpoint", metavar="URL", help="OTLP/HTTP collector [http://localhost:4318]."
+)
+@click.option(
+    "--jaeger-endpoint", metavar="URL", help="Alias of --otlp-endpoint (Jaeger speaks OTLP)."
+)
 @click.option("--chaos", is_flag=True, help="Enable chaos.")
 @click.option("--chaos-scenario", metavar="NAME", help="Scenario active at start.")
 @click.option("--chaos-latency-ms", metavar="MS", help="Fixed delay.")
@@ -243,6 +252,9 @@ def serve(
     metrics_port: int | None,
     recorder: bool,
     recorder_db: str | None,
+    tracing: bool,
+    otlp_endpoint: str | None,
+    jaeger_endpoint: str | None,
     **flags: Any,
 ) -> None:
     """Serve the mock API (or --app) wrapped in chaos, under gunicorn.
@@ -254,6 +266,13 @@ def serve(
     metrics = metrics or metrics_port is not None
     if recorder or recorder_db:
         recorder_db = os.path.abspath(recorder_db or "mockforge-recorder.db")
+    otlp_endpoint = otlp_endpoint or jaeger_endpoint
+    if tracing or otlp_endpoint:
+        otlp_endpoint = otlp_endpoint or "http://localhost:4318"
+        if importlib.util.find_spec("opentelemetry.sdk") is None:
+            raise click.UsageError(
+                "--tracing needs OpenTelemetry: pip install 'mockforge-wsgi[otel]'"
+            )
     try:
         middleware = create_app(
             config_path,
@@ -296,6 +315,7 @@ def serve(
             admin_token=admin_token,
             metrics=metrics,
             recorder_db=recorder_db,
+            otlp_endpoint=otlp_endpoint,
         )
 
     url = os.environ.get(STORE_ENV, "")

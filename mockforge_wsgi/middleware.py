@@ -25,6 +25,7 @@ from .plan import NO_CHAOS, PLAN_ENVIRON_KEY, Plan, decide_plan
 from .rate_limit import RateLimiter, client_ip, render_refusal
 from .scenarios import NEVER, Scenario, ScenarioEngine
 from .state import Store, StoreError, store_from_env
+from .tracing import record_injections
 from .traffic_shaping import PacedBody, PacedInput, SlotGuard, sleep_until
 
 if TYPE_CHECKING:
@@ -146,6 +147,7 @@ class ChaosMiddleware:
         if plan is NO_CHAOS:
             return self.app(environ, start_response)
         request_id = environ.setdefault(REQUEST_ID_KEY, uuid.uuid4().hex[:16])
+        record_injections(plan, request_id)
         if log.isEnabledFor(logging.INFO):
             for kind, detail in plan.injections():
                 log.info(
