@@ -249,6 +249,7 @@ def stats() -> Response:
             "counters": store.counters(),
             "rate_limit_keys": store.tracked_keys(),
             "connections_in_use": store.slots_in_use("connections"),
+            "worker": os.getpid(),  # which worker answered: handy with several
         }
     )
 

@@ -49,21 +49,33 @@ def _concurrently(count: int, clients: int, call: Any) -> list[Any]:
     return results
 
 
+def _wait_for_workers(url: str, count: int) -> None:
+    """Workers boot one after another: wait until ``count`` of them answer."""
+    seen: set[int] = set()
+    deadline = time.monotonic() + 30
+    while len(seen) < count and time.monotonic() < deadline:
+        stats = _concurrently(
+            20, 10, lambda fresh: fresh.get(url + "/api/chaos/stats", timeout=10).json()
+        )
+        seen |= {answer["worker"] for answer in stats}
+    assert len(seen) == count, seen
+
+
 @pytest.mark.parametrize("how", ["gunicorn", "mockforge serve"])
 def test_one_management_call_reaches_every_worker(tmp_path: Path, how: str) -> None:
     # Sync workers take one request at a time, so 10 concurrent clients reach all four.
     with _servers(tmp_path, how, {}, worker_class="sync") as server, session() as http:
         api = server.url + "/api/chaos"
         assert http.post(api + "/enable", timeout=10).status_code == 200
-        faults_and_delay = {**FAULT_ALL}
-        assert http.put(api + "/config/faults", json=faults_and_delay, timeout=10).ok
-        slow = {"enabled": True, "fixed_delay_ms": 20}  # keeps a worker busy for a moment
+        slow = {"enabled": True, "fixed_delay_ms": 50}  # keeps a worker busy for a moment
         assert http.put(api + "/config/latency", json=slow, timeout=10).ok
 
         def get(fresh: requests.Session) -> tuple[int, str]:
             response = fresh.get(server.url + "/api/test", timeout=10)
             return response.status_code, response.headers.get("X-Mockforge-Worker", "")
 
+        _wait_for_workers(server.url, 4)
+        assert http.put(api + "/config/faults", json=FAULT_ALL, timeout=10).ok
         faulted = _concurrently(100, 10, get)
         assert [status for status, _ in faulted] == [503] * 100
         assert len({pid for _, pid in faulted}) == 4, Counter(pid for _, pid in faulted)
@@ -212,6 +224,7 @@ def test_a_connection_limit_holds_across_workers(tmp_path: Path) -> None:
         _servers(tmp_path, "mockforge serve", env, worker_class="sync") as server,
         session() as http,
     ):
+        _wait_for_workers(server.url, 4)
         results = _concurrently(
             4, 4, lambda fresh: fresh.get(server.url + "/api/test", timeout=10)
         )
