@@ -1,0 +1,229 @@
+"""A client for the management API: standard library only, for any test harness.
+
+Usage::
+
+    chaos = ChaosClient("http://127.0.0.1:3000")
+    with chaos.scenario("service_instability", duration_s=60):
+        run_the_checkout_flow()          # the previous state is back afterwards
+    with chaos.faults(http_errors=[503], probability=1.0):
+        ...
+    with chaos.latency(fixed_delay_ms=300):
+        ...
+
+Errors carry the server's messages: ``InvalidRequest(400)``, ``Unauthorized(401)``,
+``NotFound(404)``, ``StoreUnavailable(503)``, all ``ChaosApiError``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+__all__ = [
+    "ChaosApiError",
+    "ChaosClient",
+    "InvalidRequest",
+    "NotFound",
+    "StoreUnavailable",
+    "Unauthorized",
+]
+
+SECTIONS = {
+    "latency": "latency",
+    "faults": "faults",
+    "rate_limit": "rate-limit",
+    "traffic": "traffic",
+}
+
+
+class ChaosApiError(Exception):
+    """The server refused: its status, error and every problem it listed."""
+
+    def __init__(self, status: int, error: str, problems: list[str]) -> None:
+        self.status = status
+        self.error = error
+        self.problems = problems
+        detail = "; ".join(problems) or error
+        super().__init__(f"{status} {error}: {detail}")
+
+
+class InvalidRequest(ChaosApiError):
+    """400: bad input; nothing was changed."""
+
+
+class Unauthorized(ChaosApiError):
+    """401: the admin token is missing or wrong."""
+
+
+class NotFound(ChaosApiError):
+    """404: no such scenario (or route)."""
+
+
+class StoreUnavailable(ChaosApiError):
+    """503: the shared store is unreachable."""
+
+
+_ERRORS = {400: InvalidRequest, 401: Unauthorized, 404: NotFound, 503: StoreUnavailable}
+
+
+class ChaosClient:
+    """One method per management route, and context managers that restore state."""
+
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:3000",
+        token: str | None = None,
+        *,
+        prefix: str = "/api/chaos",
+        timeout_s: float = 30.0,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.token = token if token is not None else os.environ.get("MOCKFORGE_ADMIN_TOKEN")
+        self.prefix = prefix
+        self.timeout_s = timeout_s
+
+    def _call(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + self.prefix + path, data=data, method=method)
+        request.add_header("Content-Type", "application/json")
+        if self.token:
+            request.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                return json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as error:
+            try:
+                payload = json.loads(error.read() or b"{}")
+            except ValueError:
+                payload = {}
+            kind = _ERRORS.get(error.code, ChaosApiError)
+            raise kind(
+                error.code, payload.get("error", error.reason), payload.get("problems", [])
+            ) from None
+
+    # -- one method per route ---------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return self._call("GET", "/status")  # type: ignore[no-any-return]
+
+    def enable(self) -> None:
+        self._call("POST", "/enable")
+
+    def disable(self) -> None:
+        self._call("POST", "/disable")
+
+    def reset(self) -> dict[str, Any]:
+        return self._call("POST", "/reset")  # type: ignore[no-any-return]
+
+    def config(self) -> dict[str, Any]:
+        return self._call("GET", "/config")  # type: ignore[no-any-return]
+
+    def set_config(self, config: dict[str, Any]) -> dict[str, Any]:
+        return self._call("PUT", "/config", config)  # type: ignore[no-any-return]
+
+    def section(self, name: str) -> dict[str, Any]:
+        """``latency``, ``faults``, ``rate_limit`` or ``traffic``."""
+        return self._call("GET", f"/config/{SECTIONS[name]}")  # type: ignore[no-any-return]
+
+    def set_section(self, name: str, values: dict[str, Any]) -> dict[str, Any]:
+        """Replace a section (unset fields take their defaults)."""
+        return self._call("PUT", f"/config/{SECTIONS[name]}", values)  # type: ignore[no-any-return]
+
+    def update_section(self, name: str, **values: Any) -> dict[str, Any]:
+        """Merge into a section."""
+        return self._call("PATCH", f"/config/{SECTIONS[name]}", values)  # type: ignore[no-any-return]
+
+    def scenarios(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/scenarios")["scenarios"]  # type: ignore[no-any-return]
+
+    def define_scenario(self, name: str, **scenario: Any) -> dict[str, Any]:
+        return self._call("POST", "/scenarios", {"name": name, **scenario})  # type: ignore[no-any-return]
+
+    def start_scenario(
+        self, name: str, *, duration_s: float | None = None, ramp_s: float | None = None
+    ) -> dict[str, Any]:
+        timing = {k: v for k, v in (("duration_s", duration_s), ("ramp_s", ramp_s)) if v}
+        return self._call("POST", f"/scenarios/{name}", timing)["active"]  # type: ignore[no-any-return]
+
+    def active_scenario(self) -> dict[str, Any] | None:
+        return self._call("GET", "/scenarios/active")["active"]  # type: ignore[no-any-return]
+
+    def stop_scenario(self, name: str | None = None) -> None:
+        self._call("DELETE", f"/scenarios/{name}" if name else "/scenarios")
+
+    def schedule(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/schedule")["schedule"]  # type: ignore[no-any-return]
+
+    def set_schedule(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return self._call("PUT", "/schedule", entries)["schedule"]  # type: ignore[no-any-return]
+
+    def stats(self) -> dict[str, Any]:
+        return self._call("GET", "/stats")  # type: ignore[no-any-return]
+
+    def openapi(self) -> dict[str, Any]:
+        return self._call("GET", "/openapi.json")  # type: ignore[no-any-return]
+
+    # -- context managers: the previous state comes back, even when the body raises ---
+
+    @contextlib.contextmanager
+    def scenario(
+        self, name: str, *, duration_s: float | None = None, ramp_s: float | None = None
+    ) -> Iterator[dict[str, Any]]:
+        before = self.status()
+        try:
+            yield self.start_scenario(name, duration_s=duration_s, ramp_s=ramp_s)
+        finally:
+            previous = before["active_scenario"]
+            if previous is None:
+                self.stop_scenario()
+            else:
+                self.start_scenario(previous["name"])
+            self._restore_enabled(before["enabled"])
+
+    @contextlib.contextmanager
+    def latency(self, **fields: Any) -> Iterator[dict[str, Any]]:
+        """Latency on (``fixed_delay_ms=300``, ``probability=0.5``, ...) for the block."""
+        with self._section("latency", fields) as applied:
+            yield applied
+
+    @contextlib.contextmanager
+    def faults(
+        self, *, probability: float | None = None, **fields: Any
+    ) -> Iterator[dict[str, Any]]:
+        """Faults on for the block; ``probability`` is the HTTP-error probability."""
+        if probability is not None:
+            fields["http_error_probability"] = probability
+        with self._section("faults", fields) as applied:
+            yield applied
+
+    @contextlib.contextmanager
+    def disabled(self) -> Iterator[None]:
+        before = self.status()["enabled"]
+        self.disable()
+        try:
+            yield
+        finally:
+            self._restore_enabled(before)
+
+    @contextlib.contextmanager
+    def _section(self, name: str, fields: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        before_enabled = self.status()["enabled"]
+        before = self.section(name)
+        applied = self.update_section(name, enabled=True, **fields)
+        self.enable()
+        try:
+            yield applied
+        finally:
+            self.set_section(name, before)
+            self._restore_enabled(before_enabled)
+
+    def _restore_enabled(self, enabled: bool) -> None:
+        if enabled:
+            self.enable()
+        else:
+            self.disable()
