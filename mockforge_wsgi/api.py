@@ -25,6 +25,7 @@ from werkzeug.exceptions import HTTPException
 from ._kinds import Kind
 from ._version import __version__
 from .config import (
+    SECTION_CLASSES,
     ChaosConfig,
     ConfigError,
     FaultInjectionConfig,
@@ -447,11 +448,12 @@ def _schemas() -> dict[str, Any]:
         else:
             sections.setdefault(info.path[0], {})[info.path[1]] = schema
     schemas: dict[str, Any] = {}
-    for attribute, cls in SECTIONS.values():
+    for attribute, fields in sections.items():
+        cls = SECTION_CLASSES[attribute]
         schemas[cls.__name__] = {
             "type": "object",
             "additionalProperties": False,
-            "properties": sections[attribute],
+            "properties": fields,
         }
         top[attribute] = {"$ref": f"#/components/schemas/{cls.__name__}"}
     schemas["ChaosConfig"] = {"type": "object", "additionalProperties": False, "properties": top}

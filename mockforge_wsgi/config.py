@@ -308,12 +308,30 @@ class TrafficShapingConfig:
     )
 
 
+@attrs.frozen
+class HeaderControlConfig:
+    """Per-request chaos that a request asks for with headers (Envoy-style)."""
+
+    enabled: bool = setting(
+        False,
+        kinds.BOOL,
+        "Honour X-Mockforge-Delay-Ms, X-Mockforge-Fault, X-Mockforge-Fault-Percent and "
+        "X-Mockforge-Seed (with an admin token set: only with X-Mockforge-Token).",
+    )
+    max_delay_ms: float = setting(
+        10_000.0, kinds.FLOAT, "Cap on X-Mockforge-Delay-Ms.", NON_NEGATIVE
+    )
+
+
 SECTION_CLASSES: dict[str, type[Any]] = {
     "latency": LatencyConfig,
     "fault_injection": FaultInjectionConfig,
     "rate_limit": RateLimitConfig,
     "traffic_shaping": TrafficShapingConfig,
+    "header_control": HeaderControlConfig,
 }
+# What a conditional-chaos rule may override.
+RULE_SECTIONS = ("latency", "fault_injection", "rate_limit", "traffic_shaping")
 
 
 def _rules(raw: Any) -> tuple[Rule, ...]:
@@ -341,9 +359,9 @@ def _rules(raw: Any) -> tuple[Rule, ...]:
         for key, value in item.items():
             if key == "match":
                 continue
-            cls = SECTION_CLASSES.get(key)
+            cls = SECTION_CLASSES.get(key) if key in RULE_SECTIONS else None
             if cls is None:
-                allowed = ", ".join(["match", *SECTION_CLASSES])
+                allowed = ", ".join(["match", *RULE_SECTIONS])
                 problems.append(f"{path}.{key}: unknown key; allowed: {allowed}")
                 continue
             section = _build(cls, value, f"{path}.{key}", problems, {})
@@ -375,7 +393,10 @@ class ChaosConfig:
     enabled: bool = setting(False, kinds.BOOL, "Master switch; nothing is injected when off.")
     scenario: str | None = setting(None, kinds.OPTIONAL_STR, "Scenario active at start.")
     seed: int | None = setting(
-        None, kinds.OPTIONAL_INT, "Seed for reproducible decisions in one process."
+        None,
+        kinds.OPTIONAL_INT,
+        "Seed for reproducible decisions: request n (numbered in the store, so across "
+        "workers too) draws from a generator seeded with (seed, n).",
     )
     on_store_error: str = setting(
         "open",
@@ -388,6 +409,9 @@ class ChaosConfig:
     fault_injection: FaultInjectionConfig = section(FaultInjectionConfig, "Fault injection.")
     rate_limit: RateLimitConfig = section(RateLimitConfig, "Rate limiting.")
     traffic_shaping: TrafficShapingConfig = section(TrafficShapingConfig, "Traffic shaping.")
+    header_control: HeaderControlConfig = section(
+        HeaderControlConfig, "Chaos asked for by request headers."
+    )
     rules: tuple[Rule, ...] = setting(
         (),
         RULES,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import os
 import random
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, RequestRedirect
 
+from . import header_control
 from ._headers import REQUEST_ID_HEADER, REQUEST_ID_KEY, add_annotation
 from .api import DEFAULT_PREFIX as DEFAULT_API_PREFIX
 from .api import create_management_app
@@ -38,6 +40,8 @@ log = logging.getLogger("mockforge_wsgi")
 # The management API and metrics must stay reachable: a user can always turn chaos off.
 DEFAULT_EXEMPT_PATHS = (DEFAULT_API_PREFIX, "/metrics")
 CONNECTION_SLOTS = "connections"
+SEQUENCE_COUNTER = "sequence"  # numbers requests for per-request generators (with a seed)
+ADMIN_TOKEN_ENV = "MOCKFORGE_ADMIN_TOKEN"
 CONNECTION_LIMITED_KEY = "mockforge.connection_limited"  # for metrics: decided at apply
 DEBUG_HEADERS_ENV = "MOCKFORGE_DEBUG_HEADERS"
 WORKER_HEADER = "X-Mockforge-Worker"
@@ -84,6 +88,8 @@ class ChaosMiddleware:
         # not "/api/chaosmonkey".
         self.exempt_paths = tuple(path.rstrip("/") for path in exempt_paths)
         self.rng = rng if rng is not None else random.Random(startup.seed)
+        self._explicit_rng = rng is not None
+        self._admin_token = admin_token or os.environ.get(ADMIN_TOKEN_ENV) or None
         if engine is None:
             if store is None:
                 store = store_from_env(max_keys=startup.rate_limit.max_tracked_keys)
@@ -132,7 +138,16 @@ class ChaosMiddleware:
         try:
             if config.rules:
                 config = self._config_for(config, environ)
-            plan = self._decide(config, environ, started)
+            if config.header_control.enabled and header_control.requested(
+                environ, self._admin_token
+            ):
+                plan, problems = header_control.decide_from_headers(
+                    environ, config.header_control, self.rng
+                )
+                if problems:
+                    return _render_bad_headers(start_response, problems)
+            else:
+                plan = self._decide(config, environ, started)
             for event in plan.events():
                 self.store.incr(event)
         except StoreError:
@@ -179,6 +194,11 @@ class ChaosMiddleware:
         return config
 
     def _decide(self, config: ChaosConfig, environ: WSGIEnvironment, now: float) -> Plan:
+        rng = self.rng
+        if config.seed is not None and not self._explicit_rng:
+            # Request n draws from (seed, n), n numbered in the store: the same sequence
+            # of requests gets the same decisions, whichever worker serves each.
+            rng = random.Random(f"{config.seed}:{self.store.incr(SEQUENCE_COUNTER)}")
         faults = config.fault_injection
         number = None
         if faults.enabled and faults.pattern is not None:
@@ -194,7 +214,7 @@ class ChaosMiddleware:
                 if config.on_store_error == "closed":
                     raise
                 self._internal_error("reaching the rate-limit store")
-        return decide_plan(config, self.rng, verdict, number)
+        return decide_plan(config, rng, verdict, number)
 
     def _apply(
         self,
@@ -301,6 +321,16 @@ def _render_busy(start_response: StartResponse, extra: list[tuple[str, str]]) ->
             ("Retry-After", "1"),
             *add_annotation(extra, "connection_limit=full"),
         ],
+    )
+    return [body]
+
+
+def _render_bad_headers(start_response: StartResponse, problems: list[str]) -> Iterable[bytes]:
+    """A chaos request header we cannot honour: say which, change nothing."""
+    body = json.dumps({"error": "invalid chaos headers", "problems": problems}).encode()
+    start_response(
+        "400 Bad Request",
+        [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
     )
     return [body]
 

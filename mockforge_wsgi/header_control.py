@@ -1,0 +1,82 @@
+"""Chaos a request asks for itself, Envoy-style, when ``header_control`` is enabled.
+
+    X-Mockforge-Delay-Ms: 300          delay this request (capped at max_delay_ms)
+    X-Mockforge-Fault: 503             answer with this status...
+    X-Mockforge-Fault-Percent: 50      ...on this share of such requests (default 100)
+    X-Mockforge-Seed: 42               draw this request's dice from this seed
+
+With an admin token set, the headers count only on a request that also carries
+``X-Mockforge-Token: <token>``; without it they are ignored, as if absent.
+"""
+
+from __future__ import annotations
+
+import hmac
+import math
+import random
+from typing import TYPE_CHECKING
+
+from .config import HeaderControlConfig
+from .fault import Fault
+from .plan import NO_CHAOS, Plan
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIEnvironment
+
+__all__ = ["HEADERS", "decide_from_headers", "requested"]
+
+DELAY, FAULT, PERCENT, SEED, TOKEN = (
+    "HTTP_X_MOCKFORGE_DELAY_MS",
+    "HTTP_X_MOCKFORGE_FAULT",
+    "HTTP_X_MOCKFORGE_FAULT_PERCENT",
+    "HTTP_X_MOCKFORGE_SEED",
+    "HTTP_X_MOCKFORGE_TOKEN",
+)
+HEADERS = {DELAY: "X-Mockforge-Delay-Ms", FAULT: "X-Mockforge-Fault",
+           PERCENT: "X-Mockforge-Fault-Percent", SEED: "X-Mockforge-Seed"}  # fmt: skip
+
+
+def requested(environ: WSGIEnvironment, admin_token: str | None) -> bool:
+    """Whether the request asks for chaos by header (and may)."""
+    if not any(key in environ for key in HEADERS):
+        return False
+    if admin_token:
+        given = str(environ.get(TOKEN, ""))
+        return hmac.compare_digest(given.encode(), admin_token.encode())
+    return True
+
+
+def decide_from_headers(
+    environ: WSGIEnvironment, config: HeaderControlConfig, rng: random.Random
+) -> tuple[Plan, list[str]]:
+    """The plan the headers ask for, or the problems with them (each naming the header)."""
+    problems: list[str] = []
+
+    def number(key: str, low: float, high: float) -> float | None:
+        raw = environ.get(key)
+        if raw is None:
+            return None
+        try:
+            value = float(raw)
+        except ValueError:
+            value = math.nan
+        if not low <= value <= high:
+            problems.append(f"{HEADERS[key]}: {raw!r} is not a number in [{low:g}, {high:g}]")
+            return None
+        return value
+
+    delay = number(DELAY, 0, math.inf)
+    status = number(FAULT, 400, 599)
+    percent = number(PERCENT, 0, 100)
+    seed = number(SEED, -(2**63), 2**63)
+    if status is not None and not status.is_integer():
+        problems.append(f"{HEADERS[FAULT]}: {environ[FAULT]!r} is not a status code")
+    if problems:
+        return NO_CHAOS, problems
+    if seed is not None:
+        rng = random.Random(int(seed))
+    fault = None
+    if status is not None and (percent is None or rng.random() * 100 < percent):
+        fault = Fault("http_error", status=int(status))
+    delay_ms = min(delay, config.max_delay_ms) if delay else None
+    return Plan(delay_ms=delay_ms, fault=fault), []
