@@ -161,7 +161,7 @@ def _import_app(spec: str) -> Any:
     envvar="MOCKFORGE_CONFIG",
     help="YAML config file.",
 )
-@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option(
     "--port",
     default=3000,
@@ -169,7 +169,13 @@ def _import_app(spec: str) -> Any:
     type=click.IntRange(0, 65535),
     help="0: any free port (gunicorn logs which).",
 )
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Worker processes (several share one state).",
+)
 @click.option(
     "--threads",
     default=8,

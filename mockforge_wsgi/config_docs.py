@@ -106,7 +106,111 @@ def scenario_table() -> str:
     return "\n".join(lines)
 
 
-GENERATORS = {"settings": reference_table, "scenarios": scenario_table}
+def flags_table() -> str:
+    """Every ``mockforge serve`` option, from the click command itself."""
+    import click
+
+    from .cli import serve
+
+    lines = ["| Flag | Default | Meaning |", "| --- | --- | --- |"]
+    for param in serve.params:
+        if not isinstance(param, click.Option):
+            continue
+        names = ", ".join(f"`{opt}`" for opt in param.opts)
+        unset = param.default in (None, False) or type(param.default).__name__ == "Sentinel"
+        default = "" if unset else f"`{param.default}`"
+        lines.append(f"| {names} | {default} | {(param.help or '').replace('|', '/')} |")
+    return "\n".join(lines)
+
+
+# One example per route, as a harness would type it (the guide's test runs each).
+ROUTE_EXAMPLES = {
+    ("/status", "GET"): "curl -s localhost:3000/api/chaos/status",
+    ("/enable", "POST"): "curl -s -X POST localhost:3000/api/chaos/enable",
+    ("/disable", "POST"): "curl -s -X POST localhost:3000/api/chaos/disable",
+    ("/reset", "POST"): "curl -s -X POST localhost:3000/api/chaos/reset",
+    ("/config", "GET"): "curl -s localhost:3000/api/chaos/config",
+    ("/config", "PUT"): "curl -s -X PUT localhost:3000/api/chaos/config -d '{\"enabled\": true}'",
+    ("/config/latency", "GET"): "curl -s localhost:3000/api/chaos/config/latency",
+    (
+        "/config/latency",
+        "PUT",
+    ): 'curl -s -X PUT localhost:3000/api/chaos/config/latency -d \'{"enabled": true, "fixed_delay_ms": 100}\'',
+    (
+        "/config/latency",
+        "PATCH",
+    ): "curl -s -X PATCH localhost:3000/api/chaos/config/latency -d '{\"probability\": 0.5}'",
+    ("/config/faults", "GET"): "curl -s localhost:3000/api/chaos/config/faults",
+    (
+        "/config/faults",
+        "PUT",
+    ): 'curl -s -X PUT localhost:3000/api/chaos/config/faults -d \'{"enabled": true, "http_errors": [503], "http_error_probability": 0.2}\'',
+    (
+        "/config/faults",
+        "PATCH",
+    ): 'curl -s -X PATCH localhost:3000/api/chaos/config/faults -d \'{"pattern": "fail_first:2:503"}\'',
+    ("/config/rate-limit", "GET"): "curl -s localhost:3000/api/chaos/config/rate-limit",
+    (
+        "/config/rate-limit",
+        "PUT",
+    ): 'curl -s -X PUT localhost:3000/api/chaos/config/rate-limit -d \'{"enabled": true, "requests_per_second": 50}\'',
+    (
+        "/config/rate-limit",
+        "PATCH",
+    ): "curl -s -X PATCH localhost:3000/api/chaos/config/rate-limit -d '{\"per_ip\": true}'",
+    ("/config/traffic", "GET"): "curl -s localhost:3000/api/chaos/config/traffic",
+    (
+        "/config/traffic",
+        "PUT",
+    ): 'curl -s -X PUT localhost:3000/api/chaos/config/traffic -d \'{"enabled": true, "bandwidth_limit_bps": 100000}\'',
+    (
+        "/config/traffic",
+        "PATCH",
+    ): "curl -s -X PATCH localhost:3000/api/chaos/config/traffic -d '{\"packet_loss_percent\": 2}'",
+    ("/scenarios", "GET"): "curl -s localhost:3000/api/chaos/scenarios",
+    (
+        "/scenarios",
+        "POST",
+    ): 'curl -s -X POST localhost:3000/api/chaos/scenarios -d \'{"name": "flaky", "fault_injection": {"enabled": true, "http_error_probability": 0.5}}\'',
+    ("/scenarios", "DELETE"): "curl -s -X DELETE localhost:3000/api/chaos/scenarios",
+    ("/scenarios/active", "GET"): "curl -s localhost:3000/api/chaos/scenarios/active",
+    (
+        "/scenarios/<name>",
+        "POST",
+    ): "curl -s -X POST localhost:3000/api/chaos/scenarios/slow_backend -d '{\"duration_s\": 60}'",
+    (
+        "/scenarios/<name>",
+        "DELETE",
+    ): "curl -s -X DELETE localhost:3000/api/chaos/scenarios/slow_backend",
+    ("/schedule", "GET"): "curl -s localhost:3000/api/chaos/schedule",
+    (
+        "/schedule",
+        "PUT",
+    ): 'curl -s -X PUT localhost:3000/api/chaos/schedule -d \'[{"start_s": 600, "scenario": "peak_traffic"}]\'',
+    ("/stats", "GET"): "curl -s localhost:3000/api/chaos/stats",
+    ("/openapi.json", "GET"): "curl -s localhost:3000/api/chaos/openapi.json",
+}
+
+
+def routes_examples() -> str:
+    """A curl line for every route of the management API, in route-table order."""
+    from .api import ROUTES
+
+    blocks = []
+    for route in ROUTES:
+        for method in route.methods:
+            blocks.append(
+                f"# {method} {route.rule}: {route.summary}\n{ROUTE_EXAMPLES[(route.rule, method)]}"
+            )
+    return "```bash\n" + "\n".join(blocks) + "\n```"
+
+
+GENERATORS = {
+    "settings": reference_table,
+    "scenarios": scenario_table,
+    "flags": flags_table,
+    "routes": routes_examples,
+}
 
 
 def render_into(document: str) -> str:

@@ -1,0 +1,59 @@
+"""The guide: its generated tables are current, and every example line runs."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import mockforge_serve
+
+from mockforge_wsgi.config_docs import render_into
+
+GUIDE = Path(__file__).parent.parent / "docs" / "CHAOS_ENGINEERING.md"
+
+
+def example_lines() -> list[str]:
+    """Every `curl` and `mockforge chaos|scenarios` line of the guide's bash blocks."""
+    blocks = re.findall(r"```bash\n(.*?)```", GUIDE.read_text(encoding="utf-8"), re.DOTALL)
+    lines = [line.strip() for block in blocks for line in block.splitlines()]
+    return [
+        line
+        for line in lines
+        if line.startswith("curl ") or re.match(r"mockforge (chaos|scenarios)\b", line)
+    ]
+
+
+def test_the_guide_is_generated_and_current() -> None:
+    document = GUIDE.read_text(encoding="utf-8")
+    assert render_into(document) == document, (
+        "docs/CHAOS_ENGINEERING.md is stale: python -m mockforge_wsgi.config_docs "
+        "--write docs/CHAOS_ENGINEERING.md"
+    )
+
+
+@pytest.mark.server
+def test_every_example_runs_against_a_live_server(tmp_path: Path) -> None:
+    if shutil.which("curl") is None:
+        if os.environ.get("CI"):
+            pytest.fail("curl is missing")
+        pytest.skip("curl is not installed")
+    lines = example_lines()
+    assert len(lines) >= 35  # every route has one, plus the quick start and shell verbs
+    with mockforge_serve(tmp_path) as server:
+        address = server.url.removeprefix("http://")
+        for line in lines:
+            line = line.split("  #")[0].replace("http://127.0.0.1:3000", server.url)
+            line = line.replace("localhost:3000", address)
+            if line.startswith("curl "):
+                command = ["curl", "--fail", "--max-time", "20", *shlex.split(line)[1:]]
+            else:
+                command = [sys.executable, "-m", "mockforge_wsgi", *shlex.split(line)[1:]]
+                command += ["--url", server.url]
+            result = subprocess.run(command, capture_output=True, timeout=60, check=False)
+            assert result.returncode == 0, (line, result.stdout[-500:], result.stderr[-500:])
