@@ -36,15 +36,18 @@ def observe(
         status[0] = "000"  # no answer: a reset, a drop, a cut
         finish()
         raise
-    return ObservedBody(body, finish)
+    return ClosingBody(body, finish)
 
 
-class ObservedBody:
-    """The app's body; ``close()`` closes it, then reports the finished request once."""
+class ClosingBody:
+    """The app's body; ``close()`` closes it, then calls ``then`` exactly once, even if
+    closing raised. Used to release connection slots, record finished requests and end
+    spans. (werkzeug's ``ClosingIterator`` skips later callbacks when one raises.)
+    """
 
-    def __init__(self, inner: Iterable[bytes], done: Callable[[], None]) -> None:
+    def __init__(self, inner: Iterable[bytes], then: Callable[[], None]) -> None:
         self._inner = inner
-        self._done: Callable[[], None] | None = done
+        self._then: Callable[[], None] | None = then
 
     def __iter__(self) -> Iterator[bytes]:
         return iter(self._inner)
@@ -55,6 +58,13 @@ class ObservedBody:
             if close is not None:
                 close()
         finally:
-            done, self._done = self._done, None
-            if done is not None:
-                done()
+            self._finish()
+
+    def _finish(self) -> None:
+        then, self._then = self._then, None
+        if then is not None:
+            then()
+
+    def __del__(self) -> None:
+        # A server that never calls close() must not leak a slot or lose a record.
+        self._finish()

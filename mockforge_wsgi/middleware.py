@@ -18,6 +18,7 @@ from werkzeug.routing import Map, RequestRedirect
 
 from . import header_control
 from ._headers import REQUEST_ID_HEADER, REQUEST_ID_KEY, add_annotation
+from ._observe import ClosingBody
 from .api import DEFAULT_PREFIX as DEFAULT_API_PREFIX
 from .api import create_management_app
 from .config import ChaosConfig, apply_rule
@@ -28,7 +29,7 @@ from .rate_limit import RateLimiter, client_ip, render_refusal
 from .scenarios import NEVER, Scenario, ScenarioEngine
 from .state import Store, StoreError, store_from_env
 from .tracing import record_injections
-from .traffic_shaping import PacedBody, PacedInput, SlotGuard, sleep_until
+from .traffic_shaping import PacedBody, PacedInput, sleep_until
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -250,7 +251,7 @@ class ChaosMiddleware:
         except BaseException:
             release()
             raise
-        return SlotGuard(body, release)
+        return ClosingBody(body, release)  # the slot comes back when the server closes
 
     def _serve(
         self,

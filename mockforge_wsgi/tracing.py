@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from ._observe import ClosingBody
 from .plan import Plan
 
 if TYPE_CHECKING:
@@ -91,21 +92,4 @@ class TracingMiddleware:
             _context.detach(token)
             raise
         _context.detach(token)
-        return _EndSpan(body, span)
-
-
-class _EndSpan:
-    def __init__(self, inner: Iterable[bytes], span: Any) -> None:
-        self._inner = inner
-        self._span = span
-
-    def __iter__(self) -> Any:
-        return iter(self._inner)
-
-    def close(self) -> None:
-        try:
-            close = getattr(self._inner, "close", None)
-            if close is not None:
-                close()
-        finally:
-            self._span.end()
+        return ClosingBody(body, span.end)

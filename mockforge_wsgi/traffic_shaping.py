@@ -29,7 +29,6 @@ __all__ = [
     "PacedBody",
     "PacedInput",
     "Shaping",
-    "SlotGuard",
     "decide_shaping",
     "retransmission_stall",
     "sleep_until",
@@ -275,35 +274,3 @@ class PacedInput:
 
     def __iter__(self) -> Iterator[bytes]:
         return iter(self.readline, b"")
-
-
-class SlotGuard:
-    """Holds a connection slot for the life of a response and gives it back exactly once.
-
-    Released in ``close()`` after the app's iterable is closed, even if that raises.
-    (werkzeug's ``ClosingIterator`` would skip later callbacks when the first raises.)
-    """
-
-    def __init__(self, inner: Iterable[bytes], release: Callable[[], None]) -> None:
-        self._inner = inner
-        self._release: Callable[[], None] | None = release
-
-    def __iter__(self) -> Iterator[bytes]:
-        return iter(self._inner)
-
-    def close(self) -> None:
-        try:
-            close = getattr(self._inner, "close", None)
-            if close is not None:
-                close()
-        finally:
-            self._give_back()
-
-    def _give_back(self) -> None:
-        release, self._release = self._release, None
-        if release is not None:
-            release()
-
-    def __del__(self) -> None:
-        # A server that never calls close() would otherwise leak the slot for good.
-        self._give_back()
