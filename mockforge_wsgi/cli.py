@@ -307,6 +307,10 @@ def serve(
         "timeout": worker_timeout(startup, custom),
         "loglevel": log_level,
     }
+    if os.path.isdir("/dev/shm"):
+        # Heartbeats on a disk file can stall gthread's main loop, and with it the
+        # hand-off of every keep-alive request: injected latency should be all there is.
+        options["worker_tmp_dir"] = "/dev/shm"
     metrics_dir = _metrics_dir() if metrics else None
     options["child_exit"] = functools.partial(_child_exit, shared, metrics_dir)
     if metrics_port is not None:
