@@ -312,42 +312,34 @@ def _with_headers(start_response: StartResponse, extra: list[tuple[str, str]]) -
     return start_response_with_headers
 
 
-def _render_busy(start_response: StartResponse, extra: list[tuple[str, str]]) -> Iterable[bytes]:
-    body = b'{"error":"too many connections","injected_by":"mockforge"}'
+def _answer_json(
+    start_response: StartResponse, status: str, body: bytes, headers: list[tuple[str, str]]
+) -> Iterable[bytes]:
+    """An answer of our own (not the app's): a JSON body with a truthful Content-Length."""
     start_response(
-        "503 Service Unavailable",
-        [
-            ("Content-Type", "application/json"),
-            ("Content-Length", str(len(body))),
-            ("Retry-After", "1"),
-            *add_annotation(extra, "connection_limit=full"),
-        ],
+        status,
+        [("Content-Type", "application/json"), ("Content-Length", str(len(body))), *headers],
     )
     return [body]
+
+
+def _render_busy(start_response: StartResponse, extra: list[tuple[str, str]]) -> Iterable[bytes]:
+    body = b'{"error":"too many connections","injected_by":"mockforge"}'
+    headers = [("Retry-After", "1"), *add_annotation(extra, "connection_limit=full")]
+    return _answer_json(start_response, "503 Service Unavailable", body, headers)
 
 
 def _render_bad_headers(start_response: StartResponse, problems: list[str]) -> Iterable[bytes]:
     """A chaos request header we cannot honour: say which, change nothing."""
     body = json.dumps({"error": "invalid chaos headers", "problems": problems}).encode()
-    start_response(
-        "400 Bad Request",
-        [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
-    )
-    return [body]
+    return _answer_json(start_response, "400 Bad Request", body, [])
 
 
 def _render_store_down(start_response: StartResponse) -> Iterable[bytes]:
     """on_store_error: closed. Not chaos: the store we need is gone, and we say so."""
     body = b'{"error":"chaos store unreachable","injected_by":"mockforge"}'
-    start_response(
-        "503 Service Unavailable",
-        [
-            ("Content-Type", "application/json"),
-            ("Content-Length", str(len(body))),
-            ("X-Mockforge-Chaos", "store=unreachable"),
-        ],
-    )
-    return [body]
+    headers = [("X-Mockforge-Chaos", "store=unreachable")]
+    return _answer_json(start_response, "503 Service Unavailable", body, headers)
 
 
 def route_resolver(app: Any) -> RouteResolver:
