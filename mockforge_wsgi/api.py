@@ -26,7 +26,6 @@ from ._kinds import Kind
 from ._version import __version__
 from .config import (
     SECTION_CLASSES,
-    ChaosConfig,
     ConfigError,
     FaultInjectionConfig,
     LatencyConfig,
@@ -126,21 +125,20 @@ def reset() -> Response:
     return _json(_engine().status())
 
 
-def _runtime_config() -> ChaosConfig:
-    state = _engine().state()
-    return attrs.evolve(state.config, enabled=state.enabled)
-
-
 def config() -> Response:
+    """The config in force: the runtime config, or the active scenario's with the
+    changes made on top of it (a write while a scenario runs lasts until it ends)."""
     if request.method == "PUT":
         body = _mapping(_body())
         _engine().set_config(_validated(lambda: config_from_dict(body)))
-    return _json(_runtime_config().to_dict())
+    return _json(_engine().editable().to_dict())
 
 
 def config_section(section: str) -> Response:
     attribute, cls = SECTIONS[section]
-    current = getattr(_runtime_config(), attribute)
+    if request.method == "DELETE":  # the scenario's own section applies again
+        _engine().clear_overrides(attribute)
+    current = getattr(_engine().editable(), attribute)
     if request.method in ("PUT", "PATCH"):
         body = _mapping(_body())
         if request.method == "PATCH":
@@ -281,15 +279,16 @@ ROUTES: tuple[Route, ...] = (
         "/config",
         ("GET", "PUT"),
         config,
-        "The runtime config (PUT replaces it)",
+        "The config in force (PUT replaces it; on top of a running scenario until it ends)",
         body="ChaosConfig",
     ),
     *(
         Route(
             f"/config/{segment}",
-            ("GET", "PUT", "PATCH"),
+            ("GET", "PUT", "PATCH", "DELETE"),
             config_section,
-            f"The {attribute} section (PUT replaces it atomically, PATCH merges)",
+            f"The {attribute} section in force (PUT replaces it atomically, PATCH merges; "
+            "DELETE drops a change made on top of the running scenario)",
             defaults={"section": segment},
             body=cls.__name__,
         )

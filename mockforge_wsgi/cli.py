@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import json
@@ -24,7 +25,8 @@ from gunicorn.util import import_app
 from .app import METRICS_ENV, create_app
 from .config import ChaosConfig, ConfigError
 from .scenarios import BUILTIN_SCENARIOS, Scenario, UnknownScenario, load_scenarios
-from .state import STORE_ENV, EmbeddedStore, MemoryStore, Store, store_from_url
+from .state import STORE_ENV, MemoryStore, Store, StoreError, store_from_url
+from .state.server_store import server_store_directory
 
 ADMIN_TOKEN_ENV = "MOCKFORGE_ADMIN_TOKEN"
 DEFAULT_URL = "http://127.0.0.1:3000"
@@ -178,10 +180,8 @@ def _import_app(spec: str) -> Any:
 )
 @click.option(
     "--threads",
-    default=8,
-    show_default=True,
     type=click.IntRange(1, 1000),
-    help="Threads per gthread worker.",
+    help="Threads per worker: 8 for gthread; sync workers have one.",
 )
 @click.option(
     "--worker-class",
@@ -249,7 +249,7 @@ def serve(
     host: str,
     port: int,
     workers: int,
-    threads: int,
+    threads: int | None,
     worker_class: str,
     app_spec: str | None,
     admin_token: str | None,
@@ -267,6 +267,7 @@ def serve(
 
     Precedence: flags > MOCKFORGE_CHAOS_* environment > --config YAML > defaults.
     """
+    threads = _threads_for(worker_class, threads)
     overrides, sources = _flag_overrides(flags)
     wrapped = _import_app(app_spec) if app_spec else None
     metrics = metrics or metrics_port is not None
@@ -296,7 +297,7 @@ def serve(
             f"--chaos-scenario: {error} is not a scenario (built-in: {known})"
         ) from None
     _check_port(host, port)
-    shared = _shared_store(workers)
+    shared = _named_store()
     startup = middleware.engine.startup
     custom = middleware.engine.scenarios().values()
     options = {
@@ -329,7 +330,12 @@ def serve(
         )
 
     url = os.environ.get(STORE_ENV, "")
-    store = f"shared store {url}" if shared is not None else "in-process store"
+    if url:
+        store = f"store {url}"
+    elif workers > 1:
+        store = "one embedded store for all workers"
+    else:
+        store = "in-process store"
     click.echo(
         f"mockforge: serving on http://{host}:{port} ({workers} {worker_class} worker(s), "
         f"{store}, chaos {'on' if startup.enabled else 'off'}; management API at /api/chaos)",
@@ -338,8 +344,10 @@ def serve(
     try:
         _Server(factory, options).run()
     finally:
-        if url.endswith(_OWN_STORE_MARK):
-            shutil.rmtree(url.removeprefix("file://"), ignore_errors=True)
+        # The store this server's workers found (a later server's first worker would
+        # remove it too; tidy now).
+        with contextlib.suppress(StoreError):
+            shutil.rmtree(server_store_directory(os.getpid()), ignore_errors=True)
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
@@ -378,22 +386,29 @@ def _serve_metrics_port(host: str, port: int, server: Any) -> None:
     start_http_server(port, addr=host, registry=registry)
 
 
-_OWN_STORE_MARK = "-mockforge-store"
+def _threads_for(worker_class: str, threads: int | None) -> int:
+    """Threads per worker. gunicorn runs gthread workers whenever threads > 1, whatever
+    the worker class says: so sync means one thread, and asking for more is an error."""
+    if worker_class == "gthread":
+        return 8 if threads is None else threads
+    if threads is not None and threads > 1:
+        raise click.UsageError(
+            f"--threads {threads} with --worker-class sync: gunicorn would run gthread "
+            "workers instead (it switches whenever threads > 1); a sync worker serves one "
+            "request at a time. Use --worker-class gthread for threads."
+        )
+    return 1
 
 
-def _shared_store(workers: int) -> Store | None:
-    """The store the workers share: the one MOCKFORGE_STORE names, or with several
-    workers an embedded store in a fresh directory, so every worker sees the same state
-    and limits. None when each worker keeps its own memory (one worker)."""
+def _named_store() -> Store | None:
+    """The store MOCKFORGE_STORE names, for the master to give back a dead worker's
+    slots at once. Without one, several workers share the embedded store of this server
+    (they find it themselves; its rows expire with their worker)."""
     url = os.environ.get(STORE_ENV)
-    if url:
-        store = store_from_url(url)
-        return None if isinstance(store, MemoryStore) else store
-    if workers == 1:
+    if not url:
         return None
-    directory = tempfile.mkdtemp(suffix=_OWN_STORE_MARK)
-    os.environ[STORE_ENV] = f"file://{directory}"  # the workers inherit it at fork
-    return EmbeddedStore(directory)
+    store = store_from_url(url)
+    return None if isinstance(store, MemoryStore) else store
 
 
 class _Server(BaseApplication):  # type: ignore[misc]

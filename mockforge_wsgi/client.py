@@ -39,6 +39,13 @@ SECTIONS = {
     "rate_limit": "rate-limit",
     "traffic": "traffic",
 }
+# Section name here -> its name in the config (and in /status "overrides").
+ATTRIBUTES = {
+    "latency": "latency",
+    "faults": "fault_injection",
+    "rate_limit": "rate_limit",
+    "traffic": "traffic_shaping",
+}
 
 
 class ChaosApiError(Exception):
@@ -138,6 +145,11 @@ class ChaosClient:
         """Merge into a section."""
         return self._call("PATCH", f"/config/{SECTIONS[name]}", values)  # type: ignore[no-any-return]
 
+    def clear_override(self, name: str) -> dict[str, Any]:
+        """Drop a change made to a section while a scenario runs: the scenario's own
+        section applies again (nothing to drop without a scenario)."""
+        return self._call("DELETE", f"/config/{SECTIONS[name]}")  # type: ignore[no-any-return]
+
     def scenarios(self) -> list[dict[str, Any]]:
         return self._call("GET", "/scenarios")["scenarios"]  # type: ignore[no-any-return]
 
@@ -181,8 +193,11 @@ class ChaosClient:
             previous = before["active_scenario"]
             if previous is None:
                 self.stop_scenario()
-            else:
-                self.start_scenario(previous["name"])
+            else:  # the one that ran before, for what was left of it, with its changes
+                self.start_scenario(previous["name"], duration_s=previous["remaining_s"])
+                for section, attribute in ATTRIBUTES.items():
+                    if attribute in before["overrides"]:
+                        self.set_section(section, before["overrides"][attribute])
             self._restore_enabled(before["enabled"])
 
     @contextlib.contextmanager
@@ -212,18 +227,35 @@ class ChaosClient:
 
     @contextlib.contextmanager
     def _section(self, name: str, fields: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        before_enabled = self.status()["enabled"]
+        """Change a section of the config in force (on top of a running scenario, if
+        one runs), then restore exactly that: the section as it was, or no change on
+        top of the scenario if there was none."""
+        before_status = self.status()
         before = self.section(name)
         applied = self.update_section(name, enabled=True, **fields)
         self.enable()
         try:
             yield applied
         finally:
-            self.set_section(name, before)
-            self._restore_enabled(before_enabled)
+            running = _running(before_status)
+            if running == _running(self.status()):
+                if running is not None and ATTRIBUTES[name] not in before_status["overrides"]:
+                    self.clear_override(name)
+                else:
+                    self.set_section(name, before)
+            # Else the scenario changed inside the block: a change made on top of one
+            # ended with it; one made to the runtime config (no scenario at the start)
+            # stays, as the runtime config cannot be written while a scenario runs.
+            self._restore_enabled(before_status["enabled"])
 
     def _restore_enabled(self, enabled: bool) -> None:
         if enabled:
             self.enable()
         else:
             self.disable()
+
+
+def _running(status: dict[str, Any]) -> tuple[str, float] | None:
+    """Which scenario run a status shows (a restart is another run), or None."""
+    active = status["active_scenario"]
+    return None if active is None else (active["name"], active["started_at"])

@@ -132,6 +132,7 @@ ROUTE_EXAMPLES = {
     ("/config", "GET"): "curl -s localhost:3000/api/chaos/config",
     ("/config", "PUT"): "curl -s -X PUT localhost:3000/api/chaos/config -d '{\"enabled\": true}'",
     ("/config/latency", "GET"): "curl -s localhost:3000/api/chaos/config/latency",
+    ("/config/latency", "DELETE"): "curl -s -X DELETE localhost:3000/api/chaos/config/latency",
     (
         "/config/latency",
         "PUT",
@@ -141,6 +142,7 @@ ROUTE_EXAMPLES = {
         "PATCH",
     ): "curl -s -X PATCH localhost:3000/api/chaos/config/latency -d '{\"probability\": 0.5}'",
     ("/config/faults", "GET"): "curl -s localhost:3000/api/chaos/config/faults",
+    ("/config/faults", "DELETE"): "curl -s -X DELETE localhost:3000/api/chaos/config/faults",
     (
         "/config/faults",
         "PUT",
@@ -152,6 +154,10 @@ ROUTE_EXAMPLES = {
     ("/config/rate-limit", "GET"): "curl -s localhost:3000/api/chaos/config/rate-limit",
     (
         "/config/rate-limit",
+        "DELETE",
+    ): "curl -s -X DELETE localhost:3000/api/chaos/config/rate-limit",
+    (
+        "/config/rate-limit",
         "PUT",
     ): 'curl -s -X PUT localhost:3000/api/chaos/config/rate-limit -d \'{"enabled": true, "requests_per_second": 50}\'',
     (
@@ -159,6 +165,7 @@ ROUTE_EXAMPLES = {
         "PATCH",
     ): "curl -s -X PATCH localhost:3000/api/chaos/config/rate-limit -d '{\"per_ip\": true}'",
     ("/config/traffic", "GET"): "curl -s localhost:3000/api/chaos/config/traffic",
+    ("/config/traffic", "DELETE"): "curl -s -X DELETE localhost:3000/api/chaos/config/traffic",
     (
         "/config/traffic",
         "PUT",

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import random
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -27,7 +28,8 @@ from .patterns import PATTERN_COUNTER
 from .plan import NO_CHAOS, PLAN_ENVIRON_KEY, Plan, decide_plan
 from .rate_limit import RateLimiter, client_ip, render_refusal
 from .scenarios import NEVER, Scenario, ScenarioEngine
-from .state import Store, StoreError, store_from_env
+from .state import STORE_ENV, MemoryStore, Store, StoreError, store_from_env
+from .state.server_store import server_store
 from .tracing import record_injections
 from .traffic_shaping import PacedBody, PacedInput, sleep_until
 
@@ -47,6 +49,8 @@ CONNECTION_LIMITED_KEY = "mockforge.connection_limited"  # for metrics: decided 
 DEBUG_HEADERS_ENV = "MOCKFORGE_DEBUG_HEADERS"
 WORKER_HEADER = "X-Mockforge-Worker"
 
+ERROR_LOG_INTERVAL_S = 60.0
+
 RouteResolver = Callable[["WSGIEnvironment"], str]
 
 
@@ -62,7 +66,9 @@ class ChaosMiddleware:
     ``rng`` defaults to ``random.Random(config.seed)``: with a seed, one process
     replays the same decisions for the same request sequence. ``store`` holds rate
     limit buckets, connection slots and the runtime state (default: the one
-    ``MOCKFORGE_STORE`` names, else this process's memory).
+    ``MOCKFORGE_STORE`` names; else, under a server with several processes
+    (``wsgi.multiprocess``), the embedded store all of that server's workers share,
+    found on the first request; else this process's memory).
     ``route_for`` names a request's endpoint for per-endpoint limits; by default the
     route template of a wrapped Flask app, else the path.
     """
@@ -91,15 +97,24 @@ class ChaosMiddleware:
         self.rng = rng if rng is not None else random.Random(startup.seed)
         self._explicit_rng = rng is not None
         self._admin_token = admin_token or os.environ.get(ADMIN_TOKEN_ENV) or None
+        # Named by the caller or MOCKFORGE_STORE: used as given. Else chosen on the first
+        # request of each process, when the server says whether it runs several.
+        self._store_named = (
+            engine is not None or store is not None or bool(os.environ.get(STORE_ENV))
+        )
+        self._max_keys = startup.rate_limit.max_tracked_keys
+        self._server_checked = False
+        self._server_lock = threading.Lock()
         if engine is None:
             if store is None:
-                store = store_from_env(max_keys=startup.rate_limit.max_tracked_keys)
+                store = store_from_env(max_keys=self._max_keys)
             engine = ScenarioEngine(startup, store=store, custom=scenarios)
         self.engine = engine
         self.store = engine.store
         self.limiter = RateLimiter(self.store)
         self.route_for = route_for if route_for is not None else route_resolver(app)
         self.internal_errors = 0
+        self._quiet_until = 0.0  # our own errors are logged at most once a minute
         # X-Mockforge-Worker: <pid> on every response with chaos: which worker decided.
         if debug_headers is None:
             debug_headers = os.environ.get(DEBUG_HEADERS_ENV, "") in ("1", "true", "yes")
@@ -127,12 +142,18 @@ class ChaosMiddleware:
         self.engine.set_config(config)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if not self._server_checked:
+            self._check_server(environ)
         path = environ.get("PATH_INFO", "")
         if path.startswith(self._api_root) and self._is_api(path):
             return self.management(environ, start_response)  # type: ignore[misc]
         engine = self.engine
-        # The engine's cached config is current while no refresh is due (one comparison).
-        config = engine.current if engine.refresh_at == NEVER else engine.effective()
+        try:
+            # The engine's cached config is current while no refresh is due (one comparison).
+            config = engine.current if engine.refresh_at == NEVER else engine.effective()
+        except Exception:
+            self._internal_error("reading the chaos state")
+            return self.app(environ, start_response)
         if not config.enabled or self._is_exempt(path):
             return self.app(environ, start_response)
         started = time.monotonic()
@@ -176,6 +197,41 @@ class ChaosMiddleware:
                 )
         return self._apply(plan, config, environ, start_response, started)
 
+    def _check_server(self, environ: WSGIEnvironment) -> None:
+        """Once per process: under a server with several processes, one state for all.
+
+        A forked worker runs this on its first request (also when the app was built in
+        the master, as ``--preload`` does), so the state follows the server, not a hook.
+        """
+        with self._server_lock:
+            if self._server_checked:
+                return
+            self._server_checked = True
+            if not environ.get("wsgi.multiprocess"):
+                return
+            if self._store_named:
+                if isinstance(self.store, MemoryStore):
+                    log.warning(
+                        "mockforge: this server runs several processes, but the chaos state "
+                        "was set to per-process memory: a management call reaches only the "
+                        "worker that answers it, and each worker enforces its own rate "
+                        "limits. Leave MOCKFORGE_STORE unset (or use file:// or redis://) "
+                        "for one state for the whole server."
+                    )
+                return
+            try:
+                store = server_store(max_keys=self._max_keys)
+            except StoreError:
+                log.exception(
+                    "mockforge: cannot open the store this server's workers share; this "
+                    "worker keeps its own chaos state (management calls and limits apply "
+                    "per worker)"
+                )
+                return
+            self.engine.attach(store)
+            self.store = store
+            self.limiter = RateLimiter(store)
+
     def _is_api(self, path: str) -> bool:
         return self.management is not None and (
             path == self._api_root or path.startswith(self._api_below)
@@ -215,7 +271,8 @@ class ChaosMiddleware:
                 if config.on_store_error == "closed":
                     raise
                 self._internal_error("reaching the rate-limit store")
-        return decide_plan(config, rng, verdict, number)
+        head = environ.get("REQUEST_METHOD") == "HEAD"
+        return decide_plan(config, rng, verdict, number, head=head)
 
     def _apply(
         self,
@@ -239,13 +296,22 @@ class ChaosMiddleware:
             )
         if shaping is None or not shaping.max_connections:
             return self._serve(plan, config, environ, start_response, headers, started)
-        if not self.store.acquire_slot(
-            CONNECTION_SLOTS, shaping.max_connections, shaping.queue_timeout_ms / 1000.0
-        ):
-            self.store.incr("connection_limited")
+        store = self.store
+        try:
+            admitted = store.acquire_slot(
+                CONNECTION_SLOTS, shaping.max_connections, shaping.queue_timeout_ms / 1000.0
+            )
+            if not admitted:
+                store.incr("connection_limited")
+        except StoreError:
+            if config.on_store_error == "closed":
+                return _render_store_down(start_response)
+            self._internal_error("taking a connection slot")
+            return self._serve(plan, config, environ, start_response, headers, started)
+        if not admitted:
             environ[CONNECTION_LIMITED_KEY] = True
             return _render_busy(start_response, headers)
-        release = functools.partial(self.store.release_slot, CONNECTION_SLOTS)
+        release = functools.partial(self._release_slot, store)
         try:
             body = self._serve(plan, config, environ, start_response, headers, started)
         except BaseException:
@@ -287,12 +353,23 @@ class ChaosMiddleware:
             body = PacedBody(body, shaping, environ, started=started)
         return body
 
+    def _release_slot(self, store: Store) -> None:
+        """Give a slot back; if the store cannot hear of it, it will not stay taken (the
+        store's own rule: a lease, or the holder's row), so carry on."""
+        try:
+            store.release_slot(CONNECTION_SLOTS)
+        except Exception:
+            self._internal_error("releasing a connection slot")
+
     def _internal_error(self, doing: str) -> None:
-        """Our own failure must not look like chaos: serve unharmed, log, count."""
+        """Our own failure must not look like chaos: serve unharmed, count, and log one
+        line per outage (again each minute while it lasts)."""
         self.internal_errors += 1
         with contextlib.suppress(Exception):
             self.store.incr("internal_errors")
-        if self.internal_errors == 1 or self.internal_errors % 1000 == 0:
+        now = time.monotonic()
+        if now >= self._quiet_until:
+            self._quiet_until = now + ERROR_LOG_INTERVAL_S
             log.exception(
                 "mockforge internal error while %s (%d so far); serving without chaos",
                 doing,

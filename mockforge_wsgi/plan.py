@@ -119,11 +119,14 @@ def decide_plan(
     rng: random.Random,
     rate_limit: RateLimitVerdict | None = None,
     pattern_number: int | None = None,
+    *,
+    head: bool = False,
 ) -> Plan:
     """Decide one request's chaos from the config and the rate limiter's verdict.
 
     Pure: no sleeping, no I/O, draws only from ``rng``. A refused request gets
-    nothing else; a dropped one gets no latency or fault.
+    nothing else; a dropped one gets no latency or fault. A ``head`` request has no
+    body to cut short: a partial response drawn for it is not planned (nor reported).
     """
     if rate_limit is not None and not rate_limit.allowed:
         return Plan(rate_limit=rate_limit)
@@ -132,6 +135,8 @@ def decide_plan(
         return Plan(rate_limit=rate_limit, shaping=shaping)
     delay_ms = decide_delay(config.latency, rng)
     fault = decide_fault(config.fault_injection, rng, pattern_number)
+    if head and fault is not None and fault.kind == "partial_response":
+        fault = None  # drawn all the same: the requests after it decide as without HEAD
     if delay_ms is None and fault is None and shaping is None and rate_limit is None:
         return NO_CHAOS
     return Plan(delay_ms=delay_ms, fault=fault, rate_limit=rate_limit, shaping=shaping)

@@ -1,7 +1,9 @@
 """Scenarios: named chaos configs, and the engine that switches, times and ramps them.
 
 A scenario is a whole :class:`ChaosConfig`: while it is active it is the effective
-config; when it stops (or its ``duration_s`` runs out) the runtime config returns. The
+config; when it stops (or its ``duration_s`` runs out) the runtime config returns.
+The last write wins: a config change made while a scenario runs applies at once on top
+of it (an *override*) and ends with it. The
 runtime state (enabled flag, runtime config, active scenario, custom scenarios,
 schedule) lives in the store, so every process sharing a store sees the same.
 
@@ -15,6 +17,7 @@ Usage::
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 import time
@@ -40,6 +43,8 @@ __all__ = [
     "ramped",
     "scenario_from_dict",
 ]
+
+log = logging.getLogger("mockforge_wsgi")
 
 ScenarioKind = Literal["predefined", "network_profile", "custom"]
 # While a ramp runs, the effective config is recomputed at most this often.
@@ -320,20 +325,53 @@ class ScheduleEntry:
     duration_s: float | None = None
 
 
+# What a change made while a scenario runs may override: all but the master switch
+# (which is the state's own) and the startup scenario's name.
+OVERRIDABLE = tuple(
+    field.name for field in attrs.fields(ChaosConfig) if field.name not in ("enabled", "scenario")
+)
+
+
 @attrs.frozen
 class RuntimeState:
-    """What management calls change; kept in the store as JSON-ready data."""
+    """What management calls change; kept in the store as JSON-ready data.
+
+    ``overridden`` names the fields of ``overrides`` that apply on top of the active
+    scenario (changes made while it runs); both are cleared when it stops.
+    """
 
     enabled: bool
     config: ChaosConfig
     active: ActiveScenario | None = None
     custom: tuple[Scenario, ...] = ()
     schedule: tuple[ScheduleEntry, ...] = ()
+    overridden: tuple[str, ...] = ()
+    overrides: ChaosConfig | None = None
+
+    def with_active(self, active: ActiveScenario | None, **changes: Any) -> RuntimeState:
+        """Another scenario (or none) runs now: the overrides of the last one end."""
+        return attrs.evolve(self, active=active, overridden=(), overrides=None, **changes)
+
+    def editable(self, scenarios: Mapping[str, Scenario]) -> ChaosConfig:
+        """The config that changes apply to: the active scenario's with its overrides
+        (unramped), else the runtime config."""
+        if self.active is None:
+            return self.config
+        return self.overlay(scenarios[self.active.name].config)
+
+    def overlay(self, config: ChaosConfig) -> ChaosConfig:
+        """``config`` with the overridden fields replaced."""
+        if not self.overridden or self.overrides is None:
+            return config
+        overrides = self.overrides
+        return attrs.evolve(config, **{name: getattr(overrides, name) for name in self.overridden})
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "enabled": self.enabled,
             "config": self.config.to_dict(),
+            "overridden": list(self.overridden),
+            "overrides": self.overrides.to_dict() if self.overrides is not None else None,
             "active": attrs.asdict(self.active) if self.active else None,
             "custom": [
                 {"name": s.name, "description": s.description, "config": s.config.to_dict()}
@@ -355,6 +393,8 @@ class RuntimeState:
                 for item in data["custom"]
             ),
             schedule=tuple(ScheduleEntry(**entry) for entry in data["schedule"]),
+            overridden=tuple(data.get("overridden", ())),
+            overrides=config_from_dict(data["overrides"]) if data.get("overrides") else None,
         )
 
 
@@ -375,21 +415,29 @@ class ScenarioEngine:
         custom: Iterable[Scenario] = (),
     ) -> None:
         self.startup = startup
-        self.store = store if store is not None else MemoryStore()
-        self._store_version = self.store.state_version
-        self._notified = self.store.subscribe(self._invalidate)
         self.clock = clock
         self._startup_custom = tuple(custom)
         self._lock = threading.RLock()
-        self._version = -1
-        self._state = self._initial_state()
         # The effective config as last computed; callers may read it directly while
         # ``refresh_at`` is NEVER (nothing pending, and the store notifies changes).
         self.current = startup
-        self.refresh_at = 0.0
-        with contextlib.suppress(StoreError):  # unreachable now: effective() retries
-            if self.store.load_state()[1] is None:
-                self._save(self._state)
+        self.store_errors = 0
+        self._store_down = False
+        self._state = self._initial_state()
+        self.attach(store if store is not None else MemoryStore())
+
+    def attach(self, store: Store) -> None:
+        """Keep the runtime state in ``store`` from now on. The first process to attach
+        to a shared store seeds it with its startup state; the others adopt what is
+        there (whatever was changed before, in this process, stays behind)."""
+        with self._lock:
+            self.store = store
+            self._store_version = store.state_version
+            self._notified = store.subscribe(self._invalidate)
+            self._version = -1
+            self.refresh_at = 0.0
+            with contextlib.suppress(StoreError):  # unreachable now: effective() retries
+                store.init_state(self._initial_state().to_dict())
 
     def _initial_state(self) -> RuntimeState:
         state = RuntimeState(
@@ -412,8 +460,11 @@ class ScenarioEngine:
         """
         if self.refresh_at == NEVER:
             return self.current
-        if self._store_version() == self._version and self.clock() < self.refresh_at:
-            return self.current
+        try:
+            if self._store_version() == self._version and self.clock() < self.refresh_at:
+                return self.current
+        except StoreError:
+            return self._store_failed()
         return self._refresh()
 
     def _invalidate(self) -> None:
@@ -425,11 +476,23 @@ class ScenarioEngine:
 
     def _refresh(self) -> ChaosConfig:
         try:
-            return self._reload()
+            config = self._reload()
         except StoreError:
-            # Unreachable store: keep applying what we last knew, try again in a moment.
-            self.refresh_at = self.clock() + STORE_RETRY_S
-            return self.current
+            return self._store_failed()
+        if self._store_down:
+            self._store_down = False
+            log.warning("mockforge: the chaos state can be read again")
+        return config
+
+    def _store_failed(self) -> ChaosConfig:
+        """Unreachable store: keep applying what we last knew, try again in a moment;
+        count each failure, log one line per outage."""
+        self.store_errors += 1
+        if not self._store_down:
+            self._store_down = True
+            log.exception("mockforge: cannot read the chaos state; applying the last known")
+        self.refresh_at = self.clock() + STORE_RETRY_S
+        return self.current
 
     def _reload(self) -> ChaosConfig:
         with self._lock:
@@ -454,15 +517,14 @@ class ScenarioEngine:
         due = [entry for entry in state.schedule if entry.start_at <= now]
         if due:
             last = due[-1]  # entries are sorted: the latest due one is what runs now
-            state = attrs.evolve(
-                state,
+            state = state.with_active(
+                ActiveScenario(last.name, last.start_at, last.duration_s),
                 schedule=tuple(entry for entry in state.schedule if entry.start_at > now),
-                active=ActiveScenario(last.name, last.start_at, last.duration_s),
                 enabled=True,
             )
         ends = state.active.ends_at() if state.active else None
         if ends is not None and now >= ends:
-            state = attrs.evolve(state, active=None)
+            state = state.with_active(None)
         return state
 
     def _compute(self, state: RuntimeState, now: float) -> tuple[ChaosConfig, float]:
@@ -475,13 +537,15 @@ class ScenarioEngine:
         else:
             scenario = self._lookup(state, active.name).config
             fraction = active.ramp_fraction(now)
-            config = ramped(scenario, fraction)
+            # The ramp grows the scenario; changes made on top of it apply as written.
+            config = state.overlay(
+                attrs.evolve(ramped(scenario, fraction), seed=state.config.seed)
+            )
             if fraction < 1.0:
                 refresh_at = min(refresh_at, now + RAMP_STEP_S)
             ends = active.ends_at()
             if ends is not None:
                 refresh_at = min(refresh_at, ends)
-            config = attrs.evolve(config, seed=state.config.seed)
         if config.enabled != state.enabled:
             config = attrs.evolve(config, enabled=state.enabled)
         return config, refresh_at
@@ -518,15 +582,50 @@ class ScenarioEngine:
     def set_enabled(self, enabled: bool) -> None:
         self._change(lambda state, now: attrs.evolve(state, enabled=enabled))
 
+    def editable(self) -> ChaosConfig:
+        """The config changes apply to (see :meth:`RuntimeState.editable`), with the
+        master switch as ``enabled``."""
+        state = self.state()
+        return attrs.evolve(state.editable(self._all(state)), enabled=state.enabled)
+
     def set_config(self, config: ChaosConfig) -> None:
-        """Replace the runtime config (``enabled`` in it sets the switch too)."""
-        self._change(lambda state, now: attrs.evolve(state, config=config, enabled=config.enabled))
+        """Replace the config in force (``enabled`` in it sets the switch too): the
+        runtime config, or while a scenario runs, all of it on top of the scenario."""
+        self._change(
+            lambda state, now: attrs.evolve(
+                self._write(state, config, OVERRIDABLE), enabled=config.enabled
+            )
+        )
 
     def update_config(self, **sections: Any) -> None:
-        """Replace sections of the runtime config (``latency=LatencyConfig(...)``)."""
-        self._change(
-            lambda state, now: attrs.evolve(state, config=attrs.evolve(state.config, **sections))
-        )
+        """Replace sections of the config in force (``latency=LatencyConfig(...)``): the
+        runtime config's, or while a scenario runs, on top of the scenario until it ends."""
+
+        def update(state: RuntimeState, now: float) -> RuntimeState:
+            return self._write(
+                state, attrs.evolve(state.editable(self._all(state)), **sections), sections
+            )
+
+        self._change(update)
+
+    def clear_overrides(self, *names: str) -> None:
+        """Drop changes made on top of the active scenario (all when no ``names``): its
+        own values apply again."""
+
+        def clear(state: RuntimeState, now: float) -> RuntimeState:
+            kept = tuple(n for n in state.overridden if names and n not in names)
+            return attrs.evolve(
+                state, overridden=kept, overrides=state.overrides if kept else None
+            )
+
+        self._change(clear)
+
+    @staticmethod
+    def _write(state: RuntimeState, config: ChaosConfig, names: Iterable[str]) -> RuntimeState:
+        if state.active is None:
+            return attrs.evolve(state, config=config)
+        overridden = (*state.overridden, *(n for n in names if n not in state.overridden))
+        return attrs.evolve(state, overridden=overridden, overrides=config)
 
     def reset(self) -> None:
         """Startup config back, scenario stopped, schedule cleared, counters zeroed."""
@@ -549,9 +648,7 @@ class ScenarioEngine:
 
         def start(state: RuntimeState, now: float) -> RuntimeState:
             self._lookup(state, name)
-            return attrs.evolve(
-                state, active=ActiveScenario(name, now, duration_s, ramp_s), enabled=True
-            )
+            return state.with_active(ActiveScenario(name, now, duration_s, ramp_s), enabled=True)
 
         state = self._change(start)
         assert state.active is not None
@@ -563,7 +660,7 @@ class ScenarioEngine:
         def halt(state: RuntimeState, now: float) -> RuntimeState:
             if state.active is None or (name is not None and state.active.name != name):
                 raise UnknownScenario(name or "(none active)")
-            return attrs.evolve(state, active=None)
+            return state.with_active(None)
 
         self._change(halt)
 
@@ -592,9 +689,11 @@ class ScenarioEngine:
                 "remaining_s": None if ends is None else round(max(0.0, ends - now), 3),
                 "ramp_progress": round(state.active.ramp_fraction(now), 3),
             }
+        written = state.overrides.to_dict() if state.overrides is not None else {}
         return {
             "enabled": state.enabled,
             "active_scenario": active,
+            "overrides": {name: written[name] for name in state.overridden},
             "schedule": [attrs.asdict(entry) for entry in state.schedule],
             "effective_config": config.to_dict(),
             "counters": self.store.counters(),

@@ -76,7 +76,7 @@ def gunicorn_server(
     env: dict[str, str] | None = None,
     worker_class: str = "sync",
     workers: int = 1,
-    threads: int = 4,
+    threads: int | None = None,
     app: str = "wsgi_apps:app",
     extra_args: tuple[str, ...] = (),
     chdir: Path = TESTS_DIR,
@@ -87,6 +87,9 @@ def gunicorn_server(
     listener.listen(128)
     listener.set_inheritable(True)
     port = listener.getsockname()[1]
+    if threads is None:  # gunicorn runs gthread whenever threads > 1: sync means one
+        threads = 1 if worker_class == "sync" else 4
+    assert worker_class != "sync" or threads == 1, "gunicorn would run gthread workers"
     args = [
         sys.executable,
         "-m",

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import attrs
 import pytest
 
 from mockforge_wsgi import load_config
-from mockforge_wsgi.config import ChaosConfig, ConfigError
+from mockforge_wsgi.config import ChaosConfig, ConfigError, FaultInjectionConfig, LatencyConfig
 from mockforge_wsgi.scenarios import (
     NETWORK_PROFILES,
     PREDEFINED_SCENARIOS,
@@ -193,3 +196,102 @@ def test_two_engines_on_one_store_see_each_others_changes() -> None:
     assert second.effective().latency.fixed_delay_ms == 2000
     second.set_enabled(False)
     assert first.effective().enabled is False
+
+
+FAULT_ALL = FaultInjectionConfig(enabled=True, http_errors=(503,), http_error_probability=1.0)
+
+
+def test_a_change_while_a_scenario_runs_wins_until_it_stops() -> None:
+    chaos, clock = engine(load_config(environ={}, overrides={"enabled": True}))
+    chaos.activate("slow_backend")
+    chaos.update_config(fault_injection=FAULT_ALL)
+    effective = chaos.effective()
+    assert effective.fault_injection == FAULT_ALL  # the last write wins at once
+    assert effective.latency == PREDEFINED_SCENARIOS["slow_backend"].config.latency
+    status = chaos.status()
+    assert status["active_scenario"]["name"] == "slow_backend"
+    assert status["overrides"]["fault_injection"]["http_error_probability"] == 1.0
+    assert set(status["overrides"]) == {"fault_injection"}
+    assert chaos.state().config.fault_injection == FaultInjectionConfig()  # runtime kept
+    chaos.stop()
+    assert chaos.effective().fault_injection == FaultInjectionConfig()  # runtime is back
+    assert chaos.status()["overrides"] == {}
+
+
+@pytest.mark.parametrize(
+    "end",
+    [
+        pytest.param(lambda chaos, clock: chaos.activate("peak_traffic"), id="replaced"),
+        pytest.param(lambda chaos, clock: setattr(clock, "now", clock.now + 61), id="ran-out"),
+        pytest.param(lambda chaos, clock: chaos.reset(), id="reset"),
+    ],
+)
+def test_changes_on_top_end_with_their_scenario(end: Any) -> None:
+    chaos, clock = engine(load_config(environ={}, overrides={"enabled": True}))
+    chaos.activate("slow_backend", duration_s=60)
+    chaos.update_config(fault_injection=FAULT_ALL)
+    end(chaos, clock)
+    assert chaos.effective().fault_injection != FAULT_ALL
+    assert chaos.status()["overrides"] == {}
+
+
+def test_overrides_are_not_ramped_and_can_be_dropped() -> None:
+    chaos, clock = engine()
+    chaos.activate("service_instability", ramp_s=10)
+    chaos.update_config(fault_injection=FAULT_ALL)
+    assert chaos.effective().fault_injection.http_error_probability == 1.0  # as written
+    chaos.update_config(latency=LatencyConfig(enabled=True, fixed_delay_ms=7))
+    chaos.clear_overrides("fault_injection")
+    clock.now += 5  # half-way up the ramp: the scenario's own value, halved
+    assert chaos.effective().fault_injection.http_error_probability == pytest.approx(0.1)
+    assert chaos.effective().latency.fixed_delay_ms == 7  # the other change stays
+    assert chaos.editable().fault_injection.http_error_probability == 0.2  # unramped
+
+
+def test_a_whole_config_written_during_a_scenario_applies_on_top() -> None:
+    chaos, clock = engine()
+    chaos.activate("slow_backend")
+    written = load_config(environ={}, overrides={"enabled": True, "fault_injection": {}})
+    chaos.set_config(written)
+    effective = chaos.effective()
+    assert effective.latency == written.latency  # the scenario's latency is overridden
+    assert effective.enabled
+    chaos.stop()
+    # The runtime config is back as it was; the master switch stays as last set.
+    assert chaos.state().config == ChaosConfig()
+    assert chaos.effective() == attrs.evolve(ChaosConfig(), enabled=True)
+
+
+def test_without_a_scenario_changes_go_to_the_runtime_config() -> None:
+    chaos, clock = engine()
+    chaos.update_config(fault_injection=FAULT_ALL)
+    assert chaos.state().config.fault_injection == FAULT_ALL
+    assert chaos.status()["overrides"] == {}
+    chaos.activate("slow_backend")
+    assert (
+        chaos.effective().fault_injection
+        == PREDEFINED_SCENARIOS["slow_backend"].config.fault_injection
+    )
+    chaos.stop()
+    assert chaos.effective().fault_injection == FAULT_ALL
+
+
+def test_overrides_reach_other_engines_on_the_store() -> None:
+    store = MemoryStore()
+    first = ScenarioEngine(ChaosConfig(), store=store)
+    second = ScenarioEngine(ChaosConfig(), store=store)
+    first.activate("slow_backend")
+    first.update_config(fault_injection=FAULT_ALL)
+    assert second.effective().fault_injection == FAULT_ALL
+    assert second.status()["overrides"].keys() == {"fault_injection"}
+
+
+def test_attach_seeds_a_fresh_store_and_adopts_a_seeded_one() -> None:
+    shared = MemoryStore()
+    first, _ = engine(load_config(environ={}, overrides={"enabled": True}))
+    first.attach(shared)
+    first.update_config(fault_injection=FAULT_ALL)
+    late, _ = engine()  # another worker, started with another config
+    late.attach(shared)
+    assert late.effective().fault_injection == FAULT_ALL  # adopted, not reseeded
+    assert late.effective().enabled

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from mockforge_wsgi.state import Bucket, EmbeddedStore, MemoryStore, store_from_url
+from mockforge_wsgi.state import Bucket, EmbeddedStore, MemoryStore, StoreError, store_from_url
+from mockforge_wsgi.state.embedded import MAX_WORKERS
 
 FORK = multiprocessing.get_context("fork")
 
@@ -129,3 +130,111 @@ def test_reset_and_counters(tmp_path: Path) -> None:
     store.reset()
     assert store.counters() == {}
     assert store.acquire([Bucket("global", 1.0, 1)], 5.0)[1].allowed
+
+
+def _count_once(directory: Path) -> None:
+    EmbeddedStore(directory).incr("requests")
+
+
+def test_worker_churn_never_runs_out_of_rows(tmp_path: Path) -> None:
+    # gunicorn --max-requests: a new pid for every worker, no hook gives rows back.
+    # More short-lived processes than there are rows: each claims the row of one gone.
+    EmbeddedStore(tmp_path)
+    for _ in range(MAX_WORKERS + 44):
+        child = FORK.Process(target=_count_once, args=(tmp_path,))
+        child.start()
+        child.join(10)
+        assert child.exitcode == 0
+    store = EmbeddedStore(tmp_path)
+    assert store.counters()["requests"] == MAX_WORKERS + 44  # a gone worker's counts stay
+    assert store.incr("after") == 1
+
+
+def test_a_dead_workers_slots_come_back_without_any_hook(tmp_path: Path) -> None:
+    store = EmbeddedStore(tmp_path)
+    ready = FORK.Event()
+    child = FORK.Process(target=_take_a_slot_and_die, args=(tmp_path, ready))
+    child.start()
+    assert ready.wait(10)
+    assert child.pid is not None
+    os.kill(child.pid, signal.SIGKILL)
+    child.join(10)
+    assert store.slots_in_use("connections") == 1  # nobody told the store
+    # Its replacement (any new process) claims a row and frees those of the gone.
+    replacement = FORK.Process(target=_count_once, args=(tmp_path,))
+    replacement.start()
+    replacement.join(10)
+    assert store.slots_in_use("connections") == 0
+
+
+def test_two_store_objects_of_one_process_share_its_row(tmp_path: Path) -> None:
+    first, second = EmbeddedStore(tmp_path), EmbeddedStore(tmp_path)
+    assert first.acquire_slot("connections", 5, 0)
+    assert second.slots_in_use("connections") == 1  # not wiped by the second claim
+    second.incr("x")
+    first.release_slot("connections")
+    assert second.slots_in_use("connections") == 0
+
+
+def _seed(directory: Path, value: int, results: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    results.put(EmbeddedStore(directory).init_state({"seeded_by": value}))
+
+
+def test_init_state_seeds_once_across_racing_processes(tmp_path: Path) -> None:
+    results: multiprocessing.Queue = FORK.Queue()  # type: ignore[type-arg]
+    children = [FORK.Process(target=_seed, args=(tmp_path, n, results)) for n in range(6)]
+    for child in children:
+        child.start()
+    seeded = [results.get(timeout=30) for _ in children]
+    for child in children:
+        child.join(10)
+    assert sorted(seeded) == [False] * 5 + [True]
+    store = EmbeddedStore(tmp_path)
+    assert store.state_version() == 1
+    assert not store.init_state({"seeded_by": "late"})
+    store.save_state({"changed": True})
+    assert store.load_state() == (2, {"changed": True})
+
+
+def test_os_errors_reach_callers_as_store_errors(tmp_path: Path) -> None:
+    store = EmbeddedStore(tmp_path)
+    os.close(store._fd)  # the file's descriptor is gone: fcntl fails with EBADF
+    for call in (
+        lambda: store.incr("x"),
+        lambda: store.acquire_slot("connections", 1, 0),
+        store.load_state,
+        lambda: store.acquire([Bucket("global", 1.0, 1)], 1.0),
+    ):
+        with pytest.raises(StoreError, match="embedded store"):
+            call()
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(StoreError, match="embedded store"):
+        EmbeddedStore(tmp_path / "a-file" / "below")  # a directory under a file
+
+
+def test_a_release_that_could_not_be_written_does_not_stay_taken(tmp_path: Path) -> None:
+    store = EmbeddedStore(tmp_path)
+    assert store.acquire_slot("connections", 5, 0)
+    assert store.acquire_slot("connections", 5, 0)
+    read_only = os.open(tmp_path / "read-only", os.O_RDONLY | os.O_CREAT)
+    fd, store._fd = store._fd, read_only  # a write lock on it fails: EBADF
+    with pytest.raises(StoreError):
+        store.release_slot("connections")
+    store._fd = fd
+    os.close(read_only)
+    assert store.acquire_slot("connections", 5, 0)  # settles the owed release first
+    assert store.slots_in_use("connections") == 2
+
+
+def test_a_waiter_gets_the_slot_of_a_killed_holder(tmp_path: Path) -> None:
+    store = EmbeddedStore(tmp_path)
+    ready = FORK.Event()
+    child = FORK.Process(target=_take_a_slot_and_die, args=(tmp_path, ready))
+    child.start()
+    assert ready.wait(10)
+    assert child.pid is not None
+    os.kill(child.pid, signal.SIGKILL)
+    child.join(10)
+    # The limit is full with the dead holder's slot; waiting finds it gone.
+    assert store.acquire_slot("connections", 1, 5.0)
+    assert store.slots_in_use("connections") == 1

@@ -1,8 +1,9 @@
 """The store interface: where runtime state that must be shared lives.
 
-One interface, several backends chosen by URL (``memory://`` now; an embedded
-cross-process store and Redis later). Algorithms (rate limiting, connection limits)
-take a store and never know which backend they use.
+One interface, several backends chosen by URL (``memory://``, ``file://`` for the
+embedded cross-process store, ``redis://``). Every backend raises :class:`StoreError`
+for its own failures, so callers have one thing to catch. Algorithms (rate limiting,
+connection limits) take a store and never know which backend they use.
 """
 
 from __future__ import annotations
@@ -79,6 +80,12 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def save_state(self, state: dict[str, Any]) -> int:
         """Replace the runtime state; returns the new version."""
+
+    @abc.abstractmethod
+    def init_state(self, state: dict[str, Any]) -> bool:
+        """Save ``state`` only if no state was ever saved, in one atomic step; whether it
+        was saved. The first of many processes to start seeds the state; the rest, even
+        those racing it, adopt what is there."""
 
     @abc.abstractmethod
     def reset(self) -> None:

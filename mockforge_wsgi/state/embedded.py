@@ -12,11 +12,16 @@ Layout (native byte order, 8-byte aligned)::
     state     the runtime state as JSON (at most 1 MiB)
     names     counter names, 32 bytes each
     counters  a row per worker process: owner pid, then one u64 per name; summed on read
-    slots     a row per worker process: owner pid, in-flight requests
+    slots     a row per worker process: owner pid, owner start time, in-flight requests
     buckets   open-addressing table of (key hash, TAT); a TAT in the past is a free entry
 
 The state version is read without the lock (an aligned 8-byte read is never torn), so
 checking it per request costs one memory read.
+
+Rows expire with their process: a process claiming a row takes a free one, else the
+row of a process that is gone (pid and start time checked), so worker churn under
+``--max-requests`` never runs out of rows and no hook has to give them back. Every
+``OSError`` of the file or its lock reaches callers as :class:`StoreError`.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from ._process import is_alive, start_time
 from .base import Store, StoreError
 from .gcra import Bucket, BucketOutcome, charge
 
@@ -47,6 +53,8 @@ MAX_WORKERS = 256
 MAX_PROBES = 32
 # Polling interval while waiting for a connection slot another process holds.
 SLOT_POLL_S = 0.002
+# While waiting for a slot, how often to look for holders that are gone.
+DEAD_HOLDER_CHECK_S = 0.25
 
 _VERSION, _LENGTH, _ROWS, _ENTRIES = 0, 1, 2, 3  # header words
 _STATE = 32
@@ -54,7 +62,7 @@ _NAMES = _STATE + MAX_STATE_BYTES
 _COUNTERS = _NAMES + NAME_BYTES * MAX_COUNTERS
 _COUNTER_ROW = 1 + MAX_COUNTERS  # words
 _SLOTS = _COUNTERS + 8 * _COUNTER_ROW * MAX_WORKERS
-_SLOT_ROW = 2  # words: owner pid, in flight
+_SLOT_ROW = 3  # words: owner pid, owner start time, in flight
 _BUCKETS = _SLOTS + 8 * _SLOT_ROW * MAX_WORKERS
 
 
@@ -69,10 +77,14 @@ class EmbeddedStore(Store):
 
     def __init__(self, directory: str | os.PathLike[str], *, max_keys: int = 100_000) -> None:
         folder = Path(directory)
-        folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / FILE_NAME
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        self._thread_lock = threading.RLock()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as error:
+            raise StoreError(f"embedded store {self.path}: {error}") from error
+        # fcntl locks exclude processes, not threads, nor two stores of one process.
+        self._thread_lock = _thread_lock_for(self.path)
         with self._locked():  # the first process sizes the file; later ones use its size
             if os.fstat(self._fd).st_size == 0:
                 entries = max(1024, 2 * max_keys)
@@ -85,16 +97,23 @@ class EmbeddedStore(Store):
         self._entries = int(self._words[_ENTRIES])
         self._pid = 0
         self._row = -1
+        self._unreleased = 0  # releases not yet written (the lock failed): owed
         self.evicted = 0
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         with self._thread_lock:
-            fcntl.lockf(self._fd, fcntl.LOCK_EX, 1, 0)
+            try:
+                fcntl.lockf(self._fd, fcntl.LOCK_EX, 1, 0)
+            except OSError as error:
+                raise StoreError(f"embedded store {self.path}: {error}") from error
             try:
                 yield
+            except OSError as error:
+                raise StoreError(f"embedded store {self.path}: {error}") from error
             finally:
-                fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, 0)
+                with contextlib.suppress(OSError):
+                    fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, 0)
 
     # -- runtime state ------------------------------------------------------------------
 
@@ -108,31 +127,79 @@ class EmbeddedStore(Store):
         return version, (json.loads(raw) if length else None)
 
     def save_state(self, state: dict[str, Any]) -> int:
+        raw = self._encode(state)
+        with self._locked():
+            return self._write_state(raw)
+
+    def init_state(self, state: dict[str, Any]) -> bool:
+        raw = self._encode(state)
+        with self._locked():
+            if self._words[_VERSION]:
+                return False
+            self._write_state(raw)
+            return True
+
+    @staticmethod
+    def _encode(state: dict[str, Any]) -> bytes:
         raw = json.dumps(state, separators=(",", ":")).encode()
         if len(raw) > MAX_STATE_BYTES:
             raise StoreError(f"the runtime state is {len(raw)} bytes; at most {MAX_STATE_BYTES}")
-        with self._locked():
-            self._map[_STATE : _STATE + len(raw)] = raw
-            self._words[_LENGTH] = len(raw)
-            self._words[_VERSION] += 1  # last, so a reader that sees it sees the state
-            return int(self._words[_VERSION])
+        return raw
+
+    def _write_state(self, raw: bytes) -> int:
+        """Write the state (call with the lock held)."""
+        self._map[_STATE : _STATE + len(raw)] = raw
+        self._words[_LENGTH] = len(raw)
+        self._words[_VERSION] += 1  # last, so a reader that sees it sees the state
+        return int(self._words[_VERSION])
 
     # -- rows: each process counts in its own row, claimed after fork --------------------
 
     def _own_row(self) -> int:
-        """This process's row in the counter and slot tables (call with the lock held)."""
+        """This process's row in the counter and slot tables (call with the lock held).
+
+        Claimed once per process. Claiming first frees the rows of processes that are
+        gone (pid and start time checked), as does waiting for a slot: a killed
+        worker's slots come back with no hook telling us of its death."""
         pid = os.getpid()
         if pid == self._pid:
             return self._row
-        for row in range(MAX_WORKERS):
-            owner = int(self._words[_COUNTERS // 8 + row * _COUNTER_ROW])
-            if owner in (0, pid):
-                self._words[_COUNTERS // 8 + row * _COUNTER_ROW] = pid
-                self._words[_SLOTS // 8 + row * _SLOT_ROW] = pid
-                self._words[_ROWS] = max(int(self._words[_ROWS]), row + 1)
-                self._pid, self._row = pid, row
+        started = start_time(pid)
+        for row in range(int(self._words[_ROWS])):
+            slot = _SLOTS // 8 + row * _SLOT_ROW
+            if int(self._words[slot]) == pid and int(self._words[slot + 1]) == started:
+                self._pid, self._row = pid, row  # another store object of this process
                 return row
-        raise StoreError(f"more than {MAX_WORKERS} processes share {self.path}")
+        self._free_dead_rows()
+        free = next(
+            (
+                row
+                for row in range(int(self._words[_ROWS]))
+                if not self._words[_SLOTS // 8 + row * _SLOT_ROW]
+            ),
+            -1,
+        )
+        if free < 0:
+            free = int(self._words[_ROWS])
+            if free >= MAX_WORKERS:
+                raise StoreError(f"more than {MAX_WORKERS} live processes share {self.path}")
+            self._words[_ROWS] = free + 1
+        slot = _SLOTS // 8 + free * _SLOT_ROW
+        self._words[slot], self._words[slot + 1], self._words[slot + 2] = pid, started, 0
+        self._unreleased = 0  # owed by the process this object was forked from
+        self._words[_COUNTERS // 8 + free * _COUNTER_ROW] = pid
+        self._pid, self._row = pid, free
+        return free
+
+    def _free_dead_rows(self) -> None:
+        """Free the rows of processes that are gone (call with the lock held): their
+        in-flight slots come back; their counts stay summed."""
+        for row in range(int(self._words[_ROWS])):
+            slot = _SLOTS // 8 + row * _SLOT_ROW
+            owner = int(self._words[slot])
+            if owner and not is_alive(owner, int(self._words[slot + 1])):
+                self._words[slot] = self._words[slot + 1] = self._words[slot + 2] = 0
+                self._words[_COUNTERS // 8 + row * _COUNTER_ROW] = 0
 
     def release_worker(self, pid: int) -> None:
         """A worker died: give back its in-flight slots and its rows. Its counts stay in
@@ -141,8 +208,7 @@ class EmbeddedStore(Store):
             for row in range(int(self._words[_ROWS])):
                 slot = _SLOTS // 8 + row * _SLOT_ROW
                 if int(self._words[slot]) == pid:
-                    self._words[slot] = 0
-                    self._words[slot + 1] = 0
+                    self._words[slot] = self._words[slot + 1] = self._words[slot + 2] = 0
                     self._words[_COUNTERS // 8 + row * _COUNTER_ROW] = 0
 
     # -- counters -----------------------------------------------------------------------
@@ -196,23 +262,39 @@ class EmbeddedStore(Store):
 
     def _in_flight(self) -> int:
         rows = int(self._words[_ROWS])
-        return sum(int(self._words[_SLOTS // 8 + row * _SLOT_ROW + 1]) for row in range(rows))
+        return sum(int(self._words[_SLOTS // 8 + row * _SLOT_ROW + 2]) for row in range(rows))
 
     def acquire_slot(self, name: str, limit: int, timeout_s: float) -> bool:
-        deadline = time.monotonic() + max(timeout_s, 0.0)
+        now = time.monotonic()
+        deadline, sweep_at = now + max(timeout_s, 0.0), now + DEAD_HOLDER_CHECK_S
         while True:
             with self._locked():
+                cell = self._settle_releases()
                 if self._in_flight() < limit:
-                    self._words[_SLOTS // 8 + self._own_row() * _SLOT_ROW + 1] += 1
+                    self._words[cell] += 1
                     return True
-            if time.monotonic() >= deadline:
+                now = time.monotonic()
+                if now >= sweep_at:  # slots of a killed worker must not stay taken
+                    sweep_at = now + DEAD_HOLDER_CHECK_S
+                    self._free_dead_rows()
+            if now >= deadline:
                 return False
             time.sleep(SLOT_POLL_S)
 
     def release_slot(self, name: str) -> None:
-        with self._locked():
-            cell = _SLOTS // 8 + self._own_row() * _SLOT_ROW + 1
-            self._words[cell] = max(int(self._words[cell]) - 1, 0)
+        with self._thread_lock:
+            self._unreleased += 1  # given back here first: a failed write is kept owed
+            with self._locked():
+                self._settle_releases()
+
+    def _settle_releases(self) -> int:
+        """Write the releases this process owes to its row (call with the lock held);
+        returns the row's in-flight cell."""
+        cell = _SLOTS // 8 + self._own_row() * _SLOT_ROW + 2
+        if self._unreleased:
+            self._words[cell] = max(int(self._words[cell]) - self._unreleased, 0)
+            self._unreleased = 0
+        return cell
 
     def slots_in_use(self, name: str) -> int:
         with self._locked():
@@ -282,3 +364,14 @@ class EmbeddedStore(Store):
             for row in range(int(self._words[_ROWS])):
                 start = _COUNTERS + 8 * (row * _COUNTER_ROW + 1)
                 self._map[start : start + 8 * MAX_COUNTERS] = bytes(8 * MAX_COUNTERS)
+
+
+_LOCKS: dict[str, threading.RLock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _thread_lock_for(path: Path) -> threading.RLock:
+    """One thread lock per store file in this process, shared by its store objects."""
+    key = os.path.realpath(path)
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(key, threading.RLock())

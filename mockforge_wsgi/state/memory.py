@@ -112,6 +112,16 @@ class MemoryStore(Store):
             notify()
         return version
 
+    def init_state(self, state: dict[str, Any]) -> bool:
+        with self._lock:
+            if self._state is not None:
+                return False
+            self._state = state
+            self._version += 1
+        for notify in self._subscribers:
+            notify()
+        return True
+
     def tracked_keys(self) -> int:
         return len(self._tats)
 

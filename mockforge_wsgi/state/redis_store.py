@@ -12,10 +12,12 @@ open or closed as configured. redis-py reconnects by itself when Redis is back.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -62,15 +64,50 @@ return {tightest - 1, 1, tonumber(ARGV[2 * tightest]), math.floor(tightest_room 
         string.format('%.17g', new_tats[tightest] - now), '0'}
 """
 
+# Connection slots: a field per process holding how many slots that process has now
+# (its own count is the truth, written whole, never incremented), and when it was last
+# written. A field not written for SLOT_LEASE_S is a process that is gone: dropped.
+# KEYS: counts, written-at. ARGV: limit, this process, its count now, lease seconds.
 TAKE_SLOT = """
-local taken = 0
-for _, value in ipairs(redis.call('HVALS', KEYS[1])) do taken = taken + tonumber(value) end
-if taken >= tonumber(ARGV[1]) then return 0 end
-redis.call('HINCRBY', KEYS[1], ARGV[2], 1)
+local now = tonumber(redis.call('TIME')[1])
+local taken = tonumber(ARGV[3])
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local field = all[i]
+  if field ~= ARGV[2] then
+    local at = tonumber(redis.call('HGET', KEYS[2], field) or '0')
+    if at + tonumber(ARGV[4]) < now then
+      redis.call('HDEL', KEYS[1], field)
+      redis.call('HDEL', KEYS[2], field)
+    else
+      taken = taken + tonumber(all[i + 1])
+    end
+  end
+end
+local mine = tonumber(ARGV[3])
+local granted = 0
+if taken < tonumber(ARGV[1]) then mine, granted = mine + 1, 1 end
+redis.call('HSET', KEYS[1], ARGV[2], mine)
+redis.call('HSET', KEYS[2], ARGV[2], now)
+return granted
+"""
+
+# KEYS: counts, written-at. ARGV: this process, its count now.
+PUT_SLOTS = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[1], redis.call('TIME')[1])
+"""
+
+# KEYS: state, version. ARGV: the state.
+INIT_STATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('INCR', KEYS[2])
 return 1
 """
 
 SLOT_POLL_S = 0.005
+SLOT_LEASE_S = 120
 RETRY_S = 0.5
 
 
@@ -97,13 +134,24 @@ class RedisStore(Store):
         self._prefix = prefix
         self._charge = self._redis.register_script(CHARGE)
         self._take_slot = self._redis.register_script(TAKE_SLOT)
+        self._put_slots = self._redis.register_script(PUT_SLOTS)
+        self._init_state = self._redis.register_script(INIT_STATE)
+        # Slots this process holds, by name: the truth its field in Redis is set to.
+        self._held: dict[str, int] = {}
+        self._held_lock = threading.RLock()  # a recovery inside a take resyncs
         self._version_poll_s = version_poll_s
         self._version = 0
         self._version_checked = float("-inf")
-        self._worker = f"{socket.gethostname()}:{os.getpid()}"
+        self._host = socket.gethostname()
         self.down = False
         self.outages = 0
         self._retry_at = 0.0
+
+    @property
+    def _worker(self) -> str:
+        """This process, as its slot field is named (the pid now: stores made before a
+        fork serve every forked worker)."""
+        return f"{self._host}:{os.getpid()}"
 
     def _key(self, name: str) -> str:
         return self._prefix + name
@@ -128,7 +176,19 @@ class RedisStore(Store):
         if self.down:
             self.down = False
             log.warning("mockforge: Redis store %s reachable again", self.url)
+            self._resync_slots()
         return result
+
+    def _resync_slots(self) -> None:
+        """After an outage, write the slot counts this process really holds: a take that
+        timed out may have run, a release that failed did not."""
+        with self._held_lock:
+            held = dict(self._held)
+        for name, count in held.items():
+            try:
+                self._write_held(name, count)
+            except StoreError:
+                return  # down again: the next recovery tries again
 
     # -- runtime state ------------------------------------------------------------------
 
@@ -159,6 +219,11 @@ class RedisStore(Store):
 
         self._version = self._call(save)
         return self._version
+
+    def init_state(self, state: dict[str, Any]) -> bool:
+        raw = json.dumps(state, separators=(",", ":"))
+        keys = [self._key("state"), self._key("version")]
+        return bool(self._call(lambda: self._init_state(keys=keys, args=[raw])))
 
     # -- rate limits --------------------------------------------------------------------
 
@@ -195,20 +260,36 @@ class RedisStore(Store):
             if int(value)
         }
 
-    # -- connection slots: a field per worker, so a dead one can be given back ----------
+    # -- connection slots: a field per process, set to what it holds, with a lease -----
+
+    def _slot_keys(self, name: str) -> list[str]:
+        return [self._key("slots:" + name), self._key("slots-at:" + name)]
 
     def acquire_slot(self, name: str, limit: int, timeout_s: float) -> bool:
         deadline = time.monotonic() + max(timeout_s, 0.0)
-        key = self._key("slots:" + name)
+        keys = self._slot_keys(name)
         while True:
-            if self._call(lambda: self._take_slot(keys=[key], args=[limit, self._worker])):
-                return True
+            # One take at a time per process, so writes of its count arrive in order.
+            with self._held_lock:
+                held = self._held.get(name, 0)
+                args: list[str | int] = [limit, self._worker, held, SLOT_LEASE_S]
+                if self._call(functools.partial(self._take_slot, keys=keys, args=args)):
+                    self._held[name] = held + 1
+                    return True
             if time.monotonic() >= deadline:
                 return False
             time.sleep(SLOT_POLL_S)
 
     def release_slot(self, name: str) -> None:
-        self._call(lambda: self._redis.hincrby(self._key("slots:" + name), self._worker, -1))
+        with self._held_lock:
+            # Given back here first: if Redis cannot hear of it now, it will on the next
+            # write of this count (any take or release, or the recovery after an outage).
+            held = self._held[name] = max(self._held.get(name, 0) - 1, 0)
+            self._write_held(name, held)
+
+    def _write_held(self, name: str, count: int) -> None:
+        keys = self._slot_keys(name)
+        self._call(lambda: self._put_slots(keys=keys, args=[self._worker, count]))
 
     def slots_in_use(self, name: str) -> int:
         values = self._call(lambda: self._redis.hvals(self._key("slots:" + name)))
@@ -216,7 +297,12 @@ class RedisStore(Store):
 
     def release_worker(self, pid: int) -> None:
         worker = f"{socket.gethostname()}:{pid}"
-        self._call(lambda: self._redis.hdel(self._key("slots:connections"), worker))
+
+        def forget() -> None:
+            self._redis.hdel(self._key("slots:connections"), worker)
+            self._redis.hdel(self._key("slots-at:connections"), worker)
+
+        self._call(forget)
 
     def reset(self) -> None:
         def clear() -> None:

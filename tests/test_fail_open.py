@@ -1,0 +1,111 @@
+"""Our own failures never look like chaos: a store failing on any one method yields the
+app's own answer, counted, and logged once per outage."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from werkzeug.test import Client
+
+from mockforge_wsgi import load_config
+from mockforge_wsgi.middleware import ChaosMiddleware
+from mockforge_wsgi.state import MemoryStore, Store, StoreError
+
+# Every method of the Store interface, and who survives its failure on the way of a
+# request to the app (with the config below): the middleware (the app's own answer,
+# counted in ``internal_errors``), the engine (the last known config, counted in
+# ``store_errors``), or nobody needs to (not on the request path).
+ON_THE_REQUEST_PATH = {
+    "acquire": "middleware",  # the rate-limit check
+    "acquire_slot": "middleware",  # max_connections
+    "release_slot": "middleware",
+    "incr": "middleware",  # event counters, the pattern's and the seed's request numbers
+    "state_version": "engine",  # polled per request (this store does not notify)
+    "load_state": "engine",
+    "set_counter": None,
+    "counters": None,
+    "save_state": None,
+    "init_state": None,
+    "tracked_keys": None,
+    "slots_in_use": None,
+    "reset": None,
+    "release_worker": None,
+}
+
+
+def test_the_table_names_every_store_method() -> None:
+    assert set(ON_THE_REQUEST_PATH) == set(Store.__abstractmethods__) | {"release_worker"}
+
+
+class FailingStore(MemoryStore):
+    """A memory store whose method named ``failing`` raises, as an unreachable store."""
+
+    failing: str | None = None
+
+    def subscribe(self, callback: Callable[[], None]) -> bool:
+        return False  # like a shared store: polled by version
+
+
+def _failable(name: str) -> Callable[..., Any]:
+    def method(self: FailingStore, *args: Any, **kwargs: Any) -> Any:
+        if self.failing == name:
+            raise StoreError(f"{name}: store unreachable")
+        return getattr(MemoryStore, name)(self, *args, **kwargs)
+
+    return method
+
+
+for _name in ON_THE_REQUEST_PATH:
+    setattr(FailingStore, _name, _failable(_name))
+
+
+def hello(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")])
+    return [b"hello"]
+
+
+def answer(client: Client) -> tuple[int, bytes]:
+    """One request, its response closed as a server closes it (giving its slot back)."""
+    response = client.get("/")
+    body = response.data
+    response.close()
+    return response.status_code, body
+
+
+CONFIG = {
+    "enabled": True,
+    "seed": 7,  # numbers requests in the store
+    "rate_limit": {"enabled": True, "requests_per_second": 10_000, "burst_size": 1000},
+    # Slots a failing release keeps are the store's to expire (tests/test_state_*):
+    # room for them here, so each request shows the middleware's own behaviour.
+    "traffic_shaping": {"enabled": True, "max_connections": 50},
+    "fault_injection": {"enabled": True, "pattern": "every:1000000:503"},
+}
+
+
+@pytest.mark.parametrize("method", sorted(ON_THE_REQUEST_PATH))
+def test_a_store_failing_on_any_method_serves_the_app(
+    method: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = FailingStore()
+    config = load_config(environ={}, overrides=CONFIG)
+    middleware = ChaosMiddleware(hello, config=config, store=store)
+    client = Client(middleware)
+    assert answer(client) == (200, b"hello")
+    store.failing = method
+    MemoryStore.save_state(store, {**store._state})  # type: ignore[dict-item]  # re-read
+    with caplog.at_level(logging.ERROR, logger="mockforge_wsgi"):
+        answers = [answer(client) for _ in range(20)]
+    assert answers == [(200, b"hello")] * 20
+    survivor = ON_THE_REQUEST_PATH[method]
+    errors = middleware.internal_errors if survivor == "middleware" else 0
+    errors += middleware.engine.store_errors if survivor == "engine" else 0
+    if survivor is None:
+        assert (middleware.internal_errors, middleware.engine.store_errors) == (0, 0)
+        assert not caplog.records
+    else:
+        assert errors >= 20, (middleware.internal_errors, middleware.engine.store_errors)
+        assert len(caplog.records) == 1, caplog.records  # one line per outage
