@@ -202,7 +202,7 @@ FAULT_ALL = FaultInjectionConfig(enabled=True, http_errors=(503,), http_error_pr
 
 
 def test_a_change_while_a_scenario_runs_wins_until_it_stops() -> None:
-    chaos, clock = engine(load_config(environ={}, overrides={"enabled": True}))
+    chaos, _clock = engine(load_config(environ={}, overrides={"enabled": True}))
     chaos.activate("slow_backend")
     chaos.update_config(fault_injection=FAULT_ALL)
     effective = chaos.effective()
@@ -249,7 +249,7 @@ def test_overrides_are_not_ramped_and_can_be_dropped() -> None:
 
 
 def test_a_whole_config_written_during_a_scenario_applies_on_top() -> None:
-    chaos, clock = engine()
+    chaos, _clock = engine()
     chaos.activate("slow_backend")
     written = load_config(environ={}, overrides={"enabled": True, "fault_injection": {}})
     chaos.set_config(written)
@@ -263,7 +263,7 @@ def test_a_whole_config_written_during_a_scenario_applies_on_top() -> None:
 
 
 def test_without_a_scenario_changes_go_to_the_runtime_config() -> None:
-    chaos, clock = engine()
+    chaos, _clock = engine()
     chaos.update_config(fault_injection=FAULT_ALL)
     assert chaos.state().config.fault_injection == FAULT_ALL
     assert chaos.status()["overrides"] == {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 import time
@@ -19,12 +20,29 @@ pytestmark = pytest.mark.server
 FAULT_ALL = {"enabled": True, "http_errors": [503], "http_error_probability": 1.0}
 
 
-def _servers(tmp_path: Path, how: str, env: dict[str, str], worker_class: str = "gthread") -> Any:
+# How a user runs several workers; none of them names a store.
+HOW = {
+    "gunicorn": "mockforge_wsgi.app:app",  # the usage on the card
+    "flask under gunicorn": "wsgi_apps:flask_app",  # app.wsgi_app = ChaosMiddleware(...)
+}
+
+
+def _servers(
+    tmp_path: Path,
+    how: str,
+    env: dict[str, str],
+    worker_class: str = "gthread",
+    extra_args: tuple[str, ...] = (),
+) -> Any:
     env = {"MOCKFORGE_DEBUG_HEADERS": "1", **env}
-    if how == "gunicorn":
-        env["MOCKFORGE_STORE"] = f"file://{tmp_path / 'store'}"
+    if how in HOW:
         return gunicorn_server(
-            tmp_path, app="mockforge_wsgi.app:app", workers=4, worker_class=worker_class, env=env
+            tmp_path,
+            app=HOW[how],
+            workers=4,
+            worker_class=worker_class,
+            env=env,
+            extra_args=extra_args,
         )
     return mockforge_serve(tmp_path, "--workers", "4", "--worker-class", worker_class, env=env)
 
@@ -61,10 +79,21 @@ def _wait_for_workers(url: str, count: int) -> None:
     assert len(seen) == count, seen
 
 
-@pytest.mark.parametrize("how", ["gunicorn", "mockforge serve"])
-def test_one_management_call_reaches_every_worker(tmp_path: Path, how: str) -> None:
+@pytest.mark.parametrize(
+    ("how", "extra_args"),
+    [
+        pytest.param("gunicorn", (), id="gunicorn"),
+        pytest.param("gunicorn", ("--preload",), id="gunicorn-preload"),
+        pytest.param("flask under gunicorn", (), id="flask-under-gunicorn"),
+        pytest.param("mockforge serve", (), id="mockforge-serve"),
+    ],
+)
+def test_one_management_call_reaches_every_worker(
+    tmp_path: Path, how: str, extra_args: tuple[str, ...]
+) -> None:
     # Sync workers take one request at a time, so 10 concurrent clients reach all four.
-    with _servers(tmp_path, how, {}, worker_class="sync") as server, session() as http:
+    servers = _servers(tmp_path, how, {}, worker_class="sync", extra_args=extra_args)
+    with servers as server, session() as http:
         api = server.url + "/api/chaos"
         assert http.post(api + "/enable", timeout=10).status_code == 200
         slow = {"enabled": True, "fixed_delay_ms": 50}  # keeps a worker busy for a moment
@@ -86,14 +115,15 @@ def test_one_management_call_reaches_every_worker(tmp_path: Path, how: str) -> N
         assert counters["fault.http_error"] == 100
 
 
-def test_a_global_limit_is_one_limit_for_all_workers(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["gunicorn", "mockforge serve"])
+def test_a_global_limit_is_one_limit_for_all_workers(tmp_path: Path, how: str) -> None:
     env = {
         "MOCKFORGE_CHAOS_ENABLED": "true",
         "MOCKFORGE_CHAOS_RATE_LIMIT_ENABLED": "true",
         "MOCKFORGE_CHAOS_RATE_LIMIT_REQUESTS_PER_SECOND": "50",
         "MOCKFORGE_CHAOS_RATE_LIMIT_BURST_SIZE": "10",
     }
-    with _servers(tmp_path, "mockforge serve", env) as server:
+    with _servers(tmp_path, how, env) as server:
         statuses: Counter[int] = Counter()
         lock = threading.Lock()
         stop_at = time.monotonic() + 5.0
@@ -236,3 +266,71 @@ def test_a_connection_limit_holds_across_workers(tmp_path: Path) -> None:
         assert (
             http.get(server.url + "/api/chaos/stats", timeout=10).json()["connections_in_use"] == 0
         )
+
+
+def _faulted_share(url: str, count: int) -> float:
+    results = _concurrently(count, 10, lambda fresh: fresh.get(url + "/api/test", timeout=10))
+    return sum(r.status_code == 503 for r in results) / count
+
+
+def test_a_change_while_a_scenario_runs_reaches_every_worker(tmp_path: Path) -> None:
+    with _servers(tmp_path, "gunicorn", {}, worker_class="sync") as server, session() as http:
+        api = server.url + "/api/chaos"
+        _wait_for_workers(server.url, 4)
+        http.post(api + "/scenarios/service_instability", timeout=10).raise_for_status()
+        assert http.put(api + "/config/faults", json=FAULT_ALL, timeout=10).ok
+        assert _faulted_share(server.url, 100) == 1.0  # on top of the scenario, everywhere
+        overrides = http.get(api + "/status", timeout=10).json()["overrides"]
+        assert overrides["fault_injection"]["http_error_probability"] == 1.0
+        http.delete(api + "/scenarios", timeout=10).raise_for_status()
+        assert _faulted_share(server.url, 40) == 0.0  # the runtime config is back
+
+
+def test_a_restarted_server_starts_from_its_startup_config(tmp_path: Path) -> None:
+    runtime = tmp_path / "runtime"
+    env = {"MOCKFORGE_RUNTIME_DIR": str(runtime)}
+    with _servers(tmp_path, "gunicorn", env, worker_class="sync") as server, session() as http:
+        api = server.url + "/api/chaos"
+        http.post(api + "/enable", timeout=10).raise_for_status()
+        assert http.put(api + "/config/faults", json=FAULT_ALL, timeout=10).ok
+        assert _faulted_share(server.url, 20) == 1.0
+        (first,) = (runtime / f"mockforge-{os.getuid()}").iterdir()
+    with _servers(tmp_path, "gunicorn", env, worker_class="sync") as server, session() as http:
+        assert _faulted_share(server.url, 20) == 0.0
+        assert http.get(server.url + "/api/chaos/status", timeout=10).json()["enabled"] is False
+        (second,) = (runtime / f"mockforge-{os.getuid()}").iterdir()  # the old one is gone
+    assert first != second
+    assert re.fullmatch(r"\d+-\d+", second.name)
+
+
+def test_worker_churn_keeps_one_state_and_never_fails(tmp_path: Path) -> None:
+    # gunicorn --max-requests: every worker is replaced after 3 requests, no hook of
+    # ours runs; the state outlives every worker and their rows are reclaimed.
+    extra = ("--max-requests", "3")
+    with (
+        gunicorn_server(
+            tmp_path, app=HOW["gunicorn"], workers=2, worker_class="sync", extra_args=extra
+        ) as server,
+        session() as http,
+    ):
+        api = server.url + "/api/chaos"
+        http.post(api + "/enable", timeout=10).raise_for_status()
+        assert http.put(api + "/config/faults", json=FAULT_ALL, timeout=10).ok
+        statuses = Counter(
+            http.get(server.url + "/api/test", timeout=10).status_code for _ in range(45)
+        )
+        assert statuses == {503: 45}, statuses
+        http.post(api + "/disable", timeout=10).raise_for_status()
+        assert {http.get(server.url + "/api/test", timeout=10).status_code for _ in range(9)} == {
+            200
+        }
+        assert "Traceback" not in server.log()
+        assert server.log().count("Booting worker") >= 10  # the churn happened
+
+
+def test_per_process_memory_under_several_workers_is_named_in_a_warning(tmp_path: Path) -> None:
+    env = {"MOCKFORGE_STORE": "memory://"}
+    with gunicorn_server(tmp_path, app=HOW["gunicorn"], workers=2, env=env) as server:
+        assert session().get(server.url + "/api/test", timeout=10).status_code == 200
+        log = server.log()
+    assert "the chaos state was set to per-process memory" in " ".join(log.split())

@@ -1,7 +1,8 @@
 """Plain WSGI apps the tests serve, in-process and under a real gunicorn.
 
 gunicorn loads ``wsgi_apps:app`` (run with ``--chdir tests``): the base app wrapped
-in chaos configured by ``MOCKFORGE_CONFIG`` and ``MOCKFORGE_CHAOS_*``.
+in chaos configured by ``MOCKFORGE_CONFIG`` and ``MOCKFORGE_CHAOS_*``; and
+``wsgi_apps:flask_app``, a Flask app whose ``wsgi_app`` is wrapped.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator
 from typing import Any
+
+from flask import Flask
 
 from mockforge_wsgi import load_config
 from mockforge_wsgi.middleware import ChaosMiddleware
@@ -44,3 +47,17 @@ def _chunks(size: int, chunk: int = 16384) -> Iterator[bytes]:
 
 
 app = ChaosMiddleware(base_app, config=load_config(os.environ.get("MOCKFORGE_CONFIG")))
+
+
+# A user's Flask app with chaos mounted the way the README shows, for `gunicorn -w N`.
+flask_app = Flask(__name__)
+
+
+@flask_app.get("/api/test")
+def flask_test() -> dict[str, str]:
+    return {"message": "from flask"}
+
+
+flask_app.wsgi_app = ChaosMiddleware(  # type: ignore[method-assign]
+    flask_app.wsgi_app, config=load_config(os.environ.get("MOCKFORGE_CONFIG"))
+)

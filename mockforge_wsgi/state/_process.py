@@ -10,22 +10,28 @@ __all__ = ["is_alive", "start_time"]
 def start_time(pid: int) -> int:
     """When ``pid`` started, in clock ticks since boot (Linux ``/proc``); 0 when unknown
     (no such process, or no ``/proc``)."""
+    return _stat(pid)[1]
+
+
+def _stat(pid: int) -> tuple[str, int]:
+    """State letter and start time of ``pid`` from ``/proc``; ("", 0) when unknown."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
             raw = stat.read()
     except OSError:
-        return 0
-    # Field 22; the command name (field 2) is in parentheses and may hold spaces.
+        return "", 0
+    # Fields 3 and 22; the command name (field 2) is in parentheses and may hold spaces.
     fields = raw[raw.rfind(b")") + 2 :].split()
     try:
-        return int(fields[19])
+        return fields[0].decode(), int(fields[19])
     except (IndexError, ValueError):
-        return 0
+        return "", 0
 
 
 def is_alive(pid: int, started: int) -> bool:
-    """Whether the process ``pid`` that started at ``started`` still runs (a recycled
-    pid with another start time does not count; ``started`` 0: the pid alone decides)."""
+    """Whether the process ``pid`` that started at ``started`` still runs: a recycled
+    pid with another start time does not, nor a zombie not yet reaped by its parent
+    (``started`` 0: the pid alone decides)."""
     if pid <= 0:
         return False
     try:
@@ -34,7 +40,7 @@ def is_alive(pid: int, started: int) -> bool:
         return False
     except PermissionError:
         pass  # exists, owned by someone else
-    if not started:
-        return True
-    now = start_time(pid)
-    return now == 0 or now == started
+    state, now = _stat(pid)
+    if state in ("Z", "X"):
+        return False
+    return not started or now == 0 or now == started

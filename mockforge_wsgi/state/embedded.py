@@ -298,6 +298,7 @@ class EmbeddedStore(Store):
 
     def slots_in_use(self, name: str) -> int:
         with self._locked():
+            self._free_dead_rows()
             return self._in_flight()
 
     # -- buckets --------------------------------------------------------------------------
