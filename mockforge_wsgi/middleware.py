@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import random
+import sys
 import threading
 import time
 import uuid
@@ -221,11 +222,12 @@ class ChaosMiddleware:
                 return
             try:
                 store = server_store(max_keys=self._max_keys)
-            except StoreError:
-                log.exception(
-                    "mockforge: cannot open the store this server's workers share; this "
-                    "worker keeps its own chaos state (management calls and limits apply "
-                    "per worker)"
+            except StoreError as error:
+                log.error(
+                    "mockforge: cannot open the store this server's workers share (%s); "
+                    "this worker keeps its own chaos state (management calls and limits "
+                    "apply per worker)",
+                    error,
                 )
                 return
             self.engine.attach(store)
@@ -370,10 +372,16 @@ class ChaosMiddleware:
         now = time.monotonic()
         if now >= self._quiet_until:
             self._quiet_until = now + ERROR_LOG_INTERVAL_S
-            log.exception(
-                "mockforge internal error while %s (%d so far); serving without chaos",
+            error = sys.exc_info()[1]
+            # An unreachable store is an outage, said in one line; anything else is a
+            # bug of ours, logged with its traceback.
+            log.log(
+                logging.WARNING if isinstance(error, StoreError) else logging.ERROR,
+                "mockforge internal error while %s (%d so far); serving without chaos: %s",
                 doing,
                 self.internal_errors,
+                error,
+                exc_info=not isinstance(error, StoreError),
             )
 
 

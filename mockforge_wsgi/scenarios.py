@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -490,7 +491,10 @@ class ScenarioEngine:
         self.store_errors += 1
         if not self._store_down:
             self._store_down = True
-            log.exception("mockforge: cannot read the chaos state; applying the last known")
+            log.warning(
+                "mockforge: cannot read the chaos state (%s); applying the last known",
+                sys.exc_info()[1],
+            )
         self.refresh_at = self.clock() + STORE_RETRY_S
         return self.current
 

@@ -159,12 +159,27 @@ def test_a_dead_workers_slots_come_back_without_any_hook(tmp_path: Path) -> None
     assert child.pid is not None
     os.kill(child.pid, signal.SIGKILL)
     child.join(10)
-    assert store.slots_in_use("connections") == 1  # nobody told the store
+    with store._locked():
+        assert store._in_flight() == 1  # nobody told the store
     # Its replacement (any new process) claims a row and frees those of the gone.
     replacement = FORK.Process(target=_count_once, args=(tmp_path,))
     replacement.start()
     replacement.join(10)
-    assert store.slots_in_use("connections") == 0
+    with store._locked():
+        assert store._in_flight() == 0
+
+
+def test_counting_slots_in_use_skips_killed_holders(tmp_path: Path) -> None:
+    store = EmbeddedStore(tmp_path)
+    ready = FORK.Event()
+    child = FORK.Process(target=_take_a_slot_and_die, args=(tmp_path, ready))
+    child.start()
+    assert ready.wait(10)
+    assert store.slots_in_use("connections") == 1
+    assert child.pid is not None
+    os.kill(child.pid, signal.SIGKILL)
+    child.join(10)
+    assert store.slots_in_use("connections") == 0  # what /stats shows
 
 
 def test_two_store_objects_of_one_process_share_its_row(tmp_path: Path) -> None:

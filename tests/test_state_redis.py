@@ -12,7 +12,7 @@ import requests
 from conftest import RedisServer, gunicorn_server, session
 
 from mockforge_wsgi.state import Bucket, StoreError, store_from_url
-from mockforge_wsgi.state.redis_store import RedisStore
+from mockforge_wsgi.state.redis_store import SLOT_LEASE_S, RedisStore
 
 pytestmark = pytest.mark.server
 
@@ -66,6 +66,8 @@ def test_outage_fails_fast_and_recovers(redis_server: RedisServer) -> None:
 
 
 def _hammer(urls: list[str], seconds: float, clients: int) -> tuple[Counter[int], float]:
+    """Load from ``clients`` threads for ``seconds``: statuses (0: no answer; -5xx: a
+    server error that is not an injected one) and the time it took."""
     statuses: Counter[int] = Counter()
     lock = threading.Lock()
     start = time.monotonic()
@@ -78,9 +80,14 @@ def _hammer(urls: list[str], seconds: float, clients: int) -> tuple[Counter[int]
                 if time.monotonic() >= stop_at:
                     break
                 try:
-                    mine[http.get(url + "/api/test", timeout=10).status_code] += 1
+                    response = http.get(url + "/api/test", timeout=10)
                 except requests.RequestException:
                     mine[0] += 1
+                    continue
+                status = response.status_code
+                # A 5xx we did not inject (no annotation) is counted as its negative.
+                injected = "X-Mockforge-Chaos" in response.headers
+                mine[status if status < 500 or injected else -status] += 1
         with lock:
             statuses.update(mine)
 
@@ -153,3 +160,94 @@ def test_redis_stopping_under_load_gives_no_500s(
     log = server.log()
     assert "unreachable" in log
     assert "reachable again" in log
+
+
+def test_init_state_seeds_once(redis_server: RedisServer) -> None:
+    store = store_from_url(redis_server.url)
+    assert store.init_state({"first": True})
+    assert not store.init_state({"second": True})
+    assert store.load_state() == (1, {"first": True})
+
+
+def test_stale_slot_holders_expire_and_a_failed_release_does_not_stay_taken(
+    redis_server: RedisServer,
+) -> None:
+    import redis
+
+    store = store_from_url(redis_server.url)
+    assert isinstance(store, RedisStore)
+    admin = redis.Redis.from_url(redis_server.url)
+    now = int(admin.time()[0])
+    # A process on another host that died holding 5 slots, last heard of long ago.
+    admin.hset("mockforge:slots:connections", "gone:1", 5)
+    admin.hset("mockforge:slots-at:connections", "gone:1", now - SLOT_LEASE_S - 1)
+    assert store.acquire_slot("connections", 2, 0)  # its slots no longer count
+    assert store.acquire_slot("connections", 2, 0)
+    assert not store.acquire_slot("connections", 2, 0)
+    admin.client_pause(1000)  # Redis stops answering for a second
+    with pytest.raises(StoreError):
+        store.release_slot("connections")
+    time.sleep(1.2 + 0.5)  # the pause and the retry pause are over
+    assert store.slots_in_use("connections") == 1  # rewritten on recovery: one held
+    assert store.acquire_slot("connections", 2, 0)
+
+
+def test_redis_outage_and_pauses_under_limits_give_only_injected_5xx(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    import redis
+
+    env = {
+        "MOCKFORGE_STORE": redis_server.url,
+        "MOCKFORGE_CHAOS_ENABLED": "true",
+        "MOCKFORGE_CHAOS_RATE_LIMIT_ENABLED": "true",
+        "MOCKFORGE_CHAOS_RATE_LIMIT_REQUESTS_PER_SECOND": "20",
+        "MOCKFORGE_CHAOS_RATE_LIMIT_BURST_SIZE": "5",
+        # 2 slots held 100 ms each serve 20 requests a second, as many as are admitted:
+        # those arriving together wait past the queue timeout (503).
+        "MOCKFORGE_CHAOS_LATENCY_ENABLED": "true",
+        "MOCKFORGE_CHAOS_LATENCY_FIXED_DELAY_MS": "100",
+        "MOCKFORGE_CHAOS_TRAFFIC_SHAPING_ENABLED": "true",
+        "MOCKFORGE_CHAOS_TRAFFIC_SHAPING_MAX_CONNECTIONS": "2",
+        "MOCKFORGE_CHAOS_TRAFFIC_SHAPING_QUEUE_TIMEOUT_MS": "50",
+        "MOCKFORGE_CHAOS_FAULT_INJECTION_ENABLED": "true",
+        "MOCKFORGE_CHAOS_FAULT_INJECTION_PATTERN": "every:3:502",
+    }
+    with (
+        gunicorn_server(
+            tmp_path, app="mockforge_wsgi.app:app", workers=2, worker_class="gthread", env=env
+        ) as server,
+        session() as http,
+    ):
+        before, _ = _hammer([server.url], 2.0, 8)
+        assert {429, 502, 503} <= set(before), before  # every limit and the pattern bite
+        redis_server.stop()
+        during, _ = _hammer([server.url], 1.0, 8)
+        assert set(during) == {200}, during  # served unharmed: nothing can be decided
+        redis_server.start()
+        time.sleep(1.5)
+        admin = redis.Redis.from_url(redis_server.url)
+        pauses = threading.Thread(
+            target=lambda: [(admin.client_pause(1000), time.sleep(1.2)) for _ in range(8)]
+        )
+        pauses.start()
+        paused, _ = _hammer([server.url], 10.0, 8)
+        pauses.join(30)
+        assert all(status > 0 for status in paused), paused  # no 5xx we did not inject
+        time.sleep(1.0)
+        after, _ = _hammer([server.url], 1.5, 8)
+        assert {429, 502} <= set(after), after  # the limits and the pattern are back
+        assert set(after) <= {200, 429, 502, 503}, after
+        assert after[200] > 0  # slots did not leak for good: requests still get in
+        deadline = time.monotonic() + 5
+        while (
+            http.get(server.url + "/api/chaos/stats", timeout=10).json()["connections_in_use"]
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.1)
+        assert (
+            http.get(server.url + "/api/chaos/stats", timeout=10).json()["connections_in_use"] == 0
+        )
+    log = server.log()
+    assert "Traceback" not in log  # outages are one line each, not errors of ours
+    assert "mockforge internal error" in log

@@ -138,7 +138,7 @@ class RedisStore(Store):
         self._init_state = self._redis.register_script(INIT_STATE)
         # Slots this process holds, by name: the truth its field in Redis is set to.
         self._held: dict[str, int] = {}
-        self._held_lock = threading.RLock()  # a recovery inside a take resyncs
+        self._held_lock = threading.RLock()  # a recovery inside a take rewrites counts
         self._version_poll_s = version_poll_s
         self._version = 0
         self._version_checked = float("-inf")
@@ -162,33 +162,35 @@ class RedisStore(Store):
         While Redis is down, calls fail at once for ``RETRY_S`` instead of each waiting
         out a socket timeout, then one call tries again.
         """
-        if self.down and time.monotonic() < self._retry_at:
+        if self.down:
+            self._recover()
+        try:
+            return operation()
+        except self._errors as error:
+            raise self._went_down(error) from error
+
+    def _went_down(self, error: BaseException) -> StoreError:
+        self._retry_at = time.monotonic() + RETRY_S
+        if not self.down:
+            self.down = True
+            self.outages += 1
+            log.warning("mockforge: Redis store %s unreachable (%s)", self.url, error)
+        return StoreError(f"Redis store {self.url} unreachable: {error}")
+
+    def _recover(self) -> None:
+        """Is Redis back? If so, first write the slot counts this process really holds
+        (a take that timed out may have run there; a release that failed did not)."""
+        if time.monotonic() < self._retry_at:
             raise StoreError(f"Redis store {self.url} unreachable")
         try:
-            result = operation()
+            self._redis.ping()
+            with self._held_lock:
+                for name, count in self._held.items():
+                    self._put_slots(keys=self._slot_keys(name), args=[self._worker, count])
         except self._errors as error:
-            self._retry_at = time.monotonic() + RETRY_S
-            if not self.down:
-                self.down = True
-                self.outages += 1
-                log.warning("mockforge: Redis store %s unreachable (%s)", self.url, error)
-            raise StoreError(f"Redis store {self.url} unreachable: {error}") from error
-        if self.down:
-            self.down = False
-            log.warning("mockforge: Redis store %s reachable again", self.url)
-            self._resync_slots()
-        return result
-
-    def _resync_slots(self) -> None:
-        """After an outage, write the slot counts this process really holds: a take that
-        timed out may have run, a release that failed did not."""
-        with self._held_lock:
-            held = dict(self._held)
-        for name, count in held.items():
-            try:
-                self._write_held(name, count)
-            except StoreError:
-                return  # down again: the next recovery tries again
+            raise self._went_down(error) from error
+        self.down = False
+        log.warning("mockforge: Redis store %s reachable again", self.url)
 
     # -- runtime state ------------------------------------------------------------------
 
