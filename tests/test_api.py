@@ -334,3 +334,26 @@ def test_openapi_documents_exactly_the_registered_routes() -> None:
     assert len(ROUTES) == 15
     latency = document["components"]["schemas"]["LatencyConfig"]["properties"]
     assert latency["probability"]["type"] == "number"
+
+
+def test_a_section_written_while_a_scenario_runs_applies_on_top_until_it_stops() -> None:
+    client, _middleware = make()
+    call(client, "POST", "/scenarios/service_instability").get_json()
+    before = call(client, "GET", "/config/faults").get_json()
+    assert before["http_error_probability"] == 0.2  # the scenario's, as in force
+    faults = {"enabled": True, "http_errors": [503], "http_error_probability": 1.0}
+    assert call(client, "PUT", "/config/faults", faults).get_json()["http_errors"] == [503]
+    assert {client.get("/").status_code for _ in range(20)} == {503}  # the last write wins
+    status = call(client, "GET", "/status").get_json()
+    assert status["active_scenario"]["name"] == "service_instability"
+    assert status["overrides"]["fault_injection"]["http_error_probability"] == 1.0
+    assert status["effective_config"]["fault_injection"]["http_error_probability"] == 1.0
+    patched = call(client, "PATCH", "/config/faults", {"http_errors": [502]}).get_json()
+    assert (patched["http_errors"], patched["http_error_probability"]) == ([502], 1.0)
+    assert call(client, "DELETE", "/config/faults").get_json() == before  # scenario's own
+    assert call(client, "GET", "/status").get_json()["overrides"] == {}
+    call(client, "PATCH", "/config/faults", {"http_error_probability": 1.0})
+    call(client, "DELETE", "/scenarios")
+    assert {client.get("/").status_code for _ in range(20)} == {200}  # runtime config back
+    assert call(client, "GET", "/config/faults").get_json()["enabled"] is False
+    assert call(client, "DELETE", "/config/faults").status_code == 200  # nothing to drop

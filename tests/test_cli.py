@@ -41,6 +41,11 @@ pytestmark = pytest.mark.server
         pytest.param(
             ["--app", "no_such_module:app"], "--app no_such_module:app: could not import", id="app"
         ),
+        pytest.param(
+            ["--worker-class", "sync", "--threads", "4"],
+            "--threads 4 with --worker-class sync: gunicorn would run gthread workers",
+            id="threads-with-sync",
+        ),
     ],
 )
 def test_bad_flags_exit_2_before_binding(args: list[str], message: str) -> None:
@@ -223,3 +228,22 @@ def test_serve_sets_the_worker_timeout_above_an_injected_30s_timeout(tmp_path: P
     ) as server:
         pass
     assert "timeout: 60" in server.log()  # gunicorn's config dump at debug level
+
+
+@pytest.mark.parametrize(
+    ("args", "worker", "threads"),
+    [
+        pytest.param(("--worker-class", "sync"), "sync", "1", id="sync"),
+        pytest.param((), "gthread", "8", id="default"),
+        pytest.param(("--threads", "3"), "gthread", "3", id="gthread-3"),
+    ],
+)
+def test_the_worker_class_asked_for_is_the_one_gunicorn_runs(
+    tmp_path: Path, args: tuple[str, ...], worker: str, threads: str
+) -> None:
+    with mockforge_serve(tmp_path, "--log-level", "debug", *args) as server:
+        pass
+    log = server.log()
+    assert f"Using worker: {worker}" in log  # what gunicorn itself says it started
+    assert f"threads: {threads}\n" in log
+    assert f"1 {worker} worker(s)" in log  # and the banner says the same

@@ -83,6 +83,29 @@ def test_context_managers_restore_even_when_the_body_raises(server: ChaosServer)
     assert chaos.section("latency")["enabled"] is False
 
 
+def test_context_managers_restore_exactly_what_they_changed_on_a_scenario(
+    server: ChaosServer,
+) -> None:
+    chaos = ChaosClient(server.url)
+    chaos.reset()
+    chaos.start_scenario("service_instability", duration_s=600)
+    with chaos.faults(http_errors=[503], probability=1.0):
+        assert {get(server.url) for _ in range(10)} == {503}  # on top of the scenario
+    assert chaos.status()["overrides"] == {}  # no change left on top of it
+    assert chaos.section("faults")["http_error_probability"] == 0.2  # the scenario's own
+    chaos.update_section("latency", fixed_delay_ms=1)  # a change of the user's own
+    with chaos.latency(fixed_delay_ms=5):
+        assert chaos.status()["effective_config"]["latency"]["fixed_delay_ms"] == 5
+    assert chaos.status()["overrides"]["latency"]["fixed_delay_ms"] == 1  # theirs is back
+    with chaos.scenario("slow_backend"):
+        assert chaos.active_scenario()["name"] == "slow_backend"  # type: ignore[index]
+    status = chaos.status()
+    assert status["active_scenario"]["name"] == "service_instability"  # resumed...
+    assert 0 < status["active_scenario"]["remaining_s"] <= 600  # ...for what was left
+    assert status["overrides"]["latency"]["fixed_delay_ms"] == 1  # with the user's change
+    chaos.reset()
+
+
 def test_admin_token() -> None:
     with ChaosServer("--admin-token", "s3cret") as guarded:
         with pytest.raises(Unauthorized):

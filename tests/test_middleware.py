@@ -256,3 +256,51 @@ def test_config_can_be_replaced_live() -> None:
     assert client.get("/", buffered=True).status_code == 200
     middleware.config = chaos(fault_injection={"http_errors": [503], "http_error_probability": 1})
     assert client.get("/", buffered=True).status_code == 503
+
+
+def test_head_is_never_planned_a_partial_response() -> None:
+    app = RecordingApp()
+    config = chaos(fault_injection={"partial_response_probability": 1.0})
+    middleware = ChaosMiddleware(app, config=config)
+    client = Client(middleware)
+    response = client.head("/")
+    assert response.status_code == 200
+    assert "X-Mockforge-Chaos" not in response.headers  # nothing was cut: nothing said
+    assert middleware.store.counters().get("fault.partial_response") is None
+    assert client.get("/", buffered=True).headers["X-Mockforge-Chaos"] == "fault=partial_response"
+
+
+def test_several_processes_share_the_store_of_their_server(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mockforge_wsgi.state import EmbeddedStore, MemoryStore
+    from mockforge_wsgi.state.server_store import RUNTIME_DIR_ENV, server_store_directory
+
+    monkeypatch.setenv(RUNTIME_DIR_ENV, str(tmp_path))
+    monkeypatch.delenv("MOCKFORGE_STORE", raising=False)
+    single = ChaosMiddleware(base_app, config=chaos())
+    Client(single).get("/")
+    assert isinstance(single.store, MemoryStore)  # one process: the fast in-memory path
+    multi = ChaosMiddleware(base_app, config=chaos())
+    Client(multi).get("/", environ_overrides={"wsgi.multiprocess": True})
+    assert isinstance(multi.store, EmbeddedStore)
+    assert multi.store.path.parent == server_store_directory()
+    assert multi.engine.store is multi.store and multi.limiter.store is multi.store
+    other = ChaosMiddleware(base_app, config=ChaosConfig())  # a worker of the same server
+    Client(other).get("/", environ_overrides={"wsgi.multiprocess": True})
+    assert other.config.enabled  # adopted the first worker's state
+
+
+def test_forced_memory_under_several_processes_warns_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from mockforge_wsgi.state import MemoryStore
+
+    middleware = ChaosMiddleware(base_app, config=chaos(), store=MemoryStore())
+    client = Client(middleware)
+    with caplog.at_level("WARNING", logger="mockforge_wsgi"):
+        for _ in range(3):
+            client.get("/", environ_overrides={"wsgi.multiprocess": True})
+    assert [r.getMessage() for r in caplog.records if "per-process memory" in r.getMessage()]
+    assert len(caplog.records) == 1
+    assert isinstance(middleware.store, MemoryStore)  # named: used as given
