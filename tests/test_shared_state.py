@@ -160,7 +160,9 @@ def test_killing_a_worker_under_load(tmp_path: Path) -> None:
     with _servers(tmp_path, "mockforge serve", env) as server, session() as http:
         api = server.url + "/api/chaos"
         http.post(api + "/scenarios/slow_3g", json={}, timeout=10).raise_for_status()
-        http.put(api + "/config/traffic", json={"enabled": True, "max_connections": 8}, timeout=10)
+        # On top of the scenario (the last write wins): at most 8 in flight, 5 s of queue.
+        traffic = {"enabled": True, "max_connections": 8, "queue_timeout_ms": 5000}
+        http.put(api + "/config/traffic", json=traffic, timeout=10).raise_for_status()
         outcomes: Counter[str] = Counter()
         pids: set[str] = set()
         lock = threading.Lock()

@@ -98,6 +98,7 @@ class EmbeddedStore(Store):
         self._pid = 0
         self._row = -1
         self._unreleased = 0  # releases not yet written (the lock failed): owed
+        self._sweep_at = 0.0  # when a full slot table may next look for gone holders
         self.evicted = 0
 
     @contextlib.contextmanager
@@ -265,19 +266,21 @@ class EmbeddedStore(Store):
         return sum(int(self._words[_SLOTS // 8 + row * _SLOT_ROW + 2]) for row in range(rows))
 
     def acquire_slot(self, name: str, limit: int, timeout_s: float) -> bool:
-        now = time.monotonic()
-        deadline, sweep_at = now + max(timeout_s, 0.0), now + DEAD_HOLDER_CHECK_S
+        deadline = time.monotonic() + max(timeout_s, 0.0)
         while True:
             with self._locked():
                 cell = self._settle_releases()
+                if self._in_flight() >= limit:
+                    # Full: are the slots of a killed worker among them? (Looked at
+                    # most every DEAD_HOLDER_CHECK_S per process: a syscall per row.)
+                    now = time.monotonic()
+                    if now >= self._sweep_at:
+                        self._sweep_at = now + DEAD_HOLDER_CHECK_S
+                        self._free_dead_rows()
                 if self._in_flight() < limit:
                     self._words[cell] += 1
                     return True
-                now = time.monotonic()
-                if now >= sweep_at:  # slots of a killed worker must not stay taken
-                    sweep_at = now + DEAD_HOLDER_CHECK_S
-                    self._free_dead_rows()
-            if now >= deadline:
+            if time.monotonic() >= deadline:
                 return False
             time.sleep(SLOT_POLL_S)
 
