@@ -7,6 +7,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -69,15 +70,28 @@ def _hold_the_lock_forever(directory: Path, ready: multiprocessing.Event) -> Non
         time.sleep(600)
 
 
-def test_a_worker_killed_holding_the_lock_blocks_nobody(tmp_path: Path) -> None:
-    store = EmbeddedStore(tmp_path)
+def _killed(target: Any, directory: Path, before_kill: Any = None) -> int:
+    """Run ``target`` in a child until it says it is ready, then SIGKILL it (no one
+    tells the store); returns its pid. ``before_kill`` runs while it is still alive."""
     ready = FORK.Event()
-    child = FORK.Process(target=_hold_the_lock_forever, args=(tmp_path, ready))
+    child = FORK.Process(target=target, args=(directory, ready))
     child.start()
     assert ready.wait(10)
+    if before_kill is not None:
+        before_kill()
     assert child.pid is not None
     os.kill(child.pid, signal.SIGKILL)
     child.join(10)
+    return child.pid
+
+
+def _in_use(store: EmbeddedStore, expected: int) -> None:
+    assert store.slots_in_use("connections") == expected
+
+
+def test_a_worker_killed_holding_the_lock_blocks_nobody(tmp_path: Path) -> None:
+    store = EmbeddedStore(tmp_path)
+    _killed(_hold_the_lock_forever, tmp_path)
     start = time.monotonic()
     assert store.incr("after") == 1  # the kernel dropped the dead process's lock
     assert time.monotonic() - start < 5
@@ -92,15 +106,8 @@ def _take_a_slot_and_die(directory: Path, ready: multiprocessing.Event) -> None:
 
 def test_a_dead_workers_slots_are_released(tmp_path: Path) -> None:
     store = EmbeddedStore(tmp_path)
-    ready = FORK.Event()
-    child = FORK.Process(target=_take_a_slot_and_die, args=(tmp_path, ready))
-    child.start()
-    assert ready.wait(10)
-    assert store.slots_in_use("connections") == 1
-    assert child.pid is not None
-    os.kill(child.pid, signal.SIGKILL)
-    child.join(10)
-    store.release_worker(child.pid)  # what gunicorn's child_exit hook does
+    pid = _killed(_take_a_slot_and_die, tmp_path, lambda: _in_use(store, 1))
+    store.release_worker(pid)  # what gunicorn's child_exit hook does
     assert store.slots_in_use("connections") == 0
     assert store.acquire_slot("connections", 1, 0)
     assert not store.acquire_slot("connections", 1, 0.01)
@@ -152,13 +159,7 @@ def test_worker_churn_never_runs_out_of_rows(tmp_path: Path) -> None:
 
 def test_a_dead_workers_slots_come_back_without_any_hook(tmp_path: Path) -> None:
     store = EmbeddedStore(tmp_path)
-    ready = FORK.Event()
-    child = FORK.Process(target=_take_a_slot_and_die, args=(tmp_path, ready))
-    child.start()
-    assert ready.wait(10)
-    assert child.pid is not None
-    os.kill(child.pid, signal.SIGKILL)
-    child.join(10)
+    _killed(_take_a_slot_and_die, tmp_path)
     with store._locked():
         assert store._in_flight() == 1  # nobody told the store
     # Its replacement (any new process) claims a row and frees those of the gone.
@@ -171,14 +172,7 @@ def test_a_dead_workers_slots_come_back_without_any_hook(tmp_path: Path) -> None
 
 def test_counting_slots_in_use_skips_killed_holders(tmp_path: Path) -> None:
     store = EmbeddedStore(tmp_path)
-    ready = FORK.Event()
-    child = FORK.Process(target=_take_a_slot_and_die, args=(tmp_path, ready))
-    child.start()
-    assert ready.wait(10)
-    assert store.slots_in_use("connections") == 1
-    assert child.pid is not None
-    os.kill(child.pid, signal.SIGKILL)
-    child.join(10)
+    _killed(_take_a_slot_and_die, tmp_path, lambda: _in_use(store, 1))
     assert store.slots_in_use("connections") == 0  # what /stats shows
 
 
@@ -244,13 +238,7 @@ def test_a_release_that_could_not_be_written_does_not_stay_taken(tmp_path: Path)
 def test_a_waiter_gets_the_slot_of_a_killed_holder(tmp_path: Path) -> None:
     store = EmbeddedStore(tmp_path)
     store.incr("requests")  # this process has its row: no claim will look for the dead
-    ready = FORK.Event()
-    child = FORK.Process(target=_take_a_slot_and_die, args=(tmp_path, ready))
-    child.start()
-    assert ready.wait(10)
-    assert child.pid is not None
-    os.kill(child.pid, signal.SIGKILL)
-    child.join(10)
+    _killed(_take_a_slot_and_die, tmp_path)
     # The limit is full with the dead holder's slot; waiting finds it gone.
     assert store.acquire_slot("connections", 1, 5.0)
     assert store.slots_in_use("connections") == 1
