@@ -303,14 +303,16 @@ class ChaosMiddleware:
             admitted = store.acquire_slot(
                 CONNECTION_SLOTS, shaping.max_connections, shaping.queue_timeout_ms / 1000.0
             )
-            if not admitted:
-                store.incr("connection_limited")
         except StoreError:
             if config.on_store_error == "closed":
                 return _render_store_down(start_response)
             self._internal_error("taking a connection slot")
             return self._serve(plan, config, environ, start_response, headers, started)
         if not admitted:
+            try:
+                store.incr("connection_limited")
+            except StoreError:
+                self._internal_error("counting a refused connection")
             environ[CONNECTION_LIMITED_KEY] = True
             return _render_busy(start_response, headers)
         release = functools.partial(self._release_slot, store)

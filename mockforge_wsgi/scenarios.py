@@ -573,7 +573,8 @@ class ScenarioEngine:
         with self._lock:
             self._refresh()
             state = change(self._state, self.clock())
-            self._save(state)
+            if state is not self._state:
+                self._save(state)
             self._settle(state, self.clock())
             return state
 
@@ -617,6 +618,8 @@ class ScenarioEngine:
         own values apply again."""
 
         def clear(state: RuntimeState, now: float) -> RuntimeState:
+            if not state.overridden:
+                return state  # nothing to drop: no save, no pattern restart
             kept = tuple(n for n in state.overridden if names and n not in names)
             return attrs.evolve(
                 state, overridden=kept, overrides=state.overrides if kept else None
