@@ -61,6 +61,8 @@ def _float(raw: Any) -> float:
         value = float(raw)
     except (TypeError, ValueError):
         raise ValueError("is not a number") from None
+    except OverflowError:  # an integer too large for a float
+        raise ValueError("is not a finite number") from None
     if not math.isfinite(value):
         raise ValueError("is not a finite number")
     return value
@@ -166,8 +168,19 @@ STR_LIST = Kind("a list of strings", (tuple,), _str_list)
 RANGE = Kind("a range min-max or none", (tuple, type(None)), _optional(_range))
 
 
+def shown(raw: Any, limit: int = 40) -> str:
+    """``repr(raw)`` for a message, cut short: a hostile value must not flood it."""
+    text = repr(raw)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def _num(value: float) -> str:
-    return f"{value:g}"
+    if isinstance(value, int) and abs(value) < 10**20:
+        return str(value)  # exact: an integer bound reads as one
+    try:
+        return f"{value:g}"
+    except OverflowError:  # an integer too large for a float
+        return shown(value)
 
 
 @attrs.frozen
@@ -219,7 +232,7 @@ class EachBetween:
         bad = [item for item in value if not self.low <= item <= self.high]
         if not bad:
             return None
-        return f"{', '.join(map(str, bad))} not in [{self.low}, {self.high}]"
+        return f"{', '.join(map(_num, bad))} not in [{self.low}, {self.high}]"
 
     def describe(self) -> str:
         return f"each in [{self.low}, {self.high}]"
@@ -228,6 +241,7 @@ class EachBetween:
 @attrs.frozen
 class OrderedRange:
     low: float
+    high: float
 
     def problem(self, value: Any) -> str | None:
         if value is None:
@@ -237,10 +251,12 @@ class OrderedRange:
             return f"{_num(lo)}-{_num(hi)} starts below {_num(self.low)}"
         if lo > hi:
             return f"{_num(lo)}-{_num(hi)} is not ordered (min <= max)"
+        if hi > self.high:
+            return f"{_num(lo)}-{_num(hi)} ends above {_num(self.high)}"
         return None
 
     def describe(self) -> str:
-        return f"{_num(self.low)} <= min <= max"
+        return f"{_num(self.low)} <= min <= max <= {_num(self.high)}"
 
 
 @attrs.frozen

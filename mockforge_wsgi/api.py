@@ -22,7 +22,7 @@ import attrs
 from flask import Blueprint, Flask, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
-from ._kinds import Kind
+from ._kinds import Kind, shown
 from ._version import __version__
 from .config import (
     SECTION_CLASSES,
@@ -34,7 +34,7 @@ from .config import (
     config_from_dict,
     iter_settings,
 )
-from .scenarios import ScenarioEngine, UnknownScenario, scenario_from_dict
+from .scenarios import MAX_DURATION_S, ScenarioEngine, UnknownScenario, scenario_from_dict
 from .state import StoreError
 
 __all__ = [
@@ -85,9 +85,32 @@ def _body(*, required: bool = True) -> Any:
             raise ApiError(400, "invalid request", ["body: a JSON body is required"])
         return {}
     try:
-        return json.loads(raw)
+        return json.loads(raw, parse_constant=_not_json)
     except ValueError as error:
         raise ApiError(400, "invalid request", [f"body: not valid JSON ({error})"]) from None
+    except RecursionError:
+        raise ApiError(400, "invalid request", ["body: JSON nested too deeply"]) from None
+
+
+def _not_json(constant: str) -> Any:
+    """NaN and Infinity: Python's json reads them, strict JSON (and our bounds) do not."""
+    raise ValueError(f"{constant} is not a JSON number")
+
+
+def _seconds(value: Any, path: str, *, low: float, low_open: bool) -> list[str]:
+    """Problems of a number of seconds: finite, above ``low``, at most MAX_DURATION_S."""
+    bad = (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < low
+        or (low_open and value == low)
+        or value > MAX_DURATION_S
+    )
+    if not bad:
+        return []
+    above = f"> {low:g}" if low_open else f">= {low:g}"
+    return [f"{path}: {shown(value)} is not a number {above} and <= {MAX_DURATION_S:g}"]
 
 
 def _mapping(data: Any, path: str = "body") -> dict[str, Any]:
@@ -189,13 +212,8 @@ def scenario(name: str) -> Response:
     ]
     timing = {key: options.get(key) for key in ("duration_s", "ramp_s")}
     for key, value in timing.items():
-        if value is not None and (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not math.isfinite(value)
-            or value <= 0
-        ):
-            problems.append(f"{key}: {value!r} is not a number > 0")
+        if value is not None:
+            problems += _seconds(value, key, low=0, low_open=True)
     if problems:
         raise ApiError(400, "invalid request", problems)
     try:
@@ -220,14 +238,9 @@ def schedule() -> Response:
             start, duration = item.get("start_s", 0), item.get("duration_s")
             unknown = set(item) - {"start_s", "scenario", "duration_s"}
             problems += [f"{path}.{key}: unknown field" for key in sorted(unknown)]
-            if isinstance(start, bool) or not isinstance(start, (int, float)) or start < 0:
-                problems.append(f"{path}.start_s: {start!r} is not a number >= 0")
-            if duration is not None and (
-                isinstance(duration, bool)
-                or not isinstance(duration, (int, float))
-                or duration <= 0
-            ):
-                problems.append(f"{path}.duration_s: {duration!r} is not a number > 0")
+            problems += _seconds(start, f"{path}.start_s", low=0, low_open=False)
+            if duration is not None:
+                problems += _seconds(duration, f"{path}.duration_s", low=0, low_open=True)
             entries.append((start, item["scenario"], duration))
         if problems:
             raise ApiError(400, "invalid schedule", problems)

@@ -85,9 +85,18 @@ def section(cls: type[Any], help: str) -> Any:
 
 PROBABILITY = kinds.Between(0.0, 1.0)
 PERCENT = kinds.Between(0.0, 100.0)
-NON_NEGATIVE = kinds.AtLeast(0)
-POSITIVE = kinds.AtLeast(1)
-RATE = kinds.AtLeast(0.001)
+# Every number a user can send is finite and bounded by what a server can serve.
+# Delays and timeouts: at most 10 minutes (no HTTP client waits longer; `mockforge
+# serve` raises gunicorn's worker timeout above the longest its config can inject).
+MAX_DELAY_MS = 600_000.0
+DELAY_MS = kinds.Between(0.0, MAX_DELAY_MS)
+RATE = kinds.Between(0.001, 1_000_000.0)  # requests per second
+BURST = kinds.Between(1, 1_000_000)
+BYTES_PER_S = kinds.Between(0, 10_000_000_000)
+CONNECTIONS = kinds.Between(0, 100_000)
+TRACKED_KEYS = kinds.Between(1, 1_000_000)  # sizes the embedded store's table (32 B a key)
+SIGMA = kinds.Between(0.0, 5.0)  # lognormal shape: e^(6 sigma) is the 6-sigma tail
+SEED = kinds.Between(-(2**63), 2**63 - 1)
 
 
 def _pattern(raw: Any) -> FaultPattern | None:
@@ -112,7 +121,7 @@ class LatencyConfig:
         0.0,
         kinds.FLOAT,
         "Base delay; the mean of `normal`.",
-        NON_NEGATIVE,
+        DELAY_MS,
         ramps=True,
     )
     random_delay_range_ms: tuple[float, float] | None = setting(
@@ -120,7 +129,7 @@ class LatencyConfig:
         kinds.RANGE,
         "Delay drawn uniformly from `min-max`; used when distribution is `uniform` "
         "(or `auto` and this is set).",
-        kinds.OrderedRange(0),
+        kinds.OrderedRange(0, MAX_DELAY_MS),
         ramps=True,
     )
     jitter_percent: float = setting(
@@ -140,16 +149,12 @@ class LatencyConfig:
         kinds.OneOf(("auto", "fixed", "uniform", "normal", "lognormal")),
     )
     stddev_ms: float = setting(
-        0.0, kinds.FLOAT, "Standard deviation of `normal` (clipped at 0).", NON_NEGATIVE
+        0.0, kinds.FLOAT, "Standard deviation of `normal` (clipped at 0).", DELAY_MS
     )
-    median_ms: float = setting(
-        100.0, kinds.FLOAT, "Median of `lognormal`.", NON_NEGATIVE, ramps=True
-    )
-    sigma: float = setting(
-        0.5, kinds.FLOAT, "Shape of `lognormal` (sigma of the log).", NON_NEGATIVE
-    )
+    median_ms: float = setting(100.0, kinds.FLOAT, "Median of `lognormal`.", DELAY_MS, ramps=True)
+    sigma: float = setting(0.5, kinds.FLOAT, "Shape of `lognormal` (sigma of the log).", SIGMA)
     cap_ms: float | None = setting(
-        None, kinds.OPTIONAL_FLOAT, "Upper bound on any delay, after jitter.", NON_NEGATIVE
+        None, kinds.OPTIONAL_FLOAT, "Upper bound on any delay, after jitter.", DELAY_MS
     )
 
     def __attrs_post_init__(self) -> None:
@@ -185,7 +190,7 @@ class FaultInjectionConfig:
         PROBABILITY,
         ramps=True,
     )
-    timeout_ms: float = setting(5000.0, kinds.FLOAT, "How long a timeout holds.", NON_NEGATIVE)
+    timeout_ms: float = setting(5000.0, kinds.FLOAT, "How long a timeout holds.", DELAY_MS)
     connection_error_probability: float = setting(
         0.0,
         kinds.FLOAT,
@@ -229,16 +234,14 @@ class RateLimitConfig:
         "Refill rate of the global bucket (and the default of the others).",
         RATE,
     )
-    burst_size: int = setting(
-        10, kinds.INT, "Bucket capacity: requests admitted at once.", POSITIVE
-    )
+    burst_size: int = setting(10, kinds.INT, "Bucket capacity: requests admitted at once.", BURST)
     global_limit: bool = setting(True, kinds.BOOL, "One bucket for the whole server.")
     per_ip: bool = setting(False, kinds.BOOL, "One bucket per client IP.")
     per_ip_requests_per_second: float | None = setting(
         None, kinds.OPTIONAL_FLOAT, "Rate of each per-IP bucket; none: the global rate.", RATE
     )
     per_ip_burst_size: int | None = setting(
-        None, kinds.OPTIONAL_INT, "Capacity of each per-IP bucket; none: burst_size.", POSITIVE
+        None, kinds.OPTIONAL_INT, "Capacity of each per-IP bucket; none: burst_size.", BURST
     )
     per_endpoint: bool = setting(False, kinds.BOOL, "One bucket per route (or path).")
     per_endpoint_requests_per_second: float | None = setting(
@@ -251,7 +254,7 @@ class RateLimitConfig:
         None,
         kinds.OPTIONAL_INT,
         "Capacity of each per-endpoint bucket; none: burst_size.",
-        POSITIVE,
+        BURST,
     )
     trusted_proxies: tuple[str, ...] = setting(
         (),
@@ -263,7 +266,7 @@ class RateLimitConfig:
         100_000,
         kinds.INT,
         "Cap on per-IP and per-endpoint buckets kept in memory (read at start).",
-        POSITIVE,
+        TRACKED_KEYS,
     )
     expose_headers: bool = setting(
         True,
@@ -278,10 +281,10 @@ class TrafficShapingConfig:
 
     enabled: bool = setting(False, kinds.BOOL, "Shape traffic at all.")
     bandwidth_limit_bps: int = setting(
-        0, kinds.INT, "Response body rate in bytes per second; 0 is unlimited.", NON_NEGATIVE
+        0, kinds.INT, "Response body rate in bytes per second; 0 is unlimited.", BYTES_PER_S
     )
     upload_bandwidth_limit_bps: int = setting(
-        0, kinds.INT, "Request body read rate in bytes per second; 0 is unlimited.", NON_NEGATIVE
+        0, kinds.INT, "Request body read rate in bytes per second; 0 is unlimited.", BYTES_PER_S
     )
     packet_loss_percent: float = setting(
         0.0,
@@ -298,13 +301,13 @@ class TrafficShapingConfig:
         ramps=True,
     )
     max_connections: int = setting(
-        0, kinds.INT, "Requests in flight at most; 0 is unlimited.", NON_NEGATIVE
+        0, kinds.INT, "Requests in flight at most; 0 is unlimited.", CONNECTIONS
     )
     queue_timeout_ms: float = setting(
-        0.0, kinds.FLOAT, "Wait this long for a slot before answering 503.", NON_NEGATIVE
+        0.0, kinds.FLOAT, "Wait this long for a slot before answering 503.", DELAY_MS
     )
     connection_timeout_ms: float = setting(
-        0.0, kinds.FLOAT, "Bound on the whole response; 0 is none.", NON_NEGATIVE
+        0.0, kinds.FLOAT, "Bound on the whole response; 0 is none.", DELAY_MS
     )
 
 
@@ -318,9 +321,7 @@ class HeaderControlConfig:
         "Honour X-Mockforge-Delay-Ms, X-Mockforge-Fault, X-Mockforge-Fault-Percent and "
         "X-Mockforge-Seed (with an admin token set: only with X-Mockforge-Token).",
     )
-    max_delay_ms: float = setting(
-        10_000.0, kinds.FLOAT, "Cap on X-Mockforge-Delay-Ms.", NON_NEGATIVE
-    )
+    max_delay_ms: float = setting(10_000.0, kinds.FLOAT, "Cap on X-Mockforge-Delay-Ms.", DELAY_MS)
 
 
 SECTION_CLASSES: dict[str, type[Any]] = {
@@ -397,6 +398,7 @@ class ChaosConfig:
         kinds.OPTIONAL_INT,
         "Seed for reproducible decisions: request n (numbered in the store, so across "
         "workers too) draws from a generator seeded with (seed, n).",
+        SEED,
     )
     on_store_error: str = setting(
         "open",
@@ -534,7 +536,7 @@ def _build(
             problems.extend(_located(f"{field_path}{p}", "", origins) for p in error.problems)
             continue
         except ValueError as error:
-            problems.append(_located(field_path, f"{raw!r} {error}", origins))
+            problems.append(_located(field_path, f"{kinds.shown(raw)} {error}", origins))
             continue
         problem = check.problem(value) if check else None
         if problem:

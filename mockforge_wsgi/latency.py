@@ -6,7 +6,7 @@ import math
 import random
 import time
 
-from .config import LatencyConfig
+from .config import MAX_DELAY_MS, LatencyConfig
 
 __all__ = ["decide_delay", "sleep_ms"]
 
@@ -24,8 +24,8 @@ def decide_delay(config: LatencyConfig, rng: random.Random) -> float | None:
     delay = _base_delay(config, rng)
     if config.jitter_percent:
         delay *= 1.0 + rng.uniform(-config.jitter_percent, config.jitter_percent) / 100.0
-    if config.cap_ms is not None:
-        delay = min(delay, config.cap_ms)
+    # A distribution's tail (normal, lognormal) is unbounded; what a server can hold is not.
+    delay = min(delay, config.cap_ms if config.cap_ms is not None else MAX_DELAY_MS)
     return delay if delay > 0.0 else None
 
 

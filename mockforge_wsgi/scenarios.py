@@ -33,6 +33,7 @@ from .state import MemoryStore, Store, StoreError
 
 __all__ = [
     "BUILTIN_SCENARIOS",
+    "MAX_DURATION_S",
     "NETWORK_PROFILES",
     "PREDEFINED_SCENARIOS",
     "ActiveScenario",
@@ -51,6 +52,9 @@ ScenarioKind = Literal["predefined", "network_profile", "custom"]
 # While a ramp runs, the effective config is recomputed at most this often.
 RAMP_STEP_S = 0.05
 NEVER = float("inf")
+# The longest a scenario may run, ramp or wait in the schedule (30 days): every time a
+# user sends is finite and bounded.
+MAX_DURATION_S = 30 * 86_400.0
 # Finite but far: keeps the version check on for stores that cannot notify us.
 _POLL = 1e300
 # After a failed read of the store, the last known config is kept this long.

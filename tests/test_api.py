@@ -357,3 +357,73 @@ def test_a_section_written_while_a_scenario_runs_applies_on_top_until_it_stops()
     assert {client.get("/").status_code for _ in range(20)} == {200}  # runtime config back
     assert call(client, "GET", "/config/faults").get_json()["enabled"] is False
     assert call(client, "DELETE", "/config/faults").status_code == 200  # nothing to drop
+
+
+def _number_settings() -> list[Any]:
+    from mockforge_wsgi.config import iter_settings
+
+    found = []
+    for info in iter_settings():
+        label = info.field.metadata["kind"].label
+        if "number" in label or "integer" in label or "range" in label:
+            found.append(pytest.param(info.path, id=".".join(info.path)))
+    return found
+
+
+@pytest.mark.parametrize("path", _number_settings())
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param(10**400, id="400-digit-integer"),
+        pytest.param(1e308, id="1e308"),
+        pytest.param(-(10**400), id="negative-400-digits"),
+    ],
+)
+def test_no_number_field_takes_a_value_no_server_can_run(path: tuple[str, ...], value: Any) -> None:
+    client, middleware = make()
+    before = call(client, "GET", "/config").get_json()
+    body: dict[str, Any] = {}
+    target = body
+    for part in path[:-1]:
+        target = target.setdefault(part, {})
+    target[path[-1]] = [0, value] if path[-1].endswith("range_ms") else value
+    response = call(client, "PUT", "/config", body)
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert any(p.startswith("chaos." + ".".join(path)) for p in problems(response))
+    assert all(len(p) < 200 for p in problems(response))  # a hostile value does not flood
+    assert call(client, "GET", "/config").get_json() == before  # nothing half-applied
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        pytest.param("PUT", "/config/latency", '{"fixed_delay_ms": 1e20}', id="delay-1e20"),
+        pytest.param("PUT", "/config/faults", '{"timeout_ms": 1e20}', id="timeout-1e20"),
+        pytest.param("PUT", "/config/latency", '{"fixed_delay_ms": NaN}', id="NaN"),
+        pytest.param("PUT", "/config/latency", '{"fixed_delay_ms": Infinity}', id="Infinity"),
+        pytest.param("PUT", "/config", "[" * 5000 + "]" * 5000, id="nested-5000"),
+        pytest.param(
+            "PUT", "/schedule", '[{"scenario": "dialup", "duration_s": NaN}]', id="schedule-NaN"
+        ),
+        pytest.param(
+            "PUT", "/schedule", '[{"scenario": "dialup", "start_s": 1e308}]', id="schedule-1e308"
+        ),
+        pytest.param(
+            "PUT",
+            "/schedule",
+            '[{"scenario": "dialup", "duration_s": -Infinity}]',
+            id="schedule-infinity",
+        ),
+        pytest.param("POST", "/scenarios/dialup", '{"duration_s": 1e308}', id="duration-1e308"),
+        pytest.param("POST", "/scenarios/dialup", '{"ramp_s": 1e300}', id="ramp-1e300"),
+    ],
+)
+def test_hostile_numbers_and_payloads_get_400_and_change_nothing(
+    method: str, path: str, body: str
+) -> None:
+    client, _ = make()
+    before = call(client, "GET", "/status").get_json()
+    response = call(client, method, path, body)
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert problems(response)
+    assert call(client, "GET", "/status").get_json() == before

@@ -42,6 +42,11 @@ pytestmark = pytest.mark.server
             ["--app", "no_such_module:app"], "--app no_such_module:app: could not import", id="app"
         ),
         pytest.param(
+            ["--chaos-latency-ms", "1e20"],
+            "chaos.latency.fixed_delay_ms: 1e+20 is not in [0, 600000] (from --chaos-latency-ms)",
+            id="delay-no-server-can-hold",
+        ),
+        pytest.param(
             ["--worker-class", "sync", "--threads", "4"],
             "--threads 4 with --worker-class sync: gunicorn would run gthread workers",
             id="threads-with-sync",

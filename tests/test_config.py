@@ -58,12 +58,12 @@ def test_defaults_are_valid_and_off() -> None:
         ),
         pytest.param(
             {"latency": {"fixed_delay_ms": -5}},
-            "chaos.latency.fixed_delay_ms: -5 is not >= 0",
+            "chaos.latency.fixed_delay_ms: -5 is not in [0, 600000]",
             id="negative-delay",
         ),
         pytest.param(
             {"fault_injection": {"timeout_ms": -1}},
-            "chaos.fault_injection.timeout_ms: -1 is not >= 0",
+            "chaos.fault_injection.timeout_ms: -1 is not in [0, 600000]",
             id="negative-timeout",
         ),
         pytest.param(
@@ -109,8 +109,42 @@ def test_defaults_are_valid_and_off() -> None:
         ),
         pytest.param(
             {"rate_limit": {"burst_size": 0}},
-            "chaos.rate_limit.burst_size: 0 is not >= 1",
+            "chaos.rate_limit.burst_size: 0 is not in [1, 1000000]",
             id="burst",
+        ),
+        pytest.param(
+            {"latency": {"fixed_delay_ms": 1e20}},
+            "chaos.latency.fixed_delay_ms: 1e+20 is not in [0, 600000]",
+            id="delay-beyond-any-server",
+        ),
+        pytest.param(
+            {"fault_injection": {"timeout_ms": 10**400}},
+            "chaos.fault_injection.timeout_ms: 1"
+            + "0" * 39
+            + "... (401 characters) is not a finite number",
+            id="400-digit-timeout",
+        ),
+        pytest.param(
+            {"rate_limit": {"burst_size": 10**400}},
+            "chaos.rate_limit.burst_size: 1"
+            + "0" * 39
+            + "... (401 characters) is not in [1, 1000000]",
+            id="400-digit-burst",
+        ),
+        pytest.param(
+            {"latency": {"random_delay_range_ms": [0, 1e9]}},
+            "chaos.latency.random_delay_range_ms: 0-1e+09 ends above 600000",
+            id="range-beyond-any-server",
+        ),
+        pytest.param(
+            {"traffic_shaping": {"max_connections": 10**9}},
+            "chaos.traffic_shaping.max_connections: 1000000000 is not in [0, 100000]",
+            id="connections",
+        ),
+        pytest.param(
+            {"seed": 2**70},
+            "chaos.seed: 1.18059e+21 is not in [-9223372036854775808, 9223372036854775807]",
+            id="seed",
         ),
         pytest.param(
             {"latency": {"jiter_percent": 10}},

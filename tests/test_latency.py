@@ -88,3 +88,30 @@ def test_same_seed_same_decisions() -> None:
     )
     assert delays(config, seed=99, n=500) == delays(config, seed=99, n=500)
     assert delays(config, seed=99, n=500) != delays(config, seed=100, n=500)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        pytest.param(
+            LatencyConfig(enabled=True, distribution="lognormal", median_ms=600_000, sigma=5),
+            id="lognormal-tail",
+        ),
+        pytest.param(
+            LatencyConfig(
+                enabled=True, distribution="normal", fixed_delay_ms=600_000, stddev_ms=600_000
+            ),
+            id="normal-tail",
+        ),
+        pytest.param(
+            LatencyConfig(enabled=True, fixed_delay_ms=600_000, jitter_percent=100),
+            id="jitter-above",
+        ),
+    ],
+)
+def test_no_tail_outlasts_what_a_server_can_hold(config: LatencyConfig) -> None:
+    from mockforge_wsgi.config import MAX_DELAY_MS
+
+    drawn = [d for d in delays(config, n=1000) if d is not None]
+    assert max(drawn) == MAX_DELAY_MS  # these tails reach far beyond it, often
+    assert all(0 < d <= MAX_DELAY_MS for d in drawn)
