@@ -68,3 +68,47 @@ class ClosingBody:
     def __del__(self) -> None:
         # A server that never calls close() must not leak a slot or lose a record.
         self._finish()
+
+
+class CompletingBody(ClosingBody):
+    """A ClosingBody that calls ``then`` as soon as the response is complete: when the
+    bytes handed to the server reach ``length()`` (the Content-Length sent), before the
+    last of them goes out, or when the body runs out; ``close()`` still does, if nothing
+    did before. A client that has its whole answer never finds ``then`` still pending
+    (a connection slot still taken, say)."""
+
+    def __init__(
+        self, inner: Iterable[bytes], then: Callable[[], None], length: Callable[[], int | None]
+    ) -> None:
+        super().__init__(inner, then)
+        self._length = length
+
+    def __iter__(self) -> Iterator[bytes]:
+        sent = 0
+        for chunk in self._inner:
+            sent += len(chunk)
+            length = self._length()
+            if length is not None and sent >= length:
+                self._finish()
+            yield chunk
+        self._finish()
+
+
+class Once:
+    """A callback that runs at most once, whoever calls it first."""
+
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self._callback: Callable[[], None] | None = callback
+
+    def __call__(self) -> None:
+        callback, self._callback = self._callback, None
+        if callback is not None:
+            callback()
+
+
+def content_length(headers: list[tuple[str, str]]) -> int | None:
+    """The Content-Length in ``headers``, or None."""
+    for name, value in headers:
+        if name.lower() == "content-length" and value.strip().isdigit():
+            return int(value)
+    return None

@@ -15,7 +15,11 @@ import struct
 import sys
 from typing import Any
 
-__all__ = ["client_socket", "cut_connection", "reset_connection"]
+__all__ = ["BEFORE_CUT_KEY", "before_cut", "client_socket", "cut_connection", "reset_connection"]
+
+# What must happen before the client can tell the request is over (the middleware gives
+# back a connection slot): called by whoever cuts the connection, just before the cut.
+BEFORE_CUT_KEY = "mockforge.before_cut"
 
 SOCKET_KEYS = ("gunicorn.socket", "werkzeug.socket")
 
@@ -27,6 +31,13 @@ def client_socket(environ: dict[str, Any]) -> socket.socket | None:
         if isinstance(sock, socket.socket) and sock.fileno() >= 0:
             return sock
     return None
+
+
+def before_cut(environ: dict[str, Any]) -> None:
+    """Run the ``BEFORE_CUT_KEY`` callback, if any (once: it is taken out)."""
+    hook = environ.pop(BEFORE_CUT_KEY, None)
+    if hook is not None:
+        hook()
 
 
 def reset_connection(sock: socket.socket) -> None:

@@ -17,6 +17,7 @@ from werkzeug.http import HTTP_STATUS_CODES
 
 from . import _sockets
 from ._headers import add_annotation
+from ._observe import content_length
 from .config import FaultInjectionConfig
 from .latency import sleep_ms
 
@@ -173,6 +174,7 @@ def reset_or_cut(
     """
     sock = _sockets.client_socket(environ)
     if sock is not None:
+        _sockets.before_cut(environ)
         if reset:
             _sockets.reset_connection(sock)
         else:
@@ -205,6 +207,7 @@ class PartialBody:
 
     def __init__(self, fraction: float, environ: WSGIEnvironment) -> None:
         self._fraction = fraction
+        self._environ = environ
         self._socket = _sockets.client_socket(environ)
         self._budget: int | None = None
         self._inner: Iterable[bytes] | None = None
@@ -216,9 +219,9 @@ class PartialBody:
         def partial_start_response(
             status: str, headers: list[tuple[str, str]], exc_info: Any = None
         ) -> Any:
-            for name, value in headers:
-                if name.lower() == "content-length" and value.strip().isdigit():
-                    self._budget = int(self._fraction * int(value))
+            length = content_length(headers)
+            if length is not None:
+                self._budget = int(self._fraction * length)
             write = start_response(status, [*headers, *extra_headers], exc_info)
             return self._write_through(write)
 
@@ -251,6 +254,7 @@ class PartialBody:
         """Shut the connection after what was sent; without a socket, just stop."""
         self._done = True
         if self._socket is not None:
+            _sockets.before_cut(self._environ)
             _sockets.cut_connection(self._socket)
             raise _sockets.dropped("injected partial response")
 

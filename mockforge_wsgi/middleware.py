@@ -20,7 +20,8 @@ from werkzeug.routing import Map, RequestRedirect
 
 from . import header_control
 from ._headers import REQUEST_ID_HEADER, REQUEST_ID_KEY, add_annotation
-from ._observe import ClosingBody
+from ._observe import CompletingBody, Once, content_length
+from ._sockets import BEFORE_CUT_KEY
 from .api import DEFAULT_PREFIX as DEFAULT_API_PREFIX
 from .api import create_management_app
 from .config import ChaosConfig, apply_rule
@@ -315,13 +316,24 @@ class ChaosMiddleware:
                 self._internal_error("counting a refused connection")
             environ[CONNECTION_LIMITED_KEY] = True
             return _render_busy(start_response, headers)
-        release = functools.partial(self._release_slot, store)
+        # The slot comes back before the client can tell its answer is complete: before
+        # the last byte of the promised length goes out, before a cut, or at the end.
+        release = Once(functools.partial(self._release_slot, store))
+        environ[BEFORE_CUT_KEY] = release
+        sent_length: list[int | None] = [None]
+
+        def start_response_seen(
+            status: str, response_headers: list[tuple[str, str]], exc_info: Any = None
+        ) -> Any:
+            sent_length[0] = content_length(response_headers)
+            return start_response(status, response_headers, exc_info)
+
         try:
-            body = self._serve(plan, config, environ, start_response, headers, started)
+            body = self._serve(plan, config, environ, start_response_seen, headers, started)
         except BaseException:
             release()
             raise
-        return ClosingBody(body, release)  # the slot comes back when the server closes
+        return CompletingBody(body, release, lambda: sent_length[0])
 
     def _serve(
         self,

@@ -214,6 +214,7 @@ class PacedBody:
         self.timed_out = True
         sock = _sockets.client_socket(self._environ)
         if sock is not None:
+            _sockets.before_cut(self._environ)
             _sockets.cut_connection(sock)
             raise _sockets.dropped("connection timeout")
 

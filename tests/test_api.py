@@ -379,8 +379,10 @@ def _number_settings() -> list[Any]:
         pytest.param(-(10**400), id="negative-400-digits"),
     ],
 )
-def test_no_number_field_takes_a_value_no_server_can_run(path: tuple[str, ...], value: Any) -> None:
-    client, middleware = make()
+def test_no_number_field_takes_a_value_no_server_can_run(
+    path: tuple[str, ...], value: Any
+) -> None:
+    client, _middleware = make()
     before = call(client, "GET", "/config").get_json()
     body: dict[str, Any] = {}
     target = body

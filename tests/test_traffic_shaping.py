@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import re
 import socket
 import threading
 import time
@@ -362,3 +363,61 @@ def test_paced_upload_reaches_a_flask_view_intact() -> None:
     response = flask_app.test_client().post("/upload", data=b"p" * 100_000)
     assert response.json == {"length": 100_000}
     assert time.perf_counter() - start >= 0.5 - 0.02  # 100 kB at 200 kB/s, first slice free
+
+
+def _one_request(port: int, path: str) -> str:
+    """GET on a new connection; the status, or how the connection ended without one."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+        client.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        received = b""
+        try:
+            while b"\r\n\r\n" not in received:
+                data = client.recv(65536)
+                if not data:
+                    return "cut"
+                received += data
+            head, body = received.split(b"\r\n\r\n", 1)
+            length = int(re.search(rb"(?i)content-length: *(\d+)", head)[1])  # type: ignore[index]
+            while len(body) < length:
+                data = client.recv(65536)
+                if not data:
+                    return "cut"
+                body += data
+        except ConnectionResetError:
+            return "reset"
+        return head.split(b" ", 2)[1].decode()
+
+
+@pytest.mark.server
+@pytest.mark.parametrize(
+    "faults",
+    [
+        pytest.param({}, id="plain"),
+        pytest.param({"connection_error_probability": 0.3}, id="resets"),
+        pytest.param({"partial_response_probability": 0.3}, id="partial-responses"),
+        pytest.param({"timeout_probability": 0.3, "timeout_ms": 5}, id="timeouts"),
+    ],
+)
+def test_a_sequential_client_never_meets_a_busy_server(
+    tmp_path: Path, faults: dict[str, float]
+) -> None:
+    """max_connections 1, one request at a time: the slot is free before the client
+    can tell its answer (or its cut) is complete."""
+    env = {
+        "MOCKFORGE_CHAOS_ENABLED": "true",
+        "MOCKFORGE_CHAOS_TRAFFIC_SHAPING_ENABLED": "true",
+        "MOCKFORGE_CHAOS_TRAFFIC_SHAPING_MAX_CONNECTIONS": "1",
+        "MOCKFORGE_CHAOS_FAULT_INJECTION_ENABLED": "true",
+        "MOCKFORGE_CHAOS_SEED": "5",
+        **{f"MOCKFORGE_CHAOS_FAULT_INJECTION_{k.upper()}": str(v) for k, v in faults.items()},
+    }
+    outcomes: Counter[str] = Counter()
+    with gunicorn_server(tmp_path, env=env, worker_class="gthread") as server:
+        port = int(server.url.rsplit(":", 1)[1])
+        for _ in range(300):
+            # A new connection each time, as a curl loop makes, read by a raw socket
+            # client that asks again the moment its answer is complete: another server
+            # thread takes it while the one that answered may still be finishing.
+            outcomes[_one_request(port, "/bytes/2000")] += 1
+    assert outcomes["503"] == 0, outcomes
+    assert outcomes["200"] > 100, outcomes
