@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
-from flask import Blueprint, Flask, Response, current_app, request
+from flask import Blueprint, Flask, Response, abort, current_app, request
 from werkzeug.exceptions import HTTPException
 
 from ._kinds import Kind, shown
@@ -35,7 +35,7 @@ from .config import (
     iter_settings,
 )
 from .scenarios import MAX_DURATION_S, ScenarioEngine, UnknownScenario, scenario_from_dict
-from .state import StoreError
+from .state import StateTooLarge, StoreError
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -153,7 +153,14 @@ def config() -> Response:
     changes made on top of it (a write while a scenario runs lasts until it ends)."""
     if request.method == "PUT":
         body = _mapping(_body())
-        _engine().set_config(_validated(lambda: config_from_dict(body)))
+        new = _validated(lambda: config_from_dict(body))
+        if new.scenario is not None and new.scenario not in _engine().scenarios():
+            raise ApiError(
+                400,
+                "invalid configuration",
+                [f"chaos.scenario: {shown(new.scenario)} is not a scenario"],
+            )
+        _engine().set_config(new)
     return _json(_engine().editable().to_dict())
 
 
@@ -358,11 +365,16 @@ def create_blueprint(
 
     @blueprint.before_request
     def authorize() -> Response | None:
+        if (request.content_length or 0) > MAX_BODY_BYTES:
+            abort(413)  # also where the route reads no body
         needs_token = request.method not in ("GET", "HEAD", "OPTIONS") or protect_reads
         if admin_token and needs_token:
-            given = request.headers.get("Authorization", "")
-            expected = f"Bearer {admin_token}"
-            if not hmac.compare_digest(given.encode(), expected.encode()):
+            # RFC 9110 section 11.1: the scheme is case-insensitive ("bearer" too).
+            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+            valid = scheme.lower() == "bearer" and hmac.compare_digest(
+                given.strip().encode(), admin_token.encode()
+            )
+            if not valid:
                 response = _json(
                     {
                         "error": "unauthorized",
@@ -380,6 +392,8 @@ def create_blueprint(
 
     @blueprint.errorhandler(StoreError)
     def store_error(error: StoreError) -> Response:
+        if isinstance(error, StateTooLarge):  # not an outage: this change is too big
+            return _json({"error": "state too large", "problems": [str(error)]}, 413)
         return _json({"error": "store unreachable", "problems": [str(error)]}, 503)
 
     return blueprint
@@ -409,7 +423,11 @@ def create_management_app(
     def http_error(error: HTTPException) -> Response:
         """404, 405, 413 and friends as JSON, like every other answer of the API."""
         problems = {413: [f"body: larger than {MAX_BODY_BYTES} bytes"]}.get(error.code or 0, [])
-        return _json({"error": error.name.lower(), "problems": problems}, error.code or 500)
+        response = _json({"error": error.name.lower(), "problems": problems}, error.code or 500)
+        for name, value in error.get_headers():  # Allow on a 405, say
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response
 
     return app
 

@@ -429,3 +429,58 @@ def test_hostile_numbers_and_payloads_get_400_and_change_nothing(
     assert response.status_code == 400, response.get_data(as_text=True)
     assert problems(response)
     assert call(client, "GET", "/status").get_json() == before
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER"])
+def test_the_auth_scheme_is_case_insensitive(scheme: str) -> None:
+    client, _ = make(admin_token="s3cret")
+    response = call(client, "POST", "/enable", headers={"Authorization": f"{scheme} s3cret"})
+    assert response.status_code == 200
+    wrong = call(client, "POST", "/enable", headers={"Authorization": f"{scheme} s3cre"})
+    assert wrong.status_code == 401
+    assert (
+        call(client, "POST", "/enable", headers={"Authorization": "Basic s3cret"}).status_code
+        == 401
+    )
+
+
+def test_a_big_body_is_refused_where_no_body_is_read() -> None:
+    client, middleware = make()
+    response = call(client, "POST", "/enable", b"x" * (10 * 1024 * 1024))
+    assert response.status_code == 413
+    assert problems(response) == ["body: larger than 65536 bytes"]
+    assert middleware.config.enabled is False  # nothing changed
+
+
+def test_405_says_which_methods_are_allowed() -> None:
+    client, _ = make()
+    response = call(client, "TRACE", "/status")
+    assert response.status_code == 405
+    assert set(response.headers["Allow"].replace(" ", "").split(",")) >= {"GET"}
+    assert response.get_json()["error"] == "method not allowed"
+
+
+def test_a_config_naming_an_unknown_scenario_is_refused() -> None:
+    client, middleware = make()
+    response = call(client, "PUT", "/config", {"enabled": True, "scenario": "no_such"})
+    assert response.status_code == 400
+    assert problems(response) == ["chaos.scenario: 'no_such' is not a scenario"]
+    assert middleware.config.enabled is False
+
+
+def test_a_state_too_big_for_the_store_is_413_not_an_outage(tmp_path: Any) -> None:
+    from mockforge_wsgi.state import EmbeddedStore
+
+    client, _ = make(store=EmbeddedStore(tmp_path))
+    big = "x" * 60_000
+    statuses = []
+    for n in range(20):  # 20 x 60 KB > the embedded store's 1 MiB
+        scenario = {"name": f"big{n}", "fault_injection": {"error_body": big}}
+        response = call(client, "POST", "/scenarios", scenario)
+        statuses.append(response.status_code)
+        if response.status_code != 201:
+            break
+    assert statuses[-1] == 413, statuses
+    assert set(statuses[:-1]) == {201}
+    assert "at most 1048576" in problems(response)[0]
+    assert call(client, "GET", "/status").status_code == 200  # the store is fine

@@ -10,7 +10,7 @@ import os
 from collections.abc import Mapping
 from urllib.parse import unquote, urlsplit
 
-from .base import Store, StoreError
+from .base import StateTooLarge, Store, StoreError
 from .embedded import EmbeddedStore
 from .gcra import Bucket, BucketOutcome
 from .memory import MemoryStore
@@ -21,6 +21,7 @@ __all__ = [
     "BucketOutcome",
     "EmbeddedStore",
     "MemoryStore",
+    "StateTooLarge",
     "Store",
     "StoreError",
     "store_from_env",

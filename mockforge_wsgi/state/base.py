@@ -14,11 +14,15 @@ from typing import Any
 
 from .gcra import Bucket, BucketOutcome
 
-__all__ = ["Store", "StoreError"]
+__all__ = ["StateTooLarge", "Store", "StoreError"]
 
 
 class StoreError(RuntimeError):
     """A backend failed (unreachable, timed out). Callers fail open and count it."""
+
+
+class StateTooLarge(StoreError):
+    """The runtime state does not fit the store: the change that grew it is refused."""
 
 
 class Store(abc.ABC):

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from ._process import is_alive, start_time
-from .base import Store, StoreError
+from .base import StateTooLarge, Store, StoreError
 from .gcra import Bucket, BucketOutcome, charge
 
 __all__ = ["EmbeddedStore"]
@@ -144,7 +144,10 @@ class EmbeddedStore(Store):
     def _encode(state: dict[str, Any]) -> bytes:
         raw = json.dumps(state, separators=(",", ":")).encode()
         if len(raw) > MAX_STATE_BYTES:
-            raise StoreError(f"the runtime state is {len(raw)} bytes; at most {MAX_STATE_BYTES}")
+            raise StateTooLarge(
+                f"the runtime state would be {len(raw)} bytes; the embedded store holds "
+                f"at most {MAX_STATE_BYTES} (custom scenarios and rules take the room)"
+            )
         return raw
 
     def _write_state(self, raw: bytes) -> int:
