@@ -22,10 +22,11 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.config import KNOWN_SETTINGS
 from gunicorn.util import import_app
 
+from .admin import start_admin_listener
 from .app import METRICS_ENV, create_app
 from .config import ChaosConfig, ConfigError
-from .scenarios import BUILTIN_SCENARIOS, Scenario, UnknownScenario, load_scenarios
-from .state import STORE_ENV, MemoryStore, Store, StoreError, store_from_url
+from .scenarios import BUILTIN_SCENARIOS, Scenario, ScenarioEngine, UnknownScenario, load_scenarios
+from .state import STORE_ENV, MemoryStore, Store, StoreError, store_from_env, store_from_url
 from .state.server_store import server_store_directory
 
 ADMIN_TOKEN_ENV = "MOCKFORGE_ADMIN_TOKEN"
@@ -211,6 +212,12 @@ def _import_app(spec: str) -> Any:
 @click.option(
     "--metrics-port", type=click.IntRange(1, 65535), help="Also serve /metrics on this port."
 )
+@click.option(
+    "--admin-port",
+    type=click.IntRange(0, 65535),
+    help="Also serve the management API on this port, from the master process: "
+    "injected delays and slow clients cannot occupy it (0: a free port, logged).",
+)
 @click.option("--recorder", is_flag=True, help="Record every request (SQLite).")
 @click.option(
     "--recorder-db",
@@ -256,6 +263,7 @@ def serve(
     log_level: str,
     metrics: bool,
     metrics_port: int | None,
+    admin_port: int | None,
     recorder: bool,
     recorder_db: str | None,
     tracing: bool,
@@ -297,6 +305,12 @@ def serve(
             f"--chaos-scenario: {error} is not a scenario (built-in: {known})"
         ) from None
     _check_port(host, port)
+    if admin_port:
+        _check_port(host, admin_port)
+    if admin_port is not None and not os.environ.get(STORE_ENV):
+        # The master answers management calls: the workers (even one) must share its
+        # store, the embedded one of this server.
+        os.environ[STORE_ENV] = f"file://{server_store_directory(os.getpid())}"
     shared = _named_store()
     startup = middleware.engine.startup
     custom = middleware.engine.scenarios().values()
@@ -314,8 +328,18 @@ def serve(
         options["worker_tmp_dir"] = "/dev/shm"
     metrics_dir = _metrics_dir() if metrics else None
     options["child_exit"] = functools.partial(_child_exit, shared, metrics_dir)
+    when_ready = []
     if metrics_port is not None:
-        options["when_ready"] = functools.partial(_serve_metrics_port, host, metrics_port)
+        when_ready.append(functools.partial(_serve_metrics_port, host, metrics_port))
+    if admin_port is not None:
+        engine = ScenarioEngine(
+            startup, store=store_from_env(), custom=middleware.engine.state().custom
+        )
+        when_ready.append(
+            functools.partial(_serve_admin_port, host, admin_port, engine, admin_token)
+        )
+    if when_ready:
+        options["when_ready"] = functools.partial(_run_all, when_ready)
 
     def factory() -> Any:
         return create_app(
@@ -375,6 +399,21 @@ def _child_exit(shared: Store | None, metrics_dir: str | None, server: Any, work
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid, metrics_dir)  # type: ignore[no-untyped-call]
+
+
+def _run_all(hooks: list[Any], server: Any) -> None:
+    for hook in hooks:
+        hook(server)
+
+
+def _serve_admin_port(
+    host: str, port: int, engine: ScenarioEngine, admin_token: str | None, server: Any
+) -> None:
+    """gunicorn hook (master, when ready): the management API on a port of its own."""
+    listener = start_admin_listener(host, port, engine, admin_token=admin_token)
+    server.log.info(
+        "mockforge: admin listener at http://%s:%d/api/chaos", host, listener.server_port
+    )
 
 
 def _serve_metrics_port(host: str, port: int, server: Any) -> None:

@@ -382,3 +382,15 @@ def _thread_lock_for(path: Path) -> threading.RLock:
     key = os.path.realpath(path)
     with _LOCKS_GUARD:
         return _LOCKS.setdefault(key, threading.RLock())
+
+
+def _reinit_locks_in_child() -> None:
+    """A fork copies a lock another thread held (the master's admin listener, say) as
+    held forever: in the child, every one starts free."""
+    global _LOCKS_GUARD
+    _LOCKS_GUARD = threading.Lock()
+    for lock in _LOCKS.values():
+        lock._at_fork_reinit()  # type: ignore[attr-defined]
+
+
+os.register_at_fork(after_in_child=_reinit_locks_in_child)

@@ -1,0 +1,49 @@
+"""The admin listener: the management API on a port of its own, served by threads that
+chaos cannot occupy.
+
+The workers' threads can all be asleep in injected latency, or held by clients that
+send their headers slowly; a user must still be able to see and stop the chaos at once.
+``mockforge serve --admin-port`` starts this listener in gunicorn's master process:
+a thread per connection, each with a read timeout, over the same shared store the
+workers use, so a change made here reaches every worker on its next request.
+
+Usage::
+
+    listener = start_admin_listener("127.0.0.1", 9000, engine, admin_token=None)
+    ...
+    listener.shutdown()
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+
+from .api import create_management_app
+from .scenarios import ScenarioEngine
+
+__all__ = ["ADMIN_READ_TIMEOUT_S", "start_admin_listener"]
+
+# A connection that sends nothing for this long is closed: slow clients cannot pile up.
+ADMIN_READ_TIMEOUT_S = 10.0
+
+
+class _AdminRequestHandler(WSGIRequestHandler):
+    timeout = ADMIN_READ_TIMEOUT_S  # socketserver applies it to every read
+
+    def log_request(self, *args: Any, **kwargs: Any) -> None:
+        pass  # gunicorn's log is for the served app; errors are still logged
+
+
+def start_admin_listener(
+    host: str, port: int, engine: ScenarioEngine, *, admin_token: str | None = None
+) -> BaseWSGIServer:
+    """Serve the management API of ``engine`` on ``host:port`` (0: a free port) from a
+    daemon thread, a thread per connection; returns the server (``server_port``)."""
+    app = create_management_app(engine, admin_token=admin_token)
+    server = make_server(host, port, app, threaded=True, request_handler=_AdminRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, name="mockforge-admin", daemon=True)
+    thread.start()
+    return server

@@ -1,0 +1,93 @@
+"""The admin listener: the management API that injected delays and slow clients cannot
+occupy (`mockforge serve --admin-port`)."""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from conftest import mockforge_serve, session
+
+pytestmark = pytest.mark.server
+
+
+def _admin_url(log: str) -> str:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        found = re.search(r"admin listener at (http://127\.0\.0\.1:\d+)/api/chaos", log())
+        if found:
+            return found[1]
+        time.sleep(0.05)
+    raise AssertionError(log())
+
+
+def _timed(call: object) -> tuple[float, requests.Response]:
+    start = time.monotonic()
+    response = call()  # type: ignore[operator]
+    return time.monotonic() - start, response
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_chaos_can_be_seen_and_stopped_at_once_while_every_thread_is_held(
+    tmp_path: Path, workers: str
+) -> None:
+    args = ("--workers", workers, "--threads", "2", "--admin-port", "0")
+    args += ("--chaos", "--chaos-scenario", "slow_backend")  # 2 s on every request
+    with mockforge_serve(tmp_path, *args) as server:
+        admin = _admin_url(server.log) + "/api/chaos"
+        took: list[float] = []
+
+        def hold() -> None:
+            took.append(_timed(lambda: session().get(server.url + "/api/test", timeout=30))[0])
+
+        # Every worker thread, and a queue behind them.
+        held = [threading.Thread(target=hold) for _ in range(2 * int(workers) + 2)]
+        for thread in held:
+            thread.start()
+        time.sleep(0.5)  # every thread is asleep in injected latency now
+        with session() as http:
+            seconds, status = _timed(lambda: http.get(admin + "/status", timeout=10))
+            assert status.status_code == 200
+            assert status.json()["active_scenario"]["name"] == "slow_backend"
+            assert seconds < 0.1, seconds
+            seconds, stopped = _timed(lambda: http.post(admin + "/disable", timeout=10))
+            assert stopped.status_code == 200
+            assert seconds < 0.1, seconds
+        for thread in held:
+            thread.join(30)
+        assert min(took) >= 1.75, took  # all held by the scenario (2 s +/- 10%)
+        with session() as http:  # every worker applies it on its next request
+            for _ in range(6):
+                seconds, response = _timed(
+                    lambda: session().get(server.url + "/api/test", timeout=10)
+                )
+                assert response.status_code == 200
+                assert "X-Mockforge-Chaos" not in response.headers
+                assert seconds < 1.0, seconds
+
+
+def test_slow_clients_do_not_take_the_admin_listener_down(tmp_path: Path) -> None:
+    with mockforge_serve(tmp_path, "--threads", "2", "--admin-port", "0") as server:
+        admin = _admin_url(server.log)
+        host, port = admin.removeprefix("http://").split(":")
+        stalled = []
+        for target_port in (int(server.url.rsplit(":", 1)[1]), int(port)):
+            for _ in range(8):  # partial headers, never finished
+                sock = socket.create_connection((host, target_port), timeout=5)
+                sock.sendall(b"GET /api/chaos/status HTTP/1.1\r\nHost: x\r\n")
+                stalled.append(sock)
+        try:
+            with session() as http:
+                seconds, response = _timed(
+                    lambda: http.get(admin + "/api/chaos/status", timeout=10)
+                )
+            assert response.status_code == 200
+            assert seconds < 0.1, seconds
+        finally:
+            for sock in stalled:
+                sock.close()
