@@ -25,6 +25,8 @@ class Check(Protocol):
 
     def describe(self) -> str: ...
 
+    def json_schema(self) -> dict[str, Any]: ...
+
 
 @attrs.frozen
 class Kind:
@@ -196,6 +198,9 @@ class Between:
     def describe(self) -> str:
         return f"[{_num(self.low)}, {_num(self.high)}]"
 
+    def json_schema(self) -> dict[str, Any]:
+        return {"minimum": self.low, "maximum": self.high}
+
 
 @attrs.frozen
 class AtLeast:
@@ -209,6 +214,9 @@ class AtLeast:
     def describe(self) -> str:
         return f">= {_num(self.low)}"
 
+    def json_schema(self) -> dict[str, Any]:
+        return {"minimum": self.low}
+
 
 @attrs.frozen
 class OneOf:
@@ -221,6 +229,9 @@ class OneOf:
 
     def describe(self) -> str:
         return " \\| ".join(f"`{value}`" for value in self.values)
+
+    def json_schema(self) -> dict[str, Any]:
+        return {"enum": list(self.values)}
 
 
 @attrs.frozen
@@ -236,6 +247,9 @@ class EachBetween:
 
     def describe(self) -> str:
         return f"each in [{self.low}, {self.high}]"
+
+    def json_schema(self) -> dict[str, Any]:
+        return {"items": {"type": "integer", "minimum": self.low, "maximum": self.high}}
 
 
 @attrs.frozen
@@ -258,6 +272,9 @@ class OrderedRange:
     def describe(self) -> str:
         return f"{_num(self.low)} <= min <= max <= {_num(self.high)}"
 
+    def json_schema(self) -> dict[str, Any]:
+        return {"items": {"type": "number", "minimum": self.low, "maximum": self.high}}
+
 
 @attrs.frozen
 class Networks:
@@ -276,3 +293,6 @@ class Networks:
 
     def describe(self) -> str:
         return "IP addresses or CIDR networks"
+
+    def json_schema(self) -> dict[str, Any]:
+        return {}  # not expressible in JSON schema; the API checks it

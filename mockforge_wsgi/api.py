@@ -22,7 +22,7 @@ import attrs
 from flask import Blueprint, Flask, Response, abort, current_app, request
 from werkzeug.exceptions import HTTPException
 
-from ._kinds import Kind, shown
+from ._kinds import Check, Kind, shown
 from ._version import __version__
 from .config import (
     SECTION_CLASSES,
@@ -463,8 +463,13 @@ _JSON_TYPES: dict[str, dict[str, Any]] = {
 }
 
 
-def _schema_of(kind: Kind, help: str) -> dict[str, Any]:
-    return {**_JSON_TYPES[kind.label], "description": help}
+def _schema_of(kind: Kind, check: Check | None, help: str) -> dict[str, Any]:
+    """A setting's JSON schema: its type, the range or choices its check allows."""
+    return {
+        **_JSON_TYPES[kind.label],
+        **(check.json_schema() if check is not None else {}),
+        "description": help,
+    }
 
 
 def _schemas() -> dict[str, Any]:
@@ -472,7 +477,7 @@ def _schemas() -> dict[str, Any]:
     sections: dict[str, dict[str, Any]] = {}
     top: dict[str, Any] = {}
     for info in iter_settings():
-        schema = _schema_of(info.kind, info.field.metadata["help"])
+        schema = _schema_of(info.kind, info.check, info.field.metadata["help"])
         if len(info.path) == 1:
             top[info.path[0]] = schema
         else:
@@ -503,8 +508,8 @@ def _schemas() -> dict[str, Any]:
         "type": "object",
         "additionalProperties": False,
         "properties": {
-            "duration_s": {"type": "number", "exclusiveMinimum": 0},
-            "ramp_s": {"type": "number", "exclusiveMinimum": 0},
+            "duration_s": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_DURATION_S},
+            "ramp_s": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_DURATION_S},
         },
     }
     schemas["Schedule"] = {
@@ -513,9 +518,13 @@ def _schemas() -> dict[str, Any]:
             "type": "object",
             "required": ["scenario"],
             "properties": {
-                "start_s": {"type": "number", "minimum": 0},
+                "start_s": {"type": "number", "minimum": 0, "maximum": MAX_DURATION_S},
                 "scenario": {"type": "string"},
-                "duration_s": {"type": ["number", "null"], "exclusiveMinimum": 0},
+                "duration_s": {
+                    "type": ["number", "null"],
+                    "exclusiveMinimum": 0,
+                    "maximum": MAX_DURATION_S,
+                },
             },
         },
     }

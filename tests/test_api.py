@@ -484,3 +484,38 @@ def test_a_state_too_big_for_the_store_is_413_not_an_outage(tmp_path: Any) -> No
     assert set(statuses[:-1]) == {201}
     assert "at most 1048576" in problems(response)[0]
     assert call(client, "GET", "/status").status_code == 200  # the store is fine
+
+
+def _bounded_settings() -> list[Any]:
+    from mockforge_wsgi._kinds import Between
+    from mockforge_wsgi.config import iter_settings
+
+    return [
+        pytest.param(info.path, info.check, id=".".join(info.path))
+        for info in iter_settings()
+        if isinstance(info.check, Between)
+    ]
+
+
+@pytest.mark.parametrize(("path", "check"), _bounded_settings())
+def test_the_openapi_bounds_are_the_apis_bounds(path: tuple[str, ...], check: Any) -> None:
+    client, _ = make()
+    document = call(client, "GET", "/openapi.json").get_json()
+    schemas = document["components"]["schemas"]
+    schema = schemas["ChaosConfig"]["properties"][path[0]]
+    if "$ref" in schema:
+        schema = schemas[schema["$ref"].rsplit("/", 1)[1]]["properties"][path[1]]
+    assert (schema["minimum"], schema["maximum"]) == (check.low, check.high)
+
+    def put(value: Any) -> int:
+        body: dict[str, Any] = {"enabled": True}
+        target = body
+        for part in path[:-1]:
+            target = target.setdefault(part, {})
+        target[path[-1]] = value
+        return call(client, "PUT", "/config", body).status_code
+
+    assert put(check.high) == 200
+    assert put(check.low) == 200
+    above = check.high + 1 if isinstance(check.high, int) else check.high * 1.001
+    assert put(above) == 400
