@@ -11,7 +11,6 @@ Usage (any WSGI stack: ChaosMiddleware mounts it for you at ``/api/chaos``)::
 
 from __future__ import annotations
 
-import hmac
 import json
 import math
 import os
@@ -22,6 +21,7 @@ import attrs
 from flask import Blueprint, Flask, Response, abort, current_app, request
 from werkzeug.exceptions import HTTPException
 
+from ._headers import bearer_matches
 from ._kinds import Check, Kind, shown
 from ._version import __version__
 from .config import (
@@ -368,22 +368,20 @@ def create_blueprint(
         if (request.content_length or 0) > MAX_BODY_BYTES:
             abort(413)  # also where the route reads no body
         needs_token = request.method not in ("GET", "HEAD", "OPTIONS") or protect_reads
-        if admin_token and needs_token:
-            # RFC 9110 section 11.1: the scheme is case-insensitive ("bearer" too).
-            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-            valid = scheme.lower() == "bearer" and hmac.compare_digest(
-                given.strip().encode(), admin_token.encode()
+        if (
+            admin_token
+            and needs_token
+            and not bearer_matches(request.headers.get("Authorization", ""), admin_token)
+        ):
+            response = _json(
+                {
+                    "error": "unauthorized",
+                    "problems": ["Authorization: a valid Bearer token is required"],
+                },
+                401,
             )
-            if not valid:
-                response = _json(
-                    {
-                        "error": "unauthorized",
-                        "problems": ["Authorization: a valid Bearer token is required"],
-                    },
-                    401,
-                )
-                response.headers["WWW-Authenticate"] = 'Bearer realm="mockforge"'
-                return response
+            response.headers["WWW-Authenticate"] = 'Bearer realm="mockforge"'
+            return response
         return None
 
     @blueprint.errorhandler(ApiError)

@@ -86,7 +86,7 @@ def create_app(
     if recorder_db is not None:
         from .recorder import Recorder, RecorderMiddleware
 
-        app = RecorderMiddleware(app, Recorder(recorder_db))
+        app = RecorderMiddleware(app, Recorder(recorder_db), admin_token=admin_token)
     if metrics is None:
         metrics = environ.get(METRICS_ENV, "").lower() in ("1", "true", "yes")
     if metrics:

@@ -7,25 +7,32 @@ the table under ``max_rows``. ``RecorderMiddleware`` records and serves the sear
     POST /api/recorder/search  {"status_code": 500, "path_prefix": "/api", "fault_type":
                                 "http_error", "method": "GET", "since": 1.7e9, "until": ...,
                                 "limit": 100, "offset": 0}
-    GET  /api/recorder/export?format=jsonl|csv
+    GET  /api/recorder/export?format=jsonl|csv     every row, streamed in pages
+
+Rows queued in a process are written when it exits (gunicorn stops workers with SIGTERM
+and they exit normally), so a stop right after load loses none. With an admin token set,
+both routes need it: they expose request data.
 """
 
 from __future__ import annotations
 
+import atexit
 import csv
 import io
 import json
+import math
 import os
 import queue
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._headers import REQUEST_ID_KEY
+from ._headers import REQUEST_ID_KEY, bearer_matches
+from ._kinds import shown
 from ._observe import observe
 from .plan import PLAN_ENVIRON_KEY, Plan
 
@@ -50,6 +57,9 @@ COLUMNS = (
 BATCH = 500
 FLUSH_EVERY_S = 0.2
 MAX_LIMIT = 1000
+MAX_OFFSET = 10_000_000  # max_rows' own bound: no table holds more
+EXPORT_PAGE = 1000
+ADMIN_TOKEN_ENV = "MOCKFORGE_ADMIN_TOKEN"
 FILTERS = (
     "status_code",
     "path_prefix",
@@ -105,6 +115,7 @@ class Recorder:
             threading.Thread(
                 target=self._drain_forever, name="mockforge-recorder", daemon=True
             ).start()
+            atexit.register(self.flush)  # a worker stopped right after load loses nothing
 
     def _drain_forever(self) -> None:
         while True:
@@ -169,6 +180,24 @@ class Recorder:
         connection.close()
         return [dict(zip(COLUMNS, row, strict=True)) for row in found]
 
+    def export(self) -> Iterator[dict[str, Any]]:
+        """Every row, oldest first, read a page at a time (bounded memory)."""
+        self.flush()
+        after = 0
+        while True:
+            with self._connect() as connection:
+                page = connection.execute(
+                    f"SELECT id, {', '.join(COLUMNS)} FROM requests WHERE id > ? "
+                    "ORDER BY id LIMIT ?",
+                    (after, EXPORT_PAGE),
+                ).fetchall()
+            connection.close()
+            for row in page:
+                yield dict(zip(COLUMNS, row[1:], strict=True))
+            if len(page) < EXPORT_PAGE:
+                return
+            after = page[-1][0]
+
 
 def _filter_problems(filters: Any) -> list[str]:
     if not isinstance(filters, Mapping):
@@ -178,13 +207,27 @@ def _filter_problems(filters: Any) -> list[str]:
         for key in filters
         if key not in FILTERS
     ]
-    numbers = {"status_code": int, "since": float, "until": float, "limit": int, "offset": int}
-    for key, kind in numbers.items():
+    # Every number bounded (SQLite takes 64-bit integers; times are finite).
+    bounds = {
+        "status_code": (100, 599, True),
+        "limit": (0, MAX_LIMIT, True),
+        "offset": (0, MAX_OFFSET, True),
+        "since": (0.0, 1e11, False),
+        "until": (0.0, 1e11, False),
+    }
+    for key, (low, high, whole) in bounds.items():
         value = filters.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            problems.append(f"{key}: {value!r} is not a number")
-        elif value is not None and kind is int and (value < 0 or value != int(value)):
-            problems.append(f"{key}: {value!r} is not a whole number >= 0")
+        if value is None:
+            continue
+        number = not isinstance(value, bool) and isinstance(value, (int, float))
+        if (
+            not number
+            or (isinstance(value, float) and not math.isfinite(value))
+            or not low <= value <= high
+            or (whole and value != int(value))
+        ):
+            kind = "a whole number" if whole else "a number"
+            problems.append(f"{key}: {shown(value)} is not {kind} in [{low:g}, {high:g}]")
     for key in ("path_prefix", "method", "fault_type"):
         if filters.get(key) is not None and not isinstance(filters[key], str):
             problems.append(f"{key}: {filters[key]!r} is not a string")
@@ -195,11 +238,18 @@ class RecorderMiddleware:
     """Records every request and serves ``/api/recorder/search`` and ``/export``."""
 
     def __init__(
-        self, app: WSGIApplication, recorder: Recorder, *, prefix: str = "/api/recorder"
+        self,
+        app: WSGIApplication,
+        recorder: Recorder,
+        *,
+        prefix: str = "/api/recorder",
+        admin_token: str | None = None,
     ) -> None:
         self.app = app
         self.recorder = recorder
         self.prefix = prefix.rstrip("/")
+        # Request data (paths, client addresses): with a token set, only for its holder.
+        self.admin_token = admin_token or os.environ.get(ADMIN_TOKEN_ENV) or None
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -233,11 +283,23 @@ class RecorderMiddleware:
         self, route: str, environ: WSGIEnvironment, start_response: StartResponse
     ) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
+        if self.admin_token and not bearer_matches(
+            str(environ.get("HTTP_AUTHORIZATION", "")), self.admin_token
+        ):
+            problems = ["Authorization: a valid Bearer token is required"]
+            return _answer(start_response, 401, {"error": "unauthorized", "problems": problems})
         if route == "/search" and method == "POST":
             try:
                 length = int(environ.get("CONTENT_LENGTH") or 0)
+                if length > MAX_SEARCH_BODY:
+                    raise ValueError(f"larger than {MAX_SEARCH_BODY} bytes")
                 raw = environ["wsgi.input"].read(length) if length else b"{}"
-                filters = json.loads(raw or b"{}")
+                filters = json.loads(raw or b"{}", parse_constant=_not_json)
+            except RecursionError:
+                problems = ["body: JSON nested too deeply"]
+                return _answer(
+                    start_response, 400, {"error": "invalid request", "problems": problems}
+                )
             except ValueError as error:
                 return _answer(
                     start_response,
@@ -257,22 +319,39 @@ class RecorderMiddleware:
                 for part in environ.get("QUERY_STRING", "").split("&")
                 if "=" in part
             )
-            rows = self.recorder.search({"limit": MAX_LIMIT})
+            exported = self.recorder.export()
             if query.get("format") == "csv":
-                buffer = io.StringIO()
-                writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
-                writer.writeheader()
-                writer.writerows(rows)
-                return _text(start_response, buffer.getvalue(), "text/csv; charset=utf-8")
-            lines = "".join(json.dumps(row) + "\n" for row in rows)
-            return _text(start_response, lines, "application/x-ndjson")
+                start_response("200 OK", [("Content-Type", "text/csv; charset=utf-8")])
+                return _csv_lines(exported)
+            start_response("200 OK", [("Content-Type", "application/x-ndjson")])
+            return ((json.dumps(row) + "\n").encode() for row in exported)
         return _answer(
             start_response, 404, {"error": "not found", "problems": [f"path: {route!r}"]}
         )
 
 
+MAX_SEARCH_BODY = 64 * 1024
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a JSON number")
+
+
+def _csv_lines(rows: Iterable[dict[str, Any]]) -> Iterator[bytes]:
+    """CSV, a line at a time: the header, then each row."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(row)
+        yield buffer.getvalue().encode()
+        buffer.seek(0)
+        buffer.truncate()
+    yield buffer.getvalue().encode()  # the header alone, when there are no rows
+
+
 def _answer(start_response: StartResponse, status: int, data: Any) -> Iterable[bytes]:
-    reasons = {200: "OK", 400: "Bad Request", 404: "Not Found"}
+    reasons = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found"}
     return _text(
         start_response, json.dumps(data), "application/json", f"{status} {reasons[status]}"
     )

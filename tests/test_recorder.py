@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -68,7 +70,7 @@ def test_export_and_bad_filters(tmp_path: Path) -> None:
     assert bad.get_json()["problems"] == [
         "status: unknown filter; allowed: status_code, path_prefix, method, fault_type, since, "
         "until, limit, offset",
-        "limit: -1 is not a whole number >= 0",
+        "limit: -1 is not a whole number in [0, 1000]",
     ]
     assert client.post("/api/recorder/search", data=b"{oops").status_code == 400
 
@@ -111,3 +113,83 @@ def test_four_workers_record_into_one_database(tmp_path: Path) -> None:
             ).json()["requests"]
         }
         assert len(workers) >= 2
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param('{"status_code": 1e30}', id="status-1e30"),
+        pytest.param('{"offset": 1e30}', id="offset-1e30"),
+        pytest.param('{"limit": NaN}', id="limit-NaN"),
+        pytest.param('{"since": Infinity}', id="since-Infinity"),
+        pytest.param('{"offset": ' + "9" * 400 + "}", id="offset-400-digits"),
+        pytest.param("[" * 5000 + "]" * 5000, id="nested-5000"),
+    ],
+)
+def test_hostile_filters_get_400(tmp_path: Path, body: str) -> None:
+    client, _ = recorded(tmp_path)
+    response = client.post("/api/recorder/search", data=body)
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert all(len(problem) < 200 for problem in response.get_json()["problems"])
+
+
+def test_export_streams_every_row(tmp_path: Path) -> None:
+    client, recorder = recorded(tmp_path)
+    for index in range(2500):  # more than a page, more than a search may return
+        recorder.record((float(index), f"r{index}", "GET", "/", 200, 1.0, None, 1, None, None, ""))
+    response = client.get("/api/recorder/export")
+    assert "Content-Length" not in response.headers  # streamed, a page at a time
+    lines = response.get_data(as_text=True).splitlines()
+    assert [json.loads(line)["request_id"] for line in lines] == [f"r{i}" for i in range(2500)]
+    csv_lines = client.get("/api/recorder/export?format=csv").get_data(as_text=True).splitlines()
+    assert len(csv_lines) == 2501
+
+
+def test_with_an_admin_token_request_data_needs_it(tmp_path: Path) -> None:
+    config = load_config(environ={}, overrides={"enabled": True})
+    recorder = Recorder(tmp_path / "chaos.db")
+    app = RecorderMiddleware(ChaosMiddleware(hello, config=config), recorder, admin_token="s3")
+    client = Client(app)
+    assert client.post("/api/recorder/search", data="{}").status_code == 401
+    assert client.get("/api/recorder/export").status_code == 401
+    auth = {"Authorization": "bearer s3"}
+    assert client.post("/api/recorder/search", data="{}", headers=auth).status_code == 200
+    assert client.get("/api/recorder/export", headers=auth).status_code == 200
+
+
+def test_rows_queued_when_a_process_exits_are_written(tmp_path: Path) -> None:
+    # A gunicorn worker stopped with SIGTERM exits normally (sys.exit): what its writer
+    # thread had not written yet must still reach the database.
+    database = tmp_path / "exit.db"
+    script = (
+        "import sys\n"
+        "from mockforge_wsgi.recorder import Recorder\n"
+        f"recorder = Recorder({str(database)!r})\n"
+        "for n in range(300):\n"
+        "    recorder.record((float(n), 'r', 'GET', '/', 200, 1.0, None, 1, None, None, ''))\n"
+        "sys.exit(0)\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    assert len(Recorder(database).search({"limit": 1000})) == 300
+
+
+@pytest.mark.server
+def test_a_stop_right_after_load_loses_no_row(tmp_path: Path) -> None:
+    database = tmp_path / "stopped.db"
+    args = (
+        "--workers",
+        "2",
+        "--worker-class",
+        "sync",
+        "--recorder",
+        "--recorder-db",
+        str(database),
+    )
+    with mockforge_serve(tmp_path, *args) as server:
+        results = _concurrently(
+            600, 8, lambda fresh: fresh.get(server.url + "/api/test", timeout=10)
+        )
+        assert len(results) == 600
+    # SIGTERM at once (mockforge_serve's exit): the workers wrote what they had queued.
+    rows = Recorder(database).search({"path_prefix": "/api/test", "limit": 1000})
+    assert len(rows) == 600
