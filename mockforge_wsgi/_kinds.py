@@ -42,9 +42,9 @@ class Kind:
 
     def type_problem(self, value: Any) -> str | None:
         if isinstance(value, bool) and bool not in self.types:
-            return f"{value!r} is not {self.label}"
+            return f"{shown(value)} is not {self.label}"
         if not isinstance(value, self.types):
-            return f"{value!r} is not {self.label}"
+            return f"{shown(value)} is not {self.label}"
         return None
 
 
@@ -170,7 +170,7 @@ STR_LIST = Kind("a list of strings", (tuple,), _str_list)
 RANGE = Kind("a range min-max or none", (tuple, type(None)), _optional(_range))
 
 
-def shown(raw: Any, limit: int = 40) -> str:
+def shown(raw: Any, limit: int = 60) -> str:
     """``repr(raw)`` for a message, cut short: a hostile value must not flood it."""
     text = repr(raw)
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
@@ -225,7 +225,7 @@ class OneOf:
     def problem(self, value: Any) -> str | None:
         if value in self.values:
             return None
-        return f"{value!r} is not one of {', '.join(self.values)}"
+        return f"{shown(value)} is not one of {', '.join(self.values)}"
 
     def describe(self) -> str:
         return " \\| ".join(f"`{value}`" for value in self.values)

@@ -25,6 +25,7 @@ import attrs
 import yaml
 
 from . import _kinds as kinds
+from ._kinds import shown
 from .patterns import FaultPattern, parse_pattern
 from .rules import Rule, parse_match
 
@@ -352,7 +353,7 @@ def _rules(raw: Any) -> tuple[Rule, ...]:
     for index, item in enumerate(raw):
         path = f"[{index}]"
         if not isinstance(item, Mapping) or "match" not in item:
-            problems.append(f"{path}: {item!r} needs a match and config sections")
+            problems.append(f"{path}: {shown(item)} needs a match and config sections")
             continue
         match, match_problems = parse_match(item["match"], f"{path}.match")
         problems.extend(match_problems)
@@ -509,7 +510,7 @@ def _build(
     origins: Mapping[str, str],
 ) -> T | None:
     if not isinstance(data, Mapping):
-        problems.append(f"{path}: {data!r} is not a mapping")
+        problems.append(f"{path}: {shown(data)} is not a mapping")
         return None
     fields = {field.name: field for field in attrs.fields(cls)}  # type: ignore[arg-type]
     for key in data:
@@ -607,7 +608,7 @@ def chaos_block(document: Any, where: str = "<config>") -> dict[str, Any]:
     if block is None:
         return {}
     if not isinstance(block, Mapping):
-        raise ConfigError([f"chaos: {block!r} is not a mapping"])
+        raise ConfigError([f"chaos: {shown(block)} is not a mapping"])
     return dict(block)
 
 

@@ -27,6 +27,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
+from ._kinds import shown
 from .config import RULES, ConfigError
 
 if TYPE_CHECKING:
@@ -58,13 +59,13 @@ def parse_routes(raw: Any, where: str = "routes") -> tuple[MockRoute, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, list):
-        raise ConfigError([f"{where}: {raw!r} is not a list of routes"])
+        raise ConfigError([f"{where}: {shown(raw)} is not a list of routes"])
     problems: list[str] = []
     routes = []
     for index, item in enumerate(raw):
         path = f"{where}[{index}]"
         if not isinstance(item, Mapping):
-            problems.append(f"{path}: {item!r} is not a mapping")
+            problems.append(f"{path}: {shown(item)} is not a mapping")
             continue
         problems += [
             f"{path}.{key}: unknown key; allowed: {', '.join(ROUTE_KEYS)}"
@@ -74,31 +75,31 @@ def parse_routes(raw: Any, where: str = "routes") -> tuple[MockRoute, ...]:
         method = str(item.get("method", "GET")).upper()
         if method not in METHODS:
             problems.append(
-                f"{path}.method: {item.get('method')!r} is not one of {', '.join(METHODS)}"
+                f"{path}.method: {shown(item.get('method'))} is not one of {', '.join(METHODS)}"
             )
         url = item.get("path")
         if not isinstance(url, str) or not url.startswith("/"):
-            problems.append(f"{path}.path: {url!r} is not a path starting with /")
+            problems.append(f"{path}.path: {shown(url)} is not a path starting with /")
             url = "/"
         else:
             try:
                 Map([Rule(url)]).bind("localhost")
             except (ValueError, LookupError) as error:
-                problems.append(f"{path}.path: {url!r} is not a valid route ({error})")
+                problems.append(f"{path}.path: {shown(url)} is not a valid route ({error})")
         status = item.get("status", 200)
         if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
-            problems.append(f"{path}.status: {status!r} is not in [100, 599]")
+            problems.append(f"{path}.status: {shown(status)} is not in [100, 599]")
         headers = item.get("headers") or {}
         if not isinstance(headers, Mapping) or not all(
             isinstance(k, str) and isinstance(v, (str, int, float)) for k, v in headers.items()
         ):
-            problems.append(f"{path}.headers: {headers!r} is not a mapping of name to value")
+            problems.append(f"{path}.headers: {shown(headers)} is not a mapping of name to value")
             headers = {}
         if "json" in item and "text" in item:
             problems.append(f"{path}: give json or text, not both")
         if "text" in item:
             if not isinstance(item["text"], str):
-                problems.append(f"{path}.text: {item['text']!r} is not a string")
+                problems.append(f"{path}.text: {shown(item['text'])} is not a string")
             body, content_type = str(item["text"]).encode(), "text/plain; charset=utf-8"
         else:
             body, content_type = json.dumps(item.get("json", {})).encode(), "application/json"
@@ -124,7 +125,7 @@ def parse_routes(raw: Any, where: str = "routes") -> tuple[MockRoute, ...]:
 def _chaos_problems(chaos: Any, path: str) -> list[str]:
     """A route's chaos sections, checked like a rule's (problems named by path)."""
     if not isinstance(chaos, Mapping) or "match" in chaos:
-        return [f"{path}: {chaos!r} is not a mapping of config sections"]
+        return [f"{path}: {shown(chaos)} is not a mapping of config sections"]
     try:
         RULES.parse([{"match": {"path": "/"}, **chaos}])
     except ConfigError as error:

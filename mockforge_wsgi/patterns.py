@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 import attrs
 
+from ._kinds import shown
+
 __all__ = ["PATTERN_COUNTER", "FaultPattern", "parse_pattern"]
 
 # The store counter that numbers requests for the pattern; zeroed on every state change.
@@ -52,7 +54,7 @@ def _int(value: Any, what: str, low: int, high: int | None = None) -> int:
         try:
             value = int(str(value).strip())
         except ValueError:
-            raise ValueError(f"{what} {value!r} is not an integer") from None
+            raise ValueError(f"{what} {shown(value)} is not an integer") from None
     if value < low or (high is not None and value > high):
         bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
         raise ValueError(f"{what} {value} is not {bound}")
@@ -87,7 +89,7 @@ def parse_pattern(raw: Any) -> FaultPattern:
         statuses = tuple(_int(item, "status", 100, 599) for item in items)
         repeat = raw.get("repeat", False)
         if not isinstance(repeat, bool):
-            raise ValueError(f"repeat {repeat!r} is not a boolean")
+            raise ValueError(f"repeat {shown(repeat)} is not a boolean")
         return FaultPattern("sequence", statuses=statuses, repeat=repeat)
     count = _int(raw[kind], kind, 1)
     status = _int(raw.get("status", 503), "status", 400, 599)

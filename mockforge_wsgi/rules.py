@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from ._kinds import shown
+
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
 
@@ -108,7 +110,9 @@ class Rule:
 def parse_match(raw: Any, path: str) -> tuple[Match | None, list[str]]:
     """A Match from its mapping, or the problems with it (each with its path)."""
     if not isinstance(raw, Mapping) or not raw:
-        return None, [f"{path}: {raw!r} is not a non-empty mapping of {', '.join(MATCH_KEYS)}"]
+        return None, [
+            f"{path}: {shown(raw)} is not a non-empty mapping of {', '.join(MATCH_KEYS)}"
+        ]
     problems = [
         f"{path}.{key}: unknown key; allowed: {', '.join(MATCH_KEYS)}"
         for key in raw
@@ -120,13 +124,13 @@ def parse_match(raw: Any, path: str) -> tuple[Match | None, list[str]]:
             if isinstance(raw[key], str) and raw[key]:
                 values[key] = raw[key]
             else:
-                problems.append(f"{path}.{key}: {raw[key]!r} is not a non-empty string")
+                problems.append(f"{path}.{key}: {shown(raw[key])} is not a non-empty string")
     if "methods" in raw:
         methods = [raw["methods"]] if isinstance(raw["methods"], str) else raw["methods"]
         if isinstance(methods, list) and all(isinstance(m, str) for m in methods):
             values["methods"] = tuple(m.upper() for m in methods)
         else:
-            problems.append(f"{path}.methods: {raw['methods']!r} is not a list of methods")
+            problems.append(f"{path}.methods: {shown(raw['methods'])} is not a list of methods")
     if "header" in raw:
         header = raw["header"]
         if isinstance(header, str) and header:
@@ -140,7 +144,7 @@ def parse_match(raw: Any, path: str) -> tuple[Match | None, list[str]]:
             values["header"] = header["name"]
             values["header_equals"] = header.get("equals")
         else:
-            problems.append(f"{path}.header: {header!r} is not a name or {{name, equals}}")
+            problems.append(f"{path}.header: {shown(header)} is not a name or {{name, equals}}")
     if "client_cidr" in raw:
         cidrs = [raw["client_cidr"]] if isinstance(raw["client_cidr"], str) else raw["client_cidr"]
         try:
@@ -149,7 +153,7 @@ def parse_match(raw: Any, path: str) -> tuple[Match | None, list[str]]:
             )
         except (TypeError, ValueError):
             problems.append(
-                f"{path}.client_cidr: {raw['client_cidr']!r} is not a CIDR network (or list)"
+                f"{path}.client_cidr: {shown(raw['client_cidr'])} is not a CIDR network (or list)"
             )
     if "body_size" in raw:
         size = raw["body_size"]
@@ -161,7 +165,9 @@ def parse_match(raw: Any, path: str) -> tuple[Match | None, list[str]]:
         ):
             values["body_size"] = (size[0], size[1])
         else:
-            problems.append(f"{path}.body_size: {size!r} is not [min, max] bytes with min <= max")
+            problems.append(
+                f"{path}.body_size: {shown(size)} is not [min, max] bytes with min <= max"
+            )
     if problems:
         return None, problems
     return Match(**values), []

@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 import attrs
 
+from ._kinds import shown
 from .config import ChaosConfig, ConfigError, config_from_dict, iter_settings, yaml_layer
 from .patterns import PATTERN_COUNTER
 from .state import MemoryStore, Store, StoreError
@@ -230,21 +231,21 @@ def scenario_from_dict(name: str, data: Any, path: str) -> tuple[Scenario, bool]
     Takes ``description``, ``override`` and any config sections; validated like config.
     """
     if not isinstance(data, Mapping):
-        raise ConfigError([f"{path}: {data!r} is not a mapping"])
+        raise ConfigError([f"{path}: {shown(data)} is not a mapping"])
     body = dict(data)
     problems = []
     description = body.pop("description", "")
     override = body.pop("override", False)
     if not isinstance(description, str):
-        problems.append(f"{path}.description: {description!r} is not a string")
+        problems.append(f"{path}.description: {shown(description)} is not a string")
     if not isinstance(override, bool):
-        problems.append(f"{path}.override: {override!r} is not a boolean")
+        problems.append(f"{path}.override: {shown(override)} is not a boolean")
     for key in ("enabled", "scenario", "seed"):
         if key in body:
             problems.append(f"{path}.{key}: not allowed in a scenario")
             body.pop(key)
     if not name or not name.replace("_", "").replace("-", "").isalnum():
-        problems.append(f"{path}: name {name!r} is not letters, digits, '_' or '-'")
+        problems.append(f"{path}: name {shown(name)} is not letters, digits, '_' or '-'")
     config: ChaosConfig | None
     try:
         config = config_from_dict(
@@ -267,7 +268,9 @@ def load_scenarios(path: str | os.PathLike[str]) -> tuple[Scenario, ...]:
     (one ConfigError listing every problem)."""
     block = yaml_layer(path).get("scenarios") or {}
     if not isinstance(block, Mapping):
-        raise ConfigError([f"chaos.scenarios: {block!r} is not a mapping of name to scenario"])
+        raise ConfigError(
+            [f"chaos.scenarios: {shown(block)} is not a mapping of name to scenario"]
+        )
     scenarios, problems = [], []
     for name, data in block.items():
         try:

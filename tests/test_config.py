@@ -120,14 +120,14 @@ def test_defaults_are_valid_and_off() -> None:
         pytest.param(
             {"fault_injection": {"timeout_ms": 10**400}},
             "chaos.fault_injection.timeout_ms: 1"
-            + "0" * 39
+            + "0" * 59
             + "... (401 characters) is not a finite number",
             id="400-digit-timeout",
         ),
         pytest.param(
             {"rate_limit": {"burst_size": 10**400}},
             "chaos.rate_limit.burst_size: 1"
-            + "0" * 39
+            + "0" * 59
             + "... (401 characters) is not in [1, 1000000]",
             id="400-digit-burst",
         ),
