@@ -440,7 +440,7 @@ _JSON_TYPES: dict[str, dict[str, Any]] = {
     "a number or none": {"type": ["number", "null"]},
     "an integer or none": {"type": ["integer", "null"]},
     "a string or none": {"type": ["string", "null"]},
-    "text, a mapping (JSON) or none": {"type": ["string", "object", "null"]},
+    "text, a mapping or a list (JSON) or none": {"type": ["string", "object", "array", "null"]},
     "a list of integers": {"type": "array", "items": {"type": "integer"}},
     "a list of strings": {"type": "array", "items": {"type": "string"}},
     "a pattern (fail_first, every or sequence) or none": {"type": ["object", "string", "null"]},
@@ -506,8 +506,17 @@ def _schemas() -> dict[str, Any]:
         "type": "object",
         "additionalProperties": False,
         "properties": {
-            "duration_s": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_DURATION_S},
-            "ramp_s": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_DURATION_S},
+            # null: not given (runs until stopped; no ramp).
+            "duration_s": {
+                "type": ["number", "null"],
+                "exclusiveMinimum": 0,
+                "maximum": MAX_DURATION_S,
+            },
+            "ramp_s": {
+                "type": ["number", "null"],
+                "exclusiveMinimum": 0,
+                "maximum": MAX_DURATION_S,
+            },
         },
     }
     schemas["Schedule"] = {
@@ -558,6 +567,9 @@ def openapi_document(prefix: str) -> dict[str, Any]:
                 operation["parameters"] = [
                     {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
                 ]
+            if method == "POST" and route.rule == "/scenarios":  # defining one creates it
+                operation["responses"]["201"] = operation["responses"].pop("200")
+                operation["responses"]["201"]["description"] = "Created"
             if method in ("PUT", "PATCH", "POST") and route.body:
                 operation["requestBody"] = {
                     "required": method != "POST" or route.rule == "/scenarios",

@@ -519,3 +519,18 @@ def test_the_openapi_bounds_are_the_apis_bounds(path: tuple[str, ...], check: An
     assert put(check.low) == 200
     above = check.high + 1 if isinstance(check.high, int) else check.high * 1.001
     assert put(above) == 400
+
+
+def test_the_openapi_document_lists_what_routes_answer() -> None:
+    client, _ = make()
+    document = call(client, "GET", "/openapi.json").get_json()
+    define = document["paths"]["/api/chaos/scenarios"]["post"]["responses"]
+    assert "201" in define and "200" not in define
+    assert call(client, "POST", "/scenarios", {"name": "mine"}).status_code == 201
+    timing = document["components"]["schemas"]["Activation"]["properties"]
+    assert "null" in timing["duration_s"]["type"]
+    assert call(client, "POST", "/scenarios/dialup", {"duration_s": None}).status_code == 200
+    body = document["components"]["schemas"]["FaultInjectionConfig"]["properties"]["error_body"]
+    assert "array" in body["type"]
+    listed = call(client, "PUT", "/config/faults", {"error_body": [1, 2]})
+    assert listed.get_json()["error_body"] == "[1,2]"  # a list is sent as JSON, as documented
