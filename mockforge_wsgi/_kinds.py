@@ -297,4 +297,5 @@ class Networks:
         return "IP addresses or CIDR networks"
 
     def json_schema(self) -> dict[str, Any]:
-        return {}  # not expressible in JSON schema; the API checks it
+        # The characters of an address or network; whether it is one, the API checks.
+        return {"items": {"type": "string", "pattern": "^[0-9A-Fa-f:.]+(/[0-9]{1,3})?$"}}

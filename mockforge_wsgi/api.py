@@ -491,7 +491,7 @@ def _schemas() -> dict[str, Any]:
         top[attribute] = {"$ref": f"#/components/schemas/{cls.__name__}"}
     schemas["ChaosConfig"] = {"type": "object", "additionalProperties": False, "properties": top}
     scenario_properties: dict[str, Any] = {
-        "name": {"type": "string"},
+        "name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,100}$"},
         "description": {"type": "string"},
         "override": {"type": "boolean"},
     }
@@ -524,6 +524,7 @@ def _schemas() -> dict[str, Any]:
         "items": {
             "type": "object",
             "required": ["scenario"],
+            "additionalProperties": False,
             "properties": {
                 "start_s": {"type": "number", "minimum": 0, "maximum": MAX_DURATION_S},
                 "scenario": {"type": "string"},

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -53,6 +54,7 @@ ScenarioKind = Literal["predefined", "network_profile", "custom"]
 # While a ramp runs, the effective config is recomputed at most this often.
 RAMP_STEP_S = 0.05
 NEVER = float("inf")
+SCENARIO_NAME = re.compile(r"[A-Za-z0-9_-]{1,100}")
 # The longest a scenario may run, ramp or wait in the schedule (30 days): every time a
 # user sends is finite and bounded.
 MAX_DURATION_S = 30 * 86_400.0
@@ -244,7 +246,7 @@ def scenario_from_dict(name: str, data: Any, path: str) -> tuple[Scenario, bool]
         if key in body:
             problems.append(f"{path}.{key}: not allowed in a scenario")
             body.pop(key)
-    if not name or not name.replace("_", "").replace("-", "").isalnum():
+    if not isinstance(name, str) or not SCENARIO_NAME.fullmatch(name):
         problems.append(f"{path}: name {shown(name)} is not letters, digits, '_' or '-'")
     config: ChaosConfig | None
     try:
