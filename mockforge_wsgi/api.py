@@ -26,6 +26,7 @@ from ._kinds import Check, Kind, shown
 from ._version import __version__
 from .config import (
     SECTION_CLASSES,
+    ChaosConfig,
     ConfigError,
     FaultInjectionConfig,
     LatencyConfig,
@@ -33,6 +34,7 @@ from .config import (
     TrafficShapingConfig,
     config_from_dict,
     iter_settings,
+    longest_delay_s,
 )
 from .scenarios import MAX_DURATION_S, ScenarioEngine, UnknownScenario, scenario_from_dict
 from .state import StateTooLarge, StoreError
@@ -48,6 +50,8 @@ __all__ = [
 DEFAULT_PREFIX = "/api/chaos"
 MAX_BODY_BYTES = 64 * 1024
 ADMIN_TOKEN_ENV = "MOCKFORGE_ADMIN_TOKEN"
+# The longest this server's workers can hold a request (sync workers: gunicorn's timeout).
+MAX_HOLD_ENV = "MOCKFORGE_MAX_HOLD_S"
 
 # URL segment -> (config attribute, section class)
 SECTIONS: dict[str, tuple[str, type[Any]]] = {
@@ -126,6 +130,22 @@ def _validated(build: Callable[[], Any]) -> Any:
         raise ApiError(400, "invalid configuration", error.problems) from None
 
 
+def _servable(config: ChaosConfig, path: str) -> None:
+    """Refuse a config that can hold a request longer than this server's workers live."""
+    limit: float | None = current_app.extensions.get("mockforge_max_hold_s")
+    held = longest_delay_s([config])
+    if limit is not None and held > limit:
+        raise ApiError(
+            400,
+            "invalid configuration",
+            [
+                f"{path}: can hold a request for {held:g} s; this server's sync workers are "
+                f"killed after {limit:g} s (gunicorn --timeout): use gthread workers or "
+                "shorter delays"
+            ],
+        )
+
+
 # -- views ---------------------------------------------------------------------------
 
 
@@ -154,6 +174,7 @@ def config() -> Response:
     if request.method == "PUT":
         body = _mapping(_body())
         new = _validated(lambda: config_from_dict(body))
+        _servable(new, "chaos")
         if new.scenario is not None and new.scenario not in _engine().scenarios():
             raise ApiError(
                 400,
@@ -175,6 +196,7 @@ def config_section(section: str) -> Response:
             body = {**attrs.asdict(current), **body}
         path = f"chaos.{attribute}"
         current = _validated(lambda: config_from_dict(body, cls, path=path))
+        _servable(attrs.evolve(_engine().editable(), **{attribute: current}), path)
         _engine().update_config(**{attribute: current})
     return _json(attrs.asdict(current))
 
@@ -187,6 +209,7 @@ def scenarios() -> Response:
         if not isinstance(name, str):
             raise ApiError(400, "invalid scenario", [f"name: {name!r} is not a string"])
         scenario, _ = _validated(lambda: scenario_from_dict(name, body, f"scenarios.{name}"))
+        _servable(scenario.config, f"scenarios.{name}")
         engine.define(scenario)
         return _json(scenario.to_dict(), 201)
     if request.method == "DELETE":
@@ -342,10 +365,15 @@ def create_blueprint(
     *,
     admin_token: str | None = None,
     protect_reads: bool = False,
+    max_hold_s: float | None = None,
 ) -> Blueprint:
     """The management blueprint. With ``admin_token``, mutating routes (and reads, with
     ``protect_reads``) need ``Authorization: Bearer <token>``; the comparison is
-    constant-time."""
+    constant-time. With ``max_hold_s`` (default: ``MOCKFORGE_MAX_HOLD_S``, which
+    ``mockforge serve`` sets for sync workers), a config that can hold a request longer
+    is refused: the worker would be killed first."""
+    if max_hold_s is None and os.environ.get(MAX_HOLD_ENV):
+        max_hold_s = float(os.environ[MAX_HOLD_ENV])
     blueprint = Blueprint("mockforge_chaos", __name__)
     for route in ROUTES:
         options: dict[str, Any] = {"defaults": dict(route.defaults)} if route.defaults else {}
@@ -361,6 +389,7 @@ def create_blueprint(
     @blueprint.record_once
     def attach(state: Any) -> None:
         state.app.extensions["mockforge_engine"] = engine
+        state.app.extensions["mockforge_max_hold_s"] = max_hold_s
         state.app.config.setdefault("MAX_CONTENT_LENGTH", MAX_BODY_BYTES)
 
     @blueprint.before_request
@@ -403,17 +432,21 @@ def create_management_app(
     prefix: str = DEFAULT_PREFIX,
     admin_token: str | None = None,
     protect_reads: bool = False,
+    max_hold_s: float | None = None,
 ) -> Flask:
     """A Flask app serving only the management API under ``prefix``, for any WSGI stack.
 
-    ``admin_token`` defaults to the ``MOCKFORGE_ADMIN_TOKEN`` environment variable.
+    ``admin_token`` defaults to the ``MOCKFORGE_ADMIN_TOKEN`` environment variable;
+    ``max_hold_s`` is :func:`create_blueprint`'s.
     """
     if admin_token is None:
         admin_token = os.environ.get(ADMIN_TOKEN_ENV) or None
     app = Flask("mockforge_wsgi.api")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.register_blueprint(
-        create_blueprint(engine, admin_token=admin_token, protect_reads=protect_reads),
+        create_blueprint(
+            engine, admin_token=admin_token, protect_reads=protect_reads, max_hold_s=max_hold_s
+        ),
         url_prefix=prefix,
     )
 

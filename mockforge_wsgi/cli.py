@@ -23,8 +23,9 @@ from gunicorn.config import KNOWN_SETTINGS
 from gunicorn.util import import_app
 
 from .admin import start_admin_listener
+from .api import MAX_HOLD_ENV
 from .app import METRICS_ENV, create_app
-from .config import ChaosConfig, ConfigError
+from .config import ChaosConfig, ConfigError, longest_delay_s
 from .scenarios import BUILTIN_SCENARIOS, Scenario, ScenarioEngine, UnknownScenario, load_scenarios
 from .state import STORE_ENV, MemoryStore, Store, StoreError, store_from_env, store_from_url
 from .state.server_store import server_store_directory
@@ -100,28 +101,6 @@ def _flag_overrides(flags: dict[str, Any]) -> tuple[dict[str, Any], dict[str, st
         for extra, extra_value in alongside.items():
             put(extra, extra_value)
     return overrides, sources
-
-
-def longest_delay_s(configs: Iterable[ChaosConfig]) -> float:
-    """The longest a request can be held by any of ``configs`` (latency, then a timeout)."""
-    longest = 0.0
-    for config in configs:
-        latency, faults = config.latency, config.fault_injection
-        delay = 0.0
-        if latency.enabled:
-            delay = latency.fixed_delay_ms
-            if latency.random_delay_range_ms:
-                delay = max(delay, latency.random_delay_range_ms[1])
-            if latency.distribution == "normal":
-                delay = latency.fixed_delay_ms + 6 * latency.stddev_ms
-            if latency.distribution == "lognormal":
-                delay = latency.median_ms * math.exp(6 * latency.sigma)
-            delay *= 1 + latency.jitter_percent / 100
-            if latency.cap_ms is not None:
-                delay = min(delay, latency.cap_ms)
-        hold = faults.timeout_ms if faults.enabled and faults.timeout_probability else 0.0
-        longest = max(longest, (delay + hold) / 1000)
-    return longest
 
 
 def worker_timeout(config: ChaosConfig, scenarios: Iterable[Scenario]) -> int:
@@ -314,14 +293,20 @@ def serve(
     shared = _named_store()
     startup = middleware.engine.startup
     custom = middleware.engine.scenarios().values()
-    options = {
+    timeout = worker_timeout(startup, custom)
+    options: dict[str, Any] = {
         "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         "workers": workers,
         "threads": threads,
         "worker_class": worker_class,
-        "timeout": worker_timeout(startup, custom),
+        "timeout": timeout,
         "loglevel": log_level,
     }
+    if worker_class == "sync":
+        # A sync worker sleeps through injected latency without beating its heartbeat:
+        # the management API refuses a change that would hold a request past the
+        # timeout (less a second of the worker's own work), saying why.
+        os.environ[MAX_HOLD_ENV] = str(timeout - 1)
     if os.path.isdir("/dev/shm"):
         # Heartbeats on a disk file can stall gthread's main loop, and with it the
         # hand-off of every keep-alive request: injected latency should be all there is.
@@ -592,4 +577,4 @@ def validate(file: str, with_env: bool) -> None:
     click.echo(f"{file}: valid (chaos {state}, {custom} custom scenarios)")
 
 
-__all__ = ["main", "worker_timeout"]
+__all__ = ["longest_delay_s", "main", "worker_timeout"]

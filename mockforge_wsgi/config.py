@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -485,6 +486,34 @@ def iter_settings(
 
 
 T = TypeVar("T")
+
+
+def longest_delay_s(configs: Iterable[ChaosConfig]) -> float:
+    """The longest any of ``configs`` can hold a request before its answer: latency (at
+    its largest, jitter included), a wait for a connection slot, then a timeout fault's
+    hold; a header-controlled delay where those are honoured. (A paced body can take
+    longer still: that depends on the body.)"""
+    longest = 0.0
+    for config in configs:
+        latency, faults = config.latency, config.fault_injection
+        delay = 0.0
+        if latency.enabled:
+            delay = latency.fixed_delay_ms
+            if latency.random_delay_range_ms:
+                delay = max(delay, latency.random_delay_range_ms[1])
+            if latency.distribution == "normal":
+                delay = latency.fixed_delay_ms + 6 * latency.stddev_ms
+            if latency.distribution == "lognormal":
+                delay = latency.median_ms * math.exp(6 * latency.sigma)
+            delay *= 1 + latency.jitter_percent / 100
+            delay = min(delay, latency.cap_ms if latency.cap_ms is not None else MAX_DELAY_MS)
+        if config.header_control.enabled:
+            delay = max(delay, config.header_control.max_delay_ms)
+        shaping = config.traffic_shaping
+        queued = shaping.queue_timeout_ms if shaping.enabled and shaping.max_connections else 0.0
+        hold = faults.timeout_ms if faults.enabled and faults.timeout_probability else 0.0
+        longest = max(longest, (delay + queued + hold) / 1000)
+    return longest
 
 
 def config_from_dict(

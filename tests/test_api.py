@@ -534,3 +534,24 @@ def test_the_openapi_document_lists_what_routes_answer() -> None:
     assert "array" in body["type"]
     listed = call(client, "PUT", "/config/faults", {"error_body": [1, 2]})
     assert listed.get_json()["error_body"] == "[1,2]"  # a list is sent as JSON, as documented
+
+
+def test_a_config_that_outlasts_the_workers_is_refused_with_the_reason() -> None:
+    from mockforge_wsgi.api import create_management_app
+    from mockforge_wsgi.scenarios import ScenarioEngine
+
+    engine = ScenarioEngine(ChaosConfig())
+    client = Client(create_management_app(engine, max_hold_s=30))
+    held = call(client, "PUT", "/config/latency", {"enabled": True, "fixed_delay_ms": 40_000})
+    assert held.status_code == 400
+    assert problems(held) == [
+        "chaos.latency: can hold a request for 40 s; this server's sync workers are killed "
+        "after 30 s (gunicorn --timeout): use gthread workers or shorter delays"
+    ]
+    faults = {"enabled": True, "timeout_probability": 0.1, "timeout_ms": 25_000}
+    assert call(client, "PUT", "/config/faults", faults).status_code == 200
+    more = {"enabled": True, "fixed_delay_ms": 6_000}  # 6 s, then the 25 s timeout
+    assert call(client, "PUT", "/config/latency", more).status_code == 400
+    scenario = {"name": "slow", "latency": {"enabled": True, "fixed_delay_ms": 31_000}}
+    assert call(client, "POST", "/scenarios", scenario).status_code == 400
+    assert engine.effective().latency.fixed_delay_ms == 0  # nothing changed

@@ -252,3 +252,21 @@ def test_the_worker_class_asked_for_is_the_one_gunicorn_runs(
     assert f"Using worker: {worker}" in log  # what gunicorn itself says it started
     assert f"threads: {threads}\n" in log
     assert f"1 {worker} worker(s)" in log  # and the banner says the same
+
+
+@pytest.mark.parametrize(("worker_class", "status"), [("sync", 400), ("gthread", 200)])
+def test_sync_workers_refuse_a_delay_they_cannot_live_through(
+    tmp_path: Path, worker_class: str, status: int
+) -> None:
+    with (
+        mockforge_serve(tmp_path, "--worker-class", worker_class) as server,
+        session() as http,
+    ):
+        response = http.put(
+            server.url + "/api/chaos/config/latency",
+            json={"enabled": True, "fixed_delay_ms": 60_000},
+            timeout=10,
+        )
+    assert response.status_code == status, response.text
+    if status == 400:  # 30 s + the longest built-in scenario's 12 s, less 1 s
+        assert "sync workers are killed after 41 s" in response.json()["problems"][0]
