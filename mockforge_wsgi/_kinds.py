@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -178,6 +178,13 @@ def shown(raw: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
+def _some(items: Iterable[str], most: int = 3) -> str:
+    """The first ``most`` items, and how many more: a long list must not flood a message."""
+    listed = list(items)
+    more = f" and {len(listed) - most} more" if len(listed) > most else ""
+    return ", ".join(listed[:most]) + more
+
+
 def _num(value: float) -> str:
     if isinstance(value, int) and abs(value) < 10**20:
         return str(value)  # exact: an integer bound reads as one
@@ -245,7 +252,7 @@ class EachBetween:
         bad = [item for item in value if not self.low <= item <= self.high]
         if not bad:
             return None
-        return f"{', '.join(map(_num, bad))} not in [{self.low}, {self.high}]"
+        return f"{_some(map(_num, bad))} not in [{self.low}, {self.high}]"
 
     def describe(self) -> str:
         return f"each in [{self.low}, {self.high}]"
@@ -291,7 +298,7 @@ class Networks:
                 bad.append(entry)
         if not bad:
             return None
-        return f"{', '.join(map(repr, bad))} is not an IP address or CIDR network"
+        return f"{_some(map(shown, bad))} is not an IP address or CIDR network"
 
     def describe(self) -> str:
         return "IP addresses or CIDR networks"

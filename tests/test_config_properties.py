@@ -68,7 +68,9 @@ def _assert_runnable(config: Any) -> None:
 
 
 @given(raw_configs())
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
 def test_any_data_gives_a_runnable_config_or_one_clear_error(data: dict[str, Any]) -> None:
     try:
         config = config_from_dict(data)
@@ -83,7 +85,7 @@ def test_any_data_gives_a_runnable_config_or_one_clear_error(data: dict[str, Any
     st.sampled_from([info for info in SETTINGS if info.path[-1] != "rules"]),
     st.text(max_size=30) | EDGES.map(str),
 )
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, derandomize=True)
 def test_any_environment_string_gives_a_runnable_config_or_one_clear_error(
     info: Any, raw: str
 ) -> None:
