@@ -172,6 +172,19 @@ STR_LIST = Kind("a list of strings", (tuple,), _str_list)
 RANGE = Kind("a range min-max or none", (tuple, type(None)), _optional(_range))
 
 
+def strict_json(raw: bytes | str) -> Any:
+    """JSON as RFC 8259 has it, for request bodies: ``NaN`` and ``Infinity`` (which
+    Python's json reads) and nesting deeper than the parser goes raise ValueError."""
+    try:
+        return json.loads(raw, parse_constant=_not_a_json_number)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def _not_a_json_number(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a JSON number")
+
+
 def shown(raw: Any, limit: int = 60) -> str:
     """``repr(raw)`` for a message, cut short: a hostile value must not flood it."""
     text = repr(raw)

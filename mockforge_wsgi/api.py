@@ -22,7 +22,7 @@ from flask import Blueprint, Flask, Response, abort, current_app, request
 from werkzeug.exceptions import HTTPException
 
 from ._headers import bearer_matches
-from ._kinds import Check, Kind, shown
+from ._kinds import Check, Kind, shown, strict_json
 from ._version import __version__
 from .config import (
     SECTION_CLASSES,
@@ -89,16 +89,9 @@ def _body(*, required: bool = True) -> Any:
             raise ApiError(400, "invalid request", ["body: a JSON body is required"])
         return {}
     try:
-        return json.loads(raw, parse_constant=_not_json)
+        return strict_json(raw)
     except ValueError as error:
         raise ApiError(400, "invalid request", [f"body: not valid JSON ({error})"]) from None
-    except RecursionError:
-        raise ApiError(400, "invalid request", ["body: JSON nested too deeply"]) from None
-
-
-def _not_json(constant: str) -> Any:
-    """NaN and Infinity: Python's json reads them, strict JSON (and our bounds) do not."""
-    raise ValueError(f"{constant} is not a JSON number")
 
 
 def _seconds(value: Any, path: str, *, low: float, low_open: bool) -> list[str]:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._headers import REQUEST_ID_KEY, bearer_matches
-from ._kinds import shown
+from ._kinds import shown, strict_json
 from ._observe import observe
 from .plan import PLAN_ENVIRON_KEY, Plan
 
@@ -294,12 +294,7 @@ class RecorderMiddleware:
                 if length > MAX_SEARCH_BODY:
                     raise ValueError(f"larger than {MAX_SEARCH_BODY} bytes")
                 raw = environ["wsgi.input"].read(length) if length else b"{}"
-                filters = json.loads(raw or b"{}", parse_constant=_not_json)
-            except RecursionError:
-                problems = ["body: JSON nested too deeply"]
-                return _answer(
-                    start_response, 400, {"error": "invalid request", "problems": problems}
-                )
+                filters = strict_json(raw or b"{}")
             except ValueError as error:
                 return _answer(
                     start_response,
@@ -331,10 +326,6 @@ class RecorderMiddleware:
 
 
 MAX_SEARCH_BODY = 64 * 1024
-
-
-def _not_json(constant: str) -> Any:
-    raise ValueError(f"{constant} is not a JSON number")
 
 
 def _csv_lines(rows: Iterable[dict[str, Any]]) -> Iterator[bytes]:
