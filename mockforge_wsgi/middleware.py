@@ -208,32 +208,39 @@ class ChaosMiddleware:
         with self._server_lock:
             if self._server_checked:
                 return
-            self._server_checked = True
-            if not environ.get("wsgi.multiprocess"):
-                return
-            if self._store_named:
-                if isinstance(self.store, MemoryStore):
-                    log.warning(
-                        "mockforge: this server runs several processes, but the chaos state "
-                        "was set to per-process memory: a management call reaches only the "
-                        "worker that answers it, and each worker enforces its own rate "
-                        "limits. Leave MOCKFORGE_STORE unset (or use file:// or redis://) "
-                        "for one state for the whole server."
-                    )
-                return
             try:
-                store = server_store(max_keys=self._max_keys)
-            except StoreError as error:
-                log.error(
-                    "mockforge: cannot open the store this server's workers share (%s); "
-                    "this worker keeps its own chaos state (management calls and limits "
-                    "apply per worker)",
-                    error,
+                self._join_server_store(environ)
+            finally:
+                # Set last: a thread that saw False waits on the lock, then uses the
+                # store chosen here (a management call must not land in the old one).
+                self._server_checked = True
+
+    def _join_server_store(self, environ: WSGIEnvironment) -> None:
+        if not environ.get("wsgi.multiprocess"):
+            return
+        if self._store_named:
+            if isinstance(self.store, MemoryStore):
+                log.warning(
+                    "mockforge: this server runs several processes, but the chaos state "
+                    "was set to per-process memory: a management call reaches only the "
+                    "worker that answers it, and each worker enforces its own rate "
+                    "limits. Leave MOCKFORGE_STORE unset (or use file:// or redis://) "
+                    "for one state for the whole server."
                 )
-                return
-            self.engine.attach(store)
-            self.store = store
-            self.limiter = RateLimiter(store)
+            return
+        try:
+            store = server_store(max_keys=self._max_keys)
+        except StoreError as error:
+            log.error(
+                "mockforge: cannot open the store this server's workers share (%s); "
+                "this worker keeps its own chaos state (management calls and limits "
+                "apply per worker)",
+                error,
+            )
+            return
+        self.engine.attach(store)
+        self.store = store
+        self.limiter = RateLimiter(store)
 
     def _is_api(self, path: str) -> bool:
         return self.management is not None and (

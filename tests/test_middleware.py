@@ -304,3 +304,28 @@ def test_forced_memory_under_several_processes_warns_once(
     assert [r.getMessage() for r in caplog.records if "per-process memory" in r.getMessage()]
     assert len(caplog.records) == 1
     assert isinstance(middleware.store, MemoryStore)  # named: used as given
+
+
+def test_requests_that_arrive_while_the_server_store_opens_wait_for_it(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from mockforge_wsgi import middleware as middleware_module
+    from mockforge_wsgi.state import EmbeddedStore
+
+    def slow_server_store(max_keys: int) -> EmbeddedStore:
+        time.sleep(0.3)  # opening the shared file takes a while
+        return EmbeddedStore(tmp_path, max_keys=max_keys)
+
+    monkeypatch.setattr(middleware_module, "server_store", slow_server_store)
+    monkeypatch.delenv("MOCKFORGE_STORE", raising=False)
+    middleware = ChaosMiddleware(base_app, config=chaos())
+    several = {"wsgi.multiprocess": True}
+    first = threading.Thread(target=lambda: Client(middleware).get("/", environ_overrides=several))
+    first.start()
+    time.sleep(0.05)  # the first request is opening the store now
+    Client(middleware).post("/api/chaos/disable", environ_overrides=several)
+    first.join(5)
+    _, state = EmbeddedStore(tmp_path).load_state()
+    assert state is not None and state["enabled"] is False  # the change reached the shared store
