@@ -17,12 +17,16 @@ Usage::
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from .api import create_management_app
 from .scenarios import ScenarioEngine
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication
 
 __all__ = ["ADMIN_READ_TIMEOUT_S", "start_admin_listener"]
 
@@ -38,11 +42,19 @@ class _AdminRequestHandler(WSGIRequestHandler):
 
 
 def start_admin_listener(
-    host: str, port: int, engine: ScenarioEngine, *, admin_token: str | None = None
+    host: str,
+    port: int,
+    engine: ScenarioEngine,
+    *,
+    admin_token: str | None = None,
+    metrics: WSGIApplication | None = None,
 ) -> BaseWSGIServer:
-    """Serve the management API of ``engine`` on ``host:port`` (0: a free port) from a
-    daemon thread, a thread per connection; returns the server (``server_port``)."""
-    app = create_management_app(engine, admin_token=admin_token)
+    """Serve the management API of ``engine`` (and ``metrics`` at ``/metrics``) on
+    ``host:port`` (0: a free port) from a daemon thread, a thread per connection;
+    returns the server (``server_port``)."""
+    app: WSGIApplication = create_management_app(engine, admin_token=admin_token)
+    if metrics is not None:
+        app = DispatcherMiddleware(app, {"/metrics": metrics})
     server = make_server(host, port, app, threaded=True, request_handler=_AdminRequestHandler)
     thread = threading.Thread(target=server.serve_forever, name="mockforge-admin", daemon=True)
     thread.start()

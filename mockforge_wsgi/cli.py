@@ -194,8 +194,9 @@ def _import_app(spec: str) -> Any:
 @click.option(
     "--admin-port",
     type=click.IntRange(0, 65535),
-    help="Also serve the management API on this port, from the master process: "
-    "injected delays and slow clients cannot occupy it (0: a free port, logged).",
+    help="Also serve the management API (and /metrics, with --metrics) on this port, from "
+    "the master process: injected delays and slow clients cannot occupy it (0: a free "
+    "port, logged).",
 )
 @click.option("--recorder", is_flag=True, help="Record every request (SQLite).")
 @click.option(
@@ -321,7 +322,9 @@ def serve(
             startup, store=store_from_env(), custom=middleware.engine.state().custom
         )
         when_ready.append(
-            functools.partial(_serve_admin_port, host, admin_port, engine, admin_token)
+            functools.partial(
+                _serve_admin_port, host, admin_port, engine, admin_token, metrics_dir is not None
+            )
         )
     if when_ready:
         options["when_ready"] = functools.partial(_run_all, when_ready)
@@ -392,10 +395,25 @@ def _run_all(hooks: list[Any], server: Any) -> None:
 
 
 def _serve_admin_port(
-    host: str, port: int, engine: ScenarioEngine, admin_token: str | None, server: Any
+    host: str,
+    port: int,
+    engine: ScenarioEngine,
+    admin_token: str | None,
+    metrics: bool,
+    server: Any,
 ) -> None:
-    """gunicorn hook (master, when ready): the management API on a port of its own."""
-    listener = start_admin_listener(host, port, engine, admin_token=admin_token)
+    """gunicorn hook (master, when ready): the management API (and the workers'
+    metrics, with --metrics) on a port of its own."""
+    metrics_app = None
+    if metrics:
+        from prometheus_client import CollectorRegistry, make_wsgi_app, multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        metrics_app = make_wsgi_app(registry)
+    listener = start_admin_listener(
+        host, port, engine, admin_token=admin_token, metrics=metrics_app
+    )
     server.log.info(
         "mockforge: admin listener at http://%s:%d/api/chaos", host, listener.server_port
     )

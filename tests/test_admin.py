@@ -91,3 +91,15 @@ def test_slow_clients_do_not_take_the_admin_listener_down(tmp_path: Path) -> Non
         finally:
             for sock in stalled:
                 sock.close()
+
+
+def test_the_admin_listener_serves_the_workers_metrics_too(tmp_path: Path) -> None:
+    args = ("--workers", "2", "--metrics", "--admin-port", "0", "--chaos")
+    with mockforge_serve(tmp_path, *args) as server, session() as http:
+        admin = _admin_url(server.log)
+        for _ in range(5):
+            assert http.get(server.url + "/api/test", timeout=10).status_code == 200
+        metrics = http.get(admin + "/metrics", timeout=10)
+        assert metrics.status_code == 200
+        assert 'route="/api/test",status="200"} 5.0' in metrics.text, metrics.text
+        assert http.get(admin + "/api/chaos/status", timeout=10).status_code == 200
