@@ -123,6 +123,16 @@ def _validated(build: Callable[[], Any]) -> Any:
         raise ApiError(400, "invalid configuration", error.problems) from None
 
 
+def _hold_from_env(raw: str) -> float:
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds <= MAX_DURATION_S:
+        raise ConfigError([f"{MAX_HOLD_ENV}: {shown(raw)} is not a number of seconds > 0"])
+    return seconds
+
+
 def _servable(config: ChaosConfig, path: str) -> None:
     """Refuse a config that can hold a request longer than this server's workers live."""
     limit: float | None = current_app.extensions.get("mockforge_max_hold_s")
@@ -366,7 +376,7 @@ def create_blueprint(
     ``mockforge serve`` sets for sync workers), a config that can hold a request longer
     is refused: the worker would be killed first."""
     if max_hold_s is None and os.environ.get(MAX_HOLD_ENV):
-        max_hold_s = float(os.environ[MAX_HOLD_ENV])
+        max_hold_s = _hold_from_env(os.environ[MAX_HOLD_ENV])
     blueprint = Blueprint("mockforge_chaos", __name__)
     for route in ROUTES:
         options: dict[str, Any] = {"defaults": dict(route.defaults)} if route.defaults else {}

@@ -555,3 +555,16 @@ def test_a_config_that_outlasts_the_workers_is_refused_with_the_reason() -> None
     scenario = {"name": "slow", "latency": {"enabled": True, "fixed_delay_ms": 31_000}}
     assert call(client, "POST", "/scenarios", scenario).status_code == 400
     assert engine.effective().latency.fixed_delay_ms == 0  # nothing changed
+
+
+@pytest.mark.parametrize("raw", ["abc", "-1", "nan", "inf", "1e400"])
+def test_a_bad_max_hold_in_the_environment_is_one_clear_error(
+    raw: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mockforge_wsgi.api import create_management_app
+    from mockforge_wsgi.config import ConfigError
+    from mockforge_wsgi.scenarios import ScenarioEngine
+
+    monkeypatch.setenv("MOCKFORGE_MAX_HOLD_S", raw)
+    with pytest.raises(ConfigError, match=r"MOCKFORGE_MAX_HOLD_S: .* is not a number of seconds"):
+        create_management_app(ScenarioEngine(ChaosConfig()))
