@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import requests
 from conftest import mockforge_serve, session
-from test_shared_state import _concurrently
+from test_shared_state import _concurrently, _wait_for_workers
 from werkzeug.test import Client
 
 from mockforge_wsgi import ChaosMiddleware, load_config
@@ -78,6 +78,7 @@ def test_exact_counts_across_four_workers(tmp_path: Path) -> None:
         session() as http,
     ):
         api = server.url + "/api/chaos"
+        _wait_for_workers(server.url, 4)  # sync workers boot one after another
         http.post(api + "/enable", timeout=10).raise_for_status()
         faults = {"enabled": True, "http_errors": [502], "http_error_probability": 1.0}
         http.put(api + "/config/faults", json=faults, timeout=10).raise_for_status()
