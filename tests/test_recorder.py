@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from conftest import mockforge_serve, session
-from test_shared_state import _concurrently
+from test_shared_state import _concurrently, _wait_for_workers
 from werkzeug.test import Client
 
 from mockforge_wsgi import ChaosMiddleware, load_config
@@ -94,6 +94,7 @@ def test_four_workers_record_into_one_database(tmp_path: Path) -> None:
         "--chaos-latency-ms", "10",
     )  # fmt: skip
     with mockforge_serve(tmp_path, *args) as server, session() as http:
+        _wait_for_workers(server.url, 4)  # sync workers boot one after another
         results = _concurrently(
             40, 8, lambda fresh: fresh.get(server.url + "/api/test", timeout=10)
         )
