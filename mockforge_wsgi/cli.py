@@ -382,7 +382,10 @@ def _metrics_dir() -> str:
 def _child_exit(shared: Store | None, metrics_dir: str | None, server: Any, worker: Any) -> None:
     """gunicorn hook: a worker died; give back its slots, retire its live gauges."""
     if shared is not None:
-        shared.release_worker(worker.pid)
+        # An unreachable store must not take the master down; the dead worker's slots
+        # expire by themselves (its row, or its lease), and the store logs the outage.
+        with contextlib.suppress(StoreError):
+            shared.release_worker(worker.pid)
     if metrics_dir is not None:
         from prometheus_client import multiprocess
 

@@ -109,3 +109,13 @@ def test_a_store_failing_on_any_method_serves_the_app(
     else:
         assert errors >= 20, (middleware.internal_errors, middleware.engine.store_errors)
         assert len(caplog.records) == 1, caplog.records  # one line per outage
+
+
+def test_an_unreachable_store_at_a_workers_exit_does_not_reach_the_master() -> None:
+    from types import SimpleNamespace
+
+    from mockforge_wsgi.cli import _child_exit
+
+    store = FailingStore()
+    store.failing = "release_worker"
+    _child_exit(store, None, None, SimpleNamespace(pid=12345))  # gunicorn's hook: no raise

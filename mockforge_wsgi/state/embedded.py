@@ -18,9 +18,10 @@ Layout (native byte order, 8-byte aligned)::
 The state version is read without the lock (an aligned 8-byte read is never torn), so
 checking it per request costs one memory read.
 
-Rows expire with their process: a process claiming a row takes a free one, else the
-row of a process that is gone (pid and start time checked), so worker churn under
-``--max-requests`` never runs out of rows and no hook has to give them back. Every
+Rows expire with their process: a process claiming its row first frees the rows of
+processes that are gone (pid and start time checked), as do a full slot table and
+``slots_in_use``, so worker churn under ``--max-requests`` never runs out of rows and a
+killed worker's slots come back with no hook. Every
 ``OSError`` of the file or its lock reaches callers as :class:`StoreError`.
 """
 
@@ -53,7 +54,7 @@ MAX_WORKERS = 256
 MAX_PROBES = 32
 # Polling interval while waiting for a connection slot another process holds.
 SLOT_POLL_S = 0.002
-# While waiting for a slot, how often to look for holders that are gone.
+# With the slot table full, how often (per process) to look for holders that are gone.
 DEAD_HOLDER_CHECK_S = 0.25
 
 _VERSION, _LENGTH, _ROWS, _ENTRIES = 0, 1, 2, 3  # header words
