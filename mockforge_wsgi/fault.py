@@ -7,6 +7,7 @@ requests that get a timeout is ``(1 - p_http) * p_timeout``, and so on down the 
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 from collections.abc import Iterable, Iterator
@@ -115,21 +116,21 @@ def drain_input(environ: WSGIEnvironment, limit: int = DRAIN_LIMIT) -> bool:
 
 def fault_body(fault: Fault, config: FaultInjectionConfig) -> tuple[bytes, str]:
     """The body and content type of an HTTP-error or timeout answer."""
-    if config.error_body is None:
-        text = json.dumps(
-            {
-                "error": "injected fault",
-                "fault": fault.label,
-                "status": fault.status,
-                "injected_by": "mockforge",
-            }
-        )
+    return _body_of(fault.label, fault.status, config.error_body)
+
+
+@functools.lru_cache(maxsize=64)
+def _body_of(label: str, status: int | None, error_body: str | None) -> tuple[bytes, str]:
+    """Built once per fault and body setting (a JSON encoding costs ~3 us a request)."""
+    if error_body is None:
+        fields = {"error": "injected fault", "fault": label, "status": status}
+        text = json.dumps({**fields, "injected_by": "mockforge"})
         return text.encode(), "application/json"
     try:
-        json.loads(config.error_body)
+        json.loads(error_body)
     except ValueError:
-        return config.error_body.encode(), "text/plain; charset=utf-8"
-    return config.error_body.encode(), "application/json"
+        return error_body.encode(), "text/plain; charset=utf-8"
+    return error_body.encode(), "application/json"
 
 
 def render_fault(

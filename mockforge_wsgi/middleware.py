@@ -11,7 +11,6 @@ import random
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +18,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, RequestRedirect
 
 from . import header_control
-from ._headers import REQUEST_ID_HEADER, REQUEST_ID_KEY, add_annotation
+from ._headers import REQUEST_ID_HEADER, REQUEST_ID_KEY, add_annotation, new_request_id
 from ._observe import CompletingBody, Once, content_length
 from ._sockets import BEFORE_CUT_KEY
 from .api import DEFAULT_PREFIX as DEFAULT_API_PREFIX
@@ -96,6 +95,8 @@ class ChaosMiddleware:
         # Prefixes matched on whole path segments: "/api/chaos" exempts "/api/chaos/x",
         # not "/api/chaosmonkey".
         self.exempt_paths = tuple(path.rstrip("/") for path in exempt_paths)
+        self._exempt_exact = frozenset(self.exempt_paths)
+        self._exempt_below = tuple(prefix + "/" for prefix in self.exempt_paths)
         self.rng = rng if rng is not None else random.Random(startup.seed)
         self._explicit_rng = rng is not None
         self._admin_token = admin_token or os.environ.get(ADMIN_TOKEN_ENV) or None
@@ -172,8 +173,8 @@ class ChaosMiddleware:
                     return _render_bad_headers(start_response, problems)
             else:
                 plan = self._decide(config, environ, started)
-            for event in plan.events():
-                self.store.incr(event)
+            if not plan.admitted_only:
+                self.store.count(plan.events())
         except StoreError:
             if config.on_store_error == "closed":
                 return _render_store_down(start_response)
@@ -185,10 +186,16 @@ class ChaosMiddleware:
         environ[PLAN_ENVIRON_KEY] = plan
         if plan is NO_CHAOS:
             return self.app(environ, start_response)
-        request_id = environ.setdefault(REQUEST_ID_KEY, uuid.uuid4().hex[:16])
-        record_injections(plan, request_id)
+        request_id = environ.get(REQUEST_ID_KEY) or environ.setdefault(
+            REQUEST_ID_KEY, new_request_id()
+        )
+        headers = self._response_headers(plan, config, request_id)
+        if plan.admitted_only:  # admitted by the limiter, nothing else: its headers only
+            return self.app(environ, _with_headers(start_response, headers))
+        injections = plan.injections()
+        record_injections(plan, injections, request_id)
         if log.isEnabledFor(logging.INFO):
-            for kind, detail in plan.injections():
+            for kind, detail in injections:
                 log.info(
                     "chaos injected request_id=%s type=%s detail=%s method=%s path=%s",
                     request_id,
@@ -197,7 +204,18 @@ class ChaosMiddleware:
                     environ.get("REQUEST_METHOD"),
                     path,
                 )
-        return self._apply(plan, config, environ, start_response, started)
+        return self._apply(plan, config, environ, start_response, headers, started)
+
+    def _response_headers(
+        self, plan: Plan, config: ChaosConfig, request_id: str
+    ) -> list[tuple[str, str]]:
+        """What every answer with chaos carries: the annotation, RateLimit-* when
+        exposed, the request id, and the worker's pid with debug headers on."""
+        headers = plan.response_headers(config.rate_limit.expose_headers)
+        headers.append((REQUEST_ID_HEADER, request_id))
+        if self.debug_headers:  # the pid at request time: workers fork after __init__
+            headers.append((WORKER_HEADER, str(os.getpid())))
+        return headers
 
     def _check_server(self, environ: WSGIEnvironment) -> None:
         """Once per process: under a server with several processes, one state for all.
@@ -248,7 +266,7 @@ class ChaosMiddleware:
         )
 
     def _is_exempt(self, path: str) -> bool:
-        return any(path == prefix or path.startswith(prefix + "/") for prefix in self.exempt_paths)
+        return path in self._exempt_exact or path.startswith(self._exempt_below)
 
     def _config_for(self, config: ChaosConfig, environ: WSGIEnvironment) -> ChaosConfig:
         """The first matching rule's config, or the global one (conditional chaos)."""
@@ -290,12 +308,9 @@ class ChaosMiddleware:
         config: ChaosConfig,
         environ: WSGIEnvironment,
         start_response: StartResponse,
+        headers: list[tuple[str, str]],
         started: float,
     ) -> Iterable[bytes]:
-        headers = plan.response_headers(config.rate_limit.expose_headers)
-        headers.append((REQUEST_ID_HEADER, environ[REQUEST_ID_KEY]))
-        if self.debug_headers:  # the pid at request time: workers fork after __init__
-            headers = [*headers, (WORKER_HEADER, str(os.getpid()))]
         if plan.refused:
             assert plan.rate_limit is not None
             return render_refusal(plan.rate_limit, start_response, headers)
@@ -318,7 +333,7 @@ class ChaosMiddleware:
             return self._serve(plan, config, environ, start_response, headers, started)
         if not admitted:
             try:
-                store.incr("connection_limited")
+                store.count(("connection_limited",))
             except StoreError:
                 self._internal_error("counting a refused connection")
             environ[CONNECTION_LIMITED_KEY] = True
@@ -389,7 +404,7 @@ class ChaosMiddleware:
         line per outage (again each minute while it lasts)."""
         self.internal_errors += 1
         with contextlib.suppress(Exception):
-            self.store.incr("internal_errors")
+            self.store.count(("internal_errors",))
         now = time.monotonic()
         if now >= self._quiet_until:
             self._quiet_until = now + ERROR_LOG_INTERVAL_S

@@ -37,6 +37,18 @@ class Plan:
         """Refused by the rate limiter: nothing else is applied."""
         return self.rate_limit is not None and not self.rate_limit.allowed
 
+    @property
+    def admitted_only(self) -> bool:
+        """The limiter admitted the request and nothing else is planned: only its
+        RateLimit-* headers are added (the path most requests under a limit take)."""
+        return (
+            self.delay_ms is None
+            and self.fault is None
+            and self.shaping is None
+            and self.rate_limit is not None
+            and self.rate_limit.outcome.allowed
+        )
+
     def annotation(self) -> str:
         """The ``X-Mockforge-Chaos`` value, e.g. ``latency=512ms, fault=http_503``."""
         parts = []
@@ -102,12 +114,15 @@ class Plan:
     def response_headers(self, expose_rate_limit: bool = True) -> list[tuple[str, str]]:
         """Headers added to the response: the annotation, and RateLimit-* when exposed
         (always on a refusal)."""
+        rate_limit = self.rate_limit
+        if self.admitted_only:
+            return rate_limit.headers() if expose_rate_limit else []  # type: ignore[union-attr]
         headers = []
         annotation = self.annotation()
         if annotation:
             headers.append((ANNOTATION_HEADER, annotation))
-        if self.rate_limit is not None and (expose_rate_limit or self.refused):
-            headers.extend(self.rate_limit.headers())
+        if rate_limit is not None and (expose_rate_limit or not rate_limit.allowed):
+            headers.extend(rate_limit.headers())
         return headers
 
 
@@ -130,6 +145,10 @@ def decide_plan(
     """
     if rate_limit is not None and not rate_limit.allowed:
         return Plan(rate_limit=rate_limit)
+    if not (
+        config.traffic_shaping.enabled or config.latency.enabled or config.fault_injection.enabled
+    ):  # only a limit: the request is admitted or not, and nothing else is drawn
+        return NO_CHAOS if rate_limit is None else Plan(rate_limit=rate_limit)
     shaping = decide_shaping(config.traffic_shaping, rng)
     if shaping is not None and shaping.drop:
         return Plan(rate_limit=rate_limit, shaping=shaping)

@@ -39,13 +39,16 @@ class RateLimitVerdict(NamedTuple):
     def headers(self) -> list[tuple[str, str]]:
         """``RateLimit-*`` (IETF draft, delta seconds) and their ``X-RateLimit-*`` twins."""
         outcome = self.outcome
-        values = [
-            ("Limit", str(outcome.limit)),
-            ("Remaining", str(outcome.remaining)),
-            ("Reset", str(math.ceil(outcome.reset_s))),
+        limit, remaining = str(outcome.limit), str(outcome.remaining)
+        reset = str(math.ceil(outcome.reset_s))
+        headers = [
+            ("RateLimit-Limit", limit),
+            ("RateLimit-Remaining", remaining),
+            ("RateLimit-Reset", reset),
+            ("X-RateLimit-Limit", limit),
+            ("X-RateLimit-Remaining", remaining),
+            ("X-RateLimit-Reset", reset),
         ]
-        headers = [(f"RateLimit-{name}", value) for name, value in values]
-        headers += [(f"X-RateLimit-{name}", value) for name, value in values]
         if not outcome.allowed:
             headers.append(("Retry-After", str(self.retry_after)))
         return headers
@@ -63,6 +66,7 @@ class _Levels(NamedTuple):
     global_buckets: tuple[Bucket, ...]  # () or (the global bucket,)
     per_ip: tuple[float, int] | None  # interval, burst
     per_endpoint: tuple[float, int] | None
+    keyed: bool  # a per-IP or per-endpoint level: buckets named per request
 
 
 class RateLimiter:
@@ -87,7 +91,7 @@ class RateLimiter:
             self._levels, self._config = _levels(config), config
         levels = self._levels
         buckets: Sequence[Bucket] = levels.global_buckets
-        if levels.per_ip is not None or levels.per_endpoint is not None:
+        if levels.keyed:
             keyed = list(buckets)
             if levels.per_ip is not None:
                 keyed.append(new(Bucket, ("ip:" + client, *levels.per_ip)))
@@ -97,8 +101,7 @@ class RateLimiter:
         if not buckets:
             return None
         index, outcome = self.store.acquire(buckets, now)
-        verdict: RateLimitVerdict = new(RateLimitVerdict, (levels.names[index], outcome))
-        return verdict
+        return new(RateLimitVerdict, (levels.names[index], outcome))  # type: ignore[no-any-return]
 
 
 def _levels(config: RateLimitConfig) -> _Levels:
@@ -121,7 +124,8 @@ def _levels(config: RateLimitConfig) -> _Levels:
             1.0 / (config.per_endpoint_requests_per_second or rate),
             config.per_endpoint_burst_size or burst,
         )
-    return _Levels(tuple(names), global_buckets, per_ip, per_endpoint)
+    keyed = per_ip is not None or per_endpoint is not None
+    return _Levels(tuple(names), global_buckets, per_ip, per_endpoint, keyed)
 
 
 def client_ip(environ: WSGIEnvironment, trusted_proxies: tuple[str, ...] = ()) -> str:

@@ -26,12 +26,11 @@ import queue
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._headers import REQUEST_ID_KEY, bearer_matches
+from ._headers import REQUEST_ID_KEY, bearer_matches, new_request_id
 from ._kinds import shown, strict_json
 from ._observe import observe
 from .plan import PLAN_ENVIRON_KEY, Plan
@@ -255,7 +254,7 @@ class RecorderMiddleware:
         path = environ.get("PATH_INFO", "")
         if path.startswith(self.prefix + "/"):
             return self._api(path[len(self.prefix) :], environ, start_response)
-        environ.setdefault(REQUEST_ID_KEY, uuid.uuid4().hex[:16])
+        environ.setdefault(REQUEST_ID_KEY, new_request_id())
         return observe(self.app, environ, start_response, self._done)
 
     def _done(self, environ: WSGIEnvironment, status: str, seconds: float) -> None:

@@ -31,14 +31,15 @@ except ImportError:  # the `otel` extra is not installed
     OTEL_AVAILABLE = False
 
 
-def record_injections(plan: Plan, request_id: str) -> None:
-    """Add one span event per injection to the current span, if one is recording."""
+def record_injections(plan: Plan, injections: Iterable[tuple[str, str]], request_id: str) -> None:
+    """Add one span event per injection (``plan.injections()``) to the current span, if
+    one is recording."""
     if not OTEL_AVAILABLE:
         return
     span = _trace.get_current_span()
     if not span.is_recording():
         return
-    for kind, detail in plan.injections():
+    for kind, detail in injections:
         attributes: dict[str, Any] = {
             "mockforge.chaos.type": kind,
             "mockforge.chaos.detail": detail,

@@ -9,7 +9,7 @@ connection limits) take a store and never know which backend they use.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from .gcra import Bucket, BucketOutcome
@@ -55,6 +55,12 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def incr(self, counter: str, amount: int = 1) -> int:
         """Add to an event counter; returns its new value."""
+
+    def count(self, events: Iterable[str]) -> None:
+        """Add one to each event counter when no caller needs the new values (metrics of
+        what was injected): a store may batch these, unlike :meth:`incr`."""
+        for event in events:
+            self.incr(event)
 
     @abc.abstractmethod
     def set_counter(self, counter: str, value: int) -> None:

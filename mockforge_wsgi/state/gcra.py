@@ -46,6 +46,16 @@ def charge(
     the admitting one with the fewest tokens left), its outcome, and the TATs to store
     in bucket order, or None when refused (nothing is to be stored then).
     """
+    if len(buckets) == 1:  # one level (the global limit): the same steps, unrolled
+        key, interval, burst = buckets[0]
+        tat = tat_of(key)
+        new_tat = (tat if tat is not None and tat > now else now) + interval
+        over = new_tat - now - burst * interval
+        if over > _EPSILON:
+            outcome = new(BucketOutcome, (False, burst, 0, new_tat - interval - now, over))
+            return 0, outcome, None
+        remaining = int(-over / interval + _EPSILON)
+        return 0, new(BucketOutcome, (True, burst, remaining, new_tat - now, 0.0)), [new_tat]
     new_tats = []
     refused, refused_wait = -1, 0.0
     tightest, tightest_room = 0, math.inf

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from .base import Store
@@ -61,6 +61,9 @@ class MemoryStore(Store):
 
     def acquire_slot(self, name: str, limit: int, timeout_s: float) -> bool:
         with self._slot_freed:
+            if self._slots.get(name, 0) < limit:  # a free slot: no waiting to set up
+                self._slots[name] = self._slots.get(name, 0) + 1
+                return True
             taken = self._slot_freed.wait_for(
                 lambda: self._slots.get(name, 0) < limit, timeout=max(timeout_s, 0.0)
             )
@@ -83,6 +86,13 @@ class MemoryStore(Store):
             value = self._counters.get(counter, 0) + amount
             self._counters[counter] = value
             return value
+
+    def count(self, events: Iterable[str]) -> None:
+        if events:
+            with self._lock:
+                counters = self._counters
+                for event in events:
+                    counters[event] = counters.get(event, 0) + 1
 
     def set_counter(self, counter: str, value: int) -> None:
         with self._lock:

@@ -1,0 +1,160 @@
+"""What ChaosMiddleware adds to the paths real requests take, in-process.
+
+    python benchmarks/paths.py [--samples 40] [--batch 5000] [--profile CASE]
+
+Each case calls the WSGI app directly with a prepared environ and a no-op
+start_response and consumes (and closes) the body; no server, no sockets. A sample is
+the mean over one batch of calls; cases are interleaved sample by sample, so drift in
+this VM's speed hits every case alike. The table shows each case's median, and what it
+adds over the disabled path (median of the per-sample differences).
+
+Cases (each enables only what it names):
+- bare app; wrapped, disabled (the baseline of the others);
+- admitted under a global limit (memory store; embedded ``file://`` store): 1,000,000
+  rps with a burst of 1,000,000, so no request is ever refused;
+- latency of 1 ms on every request, with the sleep itself replaced by a no-op: the
+  bookkeeping of an injection (the plan, the annotation, the request id, the counters,
+  the log and tracing checks), beyond the delay it asked for;
+- connection limit never reached (memory store): a slot taken and released per request;
+- HTTP 503 fault on every request (the fault replaces the app).
+
+``--profile CASE`` runs one case under cProfile and prints its top functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import platform
+import pstats
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from mockforge_wsgi import load_config, middleware
+from mockforge_wsgi.middleware import ChaosMiddleware
+from mockforge_wsgi.state import EmbeddedStore, MemoryStore
+
+App = Callable[..., Iterable[bytes]]
+
+NEVER_REFUSED = {
+    "enabled": True,
+    "rate_limit": {"enabled": True, "requests_per_second": 1_000_000, "burst_size": 1_000_000},
+}
+
+
+def bare_app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")])
+    return [b"hello"]
+
+
+def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+    return None
+
+
+def environ() -> dict[str, Any]:
+    return {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/api/test",
+        "REMOTE_ADDR": "127.0.0.1",
+        "wsgi.input": None,
+        "wsgi.multiprocess": False,
+    }
+
+
+def run(app: App, calls: int) -> float:
+    """Mean microseconds per request over ``calls`` requests."""
+    start = time.perf_counter_ns()
+    for _ in range(calls):
+        body = app(environ(), start_response)
+        for _chunk in body:
+            pass
+        close = getattr(body, "close", None)
+        if close is not None:
+            close()
+    return (time.perf_counter_ns() - start) / calls / 1000.0
+
+
+def wrapped(overrides: dict[str, Any], store: Any = None) -> App:
+    config = load_config(environ={}, overrides=overrides)
+    return ChaosMiddleware(bare_app, config=config, store=store or MemoryStore())
+
+
+def no_sleep(until: float, deadline: float | None) -> bool:
+    """Stands in for the delay's sleep: what is timed is everything around it."""
+    return True
+
+
+def cases(directory: str) -> dict[str, App]:
+    middleware.sleep_until = no_sleep  # only the latency case sleeps
+    return {
+        "bare app": bare_app,
+        "wrapped, disabled": wrapped({}),
+        "admitted under a global limit, memory": wrapped(NEVER_REFUSED),
+        "admitted under a global limit, embedded": wrapped(
+            NEVER_REFUSED, EmbeddedStore(directory)
+        ),
+        "latency 1 ms on every request, sleep not timed": wrapped(
+            {
+                "enabled": True,
+                "latency": {"enabled": True, "fixed_delay_ms": 1, "probability": 1.0},
+            }
+        ),
+        "connection limit never reached": wrapped(
+            {"enabled": True, "traffic_shaping": {"enabled": True, "max_connections": 10_000}}
+        ),
+        "fault http_503 on every request": wrapped(
+            {
+                "enabled": True,
+                "fault_injection": {
+                    "enabled": True,
+                    "http_error_probability": 1.0,
+                    "http_errors": [503],
+                },
+            }
+        ),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--samples", type=int, default=40)
+    parser.add_argument("--batch", type=int, default=5_000)
+    parser.add_argument("--profile", metavar="CASE", help="profile the case with this prefix")
+    parser.add_argument("--top", type=int, default=18, help="functions shown by --profile")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as directory:
+        apps = cases(directory)
+        if args.profile:
+            name = next(n for n in apps if n.startswith(args.profile))
+            run(apps[name], 1_000)
+            profiler = cProfile.Profile()
+            profiler.runcall(run, apps[name], 50_000)
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(args.top)
+            return
+        for app in apps.values():
+            run(app, 1_000)  # warm up: first-request work, caches
+        samples: dict[str, list[float]] = {name: [] for name in apps}
+        for _ in range(args.samples):
+            for name, app in apps.items():
+                samples[name].append(run(app, args.batch))
+    base = samples["wrapped, disabled"]
+    print(f"# {platform.machine()}, Python {platform.python_version()}, {time.strftime('%F')}")
+    print(f"# {args.samples} interleaved samples of {args.batch} calls; us per request")
+    print(f"| {'case':<42} | {'median':>8} | {'p99':>8} | {'added':>8} |")
+    print(f"| {'-' * 42} | {'-' * 7}: | {'-' * 7}: | {'-' * 7}: |")
+    bare = samples["bare app"]
+    for name, times in samples.items():
+        median = statistics.median(times)
+        p99 = statistics.quantiles(times, n=100, method="inclusive")[98]
+        reference = bare if name == "wrapped, disabled" else base
+        added = statistics.median(t - r for t, r in zip(times, reference, strict=True))
+        shown = "" if name == "bare app" else f"{added:+.2f}"
+        print(f"| {name:<42} | {median:>8.2f} | {p99:>8.2f} | {shown:>8} |")
+    print("# added: over the disabled path (the disabled row: over the bare app)")
+
+
+if __name__ == "__main__":
+    main()
