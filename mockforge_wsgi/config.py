@@ -275,6 +275,14 @@ class RateLimitConfig:
         kinds.BOOL,
         "Add RateLimit-* headers to admitted responses too (429s always have them).",
     )
+    store_mode: str = setting(
+        "lease",
+        kinds.STR,
+        "With a shared store (file://, redis://): lease takes tokens in small batches "
+        "per worker (one store call per batch, within 3% of the limit); exact takes each "
+        "from the store.",
+        kinds.OneOf(("lease", "exact")),
+    )
 
 
 @attrs.frozen

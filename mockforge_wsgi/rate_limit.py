@@ -11,6 +11,9 @@ import functools
 import ipaddress
 import json
 import math
+import os
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -59,6 +62,40 @@ class RateLimitVerdict(NamedTuple):
         return max(1, math.ceil(self.outcome.retry_after_s))
 
 
+# Lease mode (a shared store): a worker takes about this long's worth of the rate at a
+# time (at most a quarter of the burst, at least one token), and gives back what it has
+# not spent after LEASE_TTL_S, on its next check. A refusal is remembered as long
+# (at most) and answered locally until a token can be back.
+LEASE_WINDOW_S = 0.01
+LEASE_TTL_S = 0.05
+MAX_LEASES = 4096  # per process (a lease per client IP or endpoint); the oldest goes
+
+
+class _Lease:
+    """Tokens of one set of buckets this process holds, or a refusal it remembers."""
+
+    __slots__ = (
+        "expires",
+        "index",
+        "limit",
+        "refused",
+        "remaining",
+        "reset_at",
+        "retry_at",
+        "tokens",
+    )
+
+    def __init__(self, index: int, outcome: BucketOutcome, tokens: int, now: float) -> None:
+        self.index, self.limit, self.tokens = index, outcome.limit, tokens
+        self.remaining = outcome.remaining  # in the store, after this lease was taken
+        self.reset_at = now + outcome.reset_s
+        self.refused = not outcome.allowed
+        self.retry_at = now + outcome.retry_after_s
+        self.expires = now + (
+            min(outcome.retry_after_s, LEASE_TTL_S) if self.refused else LEASE_TTL_S
+        )
+
+
 class _Levels(NamedTuple):
     """What a config says about levels, computed once per config object."""
 
@@ -67,6 +104,7 @@ class _Levels(NamedTuple):
     per_ip: tuple[float, int] | None  # interval, burst
     per_endpoint: tuple[float, int] | None
     keyed: bool  # a per-IP or per-endpoint level: buckets named per request
+    lease_size: int  # tokens a lease takes (the smallest any level allows)
 
 
 class RateLimiter:
@@ -82,6 +120,10 @@ class RateLimiter:
         self.store = store
         self._config: RateLimitConfig | None = None
         self._levels = _levels(RateLimitConfig())
+        self._leased = False
+        self._leases: OrderedDict[str, _Lease] = OrderedDict()
+        self._leases_pid = os.getpid()
+        self._lease_lock = threading.Lock()
 
     def check(
         self, config: RateLimitConfig, client: str, endpoint: str, now: float
@@ -89,6 +131,9 @@ class RateLimiter:
         """None when no level is enabled; else the verdict (the store is charged if allowed)."""
         if config is not self._config:  # configs are frozen: identity is enough
             self._levels, self._config = _levels(config), config
+            self._leased = config.store_mode == "lease" and self.store.shared
+            with self._lease_lock:  # a change (a reset among them) starts afresh
+                self._leases.clear()
         levels = self._levels
         buckets: Sequence[Bucket] = levels.global_buckets
         if levels.keyed:
@@ -100,8 +145,65 @@ class RateLimiter:
             buckets = keyed
         if not buckets:
             return None
-        index, outcome = self.store.acquire(buckets, now)
+        if self._leased:
+            index, outcome = self._from_lease(buckets, levels.lease_size, now)
+        else:
+            index, outcome = self.store.acquire(buckets, now)
         return new(RateLimitVerdict, (levels.names[index], outcome))  # type: ignore[no-any-return]
+
+    def _from_lease(
+        self, buckets: Sequence[Bucket], size: int, now: float
+    ) -> tuple[int, BucketOutcome]:
+        """Spend a token this process already holds, or take a new lease in one store
+        call (giving back an expired lease's unspent tokens in the same call)."""
+        key = buckets[0].key if len(buckets) == 1 else "\n".join(b.key for b in buckets)
+        with self._lease_lock:
+            if self._leases_pid != os.getpid():  # forked: the parent's leases are its own
+                self._leases.clear()
+                self._leases_pid = os.getpid()
+            lease = self._leases.get(key)
+            give_back = 0
+            if lease is not None:
+                if now < lease.expires:
+                    self._leases.move_to_end(key)  # the least recently used goes first
+                    if lease.tokens > 0:
+                        lease.tokens -= 1
+                        return lease.index, new(
+                            BucketOutcome,
+                            (
+                                True,
+                                lease.limit,
+                                lease.remaining + lease.tokens,
+                                max(lease.reset_at - now, 0.0),
+                                0.0,
+                            ),
+                        )
+                    if lease.refused:
+                        return lease.index, new(
+                            BucketOutcome,
+                            (
+                                False,
+                                lease.limit,
+                                0,
+                                max(lease.reset_at - now, 0.0),
+                                max(lease.retry_at - now, 0.0),
+                            ),
+                        )
+                give_back = lease.tokens
+                del self._leases[key]
+            # A failed call forgets the lease: its tokens are neither spent nor given back
+            # (the bucket refills them within LEASE_WINDOW_S).
+            index, outcome, granted = self.store.take(buckets, now, size, give_back)
+            fresh = _Lease(index, outcome, max(granted - 1, 0), now)
+            self._leases[key] = fresh
+            while len(self._leases) > MAX_LEASES:
+                self._leases.popitem(last=False)
+            if granted:
+                outcome = new(
+                    BucketOutcome,
+                    (True, outcome.limit, outcome.remaining + fresh.tokens, outcome.reset_s, 0.0),
+                )
+            return index, outcome
 
 
 def _levels(config: RateLimitConfig) -> _Levels:
@@ -125,7 +227,16 @@ def _levels(config: RateLimitConfig) -> _Levels:
             config.per_endpoint_burst_size or burst,
         )
     keyed = per_ip is not None or per_endpoint is not None
-    return _Levels(tuple(names), global_buckets, per_ip, per_endpoint, keyed)
+    levels = [
+        level
+        for level in (*((b.interval_s, b.burst) for b in global_buckets), per_ip, per_endpoint)
+        if level
+    ]
+    lease_size = min(
+        (max(1, min(int(LEASE_WINDOW_S / interval), burst // 4)) for interval, burst in levels),
+        default=1,
+    )
+    return _Levels(tuple(names), global_buckets, per_ip, per_endpoint, keyed, lease_size)
 
 
 def client_ip(environ: WSGIEnvironment, trusted_proxies: tuple[str, ...] = ()) -> str:

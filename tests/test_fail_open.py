@@ -19,7 +19,9 @@ from mockforge_wsgi.state import MemoryStore, Store, StoreError
 # counted in ``internal_errors``), the engine (the last known config, counted in
 # ``store_errors``), or nobody needs to (not on the request path).
 ON_THE_REQUEST_PATH = {
-    "acquire": "middleware",  # the rate-limit check
+    "acquire": "middleware",  # the rate-limit check (store_mode: exact)
+    "take": "middleware",  # the rate-limit check (store_mode: lease, the default)
+    "count": "middleware",  # event counters
     "acquire_slot": "middleware",  # max_connections
     "release_slot": "middleware",
     "incr": "middleware",  # event counters, the pattern's and the seed's request numbers
@@ -37,13 +39,15 @@ ON_THE_REQUEST_PATH = {
 
 
 def test_the_table_names_every_store_method() -> None:
-    assert set(ON_THE_REQUEST_PATH) == set(Store.__abstractmethods__) | {"release_worker"}
+    optional = {"release_worker", "count"}
+    assert set(ON_THE_REQUEST_PATH) == set(Store.__abstractmethods__) | optional
 
 
 class FailingStore(MemoryStore):
     """A memory store whose method named ``failing`` raises, as an unreachable store."""
 
     failing: str | None = None
+    shared = True  # rate limits are leased, as from a store other processes share
 
     def subscribe(self, callback: Callable[[], None]) -> bool:
         return False  # like a shared store: polled by version
@@ -91,7 +95,9 @@ def test_a_store_failing_on_any_method_serves_the_app(
     method: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = FailingStore()
-    config = load_config(environ={}, overrides=CONFIG)
+    mode = "exact" if method == "acquire" else "lease"
+    overrides = {**CONFIG, "rate_limit": {**CONFIG["rate_limit"], "store_mode": mode}}  # type: ignore[dict-item]
+    config = load_config(environ={}, overrides=overrides)
     middleware = ChaosMiddleware(hello, config=config, store=store)
     client = Client(middleware)
     assert answer(client) == (200, b"hello")

@@ -29,11 +29,26 @@ class Store(abc.ABC):
     """Shared runtime state: token buckets, connection slots, event counters, and the
     runtime state (enabled flag, config, active scenario) with a version number."""
 
+    # Whether other processes use the same state: rate limits are then taken in leases
+    # (rate_limit.store_mode), since each call costs a lock or a round trip.
+    shared = True
+
     @abc.abstractmethod
     def acquire(self, buckets: Sequence[Bucket], now: float) -> tuple[int, BucketOutcome]:
         """Charge one request to every bucket, all or nothing (see :func:`gcra.charge`).
 
         Returns the index of the tightest bucket and its outcome.
+        """
+
+    @abc.abstractmethod
+    def take(
+        self, buckets: Sequence[Bucket], now: float, want: int, give_back: int = 0
+    ) -> tuple[int, BucketOutcome, int]:
+        """Lease up to ``want`` tokens of every bucket at once, after giving back
+        ``give_back`` unspent ones of an earlier lease (see :func:`gcra.take`).
+
+        Returns the tightest bucket's index, its outcome, and the tokens granted (0 is a
+        refusal). One call, one lock or round trip, for a batch of requests.
         """
 
     @abc.abstractmethod

@@ -41,7 +41,7 @@ from typing import Any
 
 from ._process import is_alive, start_time
 from .base import StateTooLarge, Store, StoreError
-from .gcra import Bucket, BucketOutcome, charge
+from .gcra import Bucket, BucketOutcome, charge, take
 
 __all__ = ["EmbeddedStore"]
 
@@ -345,16 +345,43 @@ class EmbeddedStore(Store):
 
     def acquire(self, buckets: Sequence[Bucket], now: float) -> tuple[int, BucketOutcome]:
         with self._locked():
-            found: dict[str, tuple[int, int, float | None]] = {}
-            for bucket in buckets:
-                found[bucket.key] = self._find(bucket.key, now, {f[0] for f in found.values()})
+            found = self._find_all(buckets, now)
             index, outcome, new_tats = charge(lambda key: found[key][2], buckets, now)
             if new_tats is not None:
-                for bucket, tat in zip(buckets, new_tats, strict=True):
-                    entry, tag, _ = found[bucket.key]
-                    self._words[entry] = tag
-                    self._floats[entry + 1] = tat
+                self._store_tats(found, buckets, new_tats)
             return index, outcome
+
+    def _find_all(
+        self, buckets: Sequence[Bucket], now: float
+    ) -> dict[str, tuple[int, int, float | None]]:
+        """Each bucket's entry, tag and live TAT, in distinct entries (lock held)."""
+        found: dict[str, tuple[int, int, float | None]] = {}
+        for bucket in buckets:
+            found[bucket.key] = self._find(bucket.key, now, {f[0] for f in found.values()})
+        return found
+
+    def _store_tats(
+        self,
+        found: dict[str, tuple[int, int, float | None]],
+        buckets: Sequence[Bucket],
+        tats: Sequence[float],
+    ) -> None:
+        for bucket, tat in zip(buckets, tats, strict=True):
+            entry, tag, _ = found[bucket.key]
+            self._words[entry] = tag
+            self._floats[entry + 1] = tat
+
+    def take(
+        self, buckets: Sequence[Bucket], now: float, want: int, give_back: int = 0
+    ) -> tuple[int, BucketOutcome, int]:
+        with self._locked():
+            found = self._find_all(buckets, now)
+            index, outcome, granted, new_tats = take(
+                lambda key: found[key][2], buckets, now, want, give_back
+            )
+            if new_tats is not None:
+                self._store_tats(found, buckets, new_tats)
+            return index, outcome, granted
 
     def tracked_keys(self) -> int:
         now = time.monotonic()

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from .base import Store
-from .gcra import Bucket, BucketOutcome, charge
+from .gcra import Bucket, BucketOutcome, charge, take
 
 __all__ = ["MemoryStore"]
 
@@ -22,6 +22,8 @@ class MemoryStore(Store):
     least recently charged bucket is dropped too (counted in ``evicted``); such a
     key starts again with a full bucket.
     """
+
+    shared = False  # one process: every check is a dict lookup under a thread lock
 
     def __init__(self, max_keys: int = 100_000) -> None:
         self.max_keys = max_keys
@@ -47,6 +49,19 @@ class MemoryStore(Store):
                     tats[key] = new_tats[position]
                 self._clean(now)
             return index, outcome
+
+    def take(
+        self, buckets: Sequence[Bucket], now: float, want: int, give_back: int = 0
+    ) -> tuple[int, BucketOutcome, int]:
+        with self._lock:
+            tats = self._tats
+            index, outcome, granted, new_tats = take(tats.get, buckets, now, want, give_back)
+            if new_tats is not None:
+                for bucket, tat in zip(buckets, new_tats, strict=True):
+                    tats[bucket.key] = tat
+                    tats.move_to_end(bucket.key)
+                self._clean(now)
+            return index, outcome, granted
 
     def _clean(self, now: float) -> None:
         """Drop the oldest bucket if it is full again; evict beyond the cap."""

@@ -64,6 +64,57 @@ return {tightest - 1, 1, tonumber(ARGV[2 * tightest]), math.floor(tightest_room 
         string.format('%.17g', new_tats[tightest] - now), '0'}
 """
 
+# gcra.take, line by line: a lease of up to `want` tokens after giving back `give_back`.
+# ARGV: interval and burst per key, then want, give_back.
+TAKE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local n = #KEYS
+local want, give_back = tonumber(ARGV[2 * n + 1]), tonumber(ARGV[2 * n + 2])
+local tats = {}
+local granted = want
+for i = 1, n do
+  local interval, burst = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
+  local tat = tonumber(redis.call('GET', KEYS[i])) or now
+  tat = tat - give_back * interval
+  if tat < now then tat = now end
+  tats[i] = tat
+  local free = math.floor((now + burst * interval - tat) / interval + 1e-9)
+  if free < granted then granted = free end
+end
+local function put(values)
+  for i = 1, n do
+    local ttl = math.ceil((values[i] - now) * 1000)
+    if ttl > 0 then
+      redis.call('SET', KEYS[i], string.format('%.17g', values[i]), 'PX', ttl)
+    else
+      redis.call('DEL', KEYS[i])
+    end
+  end
+end
+if granted <= 0 then
+  local refused, wait = 1, -math.huge
+  for i = 1, n do
+    local interval, burst = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
+    local over = tats[i] + interval - now - burst * interval
+    if over > wait then refused, wait = i, over end
+  end
+  if give_back > 0 then put(tats) end
+  return {refused - 1, 0, tonumber(ARGV[2 * refused]), 0,
+          string.format('%.17g', tats[refused] - now), string.format('%.17g', wait), 0}
+end
+local tightest, room = 1, math.huge
+for i = 1, n do
+  local interval, burst = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
+  tats[i] = tats[i] + granted * interval
+  local over = tats[i] - now - burst * interval
+  if -over < room * interval then tightest, room = i, -over / interval end
+end
+put(tats)
+return {tightest - 1, 1, tonumber(ARGV[2 * tightest]), math.floor(room + 1e-9),
+        string.format('%.17g', tats[tightest] - now), '0', granted}
+"""
+
 # Connection slots: a field per process holding how many slots that process has now
 # (its own count is the truth, written whole, never incremented), and when it was last
 # written. A field not written for SLOT_LEASE_S is a process that is gone: dropped.
@@ -133,6 +184,7 @@ class RedisStore(Store):
         self.url = url
         self._prefix = prefix
         self._charge = self._redis.register_script(CHARGE)
+        self._take = self._redis.register_script(TAKE)
         self._take_slot = self._redis.register_script(TAKE_SLOT)
         self._put_slots = self._redis.register_script(PUT_SLOTS)
         self._init_state = self._redis.register_script(INIT_STATE)
@@ -241,6 +293,22 @@ class RedisStore(Store):
             bool(allowed), int(limit), int(remaining), float(reset), float(retry)
         )
         return int(index), outcome
+
+    def take(
+        self, buckets: Sequence[Bucket], now: float, want: int, give_back: int = 0
+    ) -> tuple[int, BucketOutcome, int]:
+        keys = [self._key("tat:" + bucket.key) for bucket in buckets]
+        args: list[Any] = []
+        for bucket in buckets:
+            args += [repr(bucket.interval_s), bucket.burst]
+        args += [want, give_back]
+        index, allowed, limit, remaining, reset, retry, granted = self._call(
+            lambda: self._take(keys=keys, args=args)
+        )
+        outcome = BucketOutcome(
+            bool(allowed), int(limit), int(remaining), float(reset), float(retry)
+        )
+        return int(index), outcome, int(granted)
 
     def tracked_keys(self) -> int:
         pattern = self._key("tat:*")
