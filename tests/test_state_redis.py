@@ -47,6 +47,21 @@ def test_charges_are_all_or_nothing_on_server_time(redis_server: RedisServer) ->
     assert store.tracked_keys() == 3
 
 
+def test_event_counts_go_in_batches_and_are_read_whole(redis_server: RedisServer) -> None:
+    writer, reader = store_from_url(redis_server.url), store_from_url(redis_server.url)
+    assert isinstance(writer, RedisStore)
+    for _ in range(500):
+        writer.count(["latency", "fault.http_error"])
+    assert writer.counters() == {"latency": 500, "fault.http_error": 500}  # its own: sent first
+    writer.count(["latency"])
+    deadline = time.monotonic() + 2.0
+    while reader.counters().get("latency") != 501 and time.monotonic() < deadline:
+        time.sleep(0.002)
+    assert reader.counters()["latency"] == 501  # another process: within a few ms
+    stats = writer._redis.info("commandstats")
+    assert stats["cmdstat_hincrby"]["calls"] <= 20, stats["cmdstat_hincrby"]  # not 1,001
+
+
 def test_outage_fails_fast_and_recovers(redis_server: RedisServer) -> None:
     store = store_from_url(redis_server.url)
     assert isinstance(store, RedisStore)

@@ -35,7 +35,7 @@ import mmap
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +100,7 @@ class EmbeddedStore(Store):
         self._row = -1
         self._unreleased = 0  # releases not yet written (the lock failed): owed
         self._sweep_at = 0.0  # when a full slot table may next look for gone holders
+        self._names: dict[str, int] = {}  # counter name -> its column
         self.evicted = 0
 
     @contextlib.contextmanager
@@ -219,6 +220,14 @@ class EmbeddedStore(Store):
     # -- counters -----------------------------------------------------------------------
 
     def _name_index(self, name: str) -> int:
+        """The counter's column (lock held). Names are only ever added, so a column once
+        found is cached."""
+        index = self._names.get(name)
+        if index is None:
+            index = self._names[name] = self._find_name(name)
+        return index
+
+    def _find_name(self, name: str) -> int:
         encoded = name.encode()[:NAME_BYTES].ljust(NAME_BYTES, b"\0")
         for index in range(MAX_COUNTERS):
             at = _NAMES + index * NAME_BYTES
@@ -241,6 +250,14 @@ class EmbeddedStore(Store):
             cell = _COUNTERS // 8 + self._own_row() * _COUNTER_ROW + 1 + index
             self._words[cell] = (int(self._words[cell]) + amount) % (1 << 64)
             return self._sum(index)
+
+    def count(self, events: Iterable[str]) -> None:
+        if events:
+            with self._locked():  # one lock for them all, and no sum to read
+                row = _COUNTERS // 8 + self._own_row() * _COUNTER_ROW + 1
+                for event in events:
+                    cell = row + self._name_index(event)
+                    self._words[cell] = (int(self._words[cell]) + 1) % (1 << 64)
 
     def set_counter(self, counter: str, value: int) -> None:
         with self._locked():

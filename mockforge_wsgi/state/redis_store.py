@@ -1,8 +1,10 @@
 """The Redis store: one chaos state and one set of limits for servers on many hosts.
 
-Every rate-limit check is one round trip: a Lua script charges all levels at once, all
-or nothing, with the time taken from the Redis server (``TIME``), so clock skew between
-hosts changes nothing. Bucket keys expire when their bucket is full again, which bounds
+A rate-limit check is one round trip in exact mode: a Lua script charges all levels at
+once, all or nothing, with the time taken from the Redis server (``TIME``), so clock skew
+between hosts changes nothing. In lease mode (the default) one such call takes a small
+batch of tokens that the worker spends locally (see ``rate_limit.py``). Event counts are
+sent in batches, every ``FLUSH_S`` per process. Bucket keys expire when their bucket is full again, which bounds
 memory. The runtime state sits under a version key; processes poll that version at most
 every ``version_poll_s`` (a management change reaches every host within that time).
 
@@ -12,6 +14,8 @@ open or closed as configured. redis-py reconnects by itself when Redis is back.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import functools
 import json
 import logging
@@ -19,7 +23,8 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from .base import Store, StoreError
@@ -158,6 +163,7 @@ return 1
 """
 
 SLOT_POLL_S = 0.005
+FLUSH_S = 0.005  # event counts are sent at most this often per process
 SLOT_LEASE_S = 120
 RETRY_S = 0.5
 
@@ -198,6 +204,16 @@ class RedisStore(Store):
         self.down = False
         self.outages = 0
         self._retry_at = 0.0
+        # Event counts not yet sent (Store.count), and the process whose thread sends them.
+        self._pending: Counter[str] = Counter()
+        self._pending_lock = threading.Lock()
+        self._flusher_pid = 0
+        self._wake = threading.Event()
+        atexit.register(self._flush_at_exit)
+
+    def _flush_at_exit(self) -> None:
+        with contextlib.suppress(StoreError):
+            self.flush()
 
     @property
     def _worker(self) -> str:
@@ -316,6 +332,54 @@ class RedisStore(Store):
 
     # -- counters -----------------------------------------------------------------------
 
+    def count(self, events: Iterable[str]) -> None:
+        """Counted here, sent every FLUSH_S by a thread of this process (one round trip
+        for all of them), at exit, and before this process reads the counters."""
+        if not events:
+            return
+        with self._pending_lock:
+            if self._flusher_pid != os.getpid():  # forked: the parent's are its own
+                self._pending.clear()
+                self._flusher_pid = os.getpid()
+                self._wake = threading.Event()
+                threading.Thread(
+                    target=self._flush_loop, name="mockforge-counters", daemon=True
+                ).start()
+            self._pending.update(events)
+            self._wake.set()
+
+    def _flush_loop(self) -> None:
+        wake = self._wake
+        while True:
+            wake.wait()
+            time.sleep(FLUSH_S)  # what else arrives meanwhile goes in the same trip
+            wake.clear()
+            with contextlib.suppress(StoreError):  # kept, and sent with the next ones
+                self.flush()
+
+    def flush(self) -> None:
+        """Send the event counts this process holds; on failure they stay held."""
+        with self._pending_lock:
+            if self._flusher_pid != os.getpid():
+                return
+            pending, self._pending = self._pending, Counter()
+        if not pending:
+            return
+        key = self._key("counters")
+
+        def send() -> None:
+            pipe = self._redis.pipeline(transaction=False)
+            for name, amount in pending.items():
+                pipe.hincrby(key, name, amount)
+            pipe.execute()
+
+        try:
+            self._call(send)
+        except StoreError:
+            with self._pending_lock:
+                self._pending.update(pending)
+            raise
+
     def incr(self, counter: str, amount: int = 1) -> int:
         return int(self._call(lambda: self._redis.hincrby(self._key("counters"), counter, amount)))
 
@@ -323,6 +387,8 @@ class RedisStore(Store):
         self._call(lambda: self._redis.hset(self._key("counters"), counter, value))
 
     def counters(self) -> dict[str, int]:
+        with contextlib.suppress(StoreError):  # the read below says if Redis is gone
+            self.flush()
         raw = self._call(lambda: self._redis.hgetall(self._key("counters")))
         return {
             name.decode() if isinstance(name, bytes) else str(name): int(value)
@@ -375,6 +441,9 @@ class RedisStore(Store):
         self._call(forget)
 
     def reset(self) -> None:
+        with self._pending_lock:
+            self._pending.clear()
+
         def clear() -> None:
             keys = list(self._redis.scan_iter(match=self._key("tat:*")))
             self._redis.delete(self._key("counters"), *keys)
