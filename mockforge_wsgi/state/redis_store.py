@@ -4,9 +4,10 @@ A rate-limit check is one round trip in exact mode: a Lua script charges all lev
 once, all or nothing, with the time taken from the Redis server (``TIME``), so clock skew
 between hosts changes nothing. In lease mode (the default) one such call takes a small
 batch of tokens that the worker spends locally (see ``rate_limit.py``). Event counts are
-sent in batches, every ``FLUSH_S`` per process. Bucket keys expire when their bucket is full again, which bounds
-memory. The runtime state sits under a version key; processes poll that version at most
-every ``version_poll_s`` (a management change reaches every host within that time).
+sent in batches, every ``FLUSH_S`` per process. Bucket keys expire when their bucket is
+full again, which bounds memory. The runtime state sits under a version key; processes
+poll that version at most every ``version_poll_s`` (a management change reaches every
+host within that time).
 
 An unreachable Redis raises :class:`StoreError` (logged once per outage); callers fail
 open or closed as configured. redis-py reconnects by itself when Redis is back.

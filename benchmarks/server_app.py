@@ -1,0 +1,77 @@
+"""The Flask app `benchmarks/server.py` serves, built for one case (BENCH_CASE).
+
+    BENCH_CASE=limit-embedded gunicorn -w 2 server_app:app     # from benchmarks/
+
+Every case serves the same route (``GET /hello``, a 13-byte text answer); only what
+wraps it differs. BENCH_REDIS names the Redis of the Redis cases.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from flask import Flask
+
+from mockforge_wsgi import load_config
+from mockforge_wsgi.middleware import ChaosMiddleware
+from mockforge_wsgi.state import store_from_url
+
+NEVER_REFUSED = {"enabled": True, "requests_per_second": 1_000_000, "burst_size": 1_000_000}
+
+# Chaos cases: the config, and the store by URL (None: the default one, i.e. under a
+# server with several workers the embedded store they share).
+CHAOS: dict[str, tuple[dict[str, Any], str | None]] = {
+    "chaos-disabled": ({}, None),
+    "limit-memory": ({"enabled": True, "rate_limit": NEVER_REFUSED}, "memory://"),
+    "limit-embedded": ({"enabled": True, "rate_limit": NEVER_REFUSED}, None),
+    "limit-embedded-exact": (
+        {"enabled": True, "rate_limit": {**NEVER_REFUSED, "store_mode": "exact"}},
+        None,
+    ),
+    "limit-redis": ({"enabled": True, "rate_limit": NEVER_REFUSED}, "redis"),
+    "limit-redis-exact": (
+        {"enabled": True, "rate_limit": {**NEVER_REFUSED, "store_mode": "exact"}},
+        "redis",
+    ),
+    "latency-1us": (
+        {
+            "enabled": True,
+            "latency": {"enabled": True, "fixed_delay_ms": 0.001, "probability": 1.0},
+        },
+        None,
+    ),
+}
+
+
+def build(case: str) -> Flask:
+    app = Flask(__name__)
+
+    @app.get("/hello")
+    def hello() -> tuple[str, int, dict[str, str]]:
+        return "Hello, world!", 200, {"Content-Type": "text/plain"}
+
+    if case in CHAOS:
+        overrides, store_url = CHAOS[case]
+        if store_url == "redis":
+            store_url = os.environ["BENCH_REDIS"]
+        store = store_from_url(store_url) if store_url else None
+        config = load_config(environ={}, overrides=overrides)
+        app.wsgi_app = ChaosMiddleware(app.wsgi_app, config=config, store=store)  # type: ignore[method-assign]
+    elif case.startswith("flask-limiter"):
+        from flask_limiter import Limiter
+        from flask_limiter.util import get_remote_address
+
+        storage = os.environ["BENCH_REDIS"] if case.endswith("redis") else "memory://"
+        Limiter(
+            get_remote_address,
+            app=app,
+            default_limits=["1000000 per second"],
+            storage_uri=storage,
+        )
+    elif case != "plain":
+        raise SystemExit(f"unknown BENCH_CASE {case!r}")
+    return app
+
+
+app = build(os.environ.get("BENCH_CASE", "plain"))
