@@ -10,6 +10,7 @@ bare app.
 
 from __future__ import annotations
 
+import os
 import platform
 import statistics
 import time
@@ -20,7 +21,7 @@ from mockforge_wsgi import load_config
 from mockforge_wsgi.middleware import ChaosMiddleware
 
 BATCH = 20_000
-SAMPLES = 60
+SAMPLES = int(os.environ.get("SAMPLES", "60"))
 
 
 def bare_app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:

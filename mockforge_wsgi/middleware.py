@@ -160,6 +160,7 @@ class ChaosMiddleware:
         if not config.enabled or self._is_exempt(path):
             return self.app(environ, start_response)
         started = time.monotonic()
+        admitted_only = False
         try:
             if config.rules:
                 config = self._config_for(config, environ)
@@ -173,7 +174,8 @@ class ChaosMiddleware:
                     return _render_bad_headers(start_response, problems)
             else:
                 plan = self._decide(config, environ, started)
-            if not plan.admitted_only:
+            admitted_only = plan.admitted_only
+            if not admitted_only:
                 self.store.count(plan.events())
         except StoreError:
             if config.on_store_error == "closed":
@@ -190,11 +192,12 @@ class ChaosMiddleware:
             REQUEST_ID_KEY, new_request_id()
         )
         headers = self._response_headers(plan, config, request_id)
-        if plan.admitted_only:  # admitted by the limiter, nothing else: its headers only
+        if admitted_only:  # admitted by the limiter, nothing else: its headers only
             return self.app(environ, _with_headers(start_response, headers))
-        injections = plan.injections()
-        record_injections(plan, injections, request_id)
-        if log.isEnabledFor(logging.INFO):
+        injections = plan.injections()  # none for a slot or limit that only admitted it
+        if injections:
+            record_injections(plan, injections, request_id)
+        if injections and log.isEnabledFor(logging.INFO):
             for kind, detail in injections:
                 log.info(
                     "chaos injected request_id=%s type=%s detail=%s method=%s path=%s",

@@ -82,23 +82,40 @@ def decide_shaping(config: TrafficShapingConfig, rng: random.Random) -> Shaping 
     """The shaping for one request, or None. Loss is drawn later from ``loss_seed``."""
     if not config.enabled:
         return None
+    if not config.request_drop_probability and not config.packet_loss_percent:
+        # Nothing drawn: the same Shaping for every request of this config, built once.
+        global _static
+        config_of, shaping_of = _static
+        if config_of is not config:
+            shaping_of = _build(config, drop=False, loss_seed=0)
+            shaping_of = None if shaping_of == _NOTHING else shaping_of
+            _static = (config, shaping_of)
+        return shaping_of
     drop = config.request_drop_probability > 0.0 and rng.random() < (
         config.request_drop_probability
     )
-    shaping = Shaping(
+    loss_seed = rng.getrandbits(32) if config.packet_loss_percent else 0
+    shaping = _build(config, drop=drop, loss_seed=loss_seed)
+    return None if shaping == _NOTHING else shaping
+
+
+def _build(config: TrafficShapingConfig, *, drop: bool, loss_seed: int) -> Shaping:
+    return Shaping(
         bandwidth_bps=config.bandwidth_limit_bps,
         upload_bps=config.upload_bandwidth_limit_bps,
         loss_percent=config.packet_loss_percent,
-        loss_seed=rng.getrandbits(32) if config.packet_loss_percent else 0,
+        loss_seed=loss_seed,
         drop=drop,
         max_connections=config.max_connections,
         queue_timeout_ms=config.queue_timeout_ms,
         connection_timeout_ms=config.connection_timeout_ms,
     )
-    return None if shaping == _NOTHING else shaping
 
 
 _NOTHING = Shaping()
+# The last config without draws, and its Shaping (both frozen; the pair is replaced
+# whole, so a thread always reads a matching one).
+_static: tuple[TrafficShapingConfig | None, Shaping | None] = (None, None)
 
 
 def retransmission_stall(rng: random.Random, loss: float) -> tuple[float, bool]:
