@@ -25,6 +25,10 @@ CHAOS: dict[str, tuple[dict[str, Any], str | None]] = {
     "chaos-disabled": ({}, None),
     "limit-memory": ({"enabled": True, "rate_limit": NEVER_REFUSED}, "memory://"),
     "limit-embedded": ({"enabled": True, "rate_limit": NEVER_REFUSED}, None),
+    "limit-embedded-no-headers": (
+        {"enabled": True, "rate_limit": {**NEVER_REFUSED, "expose_headers": False}},
+        None,
+    ),
     "limit-embedded-exact": (
         {"enabled": True, "rate_limit": {**NEVER_REFUSED, "store_mode": "exact"}},
         None,
@@ -42,6 +46,17 @@ CHAOS: dict[str, tuple[dict[str, Any], str | None]] = {
         None,
     ),
 }
+
+
+SEVEN_HEADERS = [
+    ("RateLimit-Limit", "1000000"),
+    ("RateLimit-Remaining", "999999"),
+    ("RateLimit-Reset", "1"),
+    ("X-RateLimit-Limit", "1000000"),
+    ("X-RateLimit-Remaining", "999999"),
+    ("X-RateLimit-Reset", "1"),
+    ("X-Mockforge-Request-Id", "0123456789abcdef"),
+]
 
 
 def build(case: str) -> Flask:
@@ -69,6 +84,14 @@ def build(case: str) -> Flask:
             default_limits=["1000000 per second"],
             storage_uri=storage,
         )
+    elif case == "plain-with-headers":
+        # What the response headers of the admitted path cost alone: the same six
+        # RateLimit-* headers and a request id, added by Flask itself, no chaos.
+        @app.after_request
+        def add_headers(response: Any) -> Any:
+            response.headers.extend(SEVEN_HEADERS)
+            return response
+
     elif case != "plain":
         raise SystemExit(f"unknown BENCH_CASE {case!r}")
     return app

@@ -7,7 +7,9 @@ a common start, then times ``RateLimiter.check`` one call at a time under a glob
 that is never reached (1,000,000 rps, burst 1,000,000): the admitted path. Median and
 p99 are over every call of every process. Stores: memory (one process only), embedded
 ``file://`` in lease and exact mode, and with ``--redis`` a redis-server this script
-starts on 127.0.0.1 (lease and exact).
+starts on 127.0.0.1 (lease and exact); levels: the global one, or global + per-IP +
+per-endpoint (one client, one route). Then the per-request version check of each store
+(``state_version``; Redis polls at most every 50 ms and answers from its cache between).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+import timeit
 from typing import Any
 
 from mockforge_wsgi.config import RateLimitConfig
@@ -30,28 +33,30 @@ from mockforge_wsgi.state import store_from_url
 NEVER_REFUSED = {"enabled": True, "requests_per_second": 1_000_000, "burst_size": 1_000_000}
 
 
-def timed_checks(url: str, mode: str, calls: int, start_at: float, out: Any) -> None:
+THREE_LEVELS = {"per_ip": True, "per_endpoint": True}
+
+
+def timed_checks(url: str, mode: str, levels: str, calls: int, start_at: float, out: Any) -> None:
     limiter = RateLimiter(store_from_url(url))
-    config = RateLimitConfig(**NEVER_REFUSED, store_mode=mode)
+    extra = THREE_LEVELS if levels == "three" else {}
+    config = RateLimitConfig(**NEVER_REFUSED, **extra, store_mode=mode)
     clock = time.perf_counter_ns
     while time.monotonic() < start_at:
         time.sleep(0.001)
     times = []
     for _ in range(calls):
         begin = clock()
-        limiter.check(config, "", "", time.monotonic())
+        limiter.check(config, "10.0.0.1", "/hello", time.monotonic())
         times.append(clock() - begin)
     out.put(times)
 
 
-def run(url: str, mode: str, processes: int, calls: int) -> tuple[float, float]:
+def run(url: str, mode: str, levels: str, processes: int, calls: int) -> tuple[float, float]:
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
     start_at = time.monotonic() + 1.5
-    workers = [
-        context.Process(target=timed_checks, args=(url, mode, calls, start_at, results))
-        for _ in range(processes)
-    ]
+    args = (url, mode, levels, calls, start_at, results)
+    workers = [context.Process(target=timed_checks, args=args) for _ in range(processes)]
     for worker in workers:
         worker.start()
     times = [t / 1000.0 for _ in workers for t in results.get(timeout=120)]
@@ -82,26 +87,31 @@ def main() -> None:
     args = parser.parse_args()
     print(f"# {platform.machine()}, Python {platform.python_version()}, {time.strftime('%F')}")
     print(f"# {args.calls} checks per process, each timed; microseconds")
-    print("| store | mode | processes | median us | p99 us |")
-    print("| --- | --- | ---: | ---: | ---: |")
+    print("| store | mode | levels | processes | median us | p99 us |")
+    print("| --- | --- | --- | ---: | ---: | ---: |")
     server = None
     with tempfile.TemporaryDirectory() as directory:
-        cases = [("memory://", "exact", 1)]
-        for mode in ("lease", "exact"):
-            cases += [
-                (f"file://{directory}/{mode}", mode, 1),
-                (f"file://{directory}/{mode}", mode, 4),
-            ]
+        urls = ["memory://", f"file://{directory}"]
         if args.redis and shutil.which("redis-server"):
             server, url = redis_server()
-            for mode in ("lease", "exact"):
-                cases += [(url, mode, 1), (url, mode, 4)]
+            urls.append(url)
         try:
-            for url, mode, processes in cases:
-                median, p99 = run(url, mode, processes, args.calls)
-                store = url.split(":", 1)[0]
-                shown = "lease" if mode == "lease" else "exact"
-                print(f"| {store} | {shown} | {processes} | {median:.1f} | {p99:.1f} |")
+            for url in urls:
+                modes = ("exact",) if url == "memory://" else ("lease", "exact")
+                for mode, levels in [(m, lv) for m in modes for lv in ("global", "three")]:
+                    for processes in (1,) if url == "memory://" else (1, 4):
+                        median, p99 = run(url, mode, levels, processes, args.calls)
+                        store = url.split(":", 1)[0]
+                        print(
+                            f"| {store} | {mode} | {levels} | {processes} "
+                            f"| {median:.1f} | {p99:.1f} |"
+                        )
+            print("\n| store | version check, us (timeit, best of 5) |\n| --- | ---: |")
+            for url in urls:
+                store_of = store_from_url(url)
+                store_of.state_version()
+                best = min(timeit.repeat(store_of.state_version, number=100_000, repeat=5))
+                print(f"| {url.split(':', 1)[0]} | {best / 100_000 * 1e6:.3f} |")
         finally:
             if server is not None:
                 server.terminate()

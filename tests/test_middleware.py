@@ -329,3 +329,48 @@ def test_requests_that_arrive_while_the_server_store_opens_wait_for_it(
     first.join(5)
     _, state = EmbeddedStore(tmp_path).load_state()
     assert state is not None and state["enabled"] is False  # the change reached the shared store
+
+
+def _ids_in_child(out: Any) -> None:
+    from mockforge_wsgi._headers import new_request_id
+
+    out.put([new_request_id() for _ in range(3)])
+
+
+def test_request_ids_are_unique_in_a_process_and_across_forked_workers() -> None:
+    import multiprocessing
+
+    from mockforge_wsgi._headers import new_request_id
+
+    here = [new_request_id() for _ in range(1000)]
+    assert len(set(here)) == 1000
+    assert all(len(i) == 16 and int(i, 16) >= 0 for i in here)
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    children = [context.Process(target=_ids_in_child, args=(results,)) for _ in range(2)]
+    for child in children:
+        child.start()
+    theirs = [results.get(timeout=10) for _ in children]
+    for child in children:
+        child.join(10)
+    # Each forked worker counts from its own prefix: no id of one is another's.
+    every = here + theirs[0] + theirs[1]
+    assert len(set(every)) == len(every)
+    assert len({i[:8] for i in (here[0], theirs[0][0], theirs[1][0])}) == 3
+
+
+def test_an_admitted_request_carries_rate_limit_headers_and_an_id_but_no_annotation() -> None:
+    config = load_config(
+        environ={},
+        overrides={
+            "enabled": True,
+            "rate_limit": {"enabled": True, "requests_per_second": 100, "burst_size": 5},
+        },
+    )
+    client = Client(ChaosMiddleware(base_app, config=config))
+    response = client.get("/")
+    assert response.status_code == 200
+    assert response.headers["RateLimit-Remaining"] == "4"
+    assert response.headers["X-RateLimit-Limit"] == "5"
+    assert len(response.headers["X-Mockforge-Request-Id"]) == 16
+    assert "X-Mockforge-Chaos" not in response.headers
