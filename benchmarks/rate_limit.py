@@ -31,9 +31,9 @@ CHECKS_PER_THREAD = 100_000
 BATCH = 100
 
 CASES = {
-    "global": RateLimitConfig(enabled=True, requests_per_second=1e9, burst_size=1000),
+    "global": RateLimitConfig(enabled=True, requests_per_second=1e6, burst_size=1_000_000),
     "global + per-IP + per-endpoint": RateLimitConfig(
-        enabled=True, requests_per_second=1e9, burst_size=1000, per_ip=True, per_endpoint=True
+        enabled=True, requests_per_second=1e6, burst_size=1_000_000, per_ip=True, per_endpoint=True
     ),
 }
 
