@@ -191,9 +191,9 @@ def _hammer(url: str, config: RateLimitConfig, start_at: float, stop_at: float, 
 def admitted_by_processes(
     url: str, config: RateLimitConfig, processes: int, seconds: float
 ) -> int:
-    context = multiprocessing.get_context("spawn")  # fresh interpreters, as workers are
+    context = multiprocessing.get_context("fork")  # forked, as gunicorn's workers are
     results = context.Queue()
-    start_at = time.monotonic() + 2.0  # every process is up and hammering from here
+    start_at = time.monotonic() + 0.5  # every process is up and hammering from here
     workers = [
         context.Process(target=_hammer, args=(url, config, start_at, start_at + seconds, results))
         for _ in range(processes)
