@@ -255,3 +255,26 @@ def test_an_unreachable_store_fails_open_and_is_counted() -> None:
     client = Client(middleware)
     assert [client.get("/").status_code for _ in range(3)] == [200, 200, 200]
     assert middleware.internal_errors == 3
+
+
+def test_admitted_headers_follow_each_verdict_and_are_the_callers_to_change() -> None:
+    from mockforge_wsgi.rate_limit import RateLimitVerdict
+
+    def verdict(remaining: int, reset_s: float = 0.5) -> RateLimitVerdict:
+        return RateLimitVerdict("global", BucketOutcome(True, 10, remaining, reset_s, 0.0))
+
+    first = verdict(5).headers()
+    first.append(("X-Mine", "1"))  # a caller adds its own: the next answer must not
+    assert dict(verdict(5).headers()) == {
+        "RateLimit-Limit": "10",
+        "RateLimit-Remaining": "5",
+        "RateLimit-Reset": "1",
+        "X-RateLimit-Limit": "10",
+        "X-RateLimit-Remaining": "5",
+        "X-RateLimit-Reset": "1",
+    }
+    assert dict(verdict(4).headers())["RateLimit-Remaining"] == "4"
+    assert dict(verdict(4, 1.5).headers())["RateLimit-Reset"] == "2"
+    refused = RateLimitVerdict("global", BucketOutcome(False, 10, 0, 1.5, 0.2)).headers()
+    assert dict(refused)["Retry-After"] == "1"
+    assert dict(verdict(0, 1.5).headers()).get("Retry-After") is None

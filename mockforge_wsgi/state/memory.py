@@ -42,12 +42,13 @@ class MemoryStore(Store):
             tats = self._tats
             index, outcome, new_tats = charge(tats.get, buckets, now)
             if new_tats is not None:
-                for position, bucket in enumerate(buckets):
+                for bucket, tat in zip(buckets, new_tats, strict=True):
                     key = bucket.key
                     if key in tats:
                         tats.move_to_end(key)
-                    tats[key] = new_tats[position]
-                self._clean(now)
+                    tats[key] = tat
+                if len(tats) > 1:
+                    self._clean(now)
             return index, outcome
 
     def take(
