@@ -18,7 +18,9 @@ Cases (each enables only what it names):
 - connection limit never reached (memory store): a slot taken and released per request;
 - HTTP 503 fault on every request (the fault replaces the app).
 
-``--profile CASE`` runs one case under cProfile and prints its top functions.
+``--flask`` wraps a real Flask route instead of the bare app (the bare-app row is then
+the Flask route alone). ``--profile CASE`` runs one case under cProfile and prints its
+top functions.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
+
+from werkzeug.test import EnvironBuilder
 
 from mockforge_wsgi import load_config, middleware
 from mockforge_wsgi.middleware import ChaosMiddleware
@@ -54,14 +58,12 @@ def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
     return None
 
 
+_BASE = EnvironBuilder(path="/api/test", environ_base={"REMOTE_ADDR": "127.0.0.1"}).get_environ()
+
+
 def environ() -> dict[str, Any]:
-    return {
-        "REQUEST_METHOD": "GET",
-        "PATH_INFO": "/api/test",
-        "REMOTE_ADDR": "127.0.0.1",
-        "wsgi.input": None,
-        "wsgi.multiprocess": False,
-    }
+    """A fresh copy of one GET /api/test environ, as a server builds per request."""
+    return dict(_BASE)
 
 
 def run(app: App, calls: int) -> float:
@@ -77,9 +79,25 @@ def run(app: App, calls: int) -> float:
     return (time.perf_counter_ns() - start) / calls / 1000.0
 
 
+def flask_app() -> App:
+    """A real Flask route (``--flask``): what a wrapped app costs on its own."""
+    from flask import Flask
+
+    app = Flask("bench")
+
+    @app.get("/api/test")
+    def hello() -> tuple[str, int, dict[str, str]]:
+        return "hello", 200, {"Content-Type": "text/plain"}
+
+    return app.wsgi_app
+
+
+INNER: Callable[[], App] = lambda: bare_app  # noqa: E731  (--flask: flask_app)
+
+
 def wrapped(overrides: dict[str, Any], store: Any = None) -> App:
     config = load_config(environ={}, overrides=overrides)
-    return ChaosMiddleware(bare_app, config=config, store=store or MemoryStore())
+    return ChaosMiddleware(INNER(), config=config, store=store or MemoryStore())
 
 
 def no_sleep(until: float, deadline: float | None) -> bool:
@@ -90,7 +108,7 @@ def no_sleep(until: float, deadline: float | None) -> bool:
 def cases(directory: str) -> dict[str, App]:
     middleware.sleep_until = no_sleep  # only the latency case sleeps
     return {
-        "bare app": bare_app,
+        "bare app": INNER(),
         "wrapped, disabled": wrapped({}),
         "admitted under a global limit, memory": wrapped(NEVER_REFUSED),
         "admitted under a global limit, embedded": wrapped(
@@ -124,7 +142,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=5_000)
     parser.add_argument("--profile", metavar="CASE", help="profile the case with this prefix")
     parser.add_argument("--top", type=int, default=18, help="functions shown by --profile")
+    parser.add_argument("--flask", action="store_true", help="a Flask route, not a bare app")
     args = parser.parse_args()
+    if args.flask:
+        global INNER
+        INNER = flask_app
     with tempfile.TemporaryDirectory() as directory:
         apps = cases(directory)
         if args.profile:

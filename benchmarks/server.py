@@ -9,7 +9,11 @@ app stays up; each case of ``server_app.py`` gets its own gunicorn beside it, bo
 of the case server back to back, ``--pairs`` times (which one first alternates). A
 pair's ratio is the case's requests per second over the plain app's in that pair: this
 VM's speed drifts by tens of percent over a minute, much less over two runs of a few
-seconds. The table shows the median ratio and its quartiles. Every answer must be a 200
+seconds. Each run also reads the server's CPU (user + system of gunicorn's master and
+workers, from /proc) over the requests wrk completed: the case's CPU per request minus
+the plain app's in the same pair is what the case adds to a request through a real
+server, less sensitive to how wrk and the server share the 2 cores than throughput.
+The table shows medians and quartiles. Every answer must be a 200
 (wrk's non-2xx count is checked), so no case is measured on refusals. A redis-server is
 started on a free port.
 """
@@ -29,6 +33,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 HERE = Path(__file__).resolve().parent
 CASES = [
@@ -67,52 +72,85 @@ def wait_for(port: int, path: str = "/hello", timeout: float = 20.0) -> None:
     raise RuntimeError(f"nothing answered on port {port}")
 
 
+class Server(NamedTuple):
+    url: str
+    pid: int  # gunicorn's master: its workers are its children
+
+
 @contextlib.contextmanager
-def serving(case: str, workers: int, redis_url: str) -> Iterator[str]:
-    """A gunicorn of ``workers`` sync workers serving the case; yields its URL."""
+def serving(case: str, workers: int, redis_url: str) -> Iterator[Server]:
+    """A gunicorn of ``workers`` sync workers serving the case."""
     port = free_port()
     env = {**os.environ, "BENCH_CASE": case, "BENCH_REDIS": redis_url}
     env.pop("MOCKFORGE_STORE", None)
     args = ["--bind", f"127.0.0.1:{port}", "--workers", str(workers), "--chdir", str(HERE)]
     args += ["--log-level", "warning", "--worker-tmp-dir", "/dev/shm", "server_app:app"]
-    server = subprocess.Popen([sys.executable, "-m", "gunicorn", *args], env=env)
+    process = subprocess.Popen([sys.executable, "-m", "gunicorn", *args], env=env)
     try:
         wait_for(port)
-        url = f"http://127.0.0.1:{port}/hello"
-        load(url, 1)  # warm-up: every worker has served, caches are filled
-        yield url
+        server = Server(f"http://127.0.0.1:{port}/hello", process.pid)
+        load(server, 1)  # warm-up: every worker has served, caches are filled
+        yield server
     finally:
-        server.terminate()
-        server.wait(30)
+        process.terminate()
+        process.wait(30)
 
 
-def load(url: str, seconds: int) -> float:
-    """Requests per second wrk gets from ``url``; every answer must be a 200."""
+def cpu_seconds(master: int) -> float:
+    """User + system CPU of gunicorn's master and its workers so far (from /proc)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        pid, ppid = int(stat.parent.name), int(fields[1])
+        if master in (pid, ppid):
+            total += int(fields[11]) + int(fields[12])  # utime, stime in clock ticks
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+class Load(NamedTuple):
+    rate: float  # requests per second
+    cpu_us: float  # server CPU per request, microseconds
+
+
+def load(server: Server, seconds: int) -> Load:
+    """What wrk gets from ``server``, and the server's CPU per request meanwhile; every
+    answer must be a 200."""
+    before = cpu_seconds(server.pid)
     out = subprocess.run(
-        ["wrk", "-t2", "-c16", f"-d{seconds:g}s", url],
+        ["wrk", "-t2", "-c16", f"-d{seconds:g}s", server.url],
         capture_output=True,
         text=True,
         check=True,
         timeout=seconds + 30,
     ).stdout
+    used = cpu_seconds(server.pid) - before
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if bad:
-        raise RuntimeError(f"{url}: {bad.group(1)} answers were not 200\n{out}")
-    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+        raise RuntimeError(f"{server.url}: {bad.group(1)} answers were not 200\n{out}")
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    return Load(rate, used / max(requests, 1) * 1e6)
 
 
-def pairs(plain: str, case: str, count: int, seconds: int) -> tuple[list[float], list[float]]:
-    """``count`` back-to-back pairs of runs, plain and case, which first alternating:
-    the rates of the case, and its ratio to the plain run beside it in each pair."""
-    rates, ratios = [], []
+def pairs(plain: Server, case: Server, count: int, seconds: int) -> list[tuple[Load, Load]]:
+    """``count`` back-to-back pairs of runs (plain, case), which first alternating."""
+    found = []
     for index in range(count):
         if index % 2:
-            case_rate, plain_rate = load(case, seconds), load(plain, seconds)
+            case_load, plain_load = load(case, seconds), load(plain, seconds)
         else:
-            plain_rate, case_rate = load(plain, seconds), load(case, seconds)
-        rates.append(case_rate)
-        ratios.append(case_rate / plain_rate)
-    return rates, ratios
+            plain_load, case_load = load(plain, seconds), load(case, seconds)
+        found.append((plain_load, case_load))
+    return found
+
+
+def spread(values: list[float], form: str) -> str:
+    """The median and, in brackets, the quartiles."""
+    low, median, high = statistics.quantiles(values, n=4)
+    return f"{median:{form}} ({low:{form}} to {high:{form}})"
 
 
 def main() -> None:
@@ -141,18 +179,26 @@ def main() -> None:
         )
         for workers in args.workers:
             print(f"\n## gunicorn -w {workers}\n")
-            print("| case | requests/s (median) | ratio to plain: median | quartiles |")
-            print("| --- | ---: | ---: | ---: |")
+            print(
+                "| case | requests/s | ratio to plain (quartiles) "
+                "| server CPU us/request | added over plain (quartiles) |"
+            )
+            print("| --- | ---: | ---: | ---: | ---: |")
             with serving("plain", workers, redis_url) as plain:
                 for name, label in cases:
                     if name == "plain":
                         continue
-                    with serving(name, workers, redis_url) as url:
-                        rates, ratios = pairs(plain, url, args.pairs, args.seconds)
-                    low, _, high = statistics.quantiles(ratios, n=4)
-                    median, ratio = statistics.median(rates), statistics.median(ratios)
-                    row = f"| {label} | {median:,.0f} | {ratio:.2f} | {low:.2f}-{high:.2f} |"
-                    print(row, flush=True)
+                    with serving(name, workers, redis_url) as server:
+                        runs = pairs(plain, server, args.pairs, args.seconds)
+                    ratios = [case.rate / base.rate for base, case in runs]
+                    added = [case.cpu_us - base.cpu_us for base, case in runs]
+                    rate = statistics.median(case.rate for _, case in runs)
+                    cpu = statistics.median(case.cpu_us for _, case in runs)
+                    print(
+                        f"| {label} | {rate:,.0f} | {spread(ratios, '.2f')} "
+                        f"| {cpu:.0f} | {spread(added, '+.0f')} |",
+                        flush=True,
+                    )
     finally:
         redis.terminate()
         redis.wait(10)

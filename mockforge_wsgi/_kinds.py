@@ -15,8 +15,8 @@ from typing import Any, Protocol
 
 import attrs
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
+from ._env import boolean
+
 _NONE = {"", "none", "null"}
 
 
@@ -51,8 +51,8 @@ class Kind:
 def _bool(raw: Any) -> bool:
     if isinstance(raw, bool):
         return raw
-    if isinstance(raw, str) and raw.strip().lower() in _TRUE | _FALSE:
-        return raw.strip().lower() in _TRUE
+    if isinstance(raw, str):
+        return boolean(raw)
     raise ValueError("is not a boolean (true or false)")
 
 

@@ -21,6 +21,7 @@ import attrs
 from flask import Blueprint, Flask, Response, abort, current_app, request
 from werkzeug.exceptions import HTTPException
 
+from . import _env
 from ._headers import bearer_matches
 from ._kinds import Check, Kind, shown, strict_json
 from ._version import __version__
@@ -49,9 +50,7 @@ __all__ = [
 
 DEFAULT_PREFIX = "/api/chaos"
 MAX_BODY_BYTES = 64 * 1024
-ADMIN_TOKEN_ENV = "MOCKFORGE_ADMIN_TOKEN"
 # The longest this server's workers can hold a request (sync workers: gunicorn's timeout).
-MAX_HOLD_ENV = "MOCKFORGE_MAX_HOLD_S"
 
 # URL segment -> (config attribute, section class)
 SECTIONS: dict[str, tuple[str, type[Any]]] = {
@@ -129,7 +128,7 @@ def _hold_from_env(raw: str) -> float:
     except ValueError:
         seconds = math.nan
     if not 0 < seconds <= MAX_DURATION_S:
-        raise ConfigError([f"{MAX_HOLD_ENV}: {shown(raw)} is not a number of seconds > 0"])
+        raise ConfigError([f"{_env.MAX_HOLD_S}: {shown(raw)} is not a number of seconds > 0"])
     return seconds
 
 
@@ -375,8 +374,9 @@ def create_blueprint(
     constant-time. With ``max_hold_s`` (default: ``MOCKFORGE_MAX_HOLD_S``, which
     ``mockforge serve`` sets for sync workers), a config that can hold a request longer
     is refused: the worker would be killed first."""
-    if max_hold_s is None and os.environ.get(MAX_HOLD_ENV):
-        max_hold_s = _hold_from_env(os.environ[MAX_HOLD_ENV])
+    held = _env.text(_env.MAX_HOLD_S)
+    if max_hold_s is None and held is not None:
+        max_hold_s = _hold_from_env(held)
     blueprint = Blueprint("mockforge_chaos", __name__)
     for route in ROUTES:
         options: dict[str, Any] = {"defaults": dict(route.defaults)} if route.defaults else {}
@@ -443,7 +443,7 @@ def create_management_app(
     ``max_hold_s`` is :func:`create_blueprint`'s.
     """
     if admin_token is None:
-        admin_token = os.environ.get(ADMIN_TOKEN_ENV) or None
+        admin_token = _env.text(_env.ADMIN_TOKEN)
     app = Flask("mockforge_wsgi.api")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.register_blueprint(

@@ -17,6 +17,7 @@ from typing import Any
 import attrs
 import yaml
 
+from . import _env
 from .config import RULES, ConfigError, load_config
 from .middleware import ChaosMiddleware
 from .mock_api import MockApp, parse_routes, route_rules
@@ -24,10 +25,8 @@ from .scenarios import load_scenarios
 
 __all__ = ["CONFIG_ENV", "METRICS_ENV", "OTLP_ENV", "RECORDER_ENV", "create_app"]
 
-CONFIG_ENV = "MOCKFORGE_CONFIG"
-METRICS_ENV = "MOCKFORGE_METRICS"
-RECORDER_ENV = "MOCKFORGE_RECORDER_DB"
-OTLP_ENV = "MOCKFORGE_OTLP_ENDPOINT"
+CONFIG_ENV, METRICS_ENV, RECORDER_ENV = _env.CONFIG, _env.METRICS, _env.RECORDER_DB
+OTLP_ENV = _env.OTLP_ENDPOINT
 
 
 def create_app(
@@ -51,8 +50,13 @@ def create_app(
     Raises one ConfigError listing every problem of the file, environment and flags.
     """
     environ = os.environ if environ is None else environ
-    path = config_path or environ.get(CONFIG_ENV) or None
+    path = config_path or _env.text(CONFIG_ENV, environ)
     problems: list[str] = []
+    for switch in (METRICS_ENV, _env.DEBUG_HEADERS):
+        try:
+            _env.flag(switch, environ)
+        except ValueError as error:
+            problems.append(str(error))
     config = scenarios = routes = None
     try:
         config = load_config(
@@ -82,18 +86,18 @@ def create_app(
         admin_token=admin_token,
     )
     app: Any = chaos
-    recorder_db = recorder_db or environ.get(RECORDER_ENV) or None
+    recorder_db = recorder_db or _env.text(RECORDER_ENV, environ)
     if recorder_db is not None:
         from .recorder import Recorder, RecorderMiddleware
 
         app = RecorderMiddleware(app, Recorder(recorder_db), admin_token=admin_token)
     if metrics is None:
-        metrics = environ.get(METRICS_ENV, "").lower() in ("1", "true", "yes")
+        metrics = _env.flag(METRICS_ENV, environ)
     if metrics:
         from .metrics import MetricsMiddleware  # needs the `metrics` extra
 
         app = MetricsMiddleware(app, route_for=chaos.route_for, engine=chaos.engine)
-    otlp_endpoint = otlp_endpoint or environ.get(OTLP_ENV) or None
+    otlp_endpoint = otlp_endpoint or _env.text(OTLP_ENV, environ)
     if otlp_endpoint is not None:
         from .tracing import TracingMiddleware, setup_tracing  # needs the `otel` extra
 

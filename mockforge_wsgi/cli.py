@@ -22,15 +22,15 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.config import KNOWN_SETTINGS
 from gunicorn.util import import_app
 
+from . import _env
 from .admin import start_admin_listener
-from .api import MAX_HOLD_ENV
 from .app import METRICS_ENV, create_app
 from .config import ChaosConfig, ConfigError, longest_delay_s
 from .scenarios import BUILTIN_SCENARIOS, Scenario, ScenarioEngine, UnknownScenario, load_scenarios
 from .state import STORE_ENV, MemoryStore, Store, StoreError, store_from_env, store_from_url
 from .state.server_store import server_store_directory
 
-ADMIN_TOKEN_ENV = "MOCKFORGE_ADMIN_TOKEN"
+ADMIN_TOKEN_ENV, MAX_HOLD_ENV = _env.ADMIN_TOKEN, _env.MAX_HOLD_S
 DEFAULT_URL = "http://127.0.0.1:3000"
 # gunicorn's own default worker timeout; we only ever raise it.
 BASE_WORKER_TIMEOUT_S = 30
@@ -140,7 +140,7 @@ def _import_app(spec: str) -> Any:
     "--config",
     "config_path",
     type=click.Path(dir_okay=False),
-    envvar="MOCKFORGE_CONFIG",
+    envvar=_env.CONFIG,
     help="YAML config file.",
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
@@ -287,7 +287,7 @@ def serve(
     _check_port(host, port)
     if admin_port:
         _check_port(host, admin_port)
-    if admin_port is not None and not os.environ.get(STORE_ENV):
+    if admin_port is not None and not _env.text(STORE_ENV):
         # The master answers management calls: the workers (even one) must share its
         # store, the embedded one of this server.
         os.environ[STORE_ENV] = f"file://{server_store_directory(os.getpid())}"
@@ -341,7 +341,7 @@ def serve(
             otlp_endpoint=otlp_endpoint,
         )
 
-    url = os.environ.get(STORE_ENV, "")
+    url = _env.text(STORE_ENV) or ""
     if url:
         store = f"store {url}"
     elif workers > 1:
@@ -449,7 +449,7 @@ def _named_store() -> Store | None:
     """The store MOCKFORGE_STORE names, for the master to give back a dead worker's
     slots at once. Without one, several workers share the embedded store of this server
     (they find it themselves; its rows expire with their worker)."""
-    url = os.environ.get(STORE_ENV)
+    url = _env.text(STORE_ENV)
     if not url:
         return None
     store = store_from_url(url)
@@ -486,7 +486,7 @@ def _request(url: str, method: str, path: str, body: Any = None) -> Any:
         url.rstrip("/") + "/api/chaos" + path, data=data, method=method
     )
     request.add_header("Content-Type", "application/json")
-    token = os.environ.get(ADMIN_TOKEN_ENV)
+    token = _env.text(ADMIN_TOKEN_ENV)
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
@@ -506,7 +506,7 @@ def _show(data: Any) -> None:
 
 
 url_option = click.option(
-    "--url", default=DEFAULT_URL, show_default=True, envvar="MOCKFORGE_URL", help="The server."
+    "--url", default=DEFAULT_URL, show_default=True, envvar=_env.URL, help="The server."
 )
 
 

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
+
+from . import _env
 
 __all__ = [
     "ChaosApiError",
@@ -90,7 +91,7 @@ class ChaosClient:
         timeout_s: float = 30.0,
     ) -> None:
         self.url = url.rstrip("/")
-        self.token = token if token is not None else os.environ.get("MOCKFORGE_ADMIN_TOKEN")
+        self.token = token if token is not None else _env.text(_env.ADMIN_TOKEN)
         self.prefix = prefix
         self.timeout_s = timeout_s
 

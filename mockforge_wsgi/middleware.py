@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, RequestRedirect
 
-from . import header_control
+from . import _env, header_control
 from ._headers import REQUEST_ID_HEADER, REQUEST_ID_KEY, add_annotation, new_request_id
 from ._observe import CompletingBody, Once, content_length
 from ._sockets import BEFORE_CUT_KEY
@@ -29,7 +29,7 @@ from .patterns import PATTERN_COUNTER
 from .plan import NO_CHAOS, PLAN_ENVIRON_KEY, Plan, decide_plan
 from .rate_limit import RateLimiter, client_ip, render_refusal
 from .scenarios import NEVER, Scenario, ScenarioEngine
-from .state import STORE_ENV, MemoryStore, Store, StoreError, store_from_env
+from .state import MemoryStore, Store, StoreError, store_from_env
 from .state.server_store import server_store
 from .tracing import record_injections
 from .traffic_shaping import PacedBody, PacedInput, sleep_until
@@ -45,9 +45,7 @@ log = logging.getLogger("mockforge_wsgi")
 DEFAULT_EXEMPT_PATHS = (DEFAULT_API_PREFIX, "/metrics")
 CONNECTION_SLOTS = "connections"
 SEQUENCE_COUNTER = "sequence"  # numbers requests for per-request generators (with a seed)
-ADMIN_TOKEN_ENV = "MOCKFORGE_ADMIN_TOKEN"
 CONNECTION_LIMITED_KEY = "mockforge.connection_limited"  # for metrics: decided at apply
-DEBUG_HEADERS_ENV = "MOCKFORGE_DEBUG_HEADERS"
 WORKER_HEADER = "X-Mockforge-Worker"
 
 ERROR_LOG_INTERVAL_S = 60.0
@@ -99,12 +97,10 @@ class ChaosMiddleware:
         self._exempt_below = tuple(prefix + "/" for prefix in self.exempt_paths)
         self.rng = rng if rng is not None else random.Random(startup.seed)
         self._explicit_rng = rng is not None
-        self._admin_token = admin_token or os.environ.get(ADMIN_TOKEN_ENV) or None
+        self._admin_token = admin_token or _env.text(_env.ADMIN_TOKEN)
         # Named by the caller or MOCKFORGE_STORE: used as given. Else chosen on the first
         # request of each process, when the server says whether it runs several.
-        self._store_named = (
-            engine is not None or store is not None or bool(os.environ.get(STORE_ENV))
-        )
+        self._store_named = engine is not None or store is not None or bool(_env.text(_env.STORE))
         self._max_keys = startup.rate_limit.max_tracked_keys
         self._server_checked = False
         self._server_lock = threading.Lock()
@@ -120,7 +116,7 @@ class ChaosMiddleware:
         self._quiet_until = 0.0  # our own errors are logged at most once a minute
         # X-Mockforge-Worker: <pid> on every response with chaos: which worker decided.
         if debug_headers is None:
-            debug_headers = os.environ.get(DEBUG_HEADERS_ENV, "") in ("1", "true", "yes")
+            debug_headers = _env.flag(_env.DEBUG_HEADERS)
         self.debug_headers = debug_headers
         self._rule_configs: tuple[ChaosConfig, list[ChaosConfig]] | None = None
         # The management API answers under its prefix before any chaos is considered.

@@ -30,6 +30,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import _env
 from ._headers import REQUEST_ID_KEY, bearer_matches, new_request_id
 from ._kinds import shown, strict_json
 from ._observe import observe
@@ -58,7 +59,6 @@ FLUSH_EVERY_S = 0.2
 MAX_LIMIT = 1000
 MAX_OFFSET = 10_000_000  # max_rows' own bound: no table holds more
 EXPORT_PAGE = 1000
-ADMIN_TOKEN_ENV = "MOCKFORGE_ADMIN_TOKEN"
 FILTERS = (
     "status_code",
     "path_prefix",
@@ -248,7 +248,7 @@ class RecorderMiddleware:
         self.recorder = recorder
         self.prefix = prefix.rstrip("/")
         # Request data (paths, client addresses): with a token set, only for its holder.
-        self.admin_token = admin_token or os.environ.get(ADMIN_TOKEN_ENV) or None
+        self.admin_token = admin_token or _env.text(_env.ADMIN_TOKEN)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")

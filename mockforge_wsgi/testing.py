@@ -22,6 +22,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, ClassVar
 
+from . import _env
 from .client import ChaosClient
 
 __all__ = ["ChaosServer", "ChaosTestCase"]
@@ -98,7 +99,7 @@ class ChaosTestCase:
     @classmethod
     def setUpClass(cls) -> None:
         super().setUpClass()  # type: ignore[misc]
-        url = cls.chaos_url or os.environ.get("MOCKFORGE_URL")
+        url = cls.chaos_url or _env.text(_env.URL)
         if url is None:
             cls.chaos_server = ChaosServer(app=cls.chaos_app)
             url = cls.chaos_server.start()

@@ -6,10 +6,10 @@ implement :class:`Store`, chosen by URL (``MOCKFORGE_STORE``).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from urllib.parse import unquote, urlsplit
 
+from .. import _env
 from .base import StateTooLarge, Store, StoreError
 from .embedded import EmbeddedStore
 from .gcra import Bucket, BucketOutcome
@@ -28,7 +28,7 @@ __all__ = [
     "store_from_url",
 ]
 
-STORE_ENV = "MOCKFORGE_STORE"
+STORE_ENV = _env.STORE
 
 
 def store_from_url(url: str, *, max_keys: int = 100_000) -> Store:
@@ -50,5 +50,5 @@ def store_from_url(url: str, *, max_keys: int = 100_000) -> Store:
 
 def store_from_env(environ: Mapping[str, str] | None = None, *, max_keys: int = 100_000) -> Store:
     """The store ``MOCKFORGE_STORE`` names, else this process's memory."""
-    url = (os.environ if environ is None else environ).get(STORE_ENV)
+    url = _env.text(STORE_ENV, environ)
     return store_from_url(url, max_keys=max_keys) if url else MemoryStore(max_keys=max_keys)

@@ -21,19 +21,20 @@ import stat
 import tempfile
 from pathlib import Path
 
+from .. import _env
 from ._process import is_alive, start_time
 from .base import StoreError
 from .embedded import EmbeddedStore
 
 __all__ = ["RUNTIME_DIR_ENV", "remove_stale", "server_store", "server_store_directory"]
 
-RUNTIME_DIR_ENV = "MOCKFORGE_RUNTIME_DIR"
+RUNTIME_DIR_ENV = _env.RUNTIME_DIR
 _NAME = re.compile(r"(\d+)-(\d+)")
 
 
 def base_directory() -> Path:
     """Where servers' stores live: one directory per user, private to them."""
-    configured = os.environ.get(RUNTIME_DIR_ENV)
+    configured = _env.text(RUNTIME_DIR_ENV)
     if configured:
         root = Path(configured)
     else:
