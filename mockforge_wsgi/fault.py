@@ -14,9 +14,9 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
-from werkzeug.http import HTTP_STATUS_CODES
 
 from . import _sockets
+from ._answers import answer
 from ._headers import add_annotation
 from ._observe import content_length
 from .config import FaultInjectionConfig
@@ -146,17 +146,8 @@ def render_fault(
         return reset_or_cut(environ, start_response, extra_headers, "injected connection reset")
     if fault.kind == "timeout":
         sleep_ms(fault.hold_ms)
-    status = fault.status or 500
     body, content_type = fault_body(fault, config)
-    start_response(
-        _status_line(status),
-        [
-            ("Content-Type", content_type),
-            ("Content-Length", str(len(body))),
-            *extra_headers,
-        ],
-    )
-    return [body]
+    return answer(start_response, fault.status or 500, body, content_type, extra_headers)
 
 
 def reset_or_cut(
@@ -191,10 +182,6 @@ def reset_or_cut(
         ],
     )
     return []
-
-
-def _status_line(status: int) -> str:
-    return f"{status} {HTTP_STATUS_CODES.get(status, 'Injected Fault')}"
 
 
 class PartialBody:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 import os
 import random
@@ -18,6 +17,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, RequestRedirect
 
 from . import _env, header_control
+from ._answers import answer, answer_json
 from ._headers import REQUEST_ID_HEADER, REQUEST_ID_KEY, add_annotation, new_request_id
 from ._observe import CompletingBody, Once, content_length
 from ._sockets import BEFORE_CUT_KEY
@@ -436,34 +436,24 @@ def _with_headers(start_response: StartResponse, extra: list[tuple[str, str]]) -
     return start_response_with_headers
 
 
-def _answer_json(
-    start_response: StartResponse, status: str, body: bytes, headers: list[tuple[str, str]]
-) -> Iterable[bytes]:
-    """An answer of our own (not the app's): a JSON body with a truthful Content-Length."""
-    start_response(
-        status,
-        [("Content-Type", "application/json"), ("Content-Length", str(len(body))), *headers],
-    )
-    return [body]
-
-
 def _render_busy(start_response: StartResponse, extra: list[tuple[str, str]]) -> Iterable[bytes]:
     body = b'{"error":"too many connections","injected_by":"mockforge"}'
     headers = [("Retry-After", "1"), *add_annotation(extra, "connection_limit=full")]
-    return _answer_json(start_response, "503 Service Unavailable", body, headers)
+    return answer(start_response, 503, body, headers=headers)
 
 
 def _render_bad_headers(start_response: StartResponse, problems: list[str]) -> Iterable[bytes]:
     """A chaos request header we cannot honour: say which, change nothing."""
-    body = json.dumps({"error": "invalid chaos headers", "problems": problems}).encode()
-    return _answer_json(start_response, "400 Bad Request", body, [])
+    return answer_json(
+        start_response, 400, {"error": "invalid chaos headers", "problems": problems}
+    )
 
 
 def _render_store_down(start_response: StartResponse) -> Iterable[bytes]:
     """on_store_error: closed. Not chaos: the store we need is gone, and we say so."""
     body = b'{"error":"chaos store unreachable","injected_by":"mockforge"}'
     headers = [("X-Mockforge-Chaos", "store=unreachable")]
-    return _answer_json(start_response, "503 Service Unavailable", body, headers)
+    return answer(start_response, 503, body, headers=headers)
 
 
 def route_resolver(app: Any) -> RouteResolver:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import json
 import math
 import os
 import threading
@@ -17,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
+from ._answers import answer_json
 from .config import RateLimitConfig
 from .state import Bucket, BucketOutcome, Store
 from .state.gcra import new
@@ -290,19 +290,11 @@ def render_refusal(
     extra_headers: list[tuple[str, str]],
 ) -> Iterable[bytes]:
     """The 429 answer: a JSON body; ``extra_headers`` carry Retry-After and RateLimit-*."""
-    body = json.dumps(
-        {
-            "error": "rate limit exceeded",
-            "level": verdict.level,
-            "limit": verdict.outcome.limit,
-            "retry_after_s": verdict.retry_after,
-            "injected_by": "mockforge",
-        }
-    ).encode()
-    headers = [
-        ("Content-Type", "application/json"),
-        ("Content-Length", str(len(body))),
-        *extra_headers,
-    ]
-    start_response("429 Too Many Requests", headers)
-    return [body]
+    data = {
+        "error": "rate limit exceeded",
+        "level": verdict.level,
+        "limit": verdict.outcome.limit,
+        "retry_after_s": verdict.retry_after,
+        "injected_by": "mockforge",
+    }
+    return answer_json(start_response, 429, data, extra_headers)

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import _env
+from ._answers import answer, answer_json
 from ._headers import REQUEST_ID_KEY, bearer_matches, new_request_id
 from ._kinds import shown, strict_json
 from ._observe import observe
@@ -286,7 +287,9 @@ class RecorderMiddleware:
             str(environ.get("HTTP_AUTHORIZATION", "")), self.admin_token
         ):
             problems = ["Authorization: a valid Bearer token is required"]
-            return _answer(start_response, 401, {"error": "unauthorized", "problems": problems})
+            return answer_json(
+                start_response, 401, {"error": "unauthorized", "problems": problems}
+            )
         if route == "/search" and method == "POST":
             try:
                 length = int(environ.get("CONTENT_LENGTH") or 0)
@@ -295,18 +298,18 @@ class RecorderMiddleware:
                 raw = environ["wsgi.input"].read(length) if length else b"{}"
                 filters = strict_json(raw or b"{}")
             except ValueError as error:
-                return _answer(
+                return answer_json(
                     start_response,
                     400,
                     {"error": "invalid request", "problems": [f"body: not valid JSON ({error})"]},
                 )
             problems = _filter_problems(filters)
             if problems:
-                return _answer(
+                return answer_json(
                     start_response, 400, {"error": "invalid request", "problems": problems}
                 )
             rows = self.recorder.search(filters)
-            return _answer(start_response, 200, {"count": len(rows), "requests": rows})
+            return answer_json(start_response, 200, {"count": len(rows), "requests": rows})
         if route == "/export" and method == "GET":
             query = dict(
                 part.split("=", 1)
@@ -319,7 +322,7 @@ class RecorderMiddleware:
                 return _csv_lines(exported)
             start_response("200 OK", [("Content-Type", "application/x-ndjson")])
             return ((json.dumps(row) + "\n").encode() for row in exported)
-        return _answer(
+        return answer_json(
             start_response, 404, {"error": "not found", "problems": [f"path: {route!r}"]}
         )
 
@@ -340,16 +343,5 @@ def _csv_lines(rows: Iterable[dict[str, Any]]) -> Iterator[bytes]:
     yield buffer.getvalue().encode()  # the header alone, when there are no rows
 
 
-def _answer(start_response: StartResponse, status: int, data: Any) -> Iterable[bytes]:
-    reasons = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found"}
-    return _text(
-        start_response, json.dumps(data), "application/json", f"{status} {reasons[status]}"
-    )
-
-
-def _text(
-    start_response: StartResponse, text: str, content_type: str, status: str = "200 OK"
-) -> Iterable[bytes]:
-    body = text.encode()
-    start_response(status, [("Content-Type", content_type), ("Content-Length", str(len(body)))])
-    return [body]
+def _text(start_response: StartResponse, text: str, content_type: str) -> Iterable[bytes]:
+    return answer(start_response, 200, text.encode(), content_type)
