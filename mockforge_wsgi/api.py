@@ -24,21 +24,19 @@ from werkzeug.exceptions import HTTPException
 from . import _env
 from ._headers import bearer_matches
 from ._kinds import Check, Kind, shown, strict_json
+from ._sections import URL_SEGMENTS
 from ._version import __version__
 from .config import (
     SECTION_CLASSES,
     ChaosConfig,
     ConfigError,
-    FaultInjectionConfig,
-    LatencyConfig,
-    RateLimitConfig,
-    TrafficShapingConfig,
     config_from_dict,
     iter_settings,
     longest_delay_s,
 )
 from .scenarios import MAX_DURATION_S, ScenarioEngine, UnknownScenario, scenario_from_dict
 from .state import StateTooLarge, StoreError
+from .state.base import CONNECTION_SLOTS
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -54,10 +52,7 @@ MAX_BODY_BYTES = 64 * 1024
 
 # URL segment -> (config attribute, section class)
 SECTIONS: dict[str, tuple[str, type[Any]]] = {
-    "latency": ("latency", LatencyConfig),
-    "faults": ("fault_injection", FaultInjectionConfig),
-    "rate-limit": ("rate_limit", RateLimitConfig),
-    "traffic": ("traffic_shaping", TrafficShapingConfig),
+    segment: (name, SECTION_CLASSES[name]) for segment, name in URL_SEGMENTS.items()
 }
 
 
@@ -292,7 +287,7 @@ def stats() -> Response:
         {
             "counters": store.counters(),
             "rate_limit_keys": store.tracked_keys(),
-            "connections_in_use": store.slots_in_use("connections"),
+            "connections_in_use": store.slots_in_use(CONNECTION_SLOTS),
             "worker": os.getpid(),  # which worker answered: handy with several
         }
     )

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from . import _env
+from ._sections import URL_SEGMENTS
 
 __all__ = [
     "ChaosApiError",
@@ -34,19 +35,9 @@ __all__ = [
     "Unauthorized",
 ]
 
-SECTIONS = {
-    "latency": "latency",
-    "faults": "faults",
-    "rate_limit": "rate-limit",
-    "traffic": "traffic",
-}
-# Section name here -> its name in the config (and in /status "overrides").
-ATTRIBUTES = {
-    "latency": "latency",
-    "faults": "fault_injection",
-    "rate_limit": "rate_limit",
-    "traffic": "traffic_shaping",
-}
+# The client's section name ("rate_limit") -> its URL segment, and its config attribute.
+SECTIONS = {segment.replace("-", "_"): segment for segment in URL_SEGMENTS}
+ATTRIBUTES = {segment.replace("-", "_"): name for segment, name in URL_SEGMENTS.items()}
 
 
 class ChaosApiError(Exception):

@@ -30,6 +30,7 @@ from .plan import NO_CHAOS, PLAN_ENVIRON_KEY, Plan, decide_plan
 from .rate_limit import RateLimiter, client_ip, render_refusal
 from .scenarios import NEVER, Scenario, ScenarioEngine
 from .state import MemoryStore, Store, StoreError, store_from_env
+from .state.base import CONNECTION_SLOTS
 from .state.server_store import server_store
 from .tracing import record_injections
 from .traffic_shaping import PacedBody, PacedInput, sleep_until
@@ -43,7 +44,6 @@ log = logging.getLogger("mockforge_wsgi")
 
 # The management API and metrics must stay reachable: a user can always turn chaos off.
 DEFAULT_EXEMPT_PATHS = (DEFAULT_API_PREFIX, "/metrics")
-CONNECTION_SLOTS = "connections"
 SEQUENCE_COUNTER = "sequence"  # numbers requests for per-request generators (with a seed)
 CONNECTION_LIMITED_KEY = "mockforge.connection_limited"  # for metrics: decided at apply
 WORKER_HEADER = "X-Mockforge-Worker"

@@ -14,7 +14,10 @@ from typing import Any
 
 from .gcra import Bucket, BucketOutcome
 
-__all__ = ["StateTooLarge", "Store", "StoreError"]
+__all__ = ["CONNECTION_SLOTS", "StateTooLarge", "Store", "StoreError"]
+
+# The slots of the server-wide connection limit (traffic_shaping.max_connections).
+CONNECTION_SLOTS = "connections"
 
 
 class StoreError(RuntimeError):

@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-from .base import Store, StoreError
+from .base import CONNECTION_SLOTS, Store, StoreError
 from .gcra import Bucket, BucketOutcome
 
 __all__ = ["RedisStore"]
@@ -434,10 +434,11 @@ class RedisStore(Store):
 
     def release_worker(self, pid: int) -> None:
         worker = f"{socket.gethostname()}:{pid}"
+        counts, written_at = self._slot_keys(CONNECTION_SLOTS)
 
         def forget() -> None:
-            self._redis.hdel(self._key("slots:connections"), worker)
-            self._redis.hdel(self._key("slots-at:connections"), worker)
+            self._redis.hdel(counts, worker)
+            self._redis.hdel(written_at, worker)
 
         self._call(forget)
 
