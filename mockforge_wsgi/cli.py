@@ -13,7 +13,6 @@ import socket
 import sys
 import tempfile
 import urllib.error
-import urllib.request
 from collections.abc import Iterable
 from typing import Any
 
@@ -25,6 +24,7 @@ from gunicorn.util import import_app
 from . import _env
 from .admin import start_admin_listener
 from .app import METRICS_ENV, create_app
+from .client import ChaosApiError, ChaosClient
 from .config import ChaosConfig, ConfigError, longest_delay_s
 from .scenarios import BUILTIN_SCENARIOS, Scenario, ScenarioEngine, UnknownScenario, load_scenarios
 from .state import STORE_ENV, MemoryStore, Store, StoreError, store_from_env, store_from_url
@@ -481,24 +481,16 @@ _CAN_DISABLE_CONTROL_SOCKET = any(s.name == "control_socket_disable" for s in KN
 
 
 def _request(url: str, method: str, path: str, body: Any = None) -> Any:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(
-        url.rstrip("/") + "/api/chaos" + path, data=data, method=method
-    )
-    request.add_header("Content-Type", "application/json")
-    token = _env.text(ADMIN_TOKEN_ENV)
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
+    """One management call through the client (admin token from the environment); a
+    refusal or an unreachable server is one line on stderr and exit status 1."""
+    client = ChaosClient(url)
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as error:
-        detail = error.read().decode(errors="replace")
-        click.echo(f"{method} {request.full_url}: {error.code} {detail}", err=True)
-        sys.exit(1)
+        return client.call(method, path, body)
+    except ChaosApiError as error:
+        click.echo(f"{method} {client.url}{client.prefix}{path}: {error}", err=True)
     except urllib.error.URLError as error:
         click.echo(f"cannot reach {url}: {error.reason}", err=True)
-        sys.exit(1)
+    sys.exit(1)
 
 
 def _show(data: Any) -> None:

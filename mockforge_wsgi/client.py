@@ -86,7 +86,10 @@ class ChaosClient:
         self.prefix = prefix
         self.timeout_s = timeout_s
 
-    def _call(self, method: str, path: str, body: Any = None) -> Any:
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        """One request to the management API (``path`` below its prefix); the decoded
+        JSON answer. Raises the ``ChaosApiError`` of the status; ``urllib.error.URLError``
+        when the server cannot be reached."""
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(self.url + self.prefix + path, data=data, method=method)
         request.add_header("Content-Type", "application/json")
@@ -108,69 +111,69 @@ class ChaosClient:
     # -- one method per route ---------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        return self._call("GET", "/status")  # type: ignore[no-any-return]
+        return self.call("GET", "/status")  # type: ignore[no-any-return]
 
     def enable(self) -> None:
-        self._call("POST", "/enable")
+        self.call("POST", "/enable")
 
     def disable(self) -> None:
-        self._call("POST", "/disable")
+        self.call("POST", "/disable")
 
     def reset(self) -> dict[str, Any]:
-        return self._call("POST", "/reset")  # type: ignore[no-any-return]
+        return self.call("POST", "/reset")  # type: ignore[no-any-return]
 
     def config(self) -> dict[str, Any]:
-        return self._call("GET", "/config")  # type: ignore[no-any-return]
+        return self.call("GET", "/config")  # type: ignore[no-any-return]
 
     def set_config(self, config: dict[str, Any]) -> dict[str, Any]:
-        return self._call("PUT", "/config", config)  # type: ignore[no-any-return]
+        return self.call("PUT", "/config", config)  # type: ignore[no-any-return]
 
     def section(self, name: str) -> dict[str, Any]:
         """``latency``, ``faults``, ``rate_limit`` or ``traffic``."""
-        return self._call("GET", f"/config/{SECTIONS[name]}")  # type: ignore[no-any-return]
+        return self.call("GET", f"/config/{SECTIONS[name]}")  # type: ignore[no-any-return]
 
     def set_section(self, name: str, values: dict[str, Any]) -> dict[str, Any]:
         """Replace a section (unset fields take their defaults)."""
-        return self._call("PUT", f"/config/{SECTIONS[name]}", values)  # type: ignore[no-any-return]
+        return self.call("PUT", f"/config/{SECTIONS[name]}", values)  # type: ignore[no-any-return]
 
     def update_section(self, name: str, **values: Any) -> dict[str, Any]:
         """Merge into a section."""
-        return self._call("PATCH", f"/config/{SECTIONS[name]}", values)  # type: ignore[no-any-return]
+        return self.call("PATCH", f"/config/{SECTIONS[name]}", values)  # type: ignore[no-any-return]
 
     def clear_override(self, name: str) -> dict[str, Any]:
         """Drop a change made to a section while a scenario runs: the scenario's own
         section applies again (nothing to drop without a scenario)."""
-        return self._call("DELETE", f"/config/{SECTIONS[name]}")  # type: ignore[no-any-return]
+        return self.call("DELETE", f"/config/{SECTIONS[name]}")  # type: ignore[no-any-return]
 
     def scenarios(self) -> list[dict[str, Any]]:
-        return self._call("GET", "/scenarios")["scenarios"]  # type: ignore[no-any-return]
+        return self.call("GET", "/scenarios")["scenarios"]  # type: ignore[no-any-return]
 
     def define_scenario(self, name: str, **scenario: Any) -> dict[str, Any]:
-        return self._call("POST", "/scenarios", {"name": name, **scenario})  # type: ignore[no-any-return]
+        return self.call("POST", "/scenarios", {"name": name, **scenario})  # type: ignore[no-any-return]
 
     def start_scenario(
         self, name: str, *, duration_s: float | None = None, ramp_s: float | None = None
     ) -> dict[str, Any]:
         timing = {k: v for k, v in (("duration_s", duration_s), ("ramp_s", ramp_s)) if v}
-        return self._call("POST", f"/scenarios/{name}", timing)["active"]  # type: ignore[no-any-return]
+        return self.call("POST", f"/scenarios/{name}", timing)["active"]  # type: ignore[no-any-return]
 
     def active_scenario(self) -> dict[str, Any] | None:
-        return self._call("GET", "/scenarios/active")["active"]  # type: ignore[no-any-return]
+        return self.call("GET", "/scenarios/active")["active"]  # type: ignore[no-any-return]
 
     def stop_scenario(self, name: str | None = None) -> None:
-        self._call("DELETE", f"/scenarios/{name}" if name else "/scenarios")
+        self.call("DELETE", f"/scenarios/{name}" if name else "/scenarios")
 
     def schedule(self) -> list[dict[str, Any]]:
-        return self._call("GET", "/schedule")["schedule"]  # type: ignore[no-any-return]
+        return self.call("GET", "/schedule")["schedule"]  # type: ignore[no-any-return]
 
     def set_schedule(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return self._call("PUT", "/schedule", entries)["schedule"]  # type: ignore[no-any-return]
+        return self.call("PUT", "/schedule", entries)["schedule"]  # type: ignore[no-any-return]
 
     def stats(self) -> dict[str, Any]:
-        return self._call("GET", "/stats")  # type: ignore[no-any-return]
+        return self.call("GET", "/stats")  # type: ignore[no-any-return]
 
     def openapi(self) -> dict[str, Any]:
-        return self._call("GET", "/openapi.json")  # type: ignore[no-any-return]
+        return self.call("GET", "/openapi.json")  # type: ignore[no-any-return]
 
     # -- context managers: the previous state comes back, even when the body raises ---
 
