@@ -24,7 +24,7 @@ from werkzeug.exceptions import HTTPException
 from . import _env
 from ._headers import bearer_matches
 from ._kinds import Check, Kind, shown, strict_json
-from ._sections import URL_SEGMENTS
+from ._sections import DEFAULT_PREFIX, URL_SEGMENTS
 from ._version import __version__
 from .config import (
     SECTION_CLASSES,
@@ -46,7 +46,6 @@ __all__ = [
     "create_management_app",
 ]
 
-DEFAULT_PREFIX = "/api/chaos"
 MAX_BODY_BYTES = 64 * 1024
 # The longest this server's workers can hold a request (sync workers: gunicorn's timeout).
 

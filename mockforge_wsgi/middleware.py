@@ -20,9 +20,8 @@ from . import _env, header_control
 from ._answers import answer, answer_json
 from ._headers import REQUEST_ID_HEADER, REQUEST_ID_KEY, add_annotation, new_request_id
 from ._observe import CompletingBody, Once, content_length
+from ._sections import DEFAULT_PREFIX as DEFAULT_API_PREFIX
 from ._sockets import BEFORE_CUT_KEY
-from .api import DEFAULT_PREFIX as DEFAULT_API_PREFIX
-from .api import create_management_app
 from .config import ChaosConfig, apply_rule
 from .fault import PartialBody, render_fault, reset_or_cut
 from .patterns import PATTERN_COUNTER
@@ -124,6 +123,10 @@ class ChaosMiddleware:
         self._api_root = (api_prefix or "").rstrip("/")
         self._api_below = self._api_root + "/"
         if api_prefix:
+            # Flask is imported here, where the API is mounted: the chaos core (decide,
+            # apply) does not need it, and api_prefix=None keeps it out of the process.
+            from .api import create_management_app
+
             self.management = create_management_app(
                 engine,
                 prefix=self._api_root,

@@ -374,3 +374,25 @@ def test_an_admitted_request_carries_rate_limit_headers_and_an_id_but_no_annotat
     assert response.headers["X-RateLimit-Limit"] == "5"
     assert len(response.headers["X-Mockforge-Request-Id"]) == 16
     assert "X-Mockforge-Chaos" not in response.headers
+
+
+def test_the_chaos_core_runs_without_importing_flask() -> None:
+    """Decide and apply need no web framework: Flask comes in with the management API."""
+    import subprocess
+
+    script = """
+import sys
+from werkzeug.test import Client
+from mockforge_wsgi import load_config
+from mockforge_wsgi.middleware import ChaosMiddleware
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Length", "2")])
+    return [b"ok"]
+latency = {"enabled": True, "fixed_delay_ms": 1}
+config = load_config(environ={}, overrides={"enabled": True, "latency": latency})
+response = Client(ChaosMiddleware(app, config=config, api_prefix=None)).get("/")
+assert response.headers["X-Mockforge-Chaos"] == "latency=1ms", response.headers
+assert "flask" not in sys.modules, "flask was imported"
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
