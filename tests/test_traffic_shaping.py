@@ -22,6 +22,7 @@ from wsgi_apps import base_app
 from mockforge_wsgi import load_config
 from mockforge_wsgi.config import TrafficShapingConfig
 from mockforge_wsgi.middleware import CONNECTION_SLOTS, ChaosMiddleware
+from mockforge_wsgi.state import MemoryStore
 from mockforge_wsgi.traffic_shaping import (
     INITIAL_RTO_S,
     SEGMENT_BYTES,
@@ -421,3 +422,23 @@ def test_a_sequential_client_never_meets_a_busy_server(
             outcomes[_one_request(port, "/bytes/2000")] += 1
     assert outcomes["503"] == 0, outcomes
     assert outcomes["200"] > 100, outcomes
+
+
+def test_a_waiting_request_gets_a_freed_slot_at_once() -> None:
+    """A release wakes a waiter: it does not sleep out its queue timeout."""
+    store = MemoryStore()
+    assert store.acquire_slot(CONNECTION_SLOTS, 1, 0)
+    waited: list[float] = []
+
+    def wait() -> None:
+        start = time.monotonic()
+        assert store.acquire_slot(CONNECTION_SLOTS, 1, 5.0)
+        waited.append(time.monotonic() - start)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    time.sleep(0.1)
+    store.release_slot(CONNECTION_SLOTS)
+    waiter.join(10)
+    assert waited and waited[0] < 1.0, waited
+    assert store.slots_in_use(CONNECTION_SLOTS) == 1

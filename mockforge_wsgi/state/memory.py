@@ -32,6 +32,7 @@ class MemoryStore(Store):
         self._tats: OrderedDict[str, float] = OrderedDict()
         self._slots: dict[str, int] = {}
         self._slot_freed = threading.Condition(self._lock)
+        self._waiting = 0  # threads waiting for a slot (changed under the lock)
         self._counters: dict[str, int] = {}
         self._state: dict[str, Any] | None = None
         self._version = 0
@@ -80,9 +81,13 @@ class MemoryStore(Store):
             if self._slots.get(name, 0) < limit:  # a free slot: no waiting to set up
                 self._slots[name] = self._slots.get(name, 0) + 1
                 return True
-            taken = self._slot_freed.wait_for(
-                lambda: self._slots.get(name, 0) < limit, timeout=max(timeout_s, 0.0)
-            )
+            self._waiting += 1
+            try:
+                taken = self._slot_freed.wait_for(
+                    lambda: self._slots.get(name, 0) < limit, timeout=max(timeout_s, 0.0)
+                )
+            finally:
+                self._waiting -= 1
             if not taken:
                 return False
             self._slots[name] = self._slots.get(name, 0) + 1
@@ -91,7 +96,8 @@ class MemoryStore(Store):
     def release_slot(self, name: str) -> None:
         with self._slot_freed:
             self._slots[name] = max(self._slots.get(name, 0) - 1, 0)
-            self._slot_freed.notify()
+            if self._waiting:  # Condition.notify is ~0.5 us even with nobody waiting
+                self._slot_freed.notify()
 
     def slots_in_use(self, name: str) -> int:
         with self._lock:
