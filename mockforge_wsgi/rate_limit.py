@@ -14,7 +14,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._answers import answer_json
 from .config import RateLimitConfig
@@ -76,6 +76,7 @@ class RateLimitVerdict(NamedTuple):
 LEASE_WINDOW_S = 0.01
 LEASE_TTL_S = 0.05
 MAX_LEASES = 4096  # per process (a lease per client IP or endpoint); the oldest goes
+MAX_KNOWN_CONFIGS = 64  # rate-limit configs whose levels are kept (the global one, rules)
 
 
 class _Lease:
@@ -133,7 +134,8 @@ class RateLimiter:
         self._config: RateLimitConfig | None = None
         self._levels = _levels(RateLimitConfig())
         self._leased = False
-        self._leases: OrderedDict[str, _Lease] = OrderedDict()
+        self._leases: OrderedDict[Any, _Lease] = OrderedDict()
+        self._known: dict[int, tuple[RateLimitConfig, _Levels, bool]] = {}
         self._leases_pid = os.getpid()
         self._lease_lock = threading.Lock()
 
@@ -142,10 +144,7 @@ class RateLimiter:
     ) -> RateLimitVerdict | None:
         """None when no level is enabled; else the verdict (the store is charged if allowed)."""
         if config is not self._config:  # configs are frozen: identity is enough
-            self._levels, self._config = _levels(config), config
-            self._leased = config.store_mode == "lease" and self.store.shared
-            with self._lease_lock:  # a change (a reset among them) starts afresh
-                self._leases.clear()
+            self._switch_to(config)
         levels = self._levels
         buckets: Sequence[Bucket] = levels.global_buckets
         if levels.keyed:
@@ -163,12 +162,29 @@ class RateLimiter:
             index, outcome = self.store.acquire(buckets, now)
         return new(RateLimitVerdict, (levels.names[index], outcome))  # type: ignore[no-any-return]
 
+    def _switch_to(self, config: RateLimitConfig) -> None:
+        """Levels of ``config``, computed once per config object. Per-route rules switch
+        between a few configs request by request; a config never seen before is a change
+        of the state (a reset among them), and the leases of the old one are dropped."""
+        known = self._known.get(id(config))
+        if known is None or known[0] is not config:
+            leased = config.store_mode == "lease" and self.store.shared
+            known = (config, _levels(config), leased)
+            if len(self._known) >= MAX_KNOWN_CONFIGS:
+                self._known.clear()
+            self._known[id(config)] = known
+            with self._lease_lock:
+                self._leases.clear()
+        _, self._levels, self._leased = known
+        self._config = config
+
     def _from_lease(
         self, buckets: Sequence[Bucket], size: int, now: float
     ) -> tuple[int, BucketOutcome]:
         """Spend a token this process already holds, or take a new lease in one store
         call (giving back an expired lease's unspent tokens in the same call)."""
-        key = buckets[0].key if len(buckets) == 1 else "\n".join(b.key for b in buckets)
+        # By bucket, not key alone: a rule's limit may name the same key at another rate.
+        key = buckets[0] if len(buckets) == 1 else tuple(buckets)
         with self._lease_lock:
             if self._leases_pid != os.getpid():  # forked: the parent's leases are its own
                 self._leases.clear()

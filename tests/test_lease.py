@@ -228,3 +228,24 @@ def test_four_processes_on_redis_get_one_limit(redis_server: RedisServer) -> Non
     expected = 100 + 5_000 * seconds
     # Redis's clock and this host's are one here; a lease's grant counts on Redis's.
     assert 0.97 * expected <= admitted <= expected + 1, (admitted, expected)
+
+
+def test_configs_taking_turns_keep_their_leases(tmp_path: Path) -> None:
+    """Per-route rules switch the limiter between configs request by request: leases
+    survive it (dropping them each time would lose their tokens, admitting far fewer)."""
+    store = CountingStore(EmbeddedStore(tmp_path))
+    limiter = limiter_on(store)
+    route = RateLimitConfig(enabled=True, requests_per_second=10_000, burst_size=100)
+    other = attrs.evolve(route)  # another rule's config: equal, not the same object
+    limiter.check(route, "", "", 50.0)  # a lease of 25 (a quarter of the burst)
+    # A config never seen is a change of the state: that lease is dropped (24 tokens),
+    # and another taken. From here on both configs are known.
+    limiter.check(other, "", "", 50.0)
+    takes = len(store.takes)
+    admitted = sum(
+        bool(limiter.check(config, "", "", 50.0).allowed)  # type: ignore[union-attr]
+        for _ in range(100)
+        for config in (route, other)
+    )
+    assert admitted == 100 - 25 - 1  # every token left, not a lease's first per switch
+    assert len(store.takes) - takes <= 100 // 25 + 2  # about one take per lease of 25
