@@ -131,9 +131,10 @@ class RateLimiter:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._config: RateLimitConfig | None = None
-        self._levels = _levels(RateLimitConfig())
-        self._leased = False
+        # (config, its levels, leased?) of the last check, replaced whole: threads that
+        # switch configs concurrently each read a matching triple.
+        default = RateLimitConfig()
+        self._current: tuple[RateLimitConfig, _Levels, bool] = (default, _levels(default), False)
         self._leases: OrderedDict[Any, _Lease] = OrderedDict()
         self._known: dict[int, tuple[RateLimitConfig, _Levels, bool]] = {}
         self._leases_pid = os.getpid()
@@ -143,9 +144,10 @@ class RateLimiter:
         self, config: RateLimitConfig, client: str, endpoint: str, now: float
     ) -> RateLimitVerdict | None:
         """None when no level is enabled; else the verdict (the store is charged if allowed)."""
-        if config is not self._config:  # configs are frozen: identity is enough
-            self._switch_to(config)
-        levels = self._levels
+        current = self._current
+        if current[0] is not config:  # configs are frozen: identity is enough
+            current = self._switch_to(config)
+        _, levels, leased = current
         buckets: Sequence[Bucket] = levels.global_buckets
         if levels.keyed:
             keyed = list(buckets)
@@ -156,13 +158,13 @@ class RateLimiter:
             buckets = keyed
         if not buckets:
             return None
-        if self._leased:
+        if leased:
             index, outcome = self._from_lease(buckets, levels.lease_size, now)
         else:
             index, outcome = self.store.acquire(buckets, now)
         return new(RateLimitVerdict, (levels.names[index], outcome))  # type: ignore[no-any-return]
 
-    def _switch_to(self, config: RateLimitConfig) -> None:
+    def _switch_to(self, config: RateLimitConfig) -> tuple[RateLimitConfig, _Levels, bool]:
         """Levels of ``config``, computed once per config object. Per-route rules switch
         between a few configs request by request; a config never seen before is a change
         of the state (a reset among them), and the leases of the old one are dropped."""
@@ -175,8 +177,8 @@ class RateLimiter:
             self._known[id(config)] = known
             with self._lease_lock:
                 self._leases.clear()
-        _, self._levels, self._leased = known
-        self._config = config
+        self._current = known
+        return known
 
     def _from_lease(
         self, buckets: Sequence[Bucket], size: int, now: float
