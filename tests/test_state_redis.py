@@ -62,6 +62,21 @@ def test_event_counts_go_in_batches_and_are_read_whole(redis_server: RedisServer
     assert stats["cmdstat_hincrby"]["calls"] <= 20, stats["cmdstat_hincrby"]  # not 1,001
 
 
+def test_a_worker_exiting_right_after_counting_still_sends_its_counts(
+    redis_server: RedisServer,
+) -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; from mockforge_wsgi.state import store_from_url; "
+        "store_from_url(sys.argv[1]).count(['latency', 'latency', 'rate_limited'])"
+    )
+    subprocess.run([sys.executable, "-c", script, redis_server.url], check=True, timeout=30)
+    counts = store_from_url(redis_server.url).counters()
+    assert counts == {"latency": 2, "rate_limited": 1}
+
+
 def test_outage_fails_fast_and_recovers(redis_server: RedisServer) -> None:
     store = store_from_url(redis_server.url)
     assert isinstance(store, RedisStore)

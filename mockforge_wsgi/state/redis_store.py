@@ -24,6 +24,7 @@ import os
 import socket
 import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
@@ -210,11 +211,7 @@ class RedisStore(Store):
         self._pending_lock = threading.Lock()
         self._flusher_pid = 0
         self._wake = threading.Event()
-        atexit.register(self._flush_at_exit)
-
-    def _flush_at_exit(self) -> None:
-        with contextlib.suppress(StoreError):
-            self.flush()
+        atexit.register(_flush_at_exit, weakref.ref(self))  # not kept alive for it
 
     @property
     def _worker(self) -> str:
@@ -451,3 +448,11 @@ class RedisStore(Store):
             self._redis.delete(self._key("counters"), *keys)
 
         self._call(clear)
+
+
+def _flush_at_exit(store: weakref.ref[RedisStore]) -> None:
+    """Send what a worker counted but has not sent yet, as it exits."""
+    alive = store()
+    if alive is not None:
+        with contextlib.suppress(StoreError):
+            alive.flush()
