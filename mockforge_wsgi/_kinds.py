@@ -35,6 +35,7 @@ class Kind:
     label: str
     types: tuple[type, ...]
     parser: Callable[[Any], Any]
+    json_type: Mapping[str, Any]  # its JSON schema type (OpenAPI), beside the label
 
     def parse(self, raw: Any) -> Any:
         """Typed value for ``raw``; raises ValueError('is not ...') otherwise."""
@@ -157,19 +158,37 @@ def _body(raw: Any) -> str:
 
 
 _NUMBER = (int, float)
-BOOL = Kind("a boolean", (bool,), _bool)
-INT = Kind("an integer", (int,), _int)
-FLOAT = Kind("a number", _NUMBER, _float)
-STR = Kind("a string", (str,), _str)
-OPTIONAL_FLOAT = Kind("a number or none", (*_NUMBER, type(None)), _optional(_float))
-OPTIONAL_INT = Kind("an integer or none", (int, type(None)), _optional(_int))
-OPTIONAL_STR = Kind("a string or none", (str, type(None)), _optional(_str))
-OPTIONAL_BODY = Kind(
-    "text, a mapping or a list (JSON) or none", (str, type(None)), _optional(_body)
+BOOL = Kind("a boolean", (bool,), _bool, {"type": "boolean"})
+INT = Kind("an integer", (int,), _int, {"type": "integer"})
+FLOAT = Kind("a number", _NUMBER, _float, {"type": "number"})
+STR = Kind("a string", (str,), _str, {"type": "string"})
+OPTIONAL_FLOAT = Kind(
+    "a number or none", (*_NUMBER, type(None)), _optional(_float), {"type": ["number", "null"]}
 )
-INT_LIST = Kind("a list of integers", (tuple,), _int_list)
-STR_LIST = Kind("a list of strings", (tuple,), _str_list)
-RANGE = Kind("a range min-max or none", (tuple, type(None)), _optional(_range))
+OPTIONAL_INT = Kind(
+    "an integer or none", (int, type(None)), _optional(_int), {"type": ["integer", "null"]}
+)
+OPTIONAL_STR = Kind(
+    "a string or none", (str, type(None)), _optional(_str), {"type": ["string", "null"]}
+)
+OPTIONAL_BODY = Kind(
+    "text, a mapping or a list (JSON) or none",
+    (str, type(None)),
+    _optional(_body),
+    {"type": ["string", "object", "array", "null"]},
+)
+INT_LIST = Kind(
+    "a list of integers", (tuple,), _int_list, {"type": "array", "items": {"type": "integer"}}
+)
+STR_LIST = Kind(
+    "a list of strings", (tuple,), _str_list, {"type": "array", "items": {"type": "string"}}
+)
+RANGE = Kind(
+    "a range min-max or none",
+    (tuple, type(None)),
+    _optional(_range),
+    {"type": ["array", "null"], "items": {"type": "number"}, "minItems": 2, "maxItems": 2},
+)
 
 
 def strict_json(raw: bytes | str) -> Any:

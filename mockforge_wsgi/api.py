@@ -462,39 +462,11 @@ def create_management_app(
 
 # -- OpenAPI -------------------------------------------------------------------------
 
-_JSON_TYPES: dict[str, dict[str, Any]] = {
-    "a boolean": {"type": "boolean"},
-    "an integer": {"type": "integer"},
-    "a number": {"type": "number"},
-    "a string": {"type": "string"},
-    "a number or none": {"type": ["number", "null"]},
-    "an integer or none": {"type": ["integer", "null"]},
-    "a string or none": {"type": ["string", "null"]},
-    "text, a mapping or a list (JSON) or none": {"type": ["string", "object", "array", "null"]},
-    "a list of integers": {"type": "array", "items": {"type": "integer"}},
-    "a list of strings": {"type": "array", "items": {"type": "string"}},
-    "a pattern (fail_first, every or sequence) or none": {"type": ["object", "string", "null"]},
-    "a list of rules": {
-        "type": "array",
-        "items": {
-            "type": "object",
-            "required": ["match"],
-            "properties": {"match": {"type": "object"}},
-        },
-    },
-    "a range min-max or none": {
-        "type": ["array", "null"],
-        "items": {"type": "number"},
-        "minItems": 2,
-        "maxItems": 2,
-    },
-}
-
 
 def _schema_of(kind: Kind, check: Check | None, help: str) -> dict[str, Any]:
     """A setting's JSON schema: its type, the range or choices its check allows."""
     return {
-        **_JSON_TYPES[kind.label],
+        **kind.json_type,
         **(check.json_schema() if check is not None else {}),
         "description": help,
     }

@@ -110,7 +110,10 @@ def _pattern(raw: Any) -> FaultPattern | None:
 
 
 PATTERN = kinds.Kind(
-    "a pattern (fail_first, every or sequence) or none", (FaultPattern, type(None)), _pattern
+    "a pattern (fail_first, every or sequence) or none",
+    (FaultPattern, type(None)),
+    _pattern,
+    {"type": ["object", "string", "null"]},
 )
 
 
@@ -385,7 +388,19 @@ def _rules(raw: Any) -> tuple[Rule, ...]:
     return tuple(rules)
 
 
-RULES = kinds.Kind("a list of rules", (tuple,), _rules)
+RULES = kinds.Kind(
+    "a list of rules",
+    (tuple,),
+    _rules,
+    {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "required": ["match"],
+            "properties": {"match": {"type": "object"}},
+        },
+    },
+)
 
 
 def apply_rule(config: ChaosConfig, rule: Rule) -> ChaosConfig:
