@@ -190,7 +190,7 @@ class ChaosMiddleware:
         request_id = environ.get(REQUEST_ID_KEY) or environ.setdefault(
             REQUEST_ID_KEY, new_request_id()
         )
-        headers = self._response_headers(plan, config, request_id, admitted_only)
+        headers = self._response_headers(plan, config, request_id)
         if admitted_only:  # admitted by the limiter, nothing else: its headers only
             return self.app(environ, _with_headers(start_response, headers))
         injections = plan.injections()  # none for a slot or limit that only admitted it
@@ -209,15 +209,11 @@ class ChaosMiddleware:
         return self._apply(plan, config, environ, start_response, headers, started)
 
     def _response_headers(
-        self, plan: Plan, config: ChaosConfig, request_id: str, admitted_only: bool
+        self, plan: Plan, config: ChaosConfig, request_id: str
     ) -> list[tuple[str, str]]:
         """What every answer with chaos carries: the annotation, RateLimit-* when
         exposed, the request id, and the worker's pid with debug headers on."""
-        expose = config.rate_limit.expose_headers
-        if admitted_only:  # no annotation to build: the limiter's headers, if exposed
-            headers = plan.rate_limit.headers() if expose else []  # type: ignore[union-attr]
-        else:
-            headers = plan.response_headers(expose)
+        headers = plan.response_headers(config.rate_limit.expose_headers)
         headers.append((REQUEST_ID_HEADER, request_id))
         if self.debug_headers:  # the pid at request time: workers fork after __init__
             headers.append((WORKER_HEADER, str(os.getpid())))

@@ -56,27 +56,8 @@ def charge(
             return 0, outcome, None
         remaining = int(-over / interval + _EPSILON)
         return 0, new(BucketOutcome, (True, burst, remaining, new_tat - now, 0.0)), [new_tat]
-    new_tats = []
-    refused, refused_wait = -1, 0.0
-    tightest, tightest_room = 0, math.inf
-    for index, (key, interval, burst) in enumerate(buckets):
-        tat = tat_of(key)
-        new_tat = (tat if tat is not None and tat > now else now) + interval
-        new_tats.append(new_tat)
-        over = new_tat - now - burst * interval  # > 0: refused, a token is back in `over`
-        if over > _EPSILON:
-            if over > refused_wait:
-                refused, refused_wait = index, over
-        elif -over < tightest_room * interval:
-            tightest, tightest_room = index, -over / interval
-    if refused >= 0:
-        _, interval, burst = buckets[refused]
-        reset = new_tats[refused] - interval - now
-        return refused, new(BucketOutcome, (False, burst, 0, reset, refused_wait)), None
-    remaining = int(tightest_room + _EPSILON)
-    reset = new_tats[tightest] - now
-    outcome = new(BucketOutcome, (True, buckets[tightest][2], remaining, reset, 0.0))
-    return tightest, outcome, new_tats
+    index, outcome, _, new_tats = take(tat_of, buckets, now, 1)  # several: a lease of one
+    return index, outcome, new_tats
 
 
 def take(

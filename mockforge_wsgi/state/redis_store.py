@@ -37,42 +37,10 @@ __all__ = ["RedisStore"]
 log = logging.getLogger("mockforge_wsgi")
 T = TypeVar("T")
 
-# gcra.charge, line by line, with `now` from the server. Floats go back as strings
-# (Redis turns Lua numbers into integers).
-CHARGE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local new_tats = {}
-local refused, refused_wait = -1, 0
-local tightest, tightest_room = 1, math.huge
-for i = 1, #KEYS do
-  local interval, burst = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
-  local tat = tonumber(redis.call('GET', KEYS[i]))
-  if tat == nil or tat < now then tat = now end
-  local new_tat = tat + interval
-  new_tats[i] = new_tat
-  local over = new_tat - now - burst * interval
-  if over > 1e-9 then
-    if over > refused_wait then refused, refused_wait = i, over end
-  elseif -over < tightest_room * interval then
-    tightest, tightest_room = i, -over / interval
-  end
-end
-if refused >= 0 then
-  local interval, burst = tonumber(ARGV[2 * refused - 1]), tonumber(ARGV[2 * refused])
-  return {refused - 1, 0, burst, 0, string.format('%.17g', new_tats[refused] - interval - now),
-          string.format('%.17g', refused_wait)}
-end
-for i = 1, #KEYS do
-  local ttl = math.ceil((new_tats[i] - now) * 1000)
-  redis.call('SET', KEYS[i], string.format('%.17g', new_tats[i]), 'PX', math.max(ttl, 1))
-end
-return {tightest - 1, 1, tonumber(ARGV[2 * tightest]), math.floor(tightest_room + 1e-9),
-        string.format('%.17g', new_tats[tightest] - now), '0'}
-"""
-
-# gcra.take, line by line: a lease of up to `want` tokens after giving back `give_back`.
-# ARGV: interval and burst per key, then want, give_back.
+# gcra.take, line by line, with `now` from the server: a lease of up to `want` tokens
+# after giving back `give_back` (a charge in exact mode is a lease of one). Floats go back
+# as strings (Redis turns Lua numbers into integers). ARGV: interval and burst per key,
+# then want, give_back.
 TAKE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -191,7 +159,6 @@ class RedisStore(Store):
         )
         self.url = url
         self._prefix = prefix
-        self._charge = self._redis.register_script(CHARGE)
         self._take = self._redis.register_script(TAKE)
         self._take_slot = self._redis.register_script(TAKE_SLOT)
         self._put_slots = self._redis.register_script(PUT_SLOTS)
@@ -296,17 +263,8 @@ class RedisStore(Store):
     # -- rate limits --------------------------------------------------------------------
 
     def acquire(self, buckets: Sequence[Bucket], now: float) -> tuple[int, BucketOutcome]:
-        keys = [self._key("tat:" + bucket.key) for bucket in buckets]
-        args: list[Any] = []
-        for bucket in buckets:
-            args += [repr(bucket.interval_s), bucket.burst]
-        index, allowed, limit, remaining, reset, retry = self._call(
-            lambda: self._charge(keys=keys, args=args)
-        )
-        outcome = BucketOutcome(
-            bool(allowed), int(limit), int(remaining), float(reset), float(retry)
-        )
-        return int(index), outcome
+        index, outcome, _ = self.take(buckets, now, 1)  # a lease of one is a charge
+        return index, outcome
 
     def take(
         self, buckets: Sequence[Bucket], now: float, want: int, give_back: int = 0
