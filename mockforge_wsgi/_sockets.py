@@ -13,13 +13,10 @@ import errno
 import socket
 import struct
 import sys
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["BEFORE_CUT_KEY", "before_cut", "client_socket", "cut_connection", "reset_connection"]
-
-# What must happen before the client can tell the request is over (the middleware gives
-# back a connection slot): called by whoever cuts the connection, just before the cut.
-BEFORE_CUT_KEY = "mockforge.before_cut"
+__all__ = ["Connection", "client_socket", "cut_connection", "reset_connection"]
 
 SOCKET_KEYS = ("gunicorn.socket", "werkzeug.socket")
 
@@ -33,11 +30,49 @@ def client_socket(environ: dict[str, Any]) -> socket.socket | None:
     return None
 
 
-def before_cut(environ: dict[str, Any]) -> None:
-    """Run the ``BEFORE_CUT_KEY`` callback, if any (once: it is taken out)."""
-    hook = environ.pop(BEFORE_CUT_KEY, None)
-    if hook is not None:
-        hook()
+class Connection:
+    """One request's client connection, for the faults that end it on purpose.
+
+    ``before_cut`` is what must happen before the client can tell the request is over
+    (the middleware gives back a connection slot); it runs once, just before a cut.
+    Without a socket (a server that does not expose it) ``reachable`` is False and the
+    caller answers in the closest way a WSGI app can. The socket is looked up when
+    first needed: most requests never cut their connection.
+    """
+
+    __slots__ = ("_environ", "before_cut")
+
+    def __init__(
+        self, environ: dict[str, Any], before_cut: Callable[[], None] | None = None
+    ) -> None:
+        self._environ = environ
+        self.before_cut = before_cut
+
+    @property
+    def reachable(self) -> bool:
+        return client_socket(self._environ) is not None
+
+    def reset(self, why: str) -> ConnectionResetError:
+        """Abort with a TCP reset; returns the error to raise (the server's "client went
+        away"). Only when ``reachable``."""
+        sock = self._before_cut()
+        reset_connection(sock)
+        return dropped(why)
+
+    def close(self, why: str) -> ConnectionResetError:
+        """Shut both directions after what was sent; returns the error to raise. Only
+        when ``reachable``."""
+        sock = self._before_cut()
+        cut_connection(sock)
+        return dropped(why)
+
+    def _before_cut(self) -> socket.socket:
+        sock = client_socket(self._environ)
+        assert sock is not None, "cut only a reachable connection"
+        hook, self.before_cut = self.before_cut, None
+        if hook is not None:
+            hook()
+        return sock
 
 
 def reset_connection(sock: socket.socket) -> None:

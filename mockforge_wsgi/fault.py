@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Fault", "PartialBody", "decide_fault", "drain_input", "render_fault"]
 
-FaultKind = Literal["http_error", "timeout", "connection_error", "partial_response"]
+# Each kind is also its injection type (outcome.py): one name wherever it is reported.
+FaultKind = Literal["http_error", "timeout", "connection_reset", "partial_response"]
 
 # A cut response promises this many bytes and sends none (any non-zero length will do).
 _CUT_PROMISED_BYTES = 64
@@ -76,7 +77,7 @@ def decide_fault(
     if _hit(config.timeout_probability, rng):
         return Fault("timeout", status=504, hold_ms=config.timeout_ms)
     if _hit(config.connection_error_probability, rng):
-        return Fault("connection_error")
+        return Fault("connection_reset")
     if _hit(config.partial_response_probability, rng):
         return Fault("partial_response", fraction=config.partial_response_fraction)
     return None
@@ -136,14 +137,14 @@ def _body_of(label: str, status: int | None, error_body: str | None) -> tuple[by
 def render_fault(
     fault: Fault,
     config: FaultInjectionConfig,
-    environ: WSGIEnvironment,
+    connection: _sockets.Connection,
     start_response: StartResponse,
     extra_headers: list[tuple[str, str]],
 ) -> Iterable[bytes]:
-    """Answer the request with an early fault instead of calling the app."""
-    drain_input(environ)
-    if fault.kind == "connection_error":
-        return reset_or_cut(environ, start_response, extra_headers, "injected connection reset")
+    """Answer the request with an early fault instead of calling the app (whose request
+    body the caller has drained)."""
+    if fault.kind == "connection_reset":
+        return reset_or_cut(connection, start_response, extra_headers, "injected connection reset")
     if fault.kind == "timeout":
         sleep_ms(fault.hold_ms)
     body, content_type = fault_body(fault, config)
@@ -151,7 +152,7 @@ def render_fault(
 
 
 def reset_or_cut(
-    environ: WSGIEnvironment,
+    connection: _sockets.Connection,
     start_response: StartResponse,
     extra_headers: list[tuple[str, str]],
     why: str,
@@ -164,14 +165,8 @@ def reset_or_cut(
     Without a socket, the closest a WSGI app gets: a 502 whose promised body never
     comes, annotated ``fallback=cut``.
     """
-    sock = _sockets.client_socket(environ)
-    if sock is not None:
-        _sockets.before_cut(environ)
-        if reset:
-            _sockets.reset_connection(sock)
-        else:
-            _sockets.cut_connection(sock)
-        raise _sockets.dropped(why)
+    if connection.reachable:
+        raise connection.reset(why) if reset else connection.close(why)
     headers = add_annotation(extra_headers, "fallback=cut")
     start_response(
         "502 Bad Gateway",
@@ -193,10 +188,9 @@ class PartialBody:
     ``close()`` always closes the app's iterable.
     """
 
-    def __init__(self, fraction: float, environ: WSGIEnvironment) -> None:
+    def __init__(self, fraction: float, connection: _sockets.Connection) -> None:
         self._fraction = fraction
-        self._environ = environ
-        self._socket = _sockets.client_socket(environ)
+        self._connection = connection
         self._budget: int | None = None
         self._inner: Iterable[bytes] | None = None
         self._done = False
@@ -241,10 +235,8 @@ class PartialBody:
     def _cut(self) -> None:
         """Shut the connection after what was sent; without a socket, just stop."""
         self._done = True
-        if self._socket is not None:
-            _sockets.before_cut(self._environ)
-            _sockets.cut_connection(self._socket)
-            raise _sockets.dropped("injected partial response")
+        if self._connection.reachable:
+            raise self._connection.close("injected partial response")
 
     def __iter__(self) -> Iterator[bytes]:
         assert self._inner is not None

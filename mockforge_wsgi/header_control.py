@@ -23,7 +23,7 @@ from .plan import NO_CHAOS, Plan
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
 
-__all__ = ["HEADERS", "decide_from_headers", "requested"]
+__all__ = ["HEADERS", "InvalidHeaders", "decide_from_headers", "requested"]
 
 DELAY, FAULT, PERCENT, SEED, TOKEN = (
     "HTTP_X_MOCKFORGE_DELAY_MS",
@@ -34,6 +34,14 @@ DELAY, FAULT, PERCENT, SEED, TOKEN = (
 )
 HEADERS = {DELAY: "X-Mockforge-Delay-Ms", FAULT: "X-Mockforge-Fault",
            PERCENT: "X-Mockforge-Fault-Percent", SEED: "X-Mockforge-Seed"}  # fmt: skip
+
+
+class InvalidHeaders(ValueError):
+    """Chaos headers we cannot honour; ``problems`` names each header and value."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
 
 
 def requested(environ: WSGIEnvironment, admin_token: str | None) -> bool:
@@ -48,8 +56,8 @@ def requested(environ: WSGIEnvironment, admin_token: str | None) -> bool:
 
 def decide_from_headers(
     environ: WSGIEnvironment, config: HeaderControlConfig, rng: random.Random
-) -> tuple[Plan, list[str]]:
-    """The plan the headers ask for, or the problems with them (each naming the header)."""
+) -> Plan:
+    """The plan the headers ask for; InvalidHeaders names each header that is wrong."""
     problems: list[str] = []
 
     def number(key: str, low: float, high: float) -> float | None:
@@ -72,11 +80,11 @@ def decide_from_headers(
     if status is not None and not status.is_integer():
         problems.append(f"{HEADERS[FAULT]}: {environ[FAULT]!r} is not a status code")
     if problems:
-        return NO_CHAOS, problems
+        raise InvalidHeaders(problems)
     if seed is not None:
         rng = random.Random(int(seed))
     fault = None
     if status is not None and (percent is None or rng.random() * 100 < percent):
         fault = Fault("http_error", status=int(status))
     delay_ms = min(delay, config.max_delay_ms) if delay else None
-    return Plan(delay_ms=delay_ms, fault=fault), []
+    return Plan(delay_ms=delay_ms, fault=fault) if delay_ms or fault else NO_CHAOS

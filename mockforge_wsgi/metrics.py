@@ -18,15 +18,14 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ._observe import observe
-from .middleware import CONNECTION_LIMITED_KEY
-from .plan import PLAN_ENVIRON_KEY, Plan
+from .outcome import OUTCOME_KEY, Outcome
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
     from .scenarios import ScenarioEngine
 
-__all__ = ["CONNECTION_LIMITED_KEY", "ChaosMetrics", "MetricsMiddleware"]
+__all__ = ["ChaosMetrics", "MetricsMiddleware"]
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -71,14 +70,13 @@ class ChaosMetrics:
         method = str(environ.get("REQUEST_METHOD", "GET"))
         self.requests.labels(method, route, status).inc()
         self.duration.labels(method, route).observe(seconds)
-        plan = environ.get(PLAN_ENVIRON_KEY)
-        if isinstance(plan, Plan):
-            for kind, detail in plan.injections():
+        outcome = environ.get(OUTCOME_KEY)
+        if isinstance(outcome, Outcome):
+            for kind, detail in outcome.injections():
                 self.injections.labels(kind, detail).inc()
-            if plan.delay_ms is not None:
-                self.injected_latency.observe(plan.delay_ms / 1000.0)
-        if environ.get(CONNECTION_LIMITED_KEY):
-            self.injections.labels("connection_limited", "").inc()
+            delay_ms = outcome.plan.delay_ms
+            if delay_ms is not None:
+                self.injected_latency.observe(delay_ms / 1000.0)
 
     def exposition(self) -> tuple[bytes, str]:
         """The text format: every worker's values in multiprocess mode, plus the gauges."""

@@ -18,21 +18,19 @@ from werkzeug.routing import Map, RequestRedirect
 
 from . import _env, header_control
 from ._answers import answer, answer_json
-from ._headers import REQUEST_ID_HEADER, REQUEST_ID_KEY, add_annotation, new_request_id
-from ._observe import CompletingBody, Once, content_length
+from ._headers import REQUEST_ID_HEADER, REQUEST_ID_KEY, new_request_id
 from ._sections import DEFAULT_PREFIX as DEFAULT_API_PREFIX
-from ._sockets import BEFORE_CUT_KEY
+from .apply import Delivery, with_headers
 from .config import ChaosConfig, apply_rule
-from .fault import PartialBody, render_fault, reset_or_cut
+from .outcome import OUTCOME_KEY, Injection, Outcome
 from .patterns import PATTERN_COUNTER
-from .plan import NO_CHAOS, PLAN_ENVIRON_KEY, Plan, decide_plan
-from .rate_limit import RateLimiter, client_ip, render_refusal
-from .scenarios import NEVER, Scenario, ScenarioEngine
+from .plan import NO_CHAOS, Plan, decide_plan
+from .rate_limit import RateLimiter, client_ip
+from .scenarios import Scenario, ScenarioEngine
 from .state import MemoryStore, Store, StoreError, store_from_env
 from .state.base import CONNECTION_SLOTS
 from .state.server_store import server_store
 from .tracing import record_injections
-from .traffic_shaping import PacedBody, PacedInput, sleep_until
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -44,7 +42,8 @@ log = logging.getLogger("mockforge_wsgi")
 # The management API and metrics must stay reachable: a user can always turn chaos off.
 DEFAULT_EXEMPT_PATHS = (DEFAULT_API_PREFIX, "/metrics")
 SEQUENCE_COUNTER = "sequence"  # numbers requests for per-request generators (with a seed)
-CONNECTION_LIMITED_KEY = "mockforge.connection_limited"  # for metrics: decided at apply
+# The outcome of a request that gets no chaos (shared: nothing is applied to it).
+NOTHING_INJECTED = Outcome(NO_CHAOS)
 WORKER_HEADER = "X-Mockforge-Worker"
 
 ERROR_LOG_INTERVAL_S = 60.0
@@ -144,38 +143,26 @@ class ChaosMiddleware:
         self.engine.set_config(config)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        """Management or exempt -> decide one Plan -> report it -> apply it."""
         if not self._server_checked:
             self._check_server(environ)
         path = environ.get("PATH_INFO", "")
         if path.startswith(self._api_root) and self._is_api(path):
             return self.management(environ, start_response)  # type: ignore[misc]
-        engine = self.engine
         try:
-            # The engine's cached config is current while no refresh is due (one comparison).
-            config = engine.current if engine.refresh_at == NEVER else engine.effective()
+            config = self.engine.config_now()
         except Exception:
             self._internal_error("reading the chaos state")
             return self.app(environ, start_response)
         if not config.enabled or self._is_exempt(path):
             return self.app(environ, start_response)
         started = time.monotonic()
-        admitted_only = False
-        try:
+        try:  # the fail-open boundary: every call that reaches the store is inside it
             if config.rules:
                 config = self._config_for(config, environ)
-            if config.header_control.enabled and header_control.requested(
-                environ, self._admin_token
-            ):
-                plan, problems = header_control.decide_from_headers(
-                    environ, config.header_control, self.rng
-                )
-                if problems:
-                    return _render_bad_headers(start_response, problems)
-            else:
-                plan = self._decide(config, environ, started)
-            admitted_only = plan.admitted_only
-            if not admitted_only:
-                self.store.count(plan.events())
+            plan = self._decide(config, environ, started)
+        except header_control.InvalidHeaders as error:
+            return _render_bad_headers(start_response, error.problems)
         except StoreError:
             if config.on_store_error == "closed":
                 return _render_store_down(start_response)
@@ -184,29 +171,29 @@ class ChaosMiddleware:
         except Exception:
             self._internal_error("deciding")
             plan = NO_CHAOS
-        environ[PLAN_ENVIRON_KEY] = plan
         if plan is NO_CHAOS:
+            environ[OUTCOME_KEY] = NOTHING_INJECTED
             return self.app(environ, start_response)
+        outcome = environ[OUTCOME_KEY] = Outcome(plan)
         request_id = environ.get(REQUEST_ID_KEY) or environ.setdefault(
             REQUEST_ID_KEY, new_request_id()
         )
         headers = self._response_headers(plan, config, request_id)
-        if admitted_only:  # admitted by the limiter, nothing else: its headers only
-            return self.app(environ, _with_headers(start_response, headers))
-        injections = plan.injections()  # none for a slot or limit that only admitted it
-        if injections:
-            record_injections(plan, injections, request_id)
-        if injections and log.isEnabledFor(logging.INFO):
-            for kind, detail in injections:
-                log.info(
-                    "chaos injected request_id=%s type=%s detail=%s method=%s path=%s",
-                    request_id,
-                    kind,
-                    detail,
-                    environ.get("REQUEST_METHOD"),
-                    path,
-                )
-        return self._apply(plan, config, environ, start_response, headers, started)
+        if plan.admitted_only:  # admitted by the limiter, nothing else: its headers only
+            return self.app(environ, with_headers(start_response, headers))
+        report = functools.partial(self._report, environ, request_id, plan.delay_ms)
+        report(plan.injections())
+        return Delivery(
+            self.app,
+            outcome,
+            config.fault_injection,
+            environ,
+            start_response,
+            headers,
+            started,
+            release_slot=functools.partial(self._release_slot, self.store),
+            report=report,
+        )()
 
     def _response_headers(
         self, plan: Plan, config: ChaosConfig, request_id: str
@@ -281,6 +268,9 @@ class ChaosMiddleware:
         return config
 
     def _decide(self, config: ChaosConfig, environ: WSGIEnvironment, now: float) -> Plan:
+        """The request's Plan, admission included (the rate limit, a connection slot)."""
+        if config.header_control.enabled and header_control.requested(environ, self._admin_token):
+            return header_control.decide_from_headers(environ, config.header_control, self.rng)
         rng = self.rng
         if config.seed is not None and not self._explicit_rng:
             # Request n draws from (seed, n), n numbered in the store: the same sequence
@@ -302,96 +292,55 @@ class ChaosMiddleware:
                     raise
                 self._internal_error("reaching the rate-limit store")
         head = environ.get("REQUEST_METHOD") == "HEAD"
-        return decide_plan(config, rng, verdict, number, head=head)
+        plan = decide_plan(config, rng, verdict, number, head=head)
+        if plan.needs_slot:  # last: nothing after it may fail with a slot held
+            plan = self._take_slot(plan, config)
+        return plan
 
-    def _apply(
-        self,
-        plan: Plan,
-        config: ChaosConfig,
-        environ: WSGIEnvironment,
-        start_response: StartResponse,
-        headers: list[tuple[str, str]],
-        started: float,
-    ) -> Iterable[bytes]:
-        if plan.refused:
-            assert plan.rate_limit is not None
-            return render_refusal(plan.rate_limit, start_response, headers)
+    def _take_slot(self, plan: Plan, config: ChaosConfig) -> Plan:
+        """Wait (up to the queue timeout) for a connection slot: held, or none free (then
+        nothing else of the plan is applied: the client gets 503)."""
         shaping = plan.shaping
-        if shaping is not None and shaping.drop:
-            return reset_or_cut(
-                environ, start_response, headers, "injected request drop", reset=False
-            )
-        if shaping is None or not shaping.max_connections:
-            return self._serve(plan, config, environ, start_response, headers, started)
-        store = self.store
+        assert shaping is not None
         try:
-            admitted = store.acquire_slot(
+            admitted = self.store.acquire_slot(
                 CONNECTION_SLOTS, shaping.max_connections, shaping.queue_timeout_ms / 1000.0
             )
         except StoreError:
             if config.on_store_error == "closed":
-                return _render_store_down(start_response)
+                raise
             self._internal_error("taking a connection slot")
-            return self._serve(plan, config, environ, start_response, headers, started)
-        if not admitted:
-            try:
-                store.count(("connection_limited",))
-            except StoreError:
-                self._internal_error("counting a refused connection")
-            environ[CONNECTION_LIMITED_KEY] = True
-            return _render_busy(start_response, headers)
-        # The slot comes back before the client can tell its answer is complete: before
-        # the last byte of the promised length goes out, before a cut, or at the end.
-        release = Once(functools.partial(self._release_slot, store))
-        environ[BEFORE_CUT_KEY] = release
-        sent_length: list[int | None] = [None]
+            return plan  # served without the limit
+        if admitted:
+            return plan._replace(slot=True)
+        return plan._replace(delay_ms=None, fault=None, slot=False)
 
-        def start_response_seen(
-            status: str, response_headers: list[tuple[str, str]], exc_info: Any = None
-        ) -> Any:
-            sent_length[0] = content_length(response_headers)
-            return start_response(status, response_headers, exc_info)
-
-        try:
-            body = self._serve(plan, config, environ, start_response_seen, headers, started)
-        except BaseException:
-            release()
-            raise
-        return CompletingBody(body, release, lambda: sent_length[0])
-
-    def _serve(
+    def _report(
         self,
-        plan: Plan,
-        config: ChaosConfig,
         environ: WSGIEnvironment,
-        start_response: StartResponse,
-        headers: list[tuple[str, str]],
-        started: float,
-    ) -> Iterable[bytes]:
-        """Latency, then a fault or the app, with the body shaped as planned."""
-        shaping = plan.shaping
-        timeout = shaping.connection_timeout_ms if shaping is not None else 0.0
-        deadline = started + timeout / 1000.0 if timeout else None
-        if shaping is not None and shaping.upload_bps:
-            environ["wsgi.input"] = PacedInput(environ["wsgi.input"], shaping.upload_bps)
-        if plan.delay_ms is not None and not sleep_until(
-            time.monotonic() + plan.delay_ms / 1000.0, deadline
-        ):
-            return reset_or_cut(
-                environ, start_response, headers, "connection timeout", reset=False
-            )
-        fault = plan.fault
-        if fault is not None and fault.kind != "partial_response":
-            return render_fault(fault, config.fault_injection, environ, start_response, headers)
-        body: Iterable[bytes]
-        if fault is not None:
-            partial = PartialBody(fault.fraction, environ)
-            body = partial.wrap(self.app(environ, partial.start_response(start_response, headers)))
-        else:
-            body = self.app(environ, _with_headers(start_response, headers))
-        if shaping is not None and shaping.paces_body:
-            body = PacedBody(body, shaping, environ, started=started)
-        return body
+        request_id: str,
+        delay_ms: float | None,
+        found: list[Injection],
+    ) -> None:
+        """Count, trace and log what a request gets (at decide) or got (found at apply).
+        Our failure to tell never changes what the client gets."""
+        if not found:
+            return
+        try:
+            self.store.count([injection.type for injection in found])
+            record_injections(found, request_id, delay_ms)
+        except Exception:
+            self._internal_error("reporting an injection")
+        if log.isEnabledFor(logging.INFO):
+            for kind, detail in found:
+                log.info(
+                    "chaos injected request_id=%s type=%s detail=%s method=%s path=%s",
+                    request_id,
+                    kind,
+                    detail,
+                    environ.get("REQUEST_METHOD"),
+                    environ.get("PATH_INFO"),
+                )
 
     def _release_slot(self, store: Store) -> None:
         """Give a slot back; if the store cannot hear of it, it will not stay taken (the
@@ -415,30 +364,12 @@ class ChaosMiddleware:
             # bug of ours, logged with its traceback.
             log.log(
                 logging.WARNING if isinstance(error, StoreError) else logging.ERROR,
-                "mockforge internal error while %s (%d so far); serving without chaos: %s",
+                "mockforge internal error while %s (%d so far); no chaos comes of it: %s",
                 doing,
                 self.internal_errors,
                 error,
                 exc_info=not isinstance(error, StoreError),
             )
-
-
-def _with_headers(start_response: StartResponse, extra: list[tuple[str, str]]) -> StartResponse:
-    if not extra:
-        return start_response
-
-    def start_response_with_headers(
-        status: str, headers: list[tuple[str, str]], exc_info: Any = None
-    ) -> Any:
-        return start_response(status, [*headers, *extra], exc_info)
-
-    return start_response_with_headers
-
-
-def _render_busy(start_response: StartResponse, extra: list[tuple[str, str]]) -> Iterable[bytes]:
-    body = b'{"error":"too many connections","injected_by":"mockforge"}'
-    headers = [("Retry-After", "1"), *add_annotation(extra, "connection_limit=full")]
-    return answer(start_response, 503, body, headers=headers)
 
 
 def _render_bad_headers(start_response: StartResponse, problems: list[str]) -> Iterable[bytes]:

@@ -1,8 +1,8 @@
 """The Plan: everything decided for one request before anything is applied.
 
 The same frozen Plan feeds the middleware (what to do), the response annotation
-header, and later metrics and the event recorder, so what is reported is exactly
-what was done.
+header, the counters, and (in an Outcome) metrics, tracing and the recorder, so what is
+reported is exactly what was done.
 """
 
 from __future__ import annotations
@@ -14,16 +14,29 @@ from ._headers import ANNOTATION_HEADER
 from .config import ChaosConfig
 from .fault import Fault, decide_fault
 from .latency import decide_delay
+from .outcome import (
+    BANDWIDTH_THROTTLED,
+    CONNECTION_LIMITED,
+    CONNECTION_TIMEOUT,
+    HTTP_ERROR,
+    LATENCY,
+    PACKET_LOSS,
+    RATE_LIMITED,
+    REQUEST_DROPPED,
+    Injection,
+)
 from .rate_limit import RateLimitVerdict
 from .traffic_shaping import Shaping, decide_shaping
 
-__all__ = ["ANNOTATION_HEADER", "NO_CHAOS", "PLAN_ENVIRON_KEY", "Plan", "decide_plan"]
-
-PLAN_ENVIRON_KEY = "mockforge.plan"
+__all__ = ["ANNOTATION_HEADER", "NO_CHAOS", "Plan", "decide_plan"]
 
 
 class Plan(NamedTuple):
     """What chaos one request gets. Immutable, so it can be shared and reported.
+
+    Decided before anything is applied, admission included: the rate limiter's verdict,
+    and ``slot`` when a connection limit applies (True: a slot is held for this request,
+    False: none was free, None: no limit, or the store could not be asked).
 
     A NamedTuple, not an attrs class: one is built per request with chaos, and a frozen
     attrs instance costs four ``object.__setattr__`` calls (~0.4 us more)."""
@@ -32,6 +45,7 @@ class Plan(NamedTuple):
     fault: Fault | None = None
     rate_limit: RateLimitVerdict | None = None
     shaping: Shaping | None = None
+    slot: bool | None = None
 
     @property
     def refused(self) -> bool:
@@ -50,12 +64,26 @@ class Plan(NamedTuple):
             and self.rate_limit.outcome.allowed
         )
 
+    @property
+    def needs_slot(self) -> bool:
+        """A connection limit applies and nothing answers before the app would run."""
+        shaping = self.shaping
+        return (
+            shaping is not None
+            and bool(shaping.max_connections)
+            and not shaping.drop
+            and self.slot is None
+            and not self.refused
+        )
+
     def annotation(self) -> str:
         """The ``X-Mockforge-Chaos`` value, e.g. ``latency=512ms, fault=http_503``."""
-        parts = []
         if self.refused:
             assert self.rate_limit is not None
-            parts.append(f"rate_limit={self.rate_limit.level}")
+            return f"rate_limit={self.rate_limit.level}"
+        if self.slot is False:
+            return "connection_limit=full"
+        parts = []
         if self.shaping is not None:
             parts.extend(self.shaping.annotation_parts())
         if self.delay_ms is not None:
@@ -72,44 +100,31 @@ class Plan(NamedTuple):
         timeout = self.shaping.connection_timeout_ms if self.shaping is not None else 0.0
         return bool(timeout and self.delay_ms is not None and self.delay_ms >= timeout)
 
-    def events(self) -> list[str]:
-        """Counter names for what this plan injects (``latency``, ``fault.http_error``...)."""
-        events = []
-        if self.refused:
-            return ["rate_limited"]
-        if self.shaping is not None:
-            if self.shaping.drop:
-                return ["request_dropped"]
-            if self.shaping.paces_body:
-                events.append("shaped")
-        if self.delay_ms is not None:
-            events.append("latency")
-        if self.fault is not None:
-            events.append(f"fault.{self.fault.kind}")
-        if self.cut_by_timeout:
-            events.append("connection_timeout")
-        return events
-
-    def injections(self) -> list[tuple[str, str]]:
-        """(type, detail) of each injection, as metrics and logs name them."""
+    def injections(self) -> list[Injection]:
+        """What this plan injects, named as counters, metrics and logs name it."""
         if self.refused:
             assert self.rate_limit is not None
-            return [("rate_limited", self.rate_limit.level)]
+            return [Injection(RATE_LIMITED, self.rate_limit.level)]
+        if self.slot is False:
+            return [Injection(CONNECTION_LIMITED)]
         found = []
         shaping = self.shaping
         if shaping is not None:
             if shaping.drop:
-                return [("request_dropped", "")]
+                return [Injection(REQUEST_DROPPED)]
             if shaping.bandwidth_bps:
-                found.append(("bandwidth_throttled", str(shaping.bandwidth_bps)))
+                found.append(Injection(BANDWIDTH_THROTTLED, str(shaping.bandwidth_bps)))
             if shaping.loss_percent:
-                found.append(("packet_loss", f"{shaping.loss_percent:g}%"))
+                found.append(Injection(PACKET_LOSS, f"{shaping.loss_percent:g}%"))
         if self.delay_ms is not None:
-            found.append(("latency", ""))
+            found.append(Injection(LATENCY))
         fault = self.fault
         if fault is not None:
-            kind = {"connection_error": "connection_reset"}.get(fault.kind, fault.kind)
-            found.append((kind, str(fault.status) if fault.kind == "http_error" else ""))
+            # A fault's kind is its injection type (fault.py takes the names from outcome.py).
+            detail = str(fault.status) if fault.kind == HTTP_ERROR else ""
+            found.append(Injection(fault.kind, detail))
+        if self.cut_by_timeout:
+            found.append(Injection(CONNECTION_TIMEOUT))
         return found
 
     def response_headers(self, expose_rate_limit: bool = True) -> list[tuple[str, str]]:
@@ -165,4 +180,4 @@ def decide_plan(
 def _limited(verdict: RateLimitVerdict) -> Plan:
     """``Plan(rate_limit=verdict)``, built as a tuple directly (the keyword constructor
     of a NamedTuple is a Python-level call): the plan of most requests under a limit."""
-    return tuple.__new__(Plan, (None, None, verdict, None))
+    return tuple.__new__(Plan, (None, None, verdict, None, None))

@@ -35,7 +35,7 @@ from ._answers import answer, answer_json
 from ._headers import REQUEST_ID_KEY, bearer_matches, new_request_id
 from ._kinds import shown, strict_json
 from ._observe import observe
-from .plan import PLAN_ENVIRON_KEY, Plan
+from .outcome import LATENCY, OUTCOME_KEY, Outcome
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -259,10 +259,12 @@ class RecorderMiddleware:
         return observe(self.app, environ, start_response, self._done)
 
     def _done(self, environ: WSGIEnvironment, status: str, seconds: float) -> None:
-        plan = environ.get(PLAN_ENVIRON_KEY)
-        injected = plan.annotation() if isinstance(plan, Plan) else ""
-        kinds = [kind for kind, _ in plan.injections()] if isinstance(plan, Plan) else []
-        fault = next((k for k in kinds if k != "latency"), kinds[0] if kinds else None)
+        outcome = environ.get(OUTCOME_KEY)
+        kinds, delay_ms, injected = [], None, ""
+        if isinstance(outcome, Outcome):
+            kinds = [injection.type for injection in outcome.injections()]
+            delay_ms, injected = outcome.plan.delay_ms, outcome.annotation()
+        fault = next((k for k in kinds if k != LATENCY), kinds[0] if kinds else None)
         self.recorder.record(
             (
                 time.time(),
@@ -274,7 +276,7 @@ class RecorderMiddleware:
                 environ.get("REMOTE_ADDR"),
                 os.getpid(),
                 fault,
-                plan.delay_ms if isinstance(plan, Plan) else None,
+                delay_ms,
                 injected,
             )
         )

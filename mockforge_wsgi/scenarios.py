@@ -17,6 +17,7 @@ Usage::
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import re
@@ -428,9 +429,10 @@ class ScenarioEngine:
         self.clock = clock
         self._startup_custom = tuple(custom)
         self._lock = threading.RLock()
-        # The effective config as last computed; callers may read it directly while
-        # ``refresh_at`` is NEVER (nothing pending, and the store notifies changes).
+        # The effective config as last computed.
         self.current = startup
+        self._refresh_at = 0.0
+        self.config_now: Callable[[], ChaosConfig] = self.effective
         self.store_errors = 0
         self._store_down = False
         self._state = self._initial_state()
@@ -468,14 +470,31 @@ class ScenarioEngine:
         (in-process stores); otherwise each call compares the store's version, and a
         clock read catches time-based changes (a scenario's end, the schedule, a ramp).
         """
-        if self.refresh_at == NEVER:
+        if self._refresh_at == NEVER:
             return self.current
         try:
-            if self._store_version() == self._version and self.clock() < self.refresh_at:
+            if self._store_version() == self._version and self.clock() < self._refresh_at:
                 return self.current
         except StoreError:
             return self._store_failed()
         return self._refresh()
+
+    @property
+    def refresh_at(self) -> float:
+        """When the effective config must be computed again (NEVER: not until the store
+        says it changed)."""
+        return self._refresh_at
+
+    @refresh_at.setter
+    def refresh_at(self, at: float) -> None:
+        # config_now() is the per-request call: while nothing is pending, a C-level getter
+        # of the current config (~40 ns, as cheap as an inline check; a method call is
+        # ~130 ns); else effective(), which checks the store's version and the clock.
+        self._refresh_at = at
+        if at == NEVER:
+            self.config_now = itertools.repeat(self.current).__next__
+        else:
+            self.config_now = self.effective
 
     def _invalidate(self) -> None:
         self.refresh_at = 0.0

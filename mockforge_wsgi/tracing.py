@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from ._observe import ClosingBody
-from .plan import Plan
+from .outcome import LATENCY, Injection
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -31,9 +31,10 @@ except ImportError:  # the `otel` extra is not installed
     OTEL_AVAILABLE = False
 
 
-def record_injections(plan: Plan, injections: Iterable[tuple[str, str]], request_id: str) -> None:
-    """Add one span event per injection (``plan.injections()``) to the current span, if
-    one is recording."""
+def record_injections(
+    injections: Iterable[Injection], request_id: str, delay_ms: float | None = None
+) -> None:
+    """Add one span event per injection to the current span, if one is recording."""
     if not OTEL_AVAILABLE:
         return
     span = _trace.get_current_span()
@@ -45,8 +46,8 @@ def record_injections(plan: Plan, injections: Iterable[tuple[str, str]], request
             "mockforge.chaos.detail": detail,
             "mockforge.request_id": request_id,
         }
-        if kind == "latency" and plan.delay_ms is not None:
-            attributes["mockforge.chaos.latency_ms"] = plan.delay_ms
+        if kind == LATENCY and delay_ms is not None:
+            attributes["mockforge.chaos.latency_ms"] = delay_ms
         span.add_event(EVENT_NAME, attributes)
 
 

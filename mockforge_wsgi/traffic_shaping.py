@@ -15,15 +15,12 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 
 from . import _sockets
 from .config import TrafficShapingConfig
-
-if TYPE_CHECKING:
-    from _typeshed.wsgi import WSGIEnvironment
 
 __all__ = [
     "PacedBody",
@@ -166,9 +163,10 @@ class PacedBody:
         self,
         inner: Iterable[bytes],
         shaping: Shaping,
-        environ: WSGIEnvironment,
+        connection: _sockets.Connection,
         *,
         started: float,
+        on_cut: Callable[[], None] | None = None,
         clock: Clock = time.monotonic,
         sleep: Sleep = time.sleep,
     ) -> None:
@@ -178,10 +176,10 @@ class PacedBody:
         self._rng = random.Random(shaping.loss_seed)
         timeout = shaping.connection_timeout_ms
         self._deadline = started + timeout / 1000.0 if timeout else None
-        self._environ = environ
+        self._connection = connection
+        self._on_cut = on_cut
         self._clock = clock
         self._sleep = sleep
-        self.timed_out = False
 
     def __iter__(self) -> Iterator[bytes]:
         return self._paced()
@@ -227,13 +225,11 @@ class PacedBody:
         return sleep_until(due, self._deadline, self._clock, self._sleep)
 
     def _cut(self) -> None:
-        """The deadline passed (or TCP gave up): shut the connection mid-body."""
-        self.timed_out = True
-        sock = _sockets.client_socket(self._environ)
-        if sock is not None:
-            _sockets.before_cut(self._environ)
-            _sockets.cut_connection(sock)
-            raise _sockets.dropped("connection timeout")
+        """The deadline passed (or TCP gave up): say so, shut the connection mid-body."""
+        if self._on_cut is not None:
+            self._on_cut()
+        if self._connection.reachable:
+            raise self._connection.close("connection timeout")
 
     def close(self) -> None:
         close = getattr(self._inner, "close", None)

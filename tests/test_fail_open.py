@@ -87,6 +87,7 @@ CONFIG = {
     # room for them here, so each request shows the middleware's own behaviour.
     "traffic_shaping": {"enabled": True, "max_connections": 50},
     "fault_injection": {"enabled": True, "pattern": "every:1000000:503"},
+    "latency": {"enabled": True, "fixed_delay_ms": 1},  # an injection to count
 }
 
 

@@ -42,7 +42,7 @@ def test_each_probability_holds_in_the_documented_order() -> None:
     for kind, probability in [
         ("http_error", p_http),
         ("timeout", p_timeout),
-        ("connection_error", p_conn),
+        ("connection_reset", p_conn),
         ("partial_response", p_partial),
     ]:
         assert_binomial(counts[kind], N, left * probability)
@@ -69,7 +69,7 @@ def test_statuses_are_drawn_uniformly_from_the_list() -> None:
         ),
         pytest.param(
             FaultInjectionConfig(enabled=True, connection_error_probability=1),
-            Fault("connection_error"),
+            Fault("connection_reset"),
             id="connection",
         ),
         pytest.param(
@@ -88,7 +88,7 @@ def test_certain_faults(config: FaultInjectionConfig, expected: Fault) -> None:
 def test_labels() -> None:
     assert Fault("http_error", status=503).label == "http_503"
     assert Fault("timeout", status=504, hold_ms=5000).label == "timeout_5000ms"
-    assert Fault("connection_error").label == "connection_error"
+    assert Fault("connection_reset").label == "connection_reset"
 
 
 def test_default_body_names_the_fault() -> None:

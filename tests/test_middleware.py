@@ -17,7 +17,8 @@ from wsgi_apps import base_app
 from mockforge_wsgi import load_config
 from mockforge_wsgi.config import ChaosConfig
 from mockforge_wsgi.middleware import ChaosMiddleware
-from mockforge_wsgi.plan import PLAN_ENVIRON_KEY, Plan
+from mockforge_wsgi.outcome import OUTCOME_KEY
+from mockforge_wsgi.plan import Plan
 
 
 def chaos(**sections: Any) -> ChaosConfig:
@@ -50,7 +51,8 @@ class RecordingApp:
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         self.calls += 1
-        self.plans.append(environ.get(PLAN_ENVIRON_KEY))
+        outcome = environ.get(OUTCOME_KEY)
+        self.plans.append(outcome.plan if outcome is not None else None)
         length = sum(map(len, self.chunks))
         start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(length))])
         body = Body(self.chunks)
@@ -122,7 +124,7 @@ def test_connection_error_without_a_socket_falls_back_to_a_cut_response() -> Non
     middleware = ChaosMiddleware(RecordingApp(), config=config)
     response = Client(middleware).get("/", buffered=True)
     assert response.status_code == 502
-    assert response.headers["X-Mockforge-Chaos"] == "fault=connection_error, fallback=cut"
+    assert response.headers["X-Mockforge-Chaos"] == "fault=connection_reset, fallback=cut"
     assert int(response.headers["Content-Length"]) > 0
     assert response.data == b""
 
@@ -266,7 +268,7 @@ def test_head_is_never_planned_a_partial_response() -> None:
     response = client.head("/")
     assert response.status_code == 200
     assert "X-Mockforge-Chaos" not in response.headers  # nothing was cut: nothing said
-    assert middleware.store.counters().get("fault.partial_response") is None
+    assert middleware.store.counters().get("partial_response") is None
     assert client.get("/", buffered=True).headers["X-Mockforge-Chaos"] == "fault=partial_response"
 
 

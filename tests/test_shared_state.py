@@ -112,7 +112,7 @@ def test_one_management_call_reaches_every_worker(
         served = _concurrently(40, 10, get)
         assert [status for status, _ in served] == [200] * 40
         counters = http.get(api + "/status", timeout=10).json()["counters"]
-        assert counters["fault.http_error"] == 100
+        assert counters["http_error"] == 100
 
 
 @pytest.mark.parametrize("how", ["gunicorn", "mockforge serve"])

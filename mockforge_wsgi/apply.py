@@ -1,0 +1,165 @@
+"""Applying one request's Plan around the app: what the middleware decided, done.
+
+Nothing here decides or touches the store (a held connection slot comes with the
+callback that gives it back); everything a request needs is carried by one
+:class:`Delivery`, and what applying finds goes into its :class:`Outcome`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from ._answers import answer
+from ._observe import ClosingBody, CompletingBody, Once, content_length
+from ._sockets import Connection
+from .config import FaultInjectionConfig
+from .fault import PartialBody, drain_input, render_fault, reset_or_cut
+from .outcome import Injection, Outcome
+from .rate_limit import render_refusal
+from .traffic_shaping import PacedBody, PacedInput, sleep_until
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+__all__ = ["Delivery", "with_headers"]
+
+_BUSY_BODY = b'{"error":"too many connections","injected_by":"mockforge"}'
+
+
+class Delivery:
+    """One request's apply step: the app, the decided plan (in ``outcome``), and the
+    request it is applied to.
+
+    ``release_slot`` gives back the connection slot the plan holds (``plan.slot``);
+    ``report`` hears what applying found (a body cut at the connection deadline). Both
+    run once the response is complete or closed, the slot before a cut."""
+
+    __slots__ = (
+        "app",
+        "connection",
+        "environ",
+        "faults",
+        "headers",
+        "outcome",
+        "release_slot",
+        "report",
+        "start_response",
+        "started",
+    )
+
+    def __init__(
+        self,
+        app: WSGIApplication,
+        outcome: Outcome,
+        faults: FaultInjectionConfig,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        headers: list[tuple[str, str]],
+        started: float,
+        release_slot: Callable[[], None],
+        report: Callable[[list[Injection]], None],
+    ) -> None:
+        self.app = app
+        self.outcome = outcome
+        self.faults = faults
+        self.environ = environ
+        self.start_response = start_response
+        self.headers = headers
+        self.started = started
+        self.report = report
+        self.release_slot = Once(release_slot) if outcome.plan.slot else None
+        self.connection = Connection(environ, before_cut=self.release_slot)
+
+    def __call__(self) -> Iterable[bytes]:
+        plan = self.outcome.plan
+        if plan.refused:
+            assert plan.rate_limit is not None
+            return render_refusal(plan.rate_limit, self.start_response, self.headers)
+        if plan.slot is False:
+            headers = [("Retry-After", "1"), *self.headers]
+            return answer(self.start_response, 503, _BUSY_BODY, headers=headers)
+        shaping = plan.shaping
+        if shaping is not None and shaping.drop:
+            return self._end(self.start_response, "injected request drop")
+        paced = shaping is not None and shaping.paces_body
+        if self.release_slot is None and not paced:
+            return self._serve(self.start_response)  # nothing to finish
+        # The slot comes back before the client can tell its answer is complete: before
+        # the last byte of the promised length goes out, before a cut, or at the end.
+        sent_length: list[int | None] = [None]
+
+        def start_response_seen(
+            status: str, response_headers: list[tuple[str, str]], exc_info: Any = None
+        ) -> Any:
+            sent_length[0] = content_length(response_headers)
+            return self.start_response(status, response_headers, exc_info)
+
+        try:
+            body = self._serve(start_response_seen)
+        except BaseException:
+            self._finish()
+            raise
+        if self.release_slot is None:  # a paced body: what it found is reported at close
+            return ClosingBody(body, self._finish)
+        return CompletingBody(body, self._finish, lambda: sent_length[0])
+
+    def _serve(self, start_response: StartResponse) -> Iterable[bytes]:
+        """Latency, then a fault or the app, with the body shaped as planned."""
+        plan = self.outcome.plan
+        environ = self.environ
+        shaping = plan.shaping
+        timeout = shaping.connection_timeout_ms if shaping is not None else 0.0
+        deadline = self.started + timeout / 1000.0 if timeout else None
+        if shaping is not None and shaping.upload_bps:
+            environ["wsgi.input"] = PacedInput(environ["wsgi.input"], shaping.upload_bps)
+        if plan.delay_ms is not None and not sleep_until(
+            time.monotonic() + plan.delay_ms / 1000.0, deadline
+        ):
+            return self._end(start_response, "connection timeout")
+        fault = plan.fault
+        if fault is not None and fault.kind != "partial_response":
+            drain_input(environ)
+            return render_fault(fault, self.faults, self.connection, start_response, self.headers)
+        body: Iterable[bytes]
+        if fault is not None:
+            partial = PartialBody(fault.fraction, self.connection)
+            app_start_response = partial.start_response(start_response, self.headers)
+            body = partial.wrap(self.app(environ, app_start_response))
+        else:
+            body = self.app(environ, with_headers(start_response, self.headers))
+        if shaping is not None and shaping.paces_body:
+            body = PacedBody(
+                body, shaping, self.connection, started=self.started, on_cut=self._cut_mid_body
+            )
+        return body
+
+    def _end(self, start_response: StartResponse, why: str) -> Iterable[bytes]:
+        """End the request without an answer: a plain close, before anything was sent."""
+        return reset_or_cut(self.connection, start_response, self.headers, why, reset=False)
+
+    def _cut_mid_body(self) -> None:
+        self.outcome.cut_mid_body = True
+
+    def _finish(self) -> None:
+        """Once the response is complete or closed (the wrappers call it once): the slot
+        back, and what applying found told."""
+        if self.release_slot is not None:
+            self.release_slot()
+        found = self.outcome.found_at_apply()
+        if found:
+            self.report(found)
+
+
+def with_headers(start_response: StartResponse, extra: list[tuple[str, str]]) -> StartResponse:
+    """``start_response`` adding ``extra`` to the app's headers."""
+    if not extra:
+        return start_response
+
+    def start_response_with_headers(
+        status: str, headers: list[tuple[str, str]], exc_info: Any = None
+    ) -> Any:
+        return start_response(status, [*headers, *extra], exc_info)
+
+    return start_response_with_headers

@@ -1,0 +1,81 @@
+"""The names of what we inject, and the Outcome: a Plan plus what applying it found.
+
+One name per injection, everywhere a user reads one: the store's counters (``/status``,
+``/stats``), the ``mockforge_chaos_injections_total`` metric, the recorder, trace events
+and log lines. The middleware puts an :class:`Outcome` in ``environ[OUTCOME_KEY]``; the
+app and the observers around the middleware (metrics, recorder) read it there.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from .plan import Plan
+
+__all__ = ["INJECTION_TYPES", "OUTCOME_KEY", "Injection", "Outcome"]
+
+OUTCOME_KEY = "mockforge.outcome"
+
+LATENCY = "latency"
+HTTP_ERROR = "http_error"
+TIMEOUT = "timeout"
+CONNECTION_RESET = "connection_reset"
+PARTIAL_RESPONSE = "partial_response"
+RATE_LIMITED = "rate_limited"
+REQUEST_DROPPED = "request_dropped"
+BANDWIDTH_THROTTLED = "bandwidth_throttled"
+PACKET_LOSS = "packet_loss"
+CONNECTION_LIMITED = "connection_limited"
+CONNECTION_TIMEOUT = "connection_timeout"
+
+# Each type, with what its detail holds (docs/observability.md lists the same).
+INJECTION_TYPES: dict[str, str] = {
+    LATENCY: "",
+    HTTP_ERROR: "the status code",
+    TIMEOUT: "",
+    CONNECTION_RESET: "",
+    PARTIAL_RESPONSE: "",
+    RATE_LIMITED: "the level: global, per_ip or per_endpoint",
+    REQUEST_DROPPED: "",
+    BANDWIDTH_THROTTLED: "bytes per second",
+    PACKET_LOSS: "the percent",
+    CONNECTION_LIMITED: "",
+    CONNECTION_TIMEOUT: "",
+}
+
+
+class Injection(NamedTuple):
+    """One thing injected into a request: its type (a key of INJECTION_TYPES) and detail."""
+
+    type: str
+    detail: str = ""
+
+
+class Outcome:
+    """What happened to one request: the Plan decided for it, and what applying it found
+    that no plan could say in advance (a body cut when the connection deadline passed
+    mid-body). Set while the response runs; read once it is closed."""
+
+    __slots__ = ("cut_mid_body", "plan")
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.cut_mid_body = False
+
+    def found_at_apply(self) -> list[Injection]:
+        """The injections applying the plan added to those it planned."""
+        if self.cut_mid_body and not self.plan.cut_by_timeout:
+            return [Injection(CONNECTION_TIMEOUT)]
+        return []
+
+    def injections(self) -> list[Injection]:
+        """Every injection this request got, planned or found at apply."""
+        return [*self.plan.injections(), *self.found_at_apply()]
+
+    def annotation(self) -> str:
+        """The ``X-Mockforge-Chaos`` value, with a cut found at apply added."""
+        parts = [self.plan.annotation()]
+        if self.found_at_apply():
+            parts.append("cut=connection_timeout")
+        return ", ".join(part for part in parts if part)
