@@ -568,3 +568,35 @@ def test_a_bad_max_hold_in_the_environment_is_one_clear_error(
     monkeypatch.setenv("MOCKFORGE_MAX_HOLD_S", raw)
     with pytest.raises(ConfigError, match=r"MOCKFORGE_MAX_HOLD_S: .* is not a number of seconds"):
         create_management_app(ScenarioEngine(ChaosConfig()))
+
+
+def _every_route_and_method() -> list[tuple[str, str]]:
+    from mockforge_wsgi.api import ROUTES
+
+    cases = []
+    for route in ROUTES:
+        path = route.rule.replace("<name>", "slow_backend")
+        cases.extend((method, path) for method in route.methods)
+    return cases
+
+
+@pytest.mark.parametrize(("method", "path"), _every_route_and_method())
+@pytest.mark.parametrize("protect_reads", [False, True])
+def test_the_admin_token_guards_every_mutating_route_and_method(
+    method: str, path: str, protect_reads: bool
+) -> None:
+    """docs/api.md: every mutating route needs the token (reads too with protect_reads);
+    refused, nothing changes."""
+    client, middleware = make(admin_token="s3cret", protect_reads=protect_reads)
+    before = middleware.engine.status()
+    body = {"latency_ms": 1} if method in ("PUT", "PATCH", "POST") else None
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        response = call(client, method, path, body, headers=headers)
+        if method == "GET" and not protect_reads:
+            assert response.status_code == 200, (method, path)
+        else:
+            assert response.status_code == 401, (method, path, response.status_code)
+            assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    assert middleware.engine.status() == before
+    allowed = call(client, method, path, body, headers={"Authorization": "Bearer s3cret"})
+    assert allowed.status_code != 401, (method, path)

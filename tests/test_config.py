@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -316,3 +317,41 @@ def test_every_setting_is_in_the_reference() -> None:
     document = DOCS.read_text(encoding="utf-8")
     for info in iter_settings():
         assert f"`{info.env_name}`" in document
+
+
+# Every share a user sends: probabilities and fractions in [0, 1], percents in [0, 100].
+SHARES = [
+    (info, 100.0 if info.path[-1].endswith("percent") else 1.0)
+    for info in iter_settings()
+    if info.path[-1].endswith(("probability", "fraction", "percent"))
+]
+
+
+def test_every_share_setting_is_found() -> None:
+    # If one is renamed so that its name no longer says it, the range test must not skip it.
+    names = [info.dotted for info, _ in SHARES]
+    assert sum(name.endswith("probability") for name in names) == 6, names
+    assert sum(name.endswith("percent") for name in names) == 2, names
+
+
+@pytest.mark.parametrize(("info", "high"), SHARES, ids=lambda item: getattr(item, "dotted", ""))
+@pytest.mark.parametrize("value", ["below", "above", float("nan"), float("inf")])
+def test_every_share_is_checked_against_its_range(info: Any, high: float, value: Any) -> None:
+    data: dict[str, Any] = {}
+    target = data
+    for part in info.path[:-1]:
+        target = target.setdefault(part, {})
+    bad = {"below": -0.1, "above": high * 1.5}.get(value, value)
+    target[info.path[-1]] = bad
+    with pytest.raises(ConfigError) as error:
+        config_from_dict(data)
+    assert f"{info.dotted}: " in str(error.value)
+    for good in (0, high / 4, high):
+        target[info.path[-1]] = good
+        assert _value(config_from_dict(data), info.path) == good  # in range: as sent
+
+
+def _value(config: Any, path: tuple[str, ...]) -> Any:
+    for part in path:
+        config = getattr(config, part)
+    return config

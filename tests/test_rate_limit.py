@@ -278,3 +278,36 @@ def test_admitted_headers_follow_each_verdict_and_are_the_callers_to_change() ->
     refused = RateLimitVerdict("global", BucketOutcome(False, 10, 0, 1.5, 0.2)).headers()
     assert dict(refused)["Retry-After"] == "1"
     assert dict(verdict(0, 1.5).headers()).get("Retry-After") is None
+
+
+@pytest.fixture(params=["memory", "embedded", pytest.param("redis", marks=pytest.mark.server)])
+def any_store(request: pytest.FixtureRequest, tmp_path: Any) -> Store:
+    from mockforge_wsgi.state import store_from_url
+
+    if request.param == "memory":
+        return MemoryStore()
+    if request.param == "embedded":
+        return store_from_url(f"file://{tmp_path}")
+    server = request.getfixturevalue("redis_server")
+    return store_from_url(server.url)
+
+
+@pytest.mark.parametrize("how", ["acquire", "take"])
+def test_an_idle_bucket_refills_to_its_burst_and_no_further(any_store: Store, how: str) -> None:
+    """After idling far longer than a refill, a bucket admits `burst` requests at once,
+    then refuses: an old TAT is a full bucket, never a bottomless one. On every store
+    (Redis charges on its own clock, so the idle time is real)."""
+    burst, rate = 3, 20.0  # a token every 50 ms
+    bucket = Bucket("idle-test", 1.0 / rate, burst)
+
+    def admitted_at_once() -> int:
+        if how == "take":
+            now = time.time()
+            return any_store.take([bucket], now, burst + 5)[2] + sum(
+                any_store.take([bucket], now, 1)[2] for _ in range(5)
+            )
+        return sum(any_store.acquire([bucket], time.time())[1].allowed for _ in range(burst + 5))
+
+    assert admitted_at_once() == burst
+    time.sleep(0.6)  # 12 intervals: the bucket is full again, and holds no more than full
+    assert admitted_at_once() == burst

@@ -194,3 +194,17 @@ def test_a_stop_right_after_load_loses_no_row(tmp_path: Path) -> None:
     # SIGTERM at once (mockforge_serve's exit): the workers wrote what they had queued.
     rows = Recorder(database).search({"path_prefix": "/api/test", "limit": 1000})
     assert len(rows) == 600
+
+
+def test_a_queued_row_is_written_within_the_flush_interval(tmp_path: Path) -> None:
+    """docs/observability.md: the background thread writes every 0.2 s; no flush()."""
+    import sqlite3
+
+    client, recorder = recorded(tmp_path)
+    client.get("/x", buffered=True)
+    queued = time.monotonic()
+    with sqlite3.connect(recorder.path) as reader:
+        while not reader.execute("SELECT COUNT(*) FROM requests").fetchone()[0]:
+            assert time.monotonic() - queued < 2.0, "never written"
+            time.sleep(0.01)
+    assert time.monotonic() - queued < 0.6  # 0.2 s promised; slack for a slow machine

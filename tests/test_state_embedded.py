@@ -40,18 +40,30 @@ def test_state_is_seen_by_another_process(tmp_path: Path) -> None:
     assert store.load_state() == (1, {"enabled": True})
 
 
-def _charge_many(directory: Path, count: int, results: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+INCREMENTS = 5000  # per process: without the file lock, hundreds of numbers collide
+
+
+def _charge_many(
+    directory: Path,
+    count: int,
+    start: Any,
+    results: multiprocessing.Queue,  # type: ignore[type-arg]
+) -> None:
     store = EmbeddedStore(directory)
     bucket = [Bucket("global", 1000.0, 100)]  # one token per 1000 s: only the burst passes
+    start.wait(30)  # all four at once: the lock is contended, not taken in turns
     admitted = sum(store.acquire(bucket, time.monotonic())[1].allowed for _ in range(count))
-    numbers = [store.incr("pattern_requests") for _ in range(count)]
+    numbers = [store.incr("pattern_requests") for _ in range(INCREMENTS)]
     results.put((admitted, numbers))
 
 
 def test_one_bucket_and_unique_counts_across_processes(tmp_path: Path) -> None:
     EmbeddedStore(tmp_path)
     results: multiprocessing.Queue = FORK.Queue()  # type: ignore[type-arg]
-    children = [FORK.Process(target=_charge_many, args=(tmp_path, 100, results)) for _ in range(4)]
+    start = FORK.Barrier(4)
+    children = [
+        FORK.Process(target=_charge_many, args=(tmp_path, 400, start, results)) for _ in range(4)
+    ]
     for child in children:
         child.start()
     outcomes = [results.get(timeout=60) for _ in children]
@@ -59,8 +71,9 @@ def test_one_bucket_and_unique_counts_across_processes(tmp_path: Path) -> None:
         child.join(10)
     assert sum(admitted for admitted, _ in outcomes) == 100  # one burst for all four
     numbers = sorted(n for _, ns in outcomes for n in ns)
-    assert numbers == list(range(1, 401))  # every request got its own number
-    assert EmbeddedStore(tmp_path).counters()["pattern_requests"] == 400
+    total = 4 * INCREMENTS
+    assert numbers == list(range(1, total + 1))  # every request got its own number
+    assert EmbeddedStore(tmp_path).counters()["pattern_requests"] == total
 
 
 def _hold_the_lock_forever(directory: Path, ready: multiprocessing.Event) -> None:  # type: ignore[type-arg]

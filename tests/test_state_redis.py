@@ -281,3 +281,21 @@ def test_redis_outage_and_pauses_under_limits_give_only_injected_5xx(
     log = server.log()
     assert "Traceback" not in log  # outages are one line each, not errors of ours
     assert "mockforge internal error" in log
+
+
+def test_a_state_change_reaches_another_process_within_the_poll_interval(
+    redis_server: RedisServer,
+) -> None:
+    """docs/state.md: a change reaches every host within 50 ms (the version poll)."""
+    writer, reader = store_from_url(redis_server.url), store_from_url(redis_server.url)
+    seen = reader.state_version()
+    waits = []
+    for round_ in range(5):
+        writer.save_state({"round": round_})
+        changed = time.monotonic()
+        while reader.state_version() == seen:
+            assert time.monotonic() - changed < 1.0, "the change never arrived"
+            time.sleep(0.002)
+        waits.append(time.monotonic() - changed)
+        seen = reader.state_version()
+    assert max(waits) < 0.2, waits  # 50 ms promised; slack for a slow machine

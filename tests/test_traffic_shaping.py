@@ -20,6 +20,7 @@ from test_server_faults import chaos_env
 from wsgi_apps import base_app
 
 from mockforge_wsgi import load_config
+from mockforge_wsgi._sockets import Connection
 from mockforge_wsgi.config import TrafficShapingConfig
 from mockforge_wsgi.middleware import CONNECTION_SLOTS, ChaosMiddleware
 from mockforge_wsgi.state import MemoryStore
@@ -60,7 +61,9 @@ def paced(
     chunks: list[bytes], shaping: Shaping, fake: FakeTime
 ) -> tuple[list[tuple[float, int]], Closing]:
     inner = Closing(chunks)
-    body = PacedBody(inner, shaping, {}, started=0.0, clock=fake.clock, sleep=fake.sleep)
+    body = PacedBody(
+        inner, shaping, Connection({}), started=0.0, clock=fake.clock, sleep=fake.sleep
+    )
     sent = [(fake.now, len(piece)) for piece in body]
     body.close()
     return sent, inner
@@ -87,6 +90,26 @@ def test_loss_stalls_whole_segments() -> None:
     assert {round(s, 6) for s in stalls} <= allowed
     # Lost segments (first losses) ~ Binomial(400, 0.1).
     assert_binomial(len(stalls), 400, 0.10)
+
+
+def test_bandwidth_and_loss_together_add_the_stalls_to_the_schedule() -> None:
+    """A stall delays everything after it: the body takes its paced time plus every
+    stall (the same seed loses the same segments with or without a bandwidth limit)."""
+    body = b"z" * (SEGMENT_BYTES * 200)
+    loss_only = FakeTime()
+    paced([body], Shaping(loss_percent=5.0, loss_seed=11), loss_only)
+    stalls = sum(loss_only.sleeps)
+    assert stalls > 1.0  # the seed loses segments: the test has something to check
+    both = FakeTime()
+    sent, _ = paced([body], Shaping(bandwidth_bps=50_000, loss_percent=5.0, loss_seed=11), both)
+    assert sum(size for _, size in sent) == len(body)
+    last_size = sent[-1][1]
+    assert sent[-1][0] == pytest.approx((len(body) - last_size) / 50_000 + stalls)
+    # Never faster than the rate after a stall: slice k leaves no earlier than its bytes allow.
+    before = 0
+    for at, size in sent:
+        assert at >= before / 50_000 - 1e-9
+        before += size
 
 
 def test_retransmission_stall_doubles_the_rto() -> None:
@@ -147,6 +170,7 @@ def _timed_body(port: int, path: str) -> tuple[list[tuple[float, int]], bytes]:
     return arrivals, head
 
 
+@pytest.mark.server
 def test_bandwidth_through_a_real_server_within_2_percent(tmp_path: Path) -> None:
     """512 KiB at 100 KiB/s, timed byte by byte by a raw-socket client."""
     limit = 100 * 1024
@@ -163,6 +187,7 @@ def test_bandwidth_through_a_real_server_within_2_percent(tmp_path: Path) -> Non
     assert_clean_log(server)
 
 
+@pytest.mark.server
 def test_upload_is_paced_through_a_real_server(tmp_path: Path) -> None:
     limit = 50_000
     env = chaos_env(
@@ -178,6 +203,7 @@ def test_upload_is_paced_through_a_real_server(tmp_path: Path) -> None:
     assert 2.0 <= elapsed <= 2.5
 
 
+@pytest.mark.server
 def test_packet_loss_through_a_real_server(tmp_path: Path) -> None:
     env = chaos_env(traffic_shaping_enabled="true", traffic_shaping_packet_loss_percent="20")
     size = SEGMENT_BYTES * 50
@@ -191,6 +217,7 @@ def test_packet_loss_through_a_real_server(tmp_path: Path) -> None:
     assert elapsed >= INITIAL_RTO_S
 
 
+@pytest.mark.server
 def test_request_drop_cuts_without_an_answer(tmp_path: Path) -> None:
     env = chaos_env(traffic_shaping_enabled="true", traffic_shaping_request_drop_probability="1")
     with (
@@ -202,6 +229,7 @@ def test_request_drop_cuts_without_an_answer(tmp_path: Path) -> None:
     assert_clean_log(server)
 
 
+@pytest.mark.server
 def test_connection_timeout_cuts_latency(tmp_path: Path) -> None:
     env = chaos_env(
         latency_enabled="true",
@@ -218,6 +246,7 @@ def test_connection_timeout_cuts_latency(tmp_path: Path) -> None:
     assert_clean_log(server)
 
 
+@pytest.mark.server
 def test_connection_timeout_cuts_a_paced_body(tmp_path: Path) -> None:
     env = chaos_env(
         traffic_shaping_enabled="true",
@@ -249,6 +278,7 @@ def _app_with_failures(environ: dict[str, Any], start_response: Any) -> Any:
     return base_app(environ, start_response)
 
 
+@pytest.mark.server
 def test_connection_limit_answers_503_beyond_it() -> None:
     middleware = _shaped(max_connections=2)
     with werkzeug_server(middleware) as server:
@@ -257,6 +287,7 @@ def test_connection_limit_answers_503_beyond_it() -> None:
     assert middleware.store.slots_in_use(CONNECTION_SLOTS) == 0
 
 
+@pytest.mark.server
 def test_connection_limit_queues_up_to_the_timeout() -> None:
     middleware = _shaped(max_connections=2, queue_timeout_ms=5000)
     with werkzeug_server(middleware) as server:
@@ -282,6 +313,7 @@ def _concurrent_statuses(url: str, n: int) -> list[int]:
     return statuses
 
 
+@pytest.mark.server
 def test_no_slot_leaks_after_1000_mixed_requests() -> None:
     """Faults, app exceptions and clients hanging up mid-body: every slot comes back."""
     config = load_config(
