@@ -16,7 +16,7 @@ from ._observe import ClosingBody, CompletingBody, Once, content_length
 from ._sockets import Connection
 from .config import FaultInjectionConfig
 from .fault import PartialBody, drain_input, render_fault, reset_or_cut
-from .outcome import Injection, Outcome
+from .outcome import CONNECTION_TIMEOUT, Injection, Outcome
 from .rate_limit import render_refusal
 from .traffic_shaping import PacedBody, PacedInput, sleep_until
 
@@ -32,13 +32,14 @@ class Delivery:
     """One request's apply step: the app, the decided plan (in ``outcome``), and the
     request it is applied to.
 
-    ``release_slot`` gives back the connection slot the plan holds (``plan.slot``);
-    ``report`` hears what applying found (a body cut at the connection deadline). Both
-    run once the response is complete or closed, the slot before a cut."""
+    ``release_slot`` gives back the connection slot the plan holds (None: it holds
+    none); ``report(environ, found)`` hears what applying found (a body cut at the
+    connection deadline). Both run once the response is complete or closed, the slot
+    before a cut."""
 
     __slots__ = (
+        "_connection",
         "app",
-        "connection",
         "environ",
         "faults",
         "headers",
@@ -58,8 +59,8 @@ class Delivery:
         start_response: StartResponse,
         headers: list[tuple[str, str]],
         started: float,
-        release_slot: Callable[[], None],
-        report: Callable[[list[Injection]], None],
+        release_slot: Callable[[], None] | None,
+        report: Callable[[WSGIEnvironment, list[Injection]], None],
     ) -> None:
         self.app = app
         self.outcome = outcome
@@ -69,8 +70,15 @@ class Delivery:
         self.headers = headers
         self.started = started
         self.report = report
-        self.release_slot = Once(release_slot) if outcome.plan.slot else None
-        self.connection = Connection(environ, before_cut=self.release_slot)
+        self.release_slot = Once(release_slot) if release_slot is not None else None
+        self._connection: Connection | None = None
+
+    @property
+    def connection(self) -> Connection:
+        """The client connection, for the faults that end it (most requests never do)."""
+        if self._connection is None:
+            self._connection = Connection(self.environ, before_cut=self.release_slot)
+        return self._connection
 
     def __call__(self) -> Iterable[bytes]:
         plan = self.outcome.plan
@@ -140,16 +148,17 @@ class Delivery:
         return reset_or_cut(self.connection, start_response, self.headers, why, reset=False)
 
     def _cut_mid_body(self) -> None:
-        self.outcome.cut_mid_body = True
+        if not self.outcome.plan.cut_by_timeout:  # else planned, and reported as such
+            self.outcome.found.append(Injection(CONNECTION_TIMEOUT))
 
     def _finish(self) -> None:
         """Once the response is complete or closed (the wrappers call it once): the slot
         back, and what applying found told."""
         if self.release_slot is not None:
             self.release_slot()
-        found = self.outcome.found_at_apply()
+        found = self.outcome.found
         if found:
-            self.report(found)
+            self.report(self.environ, found)
 
 
 def with_headers(start_response: StartResponse, extra: list[tuple[str, str]]) -> StartResponse:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import operator
 import os
 import random
 import sys
@@ -43,7 +44,9 @@ log = logging.getLogger("mockforge_wsgi")
 DEFAULT_EXEMPT_PATHS = (DEFAULT_API_PREFIX, "/metrics")
 SEQUENCE_COUNTER = "sequence"  # numbers requests for per-request generators (with a seed)
 # The outcome of a request that gets no chaos (shared: nothing is applied to it).
-NOTHING_INJECTED = Outcome(NO_CHAOS)
+NOTHING_INJECTED = Outcome(NO_CHAOS, [])
+_new = tuple.__new__
+_TYPE_OF = operator.itemgetter(0)  # an Injection's type
 WORKER_HEADER = "X-Mockforge-Worker"
 
 ERROR_LOG_INTERVAL_S = 60.0
@@ -174,15 +177,14 @@ class ChaosMiddleware:
         if plan is NO_CHAOS:
             environ[OUTCOME_KEY] = NOTHING_INJECTED
             return self.app(environ, start_response)
-        outcome = environ[OUTCOME_KEY] = Outcome(plan)
+        outcome = environ[OUTCOME_KEY] = _new(Outcome, (plan, []))
         request_id = environ.get(REQUEST_ID_KEY) or environ.setdefault(
             REQUEST_ID_KEY, new_request_id()
         )
         headers = self._response_headers(plan, config, request_id)
         if plan.admitted_only:  # admitted by the limiter, nothing else: its headers only
             return self.app(environ, with_headers(start_response, headers))
-        report = functools.partial(self._report, environ, request_id, plan.delay_ms)
-        report(plan.injections())
+        self._report(environ, request_id, plan.delay_ms, plan.injections())
         return Delivery(
             self.app,
             outcome,
@@ -191,8 +193,8 @@ class ChaosMiddleware:
             start_response,
             headers,
             started,
-            release_slot=functools.partial(self._release_slot, self.store),
-            report=report,
+            functools.partial(self._release_slot, self.store) if plan.slot else None,
+            self._report_found,
         )()
 
     def _response_headers(
@@ -293,7 +295,7 @@ class ChaosMiddleware:
                 self._internal_error("reaching the rate-limit store")
         head = environ.get("REQUEST_METHOD") == "HEAD"
         plan = decide_plan(config, rng, verdict, number, head=head)
-        if plan.needs_slot:  # last: nothing after it may fail with a slot held
+        if plan.shaping is not None and plan.needs_slot:  # last: nothing after it may fail
             plan = self._take_slot(plan, config)
         return plan
 
@@ -311,9 +313,11 @@ class ChaosMiddleware:
                 raise
             self._internal_error("taking a connection slot")
             return plan  # served without the limit
-        if admitted:
-            return plan._replace(slot=True)
-        return plan._replace(delay_ms=None, fault=None, slot=False)
+        delay_ms, fault, verdict, shaping, _ = plan
+        if admitted:  # built directly: NamedTuple._replace is a slow Python-level call
+            held: Plan = _new(Plan, (delay_ms, fault, verdict, shaping, True))
+            return held
+        return Plan(rate_limit=verdict, shaping=shaping, slot=False)
 
     def _report(
         self,
@@ -327,7 +331,7 @@ class ChaosMiddleware:
         if not found:
             return
         try:
-            self.store.count([injection.type for injection in found])
+            self.store.count(list(map(_TYPE_OF, found)))
             record_injections(found, request_id, delay_ms)
         except Exception:
             self._internal_error("reporting an injection")
@@ -341,6 +345,10 @@ class ChaosMiddleware:
                     environ.get("REQUEST_METHOD"),
                     environ.get("PATH_INFO"),
                 )
+
+    def _report_found(self, environ: WSGIEnvironment, found: list[Injection]) -> None:
+        """What applying found, told as what was decided is (at close)."""
+        self._report(environ, environ.get(REQUEST_ID_KEY, ""), None, found)
 
     def _release_slot(self, store: Store) -> None:
         """Give a slot back; if the store cannot hear of it, it will not stay taken (the

@@ -52,30 +52,24 @@ class Injection(NamedTuple):
     detail: str = ""
 
 
-class Outcome:
+class Outcome(NamedTuple):
     """What happened to one request: the Plan decided for it, and what applying it found
-    that no plan could say in advance (a body cut when the connection deadline passed
-    mid-body). Set while the response runs; read once it is closed."""
+    that no plan could say in advance (``found``: a body cut when the connection deadline
+    passed mid-body), appended while the response runs; read once it is closed.
 
-    __slots__ = ("cut_mid_body", "plan")
+    Built per request with chaos as ``Outcome(plan, [])`` (a tuple: cheaper than a class
+    instance on that path)."""
 
-    def __init__(self, plan: Plan) -> None:
-        self.plan = plan
-        self.cut_mid_body = False
-
-    def found_at_apply(self) -> list[Injection]:
-        """The injections applying the plan added to those it planned."""
-        if self.cut_mid_body and not self.plan.cut_by_timeout:
-            return [Injection(CONNECTION_TIMEOUT)]
-        return []
+    plan: Plan
+    found: list[Injection]
 
     def injections(self) -> list[Injection]:
         """Every injection this request got, planned or found at apply."""
-        return [*self.plan.injections(), *self.found_at_apply()]
+        planned = self.plan.injections()
+        return [*planned, *self.found] if self.found else planned
 
     def annotation(self) -> str:
-        """The ``X-Mockforge-Chaos`` value, with a cut found at apply added."""
+        """The ``X-Mockforge-Chaos`` value, with what applying found added."""
         parts = [self.plan.annotation()]
-        if self.found_at_apply():
-            parts.append("cut=connection_timeout")
+        parts.extend(f"cut={injection.type}" for injection in self.found)
         return ", ".join(part for part in parts if part)
