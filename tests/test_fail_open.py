@@ -13,6 +13,7 @@ from werkzeug.test import Client
 from mockforge_wsgi import load_config
 from mockforge_wsgi.middleware import ChaosMiddleware
 from mockforge_wsgi.state import MemoryStore, Store, StoreError
+from mockforge_wsgi.state.base import CONNECTION_SLOTS
 
 # Every method of the Store interface, and who survives its failure on the way of a
 # request to the app (with the config below): the middleware (the app's own answer,
@@ -126,3 +127,23 @@ def test_an_unreachable_store_at_a_workers_exit_does_not_reach_the_master() -> N
     store = FailingStore()
     store.failing = "release_worker"
     _child_exit(store, None, None, SimpleNamespace(pid=12345))  # gunicorn's hook: no raise
+
+
+@pytest.mark.parametrize("method", ["acquire_slot", "count", "take"])
+def test_a_bug_of_ours_in_the_store_fails_open_too(method: str) -> None:
+    """Not only an unreachable store: any exception where a request touches the store
+    (a connection slot included) yields the app's own answer, counted."""
+
+    class Buggy(FailingStore):
+        pass
+
+    def broken(self: Any, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug of ours")
+
+    setattr(Buggy, method, broken)
+    config = load_config(environ={}, overrides=CONFIG)
+    middleware = ChaosMiddleware(hello, config=config, store=Buggy())
+    client = Client(middleware)
+    assert [answer(client) for _ in range(5)] == [(200, b"hello")] * 5
+    assert middleware.internal_errors >= 5
+    assert middleware.store.slots_in_use(CONNECTION_SLOTS) == 0
