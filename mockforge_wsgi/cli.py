@@ -13,7 +13,7 @@ import socket
 import sys
 import tempfile
 import urllib.error
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import click
@@ -25,7 +25,7 @@ from . import _env
 from .admin import start_admin_listener
 from .app import METRICS_ENV, create_app
 from .client import ChaosApiError, ChaosClient
-from .config import ChaosConfig, ConfigError, longest_delay_s
+from .config import ChaosConfig, ConfigError, SettingInfo, iter_settings, longest_delay_s
 from .scenarios import BUILTIN_SCENARIOS, Scenario, ScenarioEngine, UnknownScenario, load_scenarios
 from .state import STORE_ENV, MemoryStore, Store, StoreError, store_from_env, store_from_url
 from .state.server_store import server_store_directory
@@ -46,60 +46,61 @@ def main() -> None:
 
 # -- serve ----------------------------------------------------------------------------
 
-# flag -> (config path, value to set alongside) ; values are validated by the config
-CHAOS_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
-    "chaos_latency_ms": ("latency.fixed_delay_ms", {"latency.enabled": True}),
-    "chaos_latency_range": ("latency.random_delay_range_ms", {"latency.enabled": True}),
-    "chaos_latency_probability": ("latency.probability", {"latency.enabled": True}),
-    "chaos_http_errors": ("fault_injection.http_errors", {"fault_injection.enabled": True}),
-    "chaos_http_error_probability": (
-        "fault_injection.http_error_probability",
-        {"fault_injection.enabled": True},
-    ),
-    "chaos_rate_limit": ("rate_limit.requests_per_second", {"rate_limit.enabled": True}),
-    "chaos_bandwidth_limit": (
-        "traffic_shaping.bandwidth_limit_bps",
-        {"traffic_shaping.enabled": True},
-    ),
-    "chaos_packet_loss": (
-        "traffic_shaping.packet_loss_percent",
-        {"traffic_shaping.enabled": True},
-    ),
-    "chaos_scenario": ("scenario", {}),
-    "seed": ("seed", {}),
-}
+# The settings ``mockforge serve`` has a flag for: each declares it (config.setting's
+# ``flag``), so the option, its help, the docs table and validation come from there.
+FLAGGED = tuple(info for info in iter_settings() if info.flag is not None)
+
+
+def flag_effect(info: SettingInfo) -> str:
+    """What a flag sets, in words: its setting, and the section it turns on."""
+    turns_on = f"; turns {info.switches_on[0]} on" if info.switches_on else ""
+    return f"[{info.dotted}{turns_on}]"
+
+
+def chaos_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add a click option for every flagged setting, in declaration order."""
+    for info in reversed(FLAGGED):
+        flag = info.flag
+        assert flag is not None
+        help = " ".join(filter(None, (info.help, flag.note, flag_effect(info))))
+        if not flag.metavar:  # an on/off switch
+            command = click.option(flag.name, flag.parameter, is_flag=True, help=help)(command)
+        else:
+            option = click.option(flag.name, flag.parameter, metavar=flag.metavar, help=help)
+            command = option(command)
+    return command
 
 
 def _flag_overrides(flags: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
-    """CLI flags as a nested overrides layer, and which flag each path came from."""
+    """CLI flags as a nested overrides layer, and which flag each path came from. The
+    values are the flags' text: the config checks them as it checks env variables."""
     overrides: dict[str, Any] = {}
     sources: dict[str, str] = {}
 
-    def put(dotted: str, value: Any) -> None:
-        *parents, leaf = dotted.split(".")
+    def put(path: tuple[str, ...], value: Any, source: str) -> None:
+        *parents, leaf = path
         target = overrides
         for part in parents:
             target = target.setdefault(part, {})
         target[leaf] = value
+        sources[".".join(("chaos", *path))] = source
 
-    if flags.get("chaos"):
-        put("enabled", True)
+    for info in FLAGGED:
+        flag = info.flag
+        assert flag is not None
+        value = flags.get(flag.parameter)
+        if value is None or value is False:
+            continue
+        put(info.path, value, flag.name)
+        if info.switches_on:
+            put(info.switches_on, True, flag.name)
     try:
         rate = float(flags.get("chaos_rate_limit") or "nan")
     except ValueError:
         rate = math.nan  # the config check reports it
     if 0 < rate < DEFAULT_BURST:
         # A burst above one second's worth would hide a low limit from a short test.
-        put("rate_limit.burst_size", max(1, math.ceil(rate)))
-        sources["chaos.rate_limit.burst_size"] = "--chaos-rate-limit"
-    for name, (dotted, alongside) in CHAOS_FLAGS.items():
-        value = flags.get(name)
-        if value is None:
-            continue
-        put(dotted, value)
-        sources[f"chaos.{dotted}"] = "--" + name.replace("_", "-")
-        for extra, extra_value in alongside.items():
-            put(extra, extra_value)
+        put(("rate_limit", "burst_size"), max(1, math.ceil(rate)), "--chaos-rate-limit")
     return overrides, sources
 
 
@@ -178,7 +179,6 @@ def _import_app(spec: str) -> Any:
     envvar=ADMIN_TOKEN_ENV,
     help="Bearer token the management API requires for changes.",
 )
-@click.option("--seed", help="Seed for reproducible chaos (per worker).")
 @click.option(
     "--log-level",
     default="info",
@@ -213,24 +213,7 @@ def _import_app(spec: str) -> Any:
 @click.option(
     "--jaeger-endpoint", metavar="URL", help="Alias of --otlp-endpoint (Jaeger speaks OTLP)."
 )
-@click.option("--chaos", is_flag=True, help="Enable chaos.")
-@click.option("--chaos-scenario", metavar="NAME", help="Scenario active at start.")
-@click.option("--chaos-latency-ms", metavar="MS", help="Fixed delay.")
-@click.option(
-    "--chaos-latency-range", metavar="MIN-MAX", help='Random delay range, e.g. "100-500".'
-)
-@click.option("--chaos-latency-probability", metavar="P", help="Share of requests delayed.")
-@click.option(
-    "--chaos-http-errors", metavar="CODES", help='Statuses to inject, e.g. "500,502,503".'
-)
-@click.option("--chaos-http-error-probability", metavar="P", help="Chance of an HTTP error.")
-@click.option(
-    "--chaos-rate-limit",
-    metavar="RPS",
-    help="Global requests per second (below 10, the burst is lowered to match).",
-)
-@click.option("--chaos-bandwidth-limit", metavar="BPS", help="Response bytes per second.")
-@click.option("--chaos-packet-loss", metavar="PERCENT", help="Packet loss percent.")
+@chaos_options
 def serve(
     config_path: str | None,
     host: str,

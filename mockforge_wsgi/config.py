@@ -55,6 +55,21 @@ class ConfigError(ValueError):
         super().__init__("invalid chaos configuration:\n  " + "\n  ".join(self.problems))
 
 
+@attrs.frozen
+class Flag:
+    """The ``mockforge serve`` option that sets a setting (as gunicorn's Settings carry
+    their command-line flag). A flag for a setting inside a section turns it on too."""
+
+    name: str  # "--chaos-latency-ms"
+    metavar: str = ""  # "MS"; empty for an on/off switch
+    note: str = ""  # what the flag does beyond setting the value, as a sentence
+
+    @property
+    def parameter(self) -> str:
+        """The click parameter name: ``--chaos-latency-ms`` -> ``chaos_latency_ms``."""
+        return self.name.lstrip("-").replace("-", "_")
+
+
 def setting(
     default: Any,
     kind: kinds.Kind,
@@ -62,10 +77,13 @@ def setting(
     check: kinds.Check | None = None,
     *,
     ramps: bool = False,
+    flag: Flag | None = None,
 ) -> Any:
-    """Declare one setting: an attrs field whose metadata drives loading, env and docs.
+    """Declare one setting: an attrs field whose metadata drives loading, env, flags,
+    OpenAPI and docs.
 
-    ``ramps`` marks a probability or delay that a ramped scenario grows from zero.
+    ``ramps`` marks a probability or delay that a ramped scenario grows from zero;
+    ``flag`` is the ``mockforge serve`` option that sets it, if any.
     """
 
     def validate(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -76,7 +94,7 @@ def setting(
     return attrs.field(
         default=default,
         validator=validate,
-        metadata={"kind": kind, "check": check, "help": help, "ramps": ramps},
+        metadata={"kind": kind, "check": check, "help": help, "ramps": ramps, "flag": flag},
     )
 
 
@@ -128,6 +146,7 @@ class LatencyConfig:
         "Base delay; the mean of `normal`.",
         DELAY_MS,
         ramps=True,
+        flag=Flag("--chaos-latency-ms", "MS"),
     )
     random_delay_range_ms: tuple[float, float] | None = setting(
         None,
@@ -136,6 +155,7 @@ class LatencyConfig:
         "(or `auto` and this is set).",
         kinds.OrderedRange(0, MAX_DELAY_MS),
         ramps=True,
+        flag=Flag("--chaos-latency-range", "MIN-MAX"),
     )
     jitter_percent: float = setting(
         0.0, kinds.FLOAT, "Scale the delay by a uniform factor of +/- this percent.", PERCENT
@@ -146,6 +166,7 @@ class LatencyConfig:
         "Share of requests that get a delay.",
         PROBABILITY,
         ramps=True,
+        flag=Flag("--chaos-latency-probability", "P"),
     )
     distribution: str = setting(
         "auto",
@@ -180,6 +201,7 @@ class FaultInjectionConfig:
         kinds.INT_LIST,
         "Statuses an HTTP-error fault picks from, uniformly.",
         kinds.EachBetween(400, 599),
+        flag=Flag("--chaos-http-errors", "CODES"),
     )
     http_error_probability: float = setting(
         0.0,
@@ -187,6 +209,7 @@ class FaultInjectionConfig:
         "Chance of an HTTP-error fault (rolled 1st).",
         PROBABILITY,
         ramps=True,
+        flag=Flag("--chaos-http-error-probability", "P"),
     )
     timeout_probability: float = setting(
         0.0,
@@ -238,6 +261,11 @@ class RateLimitConfig:
         kinds.FLOAT,
         "Refill rate of the global bucket (and the default of the others).",
         RATE,
+        flag=Flag(
+            "--chaos-rate-limit",
+            "RPS",
+            "Below 10 the burst is lowered to ceil(RPS), so a low limit shows at once.",
+        ),
     )
     burst_size: int = setting(10, kinds.INT, "Bucket capacity: requests admitted at once.", BURST)
     global_limit: bool = setting(True, kinds.BOOL, "One bucket for the whole server.")
@@ -294,7 +322,11 @@ class TrafficShapingConfig:
 
     enabled: bool = setting(False, kinds.BOOL, "Shape traffic at all.")
     bandwidth_limit_bps: int = setting(
-        0, kinds.INT, "Response body rate in bytes per second; 0 is unlimited.", BYTES_PER_S
+        0,
+        kinds.INT,
+        "Response body rate in bytes per second; 0 is unlimited.",
+        BYTES_PER_S,
+        flag=Flag("--chaos-bandwidth-limit", "BPS"),
     )
     upload_bandwidth_limit_bps: int = setting(
         0, kinds.INT, "Request body read rate in bytes per second; 0 is unlimited.", BYTES_PER_S
@@ -305,6 +337,7 @@ class TrafficShapingConfig:
         "Chance per 1460-byte segment of a retransmission delay.",
         PERCENT,
         ramps=True,
+        flag=Flag("--chaos-packet-loss", "PERCENT"),
     )
     request_drop_probability: float = setting(
         0.0,
@@ -416,14 +449,25 @@ def apply_rule(config: ChaosConfig, rule: Rule) -> ChaosConfig:
 class ChaosConfig:
     """Everything the middleware injects. Frozen: change it with ``attrs.evolve``."""
 
-    enabled: bool = setting(False, kinds.BOOL, "Master switch; nothing is injected when off.")
-    scenario: str | None = setting(None, kinds.OPTIONAL_STR, "Scenario active at start.")
+    enabled: bool = setting(
+        False,
+        kinds.BOOL,
+        "Master switch; nothing is injected when off.",
+        flag=Flag("--chaos"),
+    )
+    scenario: str | None = setting(
+        None,
+        kinds.OPTIONAL_STR,
+        "Scenario active at start.",
+        flag=Flag("--chaos-scenario", "NAME"),
+    )
     seed: int | None = setting(
         None,
         kinds.OPTIONAL_INT,
         "Seed for reproducible decisions: request n (numbered in the store, so across "
         "workers too) draws from a generator seeded with (seed, n).",
         SEED,
+        flag=Flag("--seed", "N"),
     )
     on_store_error: str = setting(
         "open",
@@ -494,6 +538,20 @@ class SettingInfo:
     def check(self) -> kinds.Check | None:
         check: kinds.Check | None = self.field.metadata["check"]
         return check
+
+    @property
+    def help(self) -> str:
+        return str(self.field.metadata["help"])
+
+    @property
+    def flag(self) -> Flag | None:
+        flag: Flag | None = self.field.metadata["flag"]
+        return flag
+
+    @property
+    def switches_on(self) -> tuple[str, ...]:
+        """The section's ``enabled`` path a flag for this setting turns on, if any."""
+        return (*self.path[:-1], "enabled") if len(self.path) > 1 else ()
 
 
 def iter_settings(

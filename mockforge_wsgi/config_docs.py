@@ -123,6 +123,21 @@ def flags_table() -> str:
     return "\n".join(lines)
 
 
+def chaos_flags_table() -> str:
+    """The chaos flags of ``mockforge serve``, from the settings that declare them."""
+    from .cli import FLAGGED
+
+    lines = ["| flag | sets |", "| --- | --- |"]
+    for info in FLAGGED:
+        flag = info.flag
+        assert flag is not None
+        usage = f"{flag.name} {flag.metavar}".strip()
+        turns_on = f" (and turns {info.switches_on[0]} on)" if info.switches_on else ""
+        note = f"; {flag.note[0].lower()}{flag.note[1:].rstrip('.')}" if flag.note else ""
+        lines.append(f"| `{usage}` | `{info.dotted}`{turns_on}{note} |")
+    return "\n".join(lines)
+
+
 # One example per route, as a harness would type it (the guide's test runs each).
 ROUTE_EXAMPLES = {
     ("/status", "GET"): "curl -s localhost:3000/api/chaos/status",
@@ -216,6 +231,7 @@ GENERATORS = {
     "settings": reference_table,
     "scenarios": scenario_table,
     "flags": flags_table,
+    "chaos-flags": chaos_flags_table,
     "routes": routes_examples,
 }
 

@@ -305,7 +305,7 @@ def test_every_setting_has_a_unique_environment_variable() -> None:
     assert all(name.startswith("MOCKFORGE_CHAOS_") for name in names)
 
 
-@pytest.mark.parametrize("name", ["configuration.md", "scenarios.md"])
+@pytest.mark.parametrize("name", ["configuration.md", "scenarios.md", "serving.md"])
 def test_generated_docs_are_current(name: str) -> None:
     document = (DOCS.parent / name).read_text(encoding="utf-8")
     assert render_into(document) == document, (
@@ -355,3 +355,39 @@ def _value(config: Any, path: tuple[str, ...]) -> Any:
     for part in path:
         config = getattr(config, part)
     return config
+
+
+# A valid value for each flag of `mockforge serve`, as typed; a new flag needs one here.
+FLAG_SAMPLES = {
+    "--chaos": (True, True),
+    "--chaos-scenario": ("slow_backend", "slow_backend"),
+    "--seed": ("42", 42),
+    "--chaos-latency-ms": ("250", 250.0),
+    "--chaos-latency-range": ("100-500", (100.0, 500.0)),
+    "--chaos-latency-probability": ("0.5", 0.5),
+    "--chaos-http-errors": ("500,503", (500, 503)),
+    "--chaos-http-error-probability": ("0.2", 0.2),
+    "--chaos-rate-limit": ("50", 50.0),
+    "--chaos-bandwidth-limit": ("1000", 1000),
+    "--chaos-packet-loss": ("2", 2.0),
+}
+
+
+def test_every_flag_is_declared_by_its_setting_and_sets_it() -> None:
+    from mockforge_wsgi.cli import FLAGGED, _flag_overrides
+
+    assert sorted(info.flag.name for info in FLAGGED) == sorted(FLAG_SAMPLES)  # type: ignore[union-attr]
+    for info in FLAGGED:
+        assert info.flag is not None
+        typed, expected = FLAG_SAMPLES[info.flag.name]
+        overrides, sources = _flag_overrides({info.flag.parameter: typed})
+        config = load_config(environ={}, overrides=overrides)
+        value: Any = config
+        for part in info.path:
+            value = getattr(value, part)
+        assert value == expected, info.flag.name
+        assert sources[info.dotted] == info.flag.name
+        if info.switches_on:  # a flag inside a section turns the section on
+            assert getattr(config, info.path[0]).enabled, info.flag.name
+        else:
+            assert not config.latency.enabled and not config.fault_injection.enabled
