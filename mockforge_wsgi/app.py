@@ -23,10 +23,7 @@ from .middleware import ChaosMiddleware
 from .mock_api import MockApp, parse_routes, route_rules
 from .scenarios import load_scenarios
 
-__all__ = ["CONFIG_ENV", "METRICS_ENV", "OTLP_ENV", "RECORDER_ENV", "create_app"]
-
-CONFIG_ENV, METRICS_ENV, RECORDER_ENV = _env.CONFIG, _env.METRICS, _env.RECORDER_DB
-OTLP_ENV = _env.OTLP_ENDPOINT
+__all__ = ["create_app"]
 
 
 def create_app(
@@ -50,9 +47,9 @@ def create_app(
     Raises one ConfigError listing every problem of the file, environment and flags.
     """
     environ = os.environ if environ is None else environ
-    path = config_path or _env.text(CONFIG_ENV, environ)
+    path = config_path or _env.text(_env.CONFIG, environ)
     problems: list[str] = []
-    for switch in (METRICS_ENV, _env.DEBUG_HEADERS):
+    for switch in (_env.METRICS, _env.DEBUG_HEADERS):
         try:
             _env.flag(switch, environ)
         except ValueError as error:
@@ -86,18 +83,18 @@ def create_app(
         admin_token=admin_token,
     )
     app: Any = chaos
-    recorder_db = recorder_db or _env.text(RECORDER_ENV, environ)
+    recorder_db = recorder_db or _env.text(_env.RECORDER_DB, environ)
     if recorder_db is not None:
         from .recorder import Recorder, RecorderMiddleware
 
         app = RecorderMiddleware(app, Recorder(recorder_db), admin_token=admin_token)
     if metrics is None:
-        metrics = _env.flag(METRICS_ENV, environ)
+        metrics = _env.flag(_env.METRICS, environ)
     if metrics:
         from .metrics import MetricsMiddleware  # needs the `metrics` extra
 
         app = MetricsMiddleware(app, route_for=chaos.route_for, engine=chaos.engine)
-    otlp_endpoint = otlp_endpoint or _env.text(OTLP_ENV, environ)
+    otlp_endpoint = otlp_endpoint or _env.text(_env.OTLP_ENDPOINT, environ)
     if otlp_endpoint is not None:
         from .tracing import TracingMiddleware, setup_tracing  # needs the `otel` extra
 

@@ -23,19 +23,17 @@ from gunicorn.util import import_app
 
 from . import _env
 from .admin import start_admin_listener
-from .app import METRICS_ENV, create_app
+from .app import create_app
 from .client import ChaosApiError, ChaosClient
 from .config import ChaosConfig, ConfigError, SettingInfo, iter_settings, longest_delay_s
 from .scenarios import BUILTIN_SCENARIOS, Scenario, ScenarioEngine, UnknownScenario, load_scenarios
-from .state import STORE_ENV, MemoryStore, Store, StoreError, store_from_env, store_from_url
+from .state import MemoryStore, Store, StoreError, store_from_env, store_from_url
 from .state.server_store import server_store_directory
 
-ADMIN_TOKEN_ENV, MAX_HOLD_ENV = _env.ADMIN_TOKEN, _env.MAX_HOLD_S
 DEFAULT_URL = "http://127.0.0.1:3000"
 # gunicorn's own default worker timeout; we only ever raise it.
 BASE_WORKER_TIMEOUT_S = 30
 DEFAULT_BURST = 10
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 @click.group()
@@ -176,7 +174,7 @@ def _import_app(spec: str) -> Any:
 )
 @click.option(
     "--admin-token",
-    envvar=ADMIN_TOKEN_ENV,
+    envvar=_env.ADMIN_TOKEN,
     help="Bearer token the management API requires for changes.",
 )
 @click.option(
@@ -270,10 +268,10 @@ def serve(
     _check_port(host, port)
     if admin_port:
         _check_port(host, admin_port)
-    if admin_port is not None and not _env.text(STORE_ENV):
+    if admin_port is not None and not _env.text(_env.STORE):
         # The master answers management calls: the workers (even one) must share its
         # store, the embedded one of this server.
-        os.environ[STORE_ENV] = f"file://{server_store_directory(os.getpid())}"
+        os.environ[_env.STORE] = f"file://{server_store_directory(os.getpid())}"
     shared = _named_store()
     startup = middleware.engine.startup
     custom = middleware.engine.scenarios().values()
@@ -290,7 +288,7 @@ def serve(
         # A sync worker sleeps through injected latency without beating its heartbeat:
         # the management API refuses a change that would hold a request past the
         # timeout (less a second of the worker's own work), saying why.
-        os.environ[MAX_HOLD_ENV] = str(timeout - 1)
+        os.environ[_env.MAX_HOLD_S] = str(timeout - 1)
     if os.path.isdir("/dev/shm"):
         # Heartbeats on a disk file can stall gthread's main loop, and with it the
         # hand-off of every keep-alive request: injected latency should be all there is.
@@ -324,7 +322,7 @@ def serve(
             otlp_endpoint=otlp_endpoint,
         )
 
-    url = _env.text(STORE_ENV) or ""
+    url = _env.text(_env.STORE) or ""
     if url:
         store = f"store {url}"
     elif workers > 1:
@@ -357,8 +355,8 @@ def _metrics_dir() -> str:
             "--metrics needs prometheus_client: pip install 'mockforge-wsgi[metrics]'"
         )
     directory = tempfile.mkdtemp(suffix="-mockforge-metrics")
-    os.environ[MULTIPROC_ENV] = directory
-    os.environ[METRICS_ENV] = "1"
+    os.environ[_env.PROMETHEUS_MULTIPROC_DIR] = directory
+    os.environ[_env.METRICS] = "1"
     return directory
 
 
@@ -432,7 +430,7 @@ def _named_store() -> Store | None:
     """The store MOCKFORGE_STORE names, for the master to give back a dead worker's
     slots at once. Without one, several workers share the embedded store of this server
     (they find it themselves; its rows expire with their worker)."""
-    url = _env.text(STORE_ENV)
+    url = _env.text(_env.STORE)
     if not url:
         return None
     store = store_from_url(url)

@@ -98,9 +98,10 @@ def setting(
     )
 
 
-def section(cls: type[Any], help: str) -> Any:
-    """Declare a nested section (``latency``, ``fault_injection``, ...)."""
-    return attrs.field(factory=cls, metadata={"section": cls, "help": help})
+def section(cls: type[Any], help: str, *, in_rules: bool = True) -> Any:
+    """Declare a nested section (``latency``, ``fault_injection``, ...); ``in_rules``:
+    a conditional-chaos rule may override it."""
+    return attrs.field(factory=cls, metadata={"section": cls, "help": help, "in_rules": in_rules})
 
 
 PROBABILITY = kinds.Between(0.0, 1.0)
@@ -370,17 +371,6 @@ class HeaderControlConfig:
     max_delay_ms: float = setting(10_000.0, kinds.FLOAT, "Cap on X-Mockforge-Delay-Ms.", DELAY_MS)
 
 
-SECTION_CLASSES: dict[str, type[Any]] = {
-    "latency": LatencyConfig,
-    "fault_injection": FaultInjectionConfig,
-    "rate_limit": RateLimitConfig,
-    "traffic_shaping": TrafficShapingConfig,
-    "header_control": HeaderControlConfig,
-}
-# What a conditional-chaos rule may override.
-RULE_SECTIONS = ("latency", "fault_injection", "rate_limit", "traffic_shaping")
-
-
 def _rules(raw: Any) -> tuple[Rule, ...]:
     """Rules from a list of ``{match: {...}, <section>: {...}}``; section values are
     validated like config, each problem with its path."""
@@ -481,7 +471,7 @@ class ChaosConfig:
     rate_limit: RateLimitConfig = section(RateLimitConfig, "Rate limiting.")
     traffic_shaping: TrafficShapingConfig = section(TrafficShapingConfig, "Traffic shaping.")
     header_control: HeaderControlConfig = section(
-        HeaderControlConfig, "Chaos asked for by request headers."
+        HeaderControlConfig, "Chaos asked for by request headers.", in_rules=False
     )
     rules: tuple[Rule, ...] = setting(
         (),
@@ -508,6 +498,18 @@ class ChaosConfig:
         pattern = self.fault_injection.pattern
         data["fault_injection"]["pattern"] = pattern.describe() if pattern else None
         return data
+
+
+# Each section by its attribute name, and those a conditional-chaos rule may override:
+# read from ChaosConfig's own declarations.
+SECTION_CLASSES: dict[str, type[Any]] = {
+    field.name: field.metadata["section"]
+    for field in attrs.fields(ChaosConfig)
+    if "section" in field.metadata
+}
+RULE_SECTIONS = tuple(
+    field.name for field in attrs.fields(ChaosConfig) if field.metadata.get("in_rules")
+)
 
 
 def _plain(instance: Any, field: Any, value: Any) -> Any:

@@ -17,6 +17,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from . import _env
 from ._observe import observe
 from .outcome import OUTCOME_KEY, Outcome
 
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
 
 __all__ = ["ChaosMetrics", "MetricsMiddleware"]
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
@@ -84,7 +84,7 @@ class ChaosMetrics:
         from prometheus_client.core import GaugeMetricFamily
 
         registry = self.registry
-        if os.environ.get(MULTIPROC_ENV):
+        if os.environ.get(_env.PROMETHEUS_MULTIPROC_DIR):
             from prometheus_client import multiprocess
 
             registry = CollectorRegistry()

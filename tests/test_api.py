@@ -600,3 +600,11 @@ def test_the_admin_token_guards_every_mutating_route_and_method(
     assert middleware.engine.status() == before
     allowed = call(client, method, path, body, headers={"Authorization": "Bearer s3cret"})
     assert allowed.status_code != 401, (method, path)
+
+
+def test_each_url_segment_names_a_section_a_rule_may_override() -> None:
+    from mockforge_wsgi._sections import URL_SEGMENTS
+    from mockforge_wsgi.config import RULE_SECTIONS, SECTION_CLASSES
+
+    assert set(URL_SEGMENTS.values()) <= set(SECTION_CLASSES)
+    assert tuple(URL_SEGMENTS.values()) == RULE_SECTIONS  # the same four, in one order

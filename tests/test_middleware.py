@@ -276,10 +276,11 @@ def test_head_is_never_planned_a_partial_response() -> None:
 def test_several_processes_share_the_store_of_their_server(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from mockforge_wsgi._env import RUNTIME_DIR
     from mockforge_wsgi.state import EmbeddedStore, MemoryStore
-    from mockforge_wsgi.state.server_store import RUNTIME_DIR_ENV, server_store_directory
+    from mockforge_wsgi.state.server_store import server_store_directory
 
-    monkeypatch.setenv(RUNTIME_DIR_ENV, str(tmp_path))
+    monkeypatch.setenv(RUNTIME_DIR, str(tmp_path))
     monkeypatch.delenv("MOCKFORGE_STORE", raising=False)
     single = ChaosMiddleware(base_app, config=chaos())
     Client(single).get("/")

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from mockforge_wsgi._env import RUNTIME_DIR
 from mockforge_wsgi.state import StoreError
 from mockforge_wsgi.state._process import is_alive, start_time
 from mockforge_wsgi.state.server_store import (
-    RUNTIME_DIR_ENV,
     remove_stale,
     server_store,
     server_store_directory,
@@ -23,7 +23,7 @@ FORK = multiprocessing.get_context("fork")
 
 @pytest.fixture
 def runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv(RUNTIME_DIR_ENV, str(tmp_path))
+    monkeypatch.setenv(RUNTIME_DIR, str(tmp_path))
     return tmp_path / f"mockforge-{os.getuid()}"
 
 
@@ -89,6 +89,6 @@ def test_a_base_directory_of_someone_else_is_refused(
 ) -> None:
     base = tmp_path / f"mockforge-{os.getuid()}"
     base.write_text("not a directory")
-    monkeypatch.setenv(RUNTIME_DIR_ENV, str(tmp_path))
+    monkeypatch.setenv(RUNTIME_DIR, str(tmp_path))
     with pytest.raises(StoreError):
         server_store()

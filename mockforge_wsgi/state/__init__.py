@@ -16,7 +16,6 @@ from .gcra import Bucket, BucketOutcome
 from .memory import MemoryStore
 
 __all__ = [
-    "STORE_ENV",
     "Bucket",
     "BucketOutcome",
     "EmbeddedStore",
@@ -27,8 +26,6 @@ __all__ = [
     "store_from_env",
     "store_from_url",
 ]
-
-STORE_ENV = _env.STORE
 
 
 def store_from_url(url: str, *, max_keys: int = 100_000) -> Store:
@@ -50,5 +47,5 @@ def store_from_url(url: str, *, max_keys: int = 100_000) -> Store:
 
 def store_from_env(environ: Mapping[str, str] | None = None, *, max_keys: int = 100_000) -> Store:
     """The store ``MOCKFORGE_STORE`` names, else this process's memory."""
-    url = _env.text(STORE_ENV, environ)
+    url = _env.text(_env.STORE, environ)
     return store_from_url(url, max_keys=max_keys) if url else MemoryStore(max_keys=max_keys)

@@ -26,15 +26,14 @@ from ._process import is_alive, start_time
 from .base import StoreError
 from .embedded import EmbeddedStore
 
-__all__ = ["RUNTIME_DIR_ENV", "remove_stale", "server_store", "server_store_directory"]
+__all__ = ["remove_stale", "server_store", "server_store_directory"]
 
-RUNTIME_DIR_ENV = _env.RUNTIME_DIR
 _NAME = re.compile(r"(\d+)-(\d+)")
 
 
 def base_directory() -> Path:
     """Where servers' stores live: one directory per user, private to them."""
-    configured = _env.text(RUNTIME_DIR_ENV)
+    configured = _env.text(_env.RUNTIME_DIR)
     if configured:
         root = Path(configured)
     else:
