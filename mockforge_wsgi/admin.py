@@ -23,7 +23,7 @@ from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from .api import create_management_app
-from .scenarios import ScenarioEngine
+from .engine import ScenarioEngine
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication

@@ -34,7 +34,8 @@ from .config import (
     iter_settings,
     longest_delay_s,
 )
-from .scenarios import MAX_DURATION_S, ScenarioEngine, UnknownScenario, scenario_from_dict
+from .engine import MAX_DURATION_S, ScenarioEngine, UnknownScenario
+from .scenarios import scenario_from_dict
 from .state import StateTooLarge, StoreError
 from .state.base import CONNECTION_SLOTS
 

@@ -26,7 +26,8 @@ from .admin import start_admin_listener
 from .app import create_app
 from .client import ChaosApiError, ChaosClient
 from .config import ChaosConfig, ConfigError, SettingInfo, iter_settings, longest_delay_s
-from .scenarios import BUILTIN_SCENARIOS, Scenario, ScenarioEngine, UnknownScenario, load_scenarios
+from .engine import ScenarioEngine, UnknownScenario
+from .scenarios import BUILTIN_SCENARIOS, Scenario, load_scenarios
 from .state import MemoryStore, Store, StoreError, store_from_env, store_from_url
 from .state.server_store import server_store_directory
 

@@ -24,7 +24,7 @@ from .outcome import OUTCOME_KEY, Outcome
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-    from .scenarios import ScenarioEngine
+    from .engine import ScenarioEngine
 
 __all__ = ["ChaosMetrics", "MetricsMiddleware"]
 

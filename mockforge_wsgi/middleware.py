@@ -23,11 +23,12 @@ from ._headers import REQUEST_ID_HEADER, REQUEST_ID_KEY, new_request_id
 from ._sections import DEFAULT_PREFIX as DEFAULT_API_PREFIX
 from .apply import Delivery, with_headers
 from .config import ChaosConfig, apply_rule
+from .engine import ScenarioEngine
 from .outcome import OUTCOME_KEY, Injection, Outcome
 from .patterns import PATTERN_COUNTER
 from .plan import NO_CHAOS, Plan, decide_plan
 from .rate_limit import RateLimiter, client_ip
-from .scenarios import Scenario, ScenarioEngine
+from .scenarios import Scenario
 from .state import MemoryStore, Store, StoreError, store_from_env
 from .state.base import CONNECTION_SLOTS
 from .state.server_store import server_store

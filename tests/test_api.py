@@ -11,8 +11,8 @@ from werkzeug.test import Client, TestResponse
 from mockforge_wsgi import load_config
 from mockforge_wsgi.api import ROUTES, create_management_app, openapi_document
 from mockforge_wsgi.config import ChaosConfig
+from mockforge_wsgi.engine import ScenarioEngine
 from mockforge_wsgi.middleware import ChaosMiddleware
-from mockforge_wsgi.scenarios import ScenarioEngine
 
 P = "/api/chaos"
 
@@ -538,7 +538,7 @@ def test_the_openapi_document_lists_what_routes_answer() -> None:
 
 def test_a_config_that_outlasts_the_workers_is_refused_with_the_reason() -> None:
     from mockforge_wsgi.api import create_management_app
-    from mockforge_wsgi.scenarios import ScenarioEngine
+    from mockforge_wsgi.engine import ScenarioEngine
 
     engine = ScenarioEngine(ChaosConfig())
     client = Client(create_management_app(engine, max_hold_s=30))
@@ -563,7 +563,7 @@ def test_a_bad_max_hold_in_the_environment_is_one_clear_error(
 ) -> None:
     from mockforge_wsgi.api import create_management_app
     from mockforge_wsgi.config import ConfigError
-    from mockforge_wsgi.scenarios import ScenarioEngine
+    from mockforge_wsgi.engine import ScenarioEngine
 
     monkeypatch.setenv("MOCKFORGE_MAX_HOLD_S", raw)
     with pytest.raises(ConfigError, match=r"MOCKFORGE_MAX_HOLD_S: .* is not a number of seconds"):

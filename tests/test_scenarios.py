@@ -9,11 +9,10 @@ import pytest
 
 from mockforge_wsgi import load_config
 from mockforge_wsgi.config import ChaosConfig, ConfigError, FaultInjectionConfig, LatencyConfig
+from mockforge_wsgi.engine import ScenarioEngine, UnknownScenario
 from mockforge_wsgi.scenarios import (
     NETWORK_PROFILES,
     PREDEFINED_SCENARIOS,
-    ScenarioEngine,
-    UnknownScenario,
     ramped,
     scenario_from_dict,
 )

@@ -1,0 +1,485 @@
+"""The scenario engine: the runtime state (enabled flag, runtime config, active scenario,
+custom scenarios, schedule), kept in the store so every process sharing it sees the same,
+and the effective config each request reads.
+
+While a scenario is active its config is the effective one; when it stops (or its
+``duration_s`` runs out) the runtime config returns. The last write wins: a config
+change made while a scenario runs applies at once on top of it (an *override*) and ends
+with it.
+
+Usage::
+
+    engine = ScenarioEngine(load_config("chaos.yaml"))
+    engine.activate("network_degradation", duration_s=60, ramp_s=10)
+    config = engine.config_now()   # per request: cheap unless something changed
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import attrs
+
+from .config import ChaosConfig, config_from_dict
+from .patterns import PATTERN_COUNTER
+from .scenarios import BUILTIN_SCENARIOS, Scenario, ramped
+from .state import MemoryStore, Store, StoreError
+
+__all__ = [
+    "MAX_DURATION_S",
+    "ActiveScenario",
+    "RuntimeState",
+    "ScenarioEngine",
+    "ScheduleEntry",
+    "UnknownScenario",
+]
+
+log = logging.getLogger("mockforge_wsgi")
+
+# While a ramp runs, the effective config is recomputed at most this often.
+RAMP_STEP_S = 0.05
+NEVER = float("inf")
+# The longest a scenario may run, ramp or wait in the schedule (30 days): every time a
+# user sends is finite and bounded.
+MAX_DURATION_S = 30 * 86_400.0
+# Finite but far: keeps the version check on for stores that cannot notify us.
+_POLL = 1e300
+# After a failed read of the store, the last known config is kept this long.
+STORE_RETRY_S = 1.0
+
+
+class UnknownScenario(KeyError):
+    """No scenario (or no active scenario) by that name."""
+
+
+@attrs.frozen
+class ActiveScenario:
+    """The running scenario: since when, for how long, ramped over how long."""
+
+    name: str
+    started_at: float
+    duration_s: float | None = None
+    ramp_s: float | None = None
+
+    def ends_at(self) -> float | None:
+        return None if self.duration_s is None else self.started_at + self.duration_s
+
+    def ramp_fraction(self, now: float) -> float:
+        if not self.ramp_s:
+            return 1.0
+        return min(1.0, max(0.0, (now - self.started_at) / self.ramp_s))
+
+
+@attrs.frozen
+class ScheduleEntry:
+    """Start ``name`` at ``start_at`` (clock time), for ``duration_s`` (None: until stopped)."""
+
+    start_at: float
+    name: str
+    duration_s: float | None = None
+
+
+# What a change made while a scenario runs may override: all but the master switch
+# (which is the state's own) and the startup scenario's name.
+OVERRIDABLE = tuple(
+    field.name for field in attrs.fields(ChaosConfig) if field.name not in ("enabled", "scenario")
+)
+
+
+@attrs.frozen
+class RuntimeState:
+    """What management calls change; kept in the store as JSON-ready data.
+
+    ``overridden`` names the fields of ``overrides`` that apply on top of the active
+    scenario (changes made while it runs); both are cleared when it stops.
+    """
+
+    enabled: bool
+    config: ChaosConfig
+    active: ActiveScenario | None = None
+    custom: tuple[Scenario, ...] = ()
+    schedule: tuple[ScheduleEntry, ...] = ()
+    overridden: tuple[str, ...] = ()
+    overrides: ChaosConfig | None = None
+
+    def with_active(self, active: ActiveScenario | None, **changes: Any) -> RuntimeState:
+        """Another scenario (or none) runs now: the overrides of the last one end."""
+        return attrs.evolve(self, active=active, overridden=(), overrides=None, **changes)
+
+    def editable(self, scenarios: Mapping[str, Scenario]) -> ChaosConfig:
+        """The config that changes apply to: the active scenario's with its overrides
+        (unramped), else the runtime config."""
+        if self.active is None:
+            return self.config
+        return self.overlay(scenarios[self.active.name].config)
+
+    def overlay(self, config: ChaosConfig) -> ChaosConfig:
+        """``config`` with the overridden fields replaced."""
+        if not self.overridden or self.overrides is None:
+            return config
+        overrides = self.overrides
+        return attrs.evolve(config, **{name: getattr(overrides, name) for name in self.overridden})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "enabled": self.enabled,
+            "config": self.config.to_dict(),
+            "overridden": list(self.overridden),
+            "overrides": self.overrides.to_dict() if self.overrides is not None else None,
+            "active": attrs.asdict(self.active) if self.active else None,
+            "custom": [
+                {"name": s.name, "description": s.description, "config": s.config.to_dict()}
+                for s in self.custom
+            ],
+            "schedule": [attrs.asdict(entry) for entry in self.schedule],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RuntimeState:
+        return cls(
+            enabled=data["enabled"],
+            config=config_from_dict(data["config"]),
+            active=ActiveScenario(**data["active"]) if data["active"] else None,
+            custom=tuple(
+                Scenario(
+                    item["name"], item["description"], "custom", config_from_dict(item["config"])
+                )
+                for item in data["custom"]
+            ),
+            schedule=tuple(ScheduleEntry(**entry) for entry in data["schedule"]),
+            overridden=tuple(data.get("overridden", ())),
+            overrides=config_from_dict(data["overrides"]) if data.get("overrides") else None,
+        )
+
+
+class ScenarioEngine:
+    """Owns the runtime state: enable/disable, runtime config, scenarios and schedule.
+
+    Every change is saved to the store with a new version; :meth:`effective` re-reads
+    the store only when the version moved or a time-based change is due (a scenario's
+    end, a schedule entry, the next ramp step).
+    """
+
+    def __init__(
+        self,
+        startup: ChaosConfig,
+        *,
+        store: Store | None = None,
+        clock: Callable[[], float] = time.time,
+        custom: Iterable[Scenario] = (),
+    ) -> None:
+        self.startup = startup
+        self.clock = clock
+        self._startup_custom = tuple(custom)
+        self._lock = threading.RLock()
+        # The effective config as last computed.
+        self.current = startup
+        self._refresh_at = 0.0
+        self.config_now: Callable[[], ChaosConfig] = self.effective
+        self.store_errors = 0
+        self._store_down = False
+        self._state = self._initial_state()
+        self.attach(store if store is not None else MemoryStore())
+
+    def attach(self, store: Store) -> None:
+        """Keep the runtime state in ``store`` from now on. The first process to attach
+        to a shared store seeds it with its startup state; the others adopt what is
+        there (whatever was changed before, in this process, stays behind)."""
+        with self._lock:
+            self.store = store
+            self._store_version = store.state_version
+            self._notified = store.subscribe(self._invalidate)
+            self._version = -1
+            self.refresh_at = 0.0
+            with contextlib.suppress(StoreError):  # unreachable now: effective() retries
+                store.init_state(self._initial_state().to_dict())
+
+    def _initial_state(self) -> RuntimeState:
+        state = RuntimeState(
+            enabled=self.startup.enabled, config=self.startup, custom=self._startup_custom
+        )
+        if self.startup.scenario:
+            self._lookup(state, self.startup.scenario)
+            active = ActiveScenario(self.startup.scenario, self.clock())
+            state = attrs.evolve(state, active=active)
+        return state
+
+    # -- reading ------------------------------------------------------------------
+
+    def effective(self) -> ChaosConfig:
+        """The config to apply now. Per request, when nothing is pending: one comparison.
+
+        ``refresh_at`` is never-ending only while the store tells us of every change
+        (in-process stores); otherwise each call compares the store's version, and a
+        clock read catches time-based changes (a scenario's end, the schedule, a ramp).
+        """
+        if self._refresh_at == NEVER:
+            return self.current
+        try:
+            if self._store_version() == self._version and self.clock() < self._refresh_at:
+                return self.current
+        except StoreError:
+            return self._store_failed()
+        return self._refresh()
+
+    @property
+    def refresh_at(self) -> float:
+        """When the effective config must be computed again (NEVER: not until the store
+        says it changed)."""
+        return self._refresh_at
+
+    @refresh_at.setter
+    def refresh_at(self, at: float) -> None:
+        # config_now() is the per-request call: while nothing is pending, a C-level getter
+        # of the current config (~40 ns, as cheap as an inline check; a method call is
+        # ~130 ns); else effective(), which checks the store's version and the clock.
+        self._refresh_at = at
+        if at == NEVER:
+            self.config_now = itertools.repeat(self.current).__next__
+        else:
+            self.config_now = self.effective
+
+    def _invalidate(self) -> None:
+        self.refresh_at = 0.0
+
+    def state(self) -> RuntimeState:
+        self.effective()
+        return self._state
+
+    def _refresh(self) -> ChaosConfig:
+        try:
+            config = self._reload()
+        except StoreError:
+            return self._store_failed()
+        if self._store_down:
+            self._store_down = False
+            log.warning("mockforge: the chaos state can be read again")
+        return config
+
+    def _store_failed(self) -> ChaosConfig:
+        """Unreachable store: keep applying what we last knew, try again in a moment;
+        count each failure, log one line per outage."""
+        self.store_errors += 1
+        if not self._store_down:
+            self._store_down = True
+            log.warning(
+                "mockforge: cannot read the chaos state (%s); applying the last known",
+                sys.exc_info()[1],
+            )
+        self.refresh_at = self.clock() + STORE_RETRY_S
+        return self.current
+
+    def _reload(self) -> ChaosConfig:
+        with self._lock:
+            now = self.clock()
+            version, data = self.store.load_state()
+            if version != self._version and data is not None:
+                self._state, self._version = RuntimeState.from_dict(data), version
+            state = self._advance(self._state, now)
+            if state is not self._state:
+                self._save(state)
+            return self._settle(state, now)
+
+    def _settle(self, state: RuntimeState, now: float) -> ChaosConfig:
+        config, refresh_at = self._compute(state, now)
+        self.current = config
+        # A save by someone else while we computed must not be masked by our result.
+        self.refresh_at = refresh_at if self._store_version() == self._version else 0.0
+        return config
+
+    def _advance(self, state: RuntimeState, now: float) -> RuntimeState:
+        """Apply time-based changes that are due: schedule entries, a scenario's end."""
+        due = [entry for entry in state.schedule if entry.start_at <= now]
+        if due:
+            last = due[-1]  # entries are sorted: the latest due one is what runs now
+            state = state.with_active(
+                ActiveScenario(last.name, last.start_at, last.duration_s),
+                schedule=tuple(entry for entry in state.schedule if entry.start_at > now),
+                enabled=True,
+            )
+        ends = state.active.ends_at() if state.active else None
+        if ends is not None and now >= ends:
+            state = state.with_active(None)
+        return state
+
+    def _compute(self, state: RuntimeState, now: float) -> tuple[ChaosConfig, float]:
+        refresh_at = min((e.start_at for e in state.schedule), default=NEVER)
+        if not self._notified:
+            refresh_at = min(refresh_at, _POLL)  # other processes may change the state
+        active = state.active
+        if active is None:
+            config = state.config
+        else:
+            scenario = self._lookup(state, active.name).config
+            fraction = active.ramp_fraction(now)
+            # The ramp grows the scenario; changes made on top of it apply as written.
+            config = state.overlay(
+                attrs.evolve(ramped(scenario, fraction), seed=state.config.seed)
+            )
+            if fraction < 1.0:
+                refresh_at = min(refresh_at, now + RAMP_STEP_S)
+            ends = active.ends_at()
+            if ends is not None:
+                refresh_at = min(refresh_at, ends)
+        if config.enabled != state.enabled:
+            config = attrs.evolve(config, enabled=state.enabled)
+        return config, refresh_at
+
+    def scenarios(self) -> dict[str, Scenario]:
+        """Every scenario by name: built-ins, then custom ones (which may override)."""
+        return self._all(self.state())
+
+    def _all(self, state: RuntimeState) -> dict[str, Scenario]:
+        return {**BUILTIN_SCENARIOS, **{s.name: s for s in state.custom}}
+
+    def _lookup(self, state: RuntimeState, name: str) -> Scenario:
+        try:
+            return self._all(state)[name]
+        except KeyError:
+            raise UnknownScenario(name) from None
+
+    # -- changing -----------------------------------------------------------------
+
+    def _change(self, change: Callable[[RuntimeState, float], RuntimeState]) -> RuntimeState:
+        with self._lock:
+            self._refresh()
+            state = change(self._state, self.clock())
+            if state is not self._state:
+                self._save(state)
+            self._settle(state, self.clock())
+            return state
+
+    def _save(self, state: RuntimeState) -> None:
+        if self.store.counters().get(PATTERN_COUNTER):
+            self.store.set_counter(PATTERN_COUNTER, 0)  # patterns count from each change
+        self._version = self.store.save_state(state.to_dict())
+        self._state = state
+
+    def set_enabled(self, enabled: bool) -> None:
+        self._change(lambda state, now: attrs.evolve(state, enabled=enabled))
+
+    def editable(self) -> ChaosConfig:
+        """The config changes apply to (see :meth:`RuntimeState.editable`), with the
+        master switch as ``enabled``."""
+        state = self.state()
+        return attrs.evolve(state.editable(self._all(state)), enabled=state.enabled)
+
+    def set_config(self, config: ChaosConfig) -> None:
+        """Replace the config in force (``enabled`` in it sets the switch too): the
+        runtime config, or while a scenario runs, all of it on top of the scenario."""
+        self._change(
+            lambda state, now: attrs.evolve(
+                self._write(state, config, OVERRIDABLE), enabled=config.enabled
+            )
+        )
+
+    def update_config(self, **sections: Any) -> None:
+        """Replace sections of the config in force (``latency=LatencyConfig(...)``): the
+        runtime config's, or while a scenario runs, on top of the scenario until it ends."""
+
+        def update(state: RuntimeState, now: float) -> RuntimeState:
+            return self._write(
+                state, attrs.evolve(state.editable(self._all(state)), **sections), sections
+            )
+
+        self._change(update)
+
+    def clear_overrides(self, *names: str) -> None:
+        """Drop changes made on top of the active scenario (all when no ``names``): its
+        own values apply again."""
+
+        def clear(state: RuntimeState, now: float) -> RuntimeState:
+            if not state.overridden:
+                return state  # nothing to drop: no save, no pattern restart
+            kept = tuple(n for n in state.overridden if names and n not in names)
+            return attrs.evolve(
+                state, overridden=kept, overrides=state.overrides if kept else None
+            )
+
+        self._change(clear)
+
+    @staticmethod
+    def _write(state: RuntimeState, config: ChaosConfig, names: Iterable[str]) -> RuntimeState:
+        if state.active is None:
+            return attrs.evolve(state, config=config)
+        overridden = (*state.overridden, *(n for n in names if n not in state.overridden))
+        return attrs.evolve(state, overridden=overridden, overrides=config)
+
+    def reset(self) -> None:
+        """Startup config back, scenario stopped, schedule cleared, counters zeroed."""
+        self._change(lambda state, now: self._initial_state())
+        self.store.reset()
+
+    def define(self, scenario: Scenario) -> None:
+        """Add or replace a custom scenario (built-in names were checked on parsing)."""
+
+        def add(state: RuntimeState, now: float) -> RuntimeState:
+            others = tuple(s for s in state.custom if s.name != scenario.name)
+            return attrs.evolve(state, custom=(*others, scenario))
+
+        self._change(add)
+
+    def activate(
+        self, name: str, *, duration_s: float | None = None, ramp_s: float | None = None
+    ) -> ActiveScenario:
+        """Start ``name`` now, replacing any active scenario, and turn chaos on."""
+
+        def start(state: RuntimeState, now: float) -> RuntimeState:
+            self._lookup(state, name)
+            return state.with_active(ActiveScenario(name, now, duration_s, ramp_s), enabled=True)
+
+        state = self._change(start)
+        assert state.active is not None
+        return state.active
+
+    def stop(self, name: str | None = None) -> None:
+        """Stop the active scenario (only if it is ``name``, when given)."""
+
+        def halt(state: RuntimeState, now: float) -> RuntimeState:
+            if state.active is None or (name is not None and state.active.name != name):
+                raise UnknownScenario(name or "(none active)")
+            return state.with_active(None)
+
+        self._change(halt)
+
+    def schedule(self, entries: Iterable[tuple[float, str, float | None]]) -> None:
+        """Replace the schedule: (seconds from now, scenario, duration or None)."""
+
+        def plan(state: RuntimeState, now: float) -> RuntimeState:
+            parsed = []
+            for offset, name, duration in entries:
+                self._lookup(state, name)
+                parsed.append(ScheduleEntry(now + offset, name, duration))
+            return attrs.evolve(state, schedule=tuple(sorted(parsed, key=lambda e: e.start_at)))
+
+        self._change(plan)
+
+    def status(self) -> dict[str, Any]:
+        """Enabled flag, active scenario with remaining time, effective config, counters."""
+        config = self.effective()
+        state, now = self._state, self.clock()
+        active = None
+        if state.active is not None:
+            ends = state.active.ends_at()
+            active = {
+                **attrs.asdict(state.active),
+                "elapsed_s": round(now - state.active.started_at, 3),
+                "remaining_s": None if ends is None else round(max(0.0, ends - now), 3),
+                "ramp_progress": round(state.active.ramp_fraction(now), 3),
+            }
+        written = state.overrides.to_dict() if state.overrides is not None else {}
+        return {
+            "enabled": state.enabled,
+            "active_scenario": active,
+            "overrides": {name: written[name] for name in state.overridden},
+            "schedule": [attrs.asdict(entry) for entry in state.schedule],
+            "effective_config": config.to_dict(),
+            "counters": self.store.counters(),
+        }
