@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -57,3 +58,15 @@ def test_every_example_runs_against_a_live_server(tmp_path: Path) -> None:
                 command += ["--url", server.url]
             result = subprocess.run(command, capture_output=True, timeout=60, check=False)
             assert result.returncode == 0, (line, result.stdout[-500:], result.stderr[-500:])
+            _assert_printed_what_it_should(line, result.stdout.decode())
+
+
+def _assert_printed_what_it_should(line: str, out: str) -> None:
+    """Exit status alone would pass a line that printed nothing useful."""
+    if line.startswith("curl -i"):
+        assert out.startswith("HTTP/1.1 "), (line, out[:200])
+        assert "X-Mockforge-Request-Id" in out or "Content-Type" in out, (line, out[:300])
+    elif line.startswith("curl "):
+        json.loads(out)  # every management answer is JSON
+    else:
+        assert out.strip(), line  # the shell verbs say what they did

@@ -6,6 +6,7 @@ import random
 from typing import Any
 
 import pytest
+from stats import assert_binomial
 from werkzeug.test import Client
 
 from mockforge_wsgi import ChaosMiddleware, load_config
@@ -45,7 +46,7 @@ def test_fault_percent_with_a_seed_is_reproducible() -> None:
         for n in range(200)
     ]
     assert seeded == again
-    assert 60 <= seeded.count(500) <= 140  # Binomial(200, 0.5): mean 100, sd ~7
+    assert_binomial(seeded.count(500), 200, 0.5)  # within 4 sd: 72..128
 
 
 @pytest.mark.parametrize(
