@@ -31,21 +31,40 @@ _LISTENING = re.compile(r"Listening at: http://127\.0\.0\.1:(\d+)")
 
 
 class ChaosServer:
-    """``mockforge serve`` on 127.0.0.1 and a free port, started and stopped by us."""
+    """``mockforge serve`` on 127.0.0.1 and a free port, started and stopped by us.
+
+    ``env`` is added to this process's environment (``inherit_env=False``: it is the
+    whole environment); ``cwd`` is where the server runs; ``log_path`` keeps the
+    server's log there (else a temporary file, removed at stop).
+    """
 
     def __init__(
-        self, *args: str, app: str | None = None, env: dict[str, str] | None = None
+        self,
+        *args: str,
+        app: str | None = None,
+        env: dict[str, str] | None = None,
+        inherit_env: bool = True,
+        cwd: str | os.PathLike[str] | None = None,
+        log_path: str | os.PathLike[str] | None = None,
     ) -> None:
         self.args = [*args, *(["--app", app] if app else [])]
-        self.env = {**os.environ, **(env or {})}
+        self.env = {**(os.environ if inherit_env else {}), **(env or {})}
+        self.cwd = cwd
         self.url = ""
         self._process: subprocess.Popen[bytes] | None = None
-        self._log = Path(tempfile.mkstemp(prefix="mockforge-serve-", suffix=".log")[1])
+        self._keep_log = log_path is not None
+        self.log_path = Path(
+            log_path
+            if log_path is not None
+            else tempfile.mkstemp(prefix="mockforge-serve-", suffix=".log")[1]
+        )
 
     def start(self, timeout_s: float = 30.0) -> str:
         command = [sys.executable, "-m", "mockforge_wsgi", "serve", "--port", "0", *self.args]
-        with open(self._log, "wb") as log:
-            self._process = subprocess.Popen(command, env=self.env, stdout=log, stderr=log)
+        with open(self.log_path, "wb") as log:
+            self._process = subprocess.Popen(
+                command, env=self.env, stdout=log, stderr=log, cwd=self.cwd
+            )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
@@ -67,7 +86,7 @@ class ChaosServer:
             return False
 
     def log(self) -> str:
-        return self._log.read_text(errors="replace")
+        return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
         if self._process is not None:
@@ -78,7 +97,8 @@ class ChaosServer:
                 self._process.kill()
                 self._process.wait(5)
             self._process = None
-        self._log.unlink(missing_ok=True)
+        if not self._keep_log:
+            self.log_path.unlink(missing_ok=True)
 
     def __enter__(self) -> ChaosServer:
         self.start()

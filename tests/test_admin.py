@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import mockforge_serve, session
+from servers import mockforge_serve, session
 
 pytestmark = pytest.mark.server
 

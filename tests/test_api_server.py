@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import gunicorn_server, session
+from servers import gunicorn_server, session
 
 pytestmark = pytest.mark.server
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import gunicorn_server, mockforge_serve, session
+from servers import gunicorn_server, mockforge_serve, session
 
 from mockforge_wsgi import load_config
 from mockforge_wsgi.cli import longest_delay_s, main, worker_timeout

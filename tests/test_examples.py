@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import gunicorn_server, session
+from servers import gunicorn_server, session
 
 pytestmark = pytest.mark.server
 

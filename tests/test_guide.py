@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import mockforge_serve
+from servers import mockforge_serve
 
 from mockforge_wsgi.config_docs import render_into
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pybreaker
 import pytest
 import requests
-from conftest import mockforge_serve
+from servers import mockforge_serve
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "examples"))
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import attrs
 import pytest
-from conftest import RedisServer
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from servers import RedisServer
 
 from mockforge_wsgi.config import RateLimitConfig
 from mockforge_wsgi.rate_limit import LEASE_TTL_S, RateLimiter

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import mockforge_serve, session
+from servers import mockforge_serve, session
 from test_shared_state import _concurrently, _wait_for_workers
 from werkzeug.test import Client
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import mockforge_serve, session
+from servers import mockforge_serve, session
 from test_shared_state import _concurrently, _wait_for_workers
 from werkzeug.test import Client
 

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import mockforge_serve
+from servers import mockforge_serve
 
 pytestmark = pytest.mark.server
 

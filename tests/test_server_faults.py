@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import assert_clean_log, gunicorn_server, session, werkzeug_server
+from servers import assert_clean_log, gunicorn_server, session, werkzeug_server
 from wsgi_apps import base_app
 
 from mockforge_wsgi import load_config

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import gunicorn_server, mockforge_serve, session
+from servers import gunicorn_server, mockforge_serve, session
 
 pytestmark = pytest.mark.server
 

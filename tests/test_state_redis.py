@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import RedisServer, gunicorn_server, session
+from servers import RedisServer, gunicorn_server, session
 
 from mockforge_wsgi.state import Bucket, StoreError, store_from_url
 from mockforge_wsgi.state.redis_store import SLOT_LEASE_S, RedisStore

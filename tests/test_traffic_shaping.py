@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import assert_clean_log, gunicorn_server, session, werkzeug_server
+from servers import assert_clean_log, gunicorn_server, session, werkzeug_server
 from stats import assert_binomial
 from test_server_faults import chaos_env
 from wsgi_apps import base_app

@@ -1,0 +1,202 @@
+"""Real servers for the tests: gunicorn and ``mockforge serve`` in a subprocess,
+werkzeug's server in a thread, redis-server.
+
+Every server binds 127.0.0.1 on a port the kernel picks; gunicorn inherits the
+already listening socket (``fd://``), so there is no race for the port.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import requests
+from gunicorn.config import KNOWN_SETTINGS
+from werkzeug.serving import make_server
+
+from mockforge_wsgi.testing import ChaosServer
+
+TESTS_DIR = Path(__file__).parent
+READY_PATH = "/api/chaos/status"  # the management API: never subject to chaos
+
+
+class Server:
+    def __init__(self, url: str, log_path: Path | None = None) -> None:
+        self.url = url
+        self.log_path = log_path
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path else ""
+
+
+def session() -> requests.Session:
+    """A client that never consults proxy settings: tests talk to 127.0.0.1 only."""
+    client = requests.Session()
+    client.trust_env = False
+    return client
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        with contextlib.suppress(requests.RequestException):
+            if session().get(url + READY_PATH, timeout=5).status_code == 200:
+                return
+        time.sleep(0.05)
+    raise RuntimeError("server did not become ready in 30 s")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Ask the server to stop (gunicorn shuts down gracefully on TERM), then insist."""
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+_CAN_DISABLE_CONTROL_SOCKET = any(s.name == "control_socket_disable" for s in KNOWN_SETTINGS)
+
+
+@contextlib.contextmanager
+def gunicorn_server(
+    tmp_path: Path,
+    *,
+    env: dict[str, str] | None = None,
+    worker_class: str = "sync",
+    workers: int = 1,
+    threads: int | None = None,
+    app: str = "wsgi_apps:app",
+    extra_args: tuple[str, ...] = (),
+    chdir: Path = TESTS_DIR,
+) -> Iterator[Server]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(128)
+    listener.set_inheritable(True)
+    port = listener.getsockname()[1]
+    if threads is None:  # gunicorn runs gthread whenever threads > 1: sync means one
+        threads = 1 if worker_class == "sync" else 4
+    assert worker_class != "sync" or threads == 1, "gunicorn would run gthread workers"
+    args = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--bind",
+        f"fd://{listener.fileno()}",
+        "--worker-class",
+        worker_class,
+        "--workers",
+        str(workers),
+        "--threads",
+        str(threads),
+        "--chdir",
+        str(chdir),
+        "--timeout",
+        "60",
+        "--keep-alive",
+        "5",
+        "--log-level",
+        "debug",
+        *(["--no-control-socket"] if _CAN_DISABLE_CONTROL_SOCKET else []),
+        *extra_args,
+        app,
+    ]
+    log_path = tmp_path / f"gunicorn-{port}.log"
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith("MOCKFORGE_")}
+    child_env.update(env or {})
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            args, env=child_env, pass_fds=[listener.fileno()], stdout=log, stderr=log
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_ready(url, proc)
+        yield Server(url, log_path)
+    finally:
+        _stop(proc)
+        listener.close()
+
+
+@contextlib.contextmanager
+def werkzeug_server(app: Any) -> Iterator[Server]:
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        _wait_ready(url)
+        yield Server(url)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def assert_clean_log(server: Server) -> None:
+    """Injected faults must not look like server errors in the log."""
+    log = server.log()
+    assert "Traceback" not in log, log
+    assert "[ERROR]" not in log, log
+
+
+@contextlib.contextmanager
+def mockforge_serve(
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None
+) -> Iterator[Server]:
+    """The real ``mockforge serve`` on a port the kernel picks, in ``tmp_path``, with none
+    of this process's MOCKFORGE_* variables: the package's own ChaosServer."""
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith("MOCKFORGE_")}
+    child_env.update(env or {})
+    log_path = tmp_path / f"serve-{time.monotonic_ns()}.log"
+    server = ChaosServer(*args, env=child_env, inherit_env=False, cwd=tmp_path, log_path=log_path)
+    try:
+        server.start()
+        yield Server(server.url, log_path)
+    finally:
+        server.stop()
+
+
+class RedisServer:
+    """A real redis-server on 127.0.0.1 for one test; can be stopped and started again."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.tmp_path = tmp_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
+        args += ["--save", "", "--appendonly", "no", "--dir", str(self.tmp_path)]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=1) as client,
+            ):
+                client.sendall(b"PING\r\n")
+                if client.recv(16).startswith(b"+PONG"):
+                    return
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop(self.proc)
+            self.proc = None
