@@ -22,7 +22,7 @@ from servers import mockforge_serve
 
 pytestmark = pytest.mark.server
 
-RUN_SECONDS = "15"  # per run; schemathesis repeats fuzzing and stateful until spent
+RUN_SECONDS = "8"  # per run; schemathesis repeats fuzzing and stateful until spent
 LEFT_OUT = "positive_data_acceptance,ensure_resource_availability,allow_header_conformance"
 
 
