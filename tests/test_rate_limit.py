@@ -194,6 +194,24 @@ def test_admitted_headers_can_be_switched_off() -> None:
             "1.2.3.4",
             id="rightmost-untrusted-hop",
         ),
+        pytest.param(
+            {"REMOTE_ADDR": "10.0.0.5", "HTTP_X_FORWARDED_FOR": "6.6.6.6, not-an-address"},
+            ("10.0.0.0/8",),
+            "not-an-address",  # a hop that is no address is nobody's proxy: it is the key
+            id="garbage-hop-is-not-skipped",
+        ),
+        pytest.param(
+            {"HTTP_X_FORWARDED_FOR": "6.6.6.6"},
+            ("10.0.0.0/8",),
+            "unknown",  # no peer address: the header cannot be trusted either
+            id="no-peer-address",
+        ),
+        pytest.param(
+            {"REMOTE_ADDR": "10.0.0.5", "HTTP_X_FORWARDED_FOR": "10.0.0.7, 10.0.0.9"},
+            ("10.0.0.0/8",),
+            "10.0.0.5",  # every hop a proxy: the peer is the best we know
+            id="all-hops-trusted",
+        ),
     ],
 )
 def test_client_ip(environ: dict[str, str], trusted: tuple[str, ...], expected: str) -> None:
