@@ -258,3 +258,19 @@ def test_configs_taking_turns_keep_their_leases(tmp_path: Path) -> None:
     )
     assert admitted == 100 - 25 - 1  # every token left, not a lease's first per switch
     assert len(store.takes) - takes <= 100 // 25 + 2  # about one take per lease of 25
+
+
+def test_each_client_spends_only_its_own_lease(tmp_path: Path) -> None:
+    """Leases are kept per bucket set: a client over its per-IP limit is refused, and the
+    next client is not refused with it (nor spends its tokens)."""
+    limiter = limiter_on(EmbeddedStore(tmp_path))
+    config = RateLimitConfig(
+        enabled=True, global_limit=False, per_ip=True, requests_per_second=1, burst_size=8
+    )
+    now = 50.0
+    first = [limiter.check(config, "10.0.0.1", "", now) for _ in range(9)]
+    assert [v.allowed for v in first if v is not None] == [True] * 8 + [False]
+    second = [limiter.check(config, "10.0.0.2", "", now) for _ in range(8)]
+    assert all(v is not None and v.allowed for v in second)
+    refused = limiter.check(config, "10.0.0.1", "", now)
+    assert refused is not None and not refused.allowed

@@ -212,6 +212,12 @@ def test_admitted_headers_can_be_switched_off() -> None:
             "10.0.0.5",  # every hop a proxy: the peer is the best we know
             id="all-hops-trusted",
         ),
+        pytest.param(
+            {"REMOTE_ADDR": "10.0.0.5"},
+            ("10.0.0.0/8",),
+            "10.0.0.5",  # a trusted proxy that sent no X-Forwarded-For
+            id="trusted-peer-without-header",
+        ),
     ],
 )
 def test_client_ip(environ: dict[str, str], trusted: tuple[str, ...], expected: str) -> None:
