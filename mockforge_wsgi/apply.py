@@ -128,8 +128,12 @@ class Delivery:
             return self._end(start_response, "connection timeout")
         fault = plan.fault
         if fault is not None and fault.kind != "partial_response":
-            drain_input(environ)
-            return render_fault(fault, self.faults, self.connection, start_response, self.headers)
+            drain_input(environ)  # the answer the client sees is ours, not a send error
+            if fault.kind == "connection_reset":
+                return reset_or_cut(
+                    self.connection, start_response, self.headers, "injected connection reset"
+                )
+            return render_fault(fault, self.faults, start_response, self.headers)
         body: Iterable[bytes]
         if fault is not None:
             partial = PartialBody(fault.fraction, self.connection)

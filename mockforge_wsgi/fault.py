@@ -137,14 +137,11 @@ def _body_of(label: str, status: int | None, error_body: str | None) -> tuple[by
 def render_fault(
     fault: Fault,
     config: FaultInjectionConfig,
-    connection: _sockets.Connection,
     start_response: StartResponse,
     extra_headers: list[tuple[str, str]],
 ) -> Iterable[bytes]:
-    """Answer the request with an early fault instead of calling the app (whose request
-    body the caller has drained)."""
-    if fault.kind == "connection_reset":
-        return reset_or_cut(connection, start_response, extra_headers, "injected connection reset")
+    """Answer with an HTTP error or, after holding, a timeout, instead of calling the app
+    (whose request body the caller has drained). A reset is ``reset_or_cut``'s."""
     if fault.kind == "timeout":
         sleep_ms(fault.hold_ms)
     body, content_type = fault_body(fault, config)
