@@ -26,6 +26,7 @@ DEBUG_HEADERS = "MOCKFORGE_DEBUG_HEADERS"  # boolean: X-Mockforge-Worker on answ
 MAX_HOLD_S = "MOCKFORGE_MAX_HOLD_S"  # seconds a worker may hold a request (serve sets it)
 RUNTIME_DIR = "MOCKFORGE_RUNTIME_DIR"  # where servers' embedded stores live
 URL = "MOCKFORGE_URL"  # a running server for the unittest helpers
+UPSTREAM = "MOCKFORGE_UPSTREAM"  # proxy mode: forward every request to this URL
 # Not ours, set by us: prometheus_client's multiprocess directory (serve --metrics).
 PROMETHEUS_MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 

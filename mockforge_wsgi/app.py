@@ -32,13 +32,15 @@ def create_app(
     overrides: Mapping[str, Any] | None = None,
     override_sources: Mapping[str, str] | None = None,
     wrap: Any = None,
+    upstream: str | None = None,
     admin_token: str | None = None,
     environ: Mapping[str, str] | None = None,
     metrics: bool | None = None,
     recorder_db: str | os.PathLike[str] | None = None,
     otlp_endpoint: str | None = None,
 ) -> Any:
-    """The mock API (or ``wrap``, a WSGI app) in a ChaosMiddleware; with ``recorder_db``
+    """The mock API (or ``wrap``, a WSGI app, or a proxy to ``upstream``, default
+    ``MOCKFORGE_UPSTREAM``) in a ChaosMiddleware; with ``recorder_db``
     (or ``MOCKFORGE_RECORDER_DB``) in a RecorderMiddleware; with ``metrics`` (default:
     ``MOCKFORGE_METRICS=1``) in a MetricsMiddleware serving ``/metrics``; with
     ``otlp_endpoint`` (or ``MOCKFORGE_OTLP_ENDPOINT``) traced, spans sent over OTLP/HTTP.
@@ -72,6 +74,14 @@ def create_app(
             problems += error.problems
     if problems or config is None:
         raise ConfigError(problems)
+    upstream = upstream or _env.text(_env.UPSTREAM, environ)
+    if wrap is None and upstream is not None:
+        from .proxy import ChaosProxy
+
+        try:
+            wrap = ChaosProxy(upstream)
+        except ValueError as error:
+            raise ConfigError([f"{_env.UPSTREAM}: {error}"]) from None
     routes, scenarios = routes or (), scenarios or ()
     extra_rules = route_rules(routes)
     if extra_rules:  # per-route chaos goes first: a route's own override wins
@@ -82,6 +92,8 @@ def create_app(
         scenarios=scenarios,
         admin_token=admin_token,
     )
+    if upstream is not None and hasattr(wrap, "on_error"):
+        wrap.on_error = lambda kind: chaos.store.count(("upstream_errors",))
     app: Any = chaos
     recorder_db = recorder_db or _env.text(_env.RECORDER_DB, environ)
     if recorder_db is not None:

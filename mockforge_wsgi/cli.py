@@ -174,6 +174,13 @@ def _import_app(spec: str) -> Any:
     "--app", "app_spec", metavar="MODULE:APP", help="Wrap your WSGI app instead of the mock API."
 )
 @click.option(
+    "--upstream",
+    metavar="URL",
+    envvar=_env.UPSTREAM,
+    help="Proxy mode: forward every request (but the management API) to this HTTP "
+    "service, with chaos in front of it.",
+)
+@click.option(
     "--admin-token",
     envvar=_env.ADMIN_TOKEN,
     help="Bearer token the management API requires for changes.",
@@ -221,6 +228,7 @@ def serve(
     threads: int | None,
     worker_class: str,
     app_spec: str | None,
+    upstream: str | None,
     admin_token: str | None,
     log_level: str,
     metrics: bool,
@@ -233,11 +241,13 @@ def serve(
     jaeger_endpoint: str | None,
     **flags: Any,
 ) -> None:
-    """Serve the mock API (or --app) wrapped in chaos, under gunicorn.
+    """Serve the mock API (or --app, or a proxy to --upstream) wrapped in chaos, under gunicorn.
 
     Precedence: flags > MOCKFORGE_CHAOS_* environment > --config YAML > defaults.
     """
     threads = _threads_for(worker_class, threads)
+    if app_spec and upstream:
+        raise click.UsageError("--app and --upstream: serve one of them, not both")
     overrides, sources = _flag_overrides(flags)
     wrapped = _import_app(app_spec) if app_spec else None
     metrics = metrics or metrics_port is not None
@@ -256,6 +266,7 @@ def serve(
             overrides=overrides,
             override_sources=sources,
             wrap=wrapped,
+            upstream=upstream,
             admin_token=admin_token,
             metrics=False,  # checked here; the workers build their own
         )
@@ -317,6 +328,7 @@ def serve(
             overrides=overrides,
             override_sources=sources,
             wrap=_import_app(app_spec) if app_spec else None,
+            upstream=upstream,
             admin_token=admin_token,
             metrics=metrics,
             recorder_db=recorder_db,
@@ -330,8 +342,10 @@ def serve(
         store = "one embedded store for all workers"
     else:
         store = "in-process store"
+    serving = f"a proxy to {upstream}" if upstream else (app_spec or "the mock API")
     click.echo(
-        f"mockforge: serving on http://{host}:{port} ({workers} {worker_class} worker(s), "
+        f"mockforge: serving {serving} on http://{host}:{port} "
+        f"({workers} {worker_class} worker(s), "
         f"{store}, chaos {'on' if startup.enabled else 'off'}; management API at /api/chaos)",
         err=True,
     )

@@ -44,13 +44,15 @@ def session() -> requests.Session:
     return client
 
 
-def _wait_ready(url: str, proc: subprocess.Popen[bytes] | None = None) -> None:
+def _wait_ready(
+    url: str, proc: subprocess.Popen[bytes] | None = None, path: str = READY_PATH
+) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}")
         with contextlib.suppress(requests.RequestException):
-            if session().get(url + READY_PATH, timeout=5).status_code == 200:
+            if session().get(url + path, timeout=5).status_code == 200:
                 return
         time.sleep(0.05)
     raise RuntimeError("server did not become ready in 30 s")
@@ -80,6 +82,7 @@ def gunicorn_server(
     app: str = "wsgi_apps:app",
     extra_args: tuple[str, ...] = (),
     chdir: Path = TESTS_DIR,
+    ready_path: str = READY_PATH,
 ) -> Iterator[Server]:
     tmp_path.mkdir(parents=True, exist_ok=True)
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -123,7 +126,7 @@ def gunicorn_server(
         )
     try:
         url = f"http://127.0.0.1:{port}"
-        _wait_ready(url, proc)
+        _wait_ready(url, proc, ready_path)
         yield Server(url, log_path)
     finally:
         _stop(proc)
@@ -131,13 +134,13 @@ def gunicorn_server(
 
 
 @contextlib.contextmanager
-def werkzeug_server(app: Any) -> Iterator[Server]:
+def werkzeug_server(app: Any, ready_path: str = READY_PATH) -> Iterator[Server]:
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
         url = f"http://127.0.0.1:{server.server_port}"
-        _wait_ready(url)
+        _wait_ready(url, path=ready_path)
         yield Server(url)
     finally:
         server.shutdown()

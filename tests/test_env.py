@@ -49,3 +49,22 @@ def test_bad_switches_are_one_clear_error_before_anything_is_built() -> None:
         "MOCKFORGE_METRICS: 'sometimes' is not a boolean (true or false)",
         "MOCKFORGE_DEBUG_HEADERS: '2' is not a boolean (true or false)",
     ]
+
+
+def test_every_process_variable_is_documented() -> None:
+    from pathlib import Path
+
+    document = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
+    names = [v for k, v in vars(_env).items() if k.isupper() and str(v).startswith("MOCKFORGE_")]
+    assert len(names) >= 10
+    assert [name for name in names if f"`{name}`" not in document] == []
+
+
+def test_a_bad_upstream_is_one_clear_error_naming_the_variable() -> None:
+    import pytest
+
+    from mockforge_wsgi.app import create_app
+    from mockforge_wsgi.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"MOCKFORGE_UPSTREAM: upstream 'ftp://x'"):
+        create_app(environ={_env.UPSTREAM: "ftp://x"})

@@ -16,7 +16,7 @@ LAYERS = [
     ["mockforge_wsgi", "__main__"],
     ["cli", "pytest_plugin", "config_docs"],
     ["app", "admin", "testing"],
-    ["api", "metrics", "recorder", "mock_api", "client"],
+    ["api", "metrics", "recorder", "mock_api", "proxy", "client"],
     ["middleware"],  # the pipeline: decide -> report -> apply
     ["apply", "header_control", "tracing"],
     ["engine"],  # the runtime state, scenarios switched, timed and ramped

@@ -1,0 +1,181 @@
+"""Proxy mode: a real upstream (gunicorn, tests/upstream_app.py) behind the real
+``mockforge serve --upstream``; its answers pass unchanged, chaos applies in front."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import time
+import tracemalloc
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from servers import Server, gunicorn_server, mockforge_serve, session
+from upstream_app import BIG_BYTES, STREAM_CHUNKS
+
+from mockforge_wsgi.proxy import UPSTREAM_HEADER, ChaosProxy
+
+pytestmark = pytest.mark.server
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("upstream")
+    with gunicorn_server(
+        tmp, app="upstream_app:app", worker_class="gthread", ready_path="/echo"
+    ) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def proxy(upstream: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("proxy")
+    with mockforge_serve(tmp, "--upstream", upstream.url, "--workers", "2") as server:
+        yield server
+
+
+@pytest.fixture
+def http(proxy: Server) -> Iterator[requests.Session]:
+    with session() as client:
+        yield client
+    with session() as admin:  # each test starts from the startup config
+        admin.post(proxy.url + "/api/chaos/reset", timeout=10).raise_for_status()
+
+
+def test_status_headers_and_cookies_pass_unchanged(proxy: Server, http: requests.Session) -> None:
+    response = http.get(proxy.url + "/cookies", timeout=10)
+    assert response.status_code == 201
+    assert response.raw.headers.getlist("Set-Cookie") == ["a=1; Path=/", "b=2; Path=/; HttpOnly"]
+    assert response.headers["X-Upstream"] == "yes"
+    assert response.headers["Connection"] == "keep-alive"  # ours, not the upstream's
+    assert "X-Mockforge-Chaos" not in response.headers  # chaos is off: nothing added
+    assert response.content == b"ok"
+
+
+def test_redirects_are_passed_on_not_followed(proxy: Server, http: requests.Session) -> None:
+    response = http.get(proxy.url + "/redirect", timeout=10, allow_redirects=False)
+    assert (response.status_code, response.headers["Location"]) == (302, "/elsewhere")
+
+
+def test_the_request_arrives_whole_with_forwarding_headers(
+    proxy: Server, upstream: Server, http: requests.Session
+) -> None:
+    body = bytes(range(256)) * 400  # 100 KB
+    response = http.post(
+        proxy.url + "/echo?x=1&y=%2F",
+        data=body,
+        headers={"Connection": "keep-alive, X-Hop", "X-Hop": "no", "X-Custom": "yes"},
+        timeout=10,
+    )
+    seen = response.json()
+    assert (seen["method"], seen["query"], seen["length"]) == ("POST", "x=1&y=%2F", len(body))
+    assert seen["sha256"] == hashlib.sha256(body).hexdigest()
+    headers = seen["headers"]
+    assert headers["X_CUSTOM"] == "yes"
+    assert "X_HOP" not in headers  # named by the client's Connection header
+    assert headers["X_FORWARDED_FOR"] == "127.0.0.1"
+    assert headers["X_FORWARDED_PROTO"] == "http"
+    assert headers["X_FORWARDED_HOST"] == proxy.url.removeprefix("http://")
+    assert headers["HOST"] == upstream.url.removeprefix("http://")
+
+
+def test_chunked_both_ways(proxy: Server, http: requests.Session) -> None:
+    response = http.get(proxy.url + "/stream", timeout=10)
+    assert "Content-Length" not in response.headers
+    assert response.headers.get("Transfer-Encoding") == "chunked"
+    assert response.text == "".join(f"chunk {n}\n" for n in range(STREAM_CHUNKS))
+    parts = [b"a" * 1000, b"b" * 5000, b"c" * 10]
+    seen = http.post(proxy.url + "/echo", data=iter(parts), timeout=10).json()
+    assert seen["length"] == 6010  # sent chunked, arrived whole
+    assert seen["sha256"] == hashlib.sha256(b"".join(parts)).hexdigest()
+
+
+def test_chaos_applies_to_proxied_requests(proxy: Server, http: requests.Session) -> None:
+    api = proxy.url + "/api/chaos"
+    http.post(api + "/enable", timeout=10).raise_for_status()
+    faults = {"enabled": True, "http_errors": [503], "http_error_probability": 1.0}
+    http.put(api + "/config/faults", json=faults, timeout=10).raise_for_status()
+    refused = http.get(proxy.url + "/echo", timeout=10)
+    assert refused.status_code == 503
+    assert refused.headers["X-Mockforge-Chaos"] == "fault=http_503"
+    partial = {"enabled": True, "http_error_probability": 0, "partial_response_probability": 1}
+    http.put(api + "/config/faults", json=partial, timeout=10).raise_for_status()
+    with (
+        pytest.raises((requests.exceptions.ChunkedEncodingError, requests.ConnectionError)),
+        http.get(proxy.url + "/big", timeout=10, stream=True) as response,
+    ):
+        assert response.headers["Content-Length"] == str(BIG_BYTES)  # the full length...
+        for _ in response.iter_content(65536):  # ...and half of it, then the cut
+            pass
+
+
+def test_a_paced_proxied_body_takes_its_time(proxy: Server, http: requests.Session) -> None:
+    api = proxy.url + "/api/chaos"
+    http.post(api + "/enable", timeout=10).raise_for_status()
+    shaping = {"enabled": True, "bandwidth_limit_bps": 5_000_000}
+    http.put(api + "/config/traffic", json=shaping, timeout=10).raise_for_status()
+    started = time.monotonic()
+    with http.get(proxy.url + "/big", timeout=30, stream=True) as response:
+        received = sum(len(chunk) for chunk in response.iter_content(65536))
+    elapsed = time.monotonic() - started
+    assert received == BIG_BYTES
+    assert elapsed >= BIG_BYTES / 5_000_000 * 0.95, elapsed  # 10 MB at 5 MB/s: ~2.1 s
+
+
+def test_a_down_upstream_is_a_502_that_says_it_is_not_injected(tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    with (
+        mockforge_serve(tmp_path, "--upstream", f"http://127.0.0.1:{closed}") as server,
+        session() as http,
+    ):
+        response = http.get(server.url + "/anything", timeout=10)
+        stats = http.get(server.url + "/api/chaos/stats", timeout=10).json()
+    assert response.status_code == 502
+    assert response.headers[UPSTREAM_HEADER] == "unreachable"
+    assert response.json()["injected"] is False
+    assert "X-Mockforge-Chaos" not in response.headers
+    assert stats["counters"].get("upstream_errors") == 1
+    assert not {"http_error", "connection_reset"} & set(stats["counters"])
+
+
+def test_a_10_mb_body_streams_through_in_bounded_memory(upstream: Server) -> None:
+    """The proxy app called in this process (the upstream a real gunicorn), its body
+    read as a server reads it: the peak of Python allocations is a few chunks, not the
+    10 MB body. (A client in this process would add its own buffers to the count.)"""
+    from werkzeug.test import EnvironBuilder
+
+    proxy = ChaosProxy(upstream.url)
+    environ = EnvironBuilder(path="/big").get_environ()
+    statuses: list[str] = []
+    tracemalloc.start()
+    try:
+        body = proxy(environ, lambda status, headers, exc_info=None: statuses.append(status))
+        received = sum(len(chunk) for chunk in body)
+        body.close()  # type: ignore[attr-defined]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert statuses == ["200 OK"]
+    assert received == BIG_BYTES
+    assert peak < 1024 * 1024, peak  # measured ~0.25 MB; the whole body would be 10 MB
+
+
+def test_a_silent_upstream_is_a_504() -> None:
+    from werkzeug.test import Client
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)  # accepts, never answers
+        proxy = ChaosProxy(f"http://127.0.0.1:{listener.getsockname()[1]}", read_timeout_s=0.3)
+        seen: list[str] = []
+        proxy.on_error = seen.append
+        started = time.monotonic()
+        response = Client(proxy).get("/x")
+    assert response.status_code == 504
+    assert response.headers[UPSTREAM_HEADER] == "timeout"
+    assert time.monotonic() - started < 5
+    assert seen == ["timeout"]
