@@ -15,7 +15,16 @@ from ._answers import answer
 from ._observe import ClosingBody, CompletingBody, Once, content_length
 from ._sockets import Connection
 from .config import FaultInjectionConfig
-from .fault import PartialBody, drain_input, render_fault, reset_or_cut
+from .fault import (
+    CorruptBody,
+    Fault,
+    PartialBody,
+    drain_input,
+    fault_body,
+    render_fault,
+    reset_or_cut,
+)
+from .latency import sleep_ms
 from .outcome import CONNECTION_TIMEOUT, Injection, Outcome
 from .rate_limit import render_refusal
 from .traffic_shaping import PacedBody, PacedInput, sleep_until
@@ -26,6 +35,8 @@ if TYPE_CHECKING:
 __all__ = ["Delivery", "with_headers"]
 
 _BUSY_BODY = b'{"error":"too many connections","injected_by":"mockforge"}'
+# Faults answered before the app would run (the others wrap or follow it).
+_INSTEAD_OF_THE_APP = frozenset({"http_error", "timeout", "connection_reset"})
 
 
 class Delivery:
@@ -127,18 +138,28 @@ class Delivery:
         ):
             return self._end(start_response, "connection timeout")
         fault = plan.fault
-        if fault is not None and fault.kind != "partial_response":
+        kind = fault.kind if fault is not None else None
+        if kind in _INSTEAD_OF_THE_APP:
+            assert fault is not None
             drain_input(environ)  # the answer the client sees is ours, not a send error
-            if fault.kind == "connection_reset":
+            if kind == "connection_reset":
                 return reset_or_cut(
                     self.connection, start_response, self.headers, "injected connection reset"
                 )
             return render_fault(fault, self.faults, start_response, self.headers)
+        if kind == "after_app" or (kind == "corrupted" and fault.mode == "empty_reply"):  # type: ignore[union-attr]
+            assert fault is not None
+            return self._after_app(fault, start_response)
         body: Iterable[bytes]
-        if fault is not None:
-            partial = PartialBody(fault.fraction, self.connection)
-            app_start_response = partial.start_response(start_response, self.headers)
-            body = partial.wrap(self.app(environ, app_start_response))
+        if kind == "partial_response" or kind == "corrupted":
+            assert fault is not None
+            wrapper: PartialBody | CorruptBody = (
+                PartialBody(fault.fraction, self.connection, fault.limit_bytes)
+                if kind == "partial_response"
+                else CorruptBody(fault)
+            )
+            app_start_response = wrapper.start_response(start_response, self.headers)
+            body = wrapper.wrap(self.app(environ, app_start_response))
         else:
             body = self.app(environ, with_headers(start_response, self.headers))
         if shaping is not None and shaping.paces_body:
@@ -146,6 +167,34 @@ class Delivery:
                 body, shaping, self.connection, started=self.started, on_cut=self._cut_mid_body
             )
         return body
+
+    def _after_app(self, fault: Fault, start_response: StartResponse) -> Iterable[bytes]:
+        """Commit, then fail: the app runs to the end of its body (its side effects
+        done, its answer discarded), then the client gets the fault instead."""
+        discarded: list[str] = []
+
+        def discard(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            discarded.append(status)
+            return lambda data: None
+
+        body = self.app(self.environ, discard)
+        try:
+            for _ in body:
+                pass
+        finally:
+            close = getattr(body, "close", None)
+            if close is not None:
+                close()
+        if fault.mode == "reset":
+            why = "injected reset after the app ran"
+            return reset_or_cut(self.connection, start_response, self.headers, why)
+        if fault.mode == "http_error":
+            answer_body, content_type = fault_body(fault, self.faults)
+            status = fault.status or 502
+            return answer(start_response, status, answer_body, content_type, self.headers)
+        if fault.mode == "stall":
+            sleep_ms(fault.hold_ms)
+        return self._end(start_response, f"injected {fault.label} after the app ran")
 
     def _end(self, start_response: StartResponse, why: str) -> Iterable[bytes]:
         """End the request without an answer: a plain close, before anything was sent."""

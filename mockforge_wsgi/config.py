@@ -118,6 +118,9 @@ CONNECTIONS = kinds.Between(0, 100_000)
 TRACKED_KEYS = kinds.Between(1, 1_000_000)  # sizes the embedded store's table (32 B a key)
 SIGMA = kinds.Between(0.0, 5.0)  # lognormal shape: e^(6 sigma) is the 6-sigma tail
 SEED = kinds.Between(-(2**63), 2**63 - 1)
+BODY_BYTES = kinds.Between(0, 1_000_000_000_000)
+AFTER_APP_FAULTS = ("reset", "http_error", "stall")
+CORRUPTIONS = ("flip", "random", "invalid_json", "truncate", "wrong_content_type", "empty_reply")
 
 
 def _pattern(raw: Any) -> FaultPattern | None:
@@ -236,6 +239,42 @@ class FaultInjectionConfig:
     )
     partial_response_fraction: float = setting(
         0.5, kinds.FLOAT, "Share of the body sent before a partial response is cut.", PROBABILITY
+    )
+    partial_response_limit_bytes: int = setting(
+        0,
+        kinds.INT,
+        "When above 0, a partial response is cut after this many bytes, not a share.",
+        BODY_BYTES,
+    )
+    after_app_probability: float = setting(
+        0.0,
+        kinds.FLOAT,
+        "Chance the app runs (its side effects done), then the client gets "
+        "`after_app_fault` instead of its answer (rolled 5th).",
+        PROBABILITY,
+        ramps=True,
+    )
+    after_app_fault: str = setting(
+        "reset",
+        kinds.STR,
+        "What a commit-then-fail fault does: `reset` (TCP reset), `http_error` (a status "
+        "of http_errors), `stall` (hold timeout_ms, then close unanswered).",
+        kinds.OneOf(AFTER_APP_FAULTS),
+    )
+    corruption_probability: float = setting(
+        0.0,
+        kinds.FLOAT,
+        "Chance the app's answer reaches the client broken as `corruption` says (rolled 6th).",
+        PROBABILITY,
+        ramps=True,
+    )
+    corruption: str = setting(
+        "flip",
+        kinds.STR,
+        "`flip` (bits flipped, same length), `random` (random bytes, same length), "
+        "`invalid_json` (same length, no longer JSON), `truncate` (shorter, length "
+        "adjusted), `wrong_content_type`, `empty_reply` (closed with no status line).",
+        kinds.OneOf(CORRUPTIONS),
     )
     error_body: str | None = setting(
         None,
@@ -594,7 +633,9 @@ def longest_delay_s(configs: Iterable[ChaosConfig]) -> float:
             delay = max(delay, config.header_control.max_delay_ms)
         shaping = config.traffic_shaping
         queued = shaping.queue_timeout_ms if shaping.enabled and shaping.max_connections else 0.0
-        hold = faults.timeout_ms if faults.enabled and faults.timeout_probability else 0.0
+        stalls = faults.after_app_probability and faults.after_app_fault == "stall"
+        holds = faults.enabled and (faults.timeout_probability or stalls)
+        hold = faults.timeout_ms if holds else 0.0
         longest = max(longest, (delay + queued + hold) / 1000)
     return longest
 

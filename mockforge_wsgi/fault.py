@@ -28,7 +28,9 @@ if TYPE_CHECKING:
 __all__ = ["Fault", "PartialBody", "decide_fault", "drain_input", "render_fault"]
 
 # Each kind is also its injection type (outcome.py): one name wherever it is reported.
-FaultKind = Literal["http_error", "timeout", "connection_reset", "partial_response"]
+FaultKind = Literal[
+    "http_error", "timeout", "connection_reset", "partial_response", "after_app", "corrupted"
+]
 
 # A cut response promises this many bytes and sends none (any non-zero length will do).
 _CUT_PROMISED_BYTES = 64
@@ -47,6 +49,9 @@ class Fault:
     status: int | None = None
     hold_ms: float = 0.0
     fraction: float = 0.0
+    limit_bytes: int = 0  # a partial response: cut after this many bytes (0: the fraction)
+    mode: str = ""  # after_app: reset, http_error, stall; corrupted: how
+    seed: int = 0  # corrupted: which bytes, drawn at decide time
 
     @property
     def label(self) -> str:
@@ -55,6 +60,10 @@ class Fault:
             return f"http_{self.status}"
         if self.kind == "timeout":
             return f"timeout_{self.hold_ms:g}ms"
+        if self.kind == "after_app":
+            return f"after_app_http_{self.status}" if self.status else f"after_app_{self.mode}"
+        if self.kind == "corrupted":
+            return f"corrupted_{self.mode}"
         return self.kind
 
 
@@ -79,7 +88,18 @@ def decide_fault(
     if _hit(config.connection_error_probability, rng):
         return Fault("connection_reset")
     if _hit(config.partial_response_probability, rng):
-        return Fault("partial_response", fraction=config.partial_response_fraction)
+        return Fault(
+            "partial_response",
+            fraction=config.partial_response_fraction,
+            limit_bytes=config.partial_response_limit_bytes,
+        )
+    if _hit(config.after_app_probability, rng):
+        mode = config.after_app_fault
+        status = rng.choice(config.http_errors or (502,)) if mode == "http_error" else None
+        hold = config.timeout_ms if mode == "stall" else 0.0
+        return Fault("after_app", status=status, hold_ms=hold, mode=mode)
+    if _hit(config.corruption_probability, rng):
+        return Fault("corrupted", mode=config.corruption, seed=rng.getrandbits(32))
     return None
 
 
@@ -177,7 +197,8 @@ def reset_or_cut(
 
 
 class PartialBody:
-    """Sends the first ``fraction`` of a body under its full Content-Length, then cuts.
+    """Sends the first ``fraction`` of a body (or its first ``limit_bytes``) under its
+    full Content-Length, then cuts.
 
     Used as the app's ``start_response`` wrapper and as the returned iterable: the
     headers tell the full length, the body stops short, and the connection is shut
@@ -185,10 +206,12 @@ class PartialBody:
     ``close()`` always closes the app's iterable.
     """
 
-    def __init__(self, fraction: float, connection: _sockets.Connection) -> None:
+    def __init__(
+        self, fraction: float, connection: _sockets.Connection, limit_bytes: int = 0
+    ) -> None:
         self._fraction = fraction
         self._connection = connection
-        self._budget: int | None = None
+        self._budget: int | None = limit_bytes or None
         self._inner: Iterable[bytes] | None = None
         self._done = False
 
@@ -200,7 +223,8 @@ class PartialBody:
         ) -> Any:
             length = content_length(headers)
             if length is not None:
-                self._budget = int(self._fraction * length)
+                share = int(self._fraction * length)
+                self._budget = min(self._budget, length) if self._budget else share
             write = start_response(status, [*headers, *extra_headers], exc_info)
             return self._write_through(write)
 
@@ -245,6 +269,84 @@ class PartialBody:
             if self._budget == 0:
                 self._cut()
                 return
+
+    def close(self) -> None:
+        close = getattr(self._inner, "close", None)
+        if close is not None:
+            close()
+
+
+class CorruptBody:
+    """The app's answer, broken on its way out as ``fault.mode`` says (``flip``,
+    ``random``, ``invalid_json``, ``truncate``, ``wrong_content_type``); the bytes it
+    breaks come from ``fault.seed``, drawn when the fault was decided. ``empty_reply``
+    is not a body: the apply step closes the connection instead. ``close()`` always
+    closes the app's iterable."""
+
+    WRONG_TYPE = "text/html; charset=utf-8"
+    NOT_JSON = b"#"
+
+    def __init__(self, fault: Fault) -> None:
+        self._mode = fault.mode
+        self._rng = random.Random(fault.seed)
+        self._inner: Iterable[bytes] = ()
+        self._budget: int | None = None  # truncate: bytes still to send
+        self._first = True
+
+    def start_response(
+        self, start_response: StartResponse, extra_headers: list[tuple[str, str]]
+    ) -> StartResponse:
+        def corrupting_start_response(
+            status: str, headers: list[tuple[str, str]], exc_info: Any = None
+        ) -> Any:
+            headers = list(headers)
+            if self._mode == "wrong_content_type":
+                headers = [(k, v) for k, v in headers if k.lower() != "content-type"]
+                headers.append(("Content-Type", self.WRONG_TYPE))
+            elif self._mode == "truncate":
+                length = content_length(headers)
+                if length is not None:  # a shorter body under a true, shorter length
+                    self._budget = length // 2
+                    headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+                    headers.append(("Content-Length", str(self._budget)))
+            write = start_response(status, [*headers, *extra_headers], exc_info)
+
+            def corrupting_write(data: bytes) -> None:
+                write(self._break(data))
+
+            return corrupting_write
+
+        return corrupting_start_response
+
+    def wrap(self, inner: Iterable[bytes]) -> CorruptBody:
+        self._inner = inner
+        return self
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._inner:
+            yield self._break(chunk)
+            if self._budget == 0:
+                return
+
+    def _break(self, data: bytes) -> bytes:
+        if not data:
+            return data
+        mode = self._mode
+        if mode == "flip":  # about one byte in a hundred, at least one, a bit each
+            broken = bytearray(data)
+            for _ in range(max(1, len(data) // 100)):
+                broken[self._rng.randrange(len(data))] ^= 1 << self._rng.randrange(8)
+            return bytes(broken)
+        if mode == "random":
+            return self._rng.randbytes(len(data))
+        if mode == "invalid_json" and self._first:
+            self._first = False
+            return self.NOT_JSON + data[1:]  # no JSON text starts with '#'
+        if mode == "truncate":
+            if self._budget is None:  # no length: half of the first chunk, then the end
+                self._budget = len(data) // 2
+            data, self._budget = data[: self._budget], max(self._budget - len(data), 0)
+        return data
 
     def close(self) -> None:
         close = getattr(self._inner, "close", None)

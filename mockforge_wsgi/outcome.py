@@ -22,6 +22,8 @@ HTTP_ERROR = "http_error"
 TIMEOUT = "timeout"
 CONNECTION_RESET = "connection_reset"
 PARTIAL_RESPONSE = "partial_response"
+AFTER_APP = "after_app"
+CORRUPTED = "corrupted"
 RATE_LIMITED = "rate_limited"
 REQUEST_DROPPED = "request_dropped"
 BANDWIDTH_THROTTLED = "bandwidth_throttled"
@@ -36,6 +38,8 @@ INJECTION_TYPES: dict[str, str] = {
     TIMEOUT: "",
     CONNECTION_RESET: "",
     PARTIAL_RESPONSE: "",
+    AFTER_APP: "what followed the app: reset, http_error, stall",
+    CORRUPTED: "how: flip, random, invalid_json, truncate, wrong_content_type, empty_reply",
     RATE_LIMITED: "the level: global, per_ip or per_endpoint",
     REQUEST_DROPPED: "",
     BANDWIDTH_THROTTLED: "bytes per second",

@@ -121,7 +121,7 @@ class Plan(NamedTuple):
         fault = self.fault
         if fault is not None:
             # A fault's kind is its injection type (fault.py takes the names from outcome.py).
-            detail = str(fault.status) if fault.kind == HTTP_ERROR else ""
+            detail = str(fault.status) if fault.kind == HTTP_ERROR else fault.mode
             found.append(_new(Injection, (fault.kind, detail)))
         if self.cut_by_timeout:
             found.append(_new(Injection, (CONNECTION_TIMEOUT, "")))

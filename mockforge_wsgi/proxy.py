@@ -166,21 +166,20 @@ class UpstreamBody:
 
 
 def _request_body(environ: WSGIEnvironment) -> tuple[Any, bool]:
-    """What to send upstream: the input stream read as it goes (with its length), a
-    chunked stream when the length is not known, or nothing."""
+    """What to send upstream: the input read as it goes under its Content-Length, a
+    chunked stream when the client sent one chunked, or nothing. (gunicorn marks every
+    input ``wsgi.input_terminated``: that alone says nothing about a body.)"""
     stream = environ.get("wsgi.input")
-    try:
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        length = 0
+    declared = environ.get("CONTENT_LENGTH")
     if stream is None:
         return None, False
-    if length > 0:
-        return _LimitedReader(stream, length), False
-    if (
-        environ.get("wsgi.input_terminated")
-        or "chunked" in str(environ.get("HTTP_TRANSFER_ENCODING", "")).lower()
-    ):
+    if declared not in (None, ""):
+        try:
+            length = int(declared)
+        except ValueError:
+            return None, False
+        return (_LimitedReader(stream, length), False) if length > 0 else (None, False)
+    if "chunked" in str(environ.get("HTTP_TRANSFER_ENCODING", "")).lower():
         return iter(lambda: stream.read(CHUNK_BYTES), b""), True
     return None, False
 

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import socket
+import subprocess
 import time
 import tracemalloc
 from collections.abc import Iterator
@@ -179,3 +181,61 @@ def test_a_silent_upstream_is_a_504() -> None:
     assert response.headers[UPSTREAM_HEADER] == "timeout"
     assert time.monotonic() - started < 5
     assert seen == ["timeout"]
+
+
+def _faults(http: requests.Session, proxy: Server, **faults: object) -> None:
+    api = proxy.url + "/api/chaos"
+    http.post(api + "/enable", timeout=10).raise_for_status()
+    changed = http.put(api + "/config/faults", json={"enabled": True, **faults}, timeout=10)
+    changed.raise_for_status()
+
+
+def _curl(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["curl", "-sS", "--max-time", "10", *args, url],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_a_post_reset_after_the_upstream_applied_it_was_applied_once(
+    proxy: Server, upstream: Server, http: requests.Session
+) -> None:
+    """Commit, then fail: the upstream carried the POST out, the client saw a reset."""
+    _faults(http, proxy, after_app_probability=1.0, after_app_fault="reset")
+    with pytest.raises(requests.ConnectionError):
+        session().post(proxy.url + "/count/reset", data=b"{}", timeout=10)
+    curl = _curl(proxy.url + "/count/reset", "-X", "POST", "-d", "{}")
+    assert curl.returncode == 56, curl  # "Recv failure: Connection reset by peer"
+    assert "reset" in curl.stderr.lower(), curl.stderr
+    applied = http.get(upstream.url + "/count/reset", timeout=10).json()["count"]
+    assert applied == 2  # one per POST, each applied once
+
+
+def test_an_empty_reply_and_a_stall_after_the_app(
+    proxy: Server, upstream: Server, http: requests.Session
+) -> None:
+    _faults(http, proxy, corruption_probability=1.0, corruption="empty_reply")
+    curl = _curl(proxy.url + "/count/empty", "-X", "POST")
+    assert curl.returncode == 52, curl  # "Empty reply from server"
+    assert "empty reply" in curl.stderr.lower(), curl.stderr
+    assert http.get(upstream.url + "/count/empty", timeout=10).json()["count"] == 1
+    _faults(http, proxy, after_app_probability=1.0, after_app_fault="stall", timeout_ms=400)
+    started = time.monotonic()
+    with pytest.raises(requests.ConnectionError):
+        session().post(proxy.url + "/count/empty", timeout=10)
+    assert time.monotonic() - started >= 0.4
+    assert http.get(upstream.url + "/count/empty", timeout=10).json()["count"] == 2
+
+
+def test_a_corrupted_proxied_body_is_broken_in_place(
+    proxy: Server, http: requests.Session
+) -> None:
+    _faults(http, proxy, corruption_probability=1.0, corruption="invalid_json")
+    response = http.get(proxy.url + "/echo", timeout=10)
+    assert response.headers["X-Mockforge-Chaos"] == "fault=corrupted_invalid_json"
+    assert len(response.content) == int(response.headers["Content-Length"])
+    with pytest.raises(ValueError):
+        json.loads(response.content)

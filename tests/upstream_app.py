@@ -11,8 +11,20 @@ BIG_BYTES = 10 * 1024 * 1024
 STREAM_CHUNKS = 20
 
 
+COUNTS: dict[str, int] = {}  # POST /count/<key> adds one (the tests run one sync worker)
+
+
 def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
     path = environ["PATH_INFO"]
+    if path.startswith("/count/"):
+        key = path.removeprefix("/count/")
+        if environ["REQUEST_METHOD"] == "POST":
+            COUNTS[key] = COUNTS.get(key, 0) + 1
+        data = json.dumps({"count": COUNTS.get(key, 0)}).encode()
+        start_response(
+            "200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
+        )
+        return [data]
     if path == "/echo":
         stream, length = environ["wsgi.input"], environ.get("CONTENT_LENGTH")
         chunked = environ.get("wsgi.input_terminated")
