@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -157,6 +158,42 @@ def _body(raw: Any) -> str:
     raise ValueError("is not a string or a mapping")
 
 
+# What an HTTP header name may be (RFC 9110 token) and how many a setting may add.
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}")
+MAX_HEADERS = 20
+
+
+def _header_map(raw: Any) -> tuple[tuple[str, str], ...]:
+    """Headers as ``{name: value}`` (or JSON text of one, or ``[[name, value], ...]``),
+    kept as a tuple of pairs; names are tokens, values one line of at most 1,000."""
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw) if raw.strip() else {}
+        except ValueError:
+            raise ValueError("is not a JSON mapping of header name to value") from None
+    if isinstance(raw, Mapping):
+        pairs = list(raw.items())
+    elif isinstance(raw, (list, tuple)) and all(
+        isinstance(p, (list, tuple)) and len(p) == 2 for p in raw
+    ):
+        pairs = [tuple(p) for p in raw]
+    else:
+        raise ValueError("is not a mapping of header name to value")
+    if len(pairs) > MAX_HEADERS:
+        raise ValueError(f"has {len(pairs)} headers; at most {MAX_HEADERS}")
+    headers = []
+    for name, value in pairs:
+        if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+            raise ValueError(f"header name {shown(name)} is not a token")
+        if not isinstance(value, (str, int)) or isinstance(value, bool):
+            raise ValueError(f"header {name}: {shown(value)} is not text")
+        text = str(value)
+        if len(text) > 1000 or any(c in text for c in "\r\n\0"):
+            raise ValueError(f"header {name}: value is not one line of at most 1000")
+        headers.append((name, text))
+    return tuple(headers)
+
+
 _NUMBER = (int, float)
 BOOL = Kind("a boolean", (bool,), _bool, {"type": "boolean"})
 INT = Kind("an integer", (int,), _int, {"type": "integer"})
@@ -176,6 +213,12 @@ OPTIONAL_BODY = Kind(
     (str, type(None)),
     _optional(_body),
     {"type": ["string", "object", "array", "null"]},
+)
+HEADER_MAP = Kind(
+    "a mapping of header name to value",
+    (tuple,),
+    _header_map,
+    {"type": "object", "additionalProperties": {"type": "string"}},
 )
 INT_LIST = Kind(
     "a list of integers", (tuple,), _int_list, {"type": "array", "items": {"type": "integer"}}

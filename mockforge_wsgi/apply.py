@@ -19,8 +19,8 @@ from .fault import (
     CorruptBody,
     Fault,
     PartialBody,
+    answer_fault,
     drain_input,
-    fault_body,
     render_fault,
     reset_or_cut,
 )
@@ -189,9 +189,7 @@ class Delivery:
             why = "injected reset after the app ran"
             return reset_or_cut(self.connection, start_response, self.headers, why)
         if fault.mode == "http_error":
-            answer_body, content_type = fault_body(fault, self.faults)
-            status = fault.status or 502
-            return answer(start_response, status, answer_body, content_type, self.headers)
+            return answer_fault(fault, self.faults, start_response, self.headers)
         if fault.mode == "stall":
             sleep_ms(fault.hold_ms)
         return self._end(start_response, f"injected {fault.label} after the app ran")

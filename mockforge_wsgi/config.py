@@ -276,6 +276,17 @@ class FaultInjectionConfig:
         "adjusted), `wrong_content_type`, `empty_reply` (closed with no status line).",
         kinds.OneOf(CORRUPTIONS),
     )
+    retry_after_s: int = setting(
+        1,
+        kinds.INT,
+        "Retry-After (seconds) on an injected 503 or 429 answer; 0: none.",
+        kinds.Between(0, 86_400),
+    )
+    error_headers: tuple[tuple[str, str], ...] = setting(
+        (),
+        kinds.HEADER_MAP,
+        "Headers added to every injected error answer, e.g. `{X-Fault: injected}` (env: JSON).",
+    )
     error_body: str | None = setting(
         None,
         kinds.OPTIONAL_BODY,
@@ -552,6 +563,8 @@ RULE_SECTIONS = tuple(
 
 
 def _plain(instance: Any, field: Any, value: Any) -> Any:
+    if field is not None and field.metadata.get("kind") is kinds.HEADER_MAP:
+        return dict(value)  # as it is written and read back: {name: value}
     return list(value) if isinstance(value, tuple) else value
 
 

@@ -164,8 +164,23 @@ def render_fault(
     (whose request body the caller has drained). A reset is ``reset_or_cut``'s."""
     if fault.kind == "timeout":
         sleep_ms(fault.hold_ms)
+    return answer_fault(fault, config, start_response, extra_headers)
+
+
+def answer_fault(
+    fault: Fault,
+    config: FaultInjectionConfig,
+    start_response: StartResponse,
+    extra_headers: list[tuple[str, str]],
+) -> Iterable[bytes]:
+    """An injected error answer: the fault's body, the user's ``error_headers``, and
+    ``Retry-After`` on a 503 or 429 (``retry_after_s``), then ours."""
+    status = fault.status or 500
+    headers = list(config.error_headers)
+    if status in (503, 429) and config.retry_after_s:
+        headers.append(("Retry-After", str(config.retry_after_s)))
     body, content_type = fault_body(fault, config)
-    return answer(start_response, fault.status or 500, body, content_type, extra_headers)
+    return answer(start_response, status, body, content_type, [*headers, *extra_headers])
 
 
 def reset_or_cut(

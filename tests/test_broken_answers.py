@@ -146,3 +146,62 @@ def test_a_partial_response_cut_after_n_bytes() -> None:
     assert response.headers["Content-Length"] == "16"  # the full length is promised
     assert response.data == b"abcde"
     assert app.bodies[0].closed
+
+
+@pytest.mark.parametrize(
+    ("status", "retry_after_s", "expected"),
+    [(503, 1, "1"), (429, 7, "7"), (500, 7, None), (503, 0, None)],
+)
+def test_retry_after_on_injected_503_and_429(
+    status: int, retry_after_s: int, expected: str | None
+) -> None:
+    config = chaos(
+        fault_injection={
+            "http_error_probability": 1,
+            "http_errors": [status],
+            "retry_after_s": retry_after_s,
+        }
+    )
+    response = Client(ChaosMiddleware(SideEffects(), config=config)).get("/")
+    assert response.status_code == status
+    assert response.headers.get("Retry-After") == expected
+
+
+def test_error_headers_on_every_injected_error_answer() -> None:
+    headers = {"X-Fault": "injected", "Cache-Control": "no-store"}
+    for faults in (
+        {"http_error_probability": 1},
+        {"timeout_probability": 1, "timeout_ms": 1},
+        {"after_app_probability": 1, "after_app_fault": "http_error"},
+    ):
+        config = chaos(fault_injection={**faults, "error_headers": headers})
+        response = Client(ChaosMiddleware(SideEffects(), config=config)).get("/")
+        assert response.status_code >= 500, faults
+        assert response.headers["X-Fault"] == "injected", faults
+        assert response.headers["Cache-Control"] == "no-store", faults
+    assert config.to_dict()["fault_injection"]["error_headers"] == headers  # read back as sent
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ({"X Bad": "1"}, "header name 'X Bad' is not a token"),
+        ({"X-Ok": "one\r\nX-Evil: two"}, "header X-Ok: value is not one line"),
+        ({f"X-{n}": "1" for n in range(21)}, "has 21 headers; at most 20"),
+        ("not json", "is not a JSON mapping of header name to value"),
+    ],
+)
+def test_bad_error_headers_name_the_setting_and_the_problem(value: Any, problem: str) -> None:
+    from mockforge_wsgi.config import ConfigError, config_from_dict
+
+    with pytest.raises(ConfigError) as error:
+        config_from_dict({"fault_injection": {"error_headers": value}})
+    assert "chaos.fault_injection.error_headers: " in str(error.value)
+    assert problem in str(error.value)
+
+
+def test_error_headers_from_the_environment() -> None:
+    from mockforge_wsgi import load_config
+
+    environ = {"MOCKFORGE_CHAOS_FAULT_INJECTION_ERROR_HEADERS": '{"X-Fault": "env"}'}
+    assert load_config(environ=environ).fault_injection.error_headers == (("X-Fault", "env"),)
