@@ -132,7 +132,7 @@ def _pattern(raw: Any) -> FaultPattern | None:
 
 
 PATTERN = kinds.Kind(
-    "a pattern (fail_first, every or sequence) or none",
+    "a pattern (fail_first, every, sequence, fail_for_s, burst_s) or none",
     (FaultPattern, type(None)),
     _pattern,
     {"type": ["object", "string", "null"]},
@@ -296,9 +296,11 @@ class FaultInjectionConfig:
     pattern: FaultPattern | None = setting(
         None,
         PATTERN,
-        "Count-based HTTP errors, checked before the probabilities: "
+        "HTTP errors by count or time, checked before the probabilities: "
         "`{fail_first: 3, status: 503}`, `{every: 5, status: 500}`, "
-        "`{sequence: [503, 503, 200], repeat: false}` (env: `fail_first:3:503`).",
+        "`{sequence: [503, 503, 200], repeat: false}`, `{fail_for_s: 10, status: 503}` "
+        "(then recover), `{burst_s: 2, every_s: 10, status: 503}`; times count from the "
+        "last change (env: `fail_first:3:503`, `burst_s:2/10:503`).",
     )
 
 

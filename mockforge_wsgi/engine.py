@@ -108,6 +108,7 @@ class RuntimeState:
     schedule: tuple[ScheduleEntry, ...] = ()
     overridden: tuple[str, ...] = ()
     overrides: ChaosConfig | None = None
+    changed_at: float = 0.0  # clock time of the last change: time-based patterns start here
 
     def with_active(self, active: ActiveScenario | None, **changes: Any) -> RuntimeState:
         """Another scenario (or none) runs now: the overrides of the last one end."""
@@ -139,6 +140,7 @@ class RuntimeState:
                 for s in self.custom
             ],
             "schedule": [attrs.asdict(entry) for entry in self.schedule],
+            "changed_at": self.changed_at,
         }
 
     @classmethod
@@ -156,6 +158,7 @@ class RuntimeState:
             schedule=tuple(ScheduleEntry(**entry) for entry in data["schedule"]),
             overridden=tuple(data.get("overridden", ())),
             overrides=config_from_dict(data["overrides"]) if data.get("overrides") else None,
+            changed_at=float(data.get("changed_at", 0.0)),
         )
 
 
@@ -203,7 +206,10 @@ class ScenarioEngine:
 
     def _initial_state(self) -> RuntimeState:
         state = RuntimeState(
-            enabled=self.startup.enabled, config=self.startup, custom=self._startup_custom
+            enabled=self.startup.enabled,
+            config=self.startup,
+            custom=self._startup_custom,
+            changed_at=self.clock(),
         )
         if self.startup.scenario:
             self._lookup(state, self.startup.scenario)
@@ -359,8 +365,13 @@ class ScenarioEngine:
     def _save(self, state: RuntimeState) -> None:
         if self.store.counters().get(PATTERN_COUNTER):
             self.store.set_counter(PATTERN_COUNTER, 0)  # patterns count from each change
+        state = attrs.evolve(state, changed_at=self.clock())  # and time them from it
         self._version = self.store.save_state(state.to_dict())
         self._state = state
+
+    def since_change(self) -> float:
+        """Seconds since the last change of the runtime state (time-based patterns)."""
+        return self.clock() - self._state.changed_at
 
     def set_enabled(self, enabled: bool) -> None:
         self._change(lambda state, now: attrs.evolve(state, enabled=enabled))

@@ -68,7 +68,10 @@ class Fault:
 
 
 def decide_fault(
-    config: FaultInjectionConfig, rng: random.Random, number: int | None = None
+    config: FaultInjectionConfig,
+    rng: random.Random,
+    number: int | None = None,
+    elapsed_s: float | None = None,
 ) -> Fault | None:
     """The fault for one request, or None. Pure: draws only from ``rng``.
 
@@ -77,8 +80,12 @@ def decide_fault(
     """
     if not config.enabled:
         return None
-    if config.pattern is not None and number is not None:
-        status = config.pattern.status_for(number)
+    pattern = config.pattern
+    if pattern is not None and (number is not None or elapsed_s is not None):
+        if pattern.timed:
+            status = pattern.status_at(elapsed_s) if elapsed_s is not None else None
+        else:
+            status = pattern.status_for(number) if number is not None else None
         if status is not None:
             return Fault("http_error", status=status)
     if config.http_errors and _hit(config.http_error_probability, rng):

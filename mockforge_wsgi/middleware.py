@@ -280,9 +280,12 @@ class ChaosMiddleware:
             # of requests gets the same decisions, whichever worker serves each.
             rng = random.Random(f"{config.seed}:{self.store.incr(SEQUENCE_COUNTER)}")
         faults = config.fault_injection
-        number = None
+        number = since_change = None
         if faults.enabled and faults.pattern is not None:
-            number = self.store.incr(PATTERN_COUNTER)
+            if faults.pattern.timed:  # fail for a while, in bursts: timed from the change
+                since_change = self.engine.since_change()
+            else:  # the first n, every nth, a sequence: numbered in the store
+                number = self.store.incr(PATTERN_COUNTER)
         limits = config.rate_limit
         verdict = None
         if limits.enabled:
@@ -295,7 +298,7 @@ class ChaosMiddleware:
                     raise
                 self._internal_error("reaching the rate-limit store")
         head = environ.get("REQUEST_METHOD") == "HEAD"
-        plan = decide_plan(config, rng, verdict, number, head=head)
+        plan = decide_plan(config, rng, verdict, number, head=head, since_change_s=since_change)
         if plan.shaping is not None and plan.needs_slot:  # last: nothing after it may fail
             plan = self._take_slot(plan, config)
         return plan

@@ -211,3 +211,57 @@ def test_yaml_scenarios_are_validated(tmp_path: Path) -> None:
         "to replace it",
         "chaos.scenarios.odd.latency.probability: 9 is not in [0, 1]",
     ]
+
+
+@pytest.mark.parametrize(
+    ("raw", "at", "expected"),
+    [
+        ({"fail_for_s": 10, "status": 503}, [0, 9.99, 10, 500], [503, 503, None, None]),
+        ("fail_for_s:0.5:500", [0.49, 0.5], [500, None]),
+        (
+            {"burst_s": 2, "every_s": 10},
+            [0, 1.99, 2, 9.9, 10, 11.5, 12.5],
+            [503, 503, None, None, 503, 503, None],
+        ),
+        ("burst_s:1/4:502", [0.5, 1.5, 4.2, 5.1], [502, None, 502, None]),
+    ],
+)  # fmt: skip
+def test_time_based_patterns(raw: Any, at: list[float], expected: list[int | None]) -> None:
+    pattern = parse_pattern(raw)
+    assert pattern.timed
+    assert [pattern.status_at(seconds) for seconds in at] == expected
+    assert parse_pattern(pattern.describe()) == pattern  # read back as written
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"fail_for_s": 0}, "fail_for_s 0 is not a number of seconds in (0, 2592000]"),
+        ({"fail_for_s": "nan"}, "fail_for_s 'nan' is not a number of seconds"),
+        ({"burst_s": 5, "every_s": 2}, "burst_s 5 is longer than every_s 2"),
+        ({"burst_s": 1}, "every_s None is not a number of seconds"),
+        ({"fail_for_s": 1, "every_s": 2}, "needs exactly one of"),
+    ],
+)
+def test_bad_time_patterns(raw: Any, message: str) -> None:
+    with pytest.raises(ValueError) as error:
+        parse_pattern(raw)
+    assert message in str(error.value)
+
+
+def test_a_service_down_for_a_while_recovers_and_every_change_restarts_the_clock() -> None:
+    from mockforge_wsgi.config import FaultInjectionConfig
+    from mockforge_wsgi.engine import ScenarioEngine
+
+    now = [1_000.0]
+    engine = ScenarioEngine(config_from_dict({"enabled": True}), clock=lambda: now[0])
+    middleware = ChaosMiddleware(hello, engine=engine)
+    down = FaultInjectionConfig(enabled=True, pattern=parse_pattern("fail_for_s:10:503"))
+    engine.update_config(fault_injection=down)
+    assert statuses(middleware, 2) == [503, 503]
+    now[0] += 9.9
+    assert statuses(middleware, 1) == [503]
+    now[0] += 0.2
+    assert statuses(middleware, 2) == [200, 200]  # recovered
+    engine.set_enabled(True)  # a change: down again, for another 10 s
+    assert statuses(middleware, 1) == [503]
