@@ -528,7 +528,8 @@ class ChaosConfig:
     rules: tuple[Rule, ...] = setting(
         (),
         RULES,
-        "Conditional chaos: `[{match: {path, route, methods, header, client_cidr, body_size}, "
+        "Conditional chaos: `[{match: {path, path_regex, route, methods, header, query, "
+        "user_agent, json_field, client_cidr, body_size, not}, "
         "<section>: {...}}]`; the first matching rule's sections apply (env: JSON).",
     )
 

@@ -8,12 +8,22 @@ global config::
     rules:
       - match: {path: "/api/payments/*", methods: [POST]}
         fault_injection: {enabled: true, http_error_probability: 0.5}
+      - match: {path_regex: "/orders/[0-9]+", query: {debug: "*"}, user_agent: "okhttp/*",
+                json_field: {path: order.kind, equals: express}, not: {methods: [GET]}}
+        latency: {enabled: true, fixed_delay_ms: 300}
+
+A ``json_field`` match reads a JSON request body of at most 64 KiB (with its
+Content-Length) and hands the app the same bytes.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import io
 import ipaddress
+import json
+import re
+import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +36,22 @@ if TYPE_CHECKING:
 
 __all__ = ["Match", "Rule", "parse_match"]
 
-MATCH_KEYS = ("path", "route", "methods", "header", "client_cidr", "body_size")
+MATCH_KEYS = (
+    "path",
+    "path_regex",
+    "route",
+    "methods",
+    "header",
+    "query",
+    "user_agent",
+    "json_field",
+    "client_cidr",
+    "body_size",
+    "not",
+)
+MAX_JSON_BODY = 64 * 1024  # a json_field match reads bodies up to this size
+_JSON_KEY = "mockforge.json_body"  # the parsed body, read once per request
+_NO_BODY = object()
 
 
 @attrs.frozen
@@ -40,11 +65,31 @@ class Match:
     header_equals: str | None = None
     client_cidr: tuple[str, ...] = ()
     body_size: tuple[int, int] | None = None  # Content-Length in [min, max]
+    path_regex: re.Pattern[str] | None = None  # the whole path must match
+    query: tuple[tuple[str, str], ...] = ()  # each parameter with this value ("*": any)
+    user_agent: str | None = None  # glob on User-Agent
+    json_field: tuple[str, ...] = ()  # a dotted path into a JSON body...
+    json_equals: Any = None  # ...whose value must equal this (None: be present)
+    negated: Match | None = None  # "not": a request this matches is not matched
 
     def matches(self, environ: WSGIEnvironment, route_of: Callable[[Any], str]) -> bool:
-        if self.path is not None and not fnmatch.fnmatchcase(
-            environ.get("PATH_INFO") or "/", self.path
+        if not self._matches(environ, route_of):
+            return False
+        return self.negated is None or not self.negated.matches(environ, route_of)
+
+    def _matches(self, environ: WSGIEnvironment, route_of: Callable[[Any], str]) -> bool:
+        path = environ.get("PATH_INFO") or "/"
+        if self.path is not None and not fnmatch.fnmatchcase(path, self.path):
+            return False
+        if self.path_regex is not None and not self.path_regex.fullmatch(path):
+            return False
+        if self.query and not _query_has(environ.get("QUERY_STRING", ""), self.query):
+            return False
+        if self.user_agent is not None and not fnmatch.fnmatchcase(
+            environ.get("HTTP_USER_AGENT", ""), self.user_agent
         ):
+            return False
+        if self.json_field and not _json_field_is(environ, self.json_field, self.json_equals):
             return False
         if self.methods and environ.get("REQUEST_METHOD", "GET").upper() not in self.methods:
             return False
@@ -80,7 +125,56 @@ class Match:
             data["client_cidr"] = list(self.client_cidr)
         if self.body_size is not None:
             data["body_size"] = list(self.body_size)
+        if self.path_regex is not None:
+            data["path_regex"] = self.path_regex.pattern
+        if self.query:
+            data["query"] = dict(self.query)
+        if self.user_agent is not None:
+            data["user_agent"] = self.user_agent
+        if self.json_field:
+            field = {"path": ".".join(self.json_field)}
+            data["json_field"] = (
+                field if self.json_equals is None else {**field, "equals": self.json_equals}
+            )
+        if self.negated is not None:
+            data["not"] = self.negated.to_dict()
         return data
+
+
+def _query_has(query_string: str, wanted: tuple[tuple[str, str], ...]) -> bool:
+    params = urllib.parse.parse_qs(query_string, keep_blank_values=True)
+    return all(
+        name in params and (value == "*" or value in params[name]) for name, value in wanted
+    )
+
+
+def _json_field_is(environ: WSGIEnvironment, path: tuple[str, ...], equals: Any) -> bool:
+    """Whether the JSON body has ``path`` (equal to ``equals`` unless None). The body is
+    read once (up to MAX_JSON_BODY, with a Content-Length) and put back for the app."""
+    body = environ.get(_JSON_KEY, _NO_BODY)
+    if body is _NO_BODY:
+        body = environ[_JSON_KEY] = _read_json(environ)
+    for key in path:
+        if not isinstance(body, Mapping) or key not in body:
+            return False
+        body = body[key]
+    return equals is None or body == equals
+
+
+def _read_json(environ: WSGIEnvironment) -> Any:
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return None
+    stream = environ.get("wsgi.input")
+    if not 0 < length <= MAX_JSON_BODY or stream is None:
+        return None
+    data = stream.read(length)
+    environ["wsgi.input"] = io.BytesIO(data)  # the app reads what we read
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
 
 
 def _in_networks(address: str, networks: tuple[str, ...]) -> bool:
@@ -168,6 +262,58 @@ def parse_match(raw: Any, path: str) -> tuple[Match | None, list[str]]:
             problems.append(
                 f"{path}.body_size: {shown(size)} is not [min, max] bytes with min <= max"
             )
+    if "path_regex" in raw:
+        pattern = raw["path_regex"]
+        try:
+            if not isinstance(pattern, str) or not pattern or len(pattern) > 500:
+                raise re.error("not a string of 1-500 characters")
+            values["path_regex"] = re.compile(pattern)
+        except re.error as error:
+            problems.append(f"{path}.path_regex: {shown(pattern)} is not a regex ({error})")
+    if "query" in raw:
+        query = raw["query"]
+        if (
+            isinstance(query, Mapping)
+            and query
+            and all(
+                isinstance(k, str) and k and isinstance(v, (str, int)) and not isinstance(v, bool)
+                for k, v in query.items()
+            )
+        ):
+            values["query"] = tuple((k, str(v)) for k, v in query.items())
+        else:
+            problems.append(
+                f"{path}.query: {shown(query)} is not a mapping of parameter to value ('*': any)"
+            )
+    if "user_agent" in raw:
+        agent = raw["user_agent"]
+        if isinstance(agent, str) and agent:
+            values["user_agent"] = agent
+        else:
+            problems.append(f"{path}.user_agent: {shown(agent)} is not a non-empty glob")
+    if "json_field" in raw:
+        field = raw["json_field"]
+        if isinstance(field, str):
+            field = {"path": field}
+        equals = field.get("equals") if isinstance(field, Mapping) else None
+        if (
+            isinstance(field, Mapping)
+            and set(field) <= {"path", "equals"}
+            and isinstance(field.get("path"), str)
+            and all(field["path"].split("."))
+            and (equals is None or isinstance(equals, (str, int, float, bool)))
+        ):
+            values["json_field"] = tuple(field["path"].split("."))
+            values["json_equals"] = equals
+        else:
+            problems.append(
+                f"{path}.json_field: {shown(raw['json_field'])} is not a dotted path or "
+                "{path, equals} (equals: a string, number or boolean)"
+            )
+    if "not" in raw:
+        negated, negated_problems = parse_match(raw["not"], f"{path}.not")
+        problems.extend(negated_problems)
+        values["negated"] = negated
     if problems:
         return None, problems
     return Match(**values), []

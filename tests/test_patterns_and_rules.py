@@ -134,6 +134,53 @@ FAIL = {"fault_injection": {"enabled": True, "http_errors": [503], "http_error_p
         pytest.param(
             {"body_size": [10, 100]}, {"method": "POST", "data": b"x" * 500}, False, id="size-miss"
         ),
+        pytest.param({"path_regex": "/orders/[0-9]+"}, {"path": "/orders/42"}, True, id="regex"),
+        pytest.param(
+            {"path_regex": "/orders/[0-9]+"}, {"path": "/orders/42/x"}, False, id="regex-whole"
+        ),
+        pytest.param(
+            {"query": {"debug": "*", "v": "2"}},
+            {"query_string": "v=2&debug="},
+            True,
+            id="query",
+        ),
+        pytest.param({"query": {"v": "2"}}, {"query_string": "v=3"}, False, id="query-miss"),
+        pytest.param(
+            {"user_agent": "okhttp/*"}, {"headers": {"User-Agent": "okhttp/4.9"}}, True, id="ua"
+        ),
+        pytest.param(
+            {"user_agent": "okhttp/*"}, {"headers": {"User-Agent": "curl/8"}}, False, id="ua-miss"
+        ),
+        pytest.param(
+            {"json_field": {"path": "order.kind", "equals": "express"}},
+            {"method": "POST", "json": {"order": {"kind": "express"}}},
+            True,
+            id="json",
+        ),
+        pytest.param(
+            {"json_field": {"path": "order.kind", "equals": "express"}},
+            {"method": "POST", "json": {"order": {"kind": "standard"}}},
+            False,
+            id="json-other-value",
+        ),
+        pytest.param(
+            {"json_field": "order.id"},
+            {"method": "POST", "data": b"not json"},
+            False,
+            id="no-json",
+        ),
+        pytest.param(
+            {"path": "/api/*", "not": {"methods": ["GET"]}},
+            {"path": "/api/x", "method": "POST"},
+            True,
+            id="not",
+        ),
+        pytest.param(
+            {"path": "/api/*", "not": {"methods": ["GET"]}},
+            {"path": "/api/x", "method": "GET"},
+            False,
+            id="not-excluded",
+        ),
     ],
 )
 def test_rule_matching(
@@ -265,3 +312,56 @@ def test_a_service_down_for_a_while_recovers_and_every_change_restarts_the_clock
     assert statuses(middleware, 2) == [200, 200]  # recovered
     engine.set_enabled(True)  # a change: down again, for another 10 s
     assert statuses(middleware, 1) == [503]
+
+
+def test_a_json_field_match_hands_the_app_the_same_body() -> None:
+    seen: list[bytes] = []
+
+    def echo(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        seen.append(environ["wsgi.input"].read(int(environ["CONTENT_LENGTH"])))
+        return hello(environ, start_response)
+
+    config = load_config(
+        environ={},
+        overrides={
+            "enabled": True,
+            "rules": [
+                {"match": {"json_field": {"path": "kind", "equals": "slow"}}, **SLOW},
+            ],
+        },
+    )
+    response = Client(ChaosMiddleware(echo, config=config)).post("/x", json={"kind": "slow"})
+    assert response.headers["X-Mockforge-Chaos"] == "latency=1ms"
+    assert seen == [b'{"kind": "slow"}']
+
+
+SLOW = {"latency": {"enabled": True, "fixed_delay_ms": 1}}
+
+
+@pytest.mark.parametrize(
+    ("match", "problem"),
+    [
+        ({"path_regex": "(unclosed"}, "rules[0].match.path_regex: '(unclosed' is not a regex"),
+        ({"query": {"a": True}}, "rules[0].match.query: "),
+        ({"user_agent": ""}, "rules[0].match.user_agent: '' is not a non-empty glob"),
+        ({"json_field": {"path": "a..b"}}, "rules[0].match.json_field: "),
+        ({"not": {"nope": 1}}, "rules[0].match.not.nope: unknown key"),
+    ],
+)
+def test_bad_new_matchers(match: dict[str, Any], problem: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        config_from_dict({"rules": [{"match": match, **SLOW}]})
+    assert problem in str(error.value)
+
+
+def test_new_matchers_read_back_as_written() -> None:
+    match = {
+        "path_regex": "/orders/[0-9]+",
+        "query": {"debug": "*"},
+        "user_agent": "okhttp/*",
+        "json_field": {"path": "order.kind", "equals": "express"},
+        "not": {"methods": ["GET"]},
+    }
+    config = config_from_dict({"rules": [{"match": match, **SLOW}]})
+    assert config.to_dict()["rules"][0]["match"] == match
+    assert config_from_dict(config.to_dict()) == config
