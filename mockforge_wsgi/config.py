@@ -417,8 +417,9 @@ class HeaderControlConfig:
     enabled: bool = setting(
         False,
         kinds.BOOL,
-        "Honour X-Mockforge-Delay-Ms, X-Mockforge-Fault, X-Mockforge-Fault-Percent and "
-        "X-Mockforge-Seed (with an admin token set: only with X-Mockforge-Token).",
+        "Honour X-Mockforge-Delay-Ms, X-Mockforge-Fault, X-Mockforge-Fault-Percent, "
+        "X-Mockforge-Throughput-Bps and X-Mockforge-Seed (with an admin token set: only "
+        "with X-Mockforge-Token).",
     )
     max_delay_ms: float = setting(10_000.0, kinds.FLOAT, "Cap on X-Mockforge-Delay-Ms.", DELAY_MS)
 

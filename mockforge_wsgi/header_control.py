@@ -1,8 +1,12 @@
 """Chaos a request asks for itself, Envoy-style, when ``header_control`` is enabled.
 
     X-Mockforge-Delay-Ms: 300          delay this request (capped at max_delay_ms)
-    X-Mockforge-Fault: 503             answer with this status...
+    X-Mockforge-Fault: 503             answer with this status, or: reset, partial,
+                                       after-app-reset, after-app-503, empty-reply,
+                                       corrupt-flip (-random, -invalid_json, -truncate,
+                                       -wrong_content_type)...
     X-Mockforge-Fault-Percent: 50      ...on this share of such requests (default 100)
+    X-Mockforge-Throughput-Bps: 20000  pace the response body (at least 1,000 B/s)
     X-Mockforge-Seed: 42               draw this request's dice from this seed
 
 With an admin token set, the headers count only on a request that also carries
@@ -16,24 +20,37 @@ import math
 import random
 from typing import TYPE_CHECKING
 
-from .config import HeaderControlConfig
+from .config import CORRUPTIONS, HeaderControlConfig
 from .fault import Fault
 from .plan import NO_CHAOS, Plan
+from .traffic_shaping import Shaping
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
 
 __all__ = ["HEADERS", "InvalidHeaders", "decide_from_headers", "requested"]
 
-DELAY, FAULT, PERCENT, SEED, TOKEN = (
+DELAY, FAULT, PERCENT, SEED, THROUGHPUT, TOKEN = (
     "HTTP_X_MOCKFORGE_DELAY_MS",
     "HTTP_X_MOCKFORGE_FAULT",
     "HTTP_X_MOCKFORGE_FAULT_PERCENT",
     "HTTP_X_MOCKFORGE_SEED",
+    "HTTP_X_MOCKFORGE_THROUGHPUT_BPS",
     "HTTP_X_MOCKFORGE_TOKEN",
 )
 HEADERS = {DELAY: "X-Mockforge-Delay-Ms", FAULT: "X-Mockforge-Fault",
-           PERCENT: "X-Mockforge-Fault-Percent", SEED: "X-Mockforge-Seed"}  # fmt: skip
+           PERCENT: "X-Mockforge-Fault-Percent", SEED: "X-Mockforge-Seed",
+           THROUGHPUT: "X-Mockforge-Throughput-Bps"}  # fmt: skip
+# The slowest pace a header may ask for: a request cannot hold a worker for hours.
+MIN_THROUGHPUT_BPS = 1000
+# X-Mockforge-Fault values besides a status, and the fault each asks for.
+NAMED_FAULTS = {
+    "reset": Fault("connection_reset"),
+    "partial": Fault("partial_response", fraction=0.5),
+    "after-app-reset": Fault("after_app", mode="reset"),
+    "empty-reply": Fault("corrupted", mode="empty_reply"),
+    **{f"corrupt-{mode}": Fault("corrupted", mode=mode) for mode in CORRUPTIONS},
+}
 
 
 class InvalidHeaders(ValueError):
@@ -74,17 +91,40 @@ def decide_from_headers(
         return value
 
     delay = number(DELAY, 0, math.inf)
-    status = number(FAULT, 400, 599)
+    asked = _fault_asked(environ.get(FAULT), problems)
     percent = number(PERCENT, 0, 100)
     seed = number(SEED, -(2**63), 2**63)
-    if status is not None and not status.is_integer():
-        problems.append(f"{HEADERS[FAULT]}: {environ[FAULT]!r} is not a status code")
+    throughput = number(THROUGHPUT, MIN_THROUGHPUT_BPS, 10_000_000_000)
     if problems:
         raise InvalidHeaders(problems)
     if seed is not None:
         rng = random.Random(int(seed))
     fault = None
-    if status is not None and (percent is None or rng.random() * 100 < percent):
-        fault = Fault("http_error", status=int(status))
+    if asked is not None and (percent is None or rng.random() * 100 < percent):
+        fault = asked
+        if fault.kind == "corrupted":  # which bytes: drawn here, as decide_fault does
+            fault = Fault("corrupted", mode=fault.mode, seed=rng.getrandbits(32))
     delay_ms = min(delay, config.max_delay_ms) if delay else None
-    return Plan(delay_ms=delay_ms, fault=fault) if delay_ms or fault else NO_CHAOS
+    shaping = Shaping(bandwidth_bps=int(throughput)) if throughput else None
+    if not (delay_ms or fault or shaping):
+        return NO_CHAOS
+    return Plan(delay_ms=delay_ms, fault=fault, shaping=shaping)
+
+
+def _fault_asked(raw: str | None, problems: list[str]) -> Fault | None:
+    """The fault X-Mockforge-Fault names: a status (400-599), or one of NAMED_FAULTS,
+    ``after-app-<status>``."""
+    if raw is None:
+        return None
+    value = raw.strip().lower()
+    if value in NAMED_FAULTS:
+        return NAMED_FAULTS[value]
+    after_app = value.startswith("after-app-")
+    code = value.removeprefix("after-app-")
+    if code.isdigit() and 400 <= int(code) <= 599:
+        if after_app:
+            return Fault("after_app", status=int(code), mode="http_error")
+        return Fault("http_error", status=int(code))
+    allowed = ", ".join(["a status 400-599", "after-app-<status>", *NAMED_FAULTS])
+    problems.append(f"{HEADERS[FAULT]}: {raw!r} is not a fault; allowed: {allowed}")
+    return None

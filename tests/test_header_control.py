@@ -54,7 +54,7 @@ def test_fault_percent_with_a_seed_is_reproducible() -> None:
     [
         pytest.param(
             {"X-Mockforge-Fault": "700"},
-            "X-Mockforge-Fault: '700' is not a number in [400, 599]",
+            "X-Mockforge-Fault: '700' is not a fault; allowed: a status 400-599",
             id="status",
         ),
         pytest.param(
@@ -111,3 +111,56 @@ def test_a_seed_gives_the_same_decisions_whichever_worker_serves() -> None:
     one_worker = run(1)
     assert run(3) == one_worker  # requests spread over three "workers": same decisions
     assert len(set(one_worker)) > 2
+
+
+def seven_hundred_bytes(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    body = b'{"a": "' + b"x" * 691 + b'"}'
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", "700")])
+    return [body]
+
+
+def asked(fault: str, **extra: str) -> Any:
+    config = load_config(
+        environ={}, overrides={"enabled": True, "header_control": {"enabled": True}}
+    )
+    middleware = ChaosMiddleware(seven_hundred_bytes, config=config, store=MemoryStore())
+    return Client(middleware).get("/", headers={"X-Mockforge-Fault": fault, **extra})
+
+
+@pytest.mark.parametrize(
+    ("fault", "annotation", "check"),
+    [
+        ("reset", "fault=connection_reset, fallback=cut", lambda r: r.status_code == 502),
+        ("partial", "fault=partial_response", lambda r: len(r.get_data()) == 350),
+        ("after-app-503", "fault=after_app_http_503", lambda r: r.status_code == 503),
+        ("after-app-reset", "fault=after_app_reset, fallback=cut", lambda r: r.status_code == 502),
+        ("corrupt-truncate", "fault=corrupted_truncate", lambda r: len(r.get_data()) == 350),
+        ("Corrupt-Flip", "fault=corrupted_flip", lambda r: len(r.get_data()) == 700),
+        (
+            "empty-reply",
+            "fault=corrupted_empty_reply, fallback=cut",
+            lambda r: r.status_code == 502,
+        ),
+    ],
+)
+def test_a_header_asks_for_any_fault(fault: str, annotation: str, check: Any) -> None:
+    response = asked(fault)
+    assert response.headers["X-Mockforge-Chaos"] == annotation
+    assert check(response)
+
+
+def test_a_header_asks_for_a_throughput_and_it_is_bounded() -> None:
+    import time
+
+    started = time.monotonic()
+    response = asked(
+        "partial", **{"X-Mockforge-Throughput-Bps": "2000", "X-Mockforge-Fault-Percent": "0"}
+    )
+    assert response.get_data() == seven_hundred_bytes({}, lambda *a: None)[0]
+    assert time.monotonic() - started >= 0.3  # 700 bytes at 2,000 B/s
+    assert "bandwidth=2000Bps" in response.headers["X-Mockforge-Chaos"]
+    too_slow = asked("partial", **{"X-Mockforge-Throughput-Bps": "10"})
+    assert too_slow.status_code == 400
+    assert "X-Mockforge-Throughput-Bps: '10' is not a number in [1000, " in too_slow.get_data(
+        as_text=True
+    )
