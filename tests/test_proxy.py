@@ -10,7 +10,6 @@ import subprocess
 import time
 import tracemalloc
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import requests
@@ -126,19 +125,21 @@ def test_a_paced_proxied_body_takes_its_time(proxy: Server, http: requests.Sessi
     assert elapsed >= BIG_BYTES / 5_000_000 * 0.95, elapsed  # 10 MB at 5 MB/s: ~2.1 s
 
 
-def test_a_down_upstream_is_a_502_that_says_it_is_not_injected(tmp_path: Path) -> None:
+def test_a_down_upstream_is_a_502_that_says_it_is_not_injected() -> None:
+    """As mockforge serve builds it (create_app with an upstream), in this process."""
+    from werkzeug.test import Client
+
+    from mockforge_wsgi.app import create_app
+
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         closed = probe.getsockname()[1]
-    with (
-        mockforge_serve(tmp_path, "--upstream", f"http://127.0.0.1:{closed}") as server,
-        session() as http,
-    ):
-        response = http.get(server.url + "/anything", timeout=10)
-        stats = http.get(server.url + "/api/chaos/stats", timeout=10).json()
+    app = create_app(environ={}, upstream=f"http://127.0.0.1:{closed}")
+    response = Client(app).get("/anything")
+    stats = Client(app).get("/api/chaos/stats").get_json()
     assert response.status_code == 502
     assert response.headers[UPSTREAM_HEADER] == "unreachable"
-    assert response.json()["injected"] is False
+    assert response.get_json()["injected"] is False
     assert "X-Mockforge-Chaos" not in response.headers
     assert stats["counters"].get("upstream_errors") == 1
     assert not {"http_error", "connection_reset"} & set(stats["counters"])
