@@ -30,11 +30,13 @@ from .config import (
     SECTION_CLASSES,
     ChaosConfig,
     ConfigError,
+    apply_rule,
     config_from_dict,
     iter_settings,
     longest_delay_s,
 )
 from .engine import MAX_DURATION_S, ScenarioEngine, UnknownScenario
+from .patterns import script_counter
 from .scenarios import scenario_from_dict
 from .state import StateTooLarge, StoreError
 from .state.base import CONNECTION_SLOTS
@@ -293,6 +295,39 @@ def stats() -> Response:
     )
 
 
+def scripts() -> Response:
+    """Each fault script in force (the global config's, then each rule's) and how far
+    it got since the last change: the steps hit, and those still to come."""
+    engine = _engine()
+    config = engine.effective()
+    counters = engine.store.counters()
+    found = []
+    candidates = [
+        (None, None, config),
+        *(
+            (index, rule.match.to_dict(), apply_rule(config, rule))
+            for index, rule in enumerate(config.rules)
+        ),
+    ]
+    for index, match, scoped in candidates:
+        steps = scoped.fault_injection.script
+        if not steps or (index is not None and scoped.fault_injection == config.fault_injection):
+            continue
+        consumed = counters.get(script_counter(index, steps), 0)
+        found.append(
+            {
+                "rule": index,
+                "match": match,
+                "steps": list(steps),
+                "requests": consumed,
+                "hit": list(steps[:consumed]),
+                "not_hit": list(steps[consumed:]),
+                "done": consumed >= len(steps),
+            }
+        )
+    return _json({"scripts": found})
+
+
 def openapi() -> Response:
     prefix = request.path[: -len("/openapi.json")]
     return _json(openapi_document(prefix))
@@ -353,6 +388,12 @@ ROUTES: tuple[Route, ...] = (
         "/schedule", ("GET", "PUT"), schedule, "The schedule (PUT replaces it)", body="Schedule"
     ),
     Route("/stats", ("GET",), stats, "Counters of injected events and store figures"),
+    Route(
+        "/scripts",
+        ("GET",),
+        scripts,
+        "Each fault script in force and how far it got: the steps hit and not hit",
+    ),
     Route("/openapi.json", ("GET",), openapi, "This document (OpenAPI 3.1)"),
 )
 

@@ -172,6 +172,11 @@ class ChaosClient:
     def stats(self) -> dict[str, Any]:
         return self.call("GET", "/stats")  # type: ignore[no-any-return]
 
+    def scripts(self) -> list[dict[str, Any]]:
+        """Each fault script in force: its steps, those hit and those not (``hit``,
+        ``not_hit``, ``done``), so a test can assert its client retried through them."""
+        return self.call("GET", "/scripts")["scripts"]  # type: ignore[no-any-return]
+
     def openapi(self) -> dict[str, Any]:
         return self.call("GET", "/openapi.json")  # type: ignore[no-any-return]
 

@@ -121,6 +121,64 @@ SEED = kinds.Between(-(2**63), 2**63 - 1)
 BODY_BYTES = kinds.Between(0, 1_000_000_000_000)
 AFTER_APP_FAULTS = ("reset", "http_error", "stall")
 CORRUPTIONS = ("flip", "random", "invalid_json", "truncate", "wrong_content_type", "empty_reply")
+# Faults by name (a fault script's steps, X-Mockforge-Fault), beside a status 400-599 and
+# after-app-<status>; fault.named_fault makes each its Fault.
+FAULT_NAMES = (
+    "reset",
+    "timeout",
+    "partial",
+    "after-app-reset",
+    "after-app-stall",
+    "empty-reply",
+    *(f"corrupt-{mode}" for mode in CORRUPTIONS),
+)
+MAX_SCRIPT_STEPS = 100
+NAMES = "reset, timeout, partial, after-app-<reset|stall|status>, empty-reply, corrupt-<how>"
+
+
+@attrs.frozen
+class ScriptSteps:
+    """Each step of a fault script: a status, a fault name, or ``ok`` (let it through)."""
+
+    def problem(self, value: Any) -> str | None:
+        if len(value) > MAX_SCRIPT_STEPS:
+            return f"has {len(value)} steps; at most {MAX_SCRIPT_STEPS}"
+        bad = [step for step in value if not is_fault_step(step)]
+        if not bad:
+            return None
+        return f"{shown(bad[0])} is not a step: a status 400-599, ok, or a fault name ({NAMES})"
+
+    def describe(self) -> str:
+        return "each a status, `ok` or a fault name"
+
+    def json_schema(self) -> dict[str, Any]:
+        return {"maxItems": MAX_SCRIPT_STEPS}
+
+
+def _steps(raw: Any) -> tuple[str, ...]:
+    """Script steps from a list of statuses and names, or text ``503,503,reset,ok``."""
+    if isinstance(raw, str):
+        raw = [part.strip() for part in raw.split(",") if part.strip()]
+    if not isinstance(raw, (list, tuple)) or not all(
+        isinstance(step, (str, int)) and not isinstance(step, bool) for step in raw
+    ):
+        raise ValueError("is not a list of steps (statuses and fault names)")
+    return tuple(str(step).strip().lower() for step in raw)
+
+
+SCRIPT = kinds.Kind(
+    "a list of steps",
+    (tuple,),
+    _steps,
+    {"type": "array", "items": {"type": ["string", "integer"]}},
+)
+
+
+def is_fault_step(step: str) -> bool:
+    """A fault script step or an X-Mockforge-Fault value: ``ok``, a name, a status."""
+    value = step.strip().lower()
+    code = value.removeprefix("after-app-")
+    return value == "ok" or value in FAULT_NAMES or (code.isdigit() and 400 <= int(code) <= 599)
 
 
 def _pattern(raw: Any) -> FaultPattern | None:
@@ -286,6 +344,15 @@ class FaultInjectionConfig:
         (),
         kinds.HEADER_MAP,
         "Headers added to every injected error answer, e.g. `{X-Fault: injected}` (env: JSON).",
+    )
+    script: tuple[str, ...] = setting(
+        (),
+        SCRIPT,
+        "A fault script: one step per request, in order, consumed across workers (`[503, "
+        "503, reset, ok]`; a status, `ok`, or a fault name); per route with a rule, per "
+        "test with a header rule; then the probabilities resume. `GET /scripts` tells "
+        "which steps were hit. Restarts at every change.",
+        ScriptSteps(),
     )
     error_body: str | None = setting(
         None,

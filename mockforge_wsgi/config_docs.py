@@ -210,6 +210,7 @@ ROUTE_EXAMPLES = {
         "PUT",
     ): 'curl -s -X PUT localhost:3000/api/chaos/schedule -d \'[{"start_s": 600, "scenario": "peak_traffic"}]\'',
     ("/stats", "GET"): "curl -s localhost:3000/api/chaos/stats",
+    ("/scripts", "GET"): "curl -s localhost:3000/api/chaos/scripts",
     ("/openapi.json", "GET"): "curl -s localhost:3000/api/chaos/openapi.json",
 }
 

@@ -28,7 +28,7 @@ from typing import Any
 import attrs
 
 from .config import ChaosConfig, config_from_dict
-from .patterns import PATTERN_COUNTER
+from .patterns import PATTERN_COUNTER, SCRIPT_COUNTER_PREFIX
 from .scenarios import BUILTIN_SCENARIOS, Scenario, ramped
 from .state import MemoryStore, Store, StoreError
 
@@ -363,8 +363,9 @@ class ScenarioEngine:
             return state
 
     def _save(self, state: RuntimeState) -> None:
-        if self.store.counters().get(PATTERN_COUNTER):
-            self.store.set_counter(PATTERN_COUNTER, 0)  # patterns count from each change
+        for name, value in self.store.counters().items():
+            if value and (name == PATTERN_COUNTER or name.startswith(SCRIPT_COUNTER_PREFIX)):
+                self.store.set_counter(name, 0)  # patterns and scripts count from each change
         state = attrs.evolve(state, changed_at=self.clock())  # and time them from it
         self._version = self.store.save_state(state.to_dict())
         self._state = state

@@ -19,7 +19,7 @@ from . import _sockets
 from ._answers import answer
 from ._headers import add_annotation
 from ._observe import content_length
-from .config import FaultInjectionConfig
+from .config import FAULT_NAMES, FaultInjectionConfig, is_fault_step
 from .latency import sleep_ms
 
 if TYPE_CHECKING:
@@ -72,6 +72,7 @@ def decide_fault(
     rng: random.Random,
     number: int | None = None,
     elapsed_s: float | None = None,
+    script_step: int | None = None,
 ) -> Fault | None:
     """The fault for one request, or None. Pure: draws only from ``rng``.
 
@@ -80,6 +81,9 @@ def decide_fault(
     """
     if not config.enabled:
         return None
+    if script_step is not None and script_step <= len(config.script):
+        # The script decides this request (step n of the script, counted in the store).
+        return named_fault(config.script[script_step - 1], rng, config.timeout_ms)
     pattern = config.pattern
     if pattern is not None and (number is not None or elapsed_s is not None):
         if pattern.timed:
@@ -108,6 +112,33 @@ def decide_fault(
     if _hit(config.corruption_probability, rng):
         return Fault("corrupted", mode=config.corruption, seed=rng.getrandbits(32))
     return None
+
+
+def named_fault(name: str, rng: random.Random, timeout_ms: float = 5000.0) -> Fault | None:
+    """The fault a script step or X-Mockforge-Fault names (None for ``ok``): a status
+    400-599, ``after-app-<status>``, or one of config.FAULT_NAMES. Raises ValueError
+    for anything else. A corruption's bytes are drawn from ``rng`` here."""
+    value = name.strip().lower()
+    if not is_fault_step(value):
+        allowed = ", ".join(["a status 400-599", "after-app-<status>", "ok", *FAULT_NAMES])
+        raise ValueError(f"{name!r} is not a fault; allowed: {allowed}")
+    if value == "ok":
+        return None
+    code = value.removeprefix("after-app-")
+    if code.isdigit():
+        if value.startswith("after-app-"):
+            return Fault("after_app", status=int(code), mode="http_error")
+        return Fault("http_error", status=int(code))
+    if value.startswith("corrupt-") or value == "empty-reply":
+        mode = value.removeprefix("corrupt-").replace("empty-reply", "empty_reply")
+        return Fault("corrupted", mode=mode, seed=rng.getrandbits(32))
+    return {
+        "reset": Fault("connection_reset"),
+        "timeout": Fault("timeout", status=504, hold_ms=timeout_ms),
+        "partial": Fault("partial_response", fraction=0.5),
+        "after-app-reset": Fault("after_app", mode="reset"),
+        "after-app-stall": Fault("after_app", mode="stall", hold_ms=timeout_ms),
+    }[value]
 
 
 def _hit(probability: float, rng: random.Random) -> bool:

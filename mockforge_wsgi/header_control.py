@@ -20,8 +20,8 @@ import math
 import random
 from typing import TYPE_CHECKING
 
-from .config import CORRUPTIONS, HeaderControlConfig
-from .fault import Fault
+from .config import HeaderControlConfig
+from .fault import named_fault
 from .plan import NO_CHAOS, Plan
 from .traffic_shaping import Shaping
 
@@ -43,14 +43,6 @@ HEADERS = {DELAY: "X-Mockforge-Delay-Ms", FAULT: "X-Mockforge-Fault",
            THROUGHPUT: "X-Mockforge-Throughput-Bps"}  # fmt: skip
 # The slowest pace a header may ask for: a request cannot hold a worker for hours.
 MIN_THROUGHPUT_BPS = 1000
-# X-Mockforge-Fault values besides a status, and the fault each asks for.
-NAMED_FAULTS = {
-    "reset": Fault("connection_reset"),
-    "partial": Fault("partial_response", fraction=0.5),
-    "after-app-reset": Fault("after_app", mode="reset"),
-    "empty-reply": Fault("corrupted", mode="empty_reply"),
-    **{f"corrupt-{mode}": Fault("corrupted", mode=mode) for mode in CORRUPTIONS},
-}
 
 
 class InvalidHeaders(ValueError):
@@ -91,7 +83,12 @@ def decide_from_headers(
         return value
 
     delay = number(DELAY, 0, math.inf)
-    asked = _fault_asked(environ.get(FAULT), problems)
+    asked = None
+    if environ.get(FAULT) is not None:
+        try:
+            asked = named_fault(environ[FAULT], rng)
+        except ValueError as error:
+            problems.append(f"{HEADERS[FAULT]}: {error}")
     percent = number(PERCENT, 0, 100)
     seed = number(SEED, -(2**63), 2**63)
     throughput = number(THROUGHPUT, MIN_THROUGHPUT_BPS, 10_000_000_000)
@@ -102,29 +99,8 @@ def decide_from_headers(
     fault = None
     if asked is not None and (percent is None or rng.random() * 100 < percent):
         fault = asked
-        if fault.kind == "corrupted":  # which bytes: drawn here, as decide_fault does
-            fault = Fault("corrupted", mode=fault.mode, seed=rng.getrandbits(32))
     delay_ms = min(delay, config.max_delay_ms) if delay else None
     shaping = Shaping(bandwidth_bps=int(throughput)) if throughput else None
     if not (delay_ms or fault or shaping):
         return NO_CHAOS
     return Plan(delay_ms=delay_ms, fault=fault, shaping=shaping)
-
-
-def _fault_asked(raw: str | None, problems: list[str]) -> Fault | None:
-    """The fault X-Mockforge-Fault names: a status (400-599), or one of NAMED_FAULTS,
-    ``after-app-<status>``."""
-    if raw is None:
-        return None
-    value = raw.strip().lower()
-    if value in NAMED_FAULTS:
-        return NAMED_FAULTS[value]
-    after_app = value.startswith("after-app-")
-    code = value.removeprefix("after-app-")
-    if code.isdigit() and 400 <= int(code) <= 599:
-        if after_app:
-            return Fault("after_app", status=int(code), mode="http_error")
-        return Fault("http_error", status=int(code))
-    allowed = ", ".join(["a status 400-599", "after-app-<status>", *NAMED_FAULTS])
-    problems.append(f"{HEADERS[FAULT]}: {raw!r} is not a fault; allowed: {allowed}")
-    return None

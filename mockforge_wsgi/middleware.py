@@ -25,7 +25,7 @@ from .apply import Delivery, with_headers
 from .config import ChaosConfig, apply_rule
 from .engine import ScenarioEngine
 from .outcome import OUTCOME_KEY, Injection, Outcome
-from .patterns import PATTERN_COUNTER
+from .patterns import PATTERN_COUNTER, script_counter
 from .plan import NO_CHAOS, Plan, decide_plan
 from .rate_limit import RateLimiter, client_ip
 from .scenarios import Scenario
@@ -162,9 +162,10 @@ class ChaosMiddleware:
             return self.app(environ, start_response)
         started = time.monotonic()
         try:  # the fail-open boundary: every call that reaches the store is inside it
+            rule = None
             if config.rules:
-                config = self._config_for(config, environ)
-            plan = self._decide(config, environ, started)
+                config, rule = self._config_for(config, environ)
+            plan = self._decide(config, environ, started, rule)
         except header_control.InvalidHeaders as error:
             return _render_bad_headers(start_response, error.problems)
         except StoreError:
@@ -260,17 +261,22 @@ class ChaosMiddleware:
     def _is_exempt(self, path: str) -> bool:
         return path in self._exempt_exact or path.startswith(self._exempt_below)
 
-    def _config_for(self, config: ChaosConfig, environ: WSGIEnvironment) -> ChaosConfig:
-        """The first matching rule's config, or the global one (conditional chaos)."""
+    def _config_for(
+        self, config: ChaosConfig, environ: WSGIEnvironment
+    ) -> tuple[ChaosConfig, int | None]:
+        """The first matching rule's config and index, or the global config and None
+        (conditional chaos)."""
         cached = self._rule_configs
         if cached is None or cached[0] is not config:
             cached = self._rule_configs = (config, [apply_rule(config, r) for r in config.rules])
-        for rule, rule_config in zip(config.rules, cached[1], strict=True):
+        for index, (rule, rule_config) in enumerate(zip(config.rules, cached[1], strict=True)):
             if rule.match.matches(environ, self.route_for):
-                return rule_config
-        return config
+                return rule_config, index
+        return config, None
 
-    def _decide(self, config: ChaosConfig, environ: WSGIEnvironment, now: float) -> Plan:
+    def _decide(
+        self, config: ChaosConfig, environ: WSGIEnvironment, now: float, rule: int | None = None
+    ) -> Plan:
         """The request's Plan, admission included (the rate limit, a connection slot)."""
         if config.header_control.enabled and header_control.requested(environ, self._admin_token):
             return header_control.decide_from_headers(environ, config.header_control, self.rng)
@@ -280,7 +286,9 @@ class ChaosMiddleware:
             # of requests gets the same decisions, whichever worker serves each.
             rng = random.Random(f"{config.seed}:{self.store.incr(SEQUENCE_COUNTER)}")
         faults = config.fault_injection
-        number = since_change = None
+        number = since_change = step = None
+        if faults.enabled and faults.script:  # step n of this rule's (or the global) script
+            step = self.store.incr(script_counter(rule, faults.script))
         if faults.enabled and faults.pattern is not None:
             if faults.pattern.timed:  # fail for a while, in bursts: timed from the change
                 since_change = self.engine.since_change()
@@ -298,7 +306,9 @@ class ChaosMiddleware:
                     raise
                 self._internal_error("reaching the rate-limit store")
         head = environ.get("REQUEST_METHOD") == "HEAD"
-        plan = decide_plan(config, rng, verdict, number, head=head, since_change_s=since_change)
+        plan = decide_plan(
+            config, rng, verdict, number, head=head, since_change_s=since_change, script_step=step
+        )
         if plan.shaping is not None and plan.needs_slot:  # last: nothing after it may fail
             plan = self._take_slot(plan, config)
         return plan

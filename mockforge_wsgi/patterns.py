@@ -7,6 +7,7 @@ management change (in the store, so all workers share one count).
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -19,6 +20,16 @@ __all__ = ["PATTERN_COUNTER", "FaultPattern", "parse_pattern"]
 
 # The store counter that numbers requests for the pattern; zeroed on every state change.
 PATTERN_COUNTER = "pattern_requests"
+# Fault scripts count their steps in store counters named so (zeroed on every change too).
+SCRIPT_COUNTER_PREFIX = "script:"
+
+
+def script_counter(rule: int | None, steps: tuple[str, ...]) -> str:
+    """The counter of one script: the global config's (rule None) or a rule's, by index;
+    a script changed in place gets a counter of its own."""
+    digest = hashlib.sha1("\x1f".join(steps).encode()).hexdigest()[:8]
+    return f"{SCRIPT_COUNTER_PREFIX}{'global' if rule is None else rule}:{digest}"
+
 
 PatternKind = Literal["fail_first", "every", "sequence", "fail_for_s", "burst_s"]
 # The longest a time-based pattern may span: every time a user sends is bounded.

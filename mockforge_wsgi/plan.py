@@ -153,6 +153,7 @@ def decide_plan(
     *,
     head: bool = False,
     since_change_s: float | None = None,
+    script_step: int | None = None,
 ) -> Plan:
     """Decide one request's chaos from the config and the rate limiter's verdict.
 
@@ -170,7 +171,7 @@ def decide_plan(
     if shaping is not None and shaping.drop:
         return Plan(rate_limit=rate_limit, shaping=shaping)
     delay_ms = decide_delay(config.latency, rng)
-    fault = decide_fault(config.fault_injection, rng, pattern_number, since_change_s)
+    fault = decide_fault(config.fault_injection, rng, pattern_number, since_change_s, script_step)
     if head and fault is not None and fault.kind == "partial_response":
         fault = None  # drawn all the same: the requests after it decide as without HEAD
     if delay_ms is None and fault is None and shaping is None and rate_limit is None:

@@ -240,3 +240,14 @@ def test_a_corrupted_proxied_body_is_broken_in_place(
     assert len(response.content) == int(response.headers["Content-Length"])
     with pytest.raises(ValueError):
         json.loads(response.content)
+
+
+def test_a_fault_script_is_consumed_across_workers(proxy: Server, http: requests.Session) -> None:
+    """Two workers, one script: each step is met once, whichever worker answers; the
+    API says the client went through every step."""
+    steps = [503, 503, 502, 503, 503, "ok"]
+    _faults(http, proxy, script=steps)
+    statuses = [session().get(proxy.url + "/echo", timeout=10).status_code for _ in range(8)]
+    assert statuses == [503, 503, 502, 503, 503, 200, 200, 200]  # in order, once each
+    [report] = http.get(proxy.url + "/api/chaos/scripts", timeout=10).json()["scripts"]
+    assert report["done"] and report["not_hit"] == []

@@ -1,0 +1,102 @@
+"""Fault scripts: an ordered list of steps per route (or per test id), consumed across
+workers, and the API that says which steps were hit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from werkzeug.test import Client
+
+from mockforge_wsgi import ChaosMiddleware, load_config
+from mockforge_wsgi.config import ConfigError, config_from_dict
+
+
+def hello(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")])
+    return [b"hello"]
+
+
+def scripted(**chaos: Any) -> tuple[Client, ChaosMiddleware]:
+    config = load_config(environ={}, overrides={"enabled": True, **chaos})
+    middleware = ChaosMiddleware(hello, config=config)
+    return Client(middleware), middleware
+
+
+def scripts(client: Client) -> list[dict[str, Any]]:
+    return client.get("/api/chaos/scripts").get_json()["scripts"]  # type: ignore[no-any-return]
+
+
+def test_a_script_is_played_in_order_then_the_probabilities_resume() -> None:
+    client, _ = scripted(fault_injection={"enabled": True, "script": [503, 503, "reset", "ok"]})
+    statuses = [client.get("/x").status_code for _ in range(6)]
+    assert statuses == [503, 503, 502, 200, 200, 200]  # 502: a reset without a socket
+    [report] = scripts(client)
+    assert report["hit"] == ["503", "503", "reset", "ok"] and report["done"]
+    assert report["requests"] == 6
+    client.post("/api/chaos/enable")  # any change restarts it
+    assert scripts(client)[0]["hit"] == []
+    assert client.get("/x").status_code == 503
+
+
+def test_a_script_per_route_says_which_steps_the_client_met() -> None:
+    rules = [
+        {
+            "match": {"path": "/pay"},
+            "fault_injection": {"enabled": True, "script": [503, "ok", 502]},
+        }
+    ]
+    client, _ = scripted(rules=rules)
+    assert client.get("/other").status_code == 200  # not scripted
+    assert client.get("/pay").status_code == 503
+    [report] = scripts(client)
+    assert (report["rule"], report["match"]) == (0, {"path": "/pay"})
+    assert (report["hit"], report["not_hit"], report["done"]) == (["503"], ["ok", "502"], False)
+    assert [client.get("/pay").status_code for _ in range(3)] == [200, 502, 200]
+
+
+def test_a_script_per_test_id() -> None:
+    rules = [
+        {"match": {"header": {"name": "X-Test-Id", "equals": name}},
+         "fault_injection": {"enabled": True, "script": steps}}
+        for name, steps in (("a", [503]), ("b", [500, 500]))
+    ]  # fmt: skip
+    client, _ = scripted(rules=rules)
+    for name, expected in (("a", [503, 200]), ("b", [500, 500, 200])):
+        got = [client.get("/x", headers={"X-Test-Id": name}).status_code for _ in expected]
+        assert got == expected, name
+    assert [r["done"] for r in scripts(client)] == [True, True]
+
+
+def test_named_steps() -> None:
+    client, _ = scripted(
+        fault_injection={
+            "enabled": True,
+            "timeout_ms": 1,
+            "script": ["timeout", "after-app-503", "corrupt-truncate", "ok"],
+        }
+    )
+    answers = [client.get("/x") for _ in range(4)]
+    assert [a.status_code for a in answers] == [504, 503, 200, 200]
+    assert answers[2].get_data() == b"he"  # truncated to half, under a true length
+
+
+@pytest.mark.parametrize(
+    ("script", "problem"),
+    [
+        (["503", "explode"], "'explode' is not a step"),
+        ([True], "is not a list of steps"),
+        (["399"], "'399' is not a step"),
+        ([503] * 101, "has 101 steps; at most 100"),
+    ],
+)
+def test_bad_scripts(script: Any, problem: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        config_from_dict({"fault_injection": {"script": script}})
+    assert "chaos.fault_injection.script: " in str(error.value)
+    assert problem in str(error.value)
+
+
+def test_a_script_from_the_environment() -> None:
+    environ = {"MOCKFORGE_CHAOS_FAULT_INJECTION_SCRIPT": "503, reset,OK"}
+    assert load_config(environ=environ).fault_injection.script == ("503", "reset", "ok")
