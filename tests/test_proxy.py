@@ -11,6 +11,7 @@ import time
 import tracemalloc
 from collections.abc import Iterator
 
+import httpx
 import pytest
 import requests
 from servers import Server, gunicorn_server, mockforge_serve, session
@@ -211,8 +212,14 @@ def test_a_post_reset_after_the_upstream_applied_it_was_applied_once(
     curl = _curl(proxy.url + "/count/reset", "-X", "POST", "-d", "{}")
     assert curl.returncode == 56, curl  # "Recv failure: Connection reset by peer"
     assert "reset" in curl.stderr.lower(), curl.stderr
+    # httpx without proxy settings: 127.0.0.1 only.
+    with (
+        httpx.Client(trust_env=False) as client,
+        pytest.raises(httpx.ReadError, match="reset"),
+    ):
+        client.post(proxy.url + "/count/reset", content=b"{}", timeout=10)
     applied = http.get(upstream.url + "/count/reset", timeout=10).json()["count"]
-    assert applied == 2  # one per POST, each applied once
+    assert applied == 3  # one per POST, each applied once
 
 
 def test_an_empty_reply_and_a_stall_after_the_app(
@@ -222,13 +229,18 @@ def test_an_empty_reply_and_a_stall_after_the_app(
     curl = _curl(proxy.url + "/count/empty", "-X", "POST")
     assert curl.returncode == 52, curl  # "Empty reply from server"
     assert "empty reply" in curl.stderr.lower(), curl.stderr
-    assert http.get(upstream.url + "/count/empty", timeout=10).json()["count"] == 1
+    with (
+        httpx.Client(trust_env=False) as client,
+        pytest.raises(httpx.RemoteProtocolError, match="disconnected without sending"),
+    ):
+        client.post(proxy.url + "/count/empty", timeout=10)
+    assert http.get(upstream.url + "/count/empty", timeout=10).json()["count"] == 2
     _faults(http, proxy, after_app_probability=1.0, after_app_fault="stall", timeout_ms=400)
     started = time.monotonic()
     with pytest.raises(requests.ConnectionError):
         session().post(proxy.url + "/count/empty", timeout=10)
     assert time.monotonic() - started >= 0.4
-    assert http.get(upstream.url + "/count/empty", timeout=10).json()["count"] == 2
+    assert http.get(upstream.url + "/count/empty", timeout=10).json()["count"] == 3
 
 
 def test_a_corrupted_proxied_body_is_broken_in_place(
