@@ -69,7 +69,9 @@ class ChaosProxy:
         self.on_error: Callable[[str], None] | None = None
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        path = urllib.parse.quote(environ.get("PATH_INFO", "") or "/", safe="/%:@!$&'()*+,;=~")
+        # PATH_INFO holds the path's bytes as latin-1 (PEP 3333): quote those bytes.
+        raw_path = (environ.get("PATH_INFO", "") or "/").encode("latin-1")
+        path = urllib.parse.quote(raw_path, safe="/%:@!$&'()*+,;=~")
         query = environ.get("QUERY_STRING", "")
         url = self._origin + self._prefix + path + (f"?{query}" if query else "")
         body, chunked = _request_body(environ)

@@ -263,3 +263,15 @@ def test_a_fault_script_is_consumed_across_workers(proxy: Server, http: requests
     assert statuses == [503, 503, 502, 503, 503, 200, 200, 200]  # in order, once each
     [report] = http.get(proxy.url + "/api/chaos/scripts", timeout=10).json()["scripts"]
     assert report["done"] and report["not_hit"] == []
+
+
+def test_a_non_ascii_path_reaches_the_upstream_as_sent(upstream: Server) -> None:
+    """PATH_INFO carries the path's bytes as latin-1 (PEP 3333): they go upstream as
+    they came, not encoded twice."""
+    from werkzeug.test import EnvironBuilder
+
+    proxy = ChaosProxy(upstream.url)
+    environ = EnvironBuilder(path="/echo").get_environ()
+    environ["PATH_INFO"] = "/echo/caf\u00e9".encode().decode("latin-1")  # as a server has it
+    echo = json.loads(b"".join(proxy(environ, lambda *args: None)))
+    assert echo["path"].encode("latin-1").decode() == "/echo/caf\u00e9"

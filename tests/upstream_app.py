@@ -25,7 +25,7 @@ def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
             "200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
         )
         return [data]
-    if path == "/echo":
+    if path == "/echo" or path.startswith("/echo/"):
         stream, length = environ["wsgi.input"], environ.get("CONTENT_LENGTH")
         chunked = environ.get("wsgi.input_terminated")
         body = stream.read(int(length)) if length else stream.read() if chunked else b""
