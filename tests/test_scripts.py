@@ -100,3 +100,12 @@ def test_bad_scripts(script: Any, problem: str) -> None:
 def test_a_script_from_the_environment() -> None:
     environ = {"MOCKFORGE_CHAOS_FAULT_INJECTION_SCRIPT": "503, reset,OK"}
     assert load_config(environ=environ).fault_injection.script == ("503", "reset", "ok")
+
+
+def test_a_rule_that_leaves_the_faults_alone_plays_the_global_script() -> None:
+    rules = [{"match": {"path": "/slow"}, "latency": {"enabled": True, "fixed_delay_ms": 1}}]
+    client, _ = scripted(fault_injection={"enabled": True, "script": [503, 502]}, rules=rules)
+    assert client.get("/slow").status_code == 503  # step 1, through the rule
+    assert client.get("/x").status_code == 502  # step 2, without it
+    [report] = scripts(client)
+    assert report["rule"] is None and report["done"]
