@@ -194,6 +194,33 @@ def _header_map(raw: Any) -> tuple[tuple[str, str], ...]:
     return tuple(headers)
 
 
+MAX_BODY_CHARS = 16 * 1024
+
+
+def _status_bodies(raw: Any) -> tuple[tuple[int, str], ...]:
+    """Bodies by status, ``{503: "...", 500: {...}}`` (or JSON text of it), kept as a
+    tuple of (status, body) pairs; a mapping or list body is sent as JSON."""
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw) if raw.strip() else {}
+        except ValueError:
+            raise ValueError("is not a JSON mapping of status to body") from None
+    if not isinstance(raw, Mapping):
+        raise ValueError("is not a mapping of status to body")
+    if len(raw) > MAX_HEADERS:
+        raise ValueError(f"has {len(raw)} statuses; at most {MAX_HEADERS}")
+    bodies = []
+    for key, body in raw.items():
+        text = str(key).strip()
+        if isinstance(key, bool) or not text.isdigit() or not 400 <= int(text) <= 599:
+            raise ValueError(f"status {shown(key)} is not in [400, 599]")
+        rendered = _body(body)
+        if len(rendered) > MAX_BODY_CHARS:
+            raise ValueError(f"the body of {text} is over {MAX_BODY_CHARS} characters")
+        bodies.append((int(text), rendered))
+    return tuple(sorted(bodies))
+
+
 _NUMBER = (int, float)
 BOOL = Kind("a boolean", (bool,), _bool, {"type": "boolean"})
 INT = Kind("an integer", (int,), _int, {"type": "integer"})
@@ -219,6 +246,12 @@ HEADER_MAP = Kind(
     (tuple,),
     _header_map,
     {"type": "object", "additionalProperties": {"type": "string"}},
+)
+STATUS_BODIES = Kind(
+    "a mapping of status to body",
+    (tuple,),
+    _status_bodies,
+    {"type": "object", "additionalProperties": {"type": ["string", "object", "array"]}},
 )
 INT_LIST = Kind(
     "a list of integers", (tuple,), _int_list, {"type": "array", "items": {"type": "integer"}}

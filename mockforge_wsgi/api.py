@@ -34,6 +34,7 @@ from .config import (
     config_from_dict,
     iter_settings,
     longest_delay_s,
+    section_to_dict,
 )
 from .engine import MAX_DURATION_S, ScenarioEngine, UnknownScenario
 from .patterns import script_counter
@@ -192,12 +193,12 @@ def config_section(section: str) -> Response:
     if request.method in ("PUT", "PATCH"):
         body = _mapping(_body())
         if request.method == "PATCH":
-            body = {**attrs.asdict(current), **body}
+            body = {**section_to_dict(current), **body}
         path = f"chaos.{attribute}"
         current = _validated(lambda: config_from_dict(body, cls, path=path))
         _servable(attrs.evolve(_engine().editable(), **{attribute: current}), path)
         _engine().update_config(**{attribute: current})
-    return _json(attrs.asdict(current))
+    return _json(section_to_dict(current))
 
 
 def scenarios() -> Response:

@@ -345,6 +345,12 @@ class FaultInjectionConfig:
         kinds.HEADER_MAP,
         "Headers added to every injected error answer, e.g. `{X-Fault: injected}` (env: JSON).",
     )
+    error_bodies: tuple[tuple[int, str], ...] = setting(
+        (),
+        kinds.STATUS_BODIES,
+        "The body of an injected answer by its status, e.g. `{503: {error: busy}}` (a "
+        "mapping is sent as JSON); others get error_body (env: JSON).",
+    )
     script: tuple[str, ...] = setting(
         (),
         SCRIPT,
@@ -614,11 +620,24 @@ class ChaosConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML-ready data that :func:`config_from_dict` reads back."""
-        data = attrs.asdict(self, value_serializer=_plain)
+        data = {
+            field.name: section_to_dict(getattr(self, field.name))
+            if "section" in field.metadata
+            else _plain(self, field, getattr(self, field.name))
+            for field in attrs.fields(ChaosConfig)
+        }
         data["rules"] = [rule.to_dict() for rule in self.rules]
-        pattern = self.fault_injection.pattern
-        data["fault_injection"]["pattern"] = pattern.describe() if pattern else None
         return data
+
+
+def section_to_dict(section: Any) -> dict[str, Any]:
+    """One section as plain data, as it is written and read back (a pattern in its own
+    words, headers and bodies as mappings)."""
+    data = attrs.asdict(section, value_serializer=_plain)
+    pattern = getattr(section, "pattern", None)
+    if "pattern" in data:
+        data["pattern"] = pattern.describe() if pattern is not None else None
+    return data
 
 
 # Each section by its attribute name, and those a conditional-chaos rule may override:
@@ -633,9 +652,20 @@ RULE_SECTIONS = tuple(
 )
 
 
+def _as_written(body: str) -> Any:
+    """A body as the user wrote it: a mapping or list where it was one, else the text."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body
+    return data if isinstance(data, (dict, list)) else body
+
+
 def _plain(instance: Any, field: Any, value: Any) -> Any:
     if field is not None and field.metadata.get("kind") is kinds.HEADER_MAP:
         return dict(value)  # as it is written and read back: {name: value}
+    if field is not None and field.metadata.get("kind") is kinds.STATUS_BODIES:
+        return {str(status): _as_written(body) for status, body in value}
     return list(value) if isinstance(value, tuple) else value
 
 

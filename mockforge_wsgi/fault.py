@@ -174,8 +174,13 @@ def drain_input(environ: WSGIEnvironment, limit: int = DRAIN_LIMIT) -> bool:
 
 
 def fault_body(fault: Fault, config: FaultInjectionConfig) -> tuple[bytes, str]:
-    """The body and content type of an HTTP-error or timeout answer."""
-    return _body_of(fault.label, fault.status, config.error_body)
+    """The body and content type of an HTTP-error or timeout answer: the status's own
+    (``error_bodies``), else ``error_body``, else JSON naming the fault."""
+    body = config.error_body
+    for status, own in config.error_bodies:
+        if status == fault.status:
+            body = own
+    return _body_of(fault.label, fault.status, body)
 
 
 @functools.lru_cache(maxsize=64)

@@ -608,3 +608,21 @@ def test_each_url_segment_names_a_section_a_rule_may_override() -> None:
 
     assert set(URL_SEGMENTS.values()) <= set(SECTION_CLASSES)
     assert tuple(URL_SEGMENTS.values()) == RULE_SECTIONS  # the same four, in one order
+
+
+def test_a_section_with_a_pattern_headers_and_bodies_patches_and_reads_back() -> None:
+    """PATCH merges over the section as GET shows it: a pattern in its own words, headers
+    and bodies as mappings (a field dict of the pattern used to be refused)."""
+    client, middleware = make()
+    first = {
+        "pattern": "fail_first:2:503",
+        "error_headers": {"X-A": "1"},
+        "error_bodies": {"503": "busy"},
+    }
+    assert call(client, "PATCH", "/config/faults", first).status_code == 200
+    again = call(client, "PATCH", "/config/faults", {"retry_after_s": 3})
+    assert again.status_code == 200, again.get_json()
+    shown = call(client, "GET", "/config/faults").get_json()
+    assert shown["pattern"] == {"fail_first": 2, "status": 503}
+    assert (shown["error_headers"], shown["error_bodies"]) == ({"X-A": "1"}, {"503": "busy"})
+    assert middleware.config.fault_injection.retry_after_s == 3

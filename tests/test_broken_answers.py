@@ -205,3 +205,61 @@ def test_error_headers_from_the_environment() -> None:
 
     environ = {"MOCKFORGE_CHAOS_FAULT_INJECTION_ERROR_HEADERS": '{"X-Fault": "env"}'}
     assert load_config(environ=environ).fault_injection.error_headers == (("X-Fault", "env"),)
+
+
+def test_a_body_per_status() -> None:
+    bodies = {503: {"error": "busy", "retry": True}, "500": "<h1>oops</h1>", 502: "42"}
+    config = chaos(
+        fault_injection={
+            "http_error_probability": 1,
+            "http_errors": [503],
+            "error_bodies": bodies,
+            "error_body": "fallback",
+        }
+    )
+    response = Client(ChaosMiddleware(SideEffects(), config=config)).get("/")
+    assert response.get_json() == {"error": "busy", "retry": True}
+    assert response.headers["Content-Type"] == "application/json"
+    other = chaos(
+        fault_injection={"http_error_probability": 1, "http_errors": [500], "error_bodies": bodies}
+    )
+    answer = Client(ChaosMiddleware(SideEffects(), config=other)).get("/")
+    assert answer.get_data() == b"<h1>oops</h1>"
+    assert answer.headers["Content-Type"].startswith("text/plain")
+    unlisted = chaos(
+        fault_injection={
+            "http_error_probability": 1,
+            "http_errors": [504],
+            "error_bodies": bodies,
+            "error_body": "fallback",
+        }
+    )
+    assert (
+        Client(ChaosMiddleware(SideEffects(), config=unlisted)).get("/").get_data() == b"fallback"
+    )
+    written = config.to_dict()["fault_injection"]["error_bodies"]
+    assert written == {
+        "500": "<h1>oops</h1>",
+        "502": "42",
+        "503": {"error": "busy", "retry": True},
+    }
+    from mockforge_wsgi.config import config_from_dict
+
+    assert config_from_dict(config.to_dict()) == config  # read back as written
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ({"200": "ok"}, "status '200' is not in [400, 599]"),
+        ({503: 7}, "is not a string or a mapping"),
+        ({503: "x" * 20_000}, "the body of 503 is over 16384 characters"),
+    ],
+)
+def test_bad_error_bodies(value: Any, problem: str) -> None:
+    from mockforge_wsgi.config import ConfigError, config_from_dict
+
+    with pytest.raises(ConfigError) as error:
+        config_from_dict({"fault_injection": {"error_bodies": value}})
+    assert "chaos.fault_injection.error_bodies: " in str(error.value)
+    assert problem in str(error.value)
