@@ -70,7 +70,11 @@ class ChaosProxy:
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         # PATH_INFO holds the path's bytes as latin-1 (PEP 3333): quote those bytes.
-        raw_path = (environ.get("PATH_INFO", "") or "/").encode("latin-1")
+        path_info = environ.get("PATH_INFO", "") or "/"
+        try:
+            raw_path = path_info.encode("latin-1")
+        except UnicodeEncodeError:  # a server that decoded the path itself
+            raw_path = path_info.encode("utf-8")
         path = urllib.parse.quote(raw_path, safe="/%:@!$&'()*+,;=~")
         query = environ.get("QUERY_STRING", "")
         url = self._origin + self._prefix + path + (f"?{query}" if query else "")

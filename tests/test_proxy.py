@@ -275,3 +275,6 @@ def test_a_non_ascii_path_reaches_the_upstream_as_sent(upstream: Server) -> None
     environ["PATH_INFO"] = "/echo/caf\u00e9".encode().decode("latin-1")  # as a server has it
     echo = json.loads(b"".join(proxy(environ, lambda *args: None)))
     assert echo["path"].encode("latin-1").decode() == "/echo/caf\u00e9"
+    environ["PATH_INFO"] = "/echo/\u20ac"  # a server that decoded the path itself
+    echo = json.loads(b"".join(proxy(environ, lambda *args: None)))
+    assert echo["path"].encode("latin-1").decode() == "/echo/\u20ac"
