@@ -198,8 +198,9 @@ MAX_BODY_CHARS = 16 * 1024
 
 
 def _status_bodies(raw: Any) -> tuple[tuple[int, str], ...]:
-    """Bodies by status, ``{503: "...", 500: {...}}`` (or JSON text of it), kept as a
-    tuple of (status, body) pairs; a mapping or list body is sent as JSON."""
+    """Bodies by status, ``{503: '{"error": "busy"}', 500: "<h1>oops</h1>"}`` (or JSON
+    text of that mapping), kept as a tuple of (status, body) pairs. Bodies are text (one
+    that parses as JSON is sent as JSON): a nested schema would be as deep as any JSON."""
     if isinstance(raw, str):
         try:
             raw = json.loads(raw) if raw.strip() else {}
@@ -214,7 +215,9 @@ def _status_bodies(raw: Any) -> tuple[tuple[int, str], ...]:
         text = str(key).strip()
         if isinstance(key, bool) or not text.isdigit() or not 400 <= int(text) <= 599:
             raise ValueError(f"status {shown(key)} is not in [400, 599]")
-        rendered = _body(body)
+        if not isinstance(body, str):
+            raise ValueError(f"the body of {text} is not text (JSON text is sent as JSON)")
+        rendered = body
         if len(rendered) > MAX_BODY_CHARS:
             raise ValueError(f"the body of {text} is over {MAX_BODY_CHARS} characters")
         bodies.append((int(text), rendered))
@@ -251,7 +254,7 @@ STATUS_BODIES = Kind(
     "a mapping of status to body",
     (tuple,),
     _status_bodies,
-    {"type": "object", "additionalProperties": {"type": ["string", "object", "array"]}},
+    {"type": "object", "additionalProperties": {"type": "string"}},
 )
 INT_LIST = Kind(
     "a list of integers", (tuple,), _int_list, {"type": "array", "items": {"type": "integer"}}

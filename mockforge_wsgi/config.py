@@ -348,8 +348,8 @@ class FaultInjectionConfig:
     error_bodies: tuple[tuple[int, str], ...] = setting(
         (),
         kinds.STATUS_BODIES,
-        "The body of an injected answer by its status, e.g. `{503: {error: busy}}` (a "
-        "mapping is sent as JSON); others get error_body (env: JSON).",
+        'The body of an injected answer by its status, e.g. `{503: \'{"error": '
+        '"busy"}\'}` (text; JSON text is sent as JSON); others get error_body (env: JSON).',
     )
     script: tuple[str, ...] = setting(
         (),
@@ -652,20 +652,11 @@ RULE_SECTIONS = tuple(
 )
 
 
-def _as_written(body: str) -> Any:
-    """A body as the user wrote it: a mapping or list where it was one, else the text."""
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return body
-    return data if isinstance(data, (dict, list)) else body
-
-
 def _plain(instance: Any, field: Any, value: Any) -> Any:
     if field is not None and field.metadata.get("kind") is kinds.HEADER_MAP:
         return dict(value)  # as it is written and read back: {name: value}
     if field is not None and field.metadata.get("kind") is kinds.STATUS_BODIES:
-        return {str(status): _as_written(body) for status, body in value}
+        return {str(status): body for status, body in value}
     return list(value) if isinstance(value, tuple) else value
 
 

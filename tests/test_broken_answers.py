@@ -208,7 +208,7 @@ def test_error_headers_from_the_environment() -> None:
 
 
 def test_a_body_per_status() -> None:
-    bodies = {503: {"error": "busy", "retry": True}, "500": "<h1>oops</h1>", 502: "42"}
+    bodies = {503: '{"error": "busy", "retry": true}', "500": "<h1>oops</h1>", 502: "42"}
     config = chaos(
         fault_injection={
             "http_error_probability": 1,
@@ -241,7 +241,7 @@ def test_a_body_per_status() -> None:
     assert written == {
         "500": "<h1>oops</h1>",
         "502": "42",
-        "503": {"error": "busy", "retry": True},
+        "503": '{"error": "busy", "retry": true}',
     }
     from mockforge_wsgi.config import config_from_dict
 
@@ -252,7 +252,8 @@ def test_a_body_per_status() -> None:
     ("value", "problem"),
     [
         ({"200": "ok"}, "status '200' is not in [400, 599]"),
-        ({503: 7}, "is not a string or a mapping"),
+        ({503: 7}, "the body of 503 is not text (JSON text is sent as JSON)"),
+        ({503: {"error": "busy"}}, "the body of 503 is not text"),
         ({503: "x" * 20_000}, "the body of 503 is over 16384 characters"),
     ],
 )
