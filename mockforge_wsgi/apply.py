@@ -171,11 +171,9 @@ class Delivery:
     def _after_app(self, fault: Fault, start_response: StartResponse) -> Iterable[bytes]:
         """Commit, then fail: the app runs to the end of its body (its side effects
         done, its answer discarded), then the client gets the fault instead."""
-        discarded: list[str] = []
 
         def discard(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            discarded.append(status)
-            return lambda data: None
+            return lambda data: None  # the app's write() goes nowhere either
 
         body = self.app(self.environ, discard)
         try:

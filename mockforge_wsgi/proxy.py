@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import urllib3
 from werkzeug.http import is_hop_by_hop_header
+from werkzeug.wsgi import LimitedStream
 
 from ._answers import answer_json, status_line
 
@@ -63,7 +64,6 @@ class ChaosProxy:
         self._origin = f"{parts.scheme}://{parts.netloc}"
         self.timeout = urllib3.Timeout(connect=connect_timeout_s, read=read_timeout_s)
         self.pool = urllib3.PoolManager(num_pools=4, maxsize=pool_size, block=False)
-        self.upstream_errors = 0
         # Told of each failure ("unreachable" or "timeout"): create_app counts them in
         # the chaos store as upstream_errors, apart from the injections.
         self.on_error: Callable[[str], None] | None = None
@@ -131,7 +131,6 @@ class ChaosProxy:
 
     def _failed(self, start_response: StartResponse, error: Exception) -> Iterable[bytes]:
         """The upstream failed: 502, or 504 when it did not answer in time; said plainly."""
-        self.upstream_errors += 1
         # A refused connection is a NewConnectionError, which urllib3 also makes a
         # ConnectTimeoutError: unreachable, not slow.
         timed_out = isinstance(error, urllib3.exceptions.TimeoutError) and not isinstance(
@@ -184,27 +183,10 @@ def _request_body(environ: WSGIEnvironment) -> tuple[Any, bool]:
             length = int(declared)
         except ValueError:
             return None, False
-        return (_LimitedReader(stream, length), False) if length > 0 else (None, False)
+        return (LimitedStream(stream, length), False) if length > 0 else (None, False)
     if "chunked" in str(environ.get("HTTP_TRANSFER_ENCODING", "")).lower():
         return iter(lambda: stream.read(CHUNK_BYTES), b""), True
     return None, False
-
-
-class _LimitedReader:
-    """``read()`` of at most ``length`` bytes of the WSGI input (a server's input may
-    block past the end of the body)."""
-
-    def __init__(self, stream: Any, length: int) -> None:
-        self._stream = stream
-        self._left = length
-
-    def read(self, size: int = -1) -> bytes:
-        if self._left <= 0:
-            return b""
-        want = self._left if size is None or size < 0 else min(size, self._left)
-        data = self._stream.read(want)
-        self._left -= len(data)
-        return bytes(data)
 
 
 def _listed_in_connection(value: str) -> set[str]:
