@@ -303,16 +303,14 @@ def scripts() -> Response:
     config = engine.effective()
     counters = engine.store.counters()
     found = []
-    candidates = [
-        (None, None, config),
-        *(
-            (index, rule.match.to_dict(), apply_rule(config, rule))
-            for index, rule in enumerate(config.rules)
-        ),
+    scripted = [(None, None, config)] + [  # a rule with a script of its own
+        (index, rule.match.to_dict(), apply_rule(config, rule))
+        for index, rule in enumerate(config.rules)
+        if rule.sets("fault_injection", "script")
     ]
-    for index, match, scoped in candidates:
+    for index, match, scoped in scripted:
         steps = scoped.fault_injection.script
-        if not steps or (index is not None and scoped.fault_injection == config.fault_injection):
+        if not steps:
             continue
         consumed = counters.get(script_counter(index, steps), 0)
         found.append(

@@ -264,16 +264,14 @@ class ChaosMiddleware:
     def _config_for(
         self, config: ChaosConfig, environ: WSGIEnvironment
     ) -> tuple[ChaosConfig, int | None]:
-        """The first matching rule's config and index (None when it leaves the faults
-        as they are), or the global config and None (conditional chaos)."""
+        """The first matching rule's config and index (None when it has no fault script
+        of its own), or the global config and None (conditional chaos)."""
         cached = self._rule_configs
         if cached is None or cached[0] is not config:
             cached = self._rule_configs = (config, [apply_rule(config, r) for r in config.rules])
         for index, (rule, rule_config) in enumerate(zip(config.rules, cached[1], strict=True)):
             if rule.match.matches(environ, self.route_for):
-                # A rule that leaves the faults alone plays the global script, not its own.
-                own = rule_config.fault_injection is not config.fault_injection
-                return rule_config, index if own else None
+                return rule_config, index if rule.sets("fault_injection", "script") else None
         return config, None
 
     def _decide(

@@ -192,6 +192,13 @@ class Rule:
     match: Match
     overrides: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]
 
+    def sets(self, section: str, name: str) -> bool:
+        """Whether the rule gives ``section.name`` a value of its own (a rule without a
+        fault script of its own plays the global one)."""
+        return any(
+            s == section and any(n == name for n, _ in fields) for s, fields in self.overrides
+        )
+
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"match": self.match.to_dict()}
         for section, fields in self.overrides:

@@ -109,3 +109,13 @@ def test_a_rule_that_leaves_the_faults_alone_plays_the_global_script() -> None:
     assert client.get("/x").status_code == 502  # step 2, without it
     [report] = scripts(client)
     assert report["rule"] is None and report["done"]
+
+
+def test_a_rule_with_other_fault_settings_still_plays_the_global_script() -> None:
+    """Only a rule that sets a script has one of its own: the requests it matches count
+    where /scripts reports them."""
+    rules = [{"match": {"path": "/slow"}, "fault_injection": {"enabled": True, "timeout_ms": 5}}]
+    client, _ = scripted(fault_injection={"enabled": True, "script": [503, 502]}, rules=rules)
+    assert client.get("/slow").status_code == 503
+    [report] = scripts(client)
+    assert (report["rule"], report["hit"]) == (None, ["503"])
