@@ -11,7 +11,7 @@ import functools
 import json
 import random
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import attrs
 
@@ -254,7 +254,26 @@ def reset_or_cut(
     return []
 
 
-class PartialBody:
+_Wrapper = TypeVar("_Wrapper", bound="_BodyWrapper")
+
+
+class _BodyWrapper:
+    """A fault that wraps the app: its ``start_response`` and its iterable in one object
+    (``wrap`` takes the app's body); ``close()`` always closes the app's iterable."""
+
+    _inner: Iterable[bytes] | None = None
+
+    def wrap(self: _Wrapper, inner: Iterable[bytes]) -> _Wrapper:
+        self._inner = inner
+        return self
+
+    def close(self) -> None:
+        close = getattr(self._inner, "close", None)
+        if close is not None:
+            close()
+
+
+class PartialBody(_BodyWrapper):
     """Sends the first ``fraction`` of a body (or its first ``limit_bytes``) under its
     full Content-Length, then cuts.
 
@@ -270,7 +289,6 @@ class PartialBody:
         self._fraction = fraction
         self._connection = connection
         self._budget: int | None = limit_bytes or None
-        self._inner: Iterable[bytes] | None = None
         self._done = False
 
     def start_response(
@@ -287,10 +305,6 @@ class PartialBody:
             return self._write_through(write)
 
         return partial_start_response
-
-    def wrap(self, inner: Iterable[bytes]) -> PartialBody:
-        self._inner = inner
-        return self
 
     def _write_through(self, write: Any) -> Any:
         def partial_write(data: bytes) -> None:
@@ -328,13 +342,8 @@ class PartialBody:
                 self._cut()
                 return
 
-    def close(self) -> None:
-        close = getattr(self._inner, "close", None)
-        if close is not None:
-            close()
 
-
-class CorruptBody:
+class CorruptBody(_BodyWrapper):
     """The app's answer, broken on its way out as ``fault.mode`` says (``flip``,
     ``random``, ``invalid_json``, ``truncate``, ``wrong_content_type``); the bytes it
     breaks come from ``fault.seed``, drawn when the fault was decided. ``empty_reply``
@@ -347,7 +356,6 @@ class CorruptBody:
     def __init__(self, fault: Fault) -> None:
         self._mode = fault.mode
         self._rng = random.Random(fault.seed)
-        self._inner: Iterable[bytes] = ()
         self._budget: int | None = None  # truncate: bytes still to send
         self._first = True
 
@@ -376,11 +384,8 @@ class CorruptBody:
 
         return corrupting_start_response
 
-    def wrap(self, inner: Iterable[bytes]) -> CorruptBody:
-        self._inner = inner
-        return self
-
     def __iter__(self) -> Iterator[bytes]:
+        assert self._inner is not None
         for chunk in self._inner:
             yield self._break(chunk)
             if self._budget == 0:
@@ -405,8 +410,3 @@ class CorruptBody:
                 self._budget = len(data) // 2
             data, self._budget = data[: self._budget], max(self._budget - len(data), 0)
         return data
-
-    def close(self) -> None:
-        close = getattr(self._inner, "close", None)
-        if close is not None:
-            close()
