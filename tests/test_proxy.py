@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import socket
 import subprocess
 import time
@@ -34,7 +35,10 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 @pytest.fixture(scope="module")
 def proxy(upstream: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("proxy")
-    with mockforge_serve(tmp, "--upstream", upstream.url, "--workers", "2") as server:
+    recorder = str(tmp / "recorder.db")
+    with mockforge_serve(
+        tmp, "--upstream", upstream.url, "--workers", "2", "--metrics", "--recorder-db", recorder
+    ) as server:
         yield server
 
 
@@ -278,3 +282,87 @@ def test_a_non_ascii_path_reaches_the_upstream_as_sent(upstream: Server) -> None
     environ["PATH_INFO"] = "/echo/\u20ac"  # a server that decoded the path itself
     echo = json.loads(b"".join(proxy(environ, lambda *args: None)))
     assert echo["path"].encode("latin-1").decode() == "/echo/\u20ac"
+
+
+def test_rules_scenarios_recorder_and_metrics_work_through_the_proxy(
+    proxy: Server, upstream: Server, http: requests.Session
+) -> None:
+    """A rule for one route replaces the upstream call there and nowhere else; a custom
+    scenario applies; both show in /metrics and the recorder as for a wrapped app."""
+    api = proxy.url + "/api/chaos"
+    before = _injections(http, proxy)
+    rule = {"match": {"path": "/count/ruled"}, "fault_injection": _always(500)}
+    config = {"enabled": True, "rules": [rule]}
+    http.put(api + "/config", json=config, timeout=10).raise_for_status()
+    for _ in range(3):
+        assert session().post(proxy.url + "/count/ruled", timeout=10).status_code == 500
+        assert session().post(proxy.url + "/count/free", timeout=10).status_code == 200
+    assert http.get(upstream.url + "/count/ruled", timeout=10).json()["count"] == 0
+    assert http.get(upstream.url + "/count/free", timeout=10).json()["count"] == 3
+
+    scenario = {"name": "upstream_down", "fault_injection": _always(503)}
+    http.post(api + "/scenarios", json=scenario, timeout=10).raise_for_status()
+    http.post(api + "/scenarios/upstream_down", json={}, timeout=10).raise_for_status()
+    assert session().get(proxy.url + "/echo", timeout=10).status_code == 503
+
+    after = _injections(http, proxy)
+    assert after["500"] - before.get("500", 0) == 3  # the module's other tests count too
+    assert after["503"] - before.get("503", 0) == 1
+    search = {"path_prefix": "/count/ruled", "fault_type": "http_error"}
+    deadline = time.monotonic() + 10  # the other worker's rows come with its next write
+    while time.monotonic() < deadline:
+        rows = http.post(proxy.url + "/api/recorder/search", json=search, timeout=10).json()
+        if len(rows["requests"]) == 3:
+            break
+        time.sleep(0.1)
+    assert [row["status"] for row in rows["requests"]] == [500, 500, 500]
+
+
+@pytest.mark.parametrize(
+    ("fault", "curl_exit", "httpx_error"),
+    [
+        ({"partial_response_probability": 1.0}, 18, httpx.RemoteProtocolError),
+        ({"corruption_probability": 1.0, "corruption": "truncate"}, 0, None),
+    ],
+    ids=["partial", "truncate"],
+)
+def test_a_cut_body_through_the_proxy_as_each_client_sees_it(
+    proxy: Server,
+    http: requests.Session,
+    fault: dict[str, object],
+    curl_exit: int,
+    httpx_error: type[Exception] | None,
+) -> None:
+    """partial: the header promises the whole length, the body stops (every client
+    reports an incomplete body); truncate: a shorter body under a true length (every
+    client takes it as a whole, short answer)."""
+    _faults(http, proxy, **fault)
+    curl = _curl(proxy.url + "/big", "-o", "/dev/null", "-w", "%{size_download}")
+    assert curl.returncode == curl_exit, curl
+    assert 0 < int(curl.stdout) < BIG_BYTES
+    with httpx.Client(trust_env=False) as client:
+        if httpx_error is None:
+            assert 0 < len(client.get(proxy.url + "/big", timeout=10).content) < BIG_BYTES
+        else:
+            with pytest.raises(httpx_error, match=r"incomplete|closed"):
+                client.get(proxy.url + "/big", timeout=10)
+    if httpx_error is None:
+        assert 0 < len(session().get(proxy.url + "/big", timeout=10).content) < BIG_BYTES
+    else:
+        with pytest.raises(requests.exceptions.ChunkedEncodingError):
+            session().get(proxy.url + "/big", timeout=10)
+
+
+def _injections(http: requests.Session, proxy: Server) -> dict[str, float]:
+    """HTTP errors injected so far, by status, summed over the workers by /metrics."""
+    metrics = http.get(proxy.url + "/metrics", timeout=10).text
+    found = re.findall(
+        r'^mockforge_chaos_injections_total\{detail="(\d+)",type="http_error"\} (\S+)$',
+        metrics,
+        re.MULTILINE,
+    )
+    return {detail: float(value) for detail, value in found}
+
+
+def _always(status: int) -> dict[str, object]:
+    return {"enabled": True, "http_errors": [status], "http_error_probability": 1.0}
