@@ -312,7 +312,7 @@ def scripts() -> Response:
         steps = scoped.fault_injection.script
         if not steps:
             continue
-        consumed = counters.get(script_counter(index, steps), 0)
+        consumed = counters.get(script_counter(index), 0)
         found.append(
             {
                 "rule": index,

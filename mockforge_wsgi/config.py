@@ -27,7 +27,7 @@ import yaml
 
 from . import _kinds as kinds
 from ._kinds import shown
-from .patterns import FaultPattern, parse_pattern
+from .patterns import MAX_SCRIPTED_RULES, FaultPattern, parse_pattern
 from .rules import Rule, parse_match
 
 __all__ = [
@@ -532,6 +532,12 @@ def _rules(raw: Any) -> tuple[Rule, ...]:
                 overrides.append((key, tuple((name, getattr(section, name)) for name in value)))
         if match is not None:
             rules.append(Rule(match, tuple(overrides)))
+    scripted = sum(rule.sets("fault_injection", "script") for rule in rules)
+    if scripted > MAX_SCRIPTED_RULES:
+        problems.append(
+            f": {scripted} rules have a fault script; at most {MAX_SCRIPTED_RULES} may "
+            "(a rule without one plays the global script)"
+        )
     if problems:
         raise ConfigError(problems)
     return tuple(rules)

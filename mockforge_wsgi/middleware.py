@@ -288,7 +288,7 @@ class ChaosMiddleware:
         faults = config.fault_injection
         number = since_change = step = None
         if faults.enabled and faults.script:  # step n of this rule's (or the global) script
-            step = self.store.incr(script_counter(rule, faults.script))
+            step = self.store.incr(script_counter(rule))
         if faults.enabled and faults.pattern is not None:
             if faults.pattern.timed:  # fail for a while, in bursts: timed from the change
                 since_change = self.engine.since_change()

@@ -7,7 +7,6 @@ management change (in the store, so all workers share one count).
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -22,13 +21,16 @@ __all__ = ["PATTERN_COUNTER", "FaultPattern", "parse_pattern"]
 PATTERN_COUNTER = "pattern_requests"
 # Fault scripts count their steps in store counters named so (zeroed on every change too).
 SCRIPT_COUNTER_PREFIX = "script:"
+# Rules with a script of their own, at most: each has a counter, and a store's counter
+# names are bounded (the embedded store holds 64 in all).
+MAX_SCRIPTED_RULES = 16
 
 
-def script_counter(rule: int | None, steps: tuple[str, ...]) -> str:
-    """The counter of one script: the global config's (rule None) or a rule's, by index;
-    a script changed in place gets a counter of its own."""
-    digest = hashlib.sha1("\x1f".join(steps).encode()).hexdigest()[:8]
-    return f"{SCRIPT_COUNTER_PREFIX}{'global' if rule is None else rule}:{digest}"
+def script_counter(rule: int | None) -> str:
+    """The counter of one script: the global config's (rule None) or a rule's, by index.
+    One name per owner, not per script: every change zeroes it, and names a store once
+    made stay (a name per script would fill the embedded store's table in a long run)."""
+    return f"{SCRIPT_COUNTER_PREFIX}{'global' if rule is None else rule}"
 
 
 PatternKind = Literal["fail_first", "every", "sequence", "fail_for_s", "burst_s"]

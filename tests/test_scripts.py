@@ -3,6 +3,7 @@ workers, and the API that says which steps were hit."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ from werkzeug.test import Client
 
 from mockforge_wsgi import ChaosMiddleware, load_config
 from mockforge_wsgi.config import ConfigError, config_from_dict
+from mockforge_wsgi.state.embedded import EmbeddedStore
 
 
 def hello(environ: dict[str, Any], start_response: Any) -> list[bytes]:
@@ -119,3 +121,26 @@ def test_a_rule_with_other_fault_settings_still_plays_the_global_script() -> Non
     assert client.get("/slow").status_code == 503
     [report] = scripts(client)
     assert (report["rule"], report["hit"]) == (None, ["503"])
+
+
+def test_a_long_run_of_changed_scripts_keeps_working_on_the_embedded_store(
+    tmp_path: Path,
+) -> None:
+    """The embedded store holds 64 counter names and never forgets one: a counter per
+    script (not per owner) ran out after a few dozen scripts and every later one failed
+    open, silently playing nothing."""
+    config = load_config(environ={}, overrides={"enabled": True})
+    middleware = ChaosMiddleware(hello, config=config, store=EmbeddedStore(tmp_path))
+    client = Client(middleware)
+    for status in range(500, 600):  # a test suite setting a new script per test
+        faults = {"enabled": True, "script": [status, "ok"]}
+        client.put("/api/chaos/config/faults", json=faults)
+        assert [client.get("/x").status_code for _ in range(3)] == [status, 200, 200]
+    assert middleware.internal_errors == 0
+
+
+def test_at_most_16_rules_have_scripts_of_their_own() -> None:
+    rules = [{"match": {"path": f"/{n}"}, "fault_injection": {"script": [503]}} for n in range(17)]
+    with pytest.raises(ConfigError, match=r"17 rules have a fault script; at most 16"):
+        config_from_dict({"rules": rules})
+    config_from_dict({"rules": rules[:16]})
