@@ -78,13 +78,16 @@ class Server(NamedTuple):
 
 
 @contextlib.contextmanager
-def serving(case: str, workers: int, redis_url: str) -> Iterator[Server]:
-    """A gunicorn of ``workers`` sync workers serving the case."""
+def serving(case: str, workers: int, redis_url: str, threads: int = 0) -> Iterator[Server]:
+    """A gunicorn of ``workers`` sync workers serving the case (with ``threads``:
+    gthread workers, which keep connections alive)."""
     port = free_port()
     env = {**os.environ, "BENCH_CASE": case, "BENCH_REDIS": redis_url}
     env.pop("MOCKFORGE_STORE", None)
     args = ["--bind", f"127.0.0.1:{port}", "--workers", str(workers), "--chdir", str(HERE)]
     args += ["--log-level", "warning", "--worker-tmp-dir", "/dev/shm", "server_app:app"]
+    if threads:
+        args += ["--worker-class", "gthread", "--threads", str(threads)]
     process = subprocess.Popen([sys.executable, "-m", "gunicorn", *args], env=env)
     try:
         wait_for(port)

@@ -3,7 +3,9 @@
     BENCH_CASE=limit-embedded gunicorn -w 2 server_app:app     # from benchmarks/
 
 Every case serves the same route (``GET /hello``, a 13-byte text answer); only what
-wraps it differs. BENCH_REDIS names the Redis of the Redis cases.
+wraps it differs. BENCH_REDIS names the Redis of the Redis cases. The ``proxy-*`` cases
+(benchmarks/proxy.py) forward everything to BENCH_UPSTREAM, a server of the plain case
+(which also serves ``GET /big``, 10 MB).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from flask import Flask
 
 from mockforge_wsgi import load_config
 from mockforge_wsgi.middleware import ChaosMiddleware
+from mockforge_wsgi.proxy import ChaosProxy
 from mockforge_wsgi.state import store_from_url
 
 NEVER_REFUSED = {"enabled": True, "requests_per_second": 1_000_000, "burst_size": 1_000_000}
@@ -59,6 +62,9 @@ SEVEN_HEADERS = [
 ]
 
 
+BIG_BYTES = 10 * 1024 * 1024
+
+
 def build(case: str) -> Flask:
     app = Flask(__name__)
 
@@ -66,7 +72,15 @@ def build(case: str) -> Flask:
     def hello() -> tuple[str, int, dict[str, str]]:
         return "Hello, world!", 200, {"Content-Type": "text/plain"}
 
-    if case in CHAOS:
+    @app.get("/big")
+    def big() -> Any:
+        block = b"x" * 65536
+        chunks = (block for _ in range(BIG_BYTES // len(block)))
+        return app.response_class(chunks, headers={"Content-Length": str(BIG_BYTES)})
+
+    if case.startswith("proxy-"):
+        app.wsgi_app = _proxy(case, os.environ["BENCH_UPSTREAM"])  # type: ignore[method-assign]
+    elif case in CHAOS:
         overrides, store_url = CHAOS[case]
         if store_url == "redis":
             store_url = os.environ["BENCH_REDIS"]
@@ -95,6 +109,25 @@ def build(case: str) -> Flask:
     elif case != "plain":
         raise SystemExit(f"unknown BENCH_CASE {case!r}")
     return app
+
+
+def _proxy(case: str, upstream: str) -> Any:
+    """A proxy to ``upstream``: werkzeug's ProxyMiddleware (the peer: http.client, a
+    connection per request), or ours with chaos off or a limit never hit."""
+    if case == "proxy-werkzeug":
+        from werkzeug.middleware.http_proxy import ProxyMiddleware
+
+        # It forwards only paths under a prefix ("/" never matches): put one in front.
+        proxy = ProxyMiddleware(None, {"/up": {"target": upstream + "/", "remove_prefix": True}})  # type: ignore[arg-type]
+        return lambda environ, start: proxy(
+            {**environ, "PATH_INFO": "/up" + environ["PATH_INFO"]}, start
+        )
+    overrides = {
+        "proxy-chaos-disabled": {},
+        "proxy-limit-embedded": {"enabled": True, "rate_limit": NEVER_REFUSED},
+    }[case]
+    config = load_config(environ={}, overrides=overrides)
+    return ChaosMiddleware(ChaosProxy(upstream), config=config)
 
 
 app = build(os.environ.get("BENCH_CASE", "plain"))

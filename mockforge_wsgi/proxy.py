@@ -63,7 +63,9 @@ class ChaosProxy:
         self._prefix = parts.path.rstrip("/")
         self._origin = f"{parts.scheme}://{parts.netloc}"
         self.timeout = urllib3.Timeout(connect=connect_timeout_s, read=read_timeout_s)
-        self.pool = urllib3.PoolManager(num_pools=4, maxsize=pool_size, block=False)
+        # One origin: its pool directly (a PoolManager would look the pool up by URL on
+        # every request).
+        self.pool = urllib3.connection_from_url(self._origin, maxsize=pool_size, block=False)
         # Told of each failure ("unreachable" or "timeout"): create_app counts them in
         # the chaos store as upstream_errors, apart from the injections.
         self.on_error: Callable[[str], None] | None = None
@@ -77,7 +79,7 @@ class ChaosProxy:
             raw_path = path_info.encode("utf-8")
         path = urllib.parse.quote(raw_path, safe="/%:@!$&'()*+,;=~")
         query = environ.get("QUERY_STRING", "")
-        url = self._origin + self._prefix + path + (f"?{query}" if query else "")
+        url = self._prefix + path + (f"?{query}" if query else "")
         body, chunked = _request_body(environ)
         try:
             response = self.pool.urlopen(
