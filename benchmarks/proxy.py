@@ -5,13 +5,13 @@ and a 10 MB body's throughput, beside werkzeug's ProxyMiddleware (the peer).
     python benchmarks/proxy.py [--pairs 6] [--seconds 2]
 
 An upstream gunicorn (2 workers, the plain Flask app of ``server_app.py``) stays up:
-sync workers (they close every connection, so no proxy can keep one alive), then
-gthread workers (4 threads each; they keep connections alive). Each proxy case gets a gunicorn of its own (2 sync workers) in front of it. wrk
-runs on ``GET /hello`` of werkzeug's proxy and of the case back to back, ``--pairs``
-times (which one first alternating), as ``server.py`` does; the ratio is the case's
-requests per second over werkzeug's in that pair. CPU is the proxy server's own (the
-upstream's is not counted). The body row is curl fetching ``GET /big`` (10 MB), the
-median of five.
+sync workers (they close every connection, so no proxy can keep one alive), then gthread
+workers (4 threads each; they keep connections alive). Each proxy case gets a gunicorn
+of its own (2 sync workers) in front of it. wrk runs on ``GET /hello`` of werkzeug's
+proxy and of the case back to back, ``--pairs`` times (which one first alternating), as
+``server.py`` does; the ratio is the case's requests per second over werkzeug's in that
+pair. CPU is the proxy server's own (the upstream's is not counted). The body row is
+curl fetching ``GET /big`` (10 MB), the median of five.
 """
 
 from __future__ import annotations
