@@ -10,6 +10,9 @@ ANNOTATION_HEADER = "X-Mockforge-Chaos"
 REQUEST_ID_HEADER = "X-Mockforge-Request-Id"
 # The request id shared by the response header, the log lines and the recorder.
 REQUEST_ID_KEY = "mockforge.request_id"
+# A test's own tag on its requests (the pytest plugin's helpers send it): verdicts per test.
+TEST_ID_HEADER = "X-Mockforge-Test-Id"
+TEST_ID_KEY = "HTTP_X_MOCKFORGE_TEST_ID"
 
 
 def new_request_id() -> str:

@@ -38,9 +38,11 @@ from .config import (
 )
 from .engine import MAX_DURATION_S, ScenarioEngine, UnknownScenario
 from .patterns import script_counter
+from .report import CHART_JS, render_report, static_text
 from .scenarios import scenario_from_dict
 from .state import StateTooLarge, StoreError
 from .state.base import CONNECTION_SLOTS
+from .verdicts import DEFAULT_WINDOW_S, verdicts
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -150,7 +152,8 @@ def _servable(config: ChaosConfig, path: str) -> None:
 
 
 def status() -> Response:
-    return _json(_engine().status())
+    recording = "mockforge_recorder" in current_app.extensions  # verdicts, report, requests
+    return _json({**_engine().status(), "recorder": recording})
 
 
 def enable() -> Response:
@@ -332,6 +335,91 @@ def openapi() -> Response:
     return _json(openapi_document(prefix))
 
 
+# -- what the recorder saw: verdicts, the report; the dashboard -----------------------
+
+# Query parameters of /verdicts and /report: (JSON schema, check). Times are Unix seconds.
+RECORDING_QUERY: dict[str, dict[str, Any]] = {
+    "since": {"type": "number", "minimum": 0, "maximum": 1e11},
+    "until": {"type": "number", "minimum": 0, "maximum": 1e11},
+    "path": {"type": "string", "maxLength": 1000},
+    "test_id": {"type": "string", "maxLength": 200},
+    "window_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
+}
+
+
+def _recording() -> tuple[Any, dict[str, Any], float]:
+    """The attached recorder, the row filters and the call window the query asks for."""
+    problems = [
+        f"{name}: unknown parameter; allowed: {', '.join(RECORDING_QUERY)}"
+        for name in request.args
+        if name not in RECORDING_QUERY
+    ]
+    values: dict[str, Any] = {}
+    for name, schema in RECORDING_QUERY.items():
+        raw = request.args.get(name)
+        if raw is None:
+            continue
+        if schema["type"] == "string":
+            if len(raw) > schema["maxLength"]:
+                problems.append(f"{name}: longer than {schema['maxLength']} characters")
+            values[name] = raw
+            continue
+        try:
+            number = float(raw)
+        except ValueError:
+            number = math.nan
+        low = float(schema["minimum"] if "minimum" in schema else schema["exclusiveMinimum"])
+        if (
+            not math.isfinite(number)
+            or number < low
+            or ("exclusiveMinimum" in schema and number == low)
+            or number > schema["maximum"]
+        ):
+            above = f"> {low:g}" if "exclusiveMinimum" in schema else f">= {low:g}"
+            problems.append(
+                f"{name}: {shown(raw)} is not a number {above} and <= {schema['maximum']:g}"
+            )
+        values[name] = number
+    if problems:
+        raise ApiError(400, "invalid request", problems)
+    recorder = current_app.extensions.get("mockforge_recorder")
+    if recorder is None:
+        raise ApiError(
+            404,
+            "recorder off",
+            ["no requests are recorded: start with --recorder (or MOCKFORGE_RECORDER_DB)"],
+        )
+    filters = {
+        key: values[name]
+        for name, key in (("since", "since"), ("until", "until"), ("path", "path_prefix"))
+        if name in values
+    }
+    if values.get("test_id"):
+        filters["test_id"] = values["test_id"]
+    return recorder, filters, values.get("window_s", DEFAULT_WINDOW_S)
+
+
+def verdicts_view() -> Response:
+    recorder, filters, window_s = _recording()
+    return _json(verdicts(recorder.attempts(filters), window_s))
+
+
+def report_view() -> Response:
+    recorder, filters, window_s = _recording()
+    page = render_report(recorder.attempts(filters), window_s=window_s)
+    return Response(page, mimetype="text/html")
+
+
+def dashboard() -> Response:
+    return Response(static_text("dashboard.html"), mimetype="text/html")
+
+
+def chart_js() -> Response:
+    response = Response(static_text(CHART_JS), mimetype="text/javascript")
+    response.cache_control.max_age = 3600
+    return response
+
+
 @attrs.frozen
 class Route:
     rule: str
@@ -340,6 +428,9 @@ class Route:
     summary: str
     defaults: Mapping[str, str] | None = None
     body: str | None = None  # JSON schema reference of the request body, for the docs
+    media_type: str = "application/json"  # of the 200 answer
+    private: bool = False  # request data: with an admin token set, only for its holder
+    query: Mapping[str, Mapping[str, Any]] | None = None  # query parameters' schemas
 
 
 ROUTES: tuple[Route, ...] = (
@@ -393,7 +484,36 @@ ROUTES: tuple[Route, ...] = (
         scripts,
         "Each fault script in force and how far it got: the steps hit and not hit",
     ),
+    Route(
+        "/verdicts",
+        ("GET",),
+        verdicts_view,
+        "How the client behaved (from the recorder): calls, attempts, waits, Retry-After "
+        "honoured, backoff, unsafe retries",
+        private=True,
+        query=RECORDING_QUERY,
+    ),
+    Route(
+        "/report",
+        ("GET",),
+        report_view,
+        "The experiment report: one self-contained HTML page (from the recorder)",
+        media_type="text/html",
+        private=True,
+        query=RECORDING_QUERY,
+    ),
+    Route("/ui", ("GET",), dashboard, "The live dashboard (HTML)", media_type="text/html"),
+    Route(
+        "/ui/chart.js",
+        ("GET",),
+        chart_js,
+        "Chart.js, shipped in the package (the dashboard works offline)",
+        media_type="text/javascript",
+    ),
     Route("/openapi.json", ("GET",), openapi, "This document (OpenAPI 3.1)"),
+)
+PRIVATE_ENDPOINTS = frozenset(
+    f"mockforge_chaos.{route.view.__name__}" for route in ROUTES if route.private
 )
 
 
@@ -434,7 +554,11 @@ def create_blueprint(
     def authorize() -> Response | None:
         if (request.content_length or 0) > MAX_BODY_BYTES:
             abort(413)  # also where the route reads no body
-        needs_token = request.method not in ("GET", "HEAD", "OPTIONS") or protect_reads
+        needs_token = (
+            request.method not in ("GET", "HEAD", "OPTIONS")
+            or protect_reads
+            or request.endpoint in PRIVATE_ENDPOINTS
+        )
         if (
             admin_token
             and needs_token
@@ -600,13 +724,21 @@ def openapi_document(prefix: str) -> dict[str, Any]:
             operation: dict[str, Any] = {
                 "summary": route.summary,
                 "responses": {
-                    "200": {"description": "OK", "content": {"application/json": {}}},
+                    "200": {"description": "OK", "content": {route.media_type: {}}},
                     "400": {"description": "Invalid input, nothing changed", "content": problems},
                     "401": {"description": "Admin token missing or wrong", "content": problems},
-                    "404": {"description": "Unknown scenario", "content": problems},
+                    "404": {
+                        "description": "Unknown scenario; no recorder (verdicts, report)",
+                        "content": problems,
+                    },
                     "413": {"description": "Body over 64 KB", "content": problems},
                 },
             }
+            if route.query:
+                operation["parameters"] = [
+                    {"name": name, "in": "query", "required": False, "schema": dict(schema)}
+                    for name, schema in route.query.items()
+                ]
             if "{name}" in path:
                 operation["parameters"] = [
                     {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}

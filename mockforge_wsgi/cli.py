@@ -14,6 +14,7 @@ import sys
 import tempfile
 import urllib.error
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -27,9 +28,12 @@ from .app import create_app
 from .client import ChaosApiError, ChaosClient
 from .config import ChaosConfig, ConfigError, SettingInfo, iter_settings, longest_delay_s
 from .engine import ScenarioEngine, UnknownScenario
+from .recorder import Recorder
+from .report import render_report
 from .scenarios import BUILTIN_SCENARIOS, Scenario, load_scenarios
 from .state import MemoryStore, Store, StoreError, store_from_env, store_from_url
 from .state.server_store import server_store_directory
+from .verdicts import DEFAULT_WINDOW_S
 
 DEFAULT_URL = "http://127.0.0.1:3000"
 # gunicorn's own default worker timeout; we only ever raise it.
@@ -584,6 +588,51 @@ def validate(file: str, with_env: bool) -> None:
     custom = len(load_scenarios(file))
     state = "enabled" if config.enabled else "disabled"
     click.echo(f"{file}: valid (chaos {state}, {custom} custom scenarios)")
+
+
+@main.command()
+@click.option(
+    "--db",
+    "db",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="The recorder's SQLite file (mockforge serve --recorder-db).",
+)
+@click.option("--out", "out", default="report.html", show_default=True, type=click.Path())
+@click.option("--since", type=click.FloatRange(0, 1e11), help="From this Unix time.")
+@click.option("--until", type=click.FloatRange(0, 1e11), help="Up to this Unix time.")
+@click.option("--path", "path_prefix", help="Only paths starting so.")
+@click.option("--test-id", help="Only requests that sent this X-Mockforge-Test-Id.")
+@click.option(
+    "--window-s",
+    type=click.FloatRange(0, 3600, min_open=True),
+    default=DEFAULT_WINDOW_S,
+    show_default=True,
+    help="Attempts of one call are at most this far apart.",
+)
+def report(
+    db: str,
+    out: str,
+    since: float | None,
+    until: float | None,
+    path_prefix: str | None,
+    test_id: str | None,
+    window_s: float,
+) -> None:
+    """Write the experiment report: one HTML file that opens offline."""
+    filters = {
+        key: value
+        for key, value in (
+            ("since", since),
+            ("until", until),
+            ("path_prefix", path_prefix),
+            ("test_id", test_id),
+        )
+        if value is not None
+    }
+    rows = Recorder(db).attempts(filters)
+    Path(out).write_text(render_report(rows, window_s=window_s), encoding="utf-8")
+    click.echo(f"{out}: {len(rows)} requests")
 
 
 __all__ = ["longest_delay_s", "main", "worker_timeout"]

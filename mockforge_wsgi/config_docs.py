@@ -211,6 +211,10 @@ ROUTE_EXAMPLES = {
     ): 'curl -s -X PUT localhost:3000/api/chaos/schedule -d \'[{"start_s": 600, "scenario": "peak_traffic"}]\'',
     ("/stats", "GET"): "curl -s localhost:3000/api/chaos/stats",
     ("/scripts", "GET"): "curl -s localhost:3000/api/chaos/scripts",
+    ("/verdicts", "GET"): "curl -s 'localhost:3000/api/chaos/verdicts?path=/api&window_s=30'",
+    ("/report", "GET"): "curl -s localhost:3000/api/chaos/report -o report.html",
+    ("/ui", "GET"): "curl -s localhost:3000/api/chaos/ui -o /dev/null  # open it in a browser",
+    ("/ui/chart.js", "GET"): "curl -s localhost:3000/api/chaos/ui/chart.js -o /dev/null",
     ("/openapi.json", "GET"): "curl -s localhost:3000/api/chaos/openapi.json",
 }
 

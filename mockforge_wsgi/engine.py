@@ -252,6 +252,12 @@ class ScenarioEngine:
         else:
             self.config_now = self.effective
 
+    def active_scenario_now(self) -> str | None:
+        """The active scenario's name; per request, as cheap as ``config_now()``."""
+        self.config_now()
+        active = self._state.active
+        return None if active is None else active.name
+
     def _invalidate(self) -> None:
         self.refresh_at = 0.0
 

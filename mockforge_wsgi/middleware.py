@@ -137,6 +137,15 @@ class ChaosMiddleware:
                 protect_reads=protect_reads,
             )
 
+    def attach_recorder(self, recorder: Any) -> Callable[[], str | None]:
+        """Serve verdicts and the report (``/verdicts``, ``/report``) from ``recorder``;
+        called by a RecorderMiddleware around this one. Returns how it reads the active
+        scenario's name for each row."""
+        extensions = getattr(self.management, "extensions", None)
+        if extensions is not None:
+            extensions["mockforge_recorder"] = recorder
+        return self.engine.active_scenario_now
+
     @property
     def config(self) -> ChaosConfig:
         """The effective config now (the active scenario's, or the runtime one)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import csv
+import hashlib
 import io
 import json
 import math
@@ -26,16 +27,19 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from werkzeug.http import parse_date
+
 from . import _env
 from ._answers import answer, answer_json
-from ._headers import REQUEST_ID_KEY, bearer_matches, new_request_id
+from ._headers import REQUEST_ID_KEY, TEST_ID_KEY, bearer_matches, new_request_id
 from ._kinds import shown, strict_json
 from ._observe import observe
 from .outcome import LATENCY, OUTCOME_KEY, Outcome
+from .rules import peek_body
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -54,7 +58,23 @@ COLUMNS = (
     "fault_type",
     "latency_ms",
     "injected",
+    # What verdicts on the client need (docs/observability.md, "Verdicts"):
+    "test_id",
+    "idempotency_key",
+    "body_hash",
+    "retry_after_s",
+    "scenario",
 )
+# Columns added after the first release: a table made before gets them at open.
+_ADDED = {
+    "test_id": "TEXT",
+    "idempotency_key": "TEXT",
+    "body_hash": "TEXT",
+    "retry_after_s": "REAL",
+    "scenario": "TEXT",
+}
+MAX_HASHED_BODY = 64 * 1024  # bodies hashed to group retries; larger ones are not read
+MAX_VERDICT_ROWS = 100_000  # rows one verdict or report reads at most (max_rows' default)
 BATCH = 500
 FLUSH_EVERY_S = 0.2
 MAX_LIMIT = 1000
@@ -67,6 +87,7 @@ FILTERS = (
     "fault_type",
     "since",
     "until",
+    "test_id",
     "limit",
     "offset",
 )
@@ -94,6 +115,11 @@ class Recorder:
         self._pid = 0
         with self._connect() as connection:
             connection.executescript(_SCHEMA)
+            present = {row[1] for row in connection.execute("PRAGMA table_info(requests)")}
+            for name, kind in _ADDED.items():
+                if name not in present:
+                    connection.execute(f"ALTER TABLE requests ADD COLUMN {name} {kind}")
+        connection.close()
 
     def _connect(self) -> sqlite3.Connection:
         connection = sqlite3.connect(self.path, timeout=10, isolation_level=None)
@@ -150,31 +176,20 @@ class Recorder:
     def search(self, filters: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Rows matching ``filters`` (see the module docstring), newest first."""
         self.flush()
-        where: list[str] = []
-        args: list[Any] = []
-        if filters.get("status_code") is not None:
-            where.append("status = ?")
-            args.append(int(filters["status_code"]))
-        if filters.get("path_prefix"):
-            where.append("substr(path, 1, ?) = ?")
-            args += [len(filters["path_prefix"]), filters["path_prefix"]]
-        if filters.get("method"):
-            where.append("method = ?")
-            args.append(str(filters["method"]).upper())
-        if filters.get("fault_type"):
-            where.append("fault_type = ?")
-            args.append(filters["fault_type"])
-        if filters.get("since") is not None:
-            where.append("time >= ?")
-            args.append(float(filters["since"]))
-        if filters.get("until") is not None:
-            where.append("time <= ?")
-            args.append(float(filters["until"]))
-        sql = f"SELECT {', '.join(COLUMNS)} FROM requests"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
+        sql, args = _matching(filters)
         sql += " ORDER BY id DESC LIMIT ? OFFSET ?"
         args += [min(int(filters.get("limit", 100)), MAX_LIMIT), int(filters.get("offset", 0))]
+        return self._select(sql, args)
+
+    def attempts(self, filters: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The newest ``MAX_VERDICT_ROWS`` rows matching ``filters``, oldest first: what
+        verdicts and the report read."""
+        self.flush()
+        sql, args = _matching(filters)
+        sql = f"SELECT * FROM ({sql} ORDER BY id DESC LIMIT ?) ORDER BY time"
+        return self._select(sql, [*args, MAX_VERDICT_ROWS])
+
+    def _select(self, sql: str, args: list[Any]) -> list[dict[str, Any]]:
         with self._connect() as connection:
             found = connection.execute(sql, args).fetchall()
         connection.close()
@@ -197,6 +212,34 @@ class Recorder:
             if len(page) < EXPORT_PAGE:
                 return
             after = page[-1][0]
+
+
+def _matching(filters: Mapping[str, Any]) -> tuple[str, list[Any]]:
+    """The SELECT of the rows the search filters (checked before) match, and its
+    arguments."""
+    where: list[str] = []
+    args: list[Any] = []
+    if filters.get("status_code") is not None:
+        where.append("status = ?")
+        args.append(int(filters["status_code"]))
+    if filters.get("path_prefix"):
+        where.append("substr(path, 1, ?) = ?")
+        args += [len(filters["path_prefix"]), filters["path_prefix"]]
+    if filters.get("method"):
+        where.append("method = ?")
+        args.append(str(filters["method"]).upper())
+    for key in ("fault_type", "test_id"):
+        if filters.get(key):
+            where.append(f"{key} = ?")
+            args.append(filters[key])
+    if filters.get("since") is not None:
+        where.append("time >= ?")
+        args.append(float(filters["since"]))
+    if filters.get("until") is not None:
+        where.append("time <= ?")
+        args.append(float(filters["until"]))
+    sql = f"SELECT {', '.join(COLUMNS)} FROM requests"
+    return (sql + " WHERE " + " AND ".join(where) if where else sql), args
 
 
 def _filter_problems(filters: Any) -> list[str]:
@@ -228,7 +271,7 @@ def _filter_problems(filters: Any) -> list[str]:
         ):
             kind = "a whole number" if whole else "a number"
             problems.append(f"{key}: {shown(value)} is not {kind} in [{low:g}, {high:g}]")
-    for key in ("path_prefix", "method", "fault_type"):
+    for key in ("path_prefix", "method", "fault_type", "test_id"):
         if filters.get(key) is not None and not isinstance(filters[key], str):
             problems.append(f"{key}: {filters[key]!r} is not a string")
     return problems
@@ -250,15 +293,38 @@ class RecorderMiddleware:
         self.prefix = prefix.rstrip("/")
         # Request data (paths, client addresses): with a token set, only for its holder.
         self.admin_token = admin_token or _env.text(_env.ADMIN_TOKEN)
+        # A ChaosMiddleware inside serves verdicts and the report from this recorder, and
+        # tells which scenario each request ran under.
+        attach = getattr(app, "attach_recorder", None)
+        self._scenario_now: Callable[[], str | None] | None = (
+            attach(recorder) if attach is not None else None
+        )
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if path.startswith(self.prefix + "/"):
             return self._api(path[len(self.prefix) :], environ, start_response)
         environ.setdefault(REQUEST_ID_KEY, new_request_id())
-        return observe(self.app, environ, start_response, self._done)
+        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):  # retries are grouped by it
+            data = peek_body(environ, MAX_HASHED_BODY)
+            if data is not None:
+                environ[_BODY_HASH_KEY] = hashlib.sha1(data).hexdigest()[:16]
+
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            for name, value in headers:
+                if name.lower() == "retry-after":
+                    environ[_RETRY_AFTER_KEY] = value
+            return start_response(status, headers, exc_info)
+
+        return observe(self.app, environ, start, self._done)
 
     def _done(self, environ: WSGIEnvironment, status: str, seconds: float) -> None:
+        scenario = None
+        if self._scenario_now is not None:
+            try:
+                scenario = self._scenario_now()
+            except Exception:  # the store is down: the row is still worth keeping
+                scenario = None
         outcome = environ.get(OUTCOME_KEY)
         kinds, delay_ms, injected = [], None, ""
         if isinstance(outcome, Outcome):
@@ -278,6 +344,11 @@ class RecorderMiddleware:
                 fault,
                 delay_ms,
                 injected,
+                environ.get(TEST_ID_KEY) or None,
+                environ.get("HTTP_IDEMPOTENCY_KEY") or None,
+                environ.get(_BODY_HASH_KEY),
+                retry_after_seconds(environ.get(_RETRY_AFTER_KEY)),
+                scenario,
             )
         )
 
@@ -330,6 +401,20 @@ class RecorderMiddleware:
 
 
 MAX_SEARCH_BODY = 64 * 1024
+_BODY_HASH_KEY = "mockforge.body_hash"
+_RETRY_AFTER_KEY = "mockforge.retry_after"
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A Retry-After value in seconds: a number of seconds, or an HTTP date from now
+    (None when absent or unreadable)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    when = parse_date(value)
+    return None if when is None else max(0.0, when.timestamp() - time.time())
 
 
 def _csv_lines(rows: Iterable[dict[str, Any]]) -> Iterator[bytes]:

@@ -162,19 +162,28 @@ def _json_field_is(environ: WSGIEnvironment, path: tuple[str, ...], equals: Any)
 
 
 def _read_json(environ: WSGIEnvironment) -> Any:
+    data = peek_body(environ, MAX_JSON_BODY)
+    if data is None:
+        return None
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
+
+
+def peek_body(environ: WSGIEnvironment, limit: int) -> bytes | None:
+    """A request body of 1 to ``limit`` bytes by its Content-Length, read and put back
+    for the app (None: none, too large, or chunked; nothing read then)."""
     try:
         length = int(environ.get("CONTENT_LENGTH") or 0)
     except ValueError:
         return None
     stream = environ.get("wsgi.input")
-    if not 0 < length <= MAX_JSON_BODY or stream is None:
+    if not 0 < length <= limit or stream is None:
         return None
-    data = stream.read(length)
+    data: bytes = stream.read(length)
     environ["wsgi.input"] = io.BytesIO(data)  # the app reads what we read
-    try:
-        return json.loads(data)
-    except ValueError:
-        return None
+    return data
 
 
 def _in_networks(address: str, networks: tuple[str, ...]) -> bool:

@@ -46,7 +46,7 @@ def test_every_example_runs_against_a_live_server(tmp_path: Path) -> None:
         pytest.skip("curl is not installed")
     lines = example_lines()
     assert len(lines) >= 35  # every route has one, plus the quick start and shell verbs
-    with mockforge_serve(tmp_path) as server:
+    with mockforge_serve(tmp_path, "--recorder-db", str(tmp_path / "recorder.db")) as server:
         address = server.url.removeprefix("http://")
         for line in lines:
             line, _, comment = line.partition("  #")
@@ -59,7 +59,9 @@ def test_every_example_runs_against_a_live_server(tmp_path: Path) -> None:
             else:
                 command = [sys.executable, "-m", "mockforge_wsgi", *shlex.split(line)[1:]]
                 command += ["--url", server.url]
-            result = subprocess.run(command, capture_output=True, timeout=60, check=False)
+            result = subprocess.run(
+                command, capture_output=True, timeout=60, check=False, cwd=tmp_path
+            )
             assert result.returncode == expected, (
                 line,
                 result.stdout[-500:],
@@ -74,6 +76,8 @@ def _assert_printed_what_it_should(line: str, out: str) -> None:
     if line.startswith("curl -i"):
         assert out.startswith("HTTP/1.1 "), (line, out[:200])
         assert "X-Mockforge-Request-Id" in out or "Content-Type" in out, (line, out[:300])
+    elif line.startswith("curl ") and " -o " in line:
+        assert out == "", line  # written to a file: curl --fail proved it a 2xx
     elif line.startswith("curl "):
         json.loads(out)  # every management answer is JSON
     else:

@@ -17,6 +17,8 @@ LAYERS = [
     ["cli", "pytest_plugin", "config_docs"],
     ["app", "admin", "testing"],
     ["api", "metrics", "recorder", "mock_api", "proxy", "client"],
+    ["report"],  # recorder rows -> the HTML report
+    ["verdicts"],  # recorder rows -> how the client behaved
     ["middleware"],  # the pipeline: decide -> report -> apply
     ["apply", "header_control", "tracing"],
     ["engine"],  # the runtime state, scenarios switched, timed and ramped

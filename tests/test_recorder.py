@@ -69,7 +69,7 @@ def test_export_and_bad_filters(tmp_path: Path) -> None:
     assert bad.status_code == 400
     assert bad.get_json()["problems"] == [
         "status: unknown filter; allowed: status_code, path_prefix, method, fault_type, since, "
-        "until, limit, offset",
+        "until, test_id, limit, offset",
         "limit: -1 is not a whole number in [0, 1000]",
     ]
     assert client.post("/api/recorder/search", data=b"{oops").status_code == 400
@@ -78,7 +78,7 @@ def test_export_and_bad_filters(tmp_path: Path) -> None:
 def test_rows_stay_under_the_cap(tmp_path: Path) -> None:
     recorder = Recorder(tmp_path / "small.db", max_rows=10)
     for index in range(25):
-        recorder.record((float(index), "id", "GET", "/", 200, 1.0, None, 1, None, None, ""))
+        recorder.record((float(index), "id", "GET", "/", 200, 1.0, None, 1, None, None, "", None, None, None, None, None))
     recorder.flush()
     rows = recorder.search({"limit": 100})
     assert len(rows) == 10
@@ -137,7 +137,7 @@ def test_hostile_filters_get_400(tmp_path: Path, body: str) -> None:
 def test_export_streams_every_row(tmp_path: Path) -> None:
     client, recorder = recorded(tmp_path)
     for index in range(2500):  # more than a page, more than a search may return
-        recorder.record((float(index), f"r{index}", "GET", "/", 200, 1.0, None, 1, None, None, ""))
+        recorder.record((float(index), f"r{index}", "GET", "/", 200, 1.0, None, 1, None, None, "", None, None, None, None, None))
     response = client.get("/api/recorder/export")
     assert "Content-Length" not in response.headers  # streamed, a page at a time
     lines = response.get_data(as_text=True).splitlines()
@@ -167,7 +167,7 @@ def test_rows_queued_when_a_process_exits_are_written(tmp_path: Path) -> None:
         "from mockforge_wsgi.recorder import Recorder\n"
         f"recorder = Recorder({str(database)!r})\n"
         "for n in range(300):\n"
-        "    recorder.record((float(n), 'r', 'GET', '/', 200, 1.0, None, 1, None, None, ''))\n"
+        "    recorder.record((float(n), 'r', 'GET', '/', 200, 1.0, None, 1, None, None, '', None, None, None, None, None))\n"
         "sys.exit(0)\n"
     )
     subprocess.run([sys.executable, "-c", script], check=True, timeout=60)

@@ -1,0 +1,289 @@
+"""The experiment report: recorder rows in, one self-contained HTML page out.
+
+``report_data`` is pure (rows oldest first -> plain data: series for the charts, scenario
+windows before/during/after, verdicts, the resilience score); ``render_report`` puts that
+data, Chart.js (shipped in the package, MIT) and a small drawing script into one page that
+opens offline. ``mockforge report`` and ``GET /api/chaos/report`` both use it.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import string
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from typing import Any
+
+from .verdicts import APP_RAN, DEFAULT_WINDOW_S, quantile, verdicts
+
+__all__ = ["CHART_JS", "render_report", "report_data", "static_text"]
+
+CHART_JS = "chart.umd.min.js"
+TIME_BUCKETS = 60  # points of each chart over time, at most
+HISTOGRAM_BINS = 20
+CALLS_SHOWN = 100
+SCORE_FORMULA = (
+    "score = 100 x call success ratio x sqrt(min(1, p99 baseline / p99 under chaos)) "
+    "x 1 / (1 + recovery s / 10)"
+)
+
+
+def static_text(name: str) -> str:
+    """A file shipped under ``mockforge_wsgi/static``."""
+    return resources.files("mockforge_wsgi").joinpath(f"static/{name}").read_text("utf-8")
+
+
+def _ok(row: Mapping[str, Any]) -> bool:
+    """The client got a whole answer below 400."""
+    return 200 <= int(row["status"]) < 400 and row.get("fault_type") not in APP_RAN
+
+
+def _figures(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    durations = [float(row["duration_ms"]) for row in rows]
+    return {
+        "requests": len(rows),
+        "success_ratio": sum(map(_ok, rows)) / len(rows) if rows else None,
+        "p50_ms": quantile(durations, 0.5),
+        "p99_ms": quantile(durations, 0.99),
+    }
+
+
+def _windows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Each run of rows under one scenario, with the same length of time before and
+    after it (rows under another scenario left out)."""
+    runs: list[tuple[str, float, float]] = []
+    for row in rows:
+        name = row.get("scenario")
+        if not name:
+            continue
+        at = float(row["time"])
+        if runs and runs[-1][0] == name:
+            runs[-1] = (name, runs[-1][1], at)
+        else:
+            runs.append((name, at, at))
+    calm = [row for row in rows if not row.get("scenario")]
+    found = []
+    for name, start, end in runs:
+        span = max(end - start, 1.0)
+        before = [row for row in calm if start - span <= float(row["time"]) < start]
+        during = [
+            row
+            for row in rows
+            if row.get("scenario") == name and start <= float(row["time"]) <= end
+        ]
+        after = [row for row in calm if end < float(row["time"]) <= end + span]
+        found.append(
+            {
+                "scenario": name,
+                "start": start,
+                "end": end,
+                "before": _figures(before),
+                "during": _figures(during),
+                "after": _figures(after),
+            }
+        )
+    return found
+
+
+def _score(
+    rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], windows: Sequence[Any]
+) -> dict[str, Any]:
+    """The resilience score and its parts (the formula is printed beside it)."""
+    chaos = [row for row in rows if row.get("scenario") or row.get("injected")]
+    calm = [row for row in rows if not (row.get("scenario") or row.get("injected"))]
+    p99_chaos = _figures(chaos)["p99_ms"]
+    p99_calm = _figures(calm)["p99_ms"]
+    inflation = p99_chaos / p99_calm if p99_chaos and p99_calm else 1.0
+    recovery_s: float | None = 0.0
+    if windows:
+        end = windows[-1]["end"]
+        later = [float(row["time"]) for row in rows if float(row["time"]) > end and _ok(row)]
+        recovery_s = later[0] - end if later else None
+    success = summary["success_ratio"]
+    if success is None:
+        score = None
+    else:
+        recovery_part = 0.0 if recovery_s is None else 1 / (1 + recovery_s / 10)
+        score = 100 * success * math.sqrt(min(1.0, 1 / max(inflation, 1e-9))) * recovery_part
+    return {
+        "score": None if score is None else round(score, 1),
+        "success_ratio": success,
+        "p99_baseline_ms": p99_calm,
+        "p99_chaos_ms": p99_chaos,
+        "p99_inflation": round(inflation, 3),
+        "recovery_s": recovery_s,
+        "formula": SCORE_FORMULA,
+    }
+
+
+def report_data(
+    rows: Sequence[Mapping[str, Any]], *, window_s: float = DEFAULT_WINDOW_S
+) -> dict[str, Any]:
+    """Everything the report shows, from recorder rows (oldest first)."""
+    if not rows:
+        found = verdicts([], window_s)
+        return {"requests": 0, "verdicts": found, "windows": [], "score": None}
+    start = float(rows[0]["time"])
+    span = max(float(rows[-1]["time"]) - start, 1e-3)
+    width = max(span / TIME_BUCKETS, 1.0)
+    buckets: dict[int, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        buckets.setdefault(int((float(row["time"]) - start) // width), []).append(row)
+    over_time = []
+    for index in sorted(buckets):
+        inside = buckets[index]
+        durations = [float(row["duration_ms"]) for row in inside]
+        classes = Counter(
+            "no answer" if int(row["status"]) == 0 else f"{int(row['status']) // 100}xx"
+            for row in inside
+        )
+        over_time.append(
+            {
+                "t": round(index * width, 3),
+                "p50_ms": quantile(durations, 0.5),
+                "p99_ms": quantile(durations, 0.99),
+                "statuses": dict(classes),
+            }
+        )
+    durations = sorted(float(row["duration_ms"]) for row in rows)
+    top = quantile(durations, 0.999) or 1.0
+    bin_width = max(top / HISTOGRAM_BINS, 1e-3)
+    histogram = [0] * HISTOGRAM_BINS
+    for duration in durations:
+        histogram[min(int(duration // bin_width), HISTOGRAM_BINS - 1)] += 1
+    injections = Counter(row["fault_type"] for row in rows if row.get("fault_type"))
+    found = verdicts(rows, window_s)
+    windows = _windows(rows)
+    return {
+        "requests": len(rows),
+        "start": start,
+        "span_s": span,
+        "bucket_s": width,
+        "over_time": over_time,
+        "histogram": {"bin_ms": bin_width, "counts": histogram},
+        "injections": dict(injections.most_common()),
+        "statuses": dict(Counter(int(row["status"]) for row in rows).most_common()),
+        "windows": windows,
+        "verdicts": found,
+        "score": _score(rows, found["summary"], windows),
+    }
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+    return html.escape(str(value))
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], table_id: str) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def render_report(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    window_s: float = DEFAULT_WINDOW_S,
+    title: str = "mockforge chaos report",
+) -> str:
+    """The report page: data, tables and charts in one HTML file (no network needed)."""
+    data = report_data(rows, window_s=window_s)
+    summary = data["verdicts"]["summary"]
+    score = data["score"]
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(data.get("start", time.time())))
+    verdict_rows = [
+        (key.replace("_", " "), summary[key])
+        for key in (
+            "calls",
+            "success_ratio",
+            "retries_per_call",
+            "max_attempts",
+            "retry_after_honoured_ratio",
+            "backoff_p50_s",
+            "backoff_p99_s",
+            "unsafe_retries",
+        )
+    ]
+    calls = [
+        (
+            call["method"],
+            call["path"],
+            call["attempts"],
+            " ".join(str(status) for status in call["statuses"]),
+            " ".join(f"{wait:.2f}" for wait in call["waits_s"]),
+            "yes" if all(call["retry_after_honoured"]) else "no",
+            "UNSAFE" if call["unsafe_retry"] else "",
+            "yes" if call["succeeded"] else "no",
+        )
+        for call in data["verdicts"]["calls"][-CALLS_SHOWN:]
+    ]
+    windows = [
+        (
+            window["scenario"],
+            f"{window[part]['requests']} req, "
+            + (
+                f"{window[part]['success_ratio']:.0%} ok, p50 {_cell(window[part]['p50_ms'])} ms, "
+                f"p99 {_cell(window[part]['p99_ms'])} ms"
+                if window[part]["requests"]
+                else "no requests"
+            ),
+        )
+        for window in data["windows"]
+        for part in ("before", "during", "after")
+    ]
+    score_html = (
+        "<p>No requests recorded.</p>"
+        if score is None
+        else (
+            f'<p class="score"><span id="score">{_cell(score["score"])}</span> / 100</p>'
+            f"<p><code>{html.escape(score['formula'])}</code></p>"
+            + _table(
+                ["part", "value"],
+                [
+                    ("call success ratio", score["success_ratio"]),
+                    ("p99 baseline (ms)", score["p99_baseline_ms"]),
+                    ("p99 under chaos (ms)", score["p99_chaos_ms"]),
+                    ("p99 inflation", score["p99_inflation"]),
+                    ("recovery after the last scenario (s)", score["recovery_s"]),
+                ],
+                "score-parts",
+            )
+        )
+    )
+    payload = json.dumps(data).replace("</", "<\\/")
+    return string.Template(static_text("report.html")).substitute(
+        title=html.escape(title),
+        when=html.escape(when),
+        requests=data["requests"],
+        score=score_html,
+        verdicts=_table(["figure", "value"], verdict_rows, "verdict-summary"),
+        calls=_table(
+            [
+                "method",
+                "path",
+                "attempts",
+                "statuses",
+                "waits (s)",
+                "Retry-After honoured",
+                "unsafe",
+                "succeeded",
+            ],
+            calls,
+            "calls",
+        ),
+        windows=(
+            _table(["scenario", "before / during / after"], windows, "windows")
+            if windows
+            else "<p>No scenario ran while recording.</p>"
+        ),
+        chart_js=static_text(CHART_JS).replace("</script", "<\\/script"),
+        data=payload,
+        draw=static_text("report.js"),
+    )
