@@ -19,11 +19,13 @@ from __future__ import annotations
 import contextlib
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 from . import _env
+from ._headers import TEST_ID_HEADER
 from ._sections import URL_SEGMENTS
 
 __all__ = [
@@ -85,6 +87,9 @@ class ChaosClient:
         self.token = token if token is not None else _env.text(_env.ADMIN_TOKEN)
         self.prefix = prefix
         self.timeout_s = timeout_s
+        # What verdicts look at when not told: the pytest plugin sets ``since`` to the
+        # test's start; ``tag()`` narrows them to requests carrying a test id.
+        self.scope: dict[str, Any] = {}
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
         """One request to the management API (``path`` below its prefix); the decoded
@@ -180,6 +185,86 @@ class ChaosClient:
     def openapi(self) -> dict[str, Any]:
         return self.call("GET", "/openapi.json")  # type: ignore[no-any-return]
 
+    # -- verdicts on the client under test (needs the recorder) ----------------------
+
+    def tag(self, test_id: str) -> dict[str, str]:
+        """Verdicts from now on count only requests that carry ``test_id``: send the
+        returned header with them (``session.headers.update(chaos.tag("checkout"))``)."""
+        self.scope = {"test_id": test_id}
+        return {TEST_ID_HEADER: test_id}
+
+    def verdicts(self, **filters: Any) -> dict[str, Any]:
+        """``GET /verdicts``: the summary and the calls (filters: ``since``, ``until``,
+        ``path``, ``test_id``, ``window_s``; by default this client's ``scope``)."""
+        query = {k: v for k, v in {**self.scope, **filters}.items() if v is not None}
+        suffix = "?" + urllib.parse.urlencode(query) if query else ""
+        return self.call("GET", "/verdicts" + suffix)  # type: ignore[no-any-return]
+
+    def assert_retries(
+        self,
+        *,
+        max_attempts: int | None = None,
+        honours_retry_after: bool = False,
+        backoff_grows: bool = False,
+        succeeds: bool = True,
+        **filters: Any,
+    ) -> dict[str, Any]:
+        """Fail, naming each call that broke a rule, unless every call recorded made at
+        most ``max_attempts``, waited the Retry-After it was told (``honours_retry_after``),
+        waited longer each time (``backoff_grows``) and got its answer (``succeeds``).
+        Returns the verdicts' summary."""
+        found = self.verdicts(**filters)
+        if not found["calls"]:
+            raise AssertionError(f"no calls recorded for {self._scope_text(filters)}")
+        problems = []
+        for call in found["calls"]:
+            label, waits = _call_label(call), _waits_text(call)
+            if max_attempts is not None and call["attempts"] > max_attempts:
+                problems.append(
+                    f"{label}: {call['attempts']} attempts, more than max_attempts="
+                    f"{max_attempts} (statuses {_statuses(call)})"
+                )
+            if honours_retry_after and not all(call["retry_after_honoured"]):
+                told = [s for s in call["retry_after_s"][:-1] if s is not None]
+                problems.append(
+                    f"{label}: told Retry-After {told} s, waited {waits} s before retrying"
+                )
+            if backoff_grows and call["backoff_grew"] is False:
+                problems.append(f"{label}: backoff did not grow (waited {waits} s)")
+            if succeeds and not call["succeeded"]:
+                problems.append(
+                    f"{label}: never succeeded in {call['attempts']} attempts "
+                    f"(statuses {_statuses(call)})"
+                )
+        if problems:
+            raise AssertionError(
+                "the client's retries broke the rules:\n  " + "\n  ".join(problems)
+            )
+        return found["summary"]  # type: ignore[no-any-return]
+
+    def assert_no_unsafe_retries(self, **filters: Any) -> dict[str, Any]:
+        """Fail, naming each one, if the client sent a POST or PATCH without an
+        Idempotency-Key again after a fault that came after the app ran (the side effect
+        done twice). Returns the verdicts' summary."""
+        found = self.verdicts(**filters)
+        unsafe = [call for call in found["calls"] if call["unsafe_retry"]]
+        if unsafe:
+            lines = [
+                f"{_call_label(call)}: {call['attempts']} attempts after "
+                f"{[fault for fault in call['faults'] if fault]} (statuses {_statuses(call)})"
+                for call in unsafe
+            ]
+            raise AssertionError(
+                f"{len(unsafe)} unsafe retries: a request that is not idempotent, without "
+                "an Idempotency-Key, sent again after the server had acted on it:\n  "
+                + "\n  ".join(lines)
+            )
+        return found["summary"]  # type: ignore[no-any-return]
+
+    def _scope_text(self, filters: dict[str, Any]) -> str:
+        scope = {**self.scope, **filters}
+        return ", ".join(f"{k}={v}" for k, v in scope.items()) or "the whole recording"
+
     # -- context managers: the previous state comes back, even when the body raises ---
 
     @contextlib.contextmanager
@@ -253,6 +338,23 @@ class ChaosClient:
             self.enable()
         else:
             self.disable()
+
+
+def _call_label(call: dict[str, Any]) -> str:
+    key = call.get("idempotency_key")
+    return f"{call['method']} {call['path']}" + (f" (Idempotency-Key {key})" if key else "")
+
+
+def _statuses(call: dict[str, Any]) -> str:
+    """``503, 503, 200`` (0: no answer, shown as the fault)."""
+    return ", ".join(
+        str(status) if status else str(fault or "no answer")
+        for status, fault in zip(call["statuses"], call["faults"], strict=True)
+    )
+
+
+def _waits_text(call: dict[str, Any]) -> str:
+    return "[" + ", ".join(f"{wait:.2f}" for wait in call["waits_s"]) + "]"
 
 
 def _running(status: dict[str, Any]) -> tuple[str, float] | None:

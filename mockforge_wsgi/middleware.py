@@ -137,14 +137,17 @@ class ChaosMiddleware:
                 protect_reads=protect_reads,
             )
 
-    def attach_recorder(self, recorder: Any) -> Callable[[], str | None]:
+    def attach_recorder(
+        self, recorder: Any
+    ) -> tuple[Callable[[], str | None], Callable[[str], bool]]:
         """Serve verdicts and the report (``/verdicts``, ``/report``) from ``recorder``;
         called by a RecorderMiddleware around this one. Returns how it reads the active
-        scenario's name for each row."""
+        scenario's name for each row, and which paths are management calls (not the
+        client's requests: not recorded)."""
         extensions = getattr(self.management, "extensions", None)
         if extensions is not None:
             extensions["mockforge_recorder"] = recorder
-        return self.engine.active_scenario_now
+        return self.engine.active_scenario_now, self._is_api
 
     @property
     def config(self) -> ChaosConfig:

@@ -1,16 +1,23 @@
 """pytest plugin (loaded by the ``pytest11`` entry point): chaos one fixture away.
 
-Fixtures: ``chaos_server`` (a real ``mockforge serve`` for the session; ``--mockforge-app
-module:app`` wraps your app), ``chaos`` (a ChaosClient, reset after each test, applying
-``@pytest.mark.chaos(...)``), ``chaos_middleware`` (wraps an in-process WSGI app)::
+Fixtures: ``chaos_server`` (a real ``mockforge serve`` for the session, recording
+requests; ``--mockforge-app module:app`` wraps your app), ``chaos`` (a ChaosClient, reset
+after each test, applying ``@pytest.mark.chaos(...)``; its verdicts look at the test's own
+requests), ``chaos_middleware`` (wraps an in-process WSGI app)::
 
     @pytest.mark.chaos(scenario="service_instability")
     def test_retries(chaos, chaos_server):
         ...
+        chaos.assert_retries(max_attempts=4, honours_retry_after=True)
+
+After each test that used ``chaos``, a line says what was injected, the verdict and the
+seed; the terminal shows them under "chaos summary", JUnit XML as properties.
 """
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -19,7 +26,10 @@ import pytest
 from .client import ChaosClient
 from .config import load_config
 from .middleware import ChaosMiddleware
+from .outcome import INJECTION_TYPES
 from .testing import ChaosServer
+
+SUMMARY = pytest.StashKey[list[str]]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -38,9 +48,15 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
-def chaos_server(request: pytest.FixtureRequest) -> Iterator[str]:
-    """The URL of a real ``mockforge serve`` (127.0.0.1, a free port) for the session."""
-    server = ChaosServer(app=request.config.getoption("--mockforge-app"))
+def chaos_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """The URL of a real ``mockforge serve`` (127.0.0.1, a free port) for the session,
+    recording requests (for verdicts) in a temporary SQLite file."""
+    recorder_db = tmp_path_factory.mktemp("mockforge") / "recorder.db"
+    server = ChaosServer(
+        "--recorder-db", str(recorder_db), app=request.config.getoption("--mockforge-app")
+    )
     server.start()
     try:
         yield server.url
@@ -50,15 +66,68 @@ def chaos_server(request: pytest.FixtureRequest) -> Iterator[str]:
 
 @pytest.fixture
 def chaos(chaos_server: str, request: pytest.FixtureRequest) -> Iterator[ChaosClient]:
-    """A client for ``chaos_server``; the marker's chaos before, a reset after."""
+    """A client for ``chaos_server``; the marker's chaos before, a reset after. Its
+    verdicts count the requests since the test started (or those ``chaos.tag()``ged)."""
     client = ChaosClient(chaos_server)
+    client.scope = {"since": time.time()}
     marker = request.node.get_closest_marker("chaos")
     if marker is not None:
         _apply_marker(client, **marker.kwargs)
     try:
         yield client
     finally:
-        client.reset()
+        try:
+            _summarize(client, request)
+        finally:
+            client.reset()
+
+
+def _summarize(client: ChaosClient, request: pytest.FixtureRequest) -> None:
+    """The test's chaos in one line (terminal summary) and as JUnit XML properties:
+    injections by type, the verdict, the seed that replays the decisions."""
+    status = client.status()
+    injected = {k: v for k, v in status["counters"].items() if k in INJECTION_TYPES and v}
+    seed = status["effective_config"].get("seed")
+    summary = client.verdicts()["summary"] if status.get("recorder") else None
+    node = request.node
+    node.user_properties.append(("chaos_injections", json.dumps(injected, sort_keys=True)))
+    node.user_properties.append(("chaos_seed", "none" if seed is None else str(seed)))
+    if summary is not None:
+        node.user_properties.append(("chaos_verdict", json.dumps(summary, sort_keys=True)))
+    request.config.stash.setdefault(SUMMARY, []).append(
+        f"{node.nodeid}: injected {_counts(injected)}; {_verdict_text(summary)}; "
+        f"seed {'none (set one to replay)' if seed is None else seed}"
+    )
+
+
+def _counts(injected: dict[str, int]) -> str:
+    return ", ".join(f"{name} {count}" for name, count in sorted(injected.items())) or "nothing"
+
+
+def _verdict_text(summary: dict[str, Any] | None) -> str:
+    if summary is None:
+        return "no verdict (recorder off)"
+    if not summary["calls"]:
+        return "no calls"
+    honoured = summary["retry_after_honoured_ratio"]
+    parts = [
+        f"{summary['calls']} calls",
+        f"{summary['success_ratio']:.0%} succeeded",
+        f"{summary['retries_per_call']:.2f} retries/call",
+        "no retry after a Retry-After"
+        if honoured is None
+        else f"Retry-After honoured {honoured:.0%}",
+        f"{summary['unsafe_retries']} unsafe retries",
+    ]
+    return "verdict: " + ", ".join(parts)
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    lines = config.stash.get(SUMMARY, [])
+    if lines:
+        terminalreporter.section("chaos summary")
+        for line in lines:
+            terminalreporter.write_line(line)
 
 
 def _apply_marker(

@@ -77,6 +77,7 @@ MAX_HASHED_BODY = 64 * 1024  # bodies hashed to group retries; larger ones are n
 MAX_VERDICT_ROWS = 100_000  # rows one verdict or report reads at most (max_rows' default)
 BATCH = 500
 FLUSH_EVERY_S = 0.2
+SETTLE_S = 2 * FLUSH_EVERY_S  # every worker has written what it held this long ago
 MAX_LIMIT = 1000
 MAX_OFFSET = 10_000_000  # max_rows' own bound: no table holds more
 EXPORT_PAGE = 1000
@@ -181,9 +182,13 @@ class Recorder:
         args += [min(int(filters.get("limit", 100)), MAX_LIMIT), int(filters.get("offset", 0))]
         return self._select(sql, args)
 
-    def attempts(self, filters: Mapping[str, Any]) -> list[dict[str, Any]]:
+    def attempts(self, filters: Mapping[str, Any], *, settle: bool = True) -> list[dict[str, Any]]:
         """The newest ``MAX_VERDICT_ROWS`` rows matching ``filters``, oldest first: what
-        verdicts and the report read."""
+        verdicts and the report read. With ``settle``, first wait out the other workers'
+        next writes: a test asks right after its last request, which another worker may
+        still hold in its queue."""
+        if settle:
+            time.sleep(SETTLE_S)
         self.flush()
         sql, args = _matching(filters)
         sql = f"SELECT * FROM ({sql} ORDER BY id DESC LIMIT ?) ORDER BY time"
@@ -296,14 +301,17 @@ class RecorderMiddleware:
         # A ChaosMiddleware inside serves verdicts and the report from this recorder, and
         # tells which scenario each request ran under.
         attach = getattr(app, "attach_recorder", None)
-        self._scenario_now: Callable[[], str | None] | None = (
-            attach(recorder) if attach is not None else None
-        )
+        self._scenario_now: Callable[[], str | None] | None = None
+        self._is_management: Callable[[str], bool] = _never
+        if attach is not None:
+            self._scenario_now, self._is_management = attach(recorder)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if path.startswith(self.prefix + "/"):
             return self._api(path[len(self.prefix) :], environ, start_response)
+        if self._is_management(path):  # the harness's calls, not the client's requests
+            return self.app(environ, start_response)
         environ.setdefault(REQUEST_ID_KEY, new_request_id())
         if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):  # retries are grouped by it
             data = peek_body(environ, MAX_HASHED_BODY)
@@ -401,6 +409,12 @@ class RecorderMiddleware:
 
 
 MAX_SEARCH_BODY = 64 * 1024
+
+
+def _never(path: str) -> bool:
+    return False
+
+
 _BODY_HASH_KEY = "mockforge.body_hash"
 _RETRY_AFTER_KEY = "mockforge.retry_after"
 

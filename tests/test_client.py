@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 import unittest
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from xml.etree import ElementTree
 
 import pytest
 
@@ -169,5 +171,24 @@ def test_pytest_plugin(pytester: pytest.Pytester) -> None:
             """
         )
     )
-    result = pytester.runpytest("-p", "no:cacheprovider")
+    junit = pytester.path / "junit.xml"
+    result = pytester.runpytest("-p", "no:cacheprovider", f"--junitxml={junit}")
     result.assert_outcomes(passed=3)
+    # A line per test that used `chaos`: what was injected, the verdict, the seed.
+    result.stdout.fnmatch_lines(
+        [
+            "*chaos summary*",
+            "*::test_marker: injected http_error 1; verdict: 1 calls, 0% succeeded, "
+            "0.00 retries/call, no retry after a Retry-After, 0 unsafe retries; "
+            "seed none (set one to replay)",
+            "*::test_reset_after_each_test: injected nothing; verdict: 1 calls, 100% succeeded*",
+        ]
+    )
+    cases = {
+        case.get("name"): {p.get("name"): p.get("value") for p in case.iter("property")}
+        for case in ElementTree.parse(junit).getroot().iter("testcase")
+    }
+    assert json.loads(cases["test_marker"]["chaos_injections"]) == {"http_error": 1}
+    assert json.loads(cases["test_marker"]["chaos_verdict"])["calls"] == 1
+    assert cases["test_marker"]["chaos_seed"] == "none"
+    assert "chaos_verdict" not in cases["test_in_process"]  # no `chaos` there

@@ -78,7 +78,26 @@ def test_export_and_bad_filters(tmp_path: Path) -> None:
 def test_rows_stay_under_the_cap(tmp_path: Path) -> None:
     recorder = Recorder(tmp_path / "small.db", max_rows=10)
     for index in range(25):
-        recorder.record((float(index), "id", "GET", "/", 200, 1.0, None, 1, None, None, "", None, None, None, None, None))
+        recorder.record(
+            (
+                float(index),
+                "id",
+                "GET",
+                "/",
+                200,
+                1.0,
+                None,
+                1,
+                None,
+                None,
+                "",
+                None,
+                None,
+                None,
+                None,
+                None,
+            )
+        )
     recorder.flush()
     rows = recorder.search({"limit": 100})
     assert len(rows) == 10
@@ -137,7 +156,26 @@ def test_hostile_filters_get_400(tmp_path: Path, body: str) -> None:
 def test_export_streams_every_row(tmp_path: Path) -> None:
     client, recorder = recorded(tmp_path)
     for index in range(2500):  # more than a page, more than a search may return
-        recorder.record((float(index), f"r{index}", "GET", "/", 200, 1.0, None, 1, None, None, "", None, None, None, None, None))
+        recorder.record(
+            (
+                float(index),
+                f"r{index}",
+                "GET",
+                "/",
+                200,
+                1.0,
+                None,
+                1,
+                None,
+                None,
+                "",
+                None,
+                None,
+                None,
+                None,
+                None,
+            )
+        )
     response = client.get("/api/recorder/export")
     assert "Content-Length" not in response.headers  # streamed, a page at a time
     lines = response.get_data(as_text=True).splitlines()
@@ -167,7 +205,8 @@ def test_rows_queued_when_a_process_exits_are_written(tmp_path: Path) -> None:
         "from mockforge_wsgi.recorder import Recorder\n"
         f"recorder = Recorder({str(database)!r})\n"
         "for n in range(300):\n"
-        "    recorder.record((float(n), 'r', 'GET', '/', 200, 1.0, None, 1, None, None, '', None, None, None, None, None))\n"
+        "    recorder.record((float(n), 'r', 'GET', '/', 200, 1.0, None, 1, None, None, '')"
+        " + (None,) * 5)\n"
         "sys.exit(0)\n"
     )
     subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
