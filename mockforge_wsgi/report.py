@@ -18,13 +18,15 @@ from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any
 
+from .outcome import LATENCY
 from .verdicts import APP_RAN, DEFAULT_WINDOW_S, quantile, verdicts
 
 __all__ = ["CHART_JS", "render_report", "report_data", "static_text"]
 
 CHART_JS = "chart.umd.min.js"
 TIME_BUCKETS = 60  # points of each chart over time, at most
-HISTOGRAM_BINS = 20
+MIN_BUCKET_S = 0.1
+HISTOGRAM_BINS = 20  # spaced evenly on a log scale: injected delays dwarf real ones
 CALLS_SHOWN = 100
 SCORE_FORMULA = (
     "score = 100 x call success ratio x sqrt(min(1, p99 baseline / p99 under chaos)) "
@@ -129,7 +131,7 @@ def report_data(
         return {"requests": 0, "verdicts": found, "windows": [], "score": None}
     start = float(rows[0]["time"])
     span = max(float(rows[-1]["time"]) - start, 1e-3)
-    width = max(span / TIME_BUCKETS, 1.0)
+    width = max(span / TIME_BUCKETS, MIN_BUCKET_S)
     buckets: dict[int, list[Mapping[str, Any]]] = {}
     for row in rows:
         buckets.setdefault(int((float(row["time"]) - start) // width), []).append(row)
@@ -150,12 +152,20 @@ def report_data(
             }
         )
     durations = sorted(float(row["duration_ms"]) for row in rows)
-    top = quantile(durations, 0.999) or 1.0
-    bin_width = max(top / HISTOGRAM_BINS, 1e-3)
+    low = max(durations[0], 0.01)
+    high = max(quantile(durations, 0.999) or low, low * 1.01)
+    step = math.log(high / low) / HISTOGRAM_BINS
     histogram = [0] * HISTOGRAM_BINS
     for duration in durations:
-        histogram[min(int(duration // bin_width), HISTOGRAM_BINS - 1)] += 1
-    injections = Counter(row["fault_type"] for row in rows if row.get("fault_type"))
+        index = int(math.log(max(duration, low) / low) / step)
+        histogram[min(index, HISTOGRAM_BINS - 1)] += 1
+    edges = [round(low * math.exp(step * (index + 1)), 3) for index in range(HISTOGRAM_BINS)]
+    injections: Counter[str] = Counter()  # a row names one fault; its delay is apart
+    for row in rows:
+        if row.get("latency_ms"):
+            injections[LATENCY] += 1
+        if row.get("fault_type") and row["fault_type"] != LATENCY:
+            injections[row["fault_type"]] += 1
     found = verdicts(rows, window_s)
     windows = _windows(rows)
     return {
@@ -164,13 +174,24 @@ def report_data(
         "span_s": span,
         "bucket_s": width,
         "over_time": over_time,
-        "histogram": {"bin_ms": bin_width, "counts": histogram},
+        "histogram": {"up_to_ms": edges, "counts": histogram},
         "injections": dict(injections.most_common()),
         "statuses": dict(Counter(int(row["status"]) for row in rows).most_common()),
         "windows": windows,
         "verdicts": found,
         "score": _score(rows, found["summary"], windows),
     }
+
+
+def _honoured(judged: Sequence[bool]) -> str:
+    if not judged:
+        return "-"  # no retry followed a Retry-After
+    return "yes" if all(judged) else f"no ({judged.count(False)} of {len(judged)})"
+
+
+def _plain(call: Mapping[str, Any]) -> bool:
+    """Sort key: calls worth a look (retried, failed, unsafe) first."""
+    return call["attempts"] == 1 and call["succeeded"] and not call["unsafe_retry"]
 
 
 def _cell(value: Any) -> str:
@@ -218,22 +239,20 @@ def render_report(
             call["attempts"],
             " ".join(str(status) for status in call["statuses"]),
             " ".join(f"{wait:.2f}" for wait in call["waits_s"]),
-            "yes" if all(call["retry_after_honoured"]) else "no",
+            _honoured(call["retry_after_honoured"]),
             "UNSAFE" if call["unsafe_retry"] else "",
             "yes" if call["succeeded"] else "no",
         )
-        for call in data["verdicts"]["calls"][-CALLS_SHOWN:]
+        for call in sorted(data["verdicts"]["calls"], key=_plain)[:CALLS_SHOWN]
     ]
     windows = [
         (
-            window["scenario"],
-            f"{window[part]['requests']} req, "
-            + (
-                f"{window[part]['success_ratio']:.0%} ok, p50 {_cell(window[part]['p50_ms'])} ms, "
-                f"p99 {_cell(window[part]['p99_ms'])} ms"
-                if window[part]["requests"]
-                else "no requests"
-            ),
+            window["scenario"] if part == "during" else "",
+            part,
+            window[part]["requests"],
+            window[part]["success_ratio"],
+            window[part]["p50_ms"],
+            window[part]["p99_ms"],
         )
         for window in data["windows"]
         for part in ("before", "during", "after")
@@ -279,7 +298,11 @@ def render_report(
             "calls",
         ),
         windows=(
-            _table(["scenario", "before / during / after"], windows, "windows")
+            _table(
+                ["scenario", "window", "requests", "success ratio", "p50 ms", "p99 ms"],
+                windows,
+                "windows",
+            )
             if windows
             else "<p>No scenario ran while recording.</p>"
         ),

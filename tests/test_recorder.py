@@ -16,7 +16,7 @@ from test_shared_state import _concurrently, _wait_for_workers
 from werkzeug.test import Client
 
 from mockforge_wsgi import ChaosMiddleware, load_config
-from mockforge_wsgi.recorder import Recorder, RecorderMiddleware
+from mockforge_wsgi.recorder import COLUMNS, Recorder, RecorderMiddleware
 
 
 def hello(environ: dict[str, Any], start_response: Any) -> list[bytes]:
@@ -75,29 +75,17 @@ def test_export_and_bad_filters(tmp_path: Path) -> None:
     assert client.post("/api/recorder/search", data=b"{oops").status_code == 400
 
 
+def plain_row(at: float, request_id: str) -> tuple[object, ...]:
+    """A row of a GET / that got no chaos, in COLUMNS order."""
+    row = {"time": at, "request_id": request_id, "method": "GET", "path": "/", "status": 200,
+           "duration_ms": 1.0, "worker": 1, "injected": ""}  # fmt: skip
+    return tuple(row.get(column) for column in COLUMNS)
+
+
 def test_rows_stay_under_the_cap(tmp_path: Path) -> None:
     recorder = Recorder(tmp_path / "small.db", max_rows=10)
     for index in range(25):
-        recorder.record(
-            (
-                float(index),
-                "id",
-                "GET",
-                "/",
-                200,
-                1.0,
-                None,
-                1,
-                None,
-                None,
-                "",
-                None,
-                None,
-                None,
-                None,
-                None,
-            )
-        )
+        recorder.record(plain_row(float(index), "id"))
     recorder.flush()
     rows = recorder.search({"limit": 100})
     assert len(rows) == 10
@@ -156,26 +144,7 @@ def test_hostile_filters_get_400(tmp_path: Path, body: str) -> None:
 def test_export_streams_every_row(tmp_path: Path) -> None:
     client, recorder = recorded(tmp_path)
     for index in range(2500):  # more than a page, more than a search may return
-        recorder.record(
-            (
-                float(index),
-                f"r{index}",
-                "GET",
-                "/",
-                200,
-                1.0,
-                None,
-                1,
-                None,
-                None,
-                "",
-                None,
-                None,
-                None,
-                None,
-                None,
-            )
-        )
+        recorder.record(plain_row(float(index), f"r{index}"))
     response = client.get("/api/recorder/export")
     assert "Content-Length" not in response.headers  # streamed, a page at a time
     lines = response.get_data(as_text=True).splitlines()
@@ -247,3 +216,33 @@ def test_a_queued_row_is_written_within_the_flush_interval(tmp_path: Path) -> No
             assert time.monotonic() - queued < 2.0, "never written"
             time.sleep(0.01)
     assert time.monotonic() - queued < 0.6  # 0.2 s promised; slack for a slow machine
+
+
+def test_a_database_of_the_first_schema_gets_the_new_columns(tmp_path: Path) -> None:
+    """The verdict columns came later: a file made before opens, keeps its rows, and
+    takes new rows with every column."""
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as old:
+        old.execute(
+            "CREATE TABLE requests (id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL,"
+            " request_id TEXT NOT NULL, method TEXT NOT NULL, path TEXT NOT NULL, status"
+            " INTEGER NOT NULL, duration_ms REAL NOT NULL, client TEXT, worker INTEGER,"
+            " fault_type TEXT, latency_ms REAL, injected TEXT)"
+        )
+        old.execute(
+            "INSERT INTO requests (time, request_id, method, path, status, duration_ms)"
+            " VALUES (1.0, 'old', 'GET', '/', 200, 1.0)"
+        )
+    old.close()
+    recorder = Recorder(path)
+    recorder.record((*plain_row(2.0, "new")[:-5], "t1", "k1", "h", 1.0, "slow_backend"))
+    recorder.flush()
+    newest, oldest = recorder.search({})
+    assert (oldest["request_id"], oldest["test_id"]) == ("old", None)
+    assert (newest["test_id"], newest["idempotency_key"], newest["scenario"]) == (
+        "t1",
+        "k1",
+        "slow_backend",
+    )

@@ -12,12 +12,12 @@ if (data.requests) {
     {label: "p50 ms", data: data.over_time.map(p => ({x: p.t, y: p.p50_ms}))},
     {label: "p99 ms", data: data.over_time.map(p => ({x: p.t, y: p.p99_ms}))}]},
     options: {animation: false, scales: {x: {...linear, title: {display: true, text: "s since start"}}}}});
-  const bins = data.histogram.counts.map((_, i) => (i * data.histogram.bin_ms).toFixed(0));
+  const bins = data.histogram.up_to_ms.map(ms => "≤ " + (ms < 10 ? ms.toFixed(1) : ms.toFixed(0)));
   chart("latency-histogram", {type: "bar", data: {labels: bins, datasets: [
-    {label: "requests by duration (ms, bin start)", data: data.histogram.counts}]},
+    {label: "requests by duration (ms, log-spaced bins)", data: data.histogram.counts}]},
     options: {animation: false}});
   const classes = [...new Set(data.over_time.flatMap(p => Object.keys(p.statuses)))].sort();
-  chart("statuses-over-time", {type: "bar", data: {labels: t.map(x => x.toFixed(0)),
+  chart("statuses-over-time", {type: "bar", data: {labels: t.map(x => x.toFixed(1) + " s"),
     datasets: classes.map(c => ({label: c, data: data.over_time.map(p => p.statuses[c] || 0)}))},
     options: {animation: false, scales: {x: {stacked: true}, y: {stacked: true}}}});
   chart("injections", {type: "bar", data: {labels: Object.keys(data.injections),
