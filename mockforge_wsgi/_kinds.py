@@ -213,7 +213,11 @@ def _status_bodies(raw: Any) -> tuple[tuple[int, str], ...]:
     bodies = []
     for key, body in raw.items():
         text = str(key).strip()
-        if isinstance(key, bool) or not text.isdigit() or not 400 <= int(text) <= 599:
+        if (
+            isinstance(key, bool)
+            or not (text.isascii() and text.isdigit())
+            or not 400 <= int(text) <= 599
+        ):
             raise ValueError(f"status {shown(key)} is not in [400, 599]")
         if not isinstance(body, str):
             raise ValueError(f"the body of {text} is not text (JSON text is sent as JSON)")
@@ -248,7 +252,12 @@ HEADER_MAP = Kind(
     "a mapping of header name to value",
     (tuple,),
     _header_map,
-    {"type": "object", "additionalProperties": {"type": "string"}},
+    # A whole number is sent as its digits (YAML reads `Retry-After: 5` as one).
+    {
+        "type": "object",
+        "maxProperties": MAX_HEADERS,
+        "additionalProperties": {"type": ["string", "integer"], "maxLength": 1000},
+    },
 )
 STATUS_BODIES = Kind(
     "a mapping of status to body",

@@ -109,6 +109,10 @@ class Once:
 def content_length(headers: list[tuple[str, str]]) -> int | None:
     """The Content-Length in ``headers``, or None."""
     for name, value in headers:
-        if name.lower() == "content-length" and value.strip().isdigit():
+        if (
+            name.lower() == "content-length"
+            and value.strip().isascii()
+            and value.strip().isdigit()
+        ):
             return int(value)
     return None

@@ -83,7 +83,7 @@ def _engine() -> ScenarioEngine:
 def _body(*, required: bool = True) -> Any:
     """The request's JSON body (whatever its Content-Type: curl -d sends a form type)."""
     raw = request.get_data(cache=True)
-    if not raw.strip():
+    if not raw.strip(b" \t\r\n"):  # JSON whitespace only: no body
         if required:
             raise ApiError(400, "invalid request", ["body: a JSON body is required"])
         return {}
@@ -337,12 +337,13 @@ def openapi() -> Response:
 
 # -- what the recorder saw: verdicts, the report; the dashboard -----------------------
 
-# Query parameters of /verdicts and /report: (JSON schema, check). Times are Unix seconds.
+# Query parameters of /verdicts and /report, by JSON schema. Times are Unix seconds. The
+# lengths keep any such URL, percent-encoded, under gunicorn's 4094-byte request line.
 RECORDING_QUERY: dict[str, dict[str, Any]] = {
     "since": {"type": "number", "minimum": 0, "maximum": 1e11},
     "until": {"type": "number", "minimum": 0, "maximum": 1e11},
-    "path": {"type": "string", "maxLength": 1000},
-    "test_id": {"type": "string", "maxLength": 200},
+    "path": {"type": "string", "maxLength": 200},
+    "test_id": {"type": "string", "maxLength": 100},
     "window_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
 }
 
@@ -734,7 +735,10 @@ def openapi_document(prefix: str) -> dict[str, Any]:
                     "413": {"description": "Body over 64 KB", "content": problems},
                 },
             }
-            if route.query:
+            if route.query:  # a longer query than the schema allows may not reach us
+                operation["responses"]["414"] = {
+                    "description": "Request line over the server's limit (gunicorn: 4094 bytes)"
+                }
                 operation["parameters"] = [
                     {"name": name, "in": "query", "required": False, "schema": dict(schema)}
                     for name, schema in route.query.items()

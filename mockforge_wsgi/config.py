@@ -178,7 +178,11 @@ def is_fault_step(step: str) -> bool:
     """A fault script step or an X-Mockforge-Fault value: ``ok``, a name, a status."""
     value = step.strip().lower()
     code = value.removeprefix("after-app-")
-    return value == "ok" or value in FAULT_NAMES or (code.isdigit() and 400 <= int(code) <= 599)
+    return (
+        value == "ok"
+        or value in FAULT_NAMES
+        or (code.isascii() and code.isdigit() and 400 <= int(code) <= 599)
+    )
 
 
 def _pattern(raw: Any) -> FaultPattern | None:

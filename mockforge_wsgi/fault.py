@@ -125,7 +125,7 @@ def named_fault(name: str, rng: random.Random, timeout_ms: float = 5000.0) -> Fa
     if value == "ok":
         return None
     code = value.removeprefix("after-app-")
-    if code.isdigit():
+    if code.isascii() and code.isdigit():
         if value.startswith("after-app-"):
             return Fault("after_app", status=int(code), mode="http_error")
         return Fault("http_error", status=int(code))

@@ -425,7 +425,7 @@ def retry_after_seconds(value: str | None) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return float(value)
     when = parse_date(value)
     return None if when is None else max(0.0, when.timestamp() - time.time())

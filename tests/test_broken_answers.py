@@ -252,6 +252,7 @@ def test_a_body_per_status() -> None:
     ("value", "problem"),
     [
         ({"200": "ok"}, "status '200' is not in [400, 599]"),
+        ({"5\u00b2": "x"}, "status '5\u00b2' is not in [400, 599]"),
         ({503: 7}, "the body of 503 is not text (JSON text is sent as JSON)"),
         ({503: {"error": "busy"}}, "the body of 503 is not text"),
         ({503: "x" * 20_000}, "the body of 503 is over 16384 characters"),

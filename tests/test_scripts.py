@@ -89,6 +89,9 @@ def test_named_steps() -> None:
         (["503", "explode"], "'explode' is not a step"),
         ([True], "is not a list of steps"),
         (["399"], "'399' is not a step"),
+        # A digit to str.isdigit, not to int(): once a 500 (found by schemathesis).
+        (["\u00b2"], "'\u00b2' is not a step"),
+        (["after-app-\u00b2"], "is not a step"),
         ([503] * 101, "has 101 steps; at most 100"),
     ],
 )

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
 
+from mockforge_wsgi.recorder import retry_after_seconds
 from mockforge_wsgi.verdicts import Attempt, group_calls, quantile, summarize, verdicts
 
 
@@ -164,3 +166,34 @@ def test_no_rows() -> None:
 )
 def test_quantile_is_the_nearest_rank(values: list[float], q: float, expected: float) -> None:
     assert quantile(values, q) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [("3", 3.0), (" 7 ", 7.0), ("\u00b2", None), ("", None), (None, None), ("soon", None)],
+)
+def test_a_retry_after_value_in_seconds(value: str | None, seconds: float | None) -> None:
+    assert retry_after_seconds(value) == seconds
+
+
+def test_a_retry_after_date_is_seconds_from_now() -> None:
+    from email.utils import formatdate
+
+    assert 8.0 <= (retry_after_seconds(formatdate(time.time() + 10, usegmt=True)) or 0) <= 10.5
+
+
+def test_without_the_recorder_verdicts_and_the_report_are_a_404_that_says_so() -> None:
+    from werkzeug.test import Client
+
+    from mockforge_wsgi import ChaosMiddleware
+
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Length", "0")])
+        return [b""]
+
+    client = Client(ChaosMiddleware(app))
+    for route in ("/api/chaos/verdicts", "/api/chaos/report"):
+        answer = client.get(route)
+        assert answer.status_code == 404
+        assert "--recorder" in answer.get_json()["problems"][0]
+    assert client.get("/api/chaos/status").get_json()["recorder"] is False
