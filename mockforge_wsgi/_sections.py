@@ -13,4 +13,5 @@ URL_SEGMENTS = {
     "faults": "fault_injection",
     "rate-limit": "rate_limit",
     "traffic": "traffic_shaping",
+    "circuit-breaker": "circuit_breaker",
 }

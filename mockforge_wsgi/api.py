@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -26,6 +28,7 @@ from ._headers import bearer_matches
 from ._kinds import Check, Kind, shown, strict_json
 from ._sections import DEFAULT_PREFIX, URL_SEGMENTS
 from ._version import __version__
+from .breaker import GLOBAL, breaker_status, force
 from .config import (
     SECTION_CLASSES,
     ChaosConfig,
@@ -53,6 +56,7 @@ __all__ = [
 ]
 
 MAX_BODY_BYTES = 64 * 1024
+BREAKER_ACTIONS = ("open", "close", "reset")
 # The longest this server's workers can hold a request (sync workers: gunicorn's timeout).
 
 # URL segment -> (config attribute, section class)
@@ -153,7 +157,53 @@ def _servable(config: ChaosConfig, path: str) -> None:
 
 def status() -> Response:
     recording = "mockforge_recorder" in current_app.extensions  # verdicts, report, requests
-    return _json({**_engine().status(), "recorder": recording})
+    return _json({**_engine().status(), "recorder": recording, "breakers": _breakers()})
+
+
+def _breakers_in_force() -> dict[str, tuple[dict[str, Any] | None, Any]]:
+    """Each simulated circuit breaker in force by owner: the global one (``global``), then
+    each rule's own, with the rule's match and the breaker's config."""
+    config = _engine().effective()
+    found: dict[str, tuple[dict[str, Any] | None, Any]] = {}
+    if config.circuit_breaker.enabled:
+        found[GLOBAL] = (None, config.circuit_breaker)
+    for index, rule in enumerate(config.rules):
+        if rule.has_section("circuit_breaker"):
+            own = apply_rule(config, rule).circuit_breaker
+            if own.enabled:
+                found[str(index)] = (rule.match.to_dict(), own)
+    return found
+
+
+def _breakers() -> list[dict[str, Any]]:
+    counters = _engine().store.counters()
+    now = time.time()
+    return [
+        {**breaker_status(counters, owner, breaker, now), "match": match}
+        for owner, (match, breaker) in _breakers_in_force().items()
+    ]
+
+
+def breakers() -> Response:
+    return _json({"breakers": _breakers()})
+
+
+def breaker(owner: str) -> Response:
+    """Force a breaker open or closed, or reset its counts (for tests)."""
+    in_force = _breakers_in_force()
+    if owner not in in_force:
+        known = ", ".join(in_force) or "none"
+        raise ApiError(404, "unknown breaker", [f"owner: {owner!r}; in force: {known}"])
+    body = _mapping(_body())
+    action = body.get("action")
+    problems = [f"{key}: unknown field; allowed: action" for key in body if key != "action"]
+    if action not in BREAKER_ACTIONS:
+        problems.append(f"action: {shown(action)} is not one of {', '.join(BREAKER_ACTIONS)}")
+    if problems:
+        raise ApiError(400, "invalid request", problems)
+    force(_engine().store, owner, str(action), time.time())
+    [shown_breaker] = [b for b in _breakers() if b["owner"] == owner]
+    return _json(shown_breaker)
 
 
 def enable() -> Response:
@@ -480,6 +530,19 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route("/stats", ("GET",), stats, "Counters of injected events and store figures"),
     Route(
+        "/breakers",
+        ("GET",),
+        breakers,
+        "Each simulated circuit breaker: state, counts, time to the next transition",
+    ),
+    Route(
+        "/breakers/<owner>",
+        ("POST",),
+        breaker,
+        "Force a breaker open or closed, or reset it (body: action)",
+        body="BreakerAction",
+    ),
+    Route(
         "/scripts",
         ("GET",),
         scripts,
@@ -704,6 +767,12 @@ def _schemas() -> dict[str, Any]:
             },
         },
     }
+    schemas["BreakerAction"] = {
+        "type": "object",
+        "required": ["action"],
+        "additionalProperties": False,
+        "properties": {"action": {"enum": list(BREAKER_ACTIONS)}},
+    }
     schemas["Problems"] = {
         "type": "object",
         "properties": {
@@ -743,9 +812,9 @@ def openapi_document(prefix: str) -> dict[str, Any]:
                     {"name": name, "in": "query", "required": False, "schema": dict(schema)}
                     for name, schema in route.query.items()
                 ]
-            if "{name}" in path:
+            for name in re.findall(r"\{(\w+)\}", path):
                 operation["parameters"] = [
-                    {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+                    {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
                 ]
             if method == "POST" and route.rule == "/scenarios":  # defining one creates it
                 operation["responses"]["201"] = operation["responses"].pop("200")

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = ["Delivery", "with_headers"]
 
 _BUSY_BODY = b'{"error":"too many connections","injected_by":"mockforge"}'
+_OPEN_BODY = b'{"error":"circuit open","injected_by":"mockforge"}'
 # Faults answered before the app would run (the others wrap or follow it).
 _INSTEAD_OF_THE_APP = frozenset({"http_error", "timeout", "connection_reset"})
 
@@ -93,6 +94,11 @@ class Delivery:
 
     def __call__(self) -> Iterable[bytes]:
         plan = self.outcome.plan
+        if plan.circuit_open:
+            circuit = plan.circuit
+            assert circuit is not None
+            headers = [("Retry-After", circuit.retry_after), *self.headers]
+            return answer(self.start_response, circuit.status, _OPEN_BODY, headers=headers)
         if plan.refused:
             assert plan.rate_limit is not None
             return render_refusal(plan.rate_limit, self.start_response, self.headers)

@@ -177,6 +177,14 @@ class ChaosClient:
     def stats(self) -> dict[str, Any]:
         return self.call("GET", "/stats")  # type: ignore[no-any-return]
 
+    def breakers(self) -> list[dict[str, Any]]:
+        """Each simulated circuit breaker in force: ``owner``, ``state``, counts."""
+        return self.call("GET", "/breakers")["breakers"]  # type: ignore[no-any-return]
+
+    def force_breaker(self, owner: str, action: str) -> dict[str, Any]:
+        """``open``, ``close`` or ``reset`` a breaker (owner ``global`` or a rule's index)."""
+        return self.call("POST", f"/breakers/{owner}", {"action": action})  # type: ignore[no-any-return]
+
     def scripts(self) -> list[dict[str, Any]]:
         """Each fault script in force: its steps, those hit and those not (``hit``,
         ``not_hit``, ``done``), so a test can assert its client retried through them."""

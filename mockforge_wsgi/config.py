@@ -488,6 +488,50 @@ class TrafficShapingConfig:
 
 
 @attrs.frozen
+class CircuitBreakerConfig:
+    """A circuit breaker the service seems to have: it opens after failures (5xx or no
+    answer, real or injected) and answers at once until a cooldown has passed."""
+
+    enabled: bool = setting(False, kinds.BOOL, "Simulate a circuit breaker.")
+    failure_threshold: int = setting(
+        5,
+        kinds.INT,
+        "Open after this many failures in a row (5xx or no answer).",
+        kinds.Between(1, 10_000),
+    )
+    failure_ratio: float = setting(
+        0.0,
+        kinds.FLOAT,
+        "Also open when this share of a window's answers failed (0: off).",
+        PROBABILITY,
+    )
+    window_s: float = setting(
+        10.0, kinds.FLOAT, "The window of failure_ratio, in seconds.", kinds.Between(0.1, 3600)
+    )
+    min_requests: int = setting(
+        10,
+        kinds.INT,
+        "failure_ratio counts only once a window has this many answers.",
+        kinds.Between(1, 1_000_000),
+    )
+    cooldown_s: float = setting(
+        30.0,
+        kinds.FLOAT,
+        "Open this long, then half-open (Retry-After says the time left).",
+        kinds.Between(0.1, 86_400),
+    )
+    half_open_probes: int = setting(
+        1,
+        kinds.INT,
+        "Requests let through while half-open; one success closes, one failure reopens.",
+        kinds.Between(1, 1000),
+    )
+    status: int = setting(
+        503, kinds.INT, "The status answered while open.", kinds.Between(400, 599)
+    )
+
+
+@attrs.frozen
 class HeaderControlConfig:
     """Per-request chaos that a request asks for with headers (Envoy-style)."""
 
@@ -541,6 +585,12 @@ def _rules(raw: Any) -> tuple[Rule, ...]:
         problems.append(
             f": {scripted} rules have a fault script; at most {MAX_SCRIPTED_RULES} may "
             "(a rule without one plays the global script)"
+        )
+    breakers = sum(rule.has_section("circuit_breaker") for rule in rules)
+    if breakers > MAX_SCRIPTED_RULES:  # store counters for each, as for scripts
+        problems.append(
+            f": {breakers} rules have a circuit breaker; at most {MAX_SCRIPTED_RULES} may "
+            "(a rule without one shares the global breaker)"
         )
     if problems:
         raise ConfigError(problems)
@@ -606,6 +656,9 @@ class ChaosConfig:
     fault_injection: FaultInjectionConfig = section(FaultInjectionConfig, "Fault injection.")
     rate_limit: RateLimitConfig = section(RateLimitConfig, "Rate limiting.")
     traffic_shaping: TrafficShapingConfig = section(TrafficShapingConfig, "Traffic shaping.")
+    circuit_breaker: CircuitBreakerConfig = section(
+        CircuitBreakerConfig, "A circuit breaker to test clients against."
+    )
     header_control: HeaderControlConfig = section(
         HeaderControlConfig, "Chaos asked for by request headers.", in_rules=False
     )

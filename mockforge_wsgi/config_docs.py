@@ -179,6 +179,19 @@ ROUTE_EXAMPLES = {
         "/config/rate-limit",
         "PATCH",
     ): "curl -s -X PATCH localhost:3000/api/chaos/config/rate-limit -d '{\"per_ip\": true}'",
+    ("/config/circuit-breaker", "GET"): "curl -s localhost:3000/api/chaos/config/circuit-breaker",
+    (
+        "/config/circuit-breaker",
+        "PUT",
+    ): 'curl -s -X PUT localhost:3000/api/chaos/config/circuit-breaker -d \'{"enabled": true, "failure_threshold": 3, "cooldown_s": 10}\'',
+    (
+        "/config/circuit-breaker",
+        "PATCH",
+    ): "curl -s -X PATCH localhost:3000/api/chaos/config/circuit-breaker -d '{\"half_open_probes\": 2}'",
+    (
+        "/config/circuit-breaker",
+        "DELETE",
+    ): "curl -s -X DELETE localhost:3000/api/chaos/config/circuit-breaker",
     ("/config/traffic", "GET"): "curl -s localhost:3000/api/chaos/config/traffic",
     ("/config/traffic", "DELETE"): "curl -s -X DELETE localhost:3000/api/chaos/config/traffic",
     (
@@ -210,6 +223,11 @@ ROUTE_EXAMPLES = {
         "PUT",
     ): 'curl -s -X PUT localhost:3000/api/chaos/schedule -d \'[{"start_s": 600, "scenario": "peak_traffic"}]\'',
     ("/stats", "GET"): "curl -s localhost:3000/api/chaos/stats",
+    ("/breakers", "GET"): "curl -s localhost:3000/api/chaos/breakers",
+    (
+        "/breakers/<owner>",
+        "POST",
+    ): 'curl -s -X POST localhost:3000/api/chaos/breakers/global -d \'{"action": "open"}\'',
     ("/scripts", "GET"): "curl -s localhost:3000/api/chaos/scripts",
     ("/verdicts", "GET"): "curl -s 'localhost:3000/api/chaos/verdicts?path=/api&window_s=30'",
     ("/report", "GET"): "curl -s localhost:3000/api/chaos/report -o report.html",

@@ -20,14 +20,18 @@ from werkzeug.routing import Map, RequestRedirect
 from . import _env, header_control
 from ._answers import answer, answer_json
 from ._headers import REQUEST_ID_HEADER, REQUEST_ID_KEY, new_request_id
+from ._observe import observe
 from ._sections import DEFAULT_PREFIX as DEFAULT_API_PREFIX
 from .apply import Delivery, with_headers
-from .config import ChaosConfig, apply_rule
+from .breaker import GLOBAL, OPEN, Circuit, admit
+from .breaker import record as breaker_record
+from .config import ChaosConfig, CircuitBreakerConfig, apply_rule
 from .engine import ScenarioEngine
 from .outcome import OUTCOME_KEY, Injection, Outcome
 from .patterns import PATTERN_COUNTER, script_counter
 from .plan import NO_CHAOS, Plan, decide_plan
 from .rate_limit import RateLimiter, client_ip
+from .rules import Rule
 from .scenarios import Scenario
 from .state import MemoryStore, Store, StoreError, store_from_env
 from .state.base import CONNECTION_SLOTS
@@ -199,6 +203,22 @@ class ChaosMiddleware:
         if plan.admitted_only:  # admitted by the limiter, nothing else: its headers only
             return self.app(environ, with_headers(start_response, headers))
         self._report(environ, request_id, plan.delay_ms, plan.injections())
+        circuit = plan.circuit
+        if circuit is not None and not plan.circuit_open:  # its answer counts for the breaker
+            deliver = functools.partial(self._deliver, outcome, config, headers, started)
+            done = functools.partial(self._circuit_answered, circuit, config.circuit_breaker)
+            return observe(deliver, environ, start_response, done)
+        return self._deliver(outcome, config, headers, started, environ, start_response)
+
+    def _deliver(
+        self,
+        outcome: Outcome,
+        config: ChaosConfig,
+        headers: list[tuple[str, str]],
+        started: float,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+    ) -> Iterable[bytes]:
         return Delivery(
             self.app,
             outcome,
@@ -207,9 +227,26 @@ class ChaosMiddleware:
             start_response,
             headers,
             started,
-            functools.partial(self._release_slot, self.store) if plan.slot else None,
+            functools.partial(self._release_slot, self.store) if outcome.plan.slot else None,
             self._report_found,
         )()
+
+    def _circuit_answered(
+        self,
+        circuit: Circuit,
+        breaker: CircuitBreakerConfig,
+        environ: WSGIEnvironment,
+        status: str,
+        seconds: float,
+    ) -> None:
+        """The breaker counts what the client got: 5xx or no answer is a failure."""
+        try:
+            change = breaker_record(self.store, circuit, breaker, time.time(), status >= "500")
+        except Exception:
+            self._internal_error("counting an answer for the circuit breaker")
+            return
+        if change is not None:
+            log.warning("mockforge: circuit breaker %s %s", circuit.owner, change)
 
     def _response_headers(
         self, plan: Plan, config: ChaosConfig, request_id: str
@@ -275,23 +312,36 @@ class ChaosMiddleware:
 
     def _config_for(
         self, config: ChaosConfig, environ: WSGIEnvironment
-    ) -> tuple[ChaosConfig, int | None]:
-        """The first matching rule's config and index (None when it has no fault script
-        of its own), or the global config and None (conditional chaos)."""
+    ) -> tuple[ChaosConfig, tuple[int, Rule] | None]:
+        """The first matching rule's config, index and rule, or the global config and
+        None (conditional chaos)."""
         cached = self._rule_configs
         if cached is None or cached[0] is not config:
             cached = self._rule_configs = (config, [apply_rule(config, r) for r in config.rules])
         for index, (rule, rule_config) in enumerate(zip(config.rules, cached[1], strict=True)):
             if rule.match.matches(environ, self.route_for):
-                return rule_config, index if rule.sets("fault_injection", "script") else None
+                return rule_config, (index, rule)
         return config, None
 
     def _decide(
-        self, config: ChaosConfig, environ: WSGIEnvironment, now: float, rule: int | None = None
+        self,
+        config: ChaosConfig,
+        environ: WSGIEnvironment,
+        now: float,
+        rule: tuple[int, Rule] | None = None,
     ) -> Plan:
-        """The request's Plan, admission included (the rate limit, a connection slot)."""
+        """The request's Plan, admission included (the circuit breaker, the rate limit, a
+        connection slot). ``rule``: the matching rule and its index (``config`` is
+        already its config)."""
         if config.header_control.enabled and header_control.requested(environ, self._admin_token):
             return header_control.decide_from_headers(environ, config.header_control, self.rng)
+        circuit = None
+        if config.circuit_breaker.enabled:  # first: an open breaker answers before the rest
+            own = rule is not None and rule[1].has_section("circuit_breaker")
+            owner = str(rule[0]) if own and rule is not None else GLOBAL
+            circuit = admit(self.store, owner, config.circuit_breaker, time.time())
+            if circuit.state == OPEN:
+                return Plan(circuit=circuit)
         rng = self.rng
         if config.seed is not None and not self._explicit_rng:
             # Request n draws from (seed, n), n numbered in the store: the same sequence
@@ -300,7 +350,8 @@ class ChaosMiddleware:
         faults = config.fault_injection
         number = since_change = step = None
         if faults.enabled and faults.script:  # step n of this rule's (or the global) script
-            step = self.store.incr(script_counter(rule))
+            own = rule is not None and rule[1].sets("fault_injection", "script")
+            step = self.store.incr(script_counter(rule[0] if own and rule is not None else None))
         if faults.enabled and faults.pattern is not None:
             if faults.pattern.timed:  # fail for a while, in bursts: timed from the change
                 since_change = self.engine.since_change()
@@ -321,6 +372,8 @@ class ChaosMiddleware:
         plan = decide_plan(
             config, rng, verdict, number, head=head, since_change_s=since_change, script_step=step
         )
+        if circuit is not None:  # let through: the answer is counted (closed or a probe)
+            plan = plan._replace(circuit=circuit)
         if plan.shaping is not None and plan.needs_slot:  # last: nothing after it may fail
             plan = self._take_slot(plan, config)
         return plan
@@ -339,11 +392,11 @@ class ChaosMiddleware:
                 raise
             self._internal_error("taking a connection slot")
             return plan  # served without the limit
-        delay_ms, fault, verdict, shaping, _ = plan
+        delay_ms, fault, verdict, shaping, _, circuit = plan
         if admitted:  # built directly: NamedTuple._replace is a slow Python-level call
-            held: Plan = _new(Plan, (delay_ms, fault, verdict, shaping, True))
+            held: Plan = _new(Plan, (delay_ms, fault, verdict, shaping, True, circuit))
             return held
-        return Plan(rate_limit=verdict, shaping=shaping, slot=False)
+        return Plan(rate_limit=verdict, shaping=shaping, slot=False, circuit=circuit)
 
     def _report(
         self,

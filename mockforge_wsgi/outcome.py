@@ -30,6 +30,7 @@ BANDWIDTH_THROTTLED = "bandwidth_throttled"
 PACKET_LOSS = "packet_loss"
 CONNECTION_LIMITED = "connection_limited"
 CONNECTION_TIMEOUT = "connection_timeout"
+CIRCUIT_OPEN = "circuit_open"
 
 # Each type, with what its detail holds (docs/observability.md lists the same).
 INJECTION_TYPES: dict[str, str] = {
@@ -46,6 +47,7 @@ INJECTION_TYPES: dict[str, str] = {
     PACKET_LOSS: "the percent",
     CONNECTION_LIMITED: "",
     CONNECTION_TIMEOUT: "",
+    CIRCUIT_OPEN: "the breaker: global, or the rule's index",
 }
 
 

@@ -11,11 +11,13 @@ import random
 from typing import Any, NamedTuple
 
 from ._headers import ANNOTATION_HEADER
+from .breaker import OPEN, Circuit
 from .config import ChaosConfig
 from .fault import Fault, decide_fault
 from .latency import decide_delay
 from .outcome import (
     BANDWIDTH_THROTTLED,
+    CIRCUIT_OPEN,
     CONNECTION_LIMITED,
     CONNECTION_TIMEOUT,
     HTTP_ERROR,
@@ -46,6 +48,12 @@ class Plan(NamedTuple):
     rate_limit: RateLimitVerdict | None = None
     shaping: Shaping | None = None
     slot: bool | None = None
+    circuit: Circuit | None = None  # a simulated circuit breaker's say (breaker.py)
+
+    @property
+    def circuit_open(self) -> bool:
+        """The simulated breaker is open: it answers at once, nothing else is applied."""
+        return self.circuit is not None and self.circuit.state == OPEN
 
     @property
     def refused(self) -> bool:
@@ -62,6 +70,7 @@ class Plan(NamedTuple):
             and self.shaping is None
             and self.rate_limit is not None
             and self.rate_limit.outcome.allowed
+            and self.circuit is None
         )
 
     @property
@@ -78,6 +87,8 @@ class Plan(NamedTuple):
 
     def annotation(self) -> str:
         """The ``X-Mockforge-Chaos`` value, e.g. ``latency=512ms, fault=http_503``."""
+        if self.circuit_open:
+            return "circuit=open"
         if self.refused:
             assert self.rate_limit is not None
             return f"rate_limit={self.rate_limit.level}"
@@ -102,6 +113,9 @@ class Plan(NamedTuple):
 
     def injections(self) -> list[Injection]:
         """What this plan injects, named as counters, metrics and logs name it."""
+        if self.circuit_open:
+            assert self.circuit is not None
+            return [_new(Injection, (CIRCUIT_OPEN, self.circuit.owner))]
         if self.refused:
             assert self.rate_limit is not None
             return [_new(Injection, (RATE_LIMITED, self.rate_limit.level))]
@@ -182,7 +196,7 @@ def decide_plan(
 def _limited(verdict: RateLimitVerdict) -> Plan:
     """``Plan(rate_limit=verdict)``, built as a tuple directly (the keyword constructor
     of a NamedTuple is a Python-level call): the plan of most requests under a limit."""
-    plan: Plan = _new(Plan, (None, None, verdict, None, None))
+    plan: Plan = _new(Plan, (None, None, verdict, None, None, None))
     return plan
 
 

@@ -201,6 +201,11 @@ class Rule:
     match: Match
     overrides: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]
 
+    def has_section(self, section: str) -> bool:
+        """Whether the rule gives ``section`` values of its own (a rule with a
+        ``circuit_breaker`` section has a breaker of its own)."""
+        return any(s == section for s, _ in self.overrides)
+
     def sets(self, section: str, name: str) -> bool:
         """Whether the rule gives ``section.name`` a value of its own (a rule without a
         fault script of its own plays the global one)."""

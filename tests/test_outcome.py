@@ -44,6 +44,10 @@ CASES: dict[str, dict[str, Any]] = {
         "latency": {"enabled": True, "fixed_delay_ms": 50},
         "traffic_shaping": {"enabled": True, "connection_timeout_ms": 10},
     },
+    "circuit_open": {  # the first answer (an injected 500) opens it for the second
+        "circuit_breaker": {"enabled": True, "failure_threshold": 1},
+        "fault_injection": {"enabled": True, "http_errors": [500], "http_error_probability": 1},
+    },
 }
 
 

@@ -45,9 +45,12 @@ from .gcra import Bucket, BucketOutcome, charge, take
 
 __all__ = ["EmbeddedStore"]
 
-FILE_NAME = "mockforge-store.bin"
+# The name carries the layout: a file of another layout (an older version) is never read.
+FILE_NAME = "mockforge-store-2.bin"
 MAX_STATE_BYTES = 1 << 20
-MAX_COUNTERS = 64
+# Names: the injection counters, fault scripts (17 owners), circuit breakers (6 each, 17
+# owners) and a few more; each column costs 8 bytes per worker row (256 rows).
+MAX_COUNTERS = 256
 NAME_BYTES = 32
 MAX_WORKERS = 256
 # How far a key may sit from its home entry; beyond it the oldest probed bucket goes.

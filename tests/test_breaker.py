@@ -1,0 +1,237 @@
+"""The simulated circuit breaker: its state machine over store counters (a given clock),
+and the middleware answering for it."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from werkzeug.test import Client
+
+from mockforge_wsgi import ChaosMiddleware, load_config
+from mockforge_wsgi.breaker import (
+    CLOSED,
+    OPEN,
+    PROBE,
+    Circuit,
+    admit,
+    breaker_status,
+    force,
+    record,
+)
+from mockforge_wsgi.config import CircuitBreakerConfig
+from mockforge_wsgi.state import MemoryStore, StoreError
+
+T0 = 1_800_000_000.0  # Unix seconds
+
+
+def answers(
+    store: MemoryStore, config: CircuitBreakerConfig, at: float, *failed: bool
+) -> list[Any]:
+    """Admit and answer one request per entry of ``failed``; the transitions seen."""
+    changes = []
+    for bad in failed:
+        circuit = admit(store, "global", config, at)
+        assert circuit.state != OPEN
+        changes.append(record(store, circuit, config, at, bad))
+    return changes
+
+
+def test_failures_in_a_row_open_it_and_a_success_starts_the_count_again() -> None:
+    store, config = MemoryStore(), CircuitBreakerConfig(enabled=True, failure_threshold=3)
+    assert answers(store, config, T0, True, True, False, True, True) == [None] * 5
+    assert answers(store, config, T0, True) == ["opened"]
+    circuit = admit(store, "global", config, T0 + 1)
+    assert circuit == Circuit("global", OPEN, config.cooldown_s - 1, 503)
+
+
+def test_retry_after_is_the_time_left_rounded_up() -> None:
+    store, config = MemoryStore(), CircuitBreakerConfig(enabled=True, failure_threshold=1)
+    answers(store, config, T0, True)
+    assert admit(store, "global", config, T0 + 0.5).retry_after == "30"  # 29.5 s left
+    assert admit(store, "global", config, T0 + 29.2).retry_after == "1"  # 0.8 s left
+
+
+def test_half_open_lets_the_probes_through_and_a_success_closes_it() -> None:
+    store = MemoryStore()
+    config = CircuitBreakerConfig(
+        enabled=True, failure_threshold=1, cooldown_s=10, half_open_probes=2
+    )
+    answers(store, config, T0, True)
+    later = T0 + 10
+    first, second, third = (admit(store, "global", config, later) for _ in range(3))
+    assert (first.state, second.state) == (PROBE, PROBE)
+    assert (third.state, third.retry_after) == (OPEN, "1")  # probes out: come back soon
+    assert record(store, first, config, later, False) == "closed"
+    assert admit(store, "global", config, later).state == CLOSED
+    assert breaker_status(store.counters(), "global", config, later)["state"] == CLOSED
+
+
+def test_a_failed_probe_opens_it_again_for_a_whole_cooldown() -> None:
+    store = MemoryStore()
+    config = CircuitBreakerConfig(enabled=True, failure_threshold=1, cooldown_s=10)
+    answers(store, config, T0, True)
+    probe = admit(store, "global", config, T0 + 12)
+    assert record(store, probe, config, T0 + 12, True) == "reopened"
+    assert admit(store, "global", config, T0 + 21).retry_after_s == pytest.approx(1.0)
+    assert admit(store, "global", config, T0 + 22).state == PROBE
+
+
+def test_a_failure_ratio_over_a_window() -> None:
+    store = MemoryStore()
+    config = CircuitBreakerConfig(
+        enabled=True, failure_threshold=100, failure_ratio=0.5, min_requests=4, window_s=10
+    )
+    assert answers(store, config, T0, True, False, True) == [None] * 3  # too few yet
+    assert answers(store, config, T0 + 1, False) == ["opened"]  # 2 of 4 failed
+    force(store, "global", "reset", T0 + 2)
+    # A new window after window_s: the old answers do not count.
+    answers(store, config, T0 + 2, True, True, True)
+    assert answers(store, config, T0 + 13, False, False, False, True) == [None] * 4
+
+
+def test_forcing_it_open_closed_and_reset() -> None:
+    store, config = MemoryStore(), CircuitBreakerConfig(enabled=True, failure_threshold=2)
+    force(store, "global", "open", T0)
+    status = breaker_status(store.counters(), "global", config, T0 + 5)
+    assert (status["state"], status["half_open_in_s"]) == (OPEN, 25.0)
+    force(store, "global", "close", T0 + 5)
+    assert admit(store, "global", config, T0 + 5).state == CLOSED
+    answers(store, config, T0 + 5, True)
+    assert breaker_status(store.counters(), "global", config, T0 + 5)["failures_in_a_row"] == 1
+    force(store, "global", "reset", T0 + 5)
+    assert breaker_status(store.counters(), "global", config, T0 + 5)["failures_in_a_row"] == 0
+    with pytest.raises(ValueError, match="expected open, close or reset"):
+        force(store, "global", "explode", T0)
+
+
+# -- through the middleware -------------------------------------------------------------
+
+
+def failing_app(failures: list[int]) -> Any:
+    """Answers 500 while ``failures`` has entries (taking one each time), then 200."""
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        status = "500 Internal Server Error" if failures and failures.pop() else "200 OK"
+        start_response(status, [("Content-Type", "text/plain"), ("Content-Length", "2")])
+        return [b"ok"]
+
+    return app
+
+
+def wrapped(app: Any, **chaos: Any) -> tuple[Client, ChaosMiddleware]:
+    config = load_config(environ={}, overrides={"enabled": True, **chaos})
+    middleware = ChaosMiddleware(app, config=config)
+    return Client(middleware), middleware
+
+
+def test_the_apps_own_failures_open_it_and_it_answers_at_once() -> None:
+    calls: list[int] = [1, 1, 1]
+    client, middleware = wrapped(
+        failing_app(calls), circuit_breaker={"enabled": True, "failure_threshold": 3}
+    )
+    assert [client.get("/x").status_code for _ in range(3)] == [500, 500, 500]
+    refused = client.get("/x")
+    assert refused.status_code == 503
+    assert refused.headers["X-Mockforge-Chaos"] == "circuit=open"
+    assert refused.headers["Retry-After"] == "30"
+    assert refused.get_json() == {"error": "circuit open", "injected_by": "mockforge"}
+    assert middleware.store.counters()["circuit_open"] == 1
+    status = client.get("/api/chaos/status").get_json()
+    [shown] = status["breakers"]
+    assert (shown["owner"], shown["state"], shown["match"]) == ("global", "open", None)
+
+
+def test_injected_failures_count_and_a_rule_has_its_own_breaker() -> None:
+    rules = [
+        {
+            "match": {"path": "/pay"},
+            "circuit_breaker": {"enabled": True, "failure_threshold": 2, "status": 429},
+            "fault_injection": {"enabled": True, "http_errors": [502],
+                                "http_error_probability": 1.0},
+        }
+    ]  # fmt: skip
+    client, _ = wrapped(failing_app([]), rules=rules)
+    assert [client.get("/pay").status_code for _ in range(3)] == [502, 502, 429]
+    assert client.get("/other").status_code == 200  # no breaker there
+    breakers = client.get("/api/chaos/breakers").get_json()["breakers"]
+    assert [(b["owner"], b["state"], b["match"]) for b in breakers] == [
+        ("0", "open", {"path": "/pay"})
+    ]
+
+
+def test_the_api_forces_a_breaker_and_refuses_what_is_not_one() -> None:
+    client, _ = wrapped(failing_app([]), circuit_breaker={"enabled": True})
+    opened = client.post("/api/chaos/breakers/global", json={"action": "open"})
+    assert opened.status_code == 200 and opened.get_json()["state"] == "open"
+    assert client.get("/x").status_code == 503
+    closed = client.post("/api/chaos/breakers/global", json={"action": "close"})
+    assert closed.get_json()["state"] == "closed"
+    assert client.get("/x").status_code == 200
+    unknown = client.post("/api/chaos/breakers/7", json={"action": "open"})
+    assert unknown.status_code == 404
+    assert unknown.get_json()["problems"] == ["owner: '7'; in force: global"]
+    bad = client.post("/api/chaos/breakers/global", json={"action": "melt", "x": 1})
+    assert bad.status_code == 400
+    assert bad.get_json()["problems"] == [
+        "x: unknown field; allowed: action",
+        "action: 'melt' is not one of open, close, reset",
+    ]
+
+
+def test_its_own_answers_do_not_count_and_a_good_probe_closes_it() -> None:
+    client, middleware = wrapped(
+        failing_app([1]),
+        circuit_breaker={"enabled": True, "failure_threshold": 1, "cooldown_s": 0.1},
+    )
+    assert client.get("/x").status_code == 500
+    assert [client.get("/x").status_code for _ in range(5)] == [503] * 5
+    time.sleep(0.15)
+    assert client.get("/x").status_code == 200  # the probe, answered by the app
+    assert client.get("/x").status_code == 200  # closed again
+    assert middleware.store.counters()["circuit_open"] == 5
+
+
+class BrokenStore(MemoryStore):
+    def incr(self, counter: str, amount: int = 1) -> int:
+        if counter.startswith("breaker:"):
+            raise StoreError("down")
+        return super().incr(counter, amount)
+
+
+def test_an_unreachable_store_serves_the_app_unharmed() -> None:
+    config = load_config(
+        environ={}, overrides={"enabled": True, "circuit_breaker": {"enabled": True}}
+    )
+    middleware = ChaosMiddleware(failing_app([]), config=config, store=BrokenStore())
+    assert Client(middleware).get("/x").status_code == 200
+    assert middleware.internal_errors == 1
+
+
+def test_at_most_16_rules_have_breakers_of_their_own() -> None:
+    from mockforge_wsgi.config import ConfigError, config_from_dict
+
+    rules = [{"match": {"path": f"/{n}"}, "circuit_breaker": {"enabled": True}} for n in range(17)]
+    with pytest.raises(ConfigError, match=r"17 rules have a circuit breaker; at most 16"):
+        config_from_dict({"rules": rules})
+    config_from_dict({"rules": rules[:16]})
+
+
+def test_every_breaker_and_script_fits_the_embedded_store(tmp_path: Any) -> None:
+    """16 rules with a breaker and a script each, plus the global ones: every counter
+    name they use fits the embedded store's table (names are never freed)."""
+    from mockforge_wsgi.breaker import counter
+    from mockforge_wsgi.outcome import INJECTION_TYPES
+    from mockforge_wsgi.patterns import script_counter
+    from mockforge_wsgi.state.embedded import EmbeddedStore
+
+    store = EmbeddedStore(tmp_path)
+    owners = ["global", *map(str, range(16))]
+    names = [counter(owner, field) for owner in owners for field in (
+        "opened_ms", "failures", "probes", "window_ms", "requests", "failed")]  # fmt: skip
+    names += [script_counter(None), *(script_counter(n) for n in range(16))]
+    names += [*INJECTION_TYPES, "internal_errors", "upstream_errors", "pattern_requests"]
+    for name in names:
+        store.incr(name)
+    assert set(names) <= set(store.counters())
