@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "mockforge_wsgi"
 LAYERS = [
     ["mockforge_wsgi", "__main__"],
     ["cli", "pytest_plugin", "config_docs"],
-    ["app", "admin", "testing"],
+    ["app", "admin", "testing", "chaostoolkit"],
     ["api", "metrics", "recorder", "mock_api", "proxy", "client"],
     ["report"],  # recorder rows -> the HTML report
     ["verdicts"],  # recorder rows -> how the client behaved

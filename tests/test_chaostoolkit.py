@@ -1,0 +1,42 @@
+"""The Chaos Toolkit driver: ``chaos run examples/chaostoolkit/experiment.json`` against a
+live ``mockforge serve``, and the journal says each step did what it is named for."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from servers import mockforge_serve
+
+pytestmark = pytest.mark.server
+
+EXPERIMENT = Path(__file__).parent.parent / "examples" / "chaostoolkit" / "experiment.json"
+
+
+def test_the_example_experiment_runs_against_a_live_server(tmp_path: Path) -> None:
+    chaos = shutil.which("chaos")
+    if chaos is None:
+        if os.environ.get("CI"):
+            pytest.fail("chaos (the chaostoolkit package, in the dev extra) is missing")
+        pytest.skip("chaostoolkit is not installed")
+    with mockforge_serve(tmp_path) as server:
+        env = {**os.environ, "MOCKFORGE_URL": server.url, "NO_PROXY": "127.0.0.1"}
+        done = subprocess.run(
+            [chaos, "--no-log-file", "run", "--journal-path", str(tmp_path / "journal.json"),
+             str(EXPERIMENT)],
+            capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path, env=env,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    journal = json.loads((tmp_path / "journal.json").read_text())
+    assert (journal["status"], journal["deviated"]) == ("completed", False)
+    outputs = {step["activity"]["name"]: step.get("output") for step in journal["run"]}
+    statuses = [outputs[name]["status"] for name in ("first-failure", "second-failure")]
+    assert statuses == [503, 503]  # injected
+    assert outputs["third-failure"]["status"] == 503
+    assert outputs["breaker-is-open"] == "open"  # three failures opened it
+    assert outputs["injections-so-far"]["http_error"] == 3
+    assert outputs["recover"]["enabled"] is False  # reset: the startup config again
