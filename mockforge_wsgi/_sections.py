@@ -14,4 +14,5 @@ URL_SEGMENTS = {
     "rate-limit": "rate_limit",
     "traffic": "traffic_shaping",
     "circuit-breaker": "circuit_breaker",
+    "bulkhead": "bulkhead",
 }

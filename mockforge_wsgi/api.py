@@ -29,6 +29,7 @@ from ._kinds import Check, Kind, shown, strict_json
 from ._sections import DEFAULT_PREFIX, URL_SEGMENTS
 from ._version import __version__
 from .breaker import GLOBAL, breaker_status, force
+from .bulkhead import pool_name
 from .config import (
     SECTION_CLASSES,
     ChaosConfig,
@@ -344,9 +345,22 @@ def stats() -> Response:
             "counters": store.counters(),
             "rate_limit_keys": store.tracked_keys(),
             "connections_in_use": store.slots_in_use(CONNECTION_SLOTS),
+            "bulkheads_in_use": {
+                owner: store.slots_in_use(pool_name(owner)) for owner in _bulkheads_in_force()
+            },
             "worker": os.getpid(),  # which worker answered: handy with several
         }
     )
+
+
+def _bulkheads_in_force() -> list[str]:
+    """The owners of the bulkheads in force: ``global``, then each rule's own."""
+    config = _engine().effective()
+    owners = [GLOBAL] if config.bulkhead.enabled else []
+    for index, rule in enumerate(config.rules):
+        if rule.has_section("bulkhead") and apply_rule(config, rule).bulkhead.enabled:
+            owners.append(str(index))
+    return owners
 
 
 def scripts() -> Response:

@@ -36,6 +36,7 @@ __all__ = ["Delivery", "with_headers"]
 
 _BUSY_BODY = b'{"error":"too many connections","injected_by":"mockforge"}'
 _OPEN_BODY = b'{"error":"circuit open","injected_by":"mockforge"}'
+_FULL_BODY = b'{"error":"bulkhead full","injected_by":"mockforge"}'
 # Faults answered before the app would run (the others wrap or follow it).
 _INSTEAD_OF_THE_APP = frozenset({"http_error", "timeout", "connection_reset"})
 
@@ -99,6 +100,13 @@ class Delivery:
             assert circuit is not None
             headers = [("Retry-After", circuit.retry_after), *self.headers]
             return answer(self.start_response, circuit.status, _OPEN_BODY, headers=headers)
+        if plan.bulkhead_full:
+            bulkhead = plan.bulkhead
+            assert bulkhead is not None
+            wait = [("Retry-After", str(bulkhead.retry_after_s))] if bulkhead.retry_after_s else []
+            return answer(
+                self.start_response, bulkhead.status, _FULL_BODY, headers=[*wait, *self.headers]
+            )
         if plan.refused:
             assert plan.rate_limit is not None
             return render_refusal(plan.rate_limit, self.start_response, self.headers)

@@ -532,6 +532,26 @@ class CircuitBreakerConfig:
 
 
 @attrs.frozen
+class BulkheadConfig:
+    """A concurrency cap of its own for a route (a rule) or for the requests no such rule
+    matches, shared by every worker: the rest wait, then get 503."""
+
+    enabled: bool = setting(False, kinds.BOOL, "Cap the requests in flight here.")
+    max_concurrent: int = setting(
+        10, kinds.INT, "Requests in flight at most.", kinds.Between(1, 100_000)
+    )
+    queue_timeout_ms: float = setting(
+        0.0, kinds.FLOAT, "Wait this long for a place before answering `status`.", DELAY_MS
+    )
+    status: int = setting(
+        503, kinds.INT, "The status answered when full.", kinds.Between(400, 599)
+    )
+    retry_after_s: int = setting(
+        1, kinds.INT, "Retry-After on that answer (0: none).", kinds.Between(0, 86_400)
+    )
+
+
+@attrs.frozen
 class HeaderControlConfig:
     """Per-request chaos that a request asks for with headers (Envoy-style)."""
 
@@ -586,12 +606,13 @@ def _rules(raw: Any) -> tuple[Rule, ...]:
             f": {scripted} rules have a fault script; at most {MAX_SCRIPTED_RULES} may "
             "(a rule without one plays the global script)"
         )
-    breakers = sum(rule.has_section("circuit_breaker") for rule in rules)
-    if breakers > MAX_SCRIPTED_RULES:  # store counters for each, as for scripts
-        problems.append(
-            f": {breakers} rules have a circuit breaker; at most {MAX_SCRIPTED_RULES} may "
-            "(a rule without one shares the global breaker)"
-        )
+    for section_name, what in (("circuit_breaker", "circuit breaker"), ("bulkhead", "bulkhead")):
+        owning = sum(rule.has_section(section_name) for rule in rules)
+        if owning > MAX_SCRIPTED_RULES:  # each has store counters or a slot pool
+            problems.append(
+                f": {owning} rules have a {what}; at most {MAX_SCRIPTED_RULES} may "
+                f"(a rule without one shares the global {what})"
+            )
     if problems:
         raise ConfigError(problems)
     return tuple(rules)
@@ -659,6 +680,7 @@ class ChaosConfig:
     circuit_breaker: CircuitBreakerConfig = section(
         CircuitBreakerConfig, "A circuit breaker to test clients against."
     )
+    bulkhead: BulkheadConfig = section(BulkheadConfig, "A concurrency cap per route (rule).")
     header_control: HeaderControlConfig = section(
         HeaderControlConfig, "Chaos asked for by request headers.", in_rules=False
     )

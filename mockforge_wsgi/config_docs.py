@@ -192,6 +192,16 @@ ROUTE_EXAMPLES = {
         "/config/circuit-breaker",
         "DELETE",
     ): "curl -s -X DELETE localhost:3000/api/chaos/config/circuit-breaker",
+    ("/config/bulkhead", "GET"): "curl -s localhost:3000/api/chaos/config/bulkhead",
+    (
+        "/config/bulkhead",
+        "PUT",
+    ): 'curl -s -X PUT localhost:3000/api/chaos/config/bulkhead -d \'{"enabled": true, "max_concurrent": 2, "queue_timeout_ms": 500}\'',
+    (
+        "/config/bulkhead",
+        "PATCH",
+    ): "curl -s -X PATCH localhost:3000/api/chaos/config/bulkhead -d '{\"retry_after_s\": 2}'",
+    ("/config/bulkhead", "DELETE"): "curl -s -X DELETE localhost:3000/api/chaos/config/bulkhead",
     ("/config/traffic", "GET"): "curl -s localhost:3000/api/chaos/config/traffic",
     ("/config/traffic", "DELETE"): "curl -s -X DELETE localhost:3000/api/chaos/config/traffic",
     (

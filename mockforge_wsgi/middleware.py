@@ -25,6 +25,7 @@ from ._sections import DEFAULT_PREFIX as DEFAULT_API_PREFIX
 from .apply import Delivery, with_headers
 from .breaker import GLOBAL, OPEN, Circuit, admit
 from .breaker import record as breaker_record
+from .bulkhead import Bulkhead, pool_name
 from .config import ChaosConfig, CircuitBreakerConfig, apply_rule
 from .engine import ScenarioEngine
 from .outcome import OUTCOME_KEY, Injection, Outcome
@@ -227,9 +228,25 @@ class ChaosMiddleware:
             start_response,
             headers,
             started,
-            functools.partial(self._release_slot, self.store) if outcome.plan.slot else None,
+            self._releaser(outcome.plan),
             self._report_found,
         )()
+
+    def _releaser(self, plan: Plan) -> Callable[[], None] | None:
+        """What gives back the places the plan holds (a connection slot, a bulkhead's),
+        or None when it holds none."""
+        bulkhead = plan.bulkhead
+        if bulkhead is None or not bulkhead.held:
+            return functools.partial(self._release_slot, self.store) if plan.slot else None
+        return functools.partial(self._release_places, self.store, bool(plan.slot), bulkhead.pool)
+
+    def _release_places(self, store: Store, slot: bool, pool: str) -> None:
+        try:
+            store.release_slot(pool)
+        except Exception:
+            self._internal_error("releasing a place in a bulkhead")
+        if slot:
+            self._release_slot(store)
 
     def _circuit_answered(
         self,
@@ -374,9 +391,39 @@ class ChaosMiddleware:
         )
         if circuit is not None:  # let through: the answer is counted (closed or a probe)
             plan = plan._replace(circuit=circuit)
-        if plan.shaping is not None and plan.needs_slot:  # last: nothing after it may fail
+        # Last: nothing after a place is taken may fail (it would never be given back).
+        if plan.shaping is not None and plan.needs_slot:
             plan = self._take_slot(plan, config)
+        if config.bulkhead.enabled and plan.slot is not False and not plan.refused:
+            dropped = plan.shaping is not None and plan.shaping.drop
+            if not dropped:
+                own = rule is not None and rule[1].has_section("bulkhead")
+                owner = str(rule[0]) if own and rule is not None else GLOBAL
+                plan = self._take_bulkhead(plan, config, owner)
         return plan
+
+    def _take_bulkhead(self, plan: Plan, config: ChaosConfig, owner: str) -> Plan:
+        """Wait (up to its queue timeout) for a place in the bulkhead: held, or none came
+        (then nothing else of the plan is applied, and a connection slot it holds goes
+        back at once)."""
+        bulkhead = config.bulkhead
+        try:
+            held = self.store.acquire_slot(
+                pool_name(owner), bulkhead.max_concurrent, bulkhead.queue_timeout_ms / 1000.0
+            )
+        except StoreError:
+            if config.on_store_error == "closed":
+                if plan.slot:
+                    self._release_slot(self.store)
+                raise
+            self._internal_error("taking a place in a bulkhead")
+            return plan  # served without the cap
+        place = Bulkhead(owner, held, bulkhead.status, bulkhead.retry_after_s)
+        if held:
+            return plan._replace(bulkhead=place)
+        if plan.slot:
+            self._release_slot(self.store)
+        return Plan(rate_limit=plan.rate_limit, bulkhead=place)
 
     def _take_slot(self, plan: Plan, config: ChaosConfig) -> Plan:
         """Wait (up to the queue timeout) for a connection slot: held, or none free (then
@@ -392,9 +439,9 @@ class ChaosMiddleware:
                 raise
             self._internal_error("taking a connection slot")
             return plan  # served without the limit
-        delay_ms, fault, verdict, shaping, _, circuit = plan
+        delay_ms, fault, verdict, shaping, _, circuit, bulkhead = plan
         if admitted:  # built directly: NamedTuple._replace is a slow Python-level call
-            held: Plan = _new(Plan, (delay_ms, fault, verdict, shaping, True, circuit))
+            held: Plan = _new(Plan, (delay_ms, fault, verdict, shaping, True, circuit, bulkhead))
             return held
         return Plan(rate_limit=verdict, shaping=shaping, slot=False, circuit=circuit)
 

@@ -31,6 +31,7 @@ PACKET_LOSS = "packet_loss"
 CONNECTION_LIMITED = "connection_limited"
 CONNECTION_TIMEOUT = "connection_timeout"
 CIRCUIT_OPEN = "circuit_open"
+BULKHEAD_FULL = "bulkhead_full"
 
 # Each type, with what its detail holds (docs/observability.md lists the same).
 INJECTION_TYPES: dict[str, str] = {
@@ -48,6 +49,7 @@ INJECTION_TYPES: dict[str, str] = {
     CONNECTION_LIMITED: "",
     CONNECTION_TIMEOUT: "",
     CIRCUIT_OPEN: "the breaker: global, or the rule's index",
+    BULKHEAD_FULL: "the bulkhead: global, or the rule's index",
 }
 
 

@@ -12,11 +12,13 @@ from typing import Any, NamedTuple
 
 from ._headers import ANNOTATION_HEADER
 from .breaker import OPEN, Circuit
+from .bulkhead import Bulkhead
 from .config import ChaosConfig
 from .fault import Fault, decide_fault
 from .latency import decide_delay
 from .outcome import (
     BANDWIDTH_THROTTLED,
+    BULKHEAD_FULL,
     CIRCUIT_OPEN,
     CONNECTION_LIMITED,
     CONNECTION_TIMEOUT,
@@ -49,11 +51,17 @@ class Plan(NamedTuple):
     shaping: Shaping | None = None
     slot: bool | None = None
     circuit: Circuit | None = None  # a simulated circuit breaker's say (breaker.py)
+    bulkhead: Bulkhead | None = None  # a place in a route's bulkhead, held or not
 
     @property
     def circuit_open(self) -> bool:
         """The simulated breaker is open: it answers at once, nothing else is applied."""
         return self.circuit is not None and self.circuit.state == OPEN
+
+    @property
+    def bulkhead_full(self) -> bool:
+        """No place in the bulkhead came in time: answered at once, nothing else applied."""
+        return self.bulkhead is not None and not self.bulkhead.held
 
     @property
     def refused(self) -> bool:
@@ -71,6 +79,7 @@ class Plan(NamedTuple):
             and self.rate_limit is not None
             and self.rate_limit.outcome.allowed
             and self.circuit is None
+            and self.bulkhead is None
         )
 
     @property
@@ -89,6 +98,8 @@ class Plan(NamedTuple):
         """The ``X-Mockforge-Chaos`` value, e.g. ``latency=512ms, fault=http_503``."""
         if self.circuit_open:
             return "circuit=open"
+        if self.bulkhead_full:
+            return "bulkhead=full"
         if self.refused:
             assert self.rate_limit is not None
             return f"rate_limit={self.rate_limit.level}"
@@ -116,6 +127,9 @@ class Plan(NamedTuple):
         if self.circuit_open:
             assert self.circuit is not None
             return [_new(Injection, (CIRCUIT_OPEN, self.circuit.owner))]
+        if self.bulkhead_full:
+            assert self.bulkhead is not None
+            return [_new(Injection, (BULKHEAD_FULL, self.bulkhead.owner))]
         if self.refused:
             assert self.rate_limit is not None
             return [_new(Injection, (RATE_LIMITED, self.rate_limit.level))]
@@ -196,7 +210,7 @@ def decide_plan(
 def _limited(verdict: RateLimitVerdict) -> Plan:
     """``Plan(rate_limit=verdict)``, built as a tuple directly (the keyword constructor
     of a NamedTuple is a Python-level call): the plan of most requests under a limit."""
-    plan: Plan = _new(Plan, (None, None, verdict, None, None, None))
+    plan: Plan = _new(Plan, (None, None, verdict, None, None, None, None))
     return plan
 
 

@@ -23,7 +23,7 @@ LAYERS = [
     ["apply", "header_control", "tracing"],
     ["engine"],  # the runtime state, scenarios switched, timed and ramped
     ["plan"],
-    ["scenarios", "fault", "rate_limit", "traffic_shaping", "breaker"],
+    ["scenarios", "fault", "rate_limit", "traffic_shaping", "breaker", "bulkhead"],
     ["latency"],
     ["outcome", "state", "state.server_store"],
     ["state.embedded", "state.memory", "state.redis_store"],

@@ -174,13 +174,13 @@ def test_a_dead_workers_slots_come_back_without_any_hook(tmp_path: Path) -> None
     store = EmbeddedStore(tmp_path)
     _killed(_take_a_slot_and_die, tmp_path)
     with store._locked():
-        assert store._in_flight() == 1  # nobody told the store
+        assert store._in_flight(store._slot_index("connections")) == 1  # nobody told the store
     # Its replacement (any new process) claims a row and frees those of the gone.
     replacement = FORK.Process(target=_count_once, args=(tmp_path,))
     replacement.start()
     replacement.join(10)
     with store._locked():
-        assert store._in_flight() == 0
+        assert store._in_flight(store._slot_index("connections")) == 0
 
 
 def test_counting_slots_in_use_skips_killed_holders(tmp_path: Path) -> None:

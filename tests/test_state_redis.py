@@ -299,3 +299,16 @@ def test_a_state_change_reaches_another_process_within_the_poll_interval(
         waits.append(time.monotonic() - changed)
         seen = reader.state_version()
     assert max(waits) < 0.2, waits  # 50 ms promised; slack for a slow machine
+
+
+def test_a_dead_workers_places_in_every_pool_are_forgotten(redis_server: RedisServer) -> None:
+    """gunicorn's child_exit: the connection slots and each bulkhead's places it held."""
+    import os
+
+    store = store_from_url(redis_server.url)
+    assert store.acquire_slot("connections", 1, 0)
+    assert store.acquire_slot("bulkhead:0", 1, 0)
+    master = store_from_url(redis_server.url)  # another process's view, as the master's
+    master.release_worker(os.getpid())
+    assert master.slots_in_use("connections") == 0
+    assert master.slots_in_use("bulkhead:0") == 0

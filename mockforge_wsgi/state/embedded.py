@@ -51,6 +51,8 @@ MAX_STATE_BYTES = 1 << 20
 # Names: the injection counters, fault scripts (17 owners), circuit breakers (6 each, 17
 # owners) and a few more; each column costs 8 bytes per worker row (256 rows).
 MAX_COUNTERS = 256
+# Named slot pools: the server-wide connection limit and each bulkhead.
+MAX_SLOT_NAMES = 32
 NAME_BYTES = 32
 MAX_WORKERS = 256
 # How far a key may sit from its home entry; beyond it the oldest probed bucket goes.
@@ -67,8 +69,9 @@ _STATE = 32
 _NAMES = _STATE + MAX_STATE_BYTES
 _COUNTERS = _NAMES + NAME_BYTES * MAX_COUNTERS
 _COUNTER_ROW = 1 + MAX_COUNTERS  # words
-_SLOTS = _COUNTERS + 8 * _COUNTER_ROW * MAX_WORKERS
-_SLOT_ROW = 3  # words: owner pid, owner start time, in flight
+_SLOT_NAMES = _COUNTERS + 8 * _COUNTER_ROW * MAX_WORKERS
+_SLOTS = _SLOT_NAMES + NAME_BYTES * MAX_SLOT_NAMES
+_SLOT_ROW = 2 + MAX_SLOT_NAMES  # words: owner pid, owner start time, in flight per name
 _BUCKETS = _SLOTS + 8 * _SLOT_ROW * MAX_WORKERS
 
 
@@ -104,7 +107,9 @@ class EmbeddedStore(Store):
         self._entries = int(self._words[_ENTRIES])
         self._pid = 0
         self._row = -1
-        self._unreleased = 0  # releases not yet written (the lock failed): owed
+        # Releases not yet written (the lock failed), by slot pool: owed.
+        self._unreleased: dict[int, int] = {}
+        self._slot_names: dict[str, int] = {}  # slot pool name -> its column
         self._sweep_at = 0.0  # when a full slot table may next look for gone holders
         self._names: dict[str, int] = {}  # counter name -> its column
         self._homes: dict[str, tuple[int, int]] = {}  # bucket key -> (tag, home entry)
@@ -186,8 +191,9 @@ class EmbeddedStore(Store):
                 raise StoreError(f"more than {MAX_WORKERS} live processes share {self.path}")
             self._words[_ROWS] = free + 1
         slot = _SLOTS // 8 + free * _SLOT_ROW
-        self._words[slot], self._words[slot + 1], self._words[slot + 2] = pid, started, 0
-        self._unreleased = 0  # owed by the process this object was forked from
+        self._words[slot], self._words[slot + 1] = pid, started
+        _zero_in_flight(self._words, slot)
+        self._unreleased = {}  # owed by the process this object was forked from
         self._words[_COUNTERS // 8 + free * _COUNTER_ROW] = pid
         self._pid, self._row = pid, free
         return free
@@ -199,7 +205,8 @@ class EmbeddedStore(Store):
             slot = _SLOTS // 8 + row * _SLOT_ROW
             owner = int(self._words[slot])
             if owner and not is_alive(owner, int(self._words[slot + 1])):
-                self._words[slot] = self._words[slot + 1] = self._words[slot + 2] = 0
+                self._words[slot] = self._words[slot + 1] = 0
+                _zero_in_flight(self._words, slot)
                 self._words[_COUNTERS // 8 + row * _COUNTER_ROW] = 0
 
     def release_worker(self, pid: int) -> None:
@@ -209,7 +216,8 @@ class EmbeddedStore(Store):
             for row in range(int(self._words[_ROWS])):
                 slot = _SLOTS // 8 + row * _SLOT_ROW
                 if int(self._words[slot]) == pid:
-                    self._words[slot] = self._words[slot + 1] = self._words[slot + 2] = 0
+                    self._words[slot] = self._words[slot + 1] = 0
+                    _zero_in_flight(self._words, slot)
                     self._words[_COUNTERS // 8 + row * _COUNTER_ROW] = 0
 
     # -- counters -----------------------------------------------------------------------
@@ -222,17 +230,19 @@ class EmbeddedStore(Store):
             index = self._names[name] = self._find_name(name)
         return index
 
-    def _find_name(self, name: str) -> int:
+    def _find_name(self, name: str, table: int = _NAMES, size: int = MAX_COUNTERS) -> int:
+        """The column of ``name`` in a name table (lock held), added if new."""
         encoded = name.encode()[:NAME_BYTES].ljust(NAME_BYTES, b"\0")
-        for index in range(MAX_COUNTERS):
-            at = _NAMES + index * NAME_BYTES
+        for index in range(size):
+            at = table + index * NAME_BYTES
             current = self._map[at : at + NAME_BYTES]
             if current == encoded:
                 return index
             if current == bytes(NAME_BYTES):
                 self._map[at : at + NAME_BYTES] = encoded
                 return index
-        raise StoreError(f"more than {MAX_COUNTERS} counter names")
+        kind = "counter" if table == _NAMES else "slot pool"
+        raise StoreError(f"more than {size} {kind} names")
 
     def _sum(self, index: int) -> int:
         base = _COUNTERS // 8 + 1 + index
@@ -277,23 +287,32 @@ class EmbeddedStore(Store):
 
     # -- connection slots -----------------------------------------------------------------
 
-    def _in_flight(self) -> int:
+    def _slot_index(self, name: str) -> int:
+        """The slot pool's column (lock held); names are only ever added."""
+        index = self._slot_names.get(name)
+        if index is None:
+            index = self._slot_names[name] = self._find_name(name, _SLOT_NAMES, MAX_SLOT_NAMES)
+        return index
+
+    def _in_flight(self, index: int) -> int:
         rows = int(self._words[_ROWS])
-        return sum(int(self._words[_SLOTS // 8 + row * _SLOT_ROW + 2]) for row in range(rows))
+        base = _SLOTS // 8 + 2 + index
+        return sum(int(self._words[base + row * _SLOT_ROW]) for row in range(rows))
 
     def acquire_slot(self, name: str, limit: int, timeout_s: float) -> bool:
         deadline = time.monotonic() + max(timeout_s, 0.0)
         while True:
             with self._locked():
-                cell = self._settle_releases()
-                if self._in_flight() >= limit:
+                index = self._slot_index(name)
+                cell = self._settle_releases(index)
+                if self._in_flight(index) >= limit:
                     # Full: are the slots of a killed worker among them? (Looked at
                     # most every DEAD_HOLDER_CHECK_S per process: a syscall per row.)
                     now = time.monotonic()
                     if now >= self._sweep_at:
                         self._sweep_at = now + DEAD_HOLDER_CHECK_S
                         self._free_dead_rows()
-                if self._in_flight() < limit:
+                if self._in_flight(index) < limit:
                     self._words[cell] += 1
                     return True
             if time.monotonic() >= deadline:
@@ -302,23 +321,29 @@ class EmbeddedStore(Store):
 
     def release_slot(self, name: str) -> None:
         with self._thread_lock:
-            self._unreleased += 1  # given back here first: a failed write is kept owed
+            index = self._slot_names.get(name)  # known once a slot of it was taken here
+            if index is None:
+                with self._locked():
+                    index = self._slot_index(name)
+            # Given back here first: a failed write is kept owed.
+            self._unreleased[index] = self._unreleased.get(index, 0) + 1
             with self._locked():
-                self._settle_releases()
+                self._settle_releases(index)
 
-    def _settle_releases(self) -> int:
+    def _settle_releases(self, index: int) -> int:
         """Write the releases this process owes to its row (call with the lock held);
-        returns the row's in-flight cell."""
-        cell = _SLOTS // 8 + self._own_row() * _SLOT_ROW + 2
-        if self._unreleased:
-            self._words[cell] = max(int(self._words[cell]) - self._unreleased, 0)
-            self._unreleased = 0
-        return cell
+        returns the row's in-flight cell of pool ``index``."""
+        row = _SLOTS // 8 + self._own_row() * _SLOT_ROW + 2
+        for owed_index, owed in list(self._unreleased.items()):
+            owed_cell = row + owed_index
+            self._words[owed_cell] = max(int(self._words[owed_cell]) - owed, 0)
+            del self._unreleased[owed_index]
+        return row + index
 
     def slots_in_use(self, name: str) -> int:
         with self._locked():
             self._free_dead_rows()
-            return self._in_flight()
+            return self._in_flight(self._slot_index(name))
 
     # -- buckets --------------------------------------------------------------------------
 
@@ -473,3 +498,9 @@ def _reinit_locks_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_reinit_locks_in_child)
+
+
+def _zero_in_flight(words: memoryview, slot: int) -> None:
+    """A row's in-flight counts, every pool, back to zero (its holder is gone or new)."""
+    for index in range(MAX_SLOT_NAMES):
+        words[slot + 2 + index] = 0

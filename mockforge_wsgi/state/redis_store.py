@@ -29,7 +29,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-from .base import CONNECTION_SLOTS, Store, StoreError
+from .base import Store, StoreError
 from .gcra import Bucket, BucketOutcome
 
 __all__ = ["RedisStore"]
@@ -388,12 +388,17 @@ class RedisStore(Store):
         return sum(int(value) for value in values)
 
     def release_worker(self, pid: int) -> None:
+        """Forget what the dead worker held in every slot pool (the connection limit and
+        each bulkhead): the pools are the ``slots:*`` hashes."""
         worker = f"{socket.gethostname()}:{pid}"
-        counts, written_at = self._slot_keys(CONNECTION_SLOTS)
+        prefix = self._key("slots:")
 
         def forget() -> None:
-            self._redis.hdel(counts, worker)
-            self._redis.hdel(written_at, worker)
+            for key in self._redis.scan_iter(match=prefix + "*"):
+                name = (key.decode() if isinstance(key, bytes) else key)[len(prefix) :]
+                counts, written_at = self._slot_keys(name)
+                self._redis.hdel(counts, worker)
+                self._redis.hdel(written_at, worker)
 
         self._call(forget)
 

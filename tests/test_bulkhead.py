@@ -1,0 +1,97 @@
+"""Bulkheads: a route's own concurrency cap, in a named slot pool of the store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from werkzeug.test import Client
+
+from mockforge_wsgi import ChaosMiddleware, load_config
+from mockforge_wsgi.config import ConfigError, config_from_dict
+from mockforge_wsgi.state import MemoryStore, StoreError
+from mockforge_wsgi.state.embedded import EmbeddedStore
+
+
+def hello(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")])
+    return [b"hello"]
+
+
+def wrapped(store: Any, **chaos: Any) -> Client:
+    config = load_config(environ={}, overrides={"enabled": True, **chaos})
+    return Client(ChaosMiddleware(hello, config=config, store=store))
+
+
+def test_a_full_bulkhead_answers_503_and_a_place_comes_back_after_each_answer() -> None:
+    store = MemoryStore()
+    client = wrapped(store, bulkhead={"enabled": True, "max_concurrent": 1, "retry_after_s": 3})
+    for _ in range(3):  # one at a time: the place comes back each time
+        assert client.get("/x").status_code == 200
+    assert store.slots_in_use("bulkhead:global") == 0
+    assert store.acquire_slot("bulkhead:global", 1, 0)  # someone else holds the only place
+    full = client.get("/x")
+    assert full.status_code == 503
+    assert full.headers["Retry-After"] == "3"
+    assert full.headers["X-Mockforge-Chaos"] == "bulkhead=full"
+    assert full.get_json() == {"error": "bulkhead full", "injected_by": "mockforge"}
+    assert store.counters()["bulkhead_full"] == 1
+
+
+def test_a_rule_has_its_own_pool_and_the_connection_slot_goes_back_when_it_is_full() -> None:
+    store = MemoryStore()
+    rules = [{"match": {"path": "/pay"}, "bulkhead": {"enabled": True, "max_concurrent": 1}}]
+    client = wrapped(
+        store,
+        rules=rules,
+        traffic_shaping={"enabled": True, "max_connections": 5},
+    )
+    assert store.acquire_slot("bulkhead:0", 1, 0)
+    assert client.get("/pay").status_code == 503
+    assert client.get("/other").status_code == 200  # no bulkhead there
+    assert store.slots_in_use("connections") == 0  # the busy answer gave its slot back
+    store.release_slot("bulkhead:0")
+    assert client.get("/pay").status_code == 200
+    assert store.slots_in_use("bulkhead:0") == 0
+
+
+def test_a_place_comes_back_when_the_app_raises() -> None:
+    store = MemoryStore()
+
+    def broken(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        raise RuntimeError("the app failed")
+
+    config = load_config(environ={}, overrides={"enabled": True, "bulkhead": {"enabled": True}})
+    client = Client(ChaosMiddleware(broken, config=config, store=store))
+    with pytest.raises(RuntimeError):
+        client.get("/x")
+    assert store.slots_in_use("bulkhead:global") == 0
+
+
+class DownStore(MemoryStore):
+    def acquire_slot(self, name: str, limit: int, timeout_s: float) -> bool:
+        raise StoreError("down")
+
+
+def test_an_unreachable_store_serves_without_the_cap() -> None:
+    config = load_config(environ={}, overrides={"enabled": True, "bulkhead": {"enabled": True}})
+    middleware = ChaosMiddleware(hello, config=config, store=DownStore())
+    assert Client(middleware).get("/x").status_code == 200
+    assert middleware.internal_errors == 1
+
+
+def test_named_pools_of_the_embedded_store_are_apart(tmp_path: Path) -> None:
+    store = EmbeddedStore(tmp_path)
+    assert store.acquire_slot("bulkhead:0", 1, 0)
+    assert not store.acquire_slot("bulkhead:0", 1, 0)
+    assert store.acquire_slot("connections", 1, 0)  # another pool: free
+    store.release_slot("bulkhead:0")
+    assert store.slots_in_use("bulkhead:0") == 0
+    assert store.slots_in_use("connections") == 1
+
+
+def test_at_most_16_rules_have_a_bulkhead_of_their_own() -> None:
+    rules = [{"match": {"path": f"/{n}"}, "bulkhead": {"enabled": True}} for n in range(17)]
+    with pytest.raises(ConfigError, match=r"17 rules have a bulkhead; at most 16"):
+        config_from_dict({"rules": rules})
