@@ -26,6 +26,7 @@ from .fault import (
 )
 from .latency import sleep_ms
 from .outcome import CONNECTION_TIMEOUT, Injection, Outcome
+from .plan import Plan
 from .rate_limit import render_refusal
 from .traffic_shaping import PacedBody, PacedInput, sleep_until
 
@@ -95,18 +96,10 @@ class Delivery:
 
     def __call__(self) -> Iterable[bytes]:
         plan = self.outcome.plan
-        if plan.circuit_open:
-            circuit = plan.circuit
-            assert circuit is not None
-            headers = [("Retry-After", circuit.retry_after), *self.headers]
-            return answer(self.start_response, circuit.status, _OPEN_BODY, headers=headers)
-        if plan.bulkhead_full:
-            bulkhead = plan.bulkhead
-            assert bulkhead is not None
-            wait = [("Retry-After", str(bulkhead.retry_after_s))] if bulkhead.retry_after_s else []
-            return answer(
-                self.start_response, bulkhead.status, _FULL_BODY, headers=[*wait, *self.headers]
-            )
+        if plan.circuit is not None or plan.bulkhead is not None:  # rarely: one check
+            answered = self._answer_at_once(plan)
+            if answered is not None:
+                return answered
         if plan.refused:
             assert plan.rate_limit is not None
             return render_refusal(plan.rate_limit, self.start_response, self.headers)
@@ -137,6 +130,19 @@ class Delivery:
         if self.release_slot is None:  # a paced body: what it found is reported at close
             return ClosingBody(body, self._finish)
         return CompletingBody(body, self._finish, lambda: sent_length[0])
+
+    def _answer_at_once(self, plan: Plan) -> Iterable[bytes] | None:
+        """The breaker's answer while open, the bulkhead's when full; else None."""
+        circuit, bulkhead = plan.circuit, plan.bulkhead
+        if circuit is not None and plan.circuit_open:
+            headers = [("Retry-After", circuit.retry_after), *self.headers]
+            return answer(self.start_response, circuit.status, _OPEN_BODY, headers=headers)
+        if bulkhead is not None and not bulkhead.held:
+            wait = [("Retry-After", str(bulkhead.retry_after_s))] if bulkhead.retry_after_s else []
+            return answer(
+                self.start_response, bulkhead.status, _FULL_BODY, headers=[*wait, *self.headers]
+            )
+        return None
 
     def _serve(self, start_response: StartResponse) -> Iterable[bytes]:
         """Latency, then a fault or the app, with the body shaped as planned."""
