@@ -440,7 +440,9 @@ class ChaosMiddleware:
             return plan._replace(bulkhead=place)
         if plan.slot:
             self._release_slot(self.store)
-        return Plan(rate_limit=plan.rate_limit, bulkhead=place)
+        # The breaker's say rides along: a half-open probe refused here must still be
+        # counted (this 503 is an answer like any other), or the breaker would wait on it.
+        return Plan(rate_limit=plan.rate_limit, circuit=plan.circuit, bulkhead=place)
 
     def _take_slot(self, plan: Plan, config: ChaosConfig) -> Plan:
         """Wait (up to the queue timeout) for a connection slot: held, or none free (then

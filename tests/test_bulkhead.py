@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -95,3 +96,20 @@ def test_at_most_16_rules_have_a_bulkhead_of_their_own() -> None:
     rules = [{"match": {"path": f"/{n}"}, "bulkhead": {"enabled": True}} for n in range(17)]
     with pytest.raises(ConfigError, match=r"17 rules have a bulkhead; at most 16"):
         config_from_dict({"rules": rules})
+
+
+def test_a_half_open_probe_refused_by_the_bulkhead_is_still_counted_by_the_breaker() -> None:
+    """Else the breaker waits forever on a probe that never answers through it."""
+    store = MemoryStore()
+    client = wrapped(
+        store,
+        bulkhead={"enabled": True, "max_concurrent": 1},
+        circuit_breaker={"enabled": True, "failure_threshold": 1, "cooldown_s": 0.1},
+    )
+    client.post("/api/chaos/breakers/global", json={"action": "open"})
+    time.sleep(0.15)  # half-open now
+    assert store.acquire_slot("bulkhead:global", 1, 0)  # the bulkhead is full
+    assert client.get("/x").status_code == 503  # the probe, refused by the bulkhead
+    store.release_slot("bulkhead:global")
+    status = client.get("/api/chaos/breakers").get_json()["breakers"][0]
+    assert status["state"] == "open"  # the failed probe opened it again: not stuck
