@@ -84,6 +84,8 @@ def test_a_failure_ratio_over_a_window() -> None:
         enabled=True, failure_threshold=100, failure_ratio=0.5, min_requests=4, window_s=10
     )
     assert answers(store, config, T0, True, False, True) == [None] * 3  # too few yet
+    window = breaker_status(store.counters(), "global", config, T0)["window"]
+    assert window == {"requests": 3, "failed": 2}
     assert answers(store, config, T0 + 1, False) == ["opened"]  # 2 of 4 failed
     force(store, "global", "reset", T0 + 2)
     # A new window after window_s: the old answers do not count.
@@ -235,3 +237,72 @@ def test_every_breaker_and_script_fits_the_embedded_store(tmp_path: Any) -> None
     for name in names:
         store.incr(name)
     assert set(names) <= set(store.counters())
+
+
+def test_half_open_with_its_probes_out_refuses_with_its_own_status() -> None:
+    store = MemoryStore()
+    config = CircuitBreakerConfig(enabled=True, failure_threshold=1, cooldown_s=5, status=429)
+    answers(store, config, T0, True)
+    assert admit(store, "global", config, T0 + 5).state == PROBE
+    assert admit(store, "global", config, T0 + 5) == Circuit("global", OPEN, 1.0, 429)
+
+
+def test_without_a_ratio_many_answers_never_open_it() -> None:
+    store = MemoryStore()
+    config = CircuitBreakerConfig(enabled=True, failure_threshold=3, min_requests=2)
+    assert answers(store, config, T0, *[False] * 20, True, True) == [None] * 22
+
+
+def test_a_failure_counted_after_it_opened_does_not_start_the_cooldown_again() -> None:
+    """Another worker's request, let through while closed, fails after the breaker
+    opened: the cooldown still runs from the opening."""
+    store, config = MemoryStore(), CircuitBreakerConfig(enabled=True, failure_threshold=1)
+    late = admit(store, "global", config, T0)  # closed when it was let through
+    answers(store, config, T0, True)  # opens it
+    assert record(store, late, config, T0 + 5, True) is None
+    assert admit(store, "global", config, T0 + 5).retry_after_s == pytest.approx(25.0)
+
+
+def test_a_new_window_forgets_the_old_ones_answers() -> None:
+    store = MemoryStore()
+    config = CircuitBreakerConfig(
+        enabled=True, failure_threshold=100, failure_ratio=0.5, min_requests=4, window_s=10
+    )
+    answers(store, config, T0, *[False] * 10)  # a calm window
+    # The next: four failures of four (not four of fourteen).
+    assert answers(store, config, T0 + 11, True, True, True, True)[-1] == "opened"
+
+
+def test_the_status_of_each_state() -> None:
+    store = MemoryStore()
+    config = CircuitBreakerConfig(enabled=True, failure_threshold=2, cooldown_s=10)
+    answers(store, config, T0, True)
+    assert breaker_status(store.counters(), "global", config, T0) == {
+        "owner": "global",
+        "state": CLOSED,
+        "failures_in_a_row": 1,
+        "failure_threshold": 2,
+        "opened_at": None,
+        "half_open_in_s": None,
+        "probes_let_through": 0,
+        "window": {"requests": 0, "failed": 0},
+    }
+    answers(store, config, T0, True)
+    opened = breaker_status(store.counters(), "global", config, T0 + 4)
+    assert (opened["state"], opened["opened_at"], opened["half_open_in_s"]) == (OPEN, T0, 6.0)
+    assert opened["failures_in_a_row"] == 0  # the count starts again once it opened
+    admit(store, "global", config, T0 + 10)
+    half = breaker_status(store.counters(), "global", config, T0 + 10)
+    assert (half["state"], half["probes_let_through"], half["half_open_in_s"]) == (
+        "half_open",
+        1,
+        None,
+    )
+    force(store, "global", "close", T0 + 10)
+    closed = breaker_status(store.counters(), "global", config, T0 + 10)
+    assert (closed["state"], closed["failures_in_a_row"], closed["probes_let_through"]) == (
+        CLOSED,
+        0,
+        0,
+    )
+    assert store.counters().get("breaker:global:probes", 0) == 0

@@ -156,7 +156,7 @@ def test_the_summary() -> None:
 
 def test_no_rows() -> None:
     summary = summarize([])
-    assert summary["calls"] == 0
+    assert summary["calls"] == 0 and summary["max_attempts"] == 0
     assert summary["success_ratio"] is None and summary["backoff_p99_s"] is None
 
 
@@ -197,3 +197,40 @@ def test_without_the_recorder_verdicts_and_the_report_are_a_404_that_says_so() -
         assert answer.status_code == 404
         assert "--recorder" in answer.get_json()["problems"][0]
     assert client.get("/api/chaos/status").get_json()["recorder"] is False
+
+
+def test_a_call_names_its_requests_and_the_window_is_inclusive() -> None:
+    found = verdicts(
+        [row(1.0, 503, request_id="a1"), row(4.0, 200, ms=0.0, request_id="a2")], window_s=3.0
+    )
+    [call] = found["calls"]
+    assert call["request_ids"] == ["a1", "a2"]  # 3 s apart: within a 3 s window
+    assert found["window_s"] == 3.0
+    assert found["summary"]["backoff_p99_s"] == 3.0
+    assert found["summary"]["max_attempts"] == 2
+
+
+def test_a_call_as_the_api_shows_it() -> None:
+    rows = [
+        row(1.0, 503, ms=100.0, retry_after_s=1.0, test_id="t", idempotency_key="k",
+            fault_type="http_error", request_id="r1"),
+        row(2.3, 200, ms=100.0, test_id="t", idempotency_key="k", request_id="r2"),
+    ]  # fmt: skip
+    [call] = verdicts(rows)["calls"]
+    assert call == {
+        "method": "GET",
+        "path": "/pay",
+        "test_id": "t",
+        "idempotency_key": "k",
+        "attempts": 2,
+        "statuses": [503, 200],
+        "faults": ["http_error", None],
+        "waits_s": [1.2],
+        "retry_after_s": [1.0, None],
+        "retry_after_honoured": [True],
+        "backoff_grew": None,
+        "unsafe_retry": False,
+        "succeeded": True,
+        "started": pytest.approx(0.9),
+        "request_ids": ["r1", "r2"],
+    }
