@@ -334,10 +334,11 @@ class EmbeddedStore(Store):
         """Write the releases this process owes to its row (call with the lock held);
         returns the row's in-flight cell of pool ``index``."""
         row = _SLOTS // 8 + self._own_row() * _SLOT_ROW + 2
-        for owed_index, owed in list(self._unreleased.items()):
-            owed_cell = row + owed_index
-            self._words[owed_cell] = max(int(self._words[owed_cell]) - owed, 0)
-            del self._unreleased[owed_index]
+        if self._unreleased:  # mostly empty: no list made on every take
+            for owed_index, owed in list(self._unreleased.items()):
+                owed_cell = row + owed_index
+                self._words[owed_cell] = max(int(self._words[owed_cell]) - owed, 0)
+                del self._unreleased[owed_index]
         return row + index
 
     def slots_in_use(self, name: str) -> int:
