@@ -192,3 +192,8 @@ def test_pytest_plugin(pytester: pytest.Pytester) -> None:
     assert json.loads(cases["test_marker"]["chaos_verdict"])["calls"] == 1
     assert cases["test_marker"]["chaos_seed"] == "none"
     assert "chaos_verdict" not in cases["test_in_process"]  # no `chaos` there
+    quick = pytester.runpytest(
+        "-p", "no:cacheprovider", "--mockforge-no-verdicts", "-k", "test_marker"
+    )
+    quick.assert_outcomes(passed=1, deselected=2)
+    quick.stdout.fnmatch_lines(["*::test_marker: injected http_error 1; no verdict; seed *"])
