@@ -715,25 +715,42 @@ def _schema_of(kind: Kind, check: Check | None, help: str) -> dict[str, Any]:
     }
 
 
+def _schema_name(path: tuple[str, ...]) -> str:
+    """A section's schema name: its class's (``LatencyConfig``), or for a plugin's
+    ``PluginExpireSessionConfig``."""
+    if len(path) == 1:
+        return str(SECTION_CLASSES[path[0]].__name__)
+    return "Plugin" + "".join(part.title().replace("_", "") for part in path[1:]) + "Config"
+
+
 def _schemas() -> dict[str, Any]:
     """JSON schemas of the config and its sections, from the setting declarations."""
-    sections: dict[str, dict[str, Any]] = {}
+    sections: dict[tuple[str, ...], dict[str, Any]] = {}
     top: dict[str, Any] = {}
     for info in iter_settings():
         schema = _schema_of(info.kind, info.check, info.field.metadata["help"])
         if len(info.path) == 1:
             top[info.path[0]] = schema
-        else:
-            sections.setdefault(info.path[0], {})[info.path[1]] = schema
+        else:  # a section's, or a plugin's (chaos.plugins.<name>.<field>)
+            sections.setdefault(info.path[:-1], {})[info.path[-1]] = schema
     schemas: dict[str, Any] = {}
-    for attribute, fields in sections.items():
-        cls = SECTION_CLASSES[attribute]
-        schemas[cls.__name__] = {
+    for path, fields in sections.items():
+        schemas[_schema_name(path)] = {
             "type": "object",
             "additionalProperties": False,
             "properties": fields,
         }
-        top[attribute] = {"$ref": f"#/components/schemas/{cls.__name__}"}
+        while path:  # each section's place in the one above it
+            parent, ref = path[:-1], {"$ref": f"#/components/schemas/{_schema_name(path)}"}
+            if not parent:
+                top[path[0]] = ref
+                break
+            above = schemas.setdefault(
+                _schema_name(parent),
+                {"type": "object", "additionalProperties": False, "properties": {}},
+            )
+            above["properties"][path[-1]] = ref
+            path = parent
     schemas["ChaosConfig"] = {"type": "object", "additionalProperties": False, "properties": top}
     scenario_properties: dict[str, Any] = {
         "name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,100}$"},

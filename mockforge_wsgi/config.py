@@ -27,7 +27,9 @@ import yaml
 
 from . import _kinds as kinds
 from ._kinds import shown
+from ._settings import ConfigError, Flag, section, setting
 from .patterns import MAX_SCRIPTED_RULES, FaultPattern, parse_pattern
+from .plugins import load_plugins, plugins_section
 from .rules import Rule, parse_match
 
 __all__ = [
@@ -45,63 +47,6 @@ __all__ = [
 
 ENV_PREFIX = "MOCKFORGE_CHAOS_"
 ROOT = "chaos"
-
-
-class ConfigError(ValueError):
-    """Every problem found in a configuration, each as ``path: value is not allowed``."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = list(problems)
-        super().__init__("invalid chaos configuration:\n  " + "\n  ".join(self.problems))
-
-
-@attrs.frozen
-class Flag:
-    """The ``mockforge serve`` option that sets a setting (as gunicorn's Settings carry
-    their command-line flag). A flag for a setting inside a section turns it on too."""
-
-    name: str  # "--chaos-latency-ms"
-    metavar: str = ""  # "MS"; empty for an on/off switch
-    note: str = ""  # what the flag does beyond setting the value, as a sentence
-
-    @property
-    def parameter(self) -> str:
-        """The click parameter name: ``--chaos-latency-ms`` -> ``chaos_latency_ms``."""
-        return self.name.lstrip("-").replace("-", "_")
-
-
-def setting(
-    default: Any,
-    kind: kinds.Kind,
-    help: str,
-    check: kinds.Check | None = None,
-    *,
-    ramps: bool = False,
-    flag: Flag | None = None,
-) -> Any:
-    """Declare one setting: an attrs field whose metadata drives loading, env, flags,
-    OpenAPI and docs.
-
-    ``ramps`` marks a probability or delay that a ramped scenario grows from zero;
-    ``flag`` is the ``mockforge serve`` option that sets it, if any.
-    """
-
-    def validate(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-        problem = kind.type_problem(value) or (check.problem(value) if check else None)
-        if problem:
-            raise ConfigError([f"{attribute.name}: {problem}"])
-
-    return attrs.field(
-        default=default,
-        validator=validate,
-        metadata={"kind": kind, "check": check, "help": help, "ramps": ramps, "flag": flag},
-    )
-
-
-def section(cls: type[Any], help: str, *, in_rules: bool = True) -> Any:
-    """Declare a nested section (``latency``, ``fault_injection``, ...); ``in_rules``:
-    a conditional-chaos rule may override it."""
-    return attrs.field(factory=cls, metadata={"section": cls, "help": help, "in_rules": in_rules})
 
 
 PROBABILITY = kinds.Between(0.0, 1.0)
@@ -642,6 +587,11 @@ def apply_rule(config: ChaosConfig, rule: Rule) -> ChaosConfig:
     return attrs.evolve(config, rules=(), **sections)
 
 
+# Custom faults from installed plugins (plugins.py), each a section under chaos.plugins.
+PLUGINS: tuple[Any, ...] = load_plugins()
+PluginsConfig = plugins_section(PLUGINS)
+
+
 @attrs.frozen
 class ChaosConfig:
     """Everything the middleware injects. Frozen: change it with ``attrs.evolve``."""
@@ -681,6 +631,11 @@ class ChaosConfig:
         CircuitBreakerConfig, "A circuit breaker to test clients against."
     )
     bulkhead: BulkheadConfig = section(BulkheadConfig, "A concurrency cap per route (rule).")
+    plugins: Any = section(
+        PluginsConfig,
+        "Custom faults of installed plugins (mockforge_wsgi.faults).",
+        in_rules=False,
+    )
     header_control: HeaderControlConfig = section(
         HeaderControlConfig, "Chaos asked for by request headers.", in_rules=False
     )

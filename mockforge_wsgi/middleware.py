@@ -26,7 +26,7 @@ from .apply import Delivery, with_headers
 from .breaker import GLOBAL, OPEN, Circuit, admit
 from .breaker import record as breaker_record
 from .bulkhead import Bulkhead, pool_name
-from .config import ChaosConfig, CircuitBreakerConfig, apply_rule
+from .config import PLUGINS, ChaosConfig, CircuitBreakerConfig, apply_rule
 from .engine import ScenarioEngine
 from .outcome import OUTCOME_KEY, Injection, Outcome
 from .patterns import PATTERN_COUNTER, script_counter
@@ -210,7 +210,7 @@ class ChaosMiddleware:
             done = functools.partial(self._circuit_answered, circuit, config.circuit_breaker)
             return observe(deliver, environ, start_response, done)
         return Delivery(  # inline, not self._deliver: a call less on every such request
-            self.app,
+            self.app if plan.plugged is None else self._wrapped(plan.plugged),
             outcome,
             config.fault_injection,
             environ,
@@ -234,8 +234,9 @@ class ChaosMiddleware:
         environ: WSGIEnvironment,
         start_response: StartResponse,
     ) -> Iterable[bytes]:
+        plugged = outcome.plan.plugged
         return Delivery(
-            self.app,
+            self.app if plugged is None else self._wrapped(plugged),
             outcome,
             config.fault_injection,
             environ,
@@ -408,6 +409,10 @@ class ChaosMiddleware:
         )
         if circuit is not None:  # let through: the answer is counted (closed or a probe)
             plan = plan._replace(circuit=circuit)
+        if PLUGINS and not plan.refused and plan.fault is None:  # the app will answer
+            plugged = self._plugins_decide(config, rng)
+            if plugged:
+                plan = plan._replace(plugged=plugged)
         # Last: nothing after a place is taken may fail (it would never be given back).
         if plan.shaping is not None and plan.needs_slot:
             plan = self._take_slot(plan, config)
@@ -418,6 +423,31 @@ class ChaosMiddleware:
                 owner = str(rule[0]) if own and rule is not None else GLOBAL
                 plan = self._take_bulkhead(plan, config, owner)
         return plan
+
+    def _plugins_decide(
+        self, config: ChaosConfig, rng: random.Random
+    ) -> tuple[tuple[Any, Any], ...] | None:
+        """Each enabled plugin's decision (plugins.py), from the same generator."""
+        found = []
+        for plugin in PLUGINS:
+            settings = getattr(config.plugins, plugin.name)
+            if settings.enabled:
+                decision = plugin.decide(settings, rng)
+                if decision is not None:
+                    found.append((plugin, decision))
+        return tuple(found) or None
+
+    def _wrapped(self, plugged: tuple[tuple[Any, Any], ...]) -> WSGIApplication:
+        """The app inside each plugin's wrapper, the first plugin outermost; a plugin
+        that fails to wrap is left out (counted, logged), as our own failures are."""
+        app = self.app
+        try:
+            for plugin, decision in reversed(plugged):
+                app = plugin.wrap(decision, app)
+        except Exception:
+            self._internal_error("a plugin's wrap()")
+            return self.app
+        return app
 
     def _take_bulkhead(self, plan: Plan, config: ChaosConfig, owner: str) -> Plan:
         """Wait (up to its queue timeout) for a place in the bulkhead: held, or none came
@@ -458,9 +488,11 @@ class ChaosMiddleware:
                 raise
             self._internal_error("taking a connection slot")
             return plan  # served without the limit
-        delay_ms, fault, verdict, shaping, _, circuit, bulkhead = plan
+        delay_ms, fault, verdict, shaping, _, circuit, bulkhead, plugged = plan
         if admitted:  # built directly: NamedTuple._replace is a slow Python-level call
-            held: Plan = _new(Plan, (delay_ms, fault, verdict, shaping, True, circuit, bulkhead))
+            held: Plan = _new(
+                Plan, (delay_ms, fault, verdict, shaping, True, circuit, bulkhead, plugged)
+            )
             return held
         return Plan(rate_limit=verdict, shaping=shaping, slot=False, circuit=circuit)
 

@@ -52,6 +52,8 @@ class Plan(NamedTuple):
     slot: bool | None = None
     circuit: Circuit | None = None  # a simulated circuit breaker's say (breaker.py)
     bulkhead: Bulkhead | None = None  # a place in a route's bulkhead, held or not
+    # Plugins' decisions (plugins.py): ((plugin, decision), ...), applied around the app.
+    plugged: tuple[tuple[Any, Any], ...] | None = None
 
     @property
     def circuit_open(self) -> bool:
@@ -87,6 +89,7 @@ class Plan(NamedTuple):
             and self.rate_limit.outcome.allowed
             and self.circuit is None
             and self.bulkhead is None
+            and self.plugged is None
         )
 
     @property
@@ -119,6 +122,8 @@ class Plan(NamedTuple):
             parts.append(f"fault={self.fault.label}")
         if self.cut_by_timeout:
             parts.append("cut=connection_timeout")
+        if self.plugged:
+            parts.extend(f"{plugin.name}={decision}" for plugin, decision in self.plugged)
         return ", ".join(parts)
 
     @property
@@ -157,6 +162,8 @@ class Plan(NamedTuple):
             found.append(_new(Injection, (fault.kind, detail)))
         if self.cut_by_timeout:
             found.append(_new(Injection, (CONNECTION_TIMEOUT, "")))
+        if self.plugged:
+            found.extend(_new(Injection, (p.injection, str(d))) for p, d in self.plugged)
         return found
 
     def response_headers(self, expose_rate_limit: bool = True) -> list[tuple[str, str]]:
@@ -214,7 +221,7 @@ def decide_plan(
 def _limited(verdict: RateLimitVerdict) -> Plan:
     """``Plan(rate_limit=verdict)``, built as a tuple directly (the keyword constructor
     of a NamedTuple is a Python-level call): the plan of most requests under a limit."""
-    plan: Plan = _new(Plan, (None, None, verdict, None, None, None, None))
+    plan: Plan = _new(Plan, (None, None, verdict, None, None, None, None, None))
     return plan
 
 

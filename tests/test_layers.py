@@ -29,7 +29,8 @@ LAYERS = [
     ["state.embedded", "state.memory", "state.redis_store"],
     ["state.base"],
     ["state.gcra", "state._process", "config"],
-    ["rules", "patterns"],
+    ["rules", "patterns", "plugins"],
+    ["_settings"],
     ["_kinds"],
     ["_env", "_answers", "_headers", "_observe", "_sockets", "_sections", "_version"],
 ]
