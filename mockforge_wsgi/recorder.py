@@ -65,7 +65,8 @@ COLUMNS = (
     "retry_after_s",
     "scenario",
 )
-# Columns added after the first release: a table made before gets them at open.
+# Columns added after the first release: a table made before gets them at open (a new
+# table has them from the start).
 _ADDED = {
     "test_id": "TEXT",
     "idempotency_key": "TEXT",
@@ -98,7 +99,8 @@ CREATE TABLE IF NOT EXISTS requests (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     time REAL NOT NULL, request_id TEXT NOT NULL, method TEXT NOT NULL, path TEXT NOT NULL,
     status INTEGER NOT NULL, duration_ms REAL NOT NULL, client TEXT, worker INTEGER,
-    fault_type TEXT, latency_ms REAL, injected TEXT
+    fault_type TEXT, latency_ms REAL, injected TEXT,
+    test_id TEXT, idempotency_key TEXT, body_hash TEXT, retry_after_s REAL, scenario TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_time ON requests (time);
 CREATE INDEX IF NOT EXISTS requests_status ON requests (status);
@@ -116,10 +118,17 @@ class Recorder:
         self._pid = 0
         with self._connect() as connection:
             connection.executescript(_SCHEMA)
-            present = {row[1] for row in connection.execute("PRAGMA table_info(requests)")}
-            for name, kind in _ADDED.items():
-                if name not in present:
-                    connection.execute(f"ALTER TABLE requests ADD COLUMN {name} {kind}")
+            # Every worker opens the file at once: one at a time looks and adds.
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                present = {row[1] for row in connection.execute("PRAGMA table_info(requests)")}
+                for name, kind in _ADDED.items():
+                    if name not in present:
+                        connection.execute(f"ALTER TABLE requests ADD COLUMN {name} {kind}")
+                connection.execute("COMMIT")
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
         connection.close()
 
     def _connect(self) -> sqlite3.Connection:

@@ -246,3 +246,36 @@ def test_a_database_of_the_first_schema_gets_the_new_columns(tmp_path: Path) -> 
         "k1",
         "slow_backend",
     )
+
+
+def _open_recorder(path: str, results: Any) -> None:
+    try:
+        Recorder(path)
+        results.put("ok")
+    except Exception as error:  # what a worker would die of at boot
+        results.put(repr(error))
+
+
+def test_workers_opening_an_old_file_at_once_all_start(tmp_path: Path) -> None:
+    """gunicorn's workers build their recorder together: adding the new columns once, not
+    once per worker (the second ALTER failed: 'duplicate column name', worker dead)."""
+    import multiprocessing
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as old:
+        old.execute(
+            "CREATE TABLE requests (id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL,"
+            " request_id TEXT NOT NULL, method TEXT NOT NULL, path TEXT NOT NULL, status"
+            " INTEGER NOT NULL, duration_ms REAL NOT NULL, client TEXT, worker INTEGER,"
+            " fault_type TEXT, latency_ms REAL, injected TEXT)"
+        )
+    old.close()
+    fork = multiprocessing.get_context("fork")
+    results = fork.Queue()
+    workers = [fork.Process(target=_open_recorder, args=(str(path), results)) for _ in range(8)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(30)
+    assert sorted(results.get(timeout=5) for _ in workers) == ["ok"] * 8
