@@ -130,6 +130,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield running
 
 
+@pytest.mark.server
 def test_the_report_opens_offline_and_draws_every_chart(server: Server, tmp_path: Path) -> None:
     answer = requests.get(
         server.url + "/api/chaos/report",
@@ -162,6 +163,7 @@ def test_the_report_opens_offline_and_draws_every_chart(server: Server, tmp_path
     assert 0 <= float(score) <= 100
 
 
+@pytest.mark.server
 def test_the_report_from_the_command_line(server: Server, tmp_path: Path) -> None:
     database = next(server.log_path.parent.glob("recorder.db"))
     out = tmp_path / "cli-report.html"
@@ -176,6 +178,7 @@ def test_the_report_from_the_command_line(server: Server, tmp_path: Path) -> Non
     assert "brownout" in out.read_text(encoding="utf-8")
 
 
+@pytest.mark.server
 def test_the_dashboard_shows_and_changes_the_server_state(server: Server, tmp_path: Path) -> None:
     from selenium.webdriver.support.ui import WebDriverWait
 
