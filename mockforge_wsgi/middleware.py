@@ -209,21 +209,7 @@ class ChaosMiddleware:
             deliver = functools.partial(self._deliver, outcome, config, headers, started)
             done = functools.partial(self._circuit_answered, circuit, config.circuit_breaker)
             return observe(deliver, environ, start_response, done)
-        return Delivery(  # inline, not self._deliver: a call less on every such request
-            self.app if plan.plugged is None else self._wrapped(plan.plugged),
-            outcome,
-            config.fault_injection,
-            environ,
-            start_response,
-            headers,
-            started,
-            self._releaser(plan)
-            if plan.bulkhead is not None
-            else functools.partial(self._release_slot, self.store)
-            if plan.slot
-            else None,
-            self._report_found,
-        )()
+        return self._deliver(outcome, config, headers, started, environ, start_response)
 
     def _deliver(
         self,
@@ -252,11 +238,8 @@ class ChaosMiddleware:
         or None when it holds none."""
         bulkhead = plan.bulkhead
         if bulkhead is None or not bulkhead.held:
-            return self._slot_releaser(plan)
+            return functools.partial(self._release_slot, self.store) if plan.slot else None
         return functools.partial(self._release_places, self.store, bool(plan.slot), bulkhead.pool)
-
-    def _slot_releaser(self, plan: Plan) -> Callable[[], None] | None:
-        return functools.partial(self._release_slot, self.store) if plan.slot else None
 
     def _release_places(self, store: Store, slot: bool, pool: str) -> None:
         try:

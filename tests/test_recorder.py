@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import subprocess
 import sys
 import time
@@ -218,19 +219,23 @@ def test_a_queued_row_is_written_within_the_flush_interval(tmp_path: Path) -> No
     assert time.monotonic() - queued < 0.6  # 0.2 s promised; slack for a slow machine
 
 
+def first_schema(path: Path) -> sqlite3.Connection:
+    """A recorder file as the first version made it (the verdict columns came later)."""
+    connection = sqlite3.connect(path)
+    connection.execute(
+        "CREATE TABLE requests (id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL,"
+        " request_id TEXT NOT NULL, method TEXT NOT NULL, path TEXT NOT NULL, status"
+        " INTEGER NOT NULL, duration_ms REAL NOT NULL, client TEXT, worker INTEGER,"
+        " fault_type TEXT, latency_ms REAL, injected TEXT)"
+    )
+    return connection
+
+
 def test_a_database_of_the_first_schema_gets_the_new_columns(tmp_path: Path) -> None:
     """The verdict columns came later: a file made before opens, keeps its rows, and
     takes new rows with every column."""
-    import sqlite3
-
     path = tmp_path / "old.db"
-    with sqlite3.connect(path) as old:
-        old.execute(
-            "CREATE TABLE requests (id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL,"
-            " request_id TEXT NOT NULL, method TEXT NOT NULL, path TEXT NOT NULL, status"
-            " INTEGER NOT NULL, duration_ms REAL NOT NULL, client TEXT, worker INTEGER,"
-            " fault_type TEXT, latency_ms REAL, injected TEXT)"
-        )
+    with first_schema(path) as old:
         old.execute(
             "INSERT INTO requests (time, request_id, method, path, status, duration_ms)"
             " VALUES (1.0, 'old', 'GET', '/', 200, 1.0)"
@@ -260,17 +265,9 @@ def test_workers_opening_an_old_file_at_once_all_start(tmp_path: Path) -> None:
     """gunicorn's workers build their recorder together: adding the new columns once, not
     once per worker (the second ALTER failed: 'duplicate column name', worker dead)."""
     import multiprocessing
-    import sqlite3
 
     path = tmp_path / "old.db"
-    with sqlite3.connect(path) as old:
-        old.execute(
-            "CREATE TABLE requests (id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL,"
-            " request_id TEXT NOT NULL, method TEXT NOT NULL, path TEXT NOT NULL, status"
-            " INTEGER NOT NULL, duration_ms REAL NOT NULL, client TEXT, worker INTEGER,"
-            " fault_type TEXT, latency_ms REAL, injected TEXT)"
-        )
-    old.close()
+    first_schema(path).close()  # committed: CREATE TABLE is not in a transaction
     fork = multiprocessing.get_context("fork")
     results = fork.Queue()
     workers = [fork.Process(target=_open_recorder, args=(str(path), results)) for _ in range(8)]
