@@ -205,10 +205,15 @@ def test_body_over_64kb_is_413() -> None:
 
 def test_unknown_route_and_method_are_json() -> None:
     client, _ = make()
-    assert call(client, "GET", "/nope").status_code == 404
+    missing = call(client, "GET", "/nope")
+    assert missing.status_code == 404
+    assert missing.headers["Content-Type"] == "application/json"
+    assert missing.get_json() == {"error": "not found", "problems": []}
     wrong = call(client, "DELETE", "/status")
     assert wrong.status_code == 405
-    assert wrong.get_json()["error"] == "method not allowed"
+    assert wrong.headers["Content-Type"] == "application/json"
+    assert wrong.get_json() == {"error": "method not allowed", "problems": []}
+    assert "GET" in wrong.headers["Allow"]
 
 
 def test_scenarios_routes() -> None:

@@ -325,6 +325,27 @@ def test_the_version_is_polled_every_50_ms_on_the_stores_clock(
         assert reader.state_version() == seen + 1
 
 
+def test_gunicorns_child_exit_hook_gives_back_a_dead_workers_places(
+    redis_server: RedisServer,
+) -> None:
+    """The hook ``mockforge serve`` gives gunicorn: on Redis nothing else frees a dead
+    worker's places until its lease runs out (SLOT_LEASE_S, minutes)."""
+    import os
+    from types import SimpleNamespace
+
+    from mockforge_wsgi.cli import _child_exit
+
+    worker = store_from_url(redis_server.url)
+    assert worker.acquire_slot("connections", 2, 0)
+    assert worker.acquire_slot("bulkhead:3", 1, 0)
+    master = store_from_url(redis_server.url)
+    assert master.slots_in_use("connections") == 1
+    _child_exit(master, None, None, SimpleNamespace(pid=os.getpid()))
+    assert master.slots_in_use("connections") == 0
+    assert master.slots_in_use("bulkhead:3") == 0
+    assert SLOT_LEASE_S >= 60  # why the hook matters: the lease alone is slow
+
+
 def test_a_dead_workers_places_in_every_pool_are_forgotten(redis_server: RedisServer) -> None:
     """gunicorn's child_exit: the connection slots and each bulkhead's places it held."""
     import os
