@@ -14,9 +14,9 @@ def test_bytes_serves_up_to_1_gib_and_never_more() -> None:
     client = Client(MockApp())
     small = client.get("/api/bytes/100000", buffered=True)
     assert (small.status_code, len(small.data)) == (200, 100000)
-    at = client.head("/api/bytes/%d" % GIB)
+    at = client.head(f"/api/bytes/{GIB}")
     assert (at.status_code, at.headers["Content-Length"]) == (200, str(GIB))
-    over = client.head("/api/bytes/%d" % (GIB + 1))
+    over = client.head(f"/api/bytes/{GIB + 1}")
     # Refused (400), or served capped: never more than the cap.
     assert over.status_code == 400 or (
         over.status_code == 200 and over.headers["Content-Length"] == str(GIB)
