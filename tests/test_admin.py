@@ -32,6 +32,10 @@ def _timed(call: object) -> tuple[float, requests.Response]:
     return time.monotonic() - start, response
 
 
+def _delays_decided(http: requests.Session, admin: str) -> int:
+    return int(http.get(admin + "/stats", timeout=10).json()["counters"].get("latency", 0))
+
+
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_chaos_can_be_seen_and_stopped_at_once_while_every_thread_is_held(
     tmp_path: Path, workers: str
@@ -49,8 +53,18 @@ def test_chaos_can_be_seen_and_stopped_at_once_while_every_thread_is_held(
         held = [threading.Thread(target=hold) for _ in range(2 * int(workers) + 2)]
         for thread in held:
             thread.start()
-        time.sleep(0.5)  # every thread is asleep in injected latency now
         with session() as http:
+            # Every thread is asleep in injected latency now: as many delays decided as
+            # there are threads (each holds 2 s; the queue behind them is not decided).
+            # Which worker accepts a connection is the kernel's choice: add clients
+            # until every thread of every worker holds one (at most 12 in all).
+            deadline = time.monotonic() + 1.5
+            while (held_now := _delays_decided(http, admin)) < 2 * int(workers):
+                assert time.monotonic() < deadline, f"{held_now} threads held, not all"
+                if len(held) < 12:
+                    held.append(threading.Thread(target=hold))
+                    held[-1].start()
+                time.sleep(0.05)
             seconds, status = _timed(lambda: http.get(admin + "/status", timeout=10))
             assert status.status_code == 200
             assert status.json()["active_scenario"]["name"] == "slow_backend"
