@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 from requests.adapters import HTTPAdapter
-from servers import Server, mockforge_serve, session
+from servers import Server, mockforge_serve, session, werkzeug_server
 from urllib3.util.retry import Retry
 
 from mockforge_wsgi.client import ChaosClient
@@ -181,3 +181,20 @@ def test_a_whole_answer_leaves_it_closed(one_worker: Server) -> None:
                 assert (answer.status_code, len(answer.content)) == (200, 20000)
         [breaker] = admin.get(api + "/breakers", timeout=10).json()["breakers"]
     assert (breaker["state"], breaker["failures_in_a_row"]) == ("closed", 0)
+
+
+@pytest.mark.parametrize("fault", _NO_ANSWER_KINDS[:2])
+def test_werkzeugs_server_opens_it_on_a_reset_and_a_cut(fault: dict[str, object]) -> None:
+    """The same on werkzeug's development server (its socket is werkzeug.socket)."""
+    from mockforge_wsgi import ChaosMiddleware, load_config
+    from mockforge_wsgi.mock_api import MockApp
+
+    middleware = ChaosMiddleware(MockApp(), config=load_config(environ={}))
+    with werkzeug_server(middleware) as server:
+
+        def ask() -> None:
+            broken = (requests.ConnectionError, requests.exceptions.ChunkedEncodingError)
+            with session() as client, pytest.raises(broken):
+                client.get(server.url + "/api/test", timeout=10).content  # noqa: B018
+
+        _open_after(server, {"fault_injection": {"enabled": True, **fault}}, ask)
