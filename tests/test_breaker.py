@@ -441,3 +441,53 @@ def test_a_head_answered_with_its_length_and_no_body_is_a_success() -> None:
     for _ in range(3):
         assert client.head("/x", buffered=True).status_code == 200
     assert client.get("/x", buffered=True).status_code == 200
+
+
+# -- found by mutation testing (dev/mutate_one.py breaker tests/test_breaker.py) --------
+
+
+def test_a_window_ends_exactly_window_s_after_it_began() -> None:
+    """At the bound and just before it: 9.995 s after the first answer the window still
+    counts it; at 10 s a new one starts (however many answers came in between)."""
+    config = CircuitBreakerConfig(
+        enabled=True, failure_threshold=100, failure_ratio=0.5, min_requests=4, window_s=10
+    )
+    store = MemoryStore()
+    answers(store, config, T0, True, True, True)
+    answers(store, config, T0 + 9.995, False)  # 3 of 4 failed: still this window
+    assert breaker_status(store.counters(), "global", config, T0)["window"] == {
+        "requests": 4,
+        "failed": 3,
+    }
+    store = MemoryStore()
+    answers(store, config, T0, True, True, True)
+    answers(store, config, T0 + 10, False)  # a new window: only this answer
+    assert breaker_status(store.counters(), "global", config, T0)["window"] == {
+        "requests": 1,
+        "failed": 0,
+    }
+
+
+def test_closing_it_by_hand_forgets_the_failures_in_a_row() -> None:
+    store, config = MemoryStore(), CircuitBreakerConfig(enabled=True, failure_threshold=3)
+    answers(store, config, T0, True, True)
+    force(store, "global", "close", T0)
+    assert breaker_status(store.counters(), "global", config, T0)["failures_in_a_row"] == 0
+    assert answers(store, config, T0, True, True) == [None, None]  # two, not four
+
+
+def test_a_success_touches_only_the_breakers_own_counters() -> None:
+    store, config = MemoryStore(), CircuitBreakerConfig(enabled=True, failure_threshold=3)
+    answers(store, config, T0, True, False, False)
+    assert set(store.counters()) <= {f"breaker:global:{field}" for field in (
+        "opened_ms", "failures", "probes", "window_ms", "requests", "failed")}  # fmt: skip
+
+
+def test_the_time_left_open_is_shown_to_the_millisecond_until_it_half_opens() -> None:
+    store = MemoryStore()
+    config = CircuitBreakerConfig(enabled=True, failure_threshold=1, cooldown_s=10)
+    answers(store, config, T0, True)
+    shown = breaker_status(store.counters(), "global", config, T0 + 3.87654)
+    assert (shown["state"], shown["half_open_in_s"]) == (OPEN, 6.123)
+    last = breaker_status(store.counters(), "global", config, T0 + 9.5)
+    assert (last["state"], last["half_open_in_s"]) == (OPEN, 0.5)
