@@ -1,12 +1,13 @@
 """Mutation-test one module against the tests that cover it, in about a minute.
 
     python3 dev/mutate_one.py breaker tests/test_breaker.py
-    python3 dev/mutate_one.py bulkhead tests/test_bulkhead.py tests/test_breaker.py
+    python3 dev/mutate_one.py bulkhead tests/test_bulkhead.py --children 2
 
 ``mutmut run`` with the project's configuration mutates every listed module and first
 runs the whole fast suite to map tests to functions (several minutes on 2 cores). This
 copies the project into a scratch directory whose ``[tool.mutmut]`` names one module and
-the given test files (their fast tests only), runs mutmut there on one core, and prints
+the given test files (their fast tests only), runs mutmut there (one child unless
+``--children N``: the machine may be shared), and prints
 the survivors (``mutmut show <name>`` in that directory shows each).
 """
 
@@ -24,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 COPIED = ["mockforge_wsgi", "tests", "examples", "docs", "README.md", "setup.cfg"]
 
 
-def main(module: str, tests: list[str]) -> int:
+def main(module: str, tests: list[str], children: int = 1) -> int:
     scratch = Path(tempfile.mkdtemp(prefix=f"mutate-{module}-"))
     for name in COPIED:
         source = ROOT / name
@@ -42,7 +43,7 @@ def main(module: str, tests: list[str]) -> int:
     (scratch / "pyproject.toml").write_text(config)
     started = time.monotonic()
     run = subprocess.run(
-        [sys.executable, "-m", "mutmut", "run", "--max-children", "1"],
+        [sys.executable, "-m", "mutmut", "run", "--max-children", str(children)],
         cwd=scratch,
         capture_output=True,
         text=True,
@@ -63,6 +64,12 @@ def main(module: str, tests: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 3:
+    args = sys.argv[1:]
+    children = 1
+    if "--children" in args:
+        at = args.index("--children")
+        children = int(args[at + 1])
+        del args[at : at + 2]
+    if len(args) < 2:
         sys.exit(__doc__)
-    sys.exit(main(sys.argv[1], sys.argv[2:]))
+    sys.exit(main(args[0], args[1:], children))
