@@ -18,17 +18,32 @@ def observe(
     environ: WSGIEnvironment,
     start_response: StartResponse,
     done: Listener,
+    *,
+    whole: bool = False,
 ) -> Iterable[bytes]:
-    """Call ``app``; once the response is closed (or the app raised), call ``done``."""
+    """Call ``app``; once the response is closed (or the app raised), call ``done``.
+
+    With ``whole``, an answer the client did not get whole (its body broken off before
+    its end, or short of its Content-Length) is reported as ``"000"``, no answer: the
+    circuit breaker counts a cut like a reset.
+    """
     started = time.perf_counter()
     status = ["000"]
+    sent = _Sent() if whole else None
 
     def record_status(code: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
         status[0] = code[:3]
-        return start_response(code, headers, exc_info)
+        write = start_response(code, headers, exc_info)
+        if sent is None:
+            return write
+        sent.promise(code, headers, environ.get("REQUEST_METHOD") == "HEAD")
+        return sent.counting(write)
 
     def finish() -> None:
-        done(environ, status[0], time.perf_counter() - started)
+        code = status[0]
+        if sent is not None and not sent.whole():
+            code = "000"
+        done(environ, code, time.perf_counter() - started)
 
     try:
         body = app(environ, record_status)
@@ -36,7 +51,9 @@ def observe(
         status[0] = "000"  # no answer: a reset, a drop, a cut
         finish()
         raise
-    return ClosingBody(body, finish)
+    if sent is None:
+        return ClosingBody(body, finish)
+    return _CountedBody(body, finish, sent)
 
 
 class ClosingBody:
@@ -116,3 +133,50 @@ def content_length(headers: list[tuple[str, str]]) -> int | None:
         ):
             return int(value)
     return None
+
+
+class _Sent:
+    """How much of one answer was handed to the server: the length it promised, the
+    bytes, and whether its body ran to its end."""
+
+    __slots__ = ("bodiless", "bytes", "ended", "length")
+
+    def __init__(self) -> None:
+        self.length: int | None = None
+        self.bytes = 0
+        self.ended = False
+        self.bodiless = False
+
+    def promise(self, code: str, headers: list[tuple[str, str]], head: bool) -> None:
+        self.length = content_length(headers)
+        # No body is owed: a HEAD (werkzeug answers it with its length and no bytes),
+        # a 204, a 304.
+        self.bodiless = head or code[:3] in ("204", "304")
+
+    def counting(self, write: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+        def counting_write(data: bytes) -> Any:
+            result = write(data)
+            self.bytes += len(data)
+            return result
+
+        return counting_write
+
+    def whole(self) -> bool:
+        if not self.ended:
+            return False
+        return self.bodiless or self.length is None or self.bytes >= self.length
+
+
+class _CountedBody(ClosingBody):
+    """A ClosingBody counting what it hands on, and noting when it ran to its end."""
+
+    def __init__(self, inner: Iterable[bytes], then: Callable[[], None], sent: _Sent) -> None:
+        super().__init__(inner, then)
+        self._sent = sent
+
+    def __iter__(self) -> Iterator[bytes]:
+        sent = self._sent
+        for chunk in self._inner:
+            sent.bytes += len(chunk)
+            yield chunk
+        sent.ended = True

@@ -30,6 +30,7 @@ __all__ = [
     "Circuit",
     "admit",
     "breaker_status",
+    "failed",
     "force",
     "record",
 ]
@@ -56,6 +57,12 @@ class Circuit(NamedTuple):
     def retry_after(self) -> str:
         """The Retry-After value: whole seconds, rounded up, at least 1."""
         return str(max(1, math.ceil(self.retry_after_s)))
+
+
+def failed(status: str) -> bool:
+    """Whether an answer counts as a failure: a status of 500 or more, or ``"000"``, no
+    answer at all (a reset, a cut, a body broken off before its end)."""
+    return status == "000" or status >= "500"
 
 
 def counter(owner: str, field: str) -> str:

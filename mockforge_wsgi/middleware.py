@@ -23,7 +23,7 @@ from ._headers import REQUEST_ID_HEADER, REQUEST_ID_KEY, new_request_id
 from ._observe import observe
 from ._sections import DEFAULT_PREFIX as DEFAULT_API_PREFIX
 from .apply import Delivery, with_headers
-from .breaker import GLOBAL, OPEN, Circuit, admit
+from .breaker import GLOBAL, OPEN, Circuit, admit, failed
 from .breaker import record as breaker_record
 from .bulkhead import Bulkhead, pool_name
 from .config import PLUGINS, ChaosConfig, CircuitBreakerConfig, apply_rule
@@ -208,7 +208,7 @@ class ChaosMiddleware:
         if circuit is not None and not plan.circuit_open:  # its answer counts for the breaker
             deliver = functools.partial(self._deliver, outcome, config, headers, started)
             done = functools.partial(self._circuit_answered, circuit, config.circuit_breaker)
-            return observe(deliver, environ, start_response, done)
+            return observe(deliver, environ, start_response, done, whole=True)
         return self._deliver(outcome, config, headers, started, environ, start_response)
 
     def _deliver(
@@ -257,9 +257,9 @@ class ChaosMiddleware:
         status: str,
         seconds: float,
     ) -> None:
-        """The breaker counts what the client got: 5xx or no answer is a failure."""
+        """The breaker counts what the client got: 5xx or no whole answer is a failure."""
         try:
-            change = breaker_record(self.store, circuit, breaker, time.time(), status >= "500")
+            change = breaker_record(self.store, circuit, breaker, time.time(), failed(status))
         except Exception:
             self._internal_error("counting an answer for the circuit breaker")
             return

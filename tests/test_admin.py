@@ -32,6 +32,10 @@ def _timed(call: object) -> tuple[float, requests.Response]:
     return time.monotonic() - start, response
 
 
+def _delays_decided(http: requests.Session, admin: str) -> int:
+    return int(http.get(admin + "/stats", timeout=10).json()["counters"].get("latency", 0))
+
+
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_chaos_can_be_seen_and_stopped_at_once_while_every_thread_is_held(
     tmp_path: Path, workers: str
@@ -40,17 +44,29 @@ def test_chaos_can_be_seen_and_stopped_at_once_while_every_thread_is_held(
     args += ("--chaos", "--chaos-scenario", "slow_backend")  # 2 s on every request
     with mockforge_serve(tmp_path, *args) as server:
         admin = _admin_url(server.log) + "/api/chaos"
-        took: list[float] = []
+        took: list[float] = []  # of the first clients: every thread and a queue behind
+        first = 2 * int(workers) + 2
 
-        def hold() -> None:
-            took.append(_timed(lambda: session().get(server.url + "/api/test", timeout=30))[0])
+        def hold(index: int = first) -> None:
+            seconds = _timed(lambda: session().get(server.url + "/api/test", timeout=30))[0]
+            if index < first:
+                took.append(seconds)
 
-        # Every worker thread, and a queue behind them.
-        held = [threading.Thread(target=hold) for _ in range(2 * int(workers) + 2)]
+        held = [threading.Thread(target=hold, args=(index,)) for index in range(first)]
         for thread in held:
             thread.start()
-        time.sleep(0.5)  # every thread is asleep in injected latency now
         with session() as http:
+            # Every thread is asleep in injected latency now: as many delays decided as
+            # there are threads (each holds 2 s; the queue behind them is not decided).
+            # Which worker accepts a connection is the kernel's choice: add clients
+            # until every thread of every worker holds one (at most 12 in all).
+            deadline = time.monotonic() + 1.5
+            while (held_now := _delays_decided(http, admin)) < 2 * int(workers):
+                assert time.monotonic() < deadline, f"{held_now} threads held, not all"
+                if len(held) < 12:
+                    held.append(threading.Thread(target=hold))
+                    held[-1].start()
+                time.sleep(0.05)
             seconds, status = _timed(lambda: http.get(admin + "/status", timeout=10))
             assert status.status_code == 200
             assert status.json()["active_scenario"]["name"] == "slow_backend"
@@ -60,7 +76,7 @@ def test_chaos_can_be_seen_and_stopped_at_once_while_every_thread_is_held(
             assert seconds < 0.1, seconds
         for thread in held:
             thread.join(30)
-        assert min(took) >= 1.75, took  # all held by the scenario (2 s +/- 10%)
+        assert len(took) == first and min(took) >= 1.75, took  # held by the scenario (2 s +/- 10%)
         with session() as http:  # every worker applies it on its next request
             for _ in range(6):
                 seconds, response = _timed(

@@ -205,10 +205,15 @@ def test_body_over_64kb_is_413() -> None:
 
 def test_unknown_route_and_method_are_json() -> None:
     client, _ = make()
-    assert call(client, "GET", "/nope").status_code == 404
+    missing = call(client, "GET", "/nope")
+    assert missing.status_code == 404
+    assert missing.headers["Content-Type"] == "application/json"
+    assert missing.get_json() == {"error": "not found", "problems": []}
     wrong = call(client, "DELETE", "/status")
     assert wrong.status_code == 405
-    assert wrong.get_json()["error"] == "method not allowed"
+    assert wrong.headers["Content-Type"] == "application/json"
+    assert wrong.get_json() == {"error": "method not allowed", "problems": []}
+    assert "GET" in wrong.headers["Allow"]
 
 
 def test_scenarios_routes() -> None:
@@ -627,3 +632,41 @@ def test_a_section_with_a_pattern_headers_and_bodies_patches_and_reads_back() ->
     assert shown["pattern"] == {"fail_first": 2, "status": 503}
     assert (shown["error_headers"], shown["error_bodies"]) == ({"X-A": "1"}, {"503": "busy"})
     assert middleware.config.fault_injection.retry_after_s == 3
+
+
+THIRTY_DAYS_S = 30 * 24 * 3600  # docs/api.md's bound, written out (not the constant)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field"),
+    [
+        pytest.param(
+            "POST", "/scenarios/slow_backend", lambda s: {"duration_s": s}, "duration_s",
+            id="duration_s",
+        ),
+        pytest.param(
+            "POST", "/scenarios/slow_backend",
+            lambda s: {"duration_s": THIRTY_DAYS_S, "ramp_s": s}, "ramp_s", id="ramp_s",
+        ),
+        pytest.param(
+            "PUT", "/schedule", lambda s: [{"start_s": s, "scenario": "slow_backend"}],
+            "[0].start_s", id="schedule-start_s",
+        ),
+        pytest.param(
+            "PUT", "/schedule",
+            lambda s: [{"start_s": 0, "duration_s": s, "scenario": "slow_backend"}],
+            "[0].duration_s", id="schedule-duration_s",
+        ),
+    ],
+)  # fmt: skip
+def test_seconds_are_at_most_30_days_at_the_bound_and_one_past_it(
+    method: str, path: str, body: Any, field: str
+) -> None:
+    client, _ = make()
+    over = call(client, method, path, body(THIRTY_DAYS_S + 1))
+    assert over.status_code == 400
+    [problem] = problems(over)
+    assert problem.startswith(f"{field}: {THIRTY_DAYS_S + 1} is not a number")
+    assert problem.endswith("<= 2.592e+06")
+    at = call(client, method, path, body(THIRTY_DAYS_S))
+    assert at.status_code in (200, 201), at.get_json()

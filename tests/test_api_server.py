@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import random
 import time
 from pathlib import Path
 
 import pytest
 from servers import gunicorn_server, session
+
+from mockforge_wsgi import load_config
+from mockforge_wsgi.plan import decide_plan
 
 pytestmark = pytest.mark.server
 
@@ -14,7 +18,10 @@ pytestmark = pytest.mark.server
 def test_dynamic_configuration_flow(tmp_path: Path) -> None:
     """The note's "Dynamic Configuration": start without chaos, enable, configure
     latency, start a scenario."""
-    with gunicorn_server(tmp_path, worker_class="gthread") as server, session() as http:
+    # Seeded: request n draws from (seed, n), so which of the 5 are delayed, and by how
+    # much, is known before they are sent (docs/configuration.md "Reproducible runs").
+    env = {"MOCKFORGE_CHAOS_SEED": "11"}
+    with gunicorn_server(tmp_path, worker_class="gthread", env=env) as server, session() as http:
         api = server.url + "/api/chaos"
         assert (
             http.get(server.url + "/api/test", timeout=10).headers.get("X-Mockforge-Chaos") is None
@@ -32,7 +39,14 @@ def test_dynamic_configuration_flow(tmp_path: Path) -> None:
             http.get(server.url + "/api/test", timeout=10).headers.get("X-Mockforge-Chaos", "")
             for _ in range(5)
         ]
-        assert any(value.startswith("latency=") for value in delayed)
+        config = load_config(environ={}, overrides={"enabled": True, "seed": 11,
+                                                    "latency": latency})  # fmt: skip
+        expected = [
+            decide_plan(config, random.Random(f"11:{n}")).annotation() for n in (1, 2, 3, 4, 5)
+        ]
+        assert delayed == expected
+        # This seed delays some and spares some: both branches are seen.
+        assert "" in delayed and any(value.startswith("latency=") for value in delayed)
         for value in delayed:
             if value:
                 assert 800 <= int(value.removeprefix("latency=").removesuffix("ms")) <= 1200

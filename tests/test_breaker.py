@@ -190,8 +190,9 @@ def test_its_own_answers_do_not_count_and_a_good_probe_closes_it() -> None:
     assert client.get("/x").status_code == 500
     assert [client.get("/x").status_code for _ in range(5)] == [503] * 5
     time.sleep(0.15)
-    assert client.get("/x").status_code == 200  # the probe, answered by the app
-    assert client.get("/x").status_code == 200  # closed again
+    # Read whole (an answer the client never read is no answer for the breaker).
+    assert client.get("/x", buffered=True).status_code == 200  # the probe, answered
+    assert client.get("/x", buffered=True).status_code == 200  # closed again
     assert middleware.store.counters()["circuit_open"] == 5
 
 
@@ -306,3 +307,187 @@ def test_the_status_of_each_state() -> None:
         0,
     )
     assert store.counters().get("breaker:global:probes", 0) == 0
+
+
+# -- what counts as a failure: a 5xx, or no whole answer --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "failure"),
+    [
+        pytest.param("000", True, id="no-answer"),
+        pytest.param("500", True, id="500"),
+        pytest.param("599", True, id="599"),
+        pytest.param("499", False, id="499"),
+        pytest.param("429", False, id="429"),
+        pytest.param("200", False, id="200"),
+    ],
+)
+def test_a_failure_is_a_5xx_or_no_answer(status: str, failure: bool) -> None:
+    from mockforge_wsgi.breaker import failed
+
+    assert failed(status) is failure
+    store, config = MemoryStore(), CircuitBreakerConfig(enabled=True, failure_threshold=1)
+    circuit = admit(store, "global", config, T0)
+    assert record(store, circuit, config, T0, failed(status)) == ("opened" if failure else None)
+
+
+def heard(app: Any, environ: dict[str, Any] | None = None, read: str = "all") -> str:
+    """What ``observe(..., whole=True)`` reports of one answer, the body read as a
+    server would (``all``), broken off after the first chunk (``first``), or never
+    iterated (``none``)."""
+    from mockforge_wsgi._observe import observe
+
+    seen: list[str] = []
+    env = {"REQUEST_METHOD": "GET", **(environ or {})}
+    body = observe(
+        app, env, lambda *a: lambda data: None, lambda e, s, t: seen.append(s), whole=True
+    )
+    try:
+        if read == "all":
+            for _ in body:
+                pass
+        elif read == "first":
+            next(iter(body))
+    except ConnectionResetError:
+        pass
+    finally:
+        body.close()  # type: ignore[attr-defined]
+    assert len(seen) == 1
+    return seen[0]
+
+
+def answering(status: str, length: int | None, chunks: list[bytes], fail: bool = False) -> Any:
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        headers = [] if length is None else [("Content-Length", str(length))]
+        start_response(status, headers)
+        yield from chunks
+        if fail:
+            raise ConnectionResetError("cut mid-body")
+
+    return app
+
+
+@pytest.mark.parametrize(
+    ("app", "environ", "read", "status"),
+    [
+        pytest.param(answering("200 OK", 4, [b"ab", b"cd"]), {}, "all", "200", id="whole"),
+        pytest.param(answering("200 OK", None, [b"ab"]), {}, "all", "200", id="no-length"),
+        pytest.param(answering("503 X", 2, [b"ab"]), {}, "all", "503", id="whole-503"),
+        pytest.param(answering("200 OK", 4, [b"ab"]), {}, "all", "000", id="short-of-length"),
+        pytest.param(
+            answering("200 OK", None, [b"ab"], fail=True), {}, "all", "000", id="cut-mid-body"
+        ),
+        pytest.param(answering("200 OK", 4, [b"ab", b"cd"]), {}, "first", "000", id="broken-off"),
+        pytest.param(answering("200 OK", 4, [b"abcd"]), {}, "none", "000", id="never-read"),
+        pytest.param(
+            answering("200 OK", 4, []), {"REQUEST_METHOD": "HEAD"}, "all", "200", id="head"
+        ),
+        pytest.param(answering("304 Not Modified", 4, []), {}, "all", "304", id="304"),
+    ],
+)
+def test_an_answer_the_client_did_not_get_whole_is_no_answer(
+    app: Any, environ: dict[str, Any], read: str, status: str
+) -> None:
+    assert heard(app, environ, read) == status
+
+
+def test_what_the_app_wrote_counts_toward_its_length() -> None:
+    def writing(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Length", "4")])("abcd")
+        return []
+
+    assert heard(writing) == "200"
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        pytest.param({"connection_error_probability": 1.0}, id="reset"),
+        pytest.param({"partial_response_probability": 1.0}, id="cut-body"),
+        pytest.param({"after_app_probability": 1.0, "after_app_fault": "reset"}, id="after-app"),
+        pytest.param(
+            {"after_app_probability": 1.0, "after_app_fault": "stall", "timeout_ms": 1},
+            id="stall",
+        ),
+        pytest.param({"corruption_probability": 1.0, "corruption": "empty_reply"}, id="empty"),
+    ],
+)
+def test_without_a_socket_each_unanswered_kind_opens_it(fault: dict[str, Any]) -> None:
+    """werkzeug's test client exposes no socket: each fault answers its closest (a 502
+    whose promised body never comes, a body short of its length); each still opens it."""
+    client, _ = wrapped(
+        failing_app([]),
+        circuit_breaker={"enabled": True, "failure_threshold": 1},
+        fault_injection={"enabled": True, **fault},
+    )
+    first = client.get("/x", buffered=True)
+    assert first.headers.get("X-Mockforge-Chaos", "").startswith("fault=")
+    refused = client.get("/x", buffered=True)
+    assert (refused.status_code, refused.headers["X-Mockforge-Chaos"]) == (503, "circuit=open")
+
+
+def test_a_head_answered_with_its_length_and_no_body_is_a_success() -> None:
+    from werkzeug.wrappers import Response
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        return Response("hello")(environ, start_response)  # HEAD: length 5, no bytes
+
+    client, _ = wrapped(
+        app,
+        circuit_breaker={"enabled": True, "failure_threshold": 1},
+        latency={"enabled": True, "fixed_delay_ms": 0, "probability": 1.0},
+    )
+    for _ in range(3):
+        assert client.head("/x", buffered=True).status_code == 200
+    assert client.get("/x", buffered=True).status_code == 200
+
+
+# -- found by mutation testing (dev/mutate_one.py breaker tests/test_breaker.py) --------
+
+
+def test_a_window_ends_exactly_window_s_after_it_began() -> None:
+    """At the bound and just before it: 9.995 s after the first answer the window still
+    counts it; at 10 s a new one starts (however many answers came in between)."""
+    config = CircuitBreakerConfig(
+        enabled=True, failure_threshold=100, failure_ratio=0.5, min_requests=4, window_s=10
+    )
+    store = MemoryStore()
+    answers(store, config, T0, True, True, True)
+    answers(store, config, T0 + 9.995, False)  # 3 of 4 failed: still this window
+    assert breaker_status(store.counters(), "global", config, T0)["window"] == {
+        "requests": 4,
+        "failed": 3,
+    }
+    store = MemoryStore()
+    answers(store, config, T0, True, True, True)
+    answers(store, config, T0 + 10, False)  # a new window: only this answer
+    assert breaker_status(store.counters(), "global", config, T0)["window"] == {
+        "requests": 1,
+        "failed": 0,
+    }
+
+
+def test_closing_it_by_hand_forgets_the_failures_in_a_row() -> None:
+    store, config = MemoryStore(), CircuitBreakerConfig(enabled=True, failure_threshold=3)
+    answers(store, config, T0, True, True)
+    force(store, "global", "close", T0)
+    assert breaker_status(store.counters(), "global", config, T0)["failures_in_a_row"] == 0
+    assert answers(store, config, T0, True, True) == [None, None]  # two, not four
+
+
+def test_a_success_touches_only_the_breakers_own_counters() -> None:
+    store, config = MemoryStore(), CircuitBreakerConfig(enabled=True, failure_threshold=3)
+    answers(store, config, T0, True, False, False)
+    assert set(store.counters()) <= {f"breaker:global:{field}" for field in (
+        "opened_ms", "failures", "probes", "window_ms", "requests", "failed")}  # fmt: skip
+
+
+def test_the_time_left_open_is_shown_to_the_millisecond_until_it_half_opens() -> None:
+    store = MemoryStore()
+    config = CircuitBreakerConfig(enabled=True, failure_threshold=1, cooldown_s=10)
+    answers(store, config, T0, True)
+    shown = breaker_status(store.counters(), "global", config, T0 + 3.87654)
+    assert (shown["state"], shown["half_open_in_s"]) == (OPEN, 6.123)
+    last = breaker_status(store.counters(), "global", config, T0 + 9.5)
+    assert (last["state"], last["half_open_in_s"]) == (OPEN, 0.5)

@@ -318,8 +318,11 @@ def test_requests_that_arrive_while_the_server_store_opens_wait_for_it(
     from mockforge_wsgi import middleware as middleware_module
     from mockforge_wsgi.state import EmbeddedStore
 
+    opening, release = threading.Event(), threading.Event()
+
     def slow_server_store(max_keys: int) -> EmbeddedStore:
-        time.sleep(0.3)  # opening the shared file takes a while
+        opening.set()
+        assert release.wait(5)  # opening the shared file takes a while
         return EmbeddedStore(tmp_path, max_keys=max_keys)
 
     monkeypatch.setattr(middleware_module, "server_store", slow_server_store)
@@ -328,9 +331,17 @@ def test_requests_that_arrive_while_the_server_store_opens_wait_for_it(
     several = {"wsgi.multiprocess": True}
     first = threading.Thread(target=lambda: Client(middleware).get("/", environ_overrides=several))
     first.start()
-    time.sleep(0.05)  # the first request is opening the store now
-    Client(middleware).post("/api/chaos/disable", environ_overrides=several)
+    assert opening.wait(5)  # the first request is opening the store now
+    second = threading.Thread(
+        target=lambda: Client(middleware).post("/api/chaos/disable", environ_overrides=several)
+    )
+    second.start()
+    second.join(0.2)
+    assert second.is_alive()  # the race happened: the management call waits for the store
+    release.set()
     first.join(5)
+    second.join(5)
+    assert not first.is_alive() and not second.is_alive()
     _, state = EmbeddedStore(tmp_path).load_state()
     assert state is not None and state["enabled"] is False  # the change reached the shared store
 

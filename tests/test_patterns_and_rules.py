@@ -116,6 +116,7 @@ FAIL = {"fault_injection": {"enabled": True, "http_errors": [503], "http_error_p
             False,
             id="header-not-equal",
         ),
+        pytest.param({"header": "X-Chaos"}, {}, False, id="header-missing"),
         pytest.param(
             {"client_cidr": "10.0.0.0/8"},
             {"environ_base": {"REMOTE_ADDR": "10.1.2.3"}},

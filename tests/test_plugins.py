@@ -65,9 +65,15 @@ def test_a_plugin_that_breaks_the_contract_is_named_not_skipped() -> None:
 def test_the_example_decides_from_the_generator_alone() -> None:
     plugin = example_plugin()
     config = plugin.Config(enabled=True, probability=0.5, cookie="sid")
-    first = [plugin.decide(config, random.Random(7)) for _ in range(1)]
-    again = [plugin.decide(config, random.Random(7)) for _ in range(1)]
-    assert first == again  # a seeded run replays
+    before = random.getstate()
+    rng, twin = random.Random(7), random.Random(7)
+    decisions = [plugin.decide(config, rng) for _ in range(200)]
+    # One draw per decision, from the request's generator and nothing else: the same
+    # 200 answers as the generator's own draws say, and the global generator untouched.
+    assert decisions == ["sid" if twin.random() < 0.5 else None for _ in range(200)]
+    assert random.getstate() == before
+    replayed = random.Random(7)
+    assert [plugin.decide(config, replayed) for _ in range(200)] == decisions
     draws = [plugin.decide(config, rng) for rng in [random.Random(1)] * 400]
     assert 150 < draws.count("sid") < 250  # binomial(400, 0.5): 200 +- 5 sd
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -219,6 +221,35 @@ def test_a_queued_row_is_written_within_the_flush_interval(tmp_path: Path) -> No
     assert time.monotonic() - queued < 0.6  # 0.2 s promised; slack for a slow machine
 
 
+def test_the_writer_thread_waits_the_documented_0_2_s_between_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/observability.md's 0.2 s, checked where it is used: the writer thread's every
+    wait is FLUSH_EVERY_S, and that is 0.2 s (an injected sleep; no wall clock)."""
+    import threading
+    from types import SimpleNamespace
+
+    from mockforge_wsgi import recorder as recorder_module
+
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        if threading.current_thread().name == "mockforge-recorder":
+            waits.append(seconds)
+        time.sleep(0.001)
+
+    monkeypatch.setattr(recorder_module, "time", SimpleNamespace(sleep=sleep, time=time.time))
+    client, recorder = recorded(tmp_path)
+    client.get("/x", buffered=True)
+    deadline = time.monotonic() + 5
+    with sqlite3.connect(recorder.path) as reader:  # written by the thread, no flush()
+        while not reader.execute("SELECT path FROM requests").fetchall():
+            assert time.monotonic() < deadline, "never written"
+            time.sleep(0.01)
+    assert recorder_module.FLUSH_EVERY_S == 0.2
+    assert set(waits) == {0.2}, waits
+
+
 def first_schema(path: Path) -> sqlite3.Connection:
     """A recorder file as the first version made it (the verdict columns came later)."""
     connection = sqlite3.connect(path)
@@ -253,7 +284,38 @@ def test_a_database_of_the_first_schema_gets_the_new_columns(tmp_path: Path) -> 
     )
 
 
-def _open_recorder(path: str, results: Any) -> None:
+class _LookThenMeet:
+    """A recorder's connection whose look at the table's columns waits (up to 1 s) at a
+    barrier for every other worker's look: without a lock around look-and-add, all of
+    them look before any adds, every time (the race is certain, not lucky)."""
+
+    def __init__(self, connection: sqlite3.Connection, barrier: Any) -> None:
+        self._connection = connection
+        self._barrier = barrier
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        cursor = self._connection.execute(sql, *args)
+        if sql.startswith("PRAGMA table_info"):
+            rows = cursor.fetchall()
+            with contextlib.suppress(threading.BrokenBarrierError):
+                self._barrier.wait(1.0)  # with the lock, the others wait on it: broken
+            return rows
+        return cursor
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._connection, name)
+
+    def __enter__(self) -> _LookThenMeet:
+        self._connection.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> Any:
+        return self._connection.__exit__(*exc)
+
+
+def _open_recorder(path: str, results: Any, barrier: Any) -> None:
+    connect = Recorder._connect
+    Recorder._connect = lambda self: _LookThenMeet(connect(self), barrier)  # type: ignore[method-assign,assignment,return-value]
     try:
         Recorder(path)
         results.put("ok")
@@ -269,8 +331,10 @@ def test_workers_opening_an_old_file_at_once_all_start(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     first_schema(path).close()  # committed: CREATE TABLE is not in a transaction
     fork = multiprocessing.get_context("fork")
-    results = fork.Queue()
-    workers = [fork.Process(target=_open_recorder, args=(str(path), results)) for _ in range(8)]
+    results, barrier = fork.Queue(), fork.Barrier(8)
+    workers = [
+        fork.Process(target=_open_recorder, args=(str(path), results, barrier)) for _ in range(8)
+    ]
     for worker in workers:
         worker.start()
     for worker in workers:

@@ -86,8 +86,15 @@ def test_the_page_is_self_contained() -> None:
 
 
 def test_text_in_rows_is_escaped() -> None:
-    page = render_report([row(1.0, path="/<script>alert(1)</script>")])
-    assert "<script>alert(1)" not in page.split('id="report-data">')[0]
+    path = "/</script><img src=x onerror=alert(1)>"
+    page = render_report([row(1.0, path=path)])
+    before, block = page.split('id="report-data">')
+    assert "<img" not in before
+    # The data block ends at its own </script>, not at one a recorded path brought in:
+    # what is up to the first </script> is the whole JSON, and nothing after it is a tag.
+    data, after = block.split("</script>", 1)
+    assert path in json.dumps(json.loads(data))
+    assert "<img" not in after
 
 
 # -- a real server, real traffic, a real browser ----------------------------------------
@@ -160,7 +167,19 @@ def test_the_report_opens_offline_and_draws_every_chart(server: Server, tmp_path
     }
     assert all(points and all(points) for points in drawn.values()), drawn
     assert "brownout" in windows
-    assert 0 <= float(score) <= 100
+    # The score shown is the printed formula applied to the parts the page carries, and
+    # this traffic (failures, a slowdown) scores strictly between 0 and 100.
+    found = re.search(r'id="report-data">(.*?)</script>', answer.text, re.DOTALL)
+    assert found is not None
+    parts = json.loads(found.group(1))["score"]
+    expected = (
+        100
+        * parts["success_ratio"]
+        * min(1.0, 1 / parts["p99_inflation"]) ** 0.5
+        / (1 + parts["recovery_s"] / 10)
+    )
+    assert 0 < expected < 100
+    assert float(score) == pytest.approx(expected, rel=0.01, abs=0.05)
 
 
 @pytest.mark.server

@@ -257,14 +257,23 @@ def test_a_connection_limit_holds_across_workers(tmp_path: Path) -> None:
         session() as http,
     ):
         _wait_for_workers(server.url, 4)
-        results = _concurrently(
-            4, 4, lambda fresh: fresh.get(server.url + "/api/test", timeout=10)
-        )
-        statuses = sorted(response.status_code for response in results)
+        started = time.monotonic()
+
+        def timed(fresh: requests.Session) -> tuple[int, float]:
+            answer = fresh.get(server.url + "/api/test", timeout=10)
+            return answer.status_code, time.monotonic() - started
+
+        results = _concurrently(4, 4, timed)
+        statuses = sorted(status for status, _ in results)
         # Per-worker limits would let all four through (one request per sync worker).
         assert set(statuses) <= {200, 503}
-        assert statuses.count(503) >= 1, statuses
-        assert statuses.count(200) >= 2, statuses
+        assert statuses.count(503) >= 1, results
+        assert statuses.count(200) >= 2, results
+        # A 200 back within 1.9 s began its 1 s hold in the first 0.9 s: all such holds
+        # overlap at 0.9-1.0 s, so there are at most max_connections (2) of them. (A
+        # request queued behind another on one sync worker comes back later.)
+        early = [status for status, seconds in results if status == 200 and seconds < 1.9]
+        assert len(early) <= 2, results
         assert (
             http.get(server.url + "/api/chaos/stats", timeout=10).json()["connections_in_use"] == 0
         )

@@ -301,6 +301,51 @@ def test_a_state_change_reaches_another_process_within_the_poll_interval(
     assert max(waits) < 0.2, waits  # 50 ms promised; slack for a slow machine
 
 
+def test_the_version_is_polled_every_50_ms_on_the_stores_clock(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/state.md: workers poll the version every 50 ms. On an injected clock: a change
+    is not seen just before 50 ms after the last look (the poll is what makes it cheap)
+    and is seen just after (what makes the promise hold), whatever the machine's load."""
+    from types import SimpleNamespace
+
+    from mockforge_wsgi.state import redis_store
+
+    now = [1000.0]
+    clock = SimpleNamespace(monotonic=lambda: now[0], sleep=time.sleep, time=time.time)
+    monkeypatch.setattr(redis_store, "time", clock)
+    writer, reader = store_from_url(redis_server.url), store_from_url(redis_server.url)
+    for round_ in range(3):
+        looked = now[0] = 1000.0 + round_
+        seen = reader.state_version()  # a look: the next is due 50 ms later
+        writer.save_state({"round": round_})
+        now[0] = looked + 0.0499
+        assert reader.state_version() == seen
+        now[0] = looked + 0.0501
+        assert reader.state_version() == seen + 1
+
+
+def test_gunicorns_child_exit_hook_gives_back_a_dead_workers_places(
+    redis_server: RedisServer,
+) -> None:
+    """The hook ``mockforge serve`` gives gunicorn: on Redis nothing else frees a dead
+    worker's places until its lease runs out (SLOT_LEASE_S, minutes)."""
+    import os
+    from types import SimpleNamespace
+
+    from mockforge_wsgi.cli import _child_exit
+
+    worker = store_from_url(redis_server.url)
+    assert worker.acquire_slot("connections", 2, 0)
+    assert worker.acquire_slot("bulkhead:3", 1, 0)
+    master = store_from_url(redis_server.url)
+    assert master.slots_in_use("connections") == 1
+    _child_exit(master, None, None, SimpleNamespace(pid=os.getpid()))
+    assert master.slots_in_use("connections") == 0
+    assert master.slots_in_use("bulkhead:3") == 0
+    assert SLOT_LEASE_S >= 60  # why the hook matters: the lease alone is slow
+
+
 def test_a_dead_workers_places_in_every_pool_are_forgotten(redis_server: RedisServer) -> None:
     """gunicorn's child_exit: the connection slots and each bulkhead's places it held."""
     import os

@@ -17,6 +17,7 @@ import requests
 from servers import assert_clean_log, gunicorn_server, session, werkzeug_server
 from stats import assert_binomial
 from test_server_faults import chaos_env
+from werkzeug.test import Client
 from wsgi_apps import base_app
 
 from mockforge_wsgi import load_config
@@ -203,18 +204,60 @@ def test_upload_is_paced_through_a_real_server(tmp_path: Path) -> None:
     assert 2.0 <= elapsed <= 2.5
 
 
+def _planned_stall(env: dict[str, str], segments: int) -> float:
+    """The stalls a seeded server's first request must sit through, by the documented
+    model written out here (not the code's): each segment lost with the chance, a loss
+    costs 200 ms, doubled on each loss of the same segment. The loss draws come from the
+    Plan's seed, decided here for the same config's first request."""
+    import math
+
+    from mockforge_wsgi.outcome import OUTCOME_KEY
+
+    plans: list[Any] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        plans.append(environ[OUTCOME_KEY].plan)
+        start_response("200 OK", [])
+        return []
+
+    Client(ChaosMiddleware(app, config=load_config(environ=env))).get("/", buffered=True)
+    shaping = plans[0].shaping
+    loss = shaping.loss_percent / 100
+    rng = random.Random(shaping.loss_seed)
+
+    def intact_before_next_loss() -> int:
+        return int(math.log(1.0 - rng.random()) / math.log(1.0 - loss))
+
+    total, lost = 0.0, intact_before_next_loss()
+    while lost < segments:
+        rto = 0.2
+        while True:
+            total += rto
+            rto *= 2
+            if rng.random() >= loss:
+                break
+        lost += 1 + intact_before_next_loss()
+    return total
+
+
 @pytest.mark.server
 def test_packet_loss_through_a_real_server(tmp_path: Path) -> None:
-    env = chaos_env(traffic_shaping_enabled="true", traffic_shaping_packet_loss_percent="20")
+    """Seeded: the server's first request stalls exactly as its Plan says (a loss is
+    200 ms, doubled on each loss of the same segment), within 0.5 s of scheduling."""
+    env = chaos_env(
+        traffic_shaping_enabled="true", traffic_shaping_packet_loss_percent="20", seed="7"
+    )
     size = SEGMENT_BYTES * 50
+    planned = _planned_stall(env, 50)
+    # 50 segments at 20%: no loss at all has chance 0.8^50 ~ 1.4e-5; this seed loses some.
+    assert planned >= INITIAL_RTO_S
     with gunicorn_server(tmp_path, env=env, worker_class="gthread") as server, session() as http:
         start = time.perf_counter()
         response = http.get(server.url + f"/bytes/{size}", timeout=60)
         elapsed = time.perf_counter() - start
     assert response.content == b"x" * size
     assert response.headers["X-Mockforge-Chaos"] == "packet_loss=20%"
-    # No loss in 50 segments at 20% has chance 0.8^50 ~ 1.4e-5; one loss costs 200 ms.
-    assert elapsed >= INITIAL_RTO_S
+    assert planned <= elapsed <= planned + 0.5, (planned, elapsed)
 
 
 @pytest.mark.server
