@@ -116,7 +116,7 @@ def _seconds(value: Any, path: str, *, low: float, low_open: bool) -> list[str]:
 
 def _mapping(data: Any, path: str = "body") -> dict[str, Any]:
     if not isinstance(data, Mapping):
-        raise ApiError(400, "invalid request", [f"{path}: {data!r} is not a JSON object"])
+        raise ApiError(400, "invalid request", [f"{path}: {shown(data)} is not a JSON object"])
     return dict(data)
 
 

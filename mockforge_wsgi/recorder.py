@@ -28,6 +28,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -116,7 +117,7 @@ class Recorder:
         self._queue: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._write_lock = threading.Lock()
         self._pid = 0
-        with self._connect() as connection:
+        with closing(self._connect()) as connection:
             connection.executescript(_SCHEMA)
             # Every worker opens the file at once: one at a time looks and adds.
             connection.execute("BEGIN IMMEDIATE")
@@ -129,7 +130,6 @@ class Recorder:
             except BaseException:
                 connection.execute("ROLLBACK")
                 raise
-        connection.close()
 
     def _connect(self) -> sqlite3.Connection:
         connection = sqlite3.connect(self.path, timeout=10, isolation_level=None)
@@ -170,7 +170,7 @@ class Recorder:
             if not rows:
                 return 0
             placeholders = ", ".join("?" * len(COLUMNS))
-            with self._connect() as connection:
+            with closing(self._connect()) as connection:
                 for start in range(0, len(rows), BATCH):
                     connection.executemany(
                         f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({placeholders})",
@@ -180,7 +180,6 @@ class Recorder:
                     "DELETE FROM requests WHERE id <= (SELECT MAX(id) FROM requests) - ?",
                     (self.max_rows,),
                 )
-            connection.close()
         return len(rows)
 
     def search(self, filters: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -204,9 +203,8 @@ class Recorder:
         return self._select(sql, [*args, MAX_VERDICT_ROWS])
 
     def _select(self, sql: str, args: list[Any]) -> list[dict[str, Any]]:
-        with self._connect() as connection:
+        with closing(self._connect()) as connection:
             found = connection.execute(sql, args).fetchall()
-        connection.close()
         return [dict(zip(COLUMNS, row, strict=True)) for row in found]
 
     def export(self) -> Iterator[dict[str, Any]]:
@@ -214,13 +212,12 @@ class Recorder:
         self.flush()
         after = 0
         while True:
-            with self._connect() as connection:
+            with closing(self._connect()) as connection:
                 page = connection.execute(
                     f"SELECT id, {', '.join(COLUMNS)} FROM requests WHERE id > ? "
                     "ORDER BY id LIMIT ?",
                     (after, EXPORT_PAGE),
                 ).fetchall()
-            connection.close()
             for row in page:
                 yield dict(zip(COLUMNS, row[1:], strict=True))
             if len(page) < EXPORT_PAGE:
@@ -258,7 +255,7 @@ def _matching(filters: Mapping[str, Any]) -> tuple[str, list[Any]]:
 
 def _filter_problems(filters: Any) -> list[str]:
     if not isinstance(filters, Mapping):
-        return [f"body: {filters!r} is not a JSON object"]
+        return [f"body: {shown(filters)} is not a JSON object"]
     problems = [
         f"{key}: unknown filter; allowed: {', '.join(FILTERS)}"
         for key in filters
@@ -287,7 +284,7 @@ def _filter_problems(filters: Any) -> list[str]:
             problems.append(f"{key}: {shown(value)} is not {kind} in [{low:g}, {high:g}]")
     for key in ("path_prefix", "method", "fault_type", "test_id"):
         if filters.get(key) is not None and not isinstance(filters[key], str):
-            problems.append(f"{key}: {filters[key]!r} is not a string")
+            problems.append(f"{key}: {shown(filters[key])} is not a string")
     return problems
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -434,6 +435,48 @@ def test_hostile_numbers_and_payloads_get_400_and_change_nothing(
     assert response.status_code == 400, response.get_data(as_text=True)
     assert problems(response)
     assert call(client, "GET", "/status").get_json() == before
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        pytest.param(b"{not json", "at line 1, column 2", id="not-json"),
+        # Python 3.13 words a trailing comma its own way, and places it a column earlier
+        # (at the comma, not at the brace): the position is the parser's, the words ours.
+        pytest.param(b'{"probability": 1,}', "at line 1, column 1[89]", id="trailing-comma"),
+        pytest.param(b'{"probability": "\xff"}', "not UTF-8 at byte 17", id="not-utf8"),
+        pytest.param(b'{"probability": NaN}', "NaN is not a JSON number", id="NaN"),
+        # 101 levels: every Python parses it, and it is refused all the same; 5,000: where
+        # 3.11 stops (RecursionError) and 3.13 parses, the same words.
+        pytest.param(b"[" * 101 + b"]" * 101, "nested deeper than 100 levels", id="nested-101"),
+        pytest.param(b"[" * 5000 + b"]" * 5000, "nested deeper than 100 levels", id="nested-5000"),
+        pytest.param(
+            b'{"probability": -' + b"9" * 601 + b"}",
+            "an integer of 601 digits; at most 600",
+            id="int-601-digits",
+        ),
+        pytest.param(
+            b'{"probability": ' + b"9" * 5000 + b"}",  # beyond Python's own 4,300-digit limit
+            "an integer of 5000 digits; at most 600",
+            id="int-5000-digits",
+        ),
+    ],
+)
+def test_a_body_that_is_not_json_is_refused_in_our_own_words(body: bytes, expected: str) -> None:
+    client, _ = make()
+    response = call(client, "PUT", "/config/latency", body)
+    assert response.status_code == 400
+    [problem] = problems(response)
+    assert re.fullmatch(rf"body: not valid JSON \({expected}\)", problem), problem
+
+
+def test_json_as_deep_as_the_limit_is_read() -> None:
+    from mockforge_wsgi._kinds import MAX_JSON_DEPTH, MAX_JSON_DIGITS, strict_json
+
+    deepest = "[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH
+    assert strict_json(deepest) == json.loads(deepest)
+    longest = "9" * MAX_JSON_DIGITS
+    assert strict_json('{"a": [{"b": -' + longest + "}]}") == {"a": [{"b": -int(longest)}]}
 
 
 @pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -61,10 +62,12 @@ def test_charge_reports_the_tightest_level() -> None:
 
 
 def test_threads_get_burst_plus_rate_times_time() -> None:
-    """100 rps, burst 10, 8 threads hammering for 3 s: admitted = 10 + 100 * elapsed."""
+    """100 rps, burst 10, 8 threads hammering for 3 s: admitted = 10 + 100 * elapsed,
+    less what the bucket could not hold while no thread ran (a loaded machine)."""
     limiter = RateLimiter(MemoryStore())
     config = RateLimitConfig(enabled=True, requests_per_second=100, burst_size=10)
     admitted = 0
+    times: list[float] = []
     lock = threading.Lock()
     start = time.monotonic()
     stop_at = start + 3.0
@@ -72,6 +75,7 @@ def test_threads_get_burst_plus_rate_times_time() -> None:
     def hammer() -> None:
         nonlocal admitted
         mine = 0
+        checked = []
         for _ in range(2_000_000):  # bounded; the clock ends it first
             now = time.monotonic()
             if now >= stop_at:
@@ -79,16 +83,23 @@ def test_threads_get_burst_plus_rate_times_time() -> None:
             verdict = limiter.check(config, "", "", now)
             assert verdict is not None
             mine += verdict.allowed
+            checked.append(now)
         with lock:
             admitted += mine
+            times.extend(checked)
 
     threads = [threading.Thread(target=hammer) for _ in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    expected = 10 + 100 * 3.0
-    assert abs(admitted - expected) <= 0.02 * expected, admitted
+    # A pause of g seconds with no check (every thread descheduled: the other Pythons'
+    # fast loops beside the suite in .ci/run, other jobs) fills the bucket up to its
+    # burst and drops the rest: 100 * g - 10 tokens no one could take.
+    times.sort()
+    lost = sum(max(0.0, 100 * (b - a) - 10) for a, b in itertools.pairwise(times))
+    expected = 10 + 100 * (times[-1] - times[0]) - lost
+    assert abs(admitted - expected) <= 0.02 * expected, (admitted, expected, lost)
 
 
 def test_a_refused_request_charges_no_other_level() -> None:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +136,9 @@ def test_four_workers_record_into_one_database(tmp_path: Path) -> None:
         pytest.param('{"since": Infinity}', id="since-Infinity"),
         pytest.param('{"offset": ' + "9" * 400 + "}", id="offset-400-digits"),
         pytest.param("[" * 5000 + "]" * 5000, id="nested-5000"),
+        pytest.param("[" * 500 + "]" * 500, id="nested-500"),  # parsed by every Python
+        pytest.param("[" + "1," * 20000 + "1]", id="long-list"),
+        pytest.param('{"method": [' + "1," * 20000 + "1]}", id="method-long-list"),
     ],
 )
 def test_hostile_filters_get_400(tmp_path: Path, body: str) -> None:
@@ -214,7 +218,7 @@ def test_a_queued_row_is_written_within_the_flush_interval(tmp_path: Path) -> No
     client, recorder = recorded(tmp_path)
     client.get("/x", buffered=True)
     queued = time.monotonic()
-    with sqlite3.connect(recorder.path) as reader:
+    with closing(sqlite3.connect(recorder.path)) as reader:  # `with connection` never closes
         while not reader.execute("SELECT COUNT(*) FROM requests").fetchone()[0]:
             assert time.monotonic() - queued < 2.0, "never written"
             time.sleep(0.01)
