@@ -42,6 +42,8 @@ from .tracing import record_injections
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
+    from ._guard import BrowserGuard
+
 __all__ = ["DEFAULT_EXEMPT_PATHS", "ChaosMiddleware", "route_resolver"]
 
 log = logging.getLogger("mockforge_wsgi")
@@ -94,6 +96,7 @@ class ChaosMiddleware:
         admin_token: str | None = None,
         protect_reads: bool = False,
         debug_headers: bool | None = None,
+        guard: BrowserGuard | None = None,
     ) -> None:
         self.app = app
         startup = config if config is not None else ChaosConfig()
@@ -140,6 +143,7 @@ class ChaosMiddleware:
                 prefix=self._api_root,
                 admin_token=admin_token,
                 protect_reads=protect_reads,
+                guard=guard,
             )
 
     def attach_recorder(
