@@ -26,13 +26,15 @@ from urllib.parse import urlsplit
 from . import _env
 from ._sockets import client_socket
 
-__all__ = ["BrowserGuard", "GuardError", "is_loopback", "listed"]
+__all__ = ["NOSNIFF", "BrowserGuard", "GuardError", "is_loopback", "listed"]
 
 log = logging.getLogger(__name__)
 
 # A host name, an IPv4 address or a bracketed IPv6 address, then an optional port.
 _HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(:[0-9]{1,5})?$")
 _DEFAULT_PORTS = {"http": ":80", "https": ":443"}
+# On every management answer: a browser takes it for what its Content-Type says.
+NOSNIFF = ("X-Content-Type-Options", "nosniff")
 
 
 class GuardError(ValueError):

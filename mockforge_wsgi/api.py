@@ -26,7 +26,7 @@ from flask import Blueprint, Flask, Response, abort, current_app, request
 from werkzeug.exceptions import HTTPException
 
 from . import _env
-from ._guard import BrowserGuard
+from ._guard import NOSNIFF, BrowserGuard
 from ._headers import bearer_matches
 from ._kinds import Check, Kind, shown, strict_json
 from ._sections import DEFAULT_PREFIX, URL_SEGMENTS
@@ -63,8 +63,6 @@ MAX_BODY_BYTES = 64 * 1024
 # A body of any other type is refused: a page on another site can send text/plain or a
 # form without asking the browser first, but application/json only after a preflight.
 BODY_TYPE = "application/json"
-# Our answers are what they say they are; the pages run only their own scripts.
-NOSNIFF = ("X-Content-Type-Options", "nosniff")
 BREAKER_ACTIONS = ("open", "close", "reset")
 # The longest this server's workers can hold a request (sync workers: gunicorn's timeout).
 

@@ -109,7 +109,7 @@ def create_app(
     if recorder_db is not None:
         from .recorder import Recorder, RecorderMiddleware
 
-        app = RecorderMiddleware(app, Recorder(recorder_db), admin_token=admin_token)
+        app = RecorderMiddleware(app, Recorder(recorder_db), admin_token=admin_token, guard=guard)
     if metrics is None:
         metrics = _env.flag(_env.METRICS, environ)
     if metrics:

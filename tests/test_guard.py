@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from mockforge_wsgi.app import create_app
 from mockforge_wsgi.cli import main
 from mockforge_wsgi.config import ConfigError
 from mockforge_wsgi.middleware import ChaosMiddleware
+from mockforge_wsgi.recorder import Recorder, RecorderMiddleware
 from mockforge_wsgi.report import inline_scripts
 
 P = "/api/chaos"
@@ -208,3 +210,24 @@ def test_serve_refuses_a_bad_flag_before_binding() -> None:
     result = CliRunner().invoke(main, ["serve", "--allowed-origin", "ftp://x", "--port", "0"])
     assert result.exit_code == 2
     assert "--allowed-origin: 'ftp://x' is not an origin" in result.output
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        pytest.param({}, 200, id="plain"),
+        pytest.param({"Host": "evil.example"}, 403, id="rebound-host"),
+        pytest.param({"Origin": "http://evil.example"}, 403, id="other-origin"),
+    ],
+)
+def test_the_recorders_request_data_is_guarded_too(
+    tmp_path: Path, headers: dict[str, str], status: int
+) -> None:
+    recorder = Recorder(tmp_path / "chaos.db")
+    http = Client(RecorderMiddleware(ChaosMiddleware(hello), recorder))
+    http.get("/orders")
+    response = http.post("/api/recorder/search", data=b"{}", headers=headers)
+    assert response.status_code == status, response.get_json()
+    if status == 403:
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert "requests" not in response.get_json()
