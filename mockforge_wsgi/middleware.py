@@ -78,7 +78,9 @@ class ChaosMiddleware:
     (``wsgi.multiprocess``), the embedded store all of that server's workers share,
     found on the first request; else this process's memory).
     ``route_for`` names a request's endpoint for per-endpoint limits; by default the
-    route template of a wrapped Flask app, else the path.
+    route template of a wrapped Flask app, else the path. ``guard`` (a
+    :class:`~mockforge_wsgi._guard.BrowserGuard`; default: ``MOCKFORGE_ALLOWED_HOSTS``,
+    ``MOCKFORGE_ALLOWED_ORIGINS``) refuses cross-site management calls and rebound Hosts.
     """
 
     def __init__(

@@ -16,7 +16,7 @@ from werkzeug.test import Client
 from mockforge_wsgi._guard import BrowserGuard, GuardError
 from mockforge_wsgi.api import openapi_document
 from mockforge_wsgi.app import create_app
-from mockforge_wsgi.cli import main
+from mockforge_wsgi.cli import _exposure_warnings, main
 from mockforge_wsgi.config import ConfigError
 from mockforge_wsgi.middleware import ChaosMiddleware
 from mockforge_wsgi.recorder import Recorder, RecorderMiddleware
@@ -231,3 +231,21 @@ def test_the_recorders_request_data_is_guarded_too(
     if status == 403:
         assert response.headers["X-Content-Type-Options"] == "nosniff"
         assert "requests" not in response.get_json()
+
+
+@pytest.mark.parametrize(
+    ("host", "hosts", "token", "said"),
+    [
+        pytest.param("127.0.0.1", (), None, [], id="loopback"),
+        pytest.param("::1", (), None, [], id="ipv6-loopback"),
+        pytest.param("0.0.0.0", (), "s3cret", [], id="token-set"),
+        pytest.param("0.0.0.0", (), None, ["no --admin-token"], id="no-token"),
+        pytest.param("127.0.0.1", ("*",), None, ["the Host check is off"], id="star"),
+    ],
+)
+def test_serve_says_what_leaves_the_api_open(
+    host: str, hosts: tuple[str, ...], token: str | None, said: list[str]
+) -> None:
+    warnings = _exposure_warnings(host, BrowserGuard(allowed_hosts=hosts, bound=host), token)
+    assert len(warnings) == len(said)
+    assert all(part in warning for part, warning in zip(said, warnings, strict=True))
