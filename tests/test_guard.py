@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 from werkzeug.test import Client
 
-from mockforge_wsgi._guard import BrowserGuard, GuardError
+from mockforge_wsgi._guard import BrowserGuard, GuardError, _arrived_on
 from mockforge_wsgi.api import openapi_document
 from mockforge_wsgi.app import create_app
 from mockforge_wsgi.cli import _exposure_warnings, main
@@ -249,3 +250,21 @@ def test_serve_says_what_leaves_the_api_open(
     warnings = _exposure_warnings(host, BrowserGuard(allowed_hosts=hosts, bound=host), token)
     assert len(warnings) == len(said)
     assert all(part in warning for part, warning in zip(said, warnings, strict=True))
+
+
+def test_the_address_a_request_arrived_on_is_the_sockets_own_end(tmp_path: Path) -> None:
+    """A server that exposes the connection: its local end beats the client's address;
+    a Unix socket (only a local proxy reaches it) counts as loopback."""
+    guard = BrowserGuard()
+    with (
+        socket.create_server(("127.0.0.1", 0)) as listener,
+        socket.create_connection(listener.getsockname()) as sock,
+    ):
+        environ = {"gunicorn.socket": sock, "REMOTE_ADDR": "10.0.0.9"}
+        assert _arrived_on(environ) == "127.0.0.1"
+        assert not guard.host_allowed("evil.example", environ)
+    with socket.socket(socket.AF_UNIX) as unix:
+        unix.bind(str(tmp_path / "s"))
+        environ = {"gunicorn.socket": unix, "REMOTE_ADDR": "10.0.0.9"}
+        assert not guard.host_allowed("evil.example", environ)
+    assert guard.host_allowed("evil.example", {"REMOTE_ADDR": "10.0.0.9"})  # no socket

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from browser import chromium, console_errors
-from servers import Server, mockforge_serve, session, werkzeug_server
+from servers import Server, gunicorn_server, mockforge_serve, session, werkzeug_server
 from test_admin import _admin_url
 
 pytestmark = pytest.mark.server
@@ -180,3 +180,17 @@ def test_the_dashboard_and_report_run_under_their_policy(disabled: Server, tmp_p
     assert len(drawn) == 4 and drawn[0] > 0, drawn  # Chart.js and the drawing ran
     report = http.get(disabled.url + "/api/chaos/report", timeout=30)
     assert "frame-ancestors 'none'" in report.headers["Content-Security-Policy"]
+
+
+def test_the_middleware_under_plain_gunicorn_goes_by_the_socket(tmp_path: Path) -> None:
+    """No --host known: the connection's own end (127.0.0.1) says loopback."""
+    env = {"MOCKFORGE_ALLOWED_HOSTS": "chaos.example"}
+    with gunicorn_server(tmp_path, env=env) as running:
+        status = running.url + "/api/chaos/status"
+        http = session()
+        assert http.get(status, timeout=10).status_code == 200
+        assert http.get(status, headers={"Host": "chaos.example"}, timeout=10).status_code == 200
+        refused = http.get(status, headers={"Host": "evil.example"}, timeout=10)
+        assert refused.status_code == 403, refused.text
+        assert "MOCKFORGE_ALLOWED_HOSTS=evil.example" in refused.json()["problems"][0]
+        assert http.get(running.url + "/", headers={"Host": "evil.example"}, timeout=10).ok
