@@ -196,8 +196,8 @@ def _import_app(spec: str) -> Any:
     multiple=True,
     metavar="NAME",
     help=f"A Host name the management API answers to besides the loopback ones (repeat; "
-    f"{_env.ALLOWED_HOSTS}, comma-separated); bound to another address, the default is "
-    "that address; * turns the Host check off.",
+    f"{_env.ALLOWED_HOSTS}, comma-separated); bound to another address, IP addresses "
+    "too; * turns the Host check off.",
 )
 @click.option(
     "--allowed-origin",
