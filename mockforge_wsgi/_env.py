@@ -27,6 +27,8 @@ MAX_HOLD_S = "MOCKFORGE_MAX_HOLD_S"  # seconds a worker may hold a request (serv
 RUNTIME_DIR = "MOCKFORGE_RUNTIME_DIR"  # where servers' embedded stores live
 URL = "MOCKFORGE_URL"  # a running server for the unittest helpers
 UPSTREAM = "MOCKFORGE_UPSTREAM"  # proxy mode: forward every request to this URL
+ALLOWED_HOSTS = "MOCKFORGE_ALLOWED_HOSTS"  # Host names the management API answers to
+ALLOWED_ORIGINS = "MOCKFORGE_ALLOWED_ORIGINS"  # browser origins besides the server's own
 # Not ours, set by us: prometheus_client's multiprocess directory (serve --metrics).
 PROMETHEUS_MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 

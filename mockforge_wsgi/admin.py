@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
+from ._guard import BrowserGuard
 from .api import create_management_app
 from .engine import ScenarioEngine
 
@@ -48,11 +49,15 @@ def start_admin_listener(
     *,
     admin_token: str | None = None,
     metrics: WSGIApplication | None = None,
+    guard: BrowserGuard | None = None,
 ) -> BaseWSGIServer:
     """Serve the management API of ``engine`` (and ``metrics`` at ``/metrics``) on
     ``host:port`` (0: a free port) from a daemon thread, a thread per connection;
-    returns the server (``server_port``)."""
-    app: WSGIApplication = create_management_app(engine, admin_token=admin_token)
+    returns the server (``server_port``). ``guard`` defaults to the environment's lists
+    with ``host`` as the bound address."""
+    if guard is None:
+        guard = BrowserGuard.from_env(bound=host)
+    app: WSGIApplication = create_management_app(engine, admin_token=admin_token, guard=guard)
     if metrics is not None:
         app = DispatcherMiddleware(app, {"/metrics": metrics})
     server = make_server(host, port, app, threaded=True, request_handler=_AdminRequestHandler)

@@ -11,12 +11,14 @@ Usage (any WSGI stack: ChaosMiddleware mounts it for you at ``/api/chaos``)::
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import math
 import os
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -24,6 +26,7 @@ from flask import Blueprint, Flask, Response, abort, current_app, request
 from werkzeug.exceptions import HTTPException
 
 from . import _env
+from ._guard import NOSNIFF, BrowserGuard
 from ._headers import bearer_matches
 from ._kinds import Check, Kind, shown, strict_json
 from ._sections import DEFAULT_PREFIX, URL_SEGMENTS
@@ -42,7 +45,7 @@ from .config import (
 )
 from .engine import MAX_DURATION_S, ScenarioEngine, UnknownScenario
 from .patterns import script_counter
-from .report import CHART_JS, render_report, static_text
+from .report import CHART_JS, inline_scripts, render_report, static_text
 from .scenarios import scenario_from_dict
 from .state import StateTooLarge, StoreError
 from .state.base import CONNECTION_SLOTS
@@ -57,6 +60,9 @@ __all__ = [
 ]
 
 MAX_BODY_BYTES = 64 * 1024
+# A body of any other type is refused: a page on another site can send text/plain or a
+# form without asking the browser first, but application/json only after a preflight.
+BODY_TYPE = "application/json"
 BREAKER_ACTIONS = ("open", "close", "reset")
 # The longest this server's workers can hold a request (sync workers: gunicorn's timeout).
 
@@ -86,7 +92,7 @@ def _engine() -> ScenarioEngine:
 
 
 def _body(*, required: bool = True) -> Any:
-    """The request's JSON body (whatever its Content-Type: curl -d sends a form type)."""
+    """The request's JSON body (its Content-Type was checked before the view ran)."""
     raw = request.get_data(cache=True)
     if not raw.strip(b" \t\r\n"):  # JSON whitespace only: no body
         if required:
@@ -472,11 +478,32 @@ def verdicts_view() -> Response:
 def report_view() -> Response:
     recorder, filters, window_s = _recording()
     page = render_report(recorder.attempts(filters), window_s=window_s)
-    return Response(page, mimetype="text/html")
+    return _page(page, inline_scripts())
 
 
 def dashboard() -> Response:
-    return Response(static_text("dashboard.html"), mimetype="text/html")
+    page = static_text("dashboard.html")
+    return _page(page, re.findall(r"<script>(.*?)</script>", page, flags=re.DOTALL))
+
+
+def _page(html: str, scripts: Iterable[str]) -> Response:
+    """An HTML page of ours: it may run only its own inline ``scripts`` (by their hashes)
+    and scripts this server serves, load nothing from elsewhere, and not be framed."""
+    response = Response(html, mimetype="text/html")
+    response.headers["Content-Security-Policy"] = content_security_policy(scripts)
+    return response
+
+
+def content_security_policy(scripts: Iterable[str]) -> str:
+    hashes = "".join(
+        " 'sha256-" + base64.b64encode(hashlib.sha256(script.encode()).digest()).decode() + "'"
+        for script in scripts
+    )
+    return (
+        f"default-src 'none'; script-src 'self'{hashes}; style-src 'unsafe-inline'; "
+        "img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+        "frame-ancestors 'none'"
+    )
 
 
 def chart_js() -> Response:
@@ -601,15 +628,20 @@ def create_blueprint(
     admin_token: str | None = None,
     protect_reads: bool = False,
     max_hold_s: float | None = None,
+    guard: BrowserGuard | None = None,
 ) -> Blueprint:
     """The management blueprint. With ``admin_token``, mutating routes (and reads, with
     ``protect_reads``) need ``Authorization: Bearer <token>``; the comparison is
-    constant-time. With ``max_hold_s`` (default: ``MOCKFORGE_MAX_HOLD_S``, which
+    constant-time. ``guard`` (default: from ``MOCKFORGE_ALLOWED_HOSTS`` and
+    ``MOCKFORGE_ALLOWED_ORIGINS``) refuses cross-site requests and unknown Hosts; a body
+    must be JSON. With ``max_hold_s`` (default: ``MOCKFORGE_MAX_HOLD_S``, which
     ``mockforge serve`` sets for sync workers), a config that can hold a request longer
     is refused: the worker would be killed first."""
     held = _env.text(_env.MAX_HOLD_S)
     if max_hold_s is None and held is not None:
         max_hold_s = _hold_from_env(held)
+    if guard is None:
+        guard = BrowserGuard.from_env()
     blueprint = Blueprint("mockforge_chaos", __name__)
     for route in ROUTES:
         options: dict[str, Any] = {"defaults": dict(route.defaults)} if route.defaults else {}
@@ -630,6 +662,9 @@ def create_blueprint(
 
     @blueprint.before_request
     def authorize() -> Response | None:
+        refusal = guard.refusal(request.environ)
+        if refusal is not None:
+            return _json({"error": refusal[0], "problems": refusal[1]}, 403)
         if (request.content_length or 0) > MAX_BODY_BYTES:
             abort(413)  # also where the route reads no body
         needs_token = (
@@ -651,7 +686,20 @@ def create_blueprint(
             )
             response.headers["WWW-Authenticate"] = 'Bearer realm="mockforge"'
             return response
+        mutating = request.method in ("POST", "PUT", "PATCH", "DELETE")
+        if mutating and _has_body() and request.mimetype != BODY_TYPE:
+            shown_type = request.headers.get("Content-Type", "none")
+            problem = (
+                f"Content-Type: {shown_type!r} is not {BODY_TYPE}; send the body as JSON "
+                f"(curl: -H 'Content-Type: {BODY_TYPE}')"
+            )
+            return _json({"error": "unsupported media type", "problems": [problem]}, 415)
         return None
+
+    @blueprint.after_request
+    def nosniff(response: Response) -> Response:
+        response.headers.setdefault(*NOSNIFF)
+        return response
 
     @blueprint.errorhandler(ApiError)
     def api_error(error: ApiError) -> Response:
@@ -666,6 +714,12 @@ def create_blueprint(
     return blueprint
 
 
+def _has_body() -> bool:
+    """The request sends a body: a length above 0, or chunks."""
+    chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+    return chunked or (request.content_length or 0) > 0
+
+
 def create_management_app(
     engine: ScenarioEngine,
     *,
@@ -673,11 +727,12 @@ def create_management_app(
     admin_token: str | None = None,
     protect_reads: bool = False,
     max_hold_s: float | None = None,
+    guard: BrowserGuard | None = None,
 ) -> Flask:
     """A Flask app serving only the management API under ``prefix``, for any WSGI stack.
 
     ``admin_token`` defaults to the ``MOCKFORGE_ADMIN_TOKEN`` environment variable;
-    ``max_hold_s`` is :func:`create_blueprint`'s.
+    ``max_hold_s`` and ``guard`` are :func:`create_blueprint`'s.
     """
     if admin_token is None:
         admin_token = _env.text(_env.ADMIN_TOKEN)
@@ -685,7 +740,11 @@ def create_management_app(
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.register_blueprint(
         create_blueprint(
-            engine, admin_token=admin_token, protect_reads=protect_reads, max_hold_s=max_hold_s
+            engine,
+            admin_token=admin_token,
+            protect_reads=protect_reads,
+            max_hold_s=max_hold_s,
+            guard=guard,
         ),
         url_prefix=prefix,
     )
@@ -698,6 +757,7 @@ def create_management_app(
         for name, value in error.get_headers():  # Allow on a 405, say
             if name.lower() != "content-type":
                 response.headers[name] = value
+        response.headers.setdefault(*NOSNIFF)
         return response
 
     return app
@@ -828,6 +888,12 @@ def openapi_document(prefix: str) -> dict[str, Any]:
                     "200": {"description": "OK", "content": {route.media_type: {}}},
                     "400": {"description": "Invalid input, nothing changed", "content": problems},
                     "401": {"description": "Admin token missing or wrong", "content": problems},
+                    "403": {
+                        "description": "Refused: a cross-site request (Origin, Sec-Fetch-Site) "
+                        "or a Host this server does not answer to (--allowed-origin, "
+                        "--allowed-host)",
+                        "content": problems,
+                    },
                     "404": {
                         "description": "Unknown scenario; no recorder (verdicts, report)",
                         "content": problems,
@@ -850,6 +916,11 @@ def openapi_document(prefix: str) -> dict[str, Any]:
             if method == "POST" and route.rule == "/scenarios":  # defining one creates it
                 operation["responses"]["201"] = operation["responses"].pop("200")
                 operation["responses"]["201"]["description"] = "Created"
+            if method != "GET":  # a body of any other type than JSON is refused
+                operation["responses"]["415"] = {
+                    "description": f"A body that is not {BODY_TYPE}",
+                    "content": problems,
+                }
             if method in ("PUT", "PATCH", "POST") and route.body:
                 operation["requestBody"] = {
                     "required": method != "POST" or route.rule == "/scenarios",

@@ -18,6 +18,7 @@ import attrs
 import yaml
 
 from . import _env
+from ._guard import BrowserGuard, GuardError
 from .config import RULES, ConfigError, load_config
 from .middleware import ChaosMiddleware
 from .mock_api import MockApp, parse_routes, route_rules
@@ -38,12 +39,15 @@ def create_app(
     metrics: bool | None = None,
     recorder_db: str | os.PathLike[str] | None = None,
     otlp_endpoint: str | None = None,
+    guard: BrowserGuard | None = None,
 ) -> Any:
     """The mock API (or ``wrap``, a WSGI app, or a proxy to ``upstream``, default
     ``MOCKFORGE_UPSTREAM``) in a ChaosMiddleware; with ``recorder_db``
     (or ``MOCKFORGE_RECORDER_DB``) in a RecorderMiddleware; with ``metrics`` (default:
     ``MOCKFORGE_METRICS=1``) in a MetricsMiddleware serving ``/metrics``; with
     ``otlp_endpoint`` (or ``MOCKFORGE_OTLP_ENDPOINT``) traced, spans sent over OTLP/HTTP.
+    ``guard`` (default: ``MOCKFORGE_ALLOWED_HOSTS``, ``MOCKFORGE_ALLOWED_ORIGINS``) refuses
+    cross-site management requests and Hosts the server does not answer to.
 
     Precedence: defaults < YAML < environment < ``overrides`` (CLI flags).
     Raises one ConfigError listing every problem of the file, environment and flags.
@@ -56,6 +60,11 @@ def create_app(
             _env.flag(switch, environ)
         except ValueError as error:
             problems.append(str(error))
+    if guard is None:
+        try:
+            guard = BrowserGuard.from_env(environ)
+        except GuardError as error:
+            problems += error.problems
     config = scenarios = routes = None
     try:
         config = load_config(
@@ -91,6 +100,7 @@ def create_app(
         config=config,
         scenarios=scenarios,
         admin_token=admin_token,
+        guard=guard,
     )
     if upstream is not None and hasattr(wrap, "on_error"):
         wrap.on_error = lambda kind: chaos.store.count(("upstream_errors",))
@@ -99,7 +109,7 @@ def create_app(
     if recorder_db is not None:
         from .recorder import Recorder, RecorderMiddleware
 
-        app = RecorderMiddleware(app, Recorder(recorder_db), admin_token=admin_token)
+        app = RecorderMiddleware(app, Recorder(recorder_db), admin_token=admin_token, guard=guard)
     if metrics is None:
         metrics = _env.flag(_env.METRICS, environ)
     if metrics:

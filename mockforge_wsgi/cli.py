@@ -23,6 +23,7 @@ from gunicorn.config import KNOWN_SETTINGS
 from gunicorn.util import import_app
 
 from . import _env
+from ._guard import BrowserGuard, GuardError, is_loopback, listed
 from .admin import start_admin_listener
 from .app import create_app
 from .client import ChaosApiError, ChaosClient
@@ -190,6 +191,23 @@ def _import_app(spec: str) -> Any:
     help="Bearer token the management API requires for changes.",
 )
 @click.option(
+    "--allowed-host",
+    "allowed_hosts",
+    multiple=True,
+    metavar="NAME",
+    help=f"A Host name the management API answers to besides the loopback ones (repeat; "
+    f"{_env.ALLOWED_HOSTS}, comma-separated); bound to another address, IP addresses "
+    "too; * turns the Host check off.",
+)
+@click.option(
+    "--allowed-origin",
+    "allowed_origins",
+    multiple=True,
+    metavar="URL",
+    help=f"A browser origin (https://host[:port]) allowed to call the management API "
+    f"besides the server's own (repeat; {_env.ALLOWED_ORIGINS}, comma-separated).",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -234,6 +252,8 @@ def serve(
     app_spec: str | None,
     upstream: str | None,
     admin_token: str | None,
+    allowed_hosts: tuple[str, ...],
+    allowed_origins: tuple[str, ...],
     log_level: str,
     metrics: bool,
     metrics_port: int | None,
@@ -253,6 +273,7 @@ def serve(
     if app_spec and upstream:
         raise click.UsageError("--app and --upstream: serve one of them, not both")
     overrides, sources = _flag_overrides(flags)
+    guard = _guard(host, allowed_hosts, allowed_origins)
     wrapped = _import_app(app_spec) if app_spec else None
     metrics = metrics or metrics_port is not None
     if recorder or recorder_db:
@@ -273,6 +294,7 @@ def serve(
             upstream=upstream,
             admin_token=admin_token,
             metrics=False,  # checked here; the workers build their own
+            guard=guard,
         )
     except ConfigError as error:
         raise click.UsageError(str(error)) from None
@@ -320,7 +342,13 @@ def serve(
         )
         when_ready.append(
             functools.partial(
-                _serve_admin_port, host, admin_port, engine, admin_token, metrics_dir is not None
+                _serve_admin_port,
+                host,
+                admin_port,
+                engine,
+                admin_token,
+                metrics_dir is not None,
+                guard,
             )
         )
     if when_ready:
@@ -337,6 +365,7 @@ def serve(
             metrics=metrics,
             recorder_db=recorder_db,
             otlp_endpoint=otlp_endpoint,
+            guard=guard,
         )
 
     url = _env.text(_env.STORE) or ""
@@ -353,6 +382,8 @@ def serve(
         f"{store}, chaos {'on' if startup.enabled else 'off'}; management API at /api/chaos)",
         err=True,
     )
+    for warning in _exposure_warnings(host, guard, admin_token):
+        click.echo(f"mockforge: WARNING: {warning}", err=True)
     try:
         _Server(factory, options).run()
     finally:
@@ -362,6 +393,44 @@ def serve(
             shutil.rmtree(server_store_directory(os.getpid()), ignore_errors=True)
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _guard(host: str, hosts: tuple[str, ...], origins: tuple[str, ...]) -> BrowserGuard:
+    """The management API's Host and Origin checks, for a server bound to ``host``: each
+    list from its flags, else from its environment variable."""
+    labels = {
+        "allowed host:": "--allowed-host:" if hosts else f"{_env.ALLOWED_HOSTS}:",
+        "allowed origin:": "--allowed-origin:" if origins else f"{_env.ALLOWED_ORIGINS}:",
+    }
+    try:
+        return BrowserGuard(
+            allowed_hosts=hosts or listed(_env.ALLOWED_HOSTS),
+            allowed_origins=origins or listed(_env.ALLOWED_ORIGINS),
+            bound=host,
+        )
+    except GuardError as error:
+        problems = []
+        for problem in error.problems:
+            for label, source in labels.items():
+                problem = problem.replace(label, source, 1)
+            problems.append(problem)
+        raise click.UsageError("; ".join(problems)) from None
+
+
+def _exposure_warnings(host: str, guard: BrowserGuard, admin_token: str | None) -> list[str]:
+    """What makes the management API drivable by others, said at startup."""
+    warnings = []
+    if guard.any_host:
+        warnings.append(
+            "--allowed-host '*': the Host check is off; a DNS-rebinding page in any "
+            "browser that reaches this server can drive the management API"
+        )
+    if not is_loopback(host.strip("[]")) and not admin_token:
+        warnings.append(
+            f"bound to {host}, reachable by others, and no --admin-token: anyone who "
+            "reaches the port can change the chaos"
+        )
+    return warnings
 
 
 def _metrics_dir() -> str:
@@ -403,6 +472,7 @@ def _serve_admin_port(
     engine: ScenarioEngine,
     admin_token: str | None,
     metrics: bool,
+    guard: BrowserGuard,
     server: Any,
 ) -> None:
     """gunicorn hook (master, when ready): the management API (and the workers'
@@ -415,7 +485,7 @@ def _serve_admin_port(
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         metrics_app = make_wsgi_app(registry)
     listener = start_admin_listener(
-        host, port, engine, admin_token=admin_token, metrics=metrics_app
+        host, port, engine, admin_token=admin_token, metrics=metrics_app, guard=guard
     )
     server.log.info(
         "mockforge: admin listener at http://%s:%d/api/chaos", host, listener.server_port

@@ -145,27 +145,30 @@ ROUTE_EXAMPLES = {
     ("/disable", "POST"): "curl -s -X POST localhost:3000/api/chaos/disable",
     ("/reset", "POST"): "curl -s -X POST localhost:3000/api/chaos/reset",
     ("/config", "GET"): "curl -s localhost:3000/api/chaos/config",
-    ("/config", "PUT"): "curl -s -X PUT localhost:3000/api/chaos/config -d '{\"enabled\": true}'",
+    (
+        "/config",
+        "PUT",
+    ): "curl -s -X PUT localhost:3000/api/chaos/config -H 'Content-Type: application/json' -d '{\"enabled\": true}'",
     ("/config/latency", "GET"): "curl -s localhost:3000/api/chaos/config/latency",
     ("/config/latency", "DELETE"): "curl -s -X DELETE localhost:3000/api/chaos/config/latency",
     (
         "/config/latency",
         "PUT",
-    ): 'curl -s -X PUT localhost:3000/api/chaos/config/latency -d \'{"enabled": true, "fixed_delay_ms": 100}\'',
+    ): "curl -s -X PUT localhost:3000/api/chaos/config/latency -H 'Content-Type: application/json' -d '{\"enabled\": true, \"fixed_delay_ms\": 100}'",
     (
         "/config/latency",
         "PATCH",
-    ): "curl -s -X PATCH localhost:3000/api/chaos/config/latency -d '{\"probability\": 0.5}'",
+    ): "curl -s -X PATCH localhost:3000/api/chaos/config/latency -H 'Content-Type: application/json' -d '{\"probability\": 0.5}'",
     ("/config/faults", "GET"): "curl -s localhost:3000/api/chaos/config/faults",
     ("/config/faults", "DELETE"): "curl -s -X DELETE localhost:3000/api/chaos/config/faults",
     (
         "/config/faults",
         "PUT",
-    ): 'curl -s -X PUT localhost:3000/api/chaos/config/faults -d \'{"enabled": true, "http_errors": [503], "http_error_probability": 0.2}\'',
+    ): 'curl -s -X PUT localhost:3000/api/chaos/config/faults -H \'Content-Type: application/json\' -d \'{"enabled": true, "http_errors": [503], "http_error_probability": 0.2}\'',
     (
         "/config/faults",
         "PATCH",
-    ): 'curl -s -X PATCH localhost:3000/api/chaos/config/faults -d \'{"pattern": "fail_first:2:503"}\'',
+    ): "curl -s -X PATCH localhost:3000/api/chaos/config/faults -H 'Content-Type: application/json' -d '{\"pattern\": \"fail_first:2:503\"}'",
     ("/config/rate-limit", "GET"): "curl -s localhost:3000/api/chaos/config/rate-limit",
     (
         "/config/rate-limit",
@@ -174,20 +177,20 @@ ROUTE_EXAMPLES = {
     (
         "/config/rate-limit",
         "PUT",
-    ): 'curl -s -X PUT localhost:3000/api/chaos/config/rate-limit -d \'{"enabled": true, "requests_per_second": 50}\'',
+    ): "curl -s -X PUT localhost:3000/api/chaos/config/rate-limit -H 'Content-Type: application/json' -d '{\"enabled\": true, \"requests_per_second\": 50}'",
     (
         "/config/rate-limit",
         "PATCH",
-    ): "curl -s -X PATCH localhost:3000/api/chaos/config/rate-limit -d '{\"per_ip\": true}'",
+    ): "curl -s -X PATCH localhost:3000/api/chaos/config/rate-limit -H 'Content-Type: application/json' -d '{\"per_ip\": true}'",
     ("/config/circuit-breaker", "GET"): "curl -s localhost:3000/api/chaos/config/circuit-breaker",
     (
         "/config/circuit-breaker",
         "PUT",
-    ): 'curl -s -X PUT localhost:3000/api/chaos/config/circuit-breaker -d \'{"enabled": true, "failure_threshold": 3, "cooldown_s": 10}\'',
+    ): 'curl -s -X PUT localhost:3000/api/chaos/config/circuit-breaker -H \'Content-Type: application/json\' -d \'{"enabled": true, "failure_threshold": 3, "cooldown_s": 10}\'',
     (
         "/config/circuit-breaker",
         "PATCH",
-    ): "curl -s -X PATCH localhost:3000/api/chaos/config/circuit-breaker -d '{\"half_open_probes\": 2}'",
+    ): "curl -s -X PATCH localhost:3000/api/chaos/config/circuit-breaker -H 'Content-Type: application/json' -d '{\"half_open_probes\": 2}'",
     (
         "/config/circuit-breaker",
         "DELETE",
@@ -196,33 +199,33 @@ ROUTE_EXAMPLES = {
     (
         "/config/bulkhead",
         "PUT",
-    ): 'curl -s -X PUT localhost:3000/api/chaos/config/bulkhead -d \'{"enabled": true, "max_concurrent": 2, "queue_timeout_ms": 500}\'',
+    ): 'curl -s -X PUT localhost:3000/api/chaos/config/bulkhead -H \'Content-Type: application/json\' -d \'{"enabled": true, "max_concurrent": 2, "queue_timeout_ms": 500}\'',
     (
         "/config/bulkhead",
         "PATCH",
-    ): "curl -s -X PATCH localhost:3000/api/chaos/config/bulkhead -d '{\"retry_after_s\": 2}'",
+    ): "curl -s -X PATCH localhost:3000/api/chaos/config/bulkhead -H 'Content-Type: application/json' -d '{\"retry_after_s\": 2}'",
     ("/config/bulkhead", "DELETE"): "curl -s -X DELETE localhost:3000/api/chaos/config/bulkhead",
     ("/config/traffic", "GET"): "curl -s localhost:3000/api/chaos/config/traffic",
     ("/config/traffic", "DELETE"): "curl -s -X DELETE localhost:3000/api/chaos/config/traffic",
     (
         "/config/traffic",
         "PUT",
-    ): 'curl -s -X PUT localhost:3000/api/chaos/config/traffic -d \'{"enabled": true, "bandwidth_limit_bps": 100000}\'',
+    ): "curl -s -X PUT localhost:3000/api/chaos/config/traffic -H 'Content-Type: application/json' -d '{\"enabled\": true, \"bandwidth_limit_bps\": 100000}'",
     (
         "/config/traffic",
         "PATCH",
-    ): "curl -s -X PATCH localhost:3000/api/chaos/config/traffic -d '{\"packet_loss_percent\": 2}'",
+    ): "curl -s -X PATCH localhost:3000/api/chaos/config/traffic -H 'Content-Type: application/json' -d '{\"packet_loss_percent\": 2}'",
     ("/scenarios", "GET"): "curl -s localhost:3000/api/chaos/scenarios",
     (
         "/scenarios",
         "POST",
-    ): 'curl -s -X POST localhost:3000/api/chaos/scenarios -d \'{"name": "flaky", "fault_injection": {"enabled": true, "http_error_probability": 0.5}}\'',
+    ): 'curl -s -X POST localhost:3000/api/chaos/scenarios -H \'Content-Type: application/json\' -d \'{"name": "flaky", "fault_injection": {"enabled": true, "http_error_probability": 0.5}}\'',
     ("/scenarios", "DELETE"): "curl -s -X DELETE localhost:3000/api/chaos/scenarios",
     ("/scenarios/active", "GET"): "curl -s localhost:3000/api/chaos/scenarios/active",
     (
         "/scenarios/<name>",
         "POST",
-    ): "curl -s -X POST localhost:3000/api/chaos/scenarios/slow_backend -d '{\"duration_s\": 60}'",
+    ): "curl -s -X POST localhost:3000/api/chaos/scenarios/slow_backend -H 'Content-Type: application/json' -d '{\"duration_s\": 60}'",
     (
         "/scenarios/<name>",
         "DELETE",
@@ -231,13 +234,13 @@ ROUTE_EXAMPLES = {
     (
         "/schedule",
         "PUT",
-    ): 'curl -s -X PUT localhost:3000/api/chaos/schedule -d \'[{"start_s": 600, "scenario": "peak_traffic"}]\'',
+    ): 'curl -s -X PUT localhost:3000/api/chaos/schedule -H \'Content-Type: application/json\' -d \'[{"start_s": 600, "scenario": "peak_traffic"}]\'',
     ("/stats", "GET"): "curl -s localhost:3000/api/chaos/stats",
     ("/breakers", "GET"): "curl -s localhost:3000/api/chaos/breakers",
     (
         "/breakers/<owner>",
         "POST",
-    ): 'curl -s -X POST localhost:3000/api/chaos/breakers/global -d \'{"action": "open"}\'',
+    ): "curl -s -X POST localhost:3000/api/chaos/breakers/global -H 'Content-Type: application/json' -d '{\"action\": \"open\"}'",
     ("/scripts", "GET"): "curl -s localhost:3000/api/chaos/scripts",
     ("/verdicts", "GET"): "curl -s 'localhost:3000/api/chaos/verdicts?path=/api&window_s=30'",
     ("/report", "GET"): "curl -s localhost:3000/api/chaos/report -o report.html",

@@ -42,6 +42,8 @@ from .tracing import record_injections
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
+    from ._guard import BrowserGuard
+
 __all__ = ["DEFAULT_EXEMPT_PATHS", "ChaosMiddleware", "route_resolver"]
 
 log = logging.getLogger("mockforge_wsgi")
@@ -76,7 +78,9 @@ class ChaosMiddleware:
     (``wsgi.multiprocess``), the embedded store all of that server's workers share,
     found on the first request; else this process's memory).
     ``route_for`` names a request's endpoint for per-endpoint limits; by default the
-    route template of a wrapped Flask app, else the path.
+    route template of a wrapped Flask app, else the path. ``guard`` (a
+    :class:`~mockforge_wsgi._guard.BrowserGuard`; default: ``MOCKFORGE_ALLOWED_HOSTS``,
+    ``MOCKFORGE_ALLOWED_ORIGINS``) refuses cross-site management calls and rebound Hosts.
     """
 
     def __init__(
@@ -94,6 +98,7 @@ class ChaosMiddleware:
         admin_token: str | None = None,
         protect_reads: bool = False,
         debug_headers: bool | None = None,
+        guard: BrowserGuard | None = None,
     ) -> None:
         self.app = app
         startup = config if config is not None else ChaosConfig()
@@ -140,6 +145,7 @@ class ChaosMiddleware:
                 prefix=self._api_root,
                 admin_token=admin_token,
                 protect_reads=protect_reads,
+                guard=guard,
             )
 
     def attach_recorder(

@@ -36,6 +36,7 @@ from werkzeug.http import parse_date
 
 from . import _env
 from ._answers import answer, answer_json
+from ._guard import NOSNIFF, BrowserGuard
 from ._headers import REQUEST_ID_KEY, TEST_ID_KEY, bearer_matches, new_request_id
 from ._kinds import shown, strict_json
 from ._observe import observe
@@ -298,8 +299,12 @@ class RecorderMiddleware:
         *,
         prefix: str = "/api/recorder",
         admin_token: str | None = None,
+        guard: BrowserGuard | None = None,
     ) -> None:
         self.app = app
+        # Pages on other sites and rebound names read no request data (the management
+        # API's own checks; default: from MOCKFORGE_ALLOWED_HOSTS/ORIGINS).
+        self.guard = guard if guard is not None else BrowserGuard.from_env()
         self.recorder = recorder
         self.prefix = prefix.rstrip("/")
         # Request data (paths, client addresses): with a token set, only for its holder.
@@ -370,6 +375,10 @@ class RecorderMiddleware:
         self, route: str, environ: WSGIEnvironment, start_response: StartResponse
     ) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
+        refusal = self.guard.refusal(environ)
+        if refusal is not None:
+            body = {"error": refusal[0], "problems": refusal[1]}
+            return answer_json(start_response, 403, body, [NOSNIFF])
         if self.admin_token and not bearer_matches(
             str(environ.get("HTTP_AUTHORIZATION", "")), self.admin_token
         ):

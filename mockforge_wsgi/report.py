@@ -21,7 +21,7 @@ from typing import Any
 from .outcome import LATENCY
 from .verdicts import APP_RAN, DEFAULT_WINDOW_S, quantile, verdicts
 
-__all__ = ["CHART_JS", "render_report", "report_data", "static_text"]
+__all__ = ["CHART_JS", "inline_scripts", "render_report", "report_data", "static_text"]
 
 CHART_JS = "chart.umd.min.js"
 TIME_BUCKETS = 60  # points of each chart over time, at most
@@ -208,6 +208,12 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], table_id: str)
     return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
+def inline_scripts() -> tuple[str, str]:
+    """The report's own scripts, as the page holds them: Chart.js and the drawing (the
+    page's Content-Security-Policy allows these, by their hashes, and nothing else)."""
+    return static_text(CHART_JS).replace("</script", "<\\/script"), static_text("report.js")
+
+
 def render_report(
     rows: Sequence[Mapping[str, Any]],
     *,
@@ -216,6 +222,7 @@ def render_report(
 ) -> str:
     """The report page: data, tables and charts in one HTML file (no network needed)."""
     data = report_data(rows, window_s=window_s)
+    chart_js, draw = inline_scripts()
     summary = data["verdicts"]["summary"]
     score = data["score"]
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(data.get("start", time.time())))
@@ -306,7 +313,7 @@ def render_report(
             if windows
             else "<p>No scenario ran while recording.</p>"
         ),
-        chart_js=static_text(CHART_JS).replace("</script", "<\\/script"),
+        chart_js=chart_js,
         data=payload,
-        draw=static_text("report.js"),
+        draw=draw,
     )

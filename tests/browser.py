@@ -30,7 +30,9 @@ FLAGS = (
 
 
 @contextmanager
-def chromium(tmp_path: Path, width: int = 1280, height: int = 1600) -> Iterator[Any]:
+def chromium(
+    tmp_path: Path, width: int = 1280, height: int = 1600, flags: tuple[str, ...] = ()
+) -> Iterator[Any]:
     if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
         if os.environ.get("CI"):
             pytest.fail("chromium and chromium-driver are missing (.ci/run installs them)")
@@ -40,7 +42,7 @@ def chromium(tmp_path: Path, width: int = 1280, height: int = 1600) -> Iterator[
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in (*FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+    for flag in (*FLAGS, *flags, f"--user-data-dir={tmp_path / 'chromium-profile'}"):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)

@@ -30,6 +30,8 @@ def make(startup: ChaosConfig | None = None, **kwargs: Any) -> tuple[Client, Cha
 
 def call(client: Client, method: str, path: str, body: Any = None, **kwargs: Any) -> TestResponse:
     data = None if body is None else (body if isinstance(body, (bytes, str)) else json.dumps(body))
+    if data is not None:  # as every client sends a body (a form type is refused: 415)
+        kwargs.setdefault("content_type", "application/json")
     return client.open(P + path, method=method, data=data, **kwargs)
 
 
