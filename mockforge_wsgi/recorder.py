@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
 
 from werkzeug.http import parse_date
 
@@ -401,13 +402,14 @@ class RecorderMiddleware:
             rows = self.recorder.search(filters)
             return answer_json(start_response, 200, {"count": len(rows), "requests": rows})
         if route == "/export" and method == "GET":
-            query = dict(
-                part.split("=", 1)
-                for part in environ.get("QUERY_STRING", "").split("&")
-                if "=" in part
-            )
+            query = parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+            problems = _export_problems(query)
+            if problems:
+                return answer_json(
+                    start_response, 400, {"error": "invalid request", "problems": problems}
+                )
             exported = self.recorder.export()
-            if query.get("format") == "csv":
+            if dict(query).get("format") == "csv":
                 start_response("200 OK", [("Content-Type", "text/csv; charset=utf-8")])
                 return _csv_lines(exported)
             start_response("200 OK", [("Content-Type", "application/x-ndjson")])
@@ -418,6 +420,24 @@ class RecorderMiddleware:
 
 
 MAX_SEARCH_BODY = 64 * 1024
+EXPORT_FORMATS = ("jsonl", "csv")
+
+
+def _export_problems(query: list[tuple[str, str]]) -> list[str]:
+    """An export query takes ``format`` only, once, jsonl (the default) or csv: a
+    misspelt name or value is refused, not answered in the default format."""
+    problems = [
+        f"{name}: unknown parameter; allowed: format" for name, _ in query if name != "format"
+    ]
+    formats = [value for name, value in query if name == "format"]
+    if len(formats) > 1:
+        problems.append("format: given more than once")
+    problems += [
+        f"format: {shown(value)} is not one of {', '.join(EXPORT_FORMATS)}"
+        for value in formats
+        if value not in EXPORT_FORMATS
+    ]
+    return problems
 
 
 def _never(path: str) -> bool:

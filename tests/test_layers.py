@@ -32,7 +32,7 @@ LAYERS = [
     ["rules", "patterns", "plugins"],
     ["_settings"],
     ["_kinds"],
-    ["_env", "_answers", "_headers", "_observe", "_sockets", "_sections", "_version"],
+    ["_env", "_answers", "_extras", "_headers", "_observe", "_sockets", "_sections", "_version"],
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 
