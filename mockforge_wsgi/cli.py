@@ -539,8 +539,8 @@ def _request(server: ServerAddress, method: str, path: str, body: Any = None) ->
     except (OSError, http.client.HTTPException) as error:  # URLError, timeouts, resets
         reason = getattr(error, "reason", None) or error
         click.echo(
-            f"cannot reach --url {url} ({reason}); start a server (mockforge serve) or "
-            "give its address with --url",
+            f"cannot reach {url} ({reason}); start a server (mockforge serve) or give "
+            "its address with --url",
             err=True,
         )
     sys.exit(1)

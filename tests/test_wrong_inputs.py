@@ -324,7 +324,7 @@ def test_an_unreachable_server_is_a_runtime_error_naming_the_url(verb: list[str]
     url = f"http://127.0.0.1:{_closed_port()}"
     result = _invoke([*verb, "--url", url])
     assert result.exit_code == RUNTIME, result.output
-    _one_line_naming(result.output, f"cannot reach --url {url}", "mockforge serve")
+    _one_line_naming(result.output, f"cannot reach {url}", "mockforge serve", "--url")
 
 
 def test_a_busy_port_names_the_flag_that_asked_for_it(busy_port: int) -> None:
