@@ -101,11 +101,16 @@ def create_app(
     if upstream is not None and hasattr(wrap, "on_error"):
         wrap.on_error = lambda kind: chaos.store.count(("upstream_errors",))
     app: Any = chaos
+    recorder_from = "recorder_db" if recorder_db else _env.RECORDER_DB  # named in an error
     recorder_db = recorder_db or _env.text(_env.RECORDER_DB, environ)
     if recorder_db is not None:
-        from .recorder import Recorder, RecorderMiddleware
+        from .recorder import Recorder, RecorderError, RecorderMiddleware
 
-        app = RecorderMiddleware(app, Recorder(recorder_db), admin_token=admin_token)
+        try:
+            recorder = Recorder(recorder_db)
+        except RecorderError as error:
+            raise ConfigError([f"{recorder_from}: {error}"]) from None
+        app = RecorderMiddleware(app, recorder, admin_token=admin_token)
     if metrics is None:
         metrics = _env.flag(_env.METRICS, environ)
         if metrics:

@@ -31,7 +31,7 @@ from .app import create_app
 from .client import ChaosApiError, ChaosClient
 from .config import ChaosConfig, ConfigError, SettingInfo, iter_settings, longest_delay_s
 from .engine import ScenarioEngine, UnknownScenario
-from .recorder import Recorder
+from .recorder import Recorder, RecorderError
 from .report import render_report
 from .scenarios import BUILTIN_SCENARIOS, Scenario, load_scenarios
 from .state import MemoryStore, Store, StoreError, store_from_env, store_from_url
@@ -294,6 +294,10 @@ def serve(
     metrics = metrics or metrics_port is not None
     if recorder or recorder_db:
         recorder_db = os.path.abspath(recorder_db or "mockforge-recorder.db")
+        try:
+            Recorder(recorder_db)  # made here, so the workers need not fail to boot
+        except RecorderError as error:
+            raise click.UsageError(f"--recorder-db: {error}") from None
     otlp_endpoint = otlp_endpoint or jaeger_endpoint
     if tracing or otlp_endpoint:
         otlp_endpoint = otlp_endpoint or "http://localhost:4318"

@@ -45,7 +45,7 @@ from .rules import peek_body
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-__all__ = ["REQUEST_ID_KEY", "Recorder", "RecorderMiddleware"]
+__all__ = ["REQUEST_ID_KEY", "Recorder", "RecorderError", "RecorderMiddleware"]
 
 COLUMNS = (
     "time",
@@ -108,6 +108,10 @@ CREATE INDEX IF NOT EXISTS requests_status ON requests (status);
 """
 
 
+class RecorderError(ValueError):
+    """The database file cannot be opened as the recorder's (not SQLite, not writable)."""
+
+
 class Recorder:
     """Buffers request rows and writes them to SQLite from a background thread."""
 
@@ -117,6 +121,15 @@ class Recorder:
         self._queue: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._write_lock = threading.Lock()
         self._pid = 0
+        try:
+            self._open()
+        except sqlite3.Error as error:
+            raise RecorderError(
+                f"{str(path)!r}: cannot open it as the recorder's SQLite database ({error})"
+            ) from None
+
+    def _open(self) -> None:
+        """Make the table (or add the columns a newer version records)."""
         with self._connect() as connection:
             connection.executescript(_SCHEMA)
             # Every worker opens the file at once: one at a time looks and adds.

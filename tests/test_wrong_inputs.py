@@ -190,6 +190,11 @@ PROCESS_CASES = [
         id="metrics-without-the-extra",
     ),
     pytest.param(
+        {"MOCKFORGE_RECORDER_DB": "/nonexistent/recorder.db"}, ["serve"], (), USAGE,
+        ["MOCKFORGE_RECORDER_DB: '/nonexistent/recorder.db': cannot open it as the recorder's"],
+        id="recorder-variable-in-a-missing-directory",
+    ),
+    pytest.param(
         {"MOCKFORGE_UPSTREAM": "notaurl"}, ["serve"], (), USAGE,
         ["MOCKFORGE_UPSTREAM=notaurl", "did you mean http://notaurl?"],
         id="upstream-variable-without-scheme",
@@ -346,6 +351,11 @@ def test_a_busy_port_names_the_flag_that_asked_for_it(busy_port: int) -> None:
         ),
         pytest.param(
             ["serve", "--upstream", "ftp://x"], ["'--upstream'", "http://"], id="upstream-ftp"
+        ),
+        pytest.param(
+            ["serve", "--recorder-db", "chaos.yaml"],
+            ["--recorder-db: '", "chaos.yaml': cannot open it as the recorder's SQLite database"],
+            id="serve-recorder-db-not-sqlite",
         ),
         pytest.param(
             ["serve", "--config", "bin.yaml"],
