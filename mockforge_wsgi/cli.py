@@ -298,6 +298,8 @@ def serve(
             Recorder(recorder_db)  # made here, so the workers need not fail to boot
         except RecorderError as error:
             raise click.UsageError(f"--recorder-db: {error}") from None
+    _checked_url("otlp_endpoint", otlp_endpoint)
+    _checked_url("jaeger_endpoint", jaeger_endpoint)
     otlp_endpoint = otlp_endpoint or jaeger_endpoint
     if tracing or otlp_endpoint:
         otlp_endpoint = otlp_endpoint or "http://localhost:4318"
@@ -319,11 +321,15 @@ def serve(
         raise click.UsageError(
             f"--chaos-scenario: {error} is not a scenario (built-in: {known})"
         ) from None
-    _check_port(host, port)
-    if admin_port:
-        _check_port(host, admin_port, "--admin-port")
-    if metrics_port:
-        _check_port(host, metrics_port, "--metrics-port")
+    ports = {"--port": port, "--admin-port": admin_port, "--metrics-port": metrics_port}
+    asked: dict[int, str] = {}
+    for flag, number in ports.items():
+        if not number:  # unset, or 0: any free port
+            continue
+        if number in asked:
+            raise click.UsageError(f"{flag} {number}: the same port as {asked[number]}")
+        asked[number] = flag
+        _check_port(host, number, flag)
     if admin_port is not None and not _env.text(_env.STORE):
         # The master answers management calls: the workers (even one) must share its
         # store, the embedded one of this server.

@@ -339,6 +339,10 @@ def test_a_busy_port_names_the_flag_that_asked_for_it(busy_port: int) -> None:
         _one_line_naming(result.output, f"{flag} {busy_port}: cannot bind", f"another {flag}")
     result = _invoke(["serve", "--port", str(busy_port)], {})
     _one_line_naming(result.output, f"--port {busy_port}: cannot bind")
+    port = _closed_port()
+    result = _invoke(["serve", "--port", str(port), "--metrics-port", str(port)], {})
+    assert result.exit_code == USAGE, result.output
+    _one_line_naming(result.output, f"--metrics-port {port}: the same port as --port")
 
 
 @pytest.mark.parametrize(
@@ -351,6 +355,11 @@ def test_a_busy_port_names_the_flag_that_asked_for_it(busy_port: int) -> None:
         ),
         pytest.param(
             ["serve", "--upstream", "ftp://x"], ["'--upstream'", "http://"], id="upstream-ftp"
+        ),
+        pytest.param(
+            ["serve", "--otlp-endpoint", "localhost:4318"],
+            ["'--otlp-endpoint'", "did you mean http://localhost:4318?"],
+            id="otlp-endpoint-without-scheme",
         ),
         pytest.param(
             ["serve", "--recorder-db", "chaos.yaml"],
