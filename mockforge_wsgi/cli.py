@@ -646,7 +646,13 @@ def stop(server: ServerAddress) -> None:
 @server_options
 def scenarios(server: ServerAddress) -> None:
     """List the server's scenarios as a table."""
-    listed = _request(server, "GET", "/scenarios")["scenarios"]
+    answer = _request(server, "GET", "/scenarios")
+    listed = answer.get("scenarios") if isinstance(answer, dict) else None
+    if not listed or not all(isinstance(item, dict) for item in listed):
+        click.echo(
+            f"GET /scenarios: not a mockforge answer; is --url {server[0]} right?", err=True
+        )
+        sys.exit(1)
     width = max(len(s["name"]) for s in listed)
     click.echo(f"{'NAME':<{width}}  {'KIND':<15}  DESCRIPTION")
     for item in listed:

@@ -419,10 +419,20 @@ def _not_mockforge(environ: dict[str, Any], start_response: Any) -> list[bytes]:
     return [b"<html>some other service</html>"]
 
 
+def _other_json(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [b'{"status": "ok"}']
+
+
 @pytest.mark.server
-def test_a_server_that_is_not_mockforge_is_one_line() -> None:
-    with werkzeug_server(_not_mockforge, ready_path="/") as server:
-        result = _invoke(["chaos", "status", "--url", server.url])
+@pytest.mark.parametrize("app", [_not_mockforge, _other_json], ids=["html", "other-json"])
+@pytest.mark.parametrize("verb", [["chaos", "status"], ["scenarios"]], ids=" ".join)
+def test_a_server_that_is_not_mockforge_is_one_line(app: Any, verb: list[str]) -> None:
+    with werkzeug_server(app, ready_path="/") as server:
+        result = _invoke([*verb, "--url", server.url])
+    if app is _other_json and verb == ["chaos", "status"]:
+        assert result.exit_code == 0  # any JSON object is a status it can show
+        return
     assert result.exit_code == RUNTIME, result.output
     _one_line_naming(result.output, "not a mockforge answer", f"--url {server.url}")
 
