@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from werkzeug.test import Client, TestResponse
 
 from mockforge_wsgi import load_config
+from mockforge_wsgi._sections import URL_SEGMENTS
 from mockforge_wsgi.api import ROUTES, create_management_app, openapi_document
 from mockforge_wsgi.config import ChaosConfig
 from mockforge_wsgi.engine import ScenarioEngine
@@ -645,12 +646,11 @@ HUGE_NUMBERS = (
 )
 NUMBERS = HUGE_NUMBERS | st.integers() | st.floats()
 SECONDS_FIELDS = ("start_s", "duration_s")
+SECTIONS_BY_SEGMENT = {segment: name for segment, name in URL_SEGMENTS.items()}
 
 
 def _number_paths() -> list[tuple[str, str]]:
     """(URL segment, field) of every number a config section takes."""
-    from mockforge_wsgi._sections import URL_SEGMENTS
-
     segments = {name: segment for segment, name in URL_SEGMENTS.items()}
     return [
         (segments[param.values[0][0]], param.values[0][1])
@@ -663,7 +663,7 @@ def _number_paths() -> list[tuple[str, str]]:
 def _number_requests(draw: st.DrawFn) -> tuple[str, str, str]:
     """A route that takes a number, with a number in one of its fields."""
     number = draw(NUMBERS)
-    where = draw(st.sampled_from(["activate", "schedule", "section", "config"]))
+    where = draw(st.sampled_from(["activate", "schedule", "section", "config", "define"]))
     if where == "activate":
         field = draw(st.sampled_from(["duration_s", "ramp_s"]))
         return "POST", "/scenarios/slow_backend", json.dumps({field: number})
@@ -674,6 +674,10 @@ def _number_requests(draw: st.DrawFn) -> tuple[str, str, str]:
     segment, field = draw(st.sampled_from(_number_paths()))
     if where == "section":
         return "PUT", f"/config/{segment}", json.dumps({"enabled": True, field: number})
+    if where == "define":  # a custom scenario carries sections too
+        name = SECTIONS_BY_SEGMENT[segment]
+        body = {"name": "huge", "description": "x", name: {"enabled": True, field: number}}
+        return "POST", "/scenarios", json.dumps(body)
     return "PUT", "/config", json.dumps({"enabled": True, segment: {field: number}})
 
 
@@ -688,7 +692,7 @@ def test_any_number_in_any_field_is_taken_or_refused_naming_the_field(
     client, _ = make()
     before = call(client, "GET", "/status").get_json()
     response = call(client, method, path, body)
-    assert response.status_code in (200, 400), (response.status_code, response.get_data())
+    assert response.status_code in (200, 201, 400), (response.status_code, response.get_data())
     if response.status_code == 400:
         found = problems(response)
         assert found and all(len(p) < 300 for p in found), found
