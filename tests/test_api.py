@@ -682,7 +682,7 @@ def _number_requests(draw: st.DrawFn) -> tuple[str, str, str]:
 
 
 @given(_number_requests())
-@settings(max_examples=300, deadline=None, derandomize=True)
+@settings(max_examples=200, deadline=None, derandomize=True)
 def test_any_number_in_any_field_is_taken_or_refused_naming_the_field(
     request: tuple[str, str, str],
 ) -> None:
