@@ -105,11 +105,13 @@ def _body(*, required: bool = True) -> Any:
 
 
 def _seconds(value: Any, path: str, *, low: float, low_open: bool) -> list[str]:
-    """Problems of a number of seconds: finite, above ``low``, at most MAX_DURATION_S."""
+    """Problems of a number of seconds: finite, above ``low``, at most MAX_DURATION_S.
+    Compared as it came (JSON integers have no bound: ``math.isfinite(10**400)`` raises),
+    so only a bounded value is ever made a float."""
     bad = (
         isinstance(value, bool)
         or not isinstance(value, (int, float))
-        or not math.isfinite(value)
+        or (isinstance(value, float) and not math.isfinite(value))
         or value < low
         or (low_open and value == low)
         or value > MAX_DURATION_S

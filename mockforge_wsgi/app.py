@@ -18,11 +18,13 @@ import attrs
 import yaml
 
 from . import _env
+from ._extras import MissingExtra, require
 from ._guard import BrowserGuard, GuardError
 from .config import RULES, ConfigError, load_config
 from .middleware import ChaosMiddleware
 from .mock_api import MockApp, parse_routes, route_rules
 from .scenarios import load_scenarios
+from .state import StoreUrlError
 
 __all__ = ["create_app"]
 
@@ -83,6 +85,7 @@ def create_app(
             problems += error.problems
     if problems or config is None:
         raise ConfigError(problems)
+    upstream_from = "upstream" if upstream else _env.UPSTREAM  # named in an error
     upstream = upstream or _env.text(_env.UPSTREAM, environ)
     if wrap is None and upstream is not None:
         from .proxy import ChaosProxy
@@ -90,39 +93,60 @@ def create_app(
         try:
             wrap = ChaosProxy(upstream)
         except ValueError as error:
-            raise ConfigError([f"{_env.UPSTREAM}: {error}"]) from None
+            raise ConfigError([f"{upstream_from}: {error}"]) from None
     routes, scenarios = routes or (), scenarios or ()
     extra_rules = route_rules(routes)
     if extra_rules:  # per-route chaos goes first: a route's own override wins
         config = attrs.evolve(config, rules=(*RULES.parse(extra_rules), *config.rules))
-    chaos = ChaosMiddleware(
-        wrap if wrap is not None else MockApp(routes),
-        config=config,
-        scenarios=scenarios,
-        admin_token=admin_token,
-        guard=guard,
-    )
+    try:
+        chaos = ChaosMiddleware(
+            wrap if wrap is not None else MockApp(routes),
+            config=config,
+            scenarios=scenarios,
+            admin_token=admin_token,
+            guard=guard,
+        )
+    except StoreUrlError as error:  # MOCKFORGE_STORE
+        raise ConfigError([str(error)]) from None
     if upstream is not None and hasattr(wrap, "on_error"):
         wrap.on_error = lambda kind: chaos.store.count(("upstream_errors",))
     app: Any = chaos
+    recorder_from = "recorder_db" if recorder_db else _env.RECORDER_DB  # named in an error
     recorder_db = recorder_db or _env.text(_env.RECORDER_DB, environ)
     if recorder_db is not None:
-        from .recorder import Recorder, RecorderMiddleware
+        from .recorder import Recorder, RecorderError, RecorderMiddleware
 
-        app = RecorderMiddleware(app, Recorder(recorder_db), admin_token=admin_token, guard=guard)
+        try:
+            recorder = Recorder(recorder_db)
+        except RecorderError as error:
+            raise ConfigError([f"{recorder_from}: {error}"]) from None
+        app = RecorderMiddleware(app, recorder, admin_token=admin_token, guard=guard)
     if metrics is None:
         metrics = _env.flag(_env.METRICS, environ)
+        if metrics:
+            _require("metrics", _env.METRICS)
     if metrics:
         from .metrics import MetricsMiddleware  # needs the `metrics` extra
 
         app = MetricsMiddleware(app, route_for=chaos.route_for, engine=chaos.engine)
-    otlp_endpoint = otlp_endpoint or _env.text(_env.OTLP_ENDPOINT, environ)
+    if otlp_endpoint is None:
+        otlp_endpoint = _env.text(_env.OTLP_ENDPOINT, environ)
+        if otlp_endpoint is not None:
+            _require("otel", _env.OTLP_ENDPOINT)
     if otlp_endpoint is not None:
         from .tracing import TracingMiddleware, setup_tracing  # needs the `otel` extra
 
         setup_tracing(otlp_endpoint)
         app = TracingMiddleware(app)
     return app
+
+
+def _require(extra: str, variable: str) -> None:
+    """An extra a variable asks for, or one ConfigError naming the variable."""
+    try:
+        require(extra, variable)
+    except MissingExtra as error:
+        raise ConfigError([str(error)]) from None
 
 
 def _document(path: str | os.PathLike[str]) -> Mapping[str, Any]:

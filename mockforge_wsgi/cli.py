@@ -4,32 +4,35 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.util
+import http.client
 import json
 import math
 import os
 import shutil
 import socket
+import sqlite3
 import sys
 import tempfile
-import urllib.error
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
+from click.core import ParameterSource
 from gunicorn.app.base import BaseApplication
 from gunicorn.config import KNOWN_SETTINGS
 from gunicorn.util import import_app
 
 from . import _env
+from ._extras import MissingExtra, require
 from ._guard import BrowserGuard, GuardError, is_loopback, listed
 from .admin import start_admin_listener
 from .app import create_app
 from .client import ChaosApiError, ChaosClient
 from .config import ChaosConfig, ConfigError, SettingInfo, iter_settings, longest_delay_s
 from .engine import ScenarioEngine, UnknownScenario
-from .recorder import Recorder
+from .recorder import Recorder, RecorderError
 from .report import render_report
 from .scenarios import BUILTIN_SCENARIOS, Scenario, load_scenarios
 from .state import MemoryStore, Store, StoreError, store_from_env, store_from_url
@@ -117,17 +120,50 @@ def worker_timeout(config: ChaosConfig, scenarios: Iterable[Scenario]) -> int:
     return BASE_WORKER_TIMEOUT_S + math.ceil(longest_delay_s(configs))
 
 
-def _check_port(host: str, port: int) -> None:
+def _check_port(host: str, port: int, flag: str = "--port") -> None:
+    """Bind and let go, so a busy port is one line naming the flag that asked for it."""
     probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
     try:
         probe.bind((host, port))
     except OSError as error:
         raise click.UsageError(
-            f"--host {host} --port {port}: cannot bind ({error.strerror})"
+            f"--host {host} {flag} {port}: cannot bind ({error.strerror}); "
+            f"choose another {flag} (0: any free port)"
         ) from None
     finally:
         probe.close()
+
+
+def url_problem(value: str) -> str | None:
+    """What is wrong with ``value`` as the http(s) URL of a server, with the fix; None
+    when nothing is."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 (parsing it raises ValueError when it is not a port)
+    except ValueError:
+        return f"{value!r}: the port is not a number in 0-65535"
+    if "://" not in value:
+        return f"{value!r} has no scheme; did you mean http://{value}?"
+    if parts.scheme not in ("http", "https"):
+        return f"{value!r}: expected an http:// or https:// URL"
+    if not parts.hostname:
+        return f"{value!r} names no host; expected http://host:port"
+    return None
+
+
+def _checked_url(name: str, value: str | None) -> None:
+    """Raise one usage error naming the flag or the environment variable that gave
+    ``value`` (the option ``name`` of the running command) unless it is an http(s) URL.
+    (Called once parsing is done: only then does click know where a value came from.)"""
+    problem = None if value is None else url_problem(value)
+    if problem is None:
+        return
+    ctx = click.get_current_context()
+    param = next(param for param in ctx.command.params if param.name == name)
+    if ctx.get_parameter_source(name) is ParameterSource.ENVIRONMENT:
+        raise click.UsageError(f"{param.envvar}={value}: {problem}", ctx)
+    raise click.BadParameter(problem, ctx, param)
 
 
 def _import_app(spec: str) -> Any:
@@ -270,6 +306,7 @@ def serve(
     Precedence: flags > MOCKFORGE_CHAOS_* environment > --config YAML > defaults.
     """
     threads = _threads_for(worker_class, threads)
+    _checked_url("upstream", upstream)
     if app_spec and upstream:
         raise click.UsageError("--app and --upstream: serve one of them, not both")
     overrides, sources = _flag_overrides(flags)
@@ -278,13 +315,16 @@ def serve(
     metrics = metrics or metrics_port is not None
     if recorder or recorder_db:
         recorder_db = os.path.abspath(recorder_db or "mockforge-recorder.db")
+        try:
+            Recorder(recorder_db)  # made here, so the workers need not fail to boot
+        except RecorderError as error:
+            raise click.UsageError(f"--recorder-db: {error}") from None
+    _checked_url("otlp_endpoint", otlp_endpoint)
+    _checked_url("jaeger_endpoint", jaeger_endpoint)
     otlp_endpoint = otlp_endpoint or jaeger_endpoint
     if tracing or otlp_endpoint:
         otlp_endpoint = otlp_endpoint or "http://localhost:4318"
-        if importlib.util.find_spec("opentelemetry.sdk") is None:
-            raise click.UsageError(
-                "--tracing needs OpenTelemetry: pip install 'mockforge-wsgi[otel]'"
-            )
+        _require("otel", "--tracing" if tracing else "--otlp-endpoint")
     try:
         middleware = create_app(
             config_path,
@@ -303,9 +343,15 @@ def serve(
         raise click.UsageError(
             f"--chaos-scenario: {error} is not a scenario (built-in: {known})"
         ) from None
-    _check_port(host, port)
-    if admin_port:
-        _check_port(host, admin_port)
+    ports = {"--port": port, "--admin-port": admin_port, "--metrics-port": metrics_port}
+    asked: dict[int, str] = {}
+    for flag, number in ports.items():
+        if not number:  # unset, or 0: any free port
+            continue
+        if number in asked:
+            raise click.UsageError(f"{flag} {number}: the same port as {asked[number]}")
+        asked[number] = flag
+        _check_port(host, number, flag)
     if admin_port is not None and not _env.text(_env.STORE):
         # The master answers management calls: the workers (even one) must share its
         # store, the embedded one of this server.
@@ -438,14 +484,19 @@ def _metrics_dir() -> str:
     worker imports it (workers are forked: they inherit the environment)."""
     # Looked up, not imported: prometheus_client picks its value class at import time,
     # which must come after the environment variable is set.
-    if importlib.util.find_spec("prometheus_client") is None:
-        raise click.UsageError(
-            "--metrics needs prometheus_client: pip install 'mockforge-wsgi[metrics]'"
-        )
+    _require("metrics", "--metrics")
     directory = tempfile.mkdtemp(suffix="-mockforge-metrics")
     os.environ[_env.PROMETHEUS_MULTIPROC_DIR] = directory
     os.environ[_env.METRICS] = "1"
     return directory
+
+
+def _require(extra: str, flag: str) -> None:
+    """An extra a flag needs, or one usage error naming the flag and the pip command."""
+    try:
+        require(extra, flag)
+    except MissingExtra as error:
+        raise click.UsageError(str(error)) from None
 
 
 def _child_exit(shared: Store | None, metrics_dir: str | None, server: Any, worker: Any) -> None:
@@ -550,16 +601,28 @@ _CAN_DISABLE_CONTROL_SOCKET = any(s.name == "control_socket_disable" for s in KN
 # -- client verbs ---------------------------------------------------------------------
 
 
-def _request(url: str, method: str, path: str, body: Any = None) -> Any:
-    """One management call through the client (admin token from the environment); a
-    refusal or an unreachable server is one line on stderr and exit status 1."""
-    client = ChaosClient(url)
+def _request(server: ServerAddress, method: str, path: str, body: Any = None) -> Any:
+    """One management call through the client; a refusal or an unreachable server is
+    one line on stderr (with what to do) and exit status 1."""
+    url, token = server
+    client = ChaosClient(url, token=token)
+    target = f"{method} {client.url}{client.prefix}{path}"
     try:
         return client.call(method, path, body)
     except ChaosApiError as error:
-        click.echo(f"{method} {client.url}{client.prefix}{path}: {error}", err=True)
-    except urllib.error.URLError as error:
-        click.echo(f"cannot reach {url}: {error.reason}", err=True)
+        fix = ""
+        if error.status == 401:
+            fix = f"; give the server's admin token with --token or {_env.ADMIN_TOKEN}"
+        click.echo(f"{target}: {error}{fix}", err=True)
+    except ValueError as error:  # an answer that is not JSON
+        click.echo(f"{target}: not a mockforge answer ({error}); is --url {url} right?", err=True)
+    except (OSError, http.client.HTTPException) as error:  # URLError, timeouts, resets
+        reason = getattr(error, "reason", None) or error
+        click.echo(
+            f"cannot reach {url} ({reason}); start a server (mockforge serve) or give "
+            "its address with --url",
+            err=True,
+        )
     sys.exit(1)
 
 
@@ -567,46 +630,68 @@ def _show(data: Any) -> None:
     click.echo(json.dumps(data, indent=2))
 
 
-url_option = click.option(
-    "--url", default=DEFAULT_URL, show_default=True, envvar=_env.URL, help="The server."
-)
+# (url, admin token) of the server a client verb talks to.
+ServerAddress = tuple[str, "str | None"]
+
+
+def server_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--url`` and ``--token`` (each also from the environment), passed as ``server``."""
+
+    @click.option(
+        "--url",
+        default=DEFAULT_URL,
+        show_default=True,
+        envvar=_env.URL,
+        help=f"The server [{_env.URL}].",
+    )
+    @click.option(
+        "--token",
+        envvar=_env.ADMIN_TOKEN,
+        help=f"The server's admin token (--admin-token) [{_env.ADMIN_TOKEN}].",
+    )
+    @functools.wraps(command)
+    def wrapper(url: str, token: str | None, **kwargs: Any) -> Any:
+        _checked_url("url", url)
+        return command((url, token), **kwargs)
+
+    return wrapper
 
 
 @main.group()
 def chaos() -> None:
-    """Drive a running server's chaos (admin token from MOCKFORGE_ADMIN_TOKEN)."""
+    """Drive a running server's chaos (--url, --token on each verb)."""
 
 
 @chaos.command()
-@url_option
-def status(url: str) -> None:
+@server_options
+def status(server: ServerAddress) -> None:
     """Enabled flag, active scenario, effective config, counters."""
-    _show(_request(url, "GET", "/status"))
+    _show(_request(server, "GET", "/status"))
 
 
 @chaos.command()
-@url_option
-def enable(url: str) -> None:
+@server_options
+def enable(server: ServerAddress) -> None:
     """Turn chaos on."""
-    _show(_request(url, "POST", "/enable"))
+    _show(_request(server, "POST", "/enable"))
 
 
 @chaos.command()
-@url_option
-def disable(url: str) -> None:
+@server_options
+def disable(server: ServerAddress) -> None:
     """Turn chaos off."""
-    _show(_request(url, "POST", "/disable"))
+    _show(_request(server, "POST", "/disable"))
 
 
 @chaos.command()
-@url_option
-def reset(url: str) -> None:
+@server_options
+def reset(server: ServerAddress) -> None:
     """Startup config back, scenario stopped, counters zeroed."""
-    _show(_request(url, "POST", "/reset"))
+    _show(_request(server, "POST", "/reset"))
 
 
 @chaos.command()
-@url_option
+@server_options
 @click.argument("name")
 @click.option(
     "--duration", type=click.FloatRange(min=0, min_open=True), help="Seconds, then stop."
@@ -614,24 +699,30 @@ def reset(url: str) -> None:
 @click.option(
     "--ramp", type=click.FloatRange(min=0, min_open=True), help="Seconds to grow to full."
 )
-def scenario(url: str, name: str, duration: float | None, ramp: float | None) -> None:
+def scenario(server: ServerAddress, name: str, duration: float | None, ramp: float | None) -> None:
     """Start scenario NAME now."""
     body = {k: v for k, v in (("duration_s", duration), ("ramp_s", ramp)) if v is not None}
-    _show(_request(url, "POST", f"/scenarios/{name}", body))
+    _show(_request(server, "POST", f"/scenarios/{name}", body))
 
 
 @chaos.command()
-@url_option
-def stop(url: str) -> None:
+@server_options
+def stop(server: ServerAddress) -> None:
     """Stop the active scenario."""
-    _show(_request(url, "DELETE", "/scenarios"))
+    _show(_request(server, "DELETE", "/scenarios"))
 
 
 @main.command()
-@url_option
-def scenarios(url: str) -> None:
+@server_options
+def scenarios(server: ServerAddress) -> None:
     """List the server's scenarios as a table."""
-    listed = _request(url, "GET", "/scenarios")["scenarios"]
+    answer = _request(server, "GET", "/scenarios")
+    listed = answer.get("scenarios") if isinstance(answer, dict) else None
+    if not listed or not all(isinstance(item, dict) for item in listed):
+        click.echo(
+            f"GET /scenarios: not a mockforge answer; is --url {server[0]} right?", err=True
+        )
+        sys.exit(1)
     width = max(len(s["name"]) for s in listed)
     click.echo(f"{'NAME':<{width}}  {'KIND':<15}  DESCRIPTION")
     for item in listed:
@@ -700,9 +791,31 @@ def report(
         )
         if value is not None
     }
+    _check_recorder_db(db)
     rows = Recorder(db).attempts(filters, settle=False)  # the servers are done with it
-    Path(out).write_text(render_report(rows, window_s=window_s), encoding="utf-8")
+    try:
+        Path(out).write_text(render_report(rows, window_s=window_s), encoding="utf-8")
+    except OSError as error:
+        raise click.ClickException(f"--out {out}: cannot write it ({error.strerror})") from None
     click.echo(f"{out}: {len(rows)} requests")
+
+
+def _check_recorder_db(db: str) -> None:
+    """A usage error unless ``db`` is a recorder's SQLite file (looked at read-only: the
+    recorder would otherwise make its table in whatever file it is given)."""
+    fix = "give the file of mockforge serve --recorder-db (default mockforge-recorder.db)"
+    try:
+        connection = sqlite3.connect(f"{Path(db).resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
+        finally:
+            connection.close()
+    except sqlite3.Error as error:
+        raise click.BadParameter(
+            f"{db!r} is not a SQLite database ({error}); {fix}", param_hint="--db"
+        ) from None
+    if "requests" not in tables:
+        raise click.BadParameter(f"{db!r} holds no recorded requests; {fix}", param_hint="--db")
 
 
 __all__ = ["longest_delay_s", "main", "worker_timeout"]

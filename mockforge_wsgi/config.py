@@ -886,6 +886,9 @@ def yaml_layer(source: str | os.PathLike[str]) -> dict[str, Any]:
         document = yaml.safe_load(Path(source).read_text(encoding="utf-8"))
     except OSError as error:
         raise ConfigError([f"{source}: cannot read ({error.strerror})"]) from error
+    except UnicodeDecodeError as error:
+        problem = f"{source}: not UTF-8 text (byte {error.start}); is it YAML?"
+        raise ConfigError([problem]) from None
     except yaml.YAMLError as error:
         raise ConfigError([f"{source}: not valid YAML ({error})"]) from error
     return chaos_block(document, str(source))

@@ -193,8 +193,13 @@ class MockApp:
             )
         elif endpoint == "health":
             response = _json_response({"status": "ok"})
+        elif args["n"] > MAX_BYTES:  # refused, not cut short: the client asked for n
+            problem = f"n: {args['n']} is more than {MAX_BYTES} (1 GiB), the most it serves"
+            response = _json_response(
+                {"error": "bad request", "path": request.path, "problems": [problem]}, 400
+            )
         else:
-            size = min(int(args["n"]), MAX_BYTES)
+            size = args["n"]
             response = Response(_zeros(size), content_type="application/octet-stream")
             response.headers["Content-Length"] = str(size)
         return response(environ, start_response)

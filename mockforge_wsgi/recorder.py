@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
 
 from werkzeug.http import parse_date
 
@@ -46,7 +47,7 @@ from .rules import peek_body
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-__all__ = ["REQUEST_ID_KEY", "Recorder", "RecorderMiddleware"]
+__all__ = ["REQUEST_ID_KEY", "Recorder", "RecorderError", "RecorderMiddleware"]
 
 COLUMNS = (
     "time",
@@ -109,6 +110,10 @@ CREATE INDEX IF NOT EXISTS requests_status ON requests (status);
 """
 
 
+class RecorderError(ValueError):
+    """The database file cannot be opened as the recorder's (not SQLite, not writable)."""
+
+
 class Recorder:
     """Buffers request rows and writes them to SQLite from a background thread."""
 
@@ -118,6 +123,15 @@ class Recorder:
         self._queue: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._write_lock = threading.Lock()
         self._pid = 0
+        try:
+            self._open()
+        except sqlite3.Error as error:
+            raise RecorderError(
+                f"{str(path)!r}: cannot open it as the recorder's SQLite database ({error})"
+            ) from None
+
+    def _open(self) -> None:
+        """Make the table (or add the columns a newer version records)."""
         with closing(self._connect()) as connection:
             connection.executescript(_SCHEMA)
             # Every worker opens the file at once: one at a time looks and adds.
@@ -407,13 +421,14 @@ class RecorderMiddleware:
             rows = self.recorder.search(filters)
             return answer_json(start_response, 200, {"count": len(rows), "requests": rows})
         if route == "/export" and method == "GET":
-            query = dict(
-                part.split("=", 1)
-                for part in environ.get("QUERY_STRING", "").split("&")
-                if "=" in part
-            )
+            query = parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+            problems = _export_problems(query)
+            if problems:
+                return answer_json(
+                    start_response, 400, {"error": "invalid request", "problems": problems}
+                )
             exported = self.recorder.export()
-            if query.get("format") == "csv":
+            if dict(query).get("format") == "csv":
                 start_response("200 OK", [("Content-Type", "text/csv; charset=utf-8")])
                 return _csv_lines(exported)
             start_response("200 OK", [("Content-Type", "application/x-ndjson")])
@@ -424,6 +439,24 @@ class RecorderMiddleware:
 
 
 MAX_SEARCH_BODY = 64 * 1024
+EXPORT_FORMATS = ("jsonl", "csv")
+
+
+def _export_problems(query: list[tuple[str, str]]) -> list[str]:
+    """An export query takes ``format`` only, once, jsonl (the default) or csv: a
+    misspelt name or value is refused, not answered in the default format."""
+    problems = [
+        f"{name}: unknown parameter; allowed: format" for name, _ in query if name != "format"
+    ]
+    formats = [value for name, value in query if name == "format"]
+    if len(formats) > 1:
+        problems.append("format: given more than once")
+    problems += [
+        f"format: {shown(value)} is not one of {', '.join(EXPORT_FORMATS)}"
+        for value in formats
+        if value not in EXPORT_FORMATS
+    ]
+    return problems
 
 
 def _never(path: str) -> bool:

@@ -111,8 +111,10 @@ def _score(
     else:
         recovery_part = 0.0 if recovery_s is None else 1 / (1 + recovery_s / 10)
         score = 100 * success * math.sqrt(min(1.0, 1 / max(inflation, 1e-9))) * recovery_part
+    rounded = None if score is None else round(score, 1)
     return {
-        "score": None if score is None else round(score, 1),
+        "score": rounded,
+        "zero_because": _zero_because(success, inflation, recovery_s) if rounded == 0 else [],
         "success_ratio": success,
         "p99_baseline_ms": p99_calm,
         "p99_chaos_ms": p99_chaos,
@@ -120,6 +122,25 @@ def _score(
         "recovery_s": recovery_s,
         "formula": SCORE_FORMULA,
     }
+
+
+def _zero_because(success: float, inflation: float, recovery_s: float | None) -> list[str]:
+    """Which factor of the product made the score 0, and why (a product hides it)."""
+    found = []
+    if success == 0:
+        found.append(
+            "call success ratio is 0: no call got an answer below 400 (see the calls table)"
+        )
+    if recovery_s is None:
+        found.append(
+            "recovery factor is 0: no request succeeded after the last scenario ended "
+            "(the service never recovered while recording, or nothing was recorded after it)"
+        )
+    if not found:  # a vanishing latency factor, rounded to 0
+        found.append(
+            f"latency factor is near 0: p99 under chaos is {inflation:.3g} x the baseline p99"
+        )
+    return found
 
 
 def report_data(
@@ -269,7 +290,11 @@ def render_report(
         if score is None
         else (
             f'<p class="score"><span id="score">{_cell(score["score"])}</span> / 100</p>'
-            f"<p><code>{html.escape(score['formula'])}</code></p>"
+            + "".join(
+                f'<p class="score-why">0 because the {html.escape(reason)}.</p>'
+                for reason in score["zero_because"]
+            )
+            + f"<p><code>{html.escape(score['formula'])}</code></p>"
             + _table(
                 ["part", "value"],
                 [

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from werkzeug.test import Client, TestResponse
 
 from mockforge_wsgi import load_config
+from mockforge_wsgi._sections import URL_SEGMENTS
 from mockforge_wsgi.api import ROUTES, create_management_app, openapi_document
 from mockforge_wsgi.config import ChaosConfig
 from mockforge_wsgi.engine import ScenarioEngine
@@ -715,3 +719,70 @@ def test_seconds_are_at_most_30_days_at_the_bound_and_one_past_it(
     assert problem.endswith("<= 2.592e+06")
     at = call(client, method, path, body(THIRTY_DAYS_S))
     assert at.status_code in (200, 201), at.get_json()
+
+
+# Numbers a careless or hostile client sends: JSON integers have no bound (10**400 is one
+# token), floats run to 1e308; NaN and Infinity are not JSON (RFC 8259) but Python's
+# json module writes them, so they arrive too.
+HUGE_INTEGERS = st.integers(min_value=2**63) | st.integers(max_value=-(2**63))
+HUGE_NUMBERS = (
+    HUGE_INTEGERS
+    | st.sampled_from([10**400, -(10**400), 10**4000, 2**1024])
+    | st.floats(min_value=1e15, allow_infinity=False)
+    | st.floats(max_value=-1e15, allow_infinity=False)
+    | st.sampled_from([math.nan, math.inf, -math.inf])
+)
+NUMBERS = HUGE_NUMBERS | st.integers() | st.floats()
+SECONDS_FIELDS = ("start_s", "duration_s")
+SECTIONS_BY_SEGMENT = {segment: name for segment, name in URL_SEGMENTS.items()}
+
+
+def _number_paths() -> list[tuple[str, str]]:
+    """(URL segment, field) of every number a config section takes."""
+    segments = {name: segment for segment, name in URL_SEGMENTS.items()}
+    return [
+        (segments[param.values[0][0]], param.values[0][1])
+        for param in _number_settings()
+        if len(param.values[0]) == 2 and param.values[0][0] in segments
+    ]
+
+
+@st.composite
+def _number_requests(draw: st.DrawFn) -> tuple[str, str, str]:
+    """A route that takes a number, with a number in one of its fields."""
+    number = draw(NUMBERS)
+    where = draw(st.sampled_from(["activate", "schedule", "section", "config", "define"]))
+    if where == "activate":
+        field = draw(st.sampled_from(["duration_s", "ramp_s"]))
+        return "POST", "/scenarios/slow_backend", json.dumps({field: number})
+    if where == "schedule":
+        item: dict[str, Any] = {"scenario": "slow_backend", "duration_s": 10}
+        item[draw(st.sampled_from(SECONDS_FIELDS))] = number
+        return "PUT", "/schedule", json.dumps([item])
+    segment, field = draw(st.sampled_from(_number_paths()))
+    if where == "section":
+        return "PUT", f"/config/{segment}", json.dumps({"enabled": True, field: number})
+    if where == "define":  # a custom scenario carries sections too
+        name = SECTIONS_BY_SEGMENT[segment]
+        body = {"name": "huge", "description": "x", name: {"enabled": True, field: number}}
+        return "POST", "/scenarios", json.dumps(body)
+    return "PUT", "/config", json.dumps({"enabled": True, segment: {field: number}})
+
+
+@given(_number_requests())
+@settings(max_examples=200, deadline=None, derandomize=True)
+def test_any_number_in_any_field_is_taken_or_refused_naming_the_field(
+    request: tuple[str, str, str],
+) -> None:
+    """Never a 500: a number is accepted, or refused with a 400 whose problems name a
+    field (or the body, for NaN and Infinity, which are not JSON)."""
+    method, path, body = request
+    client, _ = make()
+    before = call(client, "GET", "/status").get_json()
+    response = call(client, method, path, body)
+    assert response.status_code in (200, 201, 400), (response.status_code, response.get_data())
+    if response.status_code == 400:
+        found = problems(response)
+        assert found and all(len(p) < 300 for p in found), found
+        assert all(":" in p for p in found), found  # "<field>: <value> is not ..."
+        assert call(client, "GET", "/status").get_json() == before  # nothing half-applied

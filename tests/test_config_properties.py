@@ -18,8 +18,23 @@ from mockforge_wsgi.plan import decide_plan
 SETTINGS = list(iter_settings())
 
 # What a hostile or careless user sends: JSON-ish values, and numbers at the edges.
-EDGES = st.sampled_from(
-    [10**400, -(10**400), 1e308, -1e308, 1e20, 2**63, -1, 0, 0.5, 1, 600_000, 600_001]
+EDGES = (
+    st.sampled_from(
+        [
+            *(10**400, -(10**400), 1e308, -1e308, 1e20, 2**63, -1, 0, 0.5, 1, 600_000, 600_001),
+            *(
+                10**4000,
+                2**1024,
+                -(2**1024),
+                1.7976931348623157e308,
+                math.inf,
+                -math.inf,
+                math.nan,
+            ),
+        ]
+    )
+    | st.integers(min_value=2**63)
+    | st.integers(max_value=-(2**63))
 )
 JSON = st.recursive(
     st.none()

@@ -59,3 +59,17 @@ def test_django_example(tmp_path: Path) -> None:
         assert http.get(server.url + "/api/test", timeout=10).status_code == 200  # its own bucket
         status = http.get(server.url + "/api/chaos/status", timeout=10).json()
         assert status["counters"]["rate_limited"] == 1
+
+
+def test_the_flask_examples_docstring_runs_what_this_test_runs() -> None:
+    """Its run line serves app:app from its folder (as test_flask_example does), and it
+    claims no README section that serves something else (the Quick start serves the
+    mock API)."""
+    import ast
+
+    source = (EXAMPLES / "flask_app" / "app.py").read_text(encoding="utf-8")
+    doc = ast.get_docstring(ast.parse(source)) or ""
+    [run] = [line.split() for line in doc.splitlines() if line.strip().startswith("gunicorn")]
+    assert run[run.index("--chdir") + 1] == "examples/flask_app" and run[-1] == "app:app"
+    assert "Quick start serves this" not in doc
+    assert "Wrap your own app" in (EXAMPLES.parent / "README.md").read_text(encoding="utf-8")

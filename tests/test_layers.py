@@ -33,7 +33,7 @@ LAYERS = [
     ["_settings"],
     ["_kinds"],
     ["_guard"],  # cross-site requests and rebound Hosts refused (management API)
-    ["_env", "_answers", "_headers", "_observe", "_sockets", "_sections", "_version"],
+    ["_env", "_answers", "_extras", "_headers", "_observe", "_sockets", "_sections", "_version"],
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 

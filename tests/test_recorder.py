@@ -79,6 +79,34 @@ def test_export_and_bad_filters(tmp_path: Path) -> None:
     assert client.post("/api/recorder/search", data=b"{oops").status_code == 400
 
 
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        pytest.param("format=xml", ["format: 'xml' is not one of jsonl, csv"], id="xml"),
+        pytest.param("format=CSV", ["format: 'CSV' is not one of jsonl, csv"], id="CSV"),
+        pytest.param("format=", ["format: '' is not one of jsonl, csv"], id="empty"),
+        pytest.param(
+            "fromat=csv", ["fromat: unknown parameter; allowed: format"], id="misspelt-name"
+        ),
+        pytest.param(
+            "format=csv&format=jsonl", ["format: given more than once"], id="format-twice"
+        ),
+    ],
+)
+def test_an_export_query_it_cannot_honour_is_refused_naming_the_choices(
+    tmp_path: Path, query: str, expected: list[str]
+) -> None:
+    client, _ = recorded(tmp_path)
+    client.get("/x", buffered=True)
+    refused = client.get(f"/api/recorder/export?{query}")
+    assert refused.status_code == 400
+    assert refused.get_json() == {"error": "invalid request", "problems": expected}
+    # The two formats it does speak, percent-encoded or not.
+    assert client.get("/api/recorder/export?format=jsonl").status_code == 200
+    csv_text = client.get("/api/recorder/export?%66ormat=csv").get_data(as_text=True)
+    assert csv_text.startswith("time,request_id")
+
+
 def plain_row(at: float, request_id: str) -> tuple[object, ...]:
     """A row of a GET / that got no chaos, in COLUMNS order."""
     row = {"time": at, "request_id": request_id, "method": "GET", "path": "/", "status": 200,

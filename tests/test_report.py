@@ -64,6 +64,26 @@ def test_the_score_follows_its_printed_formula() -> None:
     assert score["score"] == pytest.approx(expected, abs=0.05)
 
 
+def test_a_score_of_0_says_which_factor_made_it_0() -> None:
+    never_recovered = [r for r in brownout_rows() if r["time"] < 20]  # nothing after it
+    score = report_data(never_recovered)["score"]
+    assert score["score"] == 0.0
+    assert score["zero_because"] == [
+        "recovery factor is 0: no request succeeded after the last scenario ended (the "
+        "service never recovered while recording, or nothing was recorded after it)"
+    ]
+    all_failed = [row(float(t), 503, scenario="down", fault_type="http_error") for t in range(5)]
+    reasons = report_data(all_failed)["score"]["zero_because"]
+    assert [reason.split(":")[0] for reason in reasons] == [
+        "call success ratio is 0",
+        "recovery factor is 0",
+    ]
+    page = render_report(never_recovered)
+    assert "0 because the recovery factor is 0: no request succeeded after" in page
+    assert report_data(brownout_rows())["score"]["zero_because"] == []  # not 0: no reason
+    assert "0 because" not in render_report(brownout_rows())
+
+
 def test_series_for_the_charts() -> None:
     data = report_data(brownout_rows())
     assert data["injections"] == {"http_error": 5, "latency": 10}  # a delay on each

@@ -1,4 +1,5 @@
-"""A small Flask API wrapped in chaos: the README's Quick start serves this.
+"""A small Flask API wrapped in chaos in one line (README, "Wrap your own app"); the
+README's Quick start serves the built-in mock API, not this. Run it from the repository:
 
     gunicorn --chdir examples/flask_app -k gthread --threads 8 -b 127.0.0.1:3000 app:app
 

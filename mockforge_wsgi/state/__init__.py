@@ -6,11 +6,13 @@ implement :class:`Store`, chosen by URL (``MOCKFORGE_STORE``).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from urllib.parse import unquote, urlsplit
 
 from .. import _env
-from .base import StateTooLarge, Store, StoreError
+from .._extras import MissingExtra, require
+from .base import StateTooLarge, Store, StoreError, StoreUrlError
 from .embedded import EmbeddedStore
 from .gcra import Bucket, BucketOutcome
 from .memory import MemoryStore
@@ -23,29 +25,63 @@ __all__ = [
     "StateTooLarge",
     "Store",
     "StoreError",
+    "StoreUrlError",
     "store_from_env",
     "store_from_url",
 ]
 
 
+EXPECTED = "memory://, file:///path/to/directory or redis://host:port/db"
+
+
 def store_from_url(url: str, *, max_keys: int = 100_000) -> Store:
     """``memory://`` (this process), ``file:///a/directory`` (every process of a host) or
-    ``redis://host:port/db`` (every process of every host using that Redis)."""
-    parts = urlsplit(url)
+    ``redis://host:port/db`` (every process of every host using that Redis; also
+    ``rediss://`` and ``unix:///path/to/socket``). Raises :class:`StoreUrlError`, one
+    sentence naming the URL and the fix, for a URL no store can be opened from."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (parsing it raises ValueError when it is not a port)
+    except ValueError as error:
+        raise StoreUrlError(f"{url!r}: {error}; expected {EXPECTED}") from None
+    if "://" not in url:
+        guess = f"redis://{url}" if parts.scheme and url[len(parts.scheme) + 1 :].isdigit() else ""
+        hint = f" (did you mean {guess}?)" if guess else ""
+        raise StoreUrlError(f"{url!r} is not a store URL{hint}; expected {EXPECTED}")
     if parts.scheme == "memory":
         return MemoryStore(max_keys=max_keys)
-    if parts.scheme == "file" and parts.path:
-        return EmbeddedStore(unquote(parts.path), max_keys=max_keys)
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+            absolute = os.path.abspath(parts.netloc + parts.path)
+            raise StoreUrlError(
+                f"{url!r}: a file URL names an absolute directory, three slashes "
+                f"(did you mean file://{absolute}?)"
+            )
+        try:
+            return EmbeddedStore(unquote(parts.path), max_keys=max_keys)
+        except StoreError as error:
+            raise StoreUrlError(f"{url!r}: cannot open the embedded store ({error})") from None
     if parts.scheme in ("redis", "rediss", "unix"):
-        from .redis_store import RedisStore  # needs the `redis` extra
+        try:
+            require("redis", f"the store {url}")
+        except MissingExtra as error:
+            raise StoreUrlError(str(error)) from None
+        from .redis_store import RedisStore
 
-        return RedisStore(url)
-    raise ValueError(
-        f"store URL {url!r}: expected memory://, file:///path/to/directory or redis://host:port/db"
-    )
+        try:
+            return RedisStore(url)
+        except ValueError as error:  # redis-py's reading of the URL
+            raise StoreUrlError(f"{url!r}: {error}; expected {EXPECTED}") from None
+    raise StoreUrlError(f"{url!r}: unknown store scheme {parts.scheme!r}; expected {EXPECTED}")
 
 
 def store_from_env(environ: Mapping[str, str] | None = None, *, max_keys: int = 100_000) -> Store:
-    """The store ``MOCKFORGE_STORE`` names, else this process's memory."""
+    """The store ``MOCKFORGE_STORE`` names, else this process's memory. Raises
+    :class:`StoreUrlError` naming the variable for a URL no store opens from."""
     url = _env.text(_env.STORE, environ)
-    return store_from_url(url, max_keys=max_keys) if url else MemoryStore(max_keys=max_keys)
+    if not url:
+        return MemoryStore(max_keys=max_keys)
+    try:
+        return store_from_url(url, max_keys=max_keys)
+    except StoreUrlError as error:
+        raise StoreUrlError(f"{_env.STORE}: {error}") from None

@@ -14,7 +14,7 @@ from typing import Any
 
 from .gcra import Bucket, BucketOutcome
 
-__all__ = ["CONNECTION_SLOTS", "StateTooLarge", "Store", "StoreError"]
+__all__ = ["CONNECTION_SLOTS", "StateTooLarge", "Store", "StoreError", "StoreUrlError"]
 
 # The slots of the server-wide connection limit (traffic_shaping.max_connections).
 CONNECTION_SLOTS = "connections"
@@ -22,6 +22,11 @@ CONNECTION_SLOTS = "connections"
 
 class StoreError(RuntimeError):
     """A backend failed (unreachable, timed out). Callers fail open and count it."""
+
+
+class StoreUrlError(ValueError):
+    """A store URL names no store this process can open (a wrong scheme, a missing
+    extra, a directory that cannot be made): a usage error, reported before serving."""
 
 
 class StateTooLarge(StoreError):
