@@ -18,10 +18,10 @@ import attrs
 import yaml
 
 from . import _env
-from .config import RULES, ConfigError, load_config
+from .config import ENV_PREFIX, RULES, ConfigError, load_config
 from .middleware import ChaosMiddleware
 from .mock_api import MockApp, parse_routes, route_rules
-from .scenarios import load_scenarios
+from .scenarios import BUILTIN_SCENARIOS, load_scenarios, unknown_scenario
 
 __all__ = ["create_app"]
 
@@ -72,6 +72,15 @@ def create_app(
             routes = parse_routes(_document(path).get("routes"))
         except ConfigError as error:
             problems += error.problems
+    if config is not None and config.scenario is not None:
+        known = [*BUILTIN_SCENARIOS, *(scenario.name for scenario in scenarios or ())]
+        if config.scenario not in known:
+            problem = unknown_scenario(config.scenario, dict.fromkeys(known), "chaos.scenario")
+            env_name = ENV_PREFIX + "SCENARIO"
+            source = (override_sources or {}).get("chaos.scenario") or (
+                env_name if env_name in environ else str(path)
+            )
+            problems.append(f"{problem} (from {source})")
     if problems or config is None:
         raise ConfigError(problems)
     upstream = upstream or _env.text(_env.UPSTREAM, environ)

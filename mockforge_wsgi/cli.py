@@ -552,9 +552,10 @@ def scenario(url: str, name: str, duration: float | None, ramp: float | None) ->
 
 @chaos.command()
 @url_option
-def stop(url: str) -> None:
-    """Stop the active scenario."""
-    _show(_request(url, "DELETE", "/scenarios"))
+@click.option("--all", "everything", is_flag=True, help="Resume none of those it replaced.")
+def stop(url: str, everything: bool) -> None:
+    """Stop the active scenario; the one it replaced (the startup one too) resumes."""
+    _show(_request(url, "DELETE", "/scenarios?all=true" if everything else "/scenarios"))
 
 
 @main.command()

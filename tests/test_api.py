@@ -136,7 +136,7 @@ def test_half_valid_put_changes_nothing() -> None:
             "/scenarios/nope",
             None,
             404,
-            "scenario: 'nope' does not exist",
+            "scenario: unknown scenario 'nope' (choices: network_degradation, ",
             id="unknown-scenario",
         ),
         pytest.param(
@@ -182,7 +182,7 @@ def test_half_valid_put_changes_nothing() -> None:
             "/schedule",
             [{"scenario": "nope"}],
             404,
-            "scenario: 'nope' does not exist",
+            "schedule[0].scenario: unknown scenario 'nope' (choices: ",
             id="schedule-unknown",
         ),
     ],
@@ -234,11 +234,13 @@ def test_scenarios_routes() -> None:
     assert started.get_json()["active"]["name"] == "flaky"
     active = call(client, "GET", "/scenarios/active").get_json()["active"]
     assert (active["name"], active["duration_s"], active["ramp_s"]) == ("flaky", 60, 5)
-    assert call(client, "DELETE", "/scenarios/flaky").get_json() == {"stopped": "flaky"}
+    stopped = call(client, "DELETE", "/scenarios/flaky").get_json()
+    assert stopped == {"stopped": "flaky", "resumed": None}
     assert call(client, "GET", "/scenarios/active").get_json() == {"active": None}
     call(client, "POST", "/scenarios/slow_backend")
-    assert call(client, "DELETE", "/scenarios").get_json() == {"stopped": "slow_backend"}
-    assert call(client, "DELETE", "/scenarios").get_json() == {"stopped": None}
+    stopped = call(client, "DELETE", "/scenarios").get_json()
+    assert stopped == {"stopped": "slow_backend", "resumed": None}
+    assert call(client, "DELETE", "/scenarios").get_json() == {"stopped": None, "resumed": None}
     assert middleware.config.latency.enabled is False
 
 
@@ -462,9 +464,11 @@ def test_405_says_which_methods_are_allowed() -> None:
 
 def test_a_config_naming_an_unknown_scenario_is_refused() -> None:
     client, middleware = make()
-    response = call(client, "PUT", "/config", {"enabled": True, "scenario": "no_such"})
+    response = call(client, "PUT", "/config", {"enabled": True, "scenario": "slow_bakend"})
     assert response.status_code == 400
-    assert problems(response) == ["chaos.scenario: 'no_such' is not a scenario"]
+    [problem] = problems(response)
+    assert problem.startswith("chaos.scenario: unknown scenario 'slow_bakend'; did you mean")
+    assert "'slow_backend'? (choices: network_degradation, " in problem
     assert middleware.config.enabled is False
 
 

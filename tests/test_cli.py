@@ -37,7 +37,12 @@ pytestmark = pytest.mark.server
             id="probability",
         ),
         pytest.param(["--chaos-packet-loss", "lots"], "'lots' is not a number", id="not-a-number"),
-        pytest.param(["--chaos-scenario", "nope"], "'nope' is not a scenario", id="scenario"),
+        pytest.param(
+            ["--chaos-scenario", "slow_bakend"],
+            "chaos.scenario: unknown scenario 'slow_bakend'; did you mean 'slow_backend'? "
+            "(choices: network_degradation, ",
+            id="scenario",
+        ),
         pytest.param(
             ["--app", "no_such_module:app"], "--app no_such_module:app: could not import", id="app"
         ),
