@@ -36,9 +36,11 @@ from .config import (
     ConfigError,
     apply_rule,
     config_from_dict,
+    config_warnings,
     iter_settings,
     longest_delay_s,
     section_to_dict,
+    switched_on,
 )
 from .engine import MAX_DURATION_S, ScenarioEngine, UnknownScenario
 from .patterns import script_counter
@@ -59,6 +61,9 @@ __all__ = [
 MAX_BODY_BYTES = 64 * 1024
 BREAKER_ACTIONS = ("open", "close", "reset")
 # The longest this server's workers can hold a request (sync workers: gunicorn's timeout).
+
+# Where the settings of a PUT or PATCH came from, in its warnings.
+REQUEST = "this request"
 
 # URL segment -> (config attribute, section class)
 SECTIONS: dict[str, tuple[str, type[Any]]] = {
@@ -234,6 +239,8 @@ def config() -> Response:
             problem = unknown_scenario(new.scenario, known, "chaos.scenario")
             raise ApiError(400, "invalid configuration", [problem])
         _engine().set_config(new)
+        warnings = config_warnings(new, [(REQUEST, switched_on(body))])
+        return _json({**_engine().editable().to_dict(), "warnings": warnings})
     return _json(_engine().editable().to_dict())
 
 
@@ -243,13 +250,15 @@ def config_section(section: str) -> Response:
         _engine().clear_overrides(attribute)
     current = getattr(_engine().editable(), attribute)
     if request.method in ("PUT", "PATCH"):
-        body = _mapping(_body())
-        if request.method == "PATCH":
-            body = {**section_to_dict(current), **body}
+        sent = switched_on(_mapping(_body()), cls)  # naming a setting turns the section on
+        body = {**section_to_dict(current), **sent} if request.method == "PATCH" else sent
         path = f"chaos.{attribute}"
         current = _validated(lambda: config_from_dict(body, cls, path=path))
-        _servable(attrs.evolve(_engine().editable(), **{attribute: current}), path)
+        changed = attrs.evolve(_engine().editable(), **{attribute: current})
+        _servable(changed, path)
         _engine().update_config(**{attribute: current})
+        warnings = config_warnings(changed, [(REQUEST, {attribute: sent})])
+        return _json({**section_to_dict(current), "warnings": warnings})
     return _json(section_to_dict(current))
 
 

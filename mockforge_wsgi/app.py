@@ -10,15 +10,13 @@ and the ``MOCKFORGE_CHAOS_*`` environment; a bad config stops the worker from bo
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from pathlib import Path
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
-import yaml
 
 from . import _env
-from .config import ENV_PREFIX, RULES, ConfigError, load_config
+from .config import ENV_PREFIX, RULES, ConfigError, load_config, read_yaml
 from .middleware import ChaosMiddleware
 from .mock_api import MockApp, parse_routes, route_rules
 from .scenarios import BUILTIN_SCENARIOS, load_scenarios, unknown_scenario
@@ -38,6 +36,7 @@ def create_app(
     metrics: bool | None = None,
     recorder_db: str | os.PathLike[str] | None = None,
     otlp_endpoint: str | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> Any:
     """The mock API (or ``wrap``, a WSGI app, or a proxy to ``upstream``, default
     ``MOCKFORGE_UPSTREAM``) in a ChaosMiddleware; with ``recorder_db``
@@ -46,7 +45,8 @@ def create_app(
     ``otlp_endpoint`` (or ``MOCKFORGE_OTLP_ENDPOINT``) traced, spans sent over OTLP/HTTP.
 
     Precedence: defaults < YAML < environment < ``overrides`` (CLI flags).
-    Raises one ConfigError listing every problem of the file, environment and flags.
+    Raises one ConfigError listing every problem of the file, environment and flags;
+    settings that would do nothing go to ``on_warning`` (default: logged).
     """
     environ = os.environ if environ is None else environ
     path = config_path or _env.text(_env.CONFIG, environ)
@@ -59,7 +59,11 @@ def create_app(
     config = scenarios = routes = None
     try:
         config = load_config(
-            path, environ=environ, overrides=overrides, override_sources=override_sources
+            path,
+            environ=environ,
+            overrides=overrides,
+            override_sources=override_sources,
+            on_warning=on_warning,
         )
     except ConfigError as error:
         problems += error.problems
@@ -125,7 +129,7 @@ def create_app(
 
 
 def _document(path: str | os.PathLike[str]) -> Mapping[str, Any]:
-    document = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    document = read_yaml(path)[0]
     return document if isinstance(document, Mapping) else {}
 
 

@@ -273,6 +273,7 @@ def serve(
             upstream=upstream,
             admin_token=admin_token,
             metrics=False,  # checked here; the workers build their own
+            on_warning=_warn,  # said once, here
         )
     except ConfigError as error:
         raise click.UsageError(str(error)) from None
@@ -337,6 +338,7 @@ def serve(
             metrics=metrics,
             recorder_db=recorder_db,
             otlp_endpoint=otlp_endpoint,
+            on_warning=lambda warning: None,  # the master said it at start
         )
 
     url = _env.text(_env.STORE) or ""
@@ -362,6 +364,10 @@ def serve(
             shutil.rmtree(server_store_directory(os.getpid()), ignore_errors=True)
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _warn(warning: str) -> None:
+    click.echo(f"mockforge: warning: {warning.removeprefix('mockforge: ')}", err=True)
 
 
 def _metrics_dir() -> str:
@@ -580,7 +586,9 @@ def scenarios(url: str) -> None:
 def validate(file: str, with_env: bool) -> None:
     """Check a YAML config FILE (chaos, scenarios, routes); exit 1 listing every problem."""
     try:
-        middleware = create_app(file, environ=None if with_env else {}, metrics=False)
+        middleware = create_app(
+            file, environ=None if with_env else {}, metrics=False, on_warning=_warn
+        )
     except (ConfigError, UnknownScenario) as error:
         problems = error.problems if isinstance(error, ConfigError) else [f"scenario: {error}"]
         click.echo(str(ConfigError(problems)), err=True)

@@ -631,3 +631,26 @@ def test_a_section_with_a_pattern_headers_and_bodies_patches_and_reads_back() ->
     assert shown["pattern"] == {"fail_first": 2, "status": 503}
     assert (shown["error_headers"], shown["error_bodies"]) == ({"X-A": "1"}, {"503": "busy"})
     assert middleware.config.fault_injection.retry_after_s == 3
+
+
+def test_naming_a_setting_turns_its_section_on_and_settings_that_do_nothing_are_said() -> None:
+    client, middleware = make()
+    patched = call(client, "PATCH", "/config/faults", {"http_error_probability": 1.0}).get_json()
+    assert patched["enabled"] is True  # naming a setting turned the section on
+    assert patched["warnings"] == [
+        "chaos.enabled is false: fault_injection set, but nothing is injected until chaos is "
+        "turned on (chaos.enabled: true, --chaos, MOCKFORGE_CHAOS_ENABLED=true, or "
+        "POST /api/chaos/enable)"
+    ]
+    call(client, "POST", "/enable")
+    off = call(client, "PUT", "/config/latency", {"enabled": False, "fixed_delay_ms": 5})
+    assert off.get_json()["enabled"] is False  # the same source said off: off it stays
+    assert off.get_json()["warnings"] == [
+        "chaos.latency: fixed_delay_ms set (this request) but chaos.latency.enabled is false: "
+        "nothing of it is injected"
+    ]
+    whole = call(client, "PUT", "/config", {"enabled": True, "latency": {"fixed_delay_ms": 5}})
+    assert whole.get_json()["warnings"] == []
+    assert middleware.engine.effective().latency.enabled is True
+    assert middleware.engine.effective().fault_injection.enabled is False  # PUT replaced all
+    assert "warnings" not in call(client, "GET", "/config/latency").get_json()
