@@ -58,8 +58,6 @@ _POLL = 1e300
 STORE_RETRY_S = 1.0
 # Scenarios waiting to resume, at most (the oldest is forgotten): bounds the state.
 MAX_PAUSED = 16
-# Why the active scenario runs (GET /status says it).
-REASONS = ("startup", "api", "schedule", "resumed")
 
 
 class UnknownScenario(KeyError):
@@ -116,6 +114,12 @@ class PausedScenario:
             "overridden": list(self.overridden),
             "overrides": self.overrides.to_dict() if self.overrides is not None else None,
         }
+
+    def to_status(self) -> dict[str, Any]:
+        """What ``/status`` shows of it: name, why it ran, the time it has left."""
+        ends = self.active.ends_at()
+        left = None if ends is None else round(max(0.0, ends - self.paused_at), 3)
+        return {"name": self.active.name, "reason": self.active.reason, "remaining_s": left}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PausedScenario:
@@ -587,22 +591,10 @@ class ScenarioEngine:
                 "ramp_progress": round(state.active.ramp_fraction(now), 3),
             }
         written = state.overrides.to_dict() if state.overrides is not None else {}
-        paused = [
-            {
-                "name": held.active.name,
-                "reason": held.active.reason,
-                "remaining_s": None
-                if held.active.duration_s is None
-                else round(
-                    max(0.0, held.active.started_at + held.active.duration_s - held.paused_at), 3
-                ),
-            }
-            for held in reversed(state.paused)
-        ]
         return {
             "enabled": state.enabled,
             "active_scenario": active,
-            "paused_scenarios": paused,
+            "paused_scenarios": [held.to_status() for held in reversed(state.paused)],
             "overrides": {name: written[name] for name in state.overridden},
             "schedule": [attrs.asdict(entry) for entry in state.schedule],
             "effective_config": config.to_dict(),

@@ -382,6 +382,11 @@ def test_the_startup_scenario_resumes_on_every_worker(tmp_path: Path) -> None:
 
         _wait_for_workers(server.url, 3)
         assert (active()["name"], active()["reason"]) == ("at_start", "startup")
+        typo = runner.invoke(main, ["chaos", "scenario", "latr", *url])
+        assert typo.exit_code == 1
+        assert "scenario: unknown scenario 'latr'; did you mean 'later'? (choices: " in (
+            typo.output
+        )
         assert answers() == ({503}, 3)
         started = runner.invoke(main, ["chaos", "scenario", "later", "--duration", "3", *url])
         assert started.exit_code == 0, started.output
