@@ -931,8 +931,11 @@ def read_yaml(source: str | os.PathLike[str]) -> tuple[Any, yaml.Node | None]:
 # Keys that only mean something inside the chaos block; a file holding them at the top
 # level (or beside observability.chaos) meant them there. Words other tools use too
 # (enabled, seed, plugins) are not taken as chaos settings.
-CHAOS_KEYS = ("scenarios", *(f.name for f in attrs.fields(ChaosConfig)))
-CHAOS_LOOKING = frozenset(CHAOS_KEYS) - {"enabled", "seed", "plugins"}
+CHAOS_LOOKING = frozenset(("scenarios", *(f.name for f in attrs.fields(ChaosConfig)))) - {
+    "enabled",
+    "seed",
+    "plugins",
+}
 
 
 def misplaced_keys(root: yaml.Node | None, where: str) -> list[str]:
