@@ -39,14 +39,16 @@ from .config import (
     ConfigError,
     apply_rule,
     config_from_dict,
+    config_warnings,
     iter_settings,
     longest_delay_s,
     section_to_dict,
+    switched_on,
 )
 from .engine import MAX_DURATION_S, ScenarioEngine, UnknownScenario
 from .patterns import script_counter
 from .report import CHART_JS, inline_scripts, render_report, static_text
-from .scenarios import scenario_from_dict
+from .scenarios import scenario_from_dict, unknown_scenario
 from .state import StateTooLarge, StoreError
 from .state.base import CONNECTION_SLOTS
 from .verdicts import DEFAULT_WINDOW_S, verdicts
@@ -65,6 +67,9 @@ MAX_BODY_BYTES = 64 * 1024
 BODY_TYPE = "application/json"
 BREAKER_ACTIONS = ("open", "close", "reset")
 # The longest this server's workers can hold a request (sync workers: gunicorn's timeout).
+
+# Where the settings of a PUT or PATCH came from, in its warnings.
+REQUEST = "this request"
 
 # URL segment -> (config attribute, section class)
 SECTIONS: dict[str, tuple[str, type[Any]]] = {
@@ -237,13 +242,13 @@ def config() -> Response:
         body = _mapping(_body())
         new = _validated(lambda: config_from_dict(body))
         _servable(new, "chaos")
-        if new.scenario is not None and new.scenario not in _engine().scenarios():
-            raise ApiError(
-                400,
-                "invalid configuration",
-                [f"chaos.scenario: {shown(new.scenario)} is not a scenario"],
-            )
+        known = _engine().scenarios()
+        if new.scenario is not None and new.scenario not in known:
+            problem = unknown_scenario(new.scenario, known, "chaos.scenario")
+            raise ApiError(400, "invalid configuration", [problem])
         _engine().set_config(new)
+        warnings = config_warnings(new, [(REQUEST, switched_on(body))])
+        return _json({**_engine().editable().to_dict(), "warnings": warnings})
     return _json(_engine().editable().to_dict())
 
 
@@ -253,13 +258,15 @@ def config_section(section: str) -> Response:
         _engine().clear_overrides(attribute)
     current = getattr(_engine().editable(), attribute)
     if request.method in ("PUT", "PATCH"):
-        body = _mapping(_body())
-        if request.method == "PATCH":
-            body = {**section_to_dict(current), **body}
+        sent = switched_on(_mapping(_body()), cls)  # naming a setting turns the section on
+        body = {**section_to_dict(current), **sent} if request.method == "PATCH" else sent
         path = f"chaos.{attribute}"
         current = _validated(lambda: config_from_dict(body, cls, path=path))
-        _servable(attrs.evolve(_engine().editable(), **{attribute: current}), path)
+        changed = attrs.evolve(_engine().editable(), **{attribute: current})
+        _servable(changed, path)
         _engine().update_config(**{attribute: current})
+        warnings = config_warnings(changed, [(REQUEST, {attribute: sent})])
+        return _json({**section_to_dict(current), "warnings": warnings})
     return _json(section_to_dict(current))
 
 
@@ -275,10 +282,12 @@ def scenarios() -> Response:
         engine.define(scenario)
         return _json(scenario.to_dict(), 201)
     if request.method == "DELETE":
+        everything = _stop_all()
         active = engine.state().active
         if active is not None:
-            engine.stop()
-        return _json({"stopped": active.name if active else None})
+            engine.stop(everything=everything)
+        resumed = engine.state().active
+        return _json({"stopped": active.name if active else None, "resumed": _name(resumed)})
     return _json({"scenarios": [s.to_dict() for s in engine.scenarios().values()]})
 
 
@@ -295,7 +304,7 @@ def scenario(name: str) -> Response:
             raise ApiError(
                 404, "not active", [f"scenario: '{name}' is not the active one"]
             ) from None
-        return _json({"stopped": name})
+        return _json({"stopped": name, "resumed": _name(engine.state().active)})
     options = _mapping(_body(required=False))
     problems = [
         f"{key}: unknown field; allowed: duration_s, ramp_s"
@@ -310,9 +319,21 @@ def scenario(name: str) -> Response:
         raise ApiError(400, "invalid request", problems)
     try:
         active = engine.activate(name, **timing)
-    except UnknownScenario:
-        raise ApiError(404, "unknown scenario", [f"scenario: '{name}' does not exist"]) from None
+    except UnknownScenario as error:
+        raise ApiError(404, "unknown scenario", [str(error)]) from None
     return _json({"active": attrs.asdict(active)})
+
+
+def _stop_all() -> bool:
+    """``?all=true``: stop the scenario and drop those paused under it (none resumes)."""
+    raw = request.args.get("all", "false").strip().lower()
+    if raw not in ("true", "false", "1", "0"):
+        raise ApiError(400, "invalid request", [f"all: {shown(raw)} is not true or false"])
+    return raw in ("true", "1")
+
+
+def _name(active: Any) -> str | None:
+    return None if active is None else str(active.name)
 
 
 def schedule() -> Response:
@@ -339,9 +360,7 @@ def schedule() -> Response:
         try:
             engine.schedule(entries)
         except UnknownScenario as error:
-            raise ApiError(
-                404, "unknown scenario", [f"scenario: {error} does not exist"]
-            ) from None
+            raise ApiError(404, "unknown scenario", [str(error)]) from None
     return _json({"schedule": engine.status()["schedule"]})
 
 
@@ -557,15 +576,18 @@ ROUTES: tuple[Route, ...] = (
         "/scenarios",
         ("GET", "POST", "DELETE"),
         scenarios,
-        "List scenarios; POST defines a custom one; DELETE stops the active one",
+        "List scenarios; POST defines a custom one; DELETE stops the active one (the one "
+        "it replaced resumes; ?all=true: none does)",
         body="Scenario",
+        query={"all": {"type": "boolean", "description": "DELETE: stop every scenario"}},
     ),
     Route("/scenarios/active", ("GET",), active_scenario, "The active scenario, or null"),
     Route(
         "/scenarios/<name>",
         ("POST", "DELETE"),
         scenario,
-        "POST starts it (body: duration_s, ramp_s); DELETE stops it",
+        "POST starts it (body: duration_s, ramp_s), pausing the active one; DELETE stops "
+        "it (the one it replaced resumes)",
         body="Activation",
     ),
     Route(

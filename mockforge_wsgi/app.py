@@ -10,20 +10,18 @@ and the ``MOCKFORGE_CHAOS_*`` environment; a bad config stops the worker from bo
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from pathlib import Path
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
-import yaml
 
 from . import _env
 from ._extras import MissingExtra, require
 from ._guard import BrowserGuard, GuardError
-from .config import RULES, ConfigError, load_config
+from .config import ENV_PREFIX, RULES, ConfigError, load_config, read_yaml
 from .middleware import ChaosMiddleware
 from .mock_api import MockApp, parse_routes, route_rules
-from .scenarios import load_scenarios
+from .scenarios import BUILTIN_SCENARIOS, load_scenarios, unknown_scenario
 from .state import StoreUrlError
 
 __all__ = ["create_app"]
@@ -42,6 +40,7 @@ def create_app(
     recorder_db: str | os.PathLike[str] | None = None,
     otlp_endpoint: str | None = None,
     guard: BrowserGuard | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> Any:
     """The mock API (or ``wrap``, a WSGI app, or a proxy to ``upstream``, default
     ``MOCKFORGE_UPSTREAM``) in a ChaosMiddleware; with ``recorder_db``
@@ -52,7 +51,8 @@ def create_app(
     cross-site management requests and Hosts the server does not answer to.
 
     Precedence: defaults < YAML < environment < ``overrides`` (CLI flags).
-    Raises one ConfigError listing every problem of the file, environment and flags.
+    Raises one ConfigError listing every problem of the file, environment and flags;
+    settings that would do nothing go to ``on_warning`` (default: logged).
     """
     environ = os.environ if environ is None else environ
     path = config_path or _env.text(_env.CONFIG, environ)
@@ -70,7 +70,11 @@ def create_app(
     config = scenarios = routes = None
     try:
         config = load_config(
-            path, environ=environ, overrides=overrides, override_sources=override_sources
+            path,
+            environ=environ,
+            overrides=overrides,
+            override_sources=override_sources,
+            on_warning=on_warning,
         )
     except ConfigError as error:
         problems += error.problems
@@ -83,6 +87,15 @@ def create_app(
             routes = parse_routes(_document(path).get("routes"))
         except ConfigError as error:
             problems += error.problems
+    if config is not None and config.scenario is not None:
+        known = [*BUILTIN_SCENARIOS, *(scenario.name for scenario in scenarios or ())]
+        if config.scenario not in known:
+            problem = unknown_scenario(config.scenario, dict.fromkeys(known), "chaos.scenario")
+            env_name = ENV_PREFIX + "SCENARIO"
+            source = (override_sources or {}).get("chaos.scenario") or (
+                env_name if env_name in environ else str(path)
+            )
+            problems.append(f"{problem} (from {source})")
     if problems or config is None:
         raise ConfigError(problems)
     upstream_from = "upstream" if upstream else _env.UPSTREAM  # named in an error
@@ -150,7 +163,7 @@ def _require(extra: str, variable: str) -> None:
 
 
 def _document(path: str | os.PathLike[str]) -> Mapping[str, Any]:
-    document = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    document = read_yaml(path)[0]
     return document if isinstance(document, Mapping) else {}
 
 

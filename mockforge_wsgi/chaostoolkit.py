@@ -92,7 +92,7 @@ def start_scenario(
 
 
 def stop_scenario(configuration: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Stop the active scenario (nothing to stop is fine)."""
+    """Stop the active scenario (nothing to stop is fine); the one it replaced resumes."""
     client = _client(configuration)
     client.stop_scenario()
     return client.status()

@@ -335,6 +335,7 @@ def serve(
             admin_token=admin_token,
             metrics=False,  # checked here; the workers build their own
             guard=guard,
+            on_warning=_warn,  # said once, here
         )
     except ConfigError as error:
         raise click.UsageError(str(error)) from None
@@ -412,6 +413,7 @@ def serve(
             recorder_db=recorder_db,
             otlp_endpoint=otlp_endpoint,
             guard=guard,
+            on_warning=lambda warning: None,  # the master said it at start
         )
 
     url = _env.text(_env.STORE) or ""
@@ -477,6 +479,10 @@ def _exposure_warnings(host: str, guard: BrowserGuard, admin_token: str | None) 
             "reaches the port can change the chaos"
         )
     return warnings
+
+
+def _warn(warning: str) -> None:
+    click.echo(f"mockforge: warning: {warning.removeprefix('mockforge: ')}", err=True)
 
 
 def _metrics_dir() -> str:
@@ -707,9 +713,10 @@ def scenario(server: ServerAddress, name: str, duration: float | None, ramp: flo
 
 @chaos.command()
 @server_options
-def stop(server: ServerAddress) -> None:
-    """Stop the active scenario."""
-    _show(_request(server, "DELETE", "/scenarios"))
+@click.option("--all", "everything", is_flag=True, help="Resume none of those it replaced.")
+def stop(server: ServerAddress, everything: bool) -> None:
+    """Stop the active scenario; the one it replaced (the startup one too) resumes."""
+    _show(_request(server, "DELETE", "/scenarios?all=true" if everything else "/scenarios"))
 
 
 @main.command()
@@ -740,7 +747,9 @@ def scenarios(server: ServerAddress) -> None:
 def validate(file: str, with_env: bool) -> None:
     """Check a YAML config FILE (chaos, scenarios, routes); exit 1 listing every problem."""
     try:
-        middleware = create_app(file, environ=None if with_env else {}, metrics=False)
+        middleware = create_app(
+            file, environ=None if with_env else {}, metrics=False, on_warning=_warn
+        )
     except (ConfigError, UnknownScenario) as error:
         problems = error.problems if isinstance(error, ConfigError) else [f"scenario: {error}"]
         click.echo(str(ConfigError(problems)), err=True)

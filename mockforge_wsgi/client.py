@@ -165,8 +165,15 @@ class ChaosClient:
     def active_scenario(self) -> dict[str, Any] | None:
         return self.call("GET", "/scenarios/active")["active"]  # type: ignore[no-any-return]
 
-    def stop_scenario(self, name: str | None = None) -> None:
-        self.call("DELETE", f"/scenarios/{name}" if name else "/scenarios")
+    def stop_scenario(
+        self, name: str | None = None, *, everything: bool = False
+    ) -> dict[str, Any]:
+        """Stop the active scenario (only if it is ``name``): the one it replaced resumes;
+        with ``everything``, none does. Answers ``{"stopped": ..., "resumed": ...}``."""
+        if name:
+            return self.call("DELETE", f"/scenarios/{name}")  # type: ignore[no-any-return]
+        suffix = "?all=true" if everything else ""
+        return self.call("DELETE", "/scenarios" + suffix)  # type: ignore[no-any-return]
 
     def schedule(self) -> list[dict[str, Any]]:
         return self.call("GET", "/schedule")["schedule"]  # type: ignore[no-any-return]
@@ -279,18 +286,15 @@ class ChaosClient:
     def scenario(
         self, name: str, *, duration_s: float | None = None, ramp_s: float | None = None
     ) -> Iterator[dict[str, Any]]:
+        """Scenario ``name`` for the block; then the server resumes the one it replaced
+        (for the time it had left, with its changes), as after any stop."""
         before = self.status()
+        started = self.start_scenario(name, duration_s=duration_s, ramp_s=ramp_s)
         try:
-            yield self.start_scenario(name, duration_s=duration_s, ramp_s=ramp_s)
+            yield started
         finally:
-            previous = before["active_scenario"]
-            if previous is None:
-                self.stop_scenario()
-            else:  # the one that ran before, for what was left of it, with its changes
-                self.start_scenario(previous["name"], duration_s=previous["remaining_s"])
-                for section, attribute in ATTRIBUTES.items():
-                    if attribute in before["overrides"]:
-                        self.set_section(section, before["overrides"][attribute])
+            if _running(self.status()) == (started["name"], started["started_at"]):
+                self.stop_scenario()  # else it ran out (or was replaced) in the block
             self._restore_enabled(before["enabled"])
 
     @contextlib.contextmanager

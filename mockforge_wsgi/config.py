@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
 import math
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -44,6 +45,8 @@ __all__ = [
     "iter_settings",
     "load_config",
 ]
+
+log = logging.getLogger("mockforge_wsgi")
 
 ENV_PREFIX = "MOCKFORGE_CHAOS_"
 ROOT = "chaos"
@@ -540,6 +543,7 @@ def _rules(raw: Any) -> tuple[Rule, ...]:
                 allowed = ", ".join(["match", *RULE_SECTIONS])
                 problems.append(f"{path}.{key}: unknown key; allowed: {allowed}")
                 continue
+            value = switched_on(value, cls)
             section = _build(cls, value, f"{path}.{key}", problems, {})
             if section is not None:
                 overrides.append((key, tuple((name, getattr(section, name)) for name in value)))
@@ -792,9 +796,12 @@ def config_from_dict(
     path: str = ROOT,
     origins: Mapping[str, str] | None = None,
 ) -> T:
-    """Build ``cls`` from raw data, or raise one ConfigError listing every problem."""
+    """Build ``cls`` from raw data, or raise one ConfigError listing every problem.
+
+    The data is one source: naming a setting of a section turns it on (see
+    :func:`switched_on`)."""
     problems: list[str] = []
-    result = _build(cls, data, path, problems, origins or {})
+    result = _build(cls, switched_on(data, cls), path, problems, origins or {})
     if problems or result is None:
         raise ConfigError(problems)
     return result
@@ -881,17 +888,107 @@ def env_layer(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str
 
 
 def yaml_layer(source: str | os.PathLike[str]) -> dict[str, Any]:
-    """The chaos block of a YAML file: top-level ``chaos:`` or ``observability: chaos:``."""
+    """The chaos block of a YAML file: top-level ``chaos:`` or ``observability: chaos:``.
+
+    Chaos settings elsewhere (``rules:`` at the top level, a ``chaoss:`` block) would do
+    nothing, so they are refused, each naming its line; other applications' keys are
+    left alone.
+    """
+    document, root = read_yaml(source)
+    problems = misplaced_keys(root, str(source))
+    if problems:
+        raise ConfigError(problems)
+    return chaos_block(document, str(source))
+
+
+def read_yaml(source: str | os.PathLike[str]) -> tuple[Any, yaml.Node | None]:
+    """A YAML file's data and its node tree (lines for messages); a problem names the
+    file, line and column."""
     try:
-        document = yaml.safe_load(Path(source).read_text(encoding="utf-8"))
+        text = Path(source).read_text(encoding="utf-8")
     except OSError as error:
         raise ConfigError([f"{source}: cannot read ({error.strerror})"]) from error
     except UnicodeDecodeError as error:
-        problem = f"{source}: not UTF-8 text (byte {error.start}); is it YAML?"
+        problem = f"{source}: not a YAML file (not UTF-8 text: byte {error.start})"
         raise ConfigError([problem]) from None
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        return (loader.construct_document(root) if root is not None else None), root
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else str(source)
+        context = error.context
+        if context and error.context_mark and error.context_mark is not mark:
+            context += f" at line {error.context_mark.line + 1},"
+        what = " ".join(filter(None, (context, error.problem)))
+        raise ConfigError([f"{where}: not valid YAML ({what})"]) from None
     except yaml.YAMLError as error:
-        raise ConfigError([f"{source}: not valid YAML ({error})"]) from error
-    return chaos_block(document, str(source))
+        raise ConfigError([f"{source}: not valid YAML ({error})"]) from None
+    finally:
+        loader.dispose()
+
+
+# Keys that only mean something inside the chaos block; a file holding them at the top
+# level (or beside observability.chaos) meant them there. Words other tools use too
+# (enabled, seed, plugins) are not taken as chaos settings.
+CHAOS_LOOKING = frozenset(("scenarios", *(f.name for f in attrs.fields(ChaosConfig)))) - {
+    "enabled",
+    "seed",
+    "plugins",
+}
+
+
+def misplaced_keys(root: yaml.Node | None, where: str) -> list[str]:
+    """Chaos settings outside the chaos block, and blocks one edit away from ``chaos``,
+    each a problem naming its line."""
+    problems: list[str] = []
+    blocks = [("", _pairs(root))]
+    for key, value in blocks[0][1]:
+        if key.value == "observability":  # its other keys are chaos's only beside chaos:
+            blocks.append(("observability.", _pairs(value)))
+    for prefix, pairs in blocks:
+        beside_chaos = not prefix or any(key.value == ROOT for key, _ in pairs)
+        for key, _value in pairs:
+            name, line = str(key.value), f"{where}:{key.start_mark.line + 1}"
+            if name != ROOT and _one_edit(name.lower(), ROOT):
+                problems.append(
+                    f"{line}: '{prefix}{name}' is not a mockforge key; did you mean "
+                    f"'{prefix}{ROOT}'?"
+                )
+            elif name in CHAOS_LOOKING and beside_chaos:
+                problems.append(
+                    f"{line}: '{prefix}{name}' is a chaos setting outside the chaos block, "
+                    f"where it does nothing; did you mean '{prefix}chaos.{name}' (indented "
+                    "under chaos:)?"
+                )
+    return problems
+
+
+def _pairs(node: Any) -> list[tuple[Any, Any]]:
+    """A mapping node's (key, value) nodes whose keys are plain scalars."""
+    if not isinstance(node, yaml.MappingNode):
+        return []
+    return [(key, value) for key, value in node.value if isinstance(key, yaml.ScalarNode)]
+
+
+def _one_edit(word: str, target: str) -> bool:
+    """At most one insertion, deletion, substitution or swap of neighbours apart."""
+    if word == target:
+        return True
+    if len(word) == len(target):
+        diffs = [i for i, (a, b) in enumerate(zip(word, target, strict=True)) if a != b]
+        swapped = (
+            len(diffs) == 2
+            and diffs[1] == diffs[0] + 1
+            and word[diffs[0]] == target[diffs[1]]
+            and word[diffs[1]] == target[diffs[0]]
+        )
+        return len(diffs) == 1 or swapped
+    short, long = sorted((word, target), key=len)
+    if len(long) - len(short) != 1:
+        return False
+    return any(long[:i] + long[i + 1 :] == short for i in range(len(long)))
 
 
 def chaos_block(document: Any, where: str = "<config>") -> dict[str, Any]:
@@ -930,32 +1027,115 @@ def load_config(
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
     override_sources: Mapping[str, str] | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> ChaosConfig:
     """Load the config with precedence defaults < YAML file < environment < overrides.
 
     ``environ`` defaults to ``os.environ``; pass ``{}`` to ignore the environment.
     ``override_sources`` names where override values came from (``chaos.seed`` ->
     ``--seed``), so errors point at the flag the user typed.
+    In each source, naming a setting of a section turns it on (:func:`switched_on`).
     Raises one :class:`ConfigError` listing every problem; nothing half-applies.
+    Settings that end up doing nothing (their section, or chaos, is off) are told to
+    ``on_warning`` (default: logged), one line each.
     """
     problems: list[str] = []
-    layer: dict[str, Any] = {}
+    yaml_data: dict[str, Any] = {}
     if path is not None:
         try:
-            layer = yaml_layer(path)
+            yaml_data = yaml_layer(path)
         except ConfigError as error:
             problems.extend(error.problems)
-        layer.pop("scenarios", None)  # custom scenarios: read by scenarios.load_scenarios
+        yaml_data.pop("scenarios", None)  # custom scenarios: read by scenarios.load_scenarios
     env, origins, env_problems = env_layer(os.environ if environ is None else environ)
     problems.extend(env_problems)
-    layer = merge(merge(layer, env), overrides or {})
+    sources = [
+        (str(path), switched_on(yaml_data)),
+        ("environment", switched_on(env)),
+        ("arguments", switched_on(overrides or {})),
+    ]
+    layer: dict[str, Any] = {}
+    for _, data in sources:
+        layer = merge(layer, data)
     for overridden in _leaf_paths(overrides or {}, ROOT):
         origins.pop(overridden, None)
     origins.update(override_sources or {})
     result = _build(ChaosConfig, layer, ROOT, problems, origins)
     if problems or result is None:
         raise ConfigError(problems)
+    for warning in config_warnings(result, sources, origins):
+        (on_warning or log.warning)(f"mockforge: {warning}")
     return result
+
+
+def switched_on(data: Any, cls: type[Any] = ChaosConfig) -> Any:
+    """The one rule for when a section turns on: naming any setting of a section turns
+    that section on, unless the same source sets its ``enabled`` (``data`` is one
+    source: a YAML file, the environment, the flags, one API call). The master switch
+    (``chaos.enabled``) is not a section's: it is only ever set by name."""
+    if not isinstance(data, Mapping) or not attrs.has(cls):
+        return data
+    fields = {field.name: field for field in attrs.fields(cls)}
+    result = dict(data)
+    for name, value in data.items():
+        nested = fields[name].metadata.get("section") if name in fields else None
+        if nested is not None:
+            result[name] = switched_on(value, nested)
+    names_one = any(name in fields and name != "enabled" for name in data)
+    if cls is not ChaosConfig and "enabled" in fields and "enabled" not in data and names_one:
+        result["enabled"] = True
+    return result
+
+
+def config_warnings(
+    config: ChaosConfig,
+    sources: Iterable[tuple[str, Mapping[str, Any]]],
+    origins: Mapping[str, str] | None = None,
+) -> list[str]:
+    """Settings that do nothing in ``config``: those a source set in a section that is
+    off, and every section while chaos itself is off. ``sources`` are (name, raw data)."""
+    warnings = []
+    for source, data in sources:
+        for path, names in _named_settings(data, ChaosConfig, (ROOT,)):
+            section: Any = config
+            for part in path[1:]:
+                section = getattr(section, part)
+            if getattr(section, "enabled", True):
+                continue
+            dotted = ".".join(path)
+            where = ", ".join(
+                sorted({(origins or {}).get(f"{dotted}.{name}", source) for name in names})
+            )
+            warnings.append(
+                f"{dotted}: {', '.join(names)} set ({where}) but {dotted}.enabled is false: "
+                "nothing of it is injected"
+            )
+    on = [name for name in SECTION_CLASSES if getattr(getattr(config, name), "enabled", False)]
+    if not config.enabled and (on or config.rules):
+        what = ", ".join(on + (["rules"] if config.rules else []))
+        warnings.append(
+            f"chaos.enabled is false: {what} set, but nothing is injected until chaos is "
+            "turned on (chaos.enabled: true, --chaos, MOCKFORGE_CHAOS_ENABLED=true, or "
+            "POST /api/chaos/enable)"
+        )
+    return warnings
+
+
+def _named_settings(
+    data: Any, cls: type[Any], path: tuple[str, ...]
+) -> Iterator[tuple[tuple[str, ...], list[str]]]:
+    """Each section of ``data`` (depth first) with the settings it names but ``enabled``."""
+    if not isinstance(data, Mapping) or not attrs.has(cls):
+        return
+    fields = {field.name: field for field in attrs.fields(cls)}
+    names = [name for name in data if name in fields and name != "enabled"]
+    leaves = [name for name in names if "section" not in fields[name].metadata]
+    if len(path) > 1 and leaves:
+        yield path, leaves
+    for name in names:
+        nested = fields[name].metadata.get("section")
+        if nested is not None:
+            yield from _named_settings(data[name], nested, (*path, name))
 
 
 def _leaf_paths(data: Mapping[str, Any], prefix: str) -> Iterator[str]:

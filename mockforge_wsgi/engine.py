@@ -2,10 +2,11 @@
 custom scenarios, schedule), kept in the store so every process sharing it sees the same,
 and the effective config each request reads.
 
-While a scenario is active its config is the effective one; when it stops (or its
-``duration_s`` runs out) the runtime config returns. The last write wins: a config
-change made while a scenario runs applies at once on top of it (an *override*) and ends
-with it.
+While a scenario is active its config is the effective one. Starting one pauses the
+one it replaces (the startup scenario included); when it stops (or its ``duration_s``
+runs out) the paused one resumes for the time it had left, with its changes, else the
+runtime config returns. The last write wins: a config change made while a scenario runs
+applies at once on top of it (an *override*) and ends with it.
 
 Usage::
 
@@ -29,12 +30,14 @@ import attrs
 
 from .config import ChaosConfig, config_from_dict
 from .patterns import PATTERN_COUNTER, SCRIPT_COUNTER_PREFIX
-from .scenarios import BUILTIN_SCENARIOS, Scenario, ramped
+from .scenarios import BUILTIN_SCENARIOS, Scenario, ramped, unknown_scenario
 from .state import MemoryStore, Store, StoreError
 
 __all__ = [
     "MAX_DURATION_S",
+    "MAX_PAUSED",
     "ActiveScenario",
+    "PausedScenario",
     "RuntimeState",
     "ScenarioEngine",
     "ScheduleEntry",
@@ -53,20 +56,34 @@ MAX_DURATION_S = 30 * 86_400.0
 _POLL = 1e300
 # After a failed read of the store, the last known config is kept this long.
 STORE_RETRY_S = 1.0
+# Scenarios waiting to resume, at most (the oldest is forgotten): bounds the state.
+MAX_PAUSED = 16
 
 
 class UnknownScenario(KeyError):
-    """No scenario (or no active scenario) by that name."""
+    """No scenario (or no active scenario) by that name; ``str()`` is one line saying
+    so, with the path, the choices and the nearest name when there are choices."""
+
+    def __init__(self, name: str, choices: Iterable[str] = (), path: str = "scenario") -> None:
+        super().__init__(name)
+        self.name, self.choices, self.path = name, tuple(choices), path
+
+    def __str__(self) -> str:
+        if not self.choices:
+            return f"{self.path}: {self.name!r}"
+        return unknown_scenario(self.name, self.choices, self.path)
 
 
 @attrs.frozen
 class ActiveScenario:
-    """The running scenario: since when, for how long, ramped over how long."""
+    """The running scenario: since when, for how long, ramped over how long, and why it
+    runs (``startup``, ``api``, ``schedule`` or ``resumed``)."""
 
     name: str
     started_at: float
     duration_s: float | None = None
     ramp_s: float | None = None
+    reason: str = "api"
 
     def ends_at(self) -> float | None:
         return None if self.duration_s is None else self.started_at + self.duration_s
@@ -75,6 +92,44 @@ class ActiveScenario:
         if not self.ramp_s:
             return 1.0
         return min(1.0, max(0.0, (now - self.started_at) / self.ramp_s))
+
+
+@attrs.frozen
+class PausedScenario:
+    """A scenario another one replaced: it resumes, with its changes, when that one ends.
+
+    ``active.started_at`` moves on by the time it was paused, so it resumes for the time
+    it had left, at the ramp step it had reached.
+    """
+
+    active: ActiveScenario
+    paused_at: float
+    overridden: tuple[str, ...] = ()
+    overrides: ChaosConfig | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "active": attrs.asdict(self.active),
+            "paused_at": self.paused_at,
+            "overridden": list(self.overridden),
+            "overrides": self.overrides.to_dict() if self.overrides is not None else None,
+        }
+
+    def to_status(self) -> dict[str, Any]:
+        """What ``/status`` shows of it: name, why it ran, the time it has left."""
+        ends = self.active.ends_at()
+        left = None if ends is None else round(max(0.0, ends - self.paused_at), 3)
+        return {"name": self.active.name, "reason": self.active.reason, "remaining_s": left}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PausedScenario:
+        overrides = data.get("overrides")
+        return cls(
+            ActiveScenario(**data["active"]),
+            float(data["paused_at"]),
+            tuple(data.get("overridden", ())),
+            config_from_dict(overrides) if overrides else None,
+        )
 
 
 @attrs.frozen
@@ -98,7 +153,8 @@ class RuntimeState:
     """What management calls change; kept in the store as JSON-ready data.
 
     ``overridden`` names the fields of ``overrides`` that apply on top of the active
-    scenario (changes made while it runs); both are cleared when it stops.
+    scenario (changes made while it runs); both end with it. ``paused`` holds the
+    scenarios it replaced, the last one last: when it ends, that one resumes.
     """
 
     enabled: bool
@@ -109,10 +165,40 @@ class RuntimeState:
     overridden: tuple[str, ...] = ()
     overrides: ChaosConfig | None = None
     changed_at: float = 0.0  # clock time of the last change: time-based patterns start here
+    paused: tuple[PausedScenario, ...] = ()
 
-    def with_active(self, active: ActiveScenario | None, **changes: Any) -> RuntimeState:
-        """Another scenario (or none) runs now: the overrides of the last one end."""
-        return attrs.evolve(self, active=active, overridden=(), overrides=None, **changes)
+    def started(self, active: ActiveScenario, **changes: Any) -> RuntimeState:
+        """``active`` runs from its ``started_at``: the running one (if any, and if it
+        has time left) pauses, with its changes, to resume when ``active`` ends."""
+        paused = self.paused
+        running, at = self.active, active.started_at
+        if running is not None:
+            ends = running.ends_at()
+            if ends is None or ends > at:
+                held = PausedScenario(running, at, self.overridden, self.overrides)
+                paused = (*paused, held)[-MAX_PAUSED:]
+        return attrs.evolve(
+            self, active=active, overridden=(), overrides=None, paused=paused, **changes
+        )
+
+    def ended(self, at: float) -> RuntimeState:
+        """The active scenario ends at ``at``: the last one it replaced resumes for the
+        time it had left, with its changes; with none paused, the runtime config returns."""
+        if not self.paused:
+            return attrs.evolve(self, active=None, overridden=(), overrides=None)
+        held = self.paused[-1]
+        resumed = attrs.evolve(
+            held.active,
+            started_at=held.active.started_at + (at - held.paused_at),
+            reason="resumed",
+        )
+        return attrs.evolve(
+            self,
+            active=resumed,
+            overridden=held.overridden,
+            overrides=held.overrides,
+            paused=self.paused[:-1],
+        )
 
     def editable(self, scenarios: Mapping[str, Scenario]) -> ChaosConfig:
         """The config that changes apply to: the active scenario's with its overrides
@@ -141,6 +227,7 @@ class RuntimeState:
             ],
             "schedule": [attrs.asdict(entry) for entry in self.schedule],
             "changed_at": self.changed_at,
+            "paused": [held.to_dict() for held in self.paused],
         }
 
     @classmethod
@@ -159,6 +246,7 @@ class RuntimeState:
             overridden=tuple(data.get("overridden", ())),
             overrides=config_from_dict(data["overrides"]) if data.get("overrides") else None,
             changed_at=float(data.get("changed_at", 0.0)),
+            paused=tuple(PausedScenario.from_dict(held) for held in data.get("paused", ())),
         )
 
 
@@ -212,8 +300,8 @@ class ScenarioEngine:
             changed_at=self.clock(),
         )
         if self.startup.scenario:
-            self._lookup(state, self.startup.scenario)
-            active = ActiveScenario(self.startup.scenario, self.clock())
+            self._lookup(state, self.startup.scenario, "chaos.scenario")
+            active = ActiveScenario(self.startup.scenario, self.clock(), reason="startup")
             state = attrs.evolve(state, active=active)
         return state
 
@@ -307,19 +395,23 @@ class ScenarioEngine:
         return config
 
     def _advance(self, state: RuntimeState, now: float) -> RuntimeState:
-        """Apply time-based changes that are due: schedule entries, a scenario's end."""
-        due = [entry for entry in state.schedule if entry.start_at <= now]
-        if due:
-            last = due[-1]  # entries are sorted: the latest due one is what runs now
-            state = state.with_active(
-                ActiveScenario(last.name, last.start_at, last.duration_s),
-                schedule=tuple(entry for entry in state.schedule if entry.start_at > now),
-                enabled=True,
-            )
-        ends = state.active.ends_at() if state.active else None
-        if ends is not None and now >= ends:
-            state = state.with_active(None)
-        return state
+        """Apply the time-based changes that are due, in the order they fell due (so
+        whichever process sees them first, the result is the same): schedule entries
+        start, a scenario ends and the one it replaced resumes."""
+        while True:
+            ends = state.active.ends_at() if state.active else None
+            ends = ends if ends is not None and ends <= now else None
+            entry = state.schedule[0] if state.schedule else None  # sorted by start
+            entry = entry if entry is not None and entry.start_at <= now else None
+            if ends is not None and (entry is None or ends <= entry.start_at):
+                state = state.ended(ends)
+            elif entry is not None:
+                active = ActiveScenario(
+                    entry.name, entry.start_at, entry.duration_s, reason="schedule"
+                )
+                state = state.started(active, schedule=state.schedule[1:], enabled=True)
+            else:
+                return state
 
     def _compute(self, state: RuntimeState, now: float) -> tuple[ChaosConfig, float]:
         refresh_at = min((e.start_at for e in state.schedule), default=NEVER)
@@ -351,11 +443,12 @@ class ScenarioEngine:
     def _all(self, state: RuntimeState) -> dict[str, Scenario]:
         return {**BUILTIN_SCENARIOS, **{s.name: s for s in state.custom}}
 
-    def _lookup(self, state: RuntimeState, name: str) -> Scenario:
+    def _lookup(self, state: RuntimeState, name: str, path: str = "scenario") -> Scenario:
+        known = self._all(state)
         try:
-            return self._all(state)[name]
+            return known[name]
         except KeyError:
-            raise UnknownScenario(name) from None
+            raise UnknownScenario(name, known, path) from None
 
     # -- changing -----------------------------------------------------------------
 
@@ -447,23 +540,28 @@ class ScenarioEngine:
     def activate(
         self, name: str, *, duration_s: float | None = None, ramp_s: float | None = None
     ) -> ActiveScenario:
-        """Start ``name`` now, replacing any active scenario, and turn chaos on."""
+        """Start ``name`` now and turn chaos on; the active scenario (if any) pauses and
+        resumes when this one ends."""
 
         def start(state: RuntimeState, now: float) -> RuntimeState:
             self._lookup(state, name)
-            return state.with_active(ActiveScenario(name, now, duration_s, ramp_s), enabled=True)
+            active = ActiveScenario(name, now, duration_s, ramp_s, reason="api")
+            return state.started(active, enabled=True)
 
         state = self._change(start)
         assert state.active is not None
         return state.active
 
-    def stop(self, name: str | None = None) -> None:
-        """Stop the active scenario (only if it is ``name``, when given)."""
+    def stop(self, name: str | None = None, *, everything: bool = False) -> None:
+        """Stop the active scenario (only if it is ``name``, when given): the one it
+        replaced resumes. With ``everything``, none resumes (the paused are dropped)."""
 
         def halt(state: RuntimeState, now: float) -> RuntimeState:
             if state.active is None or (name is not None and state.active.name != name):
                 raise UnknownScenario(name or "(none active)")
-            return state.with_active(None)
+            if everything:
+                state = attrs.evolve(state, paused=())
+            return state.ended(now)
 
         self._change(halt)
 
@@ -471,9 +569,9 @@ class ScenarioEngine:
         """Replace the schedule: (seconds from now, scenario, duration or None)."""
 
         def plan(state: RuntimeState, now: float) -> RuntimeState:
-            parsed = []
+            parsed: list[ScheduleEntry] = []
             for offset, name, duration in entries:
-                self._lookup(state, name)
+                self._lookup(state, name, f"schedule[{len(parsed)}].scenario")
                 parsed.append(ScheduleEntry(now + offset, name, duration))
             return attrs.evolve(state, schedule=tuple(sorted(parsed, key=lambda e: e.start_at)))
 
@@ -496,6 +594,7 @@ class ScenarioEngine:
         return {
             "enabled": state.enabled,
             "active_scenario": active,
+            "paused_scenarios": [held.to_status() for held in reversed(state.paused)],
             "overrides": {name: written[name] for name in state.overridden},
             "schedule": [attrs.asdict(entry) for entry in state.schedule],
             "effective_config": config.to_dict(),

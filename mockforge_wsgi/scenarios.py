@@ -7,9 +7,10 @@ times and ramps them) it is the effective config.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 import attrs
@@ -25,6 +26,7 @@ __all__ = [
     "load_scenarios",
     "ramped",
     "scenario_from_dict",
+    "unknown_scenario",
 ]
 
 ScenarioKind = Literal["predefined", "network_profile", "custom"]
@@ -188,6 +190,14 @@ NETWORK_PROFILES: dict[str, Scenario] = {
 }
 
 BUILTIN_SCENARIOS: dict[str, Scenario] = {**PREDEFINED_SCENARIOS, **NETWORK_PROFILES}
+
+
+def unknown_scenario(name: str, choices: Iterable[str], path: str) -> str:
+    """``chaos.scenario: unknown scenario 'nope'; did you mean 'slow_3g'? (choices: ...)``"""
+    known = list(choices)
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return f"{path}: unknown scenario {name!r}{hint} (choices: {', '.join(known)})"
 
 
 def scenario_from_dict(name: str, data: Any, path: str) -> tuple[Scenario, bool]:

@@ -143,7 +143,7 @@ def test_half_valid_put_changes_nothing() -> None:
             "/scenarios/nope",
             None,
             404,
-            "scenario: 'nope' does not exist",
+            "scenario: unknown scenario 'nope' (choices: network_degradation, ",
             id="unknown-scenario",
         ),
         pytest.param(
@@ -189,7 +189,7 @@ def test_half_valid_put_changes_nothing() -> None:
             "/schedule",
             [{"scenario": "nope"}],
             404,
-            "scenario: 'nope' does not exist",
+            "schedule[0].scenario: unknown scenario 'nope' (choices: ",
             id="schedule-unknown",
         ),
     ],
@@ -246,11 +246,13 @@ def test_scenarios_routes() -> None:
     assert started.get_json()["active"]["name"] == "flaky"
     active = call(client, "GET", "/scenarios/active").get_json()["active"]
     assert (active["name"], active["duration_s"], active["ramp_s"]) == ("flaky", 60, 5)
-    assert call(client, "DELETE", "/scenarios/flaky").get_json() == {"stopped": "flaky"}
+    stopped = call(client, "DELETE", "/scenarios/flaky").get_json()
+    assert stopped == {"stopped": "flaky", "resumed": None}
     assert call(client, "GET", "/scenarios/active").get_json() == {"active": None}
     call(client, "POST", "/scenarios/slow_backend")
-    assert call(client, "DELETE", "/scenarios").get_json() == {"stopped": "slow_backend"}
-    assert call(client, "DELETE", "/scenarios").get_json() == {"stopped": None}
+    stopped = call(client, "DELETE", "/scenarios").get_json()
+    assert stopped == {"stopped": "slow_backend", "resumed": None}
+    assert call(client, "DELETE", "/scenarios").get_json() == {"stopped": None, "resumed": None}
     assert middleware.config.latency.enabled is False
 
 
@@ -516,9 +518,11 @@ def test_405_says_which_methods_are_allowed() -> None:
 
 def test_a_config_naming_an_unknown_scenario_is_refused() -> None:
     client, middleware = make()
-    response = call(client, "PUT", "/config", {"enabled": True, "scenario": "no_such"})
+    response = call(client, "PUT", "/config", {"enabled": True, "scenario": "slow_bakend"})
     assert response.status_code == 400
-    assert problems(response) == ["chaos.scenario: 'no_such' is not a scenario"]
+    [problem] = problems(response)
+    assert problem.startswith("chaos.scenario: unknown scenario 'slow_bakend'; did you mean")
+    assert "'slow_backend'? (choices: network_degradation, " in problem
     assert middleware.config.enabled is False
 
 
@@ -786,3 +790,26 @@ def test_any_number_in_any_field_is_taken_or_refused_naming_the_field(
         assert found and all(len(p) < 300 for p in found), found
         assert all(":" in p for p in found), found  # "<field>: <value> is not ..."
         assert call(client, "GET", "/status").get_json() == before  # nothing half-applied
+
+
+def test_naming_a_setting_turns_its_section_on_and_settings_that_do_nothing_are_said() -> None:
+    client, middleware = make()
+    patched = call(client, "PATCH", "/config/faults", {"http_error_probability": 1.0}).get_json()
+    assert patched["enabled"] is True  # naming a setting turned the section on
+    assert patched["warnings"] == [
+        "chaos.enabled is false: fault_injection set, but nothing is injected until chaos is "
+        "turned on (chaos.enabled: true, --chaos, MOCKFORGE_CHAOS_ENABLED=true, or "
+        "POST /api/chaos/enable)"
+    ]
+    call(client, "POST", "/enable")
+    off = call(client, "PUT", "/config/latency", {"enabled": False, "fixed_delay_ms": 5})
+    assert off.get_json()["enabled"] is False  # the same source said off: off it stays
+    assert off.get_json()["warnings"] == [
+        "chaos.latency: fixed_delay_ms set (this request) but chaos.latency.enabled is false: "
+        "nothing of it is injected"
+    ]
+    whole = call(client, "PUT", "/config", {"enabled": True, "latency": {"fixed_delay_ms": 5}})
+    assert whole.get_json()["warnings"] == []
+    assert middleware.engine.effective().latency.enabled is True
+    assert middleware.engine.effective().fault_injection.enabled is False  # PUT replaced all
+    assert "warnings" not in call(client, "GET", "/config/latency").get_json()

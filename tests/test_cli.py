@@ -37,7 +37,12 @@ pytestmark = pytest.mark.server
             id="probability",
         ),
         pytest.param(["--chaos-packet-loss", "lots"], "'lots' is not a number", id="not-a-number"),
-        pytest.param(["--chaos-scenario", "nope"], "'nope' is not a scenario", id="scenario"),
+        pytest.param(
+            ["--chaos-scenario", "slow_bakend"],
+            "chaos.scenario: unknown scenario 'slow_bakend'; did you mean 'slow_backend'? "
+            "(choices: network_degradation, ",
+            id="scenario",
+        ),
         pytest.param(
             ["--app", "no_such_module:app"], "--app no_such_module:app: could not import", id="app"
         ),
@@ -270,3 +275,71 @@ def test_sync_workers_refuse_a_delay_they_cannot_live_through(
     assert response.status_code == status, response.text
     if status == 400:  # 30 s + the longest built-in scenario's 12 s, less 1 s
         assert "sync workers are killed after 41 s" in response.json()["problems"][0]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(
+            "chaoss:\n  enabled: true\n",
+            "bad.yaml:1: 'chaoss' is not a mockforge key; did you mean 'chaos'?",
+            id="one-edit-away",
+        ),
+        pytest.param(
+            "chaos:\n  enabled: true\nrules: []\n",
+            "bad.yaml:3: 'rules' is a chaos setting",
+            id="rules",
+        ),
+        pytest.param(
+            "chaos: {scenario: nope}\n",
+            "chaos.scenario: unknown scenario 'nope' (choices: network_degradation, "
+            "service_instability, cascading_failure, peak_traffic, slow_backend, slow_3g, "
+            "fast_3g, flaky_wifi, cable, dialup) (from ",
+            id="unknown-scenario",
+        ),
+        pytest.param(
+            "chaos: {scenario: flaky_wify}\n",
+            "chaos.scenario: unknown scenario 'flaky_wify'; did you mean 'flaky_wifi'?",
+            id="nearest-scenario",
+        ),
+        pytest.param("chaos: {enabled: [\n", "bad.yaml:2:1: not valid YAML (", id="yaml"),
+    ],
+)
+def test_validate_refuses_what_would_do_nothing(tmp_path: Path, text: str, expected: str) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    result = CliRunner().invoke(main, ["validate", str(bad)], env={})
+    assert result.exit_code == 1
+    assert expected in result.output, result.output
+    assert "<unicode string>" not in result.output
+
+
+def test_validate_says_which_settings_do_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "chaos.yaml"
+    path.write_text("chaos:\n  enabled: true\n  latency: {enabled: false, fixed_delay_ms: 5}\n")
+    result = CliRunner().invoke(main, ["validate", str(path)], env={})
+    assert result.exit_code == 0
+    assert (
+        f"mockforge: warning: chaos.latency: fixed_delay_ms set ({path}) but "
+        "chaos.latency.enabled is false: nothing of it is injected"
+    ) in result.output
+
+
+def test_an_env_setting_turns_its_section_on_as_a_flag_does(tmp_path: Path) -> None:
+    # The case: the variable did nothing while the equivalent flag worked.
+    env = {
+        "MOCKFORGE_CHAOS_FAULT_INJECTION_PATTERN": "fail_first:3:503",
+        "MOCKFORGE_CHAOS_LATENCY_ENABLED": "false",
+        "MOCKFORGE_CHAOS_LATENCY_FIXED_DELAY_MS": "100",
+    }
+    with (
+        mockforge_serve(tmp_path, "--chaos", "--workers", "2", env=env) as server,
+        session() as http,
+    ):
+        statuses = [http.get(server.url + "/api/test", timeout=10).status_code for _ in range(5)]
+    assert statuses == [503, 503, 503, 200, 200]
+    warning = (
+        "mockforge: warning: chaos.latency: fixed_delay_ms set "
+        "(MOCKFORGE_CHAOS_LATENCY_FIXED_DELAY_MS) but chaos.latency.enabled is false"
+    )
+    assert server.log().count(warning) == 1  # at start, once (not once per worker)

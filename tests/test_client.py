@@ -103,6 +103,7 @@ def test_context_managers_restore_exactly_what_they_changed_on_a_scenario(
         assert chaos.active_scenario()["name"] == "slow_backend"  # type: ignore[index]
     status = chaos.status()
     assert status["active_scenario"]["name"] == "service_instability"  # resumed...
+    assert status["active_scenario"]["reason"] == "resumed"  # by the server
     assert 0 < status["active_scenario"]["remaining_s"] <= 600  # ...for what was left
     assert status["overrides"]["latency"]["fixed_delay_ms"] == 1  # with the user's change
     chaos.reset()

@@ -17,6 +17,7 @@ from mockforge_wsgi.config import (
     load_config,
 )
 from mockforge_wsgi.config_docs import render_into
+from mockforge_wsgi.scenarios import scenario_from_dict
 
 DOCS = Path(__file__).parent.parent / "docs" / "configuration.md"
 
@@ -391,3 +392,177 @@ def test_every_flag_is_declared_by_its_setting_and_sets_it() -> None:
             assert getattr(config, info.path[0]).enabled, info.flag.name
         else:
             assert not config.latency.enabled and not config.fault_injection.enabled
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(
+            "chaoss:\n  enabled: true\n",
+            "chaos.yaml:1: 'chaoss' is not a mockforge key; did you mean 'chaos'?",
+            id="insertion",
+        ),
+        pytest.param("app: 1\nchoas: {}\n", "chaos.yaml:2: 'choas' is not", id="swap"),
+        pytest.param("Chaos: {}\n", "chaos.yaml:1: 'Chaos' is not", id="case"),
+        pytest.param("chas: {}\n", "chaos.yaml:1: 'chas' is not", id="deletion"),
+        pytest.param(
+            # docs/scenarios.md's fault-script snippet as it was: it did nothing.
+            "app: {debug: true}\nrules:\n  - match: {path: /api/pay}\n"
+            "    fault_injection: {enabled: true, script: [503, ok]}\n",
+            "chaos.yaml:2: 'rules' is a chaos setting outside the chaos block, where it does "
+            "nothing; did you mean 'chaos.rules' (indented under chaos:)?",
+            id="rules-at-the-top",
+        ),
+        pytest.param(
+            "chaos:\n  enabled: true\nlatency: {fixed_delay_ms: 5}\n",
+            "chaos.yaml:3: 'latency' is a chaos setting outside",
+            id="beside-the-block",
+        ),
+        pytest.param("scenario: slow_backend\n", "chaos.yaml:1: 'scenario' is a", id="scenario"),
+        pytest.param(
+            "observability:\n  chaos: {enabled: true}\n  fault_injection: {}\n",
+            "chaos.yaml:3: 'observability.fault_injection' is a chaos setting outside the "
+            "chaos block, where it does nothing; did you mean "
+            "'observability.chaos.fault_injection'",
+            id="beside-observability-chaos",
+        ),
+        pytest.param(
+            "observability:\n  chaso: {enabled: true}\n",
+            "chaos.yaml:2: 'observability.chaso' is not a mockforge key; did you mean "
+            "'observability.chaos'?",
+            id="observability-typo",
+        ),
+        pytest.param(
+            "chaos:\n  enabled: true\n  latency:\n    fixed_delay_ms: 5\n   probability: 1\n",
+            "chaos.yaml:5:4: not valid YAML (while parsing a block mapping at line 2, "
+            "expected <block end>, but found '<block mapping start>')",
+            id="yaml-error-line-and-column",
+        ),
+        pytest.param(b"chaos: \xff\n", "chaos.yaml: not a YAML file (not UTF-8", id="binary"),
+    ],
+)
+def test_chaos_settings_outside_the_chaos_block_are_refused_by_line(
+    tmp_path: Path, text: str | bytes, expected: str
+) -> None:
+    path = tmp_path / "chaos.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={})
+    [problem] = caught.value.problems
+    assert problem.startswith(f"{tmp_path}/{expected}"), problem
+    assert "<unicode string>" not in problem
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("database: {url: 'postgres://x'}\nlogging: {level: info}\n", id="others"),
+        pytest.param("enabled: true\nseed: 3\nplugins: [auth]\n", id="common-words"),
+        pytest.param("observability:\n  latency: {buckets: [1, 5]}\n", id="others-observability"),
+        pytest.param("routes: []\nchaos: {enabled: true}\n", id="mock-api-routes"),
+    ],
+)
+def test_a_file_of_other_applications_keys_stays_fine(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "chaos.yaml"
+    path.write_text(text)
+    load_config(path, environ={})
+
+
+def sources(
+    tmp_path: Path, yaml_text: str, env: dict[str, str], overrides: dict[str, Any]
+) -> tuple[ChaosConfig, list[str]]:
+    path = tmp_path / "chaos.yaml"
+    path.write_text(yaml_text)
+    warnings: list[str] = []
+    config = load_config(path, environ=env, overrides=overrides, on_warning=warnings.append)
+    return config, warnings
+
+
+LATENCY_ENV = "MOCKFORGE_CHAOS_LATENCY_FIXED_DELAY_MS"
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "env", "overrides", "on"),
+    [
+        pytest.param("chaos:\n  latency: {fixed_delay_ms: 5}\n", {}, {}, True, id="yaml"),
+        pytest.param("", {LATENCY_ENV: "5"}, {}, True, id="env"),
+        pytest.param("", {}, {"latency": {"fixed_delay_ms": 5}}, True, id="explicit"),
+        pytest.param(
+            "chaos:\n  latency: {enabled: false, fixed_delay_ms: 5}\n",
+            {},
+            {},
+            False,
+            id="yaml-off",
+        ),
+        pytest.param(
+            "",
+            {LATENCY_ENV: "5", "MOCKFORGE_CHAOS_LATENCY_ENABLED": "no"},
+            {},
+            False,
+            id="env-off",
+        ),
+        pytest.param(  # a later source names a setting: it turns the section on
+            "chaos:\n  latency: {enabled: false}\n",
+            {LATENCY_ENV: "5"},
+            {},
+            True,
+            id="env-over-yaml",
+        ),
+        pytest.param(  # a later source turns it off: the earlier one's settings do nothing
+            "chaos:\n  latency: {fixed_delay_ms: 5}\n",
+            {"MOCKFORGE_CHAOS_LATENCY_ENABLED": "false"},
+            {},
+            False,
+            id="env-off-over-yaml",
+        ),
+        pytest.param("chaos:\n  latency: {enabled: false}\n", {}, {}, False, id="only-enabled"),
+    ],
+)
+def test_naming_a_setting_turns_its_section_on_in_every_source(
+    tmp_path: Path, yaml_text: str, env: dict[str, str], overrides: dict[str, Any], on: bool
+) -> None:
+    config, warnings = sources(
+        tmp_path, yaml_text, {"MOCKFORGE_CHAOS_ENABLED": "1", **env}, overrides
+    )
+    assert config.latency.enabled is on
+    named = "fixed_delay_ms" in yaml_text or env.get(LATENCY_ENV) or overrides
+    if on or not named:
+        assert warnings == []
+    else:  # settings that do nothing are said, naming where they came from
+        [warning] = warnings
+        assert warning.startswith("mockforge: chaos.latency: fixed_delay_ms set (")
+        assert warning.endswith(") but chaos.latency.enabled is false: nothing of it is injected")
+        assert (LATENCY_ENV if env.get(LATENCY_ENV) else "chaos.yaml") in warning
+
+
+def test_the_issue_s_pattern_variable_turns_faults_on() -> None:
+    env = {"MOCKFORGE_CHAOS_FAULT_INJECTION_PATTERN": "fail_first:3:503"}
+    config = load_config(environ={"MOCKFORGE_CHAOS_ENABLED": "true", **env})
+    assert config.fault_injection.enabled
+    assert config.fault_injection.pattern is not None
+
+
+def test_rules_and_custom_scenarios_follow_the_rule(tmp_path: Path) -> None:
+    config, _ = sources(
+        tmp_path,
+        "chaos:\n  enabled: true\n  rules:\n    - match: {path: /x}\n"
+        "      fault_injection: {script: [503]}\n",
+        {},
+        {},
+    )
+    assert dict(config.rules[0].overrides)["fault_injection"] == (
+        ("script", ("503",)),
+        ("enabled", True),
+    )
+    assert not config.fault_injection.enabled  # the global section is not the rule's
+    scenario, _ = scenario_from_dict("mine", {"latency": {"fixed_delay_ms": 5}}, "s.mine")
+    assert scenario.config.latency.enabled
+
+
+def test_chaos_off_with_sections_on_is_said(tmp_path: Path) -> None:
+    _config, warnings = sources(tmp_path, "chaos:\n  latency: {fixed_delay_ms: 5}\n", {}, {})
+    assert warnings == [
+        "mockforge: chaos.enabled is false: latency set, but nothing is injected until "
+        "chaos is turned on (chaos.enabled: true, --chaos, MOCKFORGE_CHAOS_ENABLED=true, or "
+        "POST /api/chaos/enable)"
+    ]

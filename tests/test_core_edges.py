@@ -45,7 +45,7 @@ def chaos(**sections: Any) -> ChaosConfig:
             0.1 * math.exp(3),
         ),
         ({"latency": {"enabled": True, "fixed_delay_ms": 1000, "cap_ms": 150}}, 0.15),
-        ({"latency": {"fixed_delay_ms": 1000}}, 0.0),  # latency off
+        ({"latency": {"enabled": False, "fixed_delay_ms": 1000}}, 0.0),  # latency off
         ({"header_control": {"enabled": True, "max_delay_ms": 5000}}, 5.0),
         (
             {"latency": {"enabled": True, "fixed_delay_ms": 100},

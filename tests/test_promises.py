@@ -91,6 +91,7 @@ PROMISES: list[tuple[str, str, str]] = [
     ("docs/scenarios.md", "10 s", T + "test_patterns_and_rules.py::test_time_based_patterns"),
     ("docs/scenarios.md", "2 s", T + "test_patterns_and_rules.py::test_time_based_patterns"),
     ("docs/scenarios.md", "64 KiB", CONSTANT),
+    ("docs/scenarios.md", "30 s", T + "test_shared_state.py::test_the_startup_scenario_resumes_on_every_worker"),
     ("docs/serving.md", "30 s", WORKER_TIMEOUT),
     ("docs/serving.md", "64 KB", T + "test_proxy.py::test_a_10_mb_body_streams_through_in_bounded_memory"),
     ("docs/serving.md", "10 MB", T + "test_proxy.py::test_a_10_mb_body_streams_through_in_bounded_memory"),

@@ -243,6 +243,7 @@ def test_the_dashboard_shows_and_changes_the_server_state(server: Server, tmp_pa
             )
         )
         wait.until(lambda d: d.find_element("id", "active-name").text == "slow_backend")
+        assert driver.find_element("id", "active-time").text == "(api, until stopped)"
         points = driver.execute_script(
             "const c = Chart.getChart(document.getElementById('latency'));"
             "return c.getDatasetMeta(0).data.length"

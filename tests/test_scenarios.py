@@ -9,7 +9,7 @@ import pytest
 
 from mockforge_wsgi import load_config
 from mockforge_wsgi.config import ChaosConfig, ConfigError, FaultInjectionConfig, LatencyConfig
-from mockforge_wsgi.engine import ScenarioEngine, UnknownScenario
+from mockforge_wsgi.engine import MAX_PAUSED, ScenarioEngine, UnknownScenario
 from mockforge_wsgi.scenarios import (
     NETWORK_PROFILES,
     PREDEFINED_SCENARIOS,
@@ -84,6 +84,8 @@ def test_activate_switch_and_stop() -> None:
     assert eng.effective().fault_injection.http_error_probability == 0.2
     assert not eng.effective().latency.enabled
     eng.stop()
+    assert eng.effective().latency.fixed_delay_ms == 2000  # the one it replaced resumes
+    eng.stop()
     assert eng.effective().latency.fixed_delay_ms == 7  # the runtime config is back
     with pytest.raises(UnknownScenario):
         eng.stop()
@@ -144,6 +146,136 @@ def test_schedule_runs_entries_in_order() -> None:
 def test_startup_scenario_is_active() -> None:
     eng, _ = engine(load_config(environ={}, overrides={"scenario": "slow_backend"}))
     assert eng.status()["active_scenario"]["name"] == "slow_backend"
+    assert eng.status()["active_scenario"]["reason"] == "startup"
+
+
+def startup(name: str = "network_degradation") -> tuple[ScenarioEngine, FakeClock]:
+    return engine(load_config(environ={}, overrides={"enabled": True, "scenario": name}))
+
+
+def active(eng: ScenarioEngine) -> tuple[str, str, float | None] | None:
+    """The active scenario's name, why it runs and its remaining time."""
+    shown = eng.status()["active_scenario"]
+    return None if shown is None else (shown["name"], shown["reason"], shown["remaining_s"])
+
+
+@pytest.mark.parametrize(
+    "end",
+    [
+        pytest.param(lambda eng, clock: setattr(clock, "now", clock.now + 30), id="ran-out"),
+        pytest.param(lambda eng, clock: eng.stop(), id="stopped"),
+        pytest.param(lambda eng, clock: eng.stop("slow_backend"), id="stopped-by-name"),
+    ],
+)
+def test_the_startup_scenario_resumes_when_the_one_replacing_it_ends(end: Any) -> None:
+    eng, clock = startup()
+    assert active(eng) == ("network_degradation", "startup", None)
+    clock.now += 5
+    eng.activate("slow_backend", duration_s=30)
+    assert active(eng) == ("slow_backend", "api", 30)
+    assert eng.status()["paused_scenarios"] == [
+        {"name": "network_degradation", "reason": "startup", "remaining_s": None}
+    ]
+    end(eng, clock)
+    assert active(eng) == ("network_degradation", "resumed", None)
+    assert eng.effective().latency.fixed_delay_ms == 500
+    assert eng.status()["paused_scenarios"] == []
+    eng.stop()  # then the runtime config
+    assert active(eng) is None
+
+
+def test_a_timed_scenario_resumes_for_the_time_it_had_left() -> None:
+    eng, clock = engine()
+    eng.activate("slow_backend", duration_s=60)
+    clock.now += 20
+    eng.activate("peak_traffic", duration_s=10)  # slow_backend pauses with 40 s left
+    clock.now += 10
+    assert active(eng) == ("slow_backend", "resumed", 40)
+    clock.now += 39.9
+    assert active(eng) == ("slow_backend", "resumed", pytest.approx(0.1))
+    clock.now += 0.1
+    assert active(eng) is None
+
+
+def test_a_paused_scenario_resumes_with_its_changes_and_ramp() -> None:
+    eng, clock = engine()
+    eng.activate("service_instability", ramp_s=10)
+    clock.now += 5  # half ramped
+    eng.update_config(fault_injection=FAULT_ALL)
+    eng.activate("slow_backend")
+    assert eng.status()["overrides"] == {}  # the new one starts clean
+    clock.now += 100  # paused: its ramp does not move on
+    eng.stop()
+    assert eng.status()["active_scenario"]["ramp_progress"] == 0.5
+    assert eng.effective().fault_injection == FAULT_ALL  # its change is back
+    assert set(eng.status()["overrides"]) == {"fault_injection"}
+
+
+def test_stop_everything_resumes_none() -> None:
+    eng, _clock = startup()
+    eng.activate("slow_backend")
+    eng.activate("peak_traffic")
+    assert [p["name"] for p in eng.status()["paused_scenarios"]] == [
+        "slow_backend",
+        "network_degradation",
+    ]
+    eng.stop(everything=True)
+    assert active(eng) is None
+    assert eng.status()["paused_scenarios"] == []
+
+
+def test_schedule_entries_pause_and_resume_in_the_order_they_fell_due() -> None:
+    watched, clock = startup()
+    unwatched, later = startup()
+    for eng in (watched, unwatched):
+        eng.schedule([(10, "slow_backend", 5), (12, "peak_traffic", 1)])
+    seen = []
+    for step in (10, 2.5, 1, 3):  # at 10, 12.5, 13.5, 16.5
+        clock.now += step
+        seen.append(active(watched))
+    assert seen == [
+        ("slow_backend", "schedule", 5),
+        ("peak_traffic", "schedule", 0.5),
+        ("slow_backend", "resumed", 2.5),  # paused at 12 with 3 s left, back at 13
+        ("network_degradation", "resumed", None),
+    ]
+    later.now = clock.now  # nobody looked meanwhile: the same result
+    assert active(unwatched) == ("network_degradation", "resumed", None)
+    assert unwatched.status()["paused_scenarios"] == []
+
+
+def test_the_paused_scenarios_are_bounded() -> None:
+    eng, _clock = engine()
+    for _ in range(MAX_PAUSED + 5):
+        eng.activate("slow_backend")
+    assert len(eng.state().paused) == MAX_PAUSED
+
+
+def test_resuming_reaches_other_engines_on_the_store() -> None:
+    store, clock = MemoryStore(), FakeClock()
+    config = load_config(environ={}, overrides={"enabled": True, "scenario": "slow_3g"})
+    first = ScenarioEngine(config, store=store, clock=clock)
+    second = ScenarioEngine(config, store=store, clock=clock)
+    first.activate("peak_traffic", duration_s=5)
+    assert second.status()["active_scenario"]["name"] == "peak_traffic"
+    clock.now += 5
+    assert active(second) == ("slow_3g", "resumed", None)
+    assert active(first) == ("slow_3g", "resumed", None)
+
+
+def test_an_unknown_scenario_says_so_with_the_choices_and_the_nearest() -> None:
+    eng, _clock = engine()
+    with pytest.raises(UnknownScenario) as raised:
+        eng.activate("slow_bakend")
+    assert str(raised.value) == (
+        "scenario: unknown scenario 'slow_bakend'; did you mean 'slow_backend'? (choices: "
+        "network_degradation, service_instability, cascading_failure, peak_traffic, "
+        "slow_backend, slow_3g, fast_3g, flaky_wifi, cable, dialup)"
+    )
+    with pytest.raises(
+        UnknownScenario, match=r"chaos.scenario: unknown scenario 'nope' \(choices"
+    ):
+        engine(load_config(environ={}, overrides={"scenario": "nope"}))
 
 
 def test_custom_scenarios_validated_and_not_shadowing() -> None:

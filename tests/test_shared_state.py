@@ -13,7 +13,10 @@ from typing import Any
 
 import pytest
 import requests
+from click.testing import CliRunner
 from servers import gunicorn_server, mockforge_serve, session
+
+from mockforge_wsgi.cli import main
 
 pytestmark = pytest.mark.server
 
@@ -345,3 +348,68 @@ def test_per_process_memory_under_several_workers_is_named_in_a_warning(tmp_path
         assert session().get(server.url + "/api/test", timeout=10).status_code == 200
         log = server.log()
     assert "the chaos state was set to per-process memory" in " ".join(log.split())
+
+
+def test_the_startup_scenario_resumes_on_every_worker(tmp_path: Path) -> None:
+    # A scenario started over the CLI for a while, then one stopped by the CLI: each time
+    # the startup scenario comes back, on every worker (503 from the startup one, 502
+    # from the others, 200 once none runs).
+    (tmp_path / "chaos.yaml").write_text(
+        "chaos:\n"
+        "  scenarios:\n"
+        "    at_start:\n"
+        "      fault_injection: {enabled: true, http_errors: [503], http_error_probability: 1}\n"
+        "    later:\n"
+        "      fault_injection: {enabled: true, http_errors: [502], http_error_probability: 1}\n"
+    )
+    args = ("--config", "chaos.yaml", "--chaos", "--chaos-scenario", "at_start")
+    env = {"MOCKFORGE_DEBUG_HEADERS": "1"}
+    with (
+        mockforge_serve(
+            tmp_path, "--workers", "3", "--worker-class", "sync", *args, env=env
+        ) as server,
+        session() as http,
+    ):
+        url = ["--url", server.url]
+        runner = CliRunner()
+
+        def answers() -> tuple[set[int], int]:
+            """Statuses of 30 requests on fresh connections, and how many workers answered."""
+            got = _concurrently(
+                30,
+                10,
+                lambda fresh: (
+                    (answer := fresh.get(server.url + "/api/test", timeout=10)).status_code,
+                    answer.headers.get("X-Mockforge-Worker"),
+                ),
+            )
+            return {status for status, _ in got}, len({pid for _, pid in got if pid})
+
+        def active() -> dict[str, Any]:
+            found: dict[str, Any] = http.get(server.url + "/api/chaos/status", timeout=10).json()
+            return found["active_scenario"] or {}
+
+        _wait_for_workers(server.url, 3)
+        assert (active()["name"], active()["reason"]) == ("at_start", "startup")
+        typo = runner.invoke(main, ["chaos", "scenario", "latr", *url])
+        assert typo.exit_code == 1
+        assert "scenario: unknown scenario 'latr'; did you mean 'later'? (choices: " in (
+            typo.output
+        )
+        assert answers() == ({503}, 3)
+        started = runner.invoke(main, ["chaos", "scenario", "later", "--duration", "3", *url])
+        assert started.exit_code == 0, started.output
+        assert answers() == ({502}, 3)
+        deadline = time.monotonic() + 15
+        while active()["name"] != "at_start" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert active()["reason"] == "resumed"  # it ran out
+        assert answers() == ({503}, 3)
+        runner.invoke(main, ["chaos", "scenario", "later", *url])
+        assert answers() == ({502}, 3)
+        stopped = runner.invoke(main, ["chaos", "stop", *url])
+        assert '"resumed": "at_start"' in stopped.output, stopped.output
+        assert answers() == ({503}, 3)
+        runner.invoke(main, ["chaos", "scenario", "later", *url])
+        assert '"resumed": null' in runner.invoke(main, ["chaos", "stop", "--all", *url]).output
+        assert answers()[0] == {200}  # (no worker header: nothing injected)

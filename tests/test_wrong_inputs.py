@@ -368,11 +368,13 @@ def test_a_busy_port_names_the_flag_that_asked_for_it(busy_port: int) -> None:
         ),
         pytest.param(
             ["serve", "--config", "bin.yaml"],
-            ["bin.yaml: not UTF-8 text (byte 0)"],
+            ["bin.yaml: not a YAML file (not UTF-8 text: byte 0)"],
             id="serve-config-not-text",
         ),
         pytest.param(
-            ["validate", "bin.yaml"], ["bin.yaml: not UTF-8 text (byte 0)"], id="validate-binary"
+            ["validate", "bin.yaml"],
+            ["bin.yaml: not a YAML file (not UTF-8 text: byte 0)"],
+            id="validate-binary",
         ),
         pytest.param(
             ["report", "--db", "chaos.yaml"],
