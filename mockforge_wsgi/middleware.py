@@ -28,7 +28,7 @@ from .breaker import record as breaker_record
 from .bulkhead import Bulkhead, pool_name
 from .config import PLUGINS, ChaosConfig, CircuitBreakerConfig, apply_rule
 from .engine import ScenarioEngine
-from .outcome import OUTCOME_KEY, Injection, Outcome
+from .outcome import LATENCY, OUTCOME_KEY, Injection, Outcome
 from .patterns import PATTERN_COUNTER, script_counter
 from .plan import NO_CHAOS, Plan, decide_plan
 from .rate_limit import RateLimiter, client_ip
@@ -54,6 +54,8 @@ NOTHING_INJECTED = Outcome(NO_CHAOS, [])
 _new = tuple.__new__
 _TYPE_OF = operator.itemgetter(0)  # an Injection's type
 WORKER_HEADER = "X-Mockforge-Worker"
+# The ChaosMiddleware that decides a request: the outermost; one inside it steps aside.
+MIDDLEWARE_KEY = "mockforge.middleware"
 
 ERROR_LOG_INTERVAL_S = 60.0
 
@@ -165,6 +167,11 @@ class ChaosMiddleware:
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         """Management or exempt -> decide one Plan -> report it -> apply it."""
+        deciding: object = environ.setdefault(MIDDLEWARE_KEY, self)
+        if deciding is not self:
+            # An outer ChaosMiddleware decides this request (``mockforge serve --app`` of
+            # an app that wraps itself): its config and its management API are in force.
+            return self.app(environ, start_response)
         if not self._server_checked:
             self._check_server(environ)
         path = environ.get("PATH_INFO", "")
@@ -497,13 +504,15 @@ class ChaosMiddleware:
             self._internal_error("reporting an injection")
         if log.isEnabledFor(logging.INFO):
             for kind, detail in found:
+                delay = f" delay_ms={delay_ms:.0f}" if kind == LATENCY and delay_ms else ""
                 log.info(
-                    "chaos injected request_id=%s type=%s detail=%s method=%s path=%s",
+                    "chaos injected request_id=%s type=%s detail=%s method=%s path=%s%s",
                     request_id,
                     kind,
                     detail,
                     environ.get("REQUEST_METHOD"),
                     environ.get("PATH_INFO"),
+                    delay,
                 )
 
     def _report_found(self, environ: WSGIEnvironment, found: list[Injection]) -> None:
