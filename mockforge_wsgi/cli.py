@@ -37,6 +37,7 @@ from .report import render_report
 from .scenarios import BUILTIN_SCENARIOS, Scenario, load_scenarios
 from .state import MemoryStore, Store, StoreError, store_from_env, store_from_url
 from .state.server_store import server_store_directory
+from .tracing import traces_url
 from .verdicts import DEFAULT_WINDOW_S
 
 DEFAULT_URL = "http://127.0.0.1:3000"
@@ -424,7 +425,7 @@ def serve(
     if recorder_db:
         opened.append(f"recorder database {recorder_db}")
     if otlp_endpoint:
-        opened.append(f"tracing: spans over OTLP/HTTP to {otlp_endpoint.rstrip('/')}/v1/traces")
+        opened.append(f"tracing: spans over OTLP/HTTP to {traces_url(otlp_endpoint)}")
     if accesslog is not None:
         opened.append(f"access log {'stdout' if accesslog == '-' else accesslog}")
     when_ready = []
