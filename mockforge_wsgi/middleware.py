@@ -54,8 +54,6 @@ NOTHING_INJECTED = Outcome(NO_CHAOS, [])
 _new = tuple.__new__
 _TYPE_OF = operator.itemgetter(0)  # an Injection's type
 WORKER_HEADER = "X-Mockforge-Worker"
-# The ChaosMiddleware that decides a request: the outermost; one inside it steps aside.
-MIDDLEWARE_KEY = "mockforge.middleware"
 
 ERROR_LOG_INTERVAL_S = 60.0
 
@@ -167,11 +165,6 @@ class ChaosMiddleware:
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         """Management or exempt -> decide one Plan -> report it -> apply it."""
-        deciding: object = environ.setdefault(MIDDLEWARE_KEY, self)
-        if deciding is not self:
-            # An outer ChaosMiddleware decides this request (``mockforge serve --app`` of
-            # an app that wraps itself): its config and its management API are in force.
-            return self.app(environ, start_response)
         if not self._server_checked:
             self._check_server(environ)
         path = environ.get("PATH_INFO", "")

@@ -76,21 +76,6 @@ def test_disabled_passes_through_untouched() -> None:
     assert app.bodies[0].closed
 
 
-def test_an_inner_chaos_middleware_steps_aside_for_the_outer() -> None:
-    """``mockforge serve --app`` of an app that wraps itself: the outer one decides (its
-    config, its management API); the inner one, called alone, still does its own."""
-    app = RecordingApp()
-    inner = ChaosMiddleware(
-        app, config=chaos(fault_injection={"http_errors": [502], "http_error_probability": 1.0})
-    )
-    outer = Client(LintMiddleware(ChaosMiddleware(inner, config=ChaosConfig(enabled=False))))
-    response = outer.get("/", buffered=True)
-    assert (response.status_code, response.data) == (200, b"hello world")
-    assert "X-Mockforge-Chaos" not in response.headers
-    assert outer.get("/api/chaos/status").json["enabled"] is False  # the outer's API
-    assert Client(inner).get("/").status_code == 502
-
-
 def test_enabled_without_chaos_passes_through_with_plan() -> None:
     app = RecordingApp()
     client, _ = linted(app, chaos(latency={"probability": 0.0, "fixed_delay_ms": 100}))

@@ -13,12 +13,18 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from flask import Flask
 from servers import session
+from werkzeug.test import Client, EnvironBuilder
 
+from mockforge_wsgi import load_config
+from mockforge_wsgi.app import create_app
 from mockforge_wsgi.cli import main
+from mockforge_wsgi.middleware import ChaosMiddleware
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 LISTENING = re.compile(r"Listening at: (http://127\.0\.0\.1:\d+)")
@@ -159,6 +165,27 @@ def test_django_example_as_documented(tmp_path: Path) -> None:
     args = ("--app", "mysite.wsgi:application", *ALWAYS_503)
     with console_serve(EXAMPLES / "django_project", tmp_path, *args) as served:
         assert_wrapped(served.url, "/users/1", '{"id": 1}')
+
+
+@pytest.mark.parametrize("shape", ["django", "flask"])
+def test_an_app_that_wraps_itself_gets_one_chaos(shape: str) -> None:
+    """serve's ChaosMiddleware replaces the app's own (its route_for kept), which would
+    inject too, under a management API serve's hides."""
+    faults = {"enabled": True, "http_errors": [502], "http_error_probability": 1.0}
+    always_502 = load_config(environ={}, overrides={"enabled": True, "fault_injection": faults})
+    flask_app = Flask("mf_own_chaos")
+    flask_app.get("/users/<int:n>")(lambda n: {"id": n})
+    if shape == "django":
+        app: Any = ChaosMiddleware(flask_app, config=always_502, route_for=lambda e: "users")
+    else:
+        app = flask_app
+        app.wsgi_app = ChaosMiddleware(app.wsgi_app, config=always_502)
+    served = create_app(wrap=app, environ={}, metrics=False)
+    client = Client(served)
+    assert client.get("/users/1").json == {"id": 1}
+    assert client.get("/api/chaos/status").json["enabled"] is False  # serve's, in force
+    expected = "users" if shape == "django" else "/users/<int:n>"
+    assert served.route_for(EnvironBuilder(path="/users/1").get_environ()) == expected
 
 
 @pytest.mark.parametrize(
