@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from flask import Flask
-from servers import session
+from servers import gunicorn_server, session
 from werkzeug.test import Client, EnvironBuilder
 
 from mockforge_wsgi import load_config
 from mockforge_wsgi.app import create_app
-from mockforge_wsgi.cli import main
+from mockforge_wsgi.cli import ACCESS_LOG_FORMAT, main
 from mockforge_wsgi.middleware import ChaosMiddleware
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
@@ -271,3 +271,26 @@ def test_the_logs_a_user_reads(tmp_path: Path) -> None:
     # no chaos, but recorded: the recorder's id, the one in its row
     calm = re.search(r'request_id=([0-9a-f]{16}) chaos="-"$', access[1])
     assert calm is not None and calm.group(1) != request_id, access[1]
+
+
+@pytest.mark.server
+def test_plain_gunicorn_gets_the_same_logs_as_documented(tmp_path: Path) -> None:
+    """docs/observability.md: --logger-class GunicornLogger and our access format."""
+    args = ("--logger-class", "mockforge_wsgi.cli.GunicornLogger", "--access-logfile", "-")
+    args += ("--access-logformat", ACCESS_LOG_FORMAT)
+    env = {
+        "MOCKFORGE_CHAOS_ENABLED": "true",
+        "MOCKFORGE_CHAOS_FAULT_INJECTION_ENABLED": "true",
+        "MOCKFORGE_CHAOS_FAULT_INJECTION_HTTP_ERRORS": "503",
+        "MOCKFORGE_CHAOS_FAULT_INJECTION_HTTP_ERROR_PROBABILITY": "1.0",
+    }
+    with (
+        gunicorn_server(tmp_path, app="mockforge_wsgi.app:app", env=env, extra_args=args) as s,
+        session() as http,
+    ):
+        request_id = http.get(s.url + "/api/test", timeout=10).headers["X-Mockforge-Request-Id"]
+        time.sleep(0.3)
+        log = s.log()
+    assert f"[INFO] chaos injected request_id={request_id} type=http_error detail=503" in log
+    access = [line for line in log.splitlines() if '"GET /api/test HTTP/1.1" 503 ' in line]
+    assert access[0].endswith(f'request_id={request_id} chaos="fault=http_503"'), log

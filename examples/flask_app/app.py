@@ -1,6 +1,7 @@
 """A small Flask API wrapped in chaos: the README's Quick start serves this.
 
     gunicorn --chdir examples/flask_app -k gthread --threads 8 -b 127.0.0.1:3000 app:app
+    cd examples/flask_app && mockforge serve --app app:app   # serve's chaos instead of this one
 
 Chaos comes from ``chaos.yaml`` beside this file (or ``MOCKFORGE_CONFIG``), then
 ``MOCKFORGE_CHAOS_*`` environment variables.
