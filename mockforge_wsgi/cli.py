@@ -153,7 +153,7 @@ def _import_app(spec: str) -> Any:
 
 
 def _import_paths(chdir: str | None, pythonpath: str | None) -> None:
-    """Where ``--app`` (and plugins) import from, set as gunicorn sets it
+    """Where ``--app`` imports from, set as gunicorn sets it
     (``Application.chdir``, then ``Application.run``): the directory it runs in first on
     sys.path, each ``--pythonpath`` entry before it. The console script's own sys.path
     starts at its bin directory, not here. Workers are forked from this process: they
