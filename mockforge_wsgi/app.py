@@ -111,6 +111,7 @@ def create_app(
     extra_rules = route_rules(routes)
     if extra_rules:  # per-route chaos goes first: a route's own override wins
         config = attrs.evolve(config, rules=(*RULES.parse(extra_rules), *config.rules))
+    wrap, route_for = _own_chaos_removed(wrap)
     try:
         chaos = ChaosMiddleware(
             wrap if wrap is not None else MockApp(routes),
@@ -118,6 +119,7 @@ def create_app(
             scenarios=scenarios,
             admin_token=admin_token,
             guard=guard,
+            route_for=route_for,
         )
     except StoreUrlError as error:  # MOCKFORGE_STORE
         raise ConfigError([str(error)]) from None
@@ -160,6 +162,18 @@ def _require(extra: str, variable: str) -> None:
         require(extra, variable)
     except MissingExtra as error:
         raise ConfigError([str(error)]) from None
+
+
+def _own_chaos_removed(app: Any) -> tuple[Any, Any]:
+    """An app that already wraps itself in a ChaosMiddleware (as both examples do), with
+    that one taken out, and its ``route_for``: ours decides instead, once per request.
+    Else its own chaos would apply too, under a management API ours hides."""
+    if isinstance(app, ChaosMiddleware):  # application = ChaosMiddleware(...) (Django)
+        return app.app, app.route_for
+    own = getattr(app, "wsgi_app", None)
+    if isinstance(own, ChaosMiddleware):  # app.wsgi_app = ChaosMiddleware(...) (Flask)
+        app.wsgi_app = own.app
+    return app, None
 
 
 def _document(path: str | os.PathLike[str]) -> Mapping[str, Any]:

@@ -6,6 +6,7 @@ import contextlib
 import functools
 import http.client
 import json
+import logging
 import math
 import os
 import shutil
@@ -20,13 +21,16 @@ from urllib.parse import urlsplit
 
 import click
 from click.core import ParameterSource
+from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
-from gunicorn.config import KNOWN_SETTINGS
+from gunicorn.config import KNOWN_SETTINGS, validate_chdir
+from gunicorn.errors import ConfigError as GunicornConfigError
 from gunicorn.util import import_app
 
 from . import _env
 from ._extras import MissingExtra, require
 from ._guard import BrowserGuard, GuardError, is_loopback, listed
+from ._headers import ANNOTATION_HEADER, REQUEST_ID_KEY
 from .admin import start_admin_listener
 from .app import create_app
 from .client import ChaosApiError, ChaosClient
@@ -37,12 +41,20 @@ from .report import render_report
 from .scenarios import BUILTIN_SCENARIOS, Scenario, load_scenarios
 from .state import MemoryStore, Store, StoreError, store_from_env, store_from_url
 from .state.server_store import server_store_directory
+from .tracing import traces_url
 from .verdicts import DEFAULT_WINDOW_S
 
 DEFAULT_URL = "http://127.0.0.1:3000"
 # gunicorn's own default worker timeout; we only ever raise it.
 BASE_WORKER_TIMEOUT_S = 30
 DEFAULT_BURST = 10
+# gunicorn's combined format, the time taken, then what chaos did: the request id (set
+# for a request that got chaos, or was recorded) and the annotation header, '-' if none.
+ACCESS_LOG_FORMAT = (
+    '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(M)sms '
+    f"request_id=%({{{REQUEST_ID_KEY}}}e)s "
+    f'chaos="%({{{ANNOTATION_HEADER.lower()}}}o)s"'
+)
 
 
 @click.group()
@@ -172,8 +184,55 @@ def _import_app(spec: str) -> Any:
     except BaseException as error:  # gunicorn raises SystemExit-like errors, too
         raise click.UsageError(
             f"--app {spec}: could not import it ({type(error).__name__}: {error}); "
-            "expected module:name or module:factory(), importable from the current directory"
+            "expected module:name or module:factory(), importable from the current directory "
+            "(or --chdir DIR, --pythonpath DIRS)"
         ) from None
+
+
+def _import_paths(chdir: str | None, pythonpath: str | None) -> None:
+    """Where ``--app`` imports from, set as gunicorn sets it
+    (``Application.chdir``, then ``Application.run``): the directory it runs in first on
+    sys.path, each ``--pythonpath`` entry before it. The console script's own sys.path
+    starts at its bin directory, not here. Workers are forked from this process: they
+    import from the same places."""
+    try:
+        directory = validate_chdir(chdir or os.getcwd())  # gunicorn's: absolute, exists
+    except GunicornConfigError as error:
+        raise click.UsageError(f"--chdir {chdir}: {error}: no such directory") from None
+    if not os.path.isdir(directory):
+        raise click.UsageError(f"--chdir {chdir}: can't chdir to {chdir!r}: not a directory")
+    os.chdir(directory)
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
+    for entry in filter(None, (pythonpath or "").split(",")):
+        path = os.path.abspath(entry)  # relative to --chdir, as gunicorn resolves it
+        if not os.path.exists(path):
+            raise click.UsageError(
+                f"--pythonpath {pythonpath}: {entry!r} does not exist (from {directory}); "
+                "expected directories separated by commas"
+            )
+        if path not in sys.path:
+            sys.path.insert(0, path)
+
+
+def _access_log(value: str) -> str | None:
+    """gunicorn's ``accesslog`` for ``--access-log``: '-' (stdout, as gunicorn writes
+    it), None for 'off', else a file opened here first, so a bad path is a usage error,
+    not a master that dies at boot."""
+    if value == "off":
+        return None
+    if value == "-":
+        return value
+    path = os.path.abspath(value)
+    try:
+        with open(path, "a"):
+            pass
+    except OSError as error:
+        raise click.UsageError(
+            f"--access-log {value}: cannot write it ({error.strerror}); "
+            "expected -, off or a file path"
+        ) from None
+    return path
 
 
 @main.command()
@@ -212,7 +271,23 @@ def _import_app(spec: str) -> Any:
     help="gthread: injected latency does not block other requests.",
 )
 @click.option(
-    "--app", "app_spec", metavar="MODULE:APP", help="Wrap your WSGI app instead of the mock API."
+    "--app",
+    "app_spec",
+    metavar="MODULE:APP",
+    help="Wrap your WSGI app instead of the mock API (imported as gunicorn does: from the "
+    "current directory).",
+)
+@click.option(
+    "--chdir",
+    metavar="DIR",
+    help="Change to DIR before importing --app, as gunicorn's --chdir (--config and other "
+    "paths stay relative to where you run the command).",
+)
+@click.option(
+    "--pythonpath",
+    metavar="DIRS",
+    help="Comma-separated directories put first on sys.path (relative to --chdir), as "
+    "gunicorn's --pythonpath.",
 )
 @click.option(
     "--upstream",
@@ -248,6 +323,16 @@ def _import_app(spec: str) -> Any:
     default="info",
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error", "critical"]),
+    help="gunicorn's, and mockforge_wsgi's (one INFO line per injection).",
+)
+@click.option(
+    "--access-log",
+    "access_log",
+    default="-",
+    show_default=True,
+    metavar="-|FILE|off",
+    help="gunicorn's access log with the request id and the chaos annotation: "
+    "- for stdout, a file, or off.",
 )
 @click.option(
     "--metrics", is_flag=True, help="Prometheus metrics at /metrics (the `metrics` extra)."
@@ -286,11 +371,14 @@ def serve(
     threads: int | None,
     worker_class: str,
     app_spec: str | None,
+    chdir: str | None,
+    pythonpath: str | None,
     upstream: str | None,
     admin_token: str | None,
     allowed_hosts: tuple[str, ...],
     allowed_origins: tuple[str, ...],
     log_level: str,
+    access_log: str,
     metrics: bool,
     metrics_port: int | None,
     admin_port: int | None,
@@ -311,7 +399,6 @@ def serve(
         raise click.UsageError("--app and --upstream: serve one of them, not both")
     overrides, sources = _flag_overrides(flags)
     guard = _guard(host, allowed_hosts, allowed_origins)
-    wrapped = _import_app(app_spec) if app_spec else None
     metrics = metrics or metrics_port is not None
     if recorder or recorder_db:
         recorder_db = os.path.abspath(recorder_db or "mockforge-recorder.db")
@@ -321,6 +408,11 @@ def serve(
             raise click.UsageError(f"--recorder-db: {error}") from None
     _checked_url("otlp_endpoint", otlp_endpoint)
     _checked_url("jaeger_endpoint", jaeger_endpoint)
+    if chdir and config_path:
+        config_path = os.path.abspath(config_path)
+    accesslog = _access_log(access_log)
+    _import_paths(chdir, pythonpath)
+    wrapped = _import_app(app_spec) if app_spec else None
     otlp_endpoint = otlp_endpoint or jaeger_endpoint
     if tracing or otlp_endpoint:
         otlp_endpoint = otlp_endpoint or "http://localhost:4318"
@@ -368,6 +460,9 @@ def serve(
         "worker_class": worker_class,
         "timeout": timeout,
         "loglevel": log_level,
+        "logger_class": GunicornLogger,
+        "accesslog": accesslog,
+        "access_log_format": ACCESS_LOG_FORMAT,
     }
     if worker_class == "sync":
         # A sync worker sleeps through injected latency without beating its heartbeat:
@@ -380,6 +475,28 @@ def serve(
         options["worker_tmp_dir"] = "/dev/shm"
     metrics_dir = _metrics_dir() if metrics else None
     options["child_exit"] = functools.partial(_child_exit, shared, metrics_dir)
+    url = _env.text(_env.STORE) or ""
+    if url:
+        store = f"store {url}"
+    elif workers > 1:
+        store = "one embedded store for all workers"
+    else:
+        store = "in-process store"
+    serving = f"a proxy to {upstream}" if upstream else (app_spec or "the mock API")
+    opened = [
+        f"serving {serving} ({workers} {worker_class} worker(s), {store}, "
+        f"chaos {'on' if startup.enabled else 'off'})",
+        "management API {main}/api/chaos (dashboard {main}/api/chaos/ui)",
+    ]
+    if metrics:
+        on_port = f", http://{host}:{metrics_port}/metrics" if metrics_port is not None else ""
+        opened.append(f"metrics {{main}}/metrics{on_port}")
+    if recorder_db:
+        opened.append(f"recorder database {recorder_db}")
+    if otlp_endpoint:
+        opened.append(f"tracing: spans over OTLP/HTTP to {traces_url(otlp_endpoint)}")
+    if accesslog is not None:
+        opened.append(f"access log {'stdout' if accesslog == '-' else accesslog}")
     when_ready = []
     if metrics_port is not None:
         when_ready.append(functools.partial(_serve_metrics_port, host, metrics_port))
@@ -396,10 +513,11 @@ def serve(
                 admin_token,
                 metrics_dir is not None,
                 guard,
+                opened,
             )
         )
-    if when_ready:
-        options["when_ready"] = functools.partial(_run_all, when_ready)
+    when_ready.append(functools.partial(_log_opened, opened))
+    options["when_ready"] = functools.partial(_run_all, when_ready)
 
     def factory() -> Any:
         return create_app(
@@ -416,20 +534,6 @@ def serve(
             on_warning=lambda warning: None,  # the master said it at start
         )
 
-    url = _env.text(_env.STORE) or ""
-    if url:
-        store = f"store {url}"
-    elif workers > 1:
-        store = "one embedded store for all workers"
-    else:
-        store = "in-process store"
-    serving = f"a proxy to {upstream}" if upstream else (app_spec or "the mock API")
-    click.echo(
-        f"mockforge: serving {serving} on http://{host}:{port} "
-        f"({workers} {worker_class} worker(s), "
-        f"{store}, chaos {'on' if startup.enabled else 'off'}; management API at /api/chaos)",
-        err=True,
-    )
     for warning in _exposure_warnings(host, guard, admin_token):
         click.echo(f"mockforge: WARNING: {warning}", err=True)
     try:
@@ -523,6 +627,16 @@ def _run_all(hooks: list[Any], server: Any) -> None:
         hook(server)
 
 
+def _log_opened(opened: list[str], server: Any) -> None:
+    """gunicorn hook (master, when ready): every endpoint this server opened, once bound
+    (``--port 0`` is known by now)."""
+    main = str(server.LISTENERS[0]) if server.LISTENERS else ""
+    first, *rest = opened
+    server.log.info("mockforge: %s on %s", first, main)
+    for line in rest:
+        server.log.info("mockforge: %s", line.format(main=main))
+
+
 def _serve_admin_port(
     host: str,
     port: int,
@@ -530,6 +644,7 @@ def _serve_admin_port(
     admin_token: str | None,
     metrics: bool,
     guard: BrowserGuard,
+    opened: list[str],
     server: Any,
 ) -> None:
     """gunicorn hook (master, when ready): the management API (and the workers'
@@ -544,9 +659,9 @@ def _serve_admin_port(
     listener = start_admin_listener(
         host, port, engine, admin_token=admin_token, metrics=metrics_app, guard=guard
     )
-    server.log.info(
-        "mockforge: admin listener at http://%s:%d/api/chaos", host, listener.server_port
-    )
+    admin = f"http://{host}:{listener.server_port}"
+    also = f" and {admin}/metrics" if metrics else ""
+    opened.insert(2, f"admin listener at {admin}/api/chaos{also}")  # after the main one's
 
 
 def _serve_metrics_port(host: str, port: int, server: Any) -> None:
@@ -581,6 +696,23 @@ def _named_store() -> Store | None:
         return None
     store = store_from_url(url)
     return None if isinstance(store, MemoryStore) else store
+
+
+class GunicornLogger(glogging.Logger):  # type: ignore[misc]
+    """gunicorn's logger, which also gives the ``mockforge_wsgi`` logger (one INFO line
+    per injection, our own failures) its error log and level: gunicorn sets up only its
+    own loggers, and a logger without a handler prints warnings and worse only.
+
+    ``mockforge serve`` uses it; with plain gunicorn:
+    ``gunicorn --logger-class mockforge_wsgi.cli.GunicornLogger mockforge_wsgi.app:app``.
+    """
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)  # again on a reload (HUP): the handlers are replaced, not added
+        ours = logging.getLogger("mockforge_wsgi")
+        ours.handlers = list(self.error_log.handlers)
+        ours.setLevel(self.loglevel)
+        ours.propagate = False  # gunicorn's handlers already have it
 
 
 class _Server(BaseApplication):  # type: ignore[misc]
@@ -827,4 +959,4 @@ def _check_recorder_db(db: str) -> None:
         raise click.BadParameter(f"{db!r} holds no recorded requests; {fix}", param_hint="--db")
 
 
-__all__ = ["longest_delay_s", "main", "worker_timeout"]
+__all__ = ["ACCESS_LOG_FORMAT", "GunicornLogger", "longest_delay_s", "main", "worker_timeout"]

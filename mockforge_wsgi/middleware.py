@@ -28,7 +28,7 @@ from .breaker import record as breaker_record
 from .bulkhead import Bulkhead, pool_name
 from .config import PLUGINS, ChaosConfig, CircuitBreakerConfig, apply_rule
 from .engine import ScenarioEngine
-from .outcome import OUTCOME_KEY, Injection, Outcome
+from .outcome import LATENCY, OUTCOME_KEY, Injection, Outcome
 from .patterns import PATTERN_COUNTER, script_counter
 from .plan import NO_CHAOS, Plan, decide_plan
 from .rate_limit import RateLimiter, client_ip
@@ -503,13 +503,15 @@ class ChaosMiddleware:
             self._internal_error("reporting an injection")
         if log.isEnabledFor(logging.INFO):
             for kind, detail in found:
+                delay = f" delay_ms={delay_ms:.0f}" if kind == LATENCY and delay_ms else ""
                 log.info(
-                    "chaos injected request_id=%s type=%s detail=%s method=%s path=%s",
+                    "chaos injected request_id=%s type=%s detail=%s method=%s path=%s%s",
                     request_id,
                     kind,
                     detail,
                     environ.get("REQUEST_METHOD"),
                     environ.get("PATH_INFO"),
+                    delay,
                 )
 
     def _report_found(self, environ: WSGIEnvironment, found: list[Injection]) -> None:

@@ -18,7 +18,7 @@ from .outcome import LATENCY, Injection
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-__all__ = ["TracingMiddleware", "record_injections", "setup_tracing"]
+__all__ = ["TracingMiddleware", "record_injections", "setup_tracing", "traces_url"]
 
 EVENT_NAME = "mockforge.chaos"
 
@@ -51,6 +51,12 @@ def record_injections(
         span.add_event(EVENT_NAME, attributes)
 
 
+def traces_url(endpoint: str) -> str:
+    """Where spans go: the collector's OTLP/HTTP traces path (``<endpoint>/v1/traces``)."""
+    url = endpoint.rstrip("/")
+    return url if url.endswith("/v1/traces") else url + "/v1/traces"
+
+
 def setup_tracing(endpoint: str, service_name: str = "mockforge") -> None:
     """Send spans to an OTLP/HTTP collector at ``endpoint`` (Jaeger accepts OTLP too)."""
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -58,9 +64,7 @@ def setup_tracing(endpoint: str, service_name: str = "mockforge") -> None:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    url = endpoint.rstrip("/")
-    if not url.endswith("/v1/traces"):
-        url += "/v1/traces"
+    url = traces_url(endpoint)
     provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=url)))
     _trace.set_tracer_provider(provider)

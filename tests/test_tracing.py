@@ -126,6 +126,12 @@ def test_full_observability_stack_command_starts(tmp_path: Path) -> None:
             assert found["requests"][0]["fault_type"] == "latency"
             metrics = http.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
             assert 'mockforge_chaos_injections_total{detail="",type="latency"} 1.0' in metrics
+            log = server.log()  # the startup block names every endpoint opened
+            collector_url = f"http://127.0.0.1:{collector.server_port}/api/traces/v1/traces"
+            assert f"mockforge: tracing: spans over OTLP/HTTP to {collector_url}" in log
+            metrics_urls = f"{server.url}/metrics, http://127.0.0.1:{metrics_port}/metrics"
+            assert f"mockforge: metrics {metrics_urls}" in log
+            assert f"mockforge: recorder database {tmp_path / 'chaos-observability.db'}" in log
     finally:
         collector.shutdown()
         collector.server_close()

@@ -2,6 +2,7 @@
 README's Quick start serves the built-in mock API, not this. Run it from the repository:
 
     gunicorn --chdir examples/flask_app -k gthread --threads 8 -b 127.0.0.1:3000 app:app
+    cd examples/flask_app && mockforge serve --app app:app   # serve's chaos instead of this one
 
 Chaos comes from ``chaos.yaml`` beside this file (or ``MOCKFORGE_CONFIG``), then
 ``MOCKFORGE_CHAOS_*`` environment variables.

@@ -1,10 +1,12 @@
 """Django's WSGI application wrapped in chaos: one line, no Flask code.
 
     gunicorn --chdir examples/django_project -k gthread mysite.wsgi:application
+    cd examples/django_project && mockforge serve --app mysite.wsgi:application
 
 The management API answers at /api/chaos (mounted by the middleware). Chaos comes from
 MOCKFORGE_CONFIG (a YAML path) and MOCKFORGE_CHAOS_* variables; per-endpoint rate
-limits key on Django's route patterns through ``route_for``.
+limits key on Django's route patterns through ``route_for``. Under ``mockforge serve``
+serve's middleware takes this one's place (``route_for`` kept), configured by its flags.
 """
 
 import os
