@@ -53,7 +53,7 @@ from sybil.parsers.markdown.lexers import DirectiveInHTMLCommentLexer, RawFenced
 ROOT = Path(__file__).resolve().parent.parent
 PATTERNS = ["README.md", "docs/*.md", "examples/**/README.md"]
 # Before a block: the marker that says it is not run, or what it is the output of.
-_BEFORE = re.compile(r"<!--\s*(not run|output of):\s*(.+?)\s*-->\s*\Z", re.DOTALL)
+_BEFORE = re.compile(r"<!--\s*(not run|output of):\s*(.+?)\s*-->", re.DOTALL)
 _LOCAL = re.compile(r"(?:http://)?(?:localhost|127\.0\.0\.1):3000")
 _SHELLS = {"bash", "sh", "shell", "console"}
 
@@ -103,10 +103,10 @@ def _fences(document: Document) -> Iterable[Region]:
         mapping={"language": "language", "source": "source"},
     )
     for region in lexer(document):
-        before = _BEFORE.search(document.text[: region.start].rstrip() + "\n")
-        # only a marker on the line right before the fence counts
-        tail = document.text[: region.start].rstrip().rsplit("\n", 1)[-1]
-        marker = before.groups() if before and tail.rstrip().endswith("-->") else (None, "")
+        before = document.text[: region.start].rstrip()
+        comment = before[before.rfind("<!--") :] if before.endswith("-->") else ""
+        found = _BEFORE.fullmatch(comment)
+        marker = found.groups() if found else (None, "")
         language = region.lexemes["language"].strip().split(" ")[0]
         line = document.text.count("\n", 0, region.start) + 1
         region.parsed = Block(language, str(region.lexemes["source"]), line, *marker)
@@ -149,7 +149,9 @@ class Context:
 
 
 def setup(namespace: dict[str, Any]) -> None:
-    namespace["__docs__"] = Context(namespace)
+    context = Context(namespace)
+    namespace["__docs__"] = context
+    namespace["chaos_server_url"] = context.server  # for invisible setup blocks
 
 
 def teardown(namespace: dict[str, Any]) -> None:
@@ -220,6 +222,7 @@ def _run_python(block: Block, namespace: dict[str, Any], url: str, where: str) -
 def _run_yaml(block: Block, context: Context, where: str) -> None:
     from mockforge_wsgi.cli import main
     from mockforge_wsgi.config import load_config
+    from mockforge_wsgi.scenarios import load_scenarios
 
     path = context.folder / "block.yaml"
     path.write_text(block.source, encoding="utf-8")
@@ -232,7 +235,13 @@ def _run_yaml(block: Block, context: Context, where: str) -> None:
     chaos = document.get("chaos", (document.get("observability") or {}).get("chaos"))
     if chaos is not None:
         config = load_config(path, environ={})
-        _same(chaos, config, "chaos", where)
+        _same({k: v for k, v in chaos.items() if k != "scenarios"}, config, "chaos", where)
+        loaded = {scenario.name: scenario for scenario in load_scenarios(path)}
+        for name, written in (chaos.get("scenarios") or {}).items():
+            assert name in loaded, f"{where}: scenario {name} was not loaded"
+            assert written.get("description", loaded[name].description) == loaded[name].description
+            sections = {k: v for k, v in written.items() if k not in ("description", "override")}
+            _same(sections, loaded[name].config, f"chaos.scenarios.{name}", where)
 
 
 def _same(written: Any, loaded: Any, path: str, where: str) -> None:
@@ -319,14 +328,15 @@ class Shell:
 
     def __init__(self, context: Context, url: str, where: str) -> None:
         self.context, self.url, self.where = context, url, where
-        self.background: list[subprocess.Popen[bytes]] = []
+        self.servers: list[tuple[subprocess.Popen[bytes], Any]] = []
 
     def __enter__(self) -> Shell:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        for process in self.background:
+        for process, log in self.servers:
             _stop(process)
+            log.close()
 
     def run(self, line: str, *, check: bool = True) -> tuple[int, str]:
         command, _, comment = line.partition("  #")
@@ -357,15 +367,14 @@ class Shell:
         return self._command(words, env, cwd)
 
     def _command(self, words: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str]:
-        background = words[-1:] == ["&"]
-        words = [w for w in words if w != "&"]
+        words = [w for w in words if w != "&"]  # every server stays up to the block's end
         program = words[0]
         if program in ("python", "python3") and words[1:4] == ["-m", "pip", "install"]:
             return self._pip(words[4:])
         if program == "curl":
             return self._curl(words, cwd)
         if program == "mockforge" and words[1] == "serve" or program == "gunicorn":
-            return self._server(words, env, cwd, background)
+            return self._server(words, env, cwd)
         if program == "mockforge":
             return self._cli(words[1:], env)
         if program in ("python", "python3", "chaos"):
@@ -418,41 +427,32 @@ class Shell:
             out += repr(invoked.exception)
         return invoked.exit_code, out
 
-    def _server(
-        self, words: list[str], env: dict[str, str], cwd: Path, background: bool
-    ) -> tuple[int, str]:
-        """Start it for real on a free port; it must answer, then stop (or stay, with &)."""
+    def _server(self, words: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str]:
+        """Start it for real on a free port; once it answers, the block's later lines talk
+        to it (as a reader's other shell would) until the block ends."""
         port = _free_port()
         if words[0] == "gunicorn":
-            argv = [sys.executable, "-m", "gunicorn", *words[1:], "--bind", f"127.0.0.1:{port}"]
-            ready = "/api/chaos/status"
-        else:
+            bind = [w for w in words[1:] if w not in ("-b", "--bind", "127.0.0.1:3000")]
+            argv = [sys.executable, "-m", "gunicorn", *bind, "--bind", f"127.0.0.1:{port}"]
+        else:  # the interpreter running the suite, as the console script would
             argv = [sys.executable, "-m", "mockforge_wsgi", *words[1:], "--port", str(port)]
-            for flag in ("--admin-port",):
+            for flag in ("--admin-port", "--metrics-port"):
                 if flag in argv:
                     argv[argv.index(flag) + 1] = str(_free_port())
-            ready = "/api/chaos/status"
         log = tempfile.TemporaryFile()
         process = subprocess.Popen(
             argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
             env={k: v for k, v in os.environ.items() if not k.startswith("MOCKFORGE_")} | env,
         )  # fmt: skip
+        self.servers.append((process, log))
         url = f"http://127.0.0.1:{port}"
-        try:
-            code = _wait(process, url + ready)
-        except BaseException:
-            _stop(process)
-            raise
+        code = _wait(process, url + "/api/chaos/status")
         log.seek(0)
         out = log.read().decode(errors="replace")
-        if code is not None:
-            return code, out
-        if background:
-            self.background.append(process)
+        if code is None:
             self.url = url
-        else:
-            _stop(process)
-        return 0, out
+            return 0, out
+        return code, out
 
 
 def _wait(process: subprocess.Popen[bytes], url: str) -> int | None:
