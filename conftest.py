@@ -12,7 +12,7 @@ from sybil.integration.pytest import SybilItem
 
 sys.path.insert(0, str(Path(__file__).parent / "tests"))
 
-from doc_blocks import SYBIL, server_items  # noqa: E402
+from doc_blocks import SYBIL, server_items
 
 pytest_collect_file = SYBIL.pytest()
 

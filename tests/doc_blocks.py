@@ -87,13 +87,13 @@ class Block:
     @property
     def needs_server(self) -> bool:
         """Starts a server or talks to one (so it is marked ``server``)."""
-        if self.runner == "skip" or self.invisible:
+        if self.runner == "skip":
             return False
         text = self.argument if self.runner == "output" else self.source
         if self.runner in ("shell", "output"):
             return any(_serves(words) for line in _lines(text) for words in _commands(line))
         return self.runner == "python" and bool(
-            _LOCAL.search(text) or re.search(r"def test_\w+\(.*\bchaos", text)
+            re.search(r":3000|\bchaos_server|\bchaos\.", text)  # talks to chaos_server
         )
 
 
@@ -268,21 +268,30 @@ def _plain(value: Any) -> Any:
 
 def _run_output(block: Block, context: Context, url: str, where: str) -> None:
     with Shell(context, url, where) as shell:
-        code, out = shell.run(block.argument, check=False)
+        _, out = shell.run(block.argument)
     if block.language == "json":
         assert json.loads(out) == json.loads(block.source), (where, out)
         return
     said = " ".join(out.split())
-    missing = [
-        line for line in block.source.splitlines() if " ".join(line.split()) not in said
-    ]
+    missing = [line for line in block.source.splitlines() if " ".join(line.split()) not in said]
     assert not missing, f"{where}: {block.argument} printed:\n{out}\nnot: {missing}"
 
 
 def _lines(source: str) -> list[str]:
-    """Shell lines, continuations joined, comment-only lines left out."""
-    joined = re.sub(r"\\\n\s*", " ", source)
-    return [line.strip() for line in joined.splitlines() if line.strip() and not line.strip().startswith("#")]
+    """Shell lines: a trailing ``\\`` or an open quote joins the next line; comment-only
+    lines are left out."""
+    lines, pending = [], ""
+    for raw in re.sub(r"\\\n\s*", " ", source).splitlines():
+        pending = f"{pending}\n{raw}" if pending else raw
+        try:
+            shlex.split(pending)
+        except ValueError:  # a quote still open
+            continue
+        if pending.strip() and not pending.strip().startswith("#"):
+            lines.append(pending.strip())
+        pending = ""
+    assert not pending, f"an unclosed quote: {pending!r}"
+    return lines
 
 
 def _commands(line: str) -> list[list[str]]:
@@ -329,6 +338,7 @@ class Shell:
     def __init__(self, context: Context, url: str, where: str) -> None:
         self.context, self.url, self.where = context, url, where
         self.servers: list[tuple[subprocess.Popen[bytes], Any]] = []
+        self.ports: dict[str, str] = {}  # a port the docs name -> the one the test took
 
     def __enter__(self) -> Shell:
         return self
@@ -350,6 +360,8 @@ class Shell:
     def _run(self, command: str) -> tuple[int, str]:
         env: dict[str, str] = {}
         cwd = self.context.folder
+        for docs, taken in self.ports.items():
+            command = re.sub(rf"\b(localhost|127\.0\.0\.1):{docs}\b", rf"\1:{taken}", command)
         words = shlex.split(_local(command, self.url).replace("$TOKEN", "s3cret"))
         while words and re.fullmatch(r"[A-Z_]+=.*", words[0]):
             name, _, value = words.pop(0).partition("=")
@@ -373,7 +385,7 @@ class Shell:
             return self._pip(words[4:])
         if program == "curl":
             return self._curl(words, cwd)
-        if program == "mockforge" and words[1] == "serve" or program == "gunicorn":
+        if (program == "mockforge" and words[1] == "serve") or program == "gunicorn":
             return self._server(words, env, cwd)
         if program == "mockforge":
             return self._cli(words[1:], env)
@@ -405,7 +417,8 @@ class Shell:
 
     def _curl(self, words: list[str], cwd: Path) -> tuple[int, str]:
         done = subprocess.run(
-            ["curl", "--fail", "--max-time", "20", *words[1:]],
+            ["curl", *([] if "--fail" in words else ["--fail-with-body"]), "--max-time", "20",
+             *words[1:]],
             capture_output=True, timeout=60, check=False, cwd=cwd,
         )  # fmt: skip
         out = done.stdout.decode(errors="replace")
@@ -423,6 +436,8 @@ class Shell:
             args = [*args, "--url", self.url]
         invoked = CliRunner().invoke(main, args, env=env)
         out = invoked.output
+        if invoked.exit_code == 0:
+            assert out.strip(), f"{self.where}: mockforge {' '.join(args)} said nothing"
         if invoked.exception and not isinstance(invoked.exception, SystemExit):
             out += repr(invoked.exception)
         return invoked.exit_code, out
@@ -438,8 +453,11 @@ class Shell:
             argv = [sys.executable, "-m", "mockforge_wsgi", *words[1:], "--port", str(port)]
             for flag in ("--admin-port", "--metrics-port"):
                 if flag in argv:
-                    argv[argv.index(flag) + 1] = str(_free_port())
-        log = tempfile.TemporaryFile()
+                    at = argv.index(flag) + 1
+                    taken = str(_free_port())
+                    self.ports[argv[at]] = taken
+                    argv[at] = taken
+        log = tempfile.TemporaryFile()  # noqa: SIM115 (closed when the block ends)
         process = subprocess.Popen(
             argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
             env={k: v for k, v in os.environ.items() if not k.startswith("MOCKFORGE_")} | env,
@@ -461,9 +479,8 @@ def _wait(process: subprocess.Popen[bytes], url: str) -> int | None:
     while time.monotonic() < deadline:
         if process.poll() is not None:
             return process.returncode
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(url, timeout=5):
-                return None
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=5):
+            return None
         time.sleep(0.05)
     raise AssertionError(f"{url} did not answer in 30 s")
 
