@@ -103,8 +103,8 @@ def _fences(document: Document) -> Iterable[Region]:
         mapping={"language": "language", "source": "source"},
     )
     for region in lexer(document):
-        before = document.text[: region.start].rstrip()
-        comment = before[before.rfind("<!--") :] if before.endswith("-->") else ""
+        before = document.text[: region.start].rstrip(" \t")  # the line before the fence:
+        comment = before[before.rfind("<!--") :].strip() if before.endswith("-->\n") else ""
         found = _BEFORE.fullmatch(comment)
         marker = found.groups() if found else (None, "")
         language = region.lexemes["language"].strip().split(" ")[0]
@@ -161,7 +161,8 @@ def teardown(namespace: dict[str, Any]) -> None:
 def evaluate(example: Example) -> None:
     block: Block = example.parsed
     context: Context = example.namespace["__docs__"]
-    where = f"{Path(example.path).relative_to(ROOT)}:{block.line}"
+    path = Path(example.path)
+    where = f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name}:{block.line}"
     runner = block.runner
     if runner is None:
         pytest.fail(
@@ -281,7 +282,7 @@ def _lines(source: str) -> list[str]:
     """Shell lines: a trailing ``\\`` or an open quote joins the next line; comment-only
     lines are left out."""
     lines, pending = [], ""
-    for raw in re.sub(r"\\\n\s*", " ", source).splitlines():
+    for raw in re.sub(r"\s*\\\n\s*", " ", source).splitlines():
         pending = f"{pending}\n{raw}" if pending else raw
         try:
             shlex.split(pending)
@@ -395,6 +396,8 @@ class Shell:
                 chaos = shutil.which("chaos")
                 assert chaos, "chaos (chaostoolkit, the dev extra) is not installed"
                 argv = [chaos, "--no-log-file", *words[1:]]
+                if words[1] == "run":  # its journal in the block's folder, not the checkout
+                    argv[3:3] = ["--journal-path", str(self.context.folder / "journal.json")]
             done = subprocess.run(
                 argv, cwd=ROOT if cwd == self.context.folder else cwd, capture_output=True,
                 text=True, timeout=120, env={**os.environ, **env, "NO_PROXY": "127.0.0.1"},
