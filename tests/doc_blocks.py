@@ -452,6 +452,9 @@ class Shell:
         if words[0] == "gunicorn":
             bind = [w for w in words[1:] if w not in ("-b", "--bind", "127.0.0.1:3000")]
             argv = [sys.executable, "-m", "gunicorn", *bind, "--bind", f"127.0.0.1:{port}"]
+            if "--chdir" in argv:  # written from the checkout's root
+                at = argv.index("--chdir") + 1
+                argv[at] = str(ROOT / argv[at])
         else:  # the interpreter running the suite, as the console script would
             argv = [sys.executable, "-m", "mockforge_wsgi", *words[1:], "--port", str(port)]
             for flag in ("--admin-port", "--metrics-port"):
@@ -474,6 +477,29 @@ class Shell:
             self.url = url
             return 0, out
         return code, out
+
+
+def run_lines(path: Path) -> list[str]:
+    """The command lines of a module's docstring (an example's "how to run me")."""
+    import ast
+
+    docstring = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+    return [
+        line.strip()
+        for line in docstring.splitlines()
+        if re.match(r"\s*(mockforge|python3?|gunicorn|curl) ", line)
+    ]
+
+
+@contextlib.contextmanager
+def shell(where: str) -> Iterator[Shell]:
+    """A Shell outside the doc items (for the examples' run lines), in a folder of its own."""
+    context = Context({})
+    try:
+        with Shell(context, "", where) as running:
+            yield running
+    finally:
+        shutil.rmtree(context.folder, ignore_errors=True)
 
 
 def _wait(process: subprocess.Popen[bytes], url: str) -> int | None:

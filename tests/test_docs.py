@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
-from doc_blocks import ROOT, Block, _lines, blocks_of, documents
+from doc_blocks import ROOT, Block, _lines, blocks_of, documents, run_lines
 
 pytest_plugins = ("pytester",)
 
@@ -125,3 +125,25 @@ def test_a_block_that_nothing_runs_fails_naming_file_and_line(pytester: pytest.P
 def test_a_marked_block_is_not_a_block_the_census_counts() -> None:
     block = Block("nginx", "x", 1, "not run", "needs nginx")
     assert (block.runner, block.needs_server) == ("skip", False)
+
+
+# Each example whose docstring says how to run it, and the test that runs those lines.
+RUN_BY = {
+    "examples/circuit_breaker.py": "test_harness_examples.py",
+    "examples/retry_client.py": "test_harness_examples.py",
+    "examples/unittest_harness.py": "test_harness_examples.py",
+    "examples/flask_app/app.py": "test_examples.py",
+    "examples/django_project/mysite/wsgi.py": "test_examples.py",
+}
+
+
+def test_every_example_run_line_is_run() -> None:
+    with_lines = {
+        str(path.relative_to(ROOT))
+        for path in ROOT.glob("examples/**/*.py")
+        if "build" not in path.parts and run_lines(path)
+    }
+    assert with_lines == set(RUN_BY), "an example's run lines that no test runs (RUN_BY)"
+    for example, test in RUN_BY.items():
+        name = Path(example).name
+        assert name in (ROOT / "tests" / test).read_text(), (example, test)
