@@ -155,7 +155,19 @@ def setup(namespace: dict[str, Any]) -> None:
 
 
 def teardown(namespace: dict[str, Any]) -> None:
+    reap()
     shutil.rmtree(namespace["__docs__"].folder, ignore_errors=True)
+
+
+# Servers the blocks started, told to stop; waited for once the document is done.
+_STOPPING: list[tuple[subprocess.Popen[bytes], Any]] = []
+
+
+def reap() -> None:
+    while _STOPPING:
+        process, log = _STOPPING.pop()
+        _stop(process)
+        log.close()
 
 
 def evaluate(example: Example) -> None:
@@ -321,6 +333,11 @@ def _serves(words: list[str]) -> bool:
     return words[:1] == ["mockforge"] and words[1] in ("serve", "chaos", "scenarios")
 
 
+def _starts(words: list[str]) -> bool:
+    """A command that starts a server."""
+    return words[:1] == ["gunicorn"] or words[:2] == ["mockforge", "serve"]
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -340,19 +357,38 @@ class Shell:
         self.context, self.url, self.where = context, url, where
         self.servers: list[tuple[subprocess.Popen[bytes], Any]] = []
         self.ports: dict[str, str] = {}  # a port the docs name -> the one the test took
+        self.pending: list[tuple[str, subprocess.Popen[bytes], Any, str]] = []
+        self.starting = ""  # the line being run, when it is to start a server
 
     def __enter__(self) -> Shell:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        for process, log in self.servers:
-            _stop(process)
-            log.close()
+        try:
+            if exc[0] is None:
+                self.settle()
+        finally:
+            for process, _ in self.servers:
+                process.terminate()  # each takes a while to stop: reaped later, together
+            _STOPPING.extend(self.servers)
+
+    def settle(self) -> None:
+        """Wait for the servers started since the last line that needed them: they start
+        side by side (each takes a second), and each must answer."""
+        pending, self.pending = self.pending, []
+        for line, process, log, url in pending:
+            code = _wait(process, url + "/api/chaos/status")
+            log.seek(0)
+            out = log.read().decode(errors="replace")
+            assert code is None, f"{self.where}: {line!r} exited {code}:\n{out[-2000:]}"
 
     def run(self, line: str, *, check: bool = True) -> tuple[int, str]:
         command, _, comment = line.partition("  #")
         exits = re.search(r"exits (\d+)", comment)
         expected = int(exits.group(1)) if exits else 0
+        self.starting = line if expected == 0 else ""
+        if not all(_starts(words) or "pip" in words[:3] for words in _commands(line)):
+            self.settle()  # this line may talk to them
         code, out = self._run(command.strip())
         if check:
             assert code == expected, f"{self.where}: {line!r} exited {code}:\n{out[-2000:]}"
@@ -470,13 +506,13 @@ class Shell:
         )  # fmt: skip
         self.servers.append((process, log))
         url = f"http://127.0.0.1:{port}"
+        if self.starting:  # expected to serve: the next line that needs it waits for it
+            self.pending.append((self.starting, process, log, url))
+            self.url = url
+            return 0, ""
         code = _wait(process, url + "/api/chaos/status")
         log.seek(0)
-        out = log.read().decode(errors="replace")
-        if code is None:
-            self.url = url
-            return 0, out
-        return code, out
+        return (0 if code is None else code), log.read().decode(errors="replace")
 
 
 def run_lines(path: Path) -> list[str]:
@@ -499,6 +535,7 @@ def shell(where: str) -> Iterator[Shell]:
         with Shell(context, "", where) as running:
             yield running
     finally:
+        reap()
         shutil.rmtree(context.folder, ignore_errors=True)
 
 

@@ -29,6 +29,7 @@ def test_flask_example(tmp_path: Path) -> None:
     line = _serve_line("flask_app/app.py", {"MOCKFORGE_CONFIG": str(config)})
     with shell("examples/flask_app/app.py") as running, session() as http:
         running.run(line)
+        running.settle()
         assert http.get(running.url + "/api/test", timeout=10).status_code == 503
         assert http.post(running.url + "/api/chaos/disable", timeout=10).status_code == 200
         answer = http.get(running.url + "/api/test", timeout=10)
@@ -47,6 +48,7 @@ def test_django_example() -> None:
     line = _serve_line("django_project/mysite/wsgi.py", env)
     with shell("examples/django_project/mysite/wsgi.py") as running, session() as http:
         running.run(line)
+        running.settle()
         users = [http.get(running.url + f"/users/{n}", timeout=10) for n in (1, 2, 3)]
         assert [r.status_code for r in users] == [200, 200, 429]  # one bucket for the route
         assert users[0].json() == {"id": 1}
