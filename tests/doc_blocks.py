@@ -1,7 +1,7 @@
 """The docs are tests: every fenced block of README.md, docs/*.md and examples/**/README.md
 becomes a pytest item through Sybil (the root conftest.py collects them).
 
-How each block runs (docs/ARCHITECTURE.md, "Docs are tests", says it for writers):
+How each block runs (README.md's Development section says it for writers):
 
 - ``python``: executed in the document's namespace (blocks of one file share it, in
   order); ``localhost:3000`` / ``127.0.0.1:3000`` mean the session's ``chaos_server`` (a

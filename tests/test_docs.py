@@ -29,7 +29,7 @@ def test_every_marker_stands_before_a_block() -> None:
     """A marker a blank paragraph away from its block would mark nothing."""
     for path in documents():
         text = path.read_text(encoding="utf-8")
-        written = len(re.findall(r"<!--\s*(?:not run|output of):", text))
+        written = len(re.findall(r"^<!--\s*(?:not run|output of):", text, flags=re.M))
         attached = sum(block.marker is not None for block in blocks_of(path))
         assert written == attached, f"{path.relative_to(ROOT)}: a marker with no block after it"
 
