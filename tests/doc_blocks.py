@@ -5,15 +5,18 @@ How each block runs (README.md's Development section says it for writers):
 
 - ``python``: executed in the document's namespace (blocks of one file share it, in
   order); ``localhost:3000`` / ``127.0.0.1:3000`` mean the session's ``chaos_server`` (a
-  real ``mockforge serve``, reset before the block); a ``test_*`` function the block
+  real ``mockforge serve``, reset around the block); a ``test_*`` function the block
   defines is called with the pytest fixtures it names. An HTML comment
-  ``<!-- invisible-code-block: python ... -->`` is setup the reader does not see.
-- ``bash``: line by line (a trailing ``\\`` joins lines, ``# ...`` is a comment, ``exits
-  N`` in it is the exit status expected, else 0): ``curl`` for real, ``mockforge`` verbs
-  in this process (what the console script runs), ``mockforge serve`` and ``gunicorn``
-  started for real on a free port until they answer (or kept for the block's later lines
-  when they end in ``&``), ``python examples/...`` and ``chaos run`` as subprocesses,
-  ``pip install`` checked (the extra or folder must exist) rather than run.
+  ``<!-- invisible-code-block: python ... -->`` is setup the reader does not see
+  (``chaos_server_url()`` gives it the server).
+- ``bash``: line by line (a trailing ``\\`` or an open quote joins lines, ``# ...`` is a
+  comment, ``exits N`` in it the exit status expected, else 0): ``curl`` for real,
+  ``mockforge`` verbs in this process (what the console script runs), ``mockforge serve``
+  and ``gunicorn`` started for real on a free port (side by side; the block's later
+  lines talk to the last, as a reader's other shell would, and it must answer),
+  ``python ...`` and ``chaos run`` as subprocesses, ``pip install`` checked (the extra
+  or folder must exist) rather than run. Each document runs in a folder of its own
+  holding examples/flask_app's ``chaos.yaml``; ``$TOKEN`` is a token.
 - ``yaml``: ``mockforge validate`` accepts it, and every value under ``chaos:`` is the one
   the loaded config holds (a key the loader drops is a failure).
 - ``<!-- output of: COMMAND -->`` right before a block: COMMAND runs as a bash line and
