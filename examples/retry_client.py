@@ -1,6 +1,6 @@
 """A requests client that survives `service_instability`: urllib3's Retry on 5xx.
 
-mockforge serve --chaos --chaos-scenario service_instability &
+mockforge serve --chaos --chaos-scenario service_instability --seed 6 &
 python examples/retry_client.py http://127.0.0.1:3000
 """
 

@@ -1,6 +1,10 @@
 """The configuration reference table, generated from the setting declarations.
 
 python -m mockforge_wsgi.config_docs --write docs/configuration.md
+
+The tables hold the package's own settings only: a plugin's section belongs to the
+plugin's package, so a plugin installed beside us does not change our docs. A plugin's
+author renders theirs with ``--plugin NAME`` (docs/plugins.md).
 """
 
 from __future__ import annotations
@@ -8,10 +12,11 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .config import iter_settings
+from .config import PLUGINS, SettingInfo, iter_settings
 
 BEGIN = "<!-- BEGIN GENERATED: {name} (python -m mockforge_wsgi.config_docs --write) -->"
 END = "<!-- END GENERATED: {name} -->"
@@ -27,13 +32,28 @@ def _default(value: Any) -> str:
     return str(value)
 
 
-def reference_table() -> str:
-    """One markdown row per setting: YAML path, env var, type, default, allowed, meaning."""
+def own_settings() -> Iterator[SettingInfo]:
+    """Every setting but those of plugins (``chaos.plugins.<name>``: theirs, not ours)."""
+    return (info for info in iter_settings() if info.path[0] != "plugins")
+
+
+def plugin_settings(name: str) -> list[SettingInfo]:
+    """The settings of the installed plugin ``name``; a ValueError naming those installed."""
+    found = [info for info in iter_settings() if info.path[:2] == ("plugins", name)]
+    if not found:
+        installed = ", ".join(plugin.name for plugin in PLUGINS) or "none"
+        raise ValueError(f"no plugin {name!r} is installed (installed: {installed})")
+    return found
+
+
+def reference_table(settings: Iterable[SettingInfo] | None = None) -> str:
+    """One markdown row per setting (``settings``, else the package's own): YAML path, env
+    var, type, default, allowed, meaning."""
     lines = [
         "| Setting | Environment variable | Type | Default | Allowed | Meaning |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
-    for info in iter_settings():
+    for info in own_settings() if settings is None else settings:
         check = info.check.describe() if info.check else ""
         lines.append(
             f"| `{info.dotted}` | `{info.env_name}` | {info.kind.label} "
@@ -272,10 +292,15 @@ GENERATORS = {
 }
 
 
-def render_into(document: str) -> str:
-    """``document`` with every generated section (between its markers) made anew."""
+def render_into(document: str, plugin: str | None = None) -> str:
+    """``document`` with every generated section (between its markers) made anew; with
+    ``plugin``, only its ``settings`` section, from that plugin's settings."""
     found = False
-    for name, generate in GENERATORS.items():
+    generators = GENERATORS
+    if plugin is not None:
+        rows = plugin_settings(plugin)
+        generators = {"settings": lambda: reference_table(rows)}
+    for name, generate in generators.items():
         begin, end = BEGIN.format(name=name), END.format(name=name)
         pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
         if pattern.search(document):
@@ -290,12 +315,19 @@ def render_into(document: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--write", metavar="FILE", help="update the tables inside FILE")
+    parser.add_argument(
+        "--plugin", metavar="NAME", help="the settings table of the installed plugin NAME"
+    )
     args = parser.parse_args(argv)
-    if args.write is None:
-        print(reference_table())
-        return 0
-    path = Path(args.write)
-    path.write_text(render_into(path.read_text(encoding="utf-8")), encoding="utf-8")
+    try:
+        if args.write is None:
+            print(reference_table(plugin_settings(args.plugin) if args.plugin else None))
+            return 0
+        path = Path(args.write)
+        document = render_into(path.read_text(encoding="utf-8"), args.plugin)
+    except ValueError as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    path.write_text(document, encoding="utf-8")
     return 0
 
 

@@ -560,9 +560,11 @@ def test_the_openapi_bounds_are_the_apis_bounds(path: tuple[str, ...], check: An
     client, _ = make()
     document = call(client, "GET", "/openapi.json").get_json()
     schemas = document["components"]["schemas"]
-    schema = schemas["ChaosConfig"]["properties"][path[0]]
-    if "$ref" in schema:
-        schema = schemas[schema["$ref"].rsplit("/", 1)[1]]["properties"][path[1]]
+    schema = schemas["ChaosConfig"]
+    for part in path:  # a plugin's setting is a section deeper (plugins.<name>.<field>)
+        if "$ref" in schema:
+            schema = schemas[schema["$ref"].rsplit("/", 1)[1]]
+        schema = schema["properties"][part]
     assert (schema["minimum"], schema["maximum"]) == (check.low, check.high)
 
     def put(value: Any) -> int:

@@ -1,15 +1,23 @@
-"""The Flask and Django examples: wrapping stays one line, and the API comes along."""
+"""The Flask and Django examples, served by the gunicorn line of their docstrings:
+wrapping stays one line, and the API comes along."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from servers import gunicorn_server, session
+from doc_blocks import run_lines, shell
+from servers import session
 
 pytestmark = pytest.mark.server
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+def _serve_line(name: str, env: dict[str, str]) -> str:
+    (line,) = run_lines(EXAMPLES / name)
+    assert line.startswith("gunicorn --chdir examples/"), line
+    return " ".join(f"{key}={value}" for key, value in env.items()) + " " + line
 
 
 def test_flask_example(tmp_path: Path) -> None:
@@ -18,22 +26,17 @@ def test_flask_example(tmp_path: Path) -> None:
         "chaos:\n  enabled: true\n"
         "  fault_injection: {enabled: true, http_errors: [503], http_error_probability: 1.0}\n"
     )
-    with (
-        gunicorn_server(
-            tmp_path,
-            app="app:app",
-            chdir=EXAMPLES / "flask_app",
-            worker_class="gthread",
-            env={"MOCKFORGE_CONFIG": str(config)},
-        ) as server,
-        session() as http,
-    ):
-        assert http.get(server.url + "/api/test", timeout=10).status_code == 503
-        assert http.post(server.url + "/api/chaos/disable", timeout=10).status_code == 200
-        assert http.get(server.url + "/api/test", timeout=10).json()["message"].startswith("Hello")
+    line = _serve_line("flask_app/app.py", {"MOCKFORGE_CONFIG": str(config)})
+    with shell("examples/flask_app/app.py") as running, session() as http:
+        running.run(line)
+        running.settle()
+        assert http.get(running.url + "/api/test", timeout=10).status_code == 503
+        assert http.post(running.url + "/api/chaos/disable", timeout=10).status_code == 200
+        answer = http.get(running.url + "/api/test", timeout=10)
+        assert answer.json()["message"].startswith("Hello")
 
 
-def test_django_example(tmp_path: Path) -> None:
+def test_django_example() -> None:
     env = {
         "MOCKFORGE_CHAOS_ENABLED": "true",
         "MOCKFORGE_CHAOS_RATE_LIMIT_ENABLED": "true",
@@ -42,22 +45,16 @@ def test_django_example(tmp_path: Path) -> None:
         "MOCKFORGE_CHAOS_RATE_LIMIT_REQUESTS_PER_SECOND": "0.01",
         "MOCKFORGE_CHAOS_RATE_LIMIT_BURST_SIZE": "2",
     }
-    with (
-        gunicorn_server(
-            tmp_path,
-            app="mysite.wsgi:application",
-            chdir=EXAMPLES / "django_project",
-            worker_class="gthread",
-            env=env,
-        ) as server,
-        session() as http,
-    ):
-        users = [http.get(server.url + f"/users/{n}", timeout=10) for n in (1, 2, 3)]
+    line = _serve_line("django_project/mysite/wsgi.py", env)
+    with shell("examples/django_project/mysite/wsgi.py") as running, session() as http:
+        running.run(line)
+        running.settle()
+        users = [http.get(running.url + f"/users/{n}", timeout=10) for n in (1, 2, 3)]
         assert [r.status_code for r in users] == [200, 200, 429]  # one bucket for the route
         assert users[0].json() == {"id": 1}
         assert users[2].headers["X-Mockforge-Chaos"] == "rate_limit=per_endpoint"
-        assert http.get(server.url + "/api/test", timeout=10).status_code == 200  # its own bucket
-        status = http.get(server.url + "/api/chaos/status", timeout=10).json()
+        assert http.get(running.url + "/api/test", timeout=10).status_code == 200  # its own
+        status = http.get(running.url + "/api/chaos/status", timeout=10).json()
         assert status["counters"]["rate_limited"] == 1
 
 

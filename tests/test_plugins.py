@@ -3,6 +3,7 @@ examples/plugins installed (into a directory of the test's) and used end to end.
 
 from __future__ import annotations
 
+import os
 import random
 import subprocess
 import sys
@@ -10,12 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from doc_blocks import blocks_of
 from servers import mockforge_serve, session
 
 from mockforge_wsgi.config import ConfigError
+from mockforge_wsgi.config_docs import BEGIN, END
 from mockforge_wsgi.plugins import load_plugins
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "plugins" / "expire_session"
+DOCS = Path(__file__).parent.parent / "docs"
+# The docs with generated sections (tests/test_config.py and test_guide.py check them).
+GENERATED = ("configuration.md", "scenarios.md", "serving.md", "CHAOS_ENGINEERING.md")
 
 
 class Point:
@@ -92,7 +98,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _run(site: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site), "HOME": str(cwd)}
+    # this checkout's package, not whichever one is installed, beside the plugin
+    path = os.pathsep.join([str(site), str(EXAMPLE.parent.parent.parent)])
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": path, "HOME": str(cwd)}
     return subprocess.run(
         [sys.executable, *args], capture_output=True, text=True, timeout=60, cwd=cwd, env=env
     )
@@ -111,15 +119,40 @@ def test_the_installed_example_is_configured_validated_and_documented_like_ours(
     good.write_text("chaos:\n  plugins:\n    expire_session: {enabled: true, cookie: sid}\n")
     accepted = _run(site, "-m", "mockforge_wsgi", "validate", str(good), cwd=tmp_path)
     assert accepted.returncode == 0, accepted.stderr
-    table = _run(
-        site,
-        "-c",
-        "from mockforge_wsgi.config_docs import reference_table; print(reference_table())",
-        cwd=tmp_path,
-    ).stdout
-    row = next(line for line in table.splitlines() if "expire_session.probability" in line)
-    assert "`MOCKFORGE_CHAOS_PLUGINS_EXPIRE_SESSION_PROBABILITY`" in row
-    assert "Share of answers that expire it." in row
+    # docs/plugins.md's example block, as written, with the plugin installed
+    block = next(b for b in blocks_of(DOCS / "plugins.md") if "expire_session:" in b.source)
+    (tmp_path / "plugins.yaml").write_text(block.source)
+    documented = _run(site, "-m", "mockforge_wsgi", "validate", "plugins.yaml", cwd=tmp_path)
+    assert documented.returncode == 0, documented.stderr
+    # the author's table (docs/plugins.md says how), written into their README's markers
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        f"# expire_session\n\n{BEGIN.format(name='settings')}\n{END.format(name='settings')}\n"
+    )
+    written = _run(
+        site, "-m", "mockforge_wsgi.config_docs", "--plugin", "expire_session", "--write",
+        str(readme), cwd=tmp_path,
+    )  # fmt: skip
+    assert written.returncode == 0, written.stderr
+    rows = [line for line in readme.read_text().splitlines() if line.startswith("| `chaos.")]
+    assert [row.split(" | ")[0] for row in rows] == [
+        "| `chaos.plugins.expire_session.enabled`",
+        "| `chaos.plugins.expire_session.probability`",
+        "| `chaos.plugins.expire_session.cookie`",
+    ]
+    assert "`MOCKFORGE_CHAOS_PLUGINS_EXPIRE_SESSION_PROBABILITY`" in rows[1]
+    assert "Share of answers that expire it." in rows[1]
+    # ours are unchanged by it: every committed generated doc renders as committed
+    ours = _run(
+        site, "-c",
+        "import pathlib, sys; from mockforge_wsgi.config_docs import render_into\n"
+        "for name in sys.argv[1:]:\n"
+        "    text = pathlib.Path(name).read_text()\n"
+        "    assert 'expire_session' not in render_into(text), name\n"
+        "    assert render_into(text) == text, name\n",
+        *(str(DOCS / name) for name in GENERATED), cwd=tmp_path,
+    )  # fmt: skip
+    assert ours.returncode == 0, ours.stderr
 
 
 @pytest.mark.server
@@ -127,7 +160,7 @@ def test_the_installed_example_expires_the_session_through_a_real_server(
     site: Path, tmp_path: Path
 ) -> None:
     env = {
-        "PYTHONPATH": str(site),
+        "PYTHONPATH": os.pathsep.join([str(site), str(EXAMPLE.parent.parent.parent)]),
         "MOCKFORGE_CHAOS_ENABLED": "true",
         "MOCKFORGE_CHAOS_PLUGINS_EXPIRE_SESSION_ENABLED": "true",
         "MOCKFORGE_CHAOS_PLUGINS_EXPIRE_SESSION_COOKIE": "sid",

@@ -1,0 +1,35 @@
+"""The docs are tests: each fenced block of README.md, docs/*.md and examples/**/README.md
+is a pytest item (tests/doc_blocks.py says how each kind runs and how to mark one)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sybil.integration.pytest import SybilItem
+
+sys.path.insert(0, str(Path(__file__).parent / "tests"))
+
+from doc_blocks import SYBIL, server_items
+
+pytest_collect_file = SYBIL.pytest()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in server_items(iter(items)):
+        item.add_marker(pytest.mark.server)
+
+
+def _whole_traceback(item: SybilItem, excinfo: pytest.ExceptionInfo[BaseException]) -> Any:
+    """Sybil cuts the traceback at its own frame; a failure outside the block (a fixture,
+    a server that did not start) has none, and Sybil's cut would fail the report."""
+    try:
+        return _sybil_filter(item, excinfo)
+    except IndexError:
+        return excinfo.traceback
+
+
+_sybil_filter = SybilItem._traceback_filter
+SybilItem._traceback_filter = _whole_traceback  # type: ignore[method-assign]
