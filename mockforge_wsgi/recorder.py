@@ -148,8 +148,12 @@ class Recorder:
 
     def _connect(self) -> sqlite3.Connection:
         connection = sqlite3.connect(self.path, timeout=10, isolation_level=None)
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA synchronous=NORMAL")
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+        except BaseException:  # not a database: closed here, not by the GC in a later test
+            connection.close()
+            raise
         return connection
 
     def record(self, row: tuple[Any, ...]) -> None:

@@ -341,6 +341,14 @@ def _starts(words: list[str]) -> bool:
     return words[:1] == ["gunicorn"] or words[:2] == ["mockforge", "serve"]
 
 
+def _console_script(name: str) -> str:
+    """The script pip installed beside this interpreter (not ``python -m``, which would put
+    the current folder on sys.path for it)."""
+    found = shutil.which(name, path=os.path.dirname(sys.executable))
+    assert found, f"no {name} script beside {sys.executable}: pip install -e ."
+    return found
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -491,17 +499,17 @@ class Shell:
         if words[0] == "gunicorn":
             bind = [w for w in words[1:] if w not in ("-b", "--bind", "127.0.0.1:3000")]
             argv = [sys.executable, "-m", "gunicorn", *bind, "--bind", f"127.0.0.1:{port}"]
-            if "--chdir" in argv:  # written from the checkout's root
-                at = argv.index("--chdir") + 1
-                argv[at] = str(ROOT / argv[at])
-        else:  # the interpreter running the suite, as the console script would
-            argv = [sys.executable, "-m", "mockforge_wsgi", *words[1:], "--port", str(port)]
+        else:  # the installed console script beside the suite's interpreter, as a user runs it
+            argv = [_console_script("mockforge"), *words[1:], "--port", str(port)]
             for flag in ("--admin-port", "--metrics-port"):
                 if flag in argv:
                     at = argv.index(flag) + 1
                     taken = str(_free_port())
                     self.ports[argv[at]] = taken
                     argv[at] = taken
+        if "--chdir" in argv:  # written from the checkout's root
+            at = argv.index("--chdir") + 1
+            argv[at] = str(ROOT / argv[at])
         log = tempfile.TemporaryFile()  # noqa: SIM115 (closed when the block ends)
         process = subprocess.Popen(
             argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,

@@ -274,7 +274,7 @@ def test_the_writer_thread_waits_the_documented_0_2_s_between_writes(
     client, recorder = recorded(tmp_path)
     client.get("/x", buffered=True)
     deadline = time.monotonic() + 5
-    with sqlite3.connect(recorder.path) as reader:  # written by the thread, no flush()
+    with closing(sqlite3.connect(recorder.path)) as reader:  # by the thread, no flush()
         while not reader.execute("SELECT path FROM requests").fetchall():
             assert time.monotonic() < deadline, "never written"
             time.sleep(0.01)
