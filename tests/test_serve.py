@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from flask import Flask
-from servers import gunicorn_server, session
+from servers import _stop, gunicorn_server, session
 from werkzeug.test import Client, EnvironBuilder
 
 from mockforge_wsgi import load_config
@@ -89,12 +89,7 @@ def console_serve(cwd: Path, logs: Path, *args: str) -> Iterator[Served]:
                 time.sleep(0.05)
         yield served
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        _stop(proc)
 
 
 def assert_wrapped(url: str, path: str, answer: str) -> None:
