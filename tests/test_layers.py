@@ -17,6 +17,7 @@ LAYERS = [
     ["cli", "pytest_plugin", "config_docs"],
     ["app", "admin", "testing", "chaostoolkit"],
     ["api", "metrics", "recorder", "mock_api", "proxy", "client"],
+    ["openapi"],  # the management API's document, from its routes and the settings
     ["report"],  # recorder rows -> the HTML report
     ["verdicts"],  # recorder rows -> how the client behaved
     ["middleware"],  # the pipeline: decide -> report -> apply
