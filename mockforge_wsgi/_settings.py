@@ -1,6 +1,7 @@
 """How a setting is declared: an attrs field whose metadata (kind, check, help, flag)
 drives loading, the environment, flags, OpenAPI and the docs; and the one error every
-bad value ends in. Built-in sections (config.py) and plugins' sections use the same."""
+bad value ends in. Built-in sections (config_declarations.py) and plugins' sections use
+the same."""
 
 from __future__ import annotations
 

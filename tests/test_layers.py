@@ -30,6 +30,7 @@ LAYERS = [
     ["state.embedded", "state.memory", "state.redis_store"],
     ["state.base"],
     ["state.gcra", "state._process", "config"],
+    ["config_declarations"],  # every section and setting; config.py loads and re-exports
     ["rules", "patterns", "plugins"],
     ["_settings"],
     ["_kinds"],
