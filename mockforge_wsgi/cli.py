@@ -1,4 +1,9 @@
-"""The ``mockforge`` command: serve (gunicorn in-process), chaos client verbs, validate."""
+"""The ``mockforge`` command: serve, the chaos client verbs, validate, report.
+
+``serve`` turns its flags into a config and gunicorn options, then runs gunicorn in this
+process; what gunicorn itself calls (the application, logger, hooks) is in
+``gunicorn_server.py``.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,6 @@ import contextlib
 import functools
 import http.client
 import json
-import logging
 import math
 import os
 import shutil
@@ -21,21 +25,27 @@ from urllib.parse import urlsplit
 
 import click
 from click.core import ParameterSource
-from gunicorn import glogging
-from gunicorn.app.base import BaseApplication
-from gunicorn.config import KNOWN_SETTINGS, validate_chdir
+from gunicorn.config import validate_chdir
 from gunicorn.errors import ConfigError as GunicornConfigError
 from gunicorn.util import import_app
 
 from . import _env
 from ._extras import MissingExtra, require
 from ._guard import BrowserGuard, GuardError, is_loopback, listed
-from ._headers import ANNOTATION_HEADER, REQUEST_ID_KEY
-from .admin import start_admin_listener
 from .app import create_app
 from .client import ChaosApiError, ChaosClient
 from .config import ChaosConfig, ConfigError, SettingInfo, iter_settings, longest_delay_s
 from .engine import ScenarioEngine, UnknownScenario
+from .gunicorn_server import (
+    ACCESS_LOG_FORMAT,
+    GunicornLogger,
+    GunicornServer,
+    child_exit,
+    log_opened,
+    run_all,
+    serve_admin_port,
+    serve_metrics_port,
+)
 from .recorder import Recorder, RecorderError
 from .report import render_report
 from .scenarios import BUILTIN_SCENARIOS, Scenario, load_scenarios
@@ -48,13 +58,6 @@ DEFAULT_URL = "http://127.0.0.1:3000"
 # gunicorn's own default worker timeout; we only ever raise it.
 BASE_WORKER_TIMEOUT_S = 30
 DEFAULT_BURST = 10
-# gunicorn's combined format, the time taken, then what chaos did: the request id (set
-# for a request that got chaos, or was recorded) and the annotation header, '-' if none.
-ACCESS_LOG_FORMAT = (
-    '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(M)sms '
-    f"request_id=%({{{REQUEST_ID_KEY}}}e)s "
-    f'chaos="%({{{ANNOTATION_HEADER.lower()}}}o)s"'
-)
 
 
 @click.group()
@@ -474,7 +477,7 @@ def serve(
         # hand-off of every keep-alive request: injected latency should be all there is.
         options["worker_tmp_dir"] = "/dev/shm"
     metrics_dir = _metrics_dir() if metrics else None
-    options["child_exit"] = functools.partial(_child_exit, shared, metrics_dir)
+    options["child_exit"] = functools.partial(child_exit, shared, metrics_dir)
     url = _env.text(_env.STORE) or ""
     if url:
         store = f"store {url}"
@@ -499,14 +502,14 @@ def serve(
         opened.append(f"access log {'stdout' if accesslog == '-' else accesslog}")
     when_ready = []
     if metrics_port is not None:
-        when_ready.append(functools.partial(_serve_metrics_port, host, metrics_port))
+        when_ready.append(functools.partial(serve_metrics_port, host, metrics_port))
     if admin_port is not None:
         engine = ScenarioEngine(
             startup, store=store_from_env(), custom=middleware.engine.state().custom
         )
         when_ready.append(
             functools.partial(
-                _serve_admin_port,
+                serve_admin_port,
                 host,
                 admin_port,
                 engine,
@@ -516,8 +519,8 @@ def serve(
                 opened,
             )
         )
-    when_ready.append(functools.partial(_log_opened, opened))
-    options["when_ready"] = functools.partial(_run_all, when_ready)
+    when_ready.append(functools.partial(log_opened, opened))
+    options["when_ready"] = functools.partial(run_all, when_ready)
 
     def factory() -> Any:
         return create_app(
@@ -537,7 +540,7 @@ def serve(
     for warning in _exposure_warnings(host, guard, admin_token):
         click.echo(f"mockforge: WARNING: {warning}", err=True)
     try:
-        _Server(factory, options).run()
+        GunicornServer(factory, options).run()
     finally:
         # The store this server's workers found (a later server's first worker would
         # remove it too; tidy now).
@@ -609,70 +612,6 @@ def _require(extra: str, flag: str) -> None:
         raise click.UsageError(str(error)) from None
 
 
-def _child_exit(shared: Store | None, metrics_dir: str | None, server: Any, worker: Any) -> None:
-    """gunicorn hook: a worker died; give back its slots, retire its live gauges."""
-    if shared is not None:
-        # An unreachable store must not take the master down; the dead worker's slots
-        # expire by themselves (its row, or its lease), and the store logs the outage.
-        with contextlib.suppress(StoreError):
-            shared.release_worker(worker.pid)
-    if metrics_dir is not None:
-        from prometheus_client import multiprocess
-
-        multiprocess.mark_process_dead(worker.pid, metrics_dir)  # type: ignore[no-untyped-call]
-
-
-def _run_all(hooks: list[Any], server: Any) -> None:
-    for hook in hooks:
-        hook(server)
-
-
-def _log_opened(opened: list[str], server: Any) -> None:
-    """gunicorn hook (master, when ready): every endpoint this server opened, once bound
-    (``--port 0`` is known by now)."""
-    main = str(server.LISTENERS[0]) if server.LISTENERS else ""
-    first, *rest = opened
-    server.log.info("mockforge: %s on %s", first, main)
-    for line in rest:
-        server.log.info("mockforge: %s", line.format(main=main))
-
-
-def _serve_admin_port(
-    host: str,
-    port: int,
-    engine: ScenarioEngine,
-    admin_token: str | None,
-    metrics: bool,
-    guard: BrowserGuard,
-    opened: list[str],
-    server: Any,
-) -> None:
-    """gunicorn hook (master, when ready): the management API (and the workers'
-    metrics, with --metrics) on a port of its own."""
-    metrics_app = None
-    if metrics:
-        from prometheus_client import CollectorRegistry, make_wsgi_app, multiprocess
-
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        metrics_app = make_wsgi_app(registry)
-    listener = start_admin_listener(
-        host, port, engine, admin_token=admin_token, metrics=metrics_app, guard=guard
-    )
-    admin = f"http://{host}:{listener.server_port}"
-    also = f" and {admin}/metrics" if metrics else ""
-    opened.insert(2, f"admin listener at {admin}/api/chaos{also}")  # after the main one's
-
-
-def _serve_metrics_port(host: str, port: int, server: Any) -> None:
-    """gunicorn hook (master, when ready): the workers' metrics on a port of their own."""
-    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
-
-    registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    start_http_server(port, addr=host, registry=registry)
-
-
 def _threads_for(worker_class: str, threads: int | None) -> int:
     """Threads per worker. gunicorn runs gthread workers whenever threads > 1, whatever
     the worker class says: so sync means one thread, and asking for more is an error."""
@@ -696,44 +635,6 @@ def _named_store() -> Store | None:
         return None
     store = store_from_url(url)
     return None if isinstance(store, MemoryStore) else store
-
-
-class GunicornLogger(glogging.Logger):  # type: ignore[misc]
-    """gunicorn's logger, which also gives the ``mockforge_wsgi`` logger (one INFO line
-    per injection, our own failures) its error log and level: gunicorn sets up only its
-    own loggers, and a logger without a handler prints warnings and worse only.
-
-    ``mockforge serve`` uses it; with plain gunicorn:
-    ``gunicorn --logger-class mockforge_wsgi.cli.GunicornLogger mockforge_wsgi.app:app``.
-    """
-
-    def setup(self, cfg: Any) -> None:
-        super().setup(cfg)  # again on a reload (HUP): the handlers are replaced, not added
-        ours = logging.getLogger("mockforge_wsgi")
-        ours.handlers = list(self.error_log.handlers)
-        ours.setLevel(self.loglevel)
-        ours.propagate = False  # gunicorn's handlers already have it
-
-
-class _Server(BaseApplication):  # type: ignore[misc]
-    """gunicorn run in this process, configured from our flags, not from argv."""
-
-    def __init__(self, factory: Any, options: dict[str, Any]) -> None:
-        self._factory = factory
-        self._options = options
-        super().__init__()
-
-    def load_config(self) -> None:
-        for key, value in self._options.items():
-            self.cfg.set(key, value)
-        if _CAN_DISABLE_CONTROL_SOCKET:  # its default path would be shared by every server
-            self.cfg.set("control_socket_disable", True)
-
-    def load(self) -> Any:
-        return self._factory()
-
-
-_CAN_DISABLE_CONTROL_SOCKET = any(s.name == "control_socket_disable" for s in KNOWN_SETTINGS)
 
 
 # -- client verbs ---------------------------------------------------------------------
@@ -958,5 +859,10 @@ def _check_recorder_db(db: str) -> None:
     if "requests" not in tables:
         raise click.BadParameter(f"{db!r} holds no recorded requests; {fix}", param_hint="--db")
 
+
+# The gunicorn parts lived here: GunicornLogger and ACCESS_LOG_FORMAT stay importable
+# from this module (``--logger-class mockforge_wsgi.cli.GunicornLogger`` keeps working),
+# and the worker-exit hook under its old name.
+_child_exit = child_exit
 
 __all__ = ["ACCESS_LOG_FORMAT", "GunicornLogger", "longest_delay_s", "main", "worker_timeout"]

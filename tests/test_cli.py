@@ -343,3 +343,13 @@ def test_an_env_setting_turns_its_section_on_as_a_flag_does(tmp_path: Path) -> N
         "(MOCKFORGE_CHAOS_LATENCY_FIXED_DELAY_MS) but chaos.latency.enabled is false"
     )
     assert server.log().count(warning) == 1  # at start, once (not once per worker)
+
+
+def test_the_gunicorn_parts_keep_their_old_names_in_cli() -> None:
+    """gunicorn_server.py holds them now; ``--logger-class mockforge_wsgi.cli.GunicornLogger``
+    (and the format, and the hook some tests call) still name the same objects."""
+    from mockforge_wsgi import cli, gunicorn_server
+
+    assert cli.GunicornLogger is gunicorn_server.GunicornLogger
+    assert cli.ACCESS_LOG_FORMAT == gunicorn_server.ACCESS_LOG_FORMAT
+    assert cli._child_exit is gunicorn_server.child_exit

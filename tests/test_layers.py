@@ -15,6 +15,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "mockforge_wsgi"
 LAYERS = [
     ["mockforge_wsgi", "__main__"],
     ["cli", "pytest_plugin", "config_docs"],
+    ["gunicorn_server"],  # what gunicorn calls: the application, logger, hooks
     ["app", "admin", "testing", "chaostoolkit"],
     ["api", "metrics", "recorder", "mock_api", "proxy", "client"],
     ["openapi"],  # the management API's document, from its routes and the settings

@@ -271,7 +271,12 @@ def test_the_logs_a_user_reads(tmp_path: Path) -> None:
 @pytest.mark.server
 def test_plain_gunicorn_gets_the_same_logs_as_documented(tmp_path: Path) -> None:
     """docs/observability.md: --logger-class GunicornLogger and our access format."""
-    args = ("--logger-class", "mockforge_wsgi.cli.GunicornLogger", "--access-logfile", "-")
+    args = (
+        "--logger-class",
+        "mockforge_wsgi.gunicorn_server.GunicornLogger",
+        "--access-logfile",
+        "-",
+    )
     args += ("--access-logformat", ACCESS_LOG_FORMAT)
     env = {
         "MOCKFORGE_CHAOS_ENABLED": "true",
