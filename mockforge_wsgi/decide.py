@@ -36,6 +36,7 @@ from .bulkhead import Bulkhead, pool_name
 from .config import PLUGINS, ChaosConfig, CircuitBreakerConfig, apply_rule
 from .engine import ScenarioEngine
 from .header_control import InvalidHeaders
+from .injections import PARTIAL_RESPONSE
 from .patterns import PATTERN_COUNTER, script_counter
 from .plan import NO_CHAOS, Plan, decide_plan
 from .rate_limit import RateLimiter, client_of
@@ -57,6 +58,10 @@ _new = tuple.__new__
 # What a decision gives: the Plan, and the config it was decided from (a rule's, or the
 # effective config), whose sections the apply step reads.
 Decision = tuple[Plan, ChaosConfig]
+
+
+def _itself(request: Request) -> Request:
+    return request
 
 
 class Decider:
@@ -93,9 +98,7 @@ class Decider:
         self._quiet_until = 0.0  # our own errors are logged at most once a minute
         self._rule_configs: tuple[ChaosConfig, list[ChaosConfig]] | None = None
 
-    def decide(
-        self, config: ChaosConfig, request: Request, now: float
-    ) -> tuple[Plan, ChaosConfig]:
+    def decide(self, config: ChaosConfig, request: Request, now: float) -> Decision:
         """The request's Plan and the config it was decided from (the matching rule's,
         or ``config``), inside the one fail-open boundary. ``config``: the effective
         config now, enabled; ``now``: ``time.monotonic()`` at the request's start.
@@ -103,20 +106,7 @@ class Decider:
         Raises InvalidHeaders (the chaos headers cannot be honoured) and StoreError
         (the store is unreachable and ``on_store_error`` is ``closed``); any other
         failure is counted and gives ``NO_CHAOS``."""
-        try:
-            rule = None
-            if config.rules:
-                config, rule = self._config_for(config, request)
-            return self._plan(config, request, now, rule), config
-        except InvalidHeaders:
-            raise
-        except StoreError:
-            if config.on_store_error == "closed":
-                raise
-            self.internal_error("reaching the store")
-        except Exception:
-            self.internal_error("deciding")
-        return NO_CHAOS, config
+        return self.decide_lazily(config, request, _itself, now)
 
     def decide_now(self, request: Request) -> Decision:
         """:meth:`decide` with the engine's config now (NO_CHAOS while chaos is off):
@@ -130,6 +120,115 @@ class Decider:
             return NO_CHAOS, config
         return self.decide(config, request, time.monotonic())
 
+    def decide_lazily(
+        self, config: ChaosConfig, source: Any, request_of: Callable[[Any], Request], now: float
+    ) -> Decision:
+        """:meth:`decide` for a request built only if the decision reads it:
+        ``request_of(source)``, called at most once. Most decisions read nothing of the
+        request (a global limit, latency, faults): the inbound middleware passes its
+        environ and the lazy view's constructor, and builds nothing on those paths.
+
+        The whole decide step, in one frame (each call costs on the path of every
+        request with chaos): the first matching rule's config, chaos asked for by
+        header, the circuit breaker (asked first: open, it is the whole plan), the
+        seeded generator, the script's step and the pattern's number, the rate limit,
+        ``decide_plan``, plugins, and last the places (a connection slot, a bulkhead's)."""
+        request = None
+        rule = None
+        try:
+            if config.rules:
+                request = request_of(source)
+                config, rule = self._config_for(config, request)
+            if config.header_control.enabled:
+                if request is None:
+                    request = request_of(source)
+                if header_control.requested(request, self._admin_token):
+                    plan = header_control.decide_from_headers(
+                        request, config.header_control, self.rng
+                    )
+                    return plan, config
+            circuit = None
+            if config.circuit_breaker.enabled:  # first: an open breaker answers alone
+                own = rule is not None and rule[1].has_section("circuit_breaker")
+                owner = str(rule[0]) if own and rule is not None else GLOBAL
+                circuit = admit(self.store, owner, config.circuit_breaker, time.time())
+                if circuit.state == OPEN:
+                    return Plan(circuit=circuit), config
+            rng = self.rng
+            if config.seed is not None and not self._explicit_rng:
+                # Request n draws from (seed, n), n numbered in the store: the same
+                # sequence of requests gets the same decisions, whichever worker serves.
+                rng = random.Random(f"{config.seed}:{self.store.incr(SEQUENCE_COUNTER)}")
+            faults = config.fault_injection
+            number = since_change = step = None
+            if faults.enabled and faults.script:  # step n of the rule's (or global) script
+                own = rule is not None and rule[1].sets("fault_injection", "script")
+                counter = script_counter(rule[0] if own and rule is not None else None)
+                step = self.store.incr(counter)
+            if faults.enabled and faults.pattern is not None:
+                if faults.pattern.timed:  # fail for a while, in bursts: from the change
+                    since_change = self.engine.since_change()
+                else:  # the first n, every nth, a sequence: numbered in the store
+                    number = self.store.incr(PATTERN_COUNTER)
+            limits = config.rate_limit
+            verdict = None
+            if limits.enabled:
+                client = endpoint = ""
+                if limits.per_ip or limits.per_endpoint:
+                    if request is None:
+                        request = request_of(source)
+                    if limits.per_ip:
+                        trusted = limits.trusted_proxies
+                        forwarded = request.header("X-Forwarded-For") if trusted else None
+                        client = client_of(request.client_address, forwarded, trusted)
+                    if limits.per_endpoint:
+                        endpoint = request.route
+                try:
+                    verdict = self.limiter.check(limits, client, endpoint, now)
+                except StoreError:
+                    if config.on_store_error == "closed":
+                        raise
+                    self.internal_error("reaching the rate-limit store")
+            plan = decide_plan(
+                config, rng, verdict, number, since_change_s=since_change, script_step=step
+            )
+            fault = plan.fault
+            if fault is not None and fault.kind == PARTIAL_RESPONSE:
+                # A HEAD answer has no body to cut: the fault is drawn all the same (the
+                # requests after it decide as without HEAD), and not planned; as
+                # decide_plan(head=True) does, with the method read only here.
+                if request is None:
+                    request = request_of(source)
+                if request.method == "HEAD":
+                    plan = plan._replace(fault=None)
+                    if plan == NO_CHAOS:
+                        plan = NO_CHAOS
+            if circuit is not None:  # let through: the answer is counted (closed, a probe)
+                plan = plan._replace(circuit=circuit)
+            if PLUGINS and not plan.refused and plan.fault is None:  # the app will answer
+                plugged = self._plugins_decide(config, rng)
+                if plugged:
+                    plan = plan._replace(plugged=plugged)
+            # Last: nothing after a place is taken may fail (it would never be given back).
+            if plan.shaping is not None and plan.needs_slot:
+                plan = self._take_slot(plan, config)
+            if config.bulkhead.enabled and plan.slot is not False and not plan.refused:
+                dropped = plan.shaping is not None and plan.shaping.drop
+                if not dropped:
+                    own = rule is not None and rule[1].has_section("bulkhead")
+                    owner = str(rule[0]) if own and rule is not None else GLOBAL
+                    plan = self._take_bulkhead(plan, config, owner)
+            return plan, config
+        except InvalidHeaders:
+            raise
+        except StoreError:
+            if config.on_store_error == "closed":
+                raise
+            self.internal_error("reaching the store")
+        except Exception:
+            self.internal_error("deciding")
+        return NO_CHAOS, config
+
     def _config_for(
         self, config: ChaosConfig, request: Request
     ) -> tuple[ChaosConfig, tuple[int, Rule] | None]:
@@ -142,77 +241,6 @@ class Decider:
             if rule.match.matches(request):
                 return rule_config, (index, rule)
         return config, None
-
-    def _plan(
-        self,
-        config: ChaosConfig,
-        request: Request,
-        now: float,
-        rule: tuple[int, Rule] | None = None,
-    ) -> Plan:
-        """The request's Plan, admission included (the circuit breaker, the rate limit, a
-        connection slot). ``rule``: the matching rule and its index (``config`` is
-        already its config)."""
-        if config.header_control.enabled and header_control.requested(request, self._admin_token):
-            return header_control.decide_from_headers(request, config.header_control, self.rng)
-        circuit = None
-        if config.circuit_breaker.enabled:  # first: an open breaker answers before the rest
-            own = rule is not None and rule[1].has_section("circuit_breaker")
-            owner = str(rule[0]) if own and rule is not None else GLOBAL
-            circuit = admit(self.store, owner, config.circuit_breaker, time.time())
-            if circuit.state == OPEN:
-                return Plan(circuit=circuit)
-        rng = self.rng
-        if config.seed is not None and not self._explicit_rng:
-            # Request n draws from (seed, n), n numbered in the store: the same sequence
-            # of requests gets the same decisions, whichever worker serves each.
-            rng = random.Random(f"{config.seed}:{self.store.incr(SEQUENCE_COUNTER)}")
-        faults = config.fault_injection
-        number = since_change = step = None
-        if faults.enabled and faults.script:  # step n of this rule's (or the global) script
-            own = rule is not None and rule[1].sets("fault_injection", "script")
-            step = self.store.incr(script_counter(rule[0] if own and rule is not None else None))
-        if faults.enabled and faults.pattern is not None:
-            if faults.pattern.timed:  # fail for a while, in bursts: timed from the change
-                since_change = self.engine.since_change()
-            else:  # the first n, every nth, a sequence: numbered in the store
-                number = self.store.incr(PATTERN_COUNTER)
-        limits = config.rate_limit
-        verdict = None
-        if limits.enabled:
-            client = ""
-            if limits.per_ip:
-                trusted = limits.trusted_proxies
-                forwarded = request.header("X-Forwarded-For") if trusted else None
-                client = client_of(request.client_address, forwarded, trusted)
-            endpoint = request.route if limits.per_endpoint else ""
-            try:
-                verdict = self.limiter.check(limits, client, endpoint, now)
-            except StoreError:
-                if config.on_store_error == "closed":
-                    raise
-                self.internal_error("reaching the rate-limit store")
-        # Only a fault can differ for HEAD (no partial response): the method is read then.
-        head = faults.enabled and request.method == "HEAD"
-        plan = decide_plan(
-            config, rng, verdict, number, head=head, since_change_s=since_change, script_step=step
-        )
-        if circuit is not None:  # let through: the answer is counted (closed or a probe)
-            plan = plan._replace(circuit=circuit)
-        if PLUGINS and not plan.refused and plan.fault is None:  # the app will answer
-            plugged = self._plugins_decide(config, rng)
-            if plugged:
-                plan = plan._replace(plugged=plugged)
-        # Last: nothing after a place is taken may fail (it would never be given back).
-        if plan.shaping is not None and plan.needs_slot:
-            plan = self._take_slot(plan, config)
-        if config.bulkhead.enabled and plan.slot is not False and not plan.refused:
-            dropped = plan.shaping is not None and plan.shaping.drop
-            if not dropped:
-                own = rule is not None and rule[1].has_section("bulkhead")
-                owner = str(rule[0]) if own and rule is not None else GLOBAL
-                plan = self._take_bulkhead(plan, config, owner)
-        return plan
 
     def _plugins_decide(
         self, config: ChaosConfig, rng: random.Random

@@ -121,7 +121,9 @@ class ChaosMiddleware:
             store_named=store_named,
             max_keys=max_keys,
         )
-        self._decide = self.decider.decide
+        # The environ is read as a Request only where the decision asks (decide_lazily).
+        self._decide = self.decider.decide_lazily
+        self._request_of = self._wsgi_request
         self.route_for = route_for if route_for is not None else route_resolver(app)
         # X-Mockforge-Worker: <pid> on every response with chaos: which worker decided.
         if debug_headers is None:
@@ -199,9 +201,8 @@ class ChaosMiddleware:
         if not config.enabled or self._is_exempt(path):
             return self.app(environ, start_response)
         started = time.monotonic()
-        request = _new(WSGIRequest, (environ, self.route_for))  # lazy: read when asked
         try:  # fails open inside: only the errors meant for the client come out
-            plan, config = self._decide(config, request, started)
+            plan, config = self._decide(config, environ, self._request_of, started)
         except InvalidHeaders as error:
             return _render_bad_headers(start_response, error.problems)
         except StoreError:  # on_store_error: closed
@@ -256,6 +257,11 @@ class ChaosMiddleware:
     ) -> None:
         """The breaker counts what the client got (observe's callback, once closed)."""
         self.decider.answered(circuit, breaker, status)
+
+    def _wsgi_request(self, environ: WSGIEnvironment) -> WSGIRequest:
+        """The decision core's view of this request (built only when it reads one)."""
+        request: WSGIRequest = _new(WSGIRequest, (environ, self.route_for))
+        return request
 
     def _response_headers(
         self, plan: Plan, config: ChaosConfig, request_id: str

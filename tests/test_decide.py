@@ -194,3 +194,22 @@ def test_a_wsgi_request_reads_the_environ_only_when_asked() -> None:
     assert request.json_body() is None  # read once per request: the first answer stays
     call = Call("head", "", headers={"X-Mockforge-Test-Id": "t2"}, body=b"[1]")
     assert (call.method, call.path, call.test_id, call.json_body()) == ("HEAD", "/", "t2", [1])
+
+
+def test_decide_lazily_builds_the_request_only_when_the_decision_reads_it() -> None:
+    built: list[Any] = []
+
+    def request_of(source: Any) -> Call:
+        built.append(source)
+        return Call("HEAD", "/x")
+
+    limited = decider(rate_limit={"enabled": True, "requests_per_second": 1000})
+    config = limited.engine.config_now()
+    assert limited.decide_lazily(config, "environ", request_of, 0.0)[0].admitted_only
+    assert built == []  # a global limit reads nothing of the request
+    partial = decider(fault_injection={"enabled": True, "partial_response_probability": 1.0})
+    config = partial.engine.config_now()
+    # Only a partial response depends on the method (a HEAD answer has no body to cut).
+    assert partial.decide_lazily(config, "environ", request_of, 0.0)[0] is NO_CHAOS
+    assert built == ["environ"]
+    assert decide(partial, Call("GET"))[0].fault.kind == "partial_response"  # type: ignore[union-attr]
