@@ -69,10 +69,14 @@ class Decider:
 
     ``engine`` holds the runtime state (and the store); ``config`` is the startup config
     (default: the engine's); ``rng`` defaults to ``random.Random(config.seed)``: with a
-    seed and no ``rng`` given,
-    request n of the store's sequence draws from ``(seed, n)``, whichever worker
-    decides it. ``admin_token``: header control counts only with it. ``store_named``:
-    the store was chosen by the caller, so :meth:`use_server_store` keeps it.
+    seed and no ``rng`` given, request n of the store's sequence draws from
+    ``(seed, n)``, whichever worker decides it. ``admin_token``: header control counts
+    only with it. ``store_named``: the store was chosen by the caller, so
+    :meth:`use_server_store` keeps it. ``max_keys``: the server store's bound on tracked
+    keys (default: the startup config's).
+
+    Per request: :meth:`decide` (or :meth:`decide_lazily`, :meth:`decide_now`); when the
+    answer is done, :meth:`releaser`'s callable and :meth:`answered` (the breaker).
     """
 
     def __init__(
