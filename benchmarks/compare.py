@@ -1,6 +1,6 @@
 """``paths.py`` on an older commit and on this tree, alternately, in one table.
 
-    python benchmarks/compare.py 3035467 [--rounds 4] [--samples 10]
+    python benchmarks/compare.py 3035467 [--rounds 4] [--samples 10] [--flask]
 
 This VM's speed swings by up to 2x between minutes, so two runs made at different times
 cannot be compared; runs alternating old, new, old, new... can. The older commit is
@@ -33,7 +33,7 @@ runpy.run_path(script, run_name="__main__")
 """
 
 
-def added(tree: Path, samples: int) -> dict[str, float]:
+def added(tree: Path, samples: int, flask: bool = False) -> dict[str, float]:
     out = subprocess.run(
         [
             sys.executable,
@@ -43,6 +43,7 @@ def added(tree: Path, samples: int) -> dict[str, float]:
             str(HERE / "paths.py"),
             "--samples",
             str(samples),
+            *(["--flask"] if flask else []),
         ],
         capture_output=True,
         text=True,
@@ -57,6 +58,7 @@ def main() -> None:
     parser.add_argument("commit", help="the older commit")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--samples", type=int, default=10, help="paths.py --samples")
+    parser.add_argument("--flask", action="store_true", help="paths.py --flask")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         old = Path(scratch) / "old"
@@ -70,7 +72,7 @@ def main() -> None:
             after: dict[str, list[float]] = {}
             for _ in range(args.rounds):
                 for tree, into in ((old, before), (ROOT, after)):
-                    for name, value in added(tree, args.samples).items():
+                    for name, value in added(tree, args.samples, args.flask).items():
                         into.setdefault(name, []).append(value)
         finally:
             subprocess.run(

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Fault", "PartialBody", "decide_fault", "drain_input", "render_fault"]
 
-# Each kind is also its injection type (outcome.py): one name wherever it is reported.
+# Each kind is also its injection type (injections.py): one name wherever it is reported.
 FaultKind = Literal[
     "http_error", "timeout", "connection_reset", "partial_response", "after_app", "corrupted"
 ]

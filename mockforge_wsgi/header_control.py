@@ -26,21 +26,19 @@ from .plan import NO_CHAOS, Plan
 from .traffic_shaping import Shaping
 
 if TYPE_CHECKING:
-    from _typeshed.wsgi import WSGIEnvironment
+    from .request import Request
 
 __all__ = ["HEADERS", "InvalidHeaders", "decide_from_headers", "requested"]
 
 DELAY, FAULT, PERCENT, SEED, THROUGHPUT, TOKEN = (
-    "HTTP_X_MOCKFORGE_DELAY_MS",
-    "HTTP_X_MOCKFORGE_FAULT",
-    "HTTP_X_MOCKFORGE_FAULT_PERCENT",
-    "HTTP_X_MOCKFORGE_SEED",
-    "HTTP_X_MOCKFORGE_THROUGHPUT_BPS",
-    "HTTP_X_MOCKFORGE_TOKEN",
+    "X-Mockforge-Delay-Ms",
+    "X-Mockforge-Fault",
+    "X-Mockforge-Fault-Percent",
+    "X-Mockforge-Seed",
+    "X-Mockforge-Throughput-Bps",
+    "X-Mockforge-Token",
 )
-HEADERS = {DELAY: "X-Mockforge-Delay-Ms", FAULT: "X-Mockforge-Fault",
-           PERCENT: "X-Mockforge-Fault-Percent", SEED: "X-Mockforge-Seed",
-           THROUGHPUT: "X-Mockforge-Throughput-Bps"}  # fmt: skip
+HEADERS = (DELAY, FAULT, PERCENT, SEED, THROUGHPUT)  # each asks for chaos
 # The slowest pace a header may ask for: a request cannot hold a worker for hours.
 MIN_THROUGHPUT_BPS = 1000
 
@@ -53,24 +51,23 @@ class InvalidHeaders(ValueError):
         self.problems = problems
 
 
-def requested(environ: WSGIEnvironment, admin_token: str | None) -> bool:
+def requested(request: Request, admin_token: str | None) -> bool:
     """Whether the request asks for chaos by header (and may)."""
-    if not any(key in environ for key in HEADERS):
+    header = request.header
+    if not any(header(name) is not None for name in HEADERS):
         return False
     if admin_token:
-        given = str(environ.get(TOKEN, ""))
+        given = header(TOKEN) or ""
         return hmac.compare_digest(given.encode(), admin_token.encode())
     return True
 
 
-def decide_from_headers(
-    environ: WSGIEnvironment, config: HeaderControlConfig, rng: random.Random
-) -> Plan:
+def decide_from_headers(request: Request, config: HeaderControlConfig, rng: random.Random) -> Plan:
     """The plan the headers ask for; InvalidHeaders names each header that is wrong."""
     problems: list[str] = []
 
-    def number(key: str, low: float, high: float) -> float | None:
-        raw = environ.get(key)
+    def number(name: str, low: float, high: float) -> float | None:
+        raw = request.header(name)
         if raw is None:
             return None
         try:
@@ -78,17 +75,18 @@ def decide_from_headers(
         except ValueError:
             value = math.nan
         if not low <= value <= high:
-            problems.append(f"{HEADERS[key]}: {raw!r} is not a number in [{low:g}, {high:g}]")
+            problems.append(f"{name}: {raw!r} is not a number in [{low:g}, {high:g}]")
             return None
         return value
 
     delay = number(DELAY, 0, math.inf)
     asked = None
-    if environ.get(FAULT) is not None:
+    fault_name = request.header(FAULT)
+    if fault_name is not None:
         try:
-            asked = named_fault(environ[FAULT], rng)
+            asked = named_fault(fault_name, rng)
         except ValueError as error:
-            problems.append(f"{HEADERS[FAULT]}: {error}")
+            problems.append(f"{FAULT}: {error}")
     percent = number(PERCENT, 0, 100)
     seed = number(SEED, -(2**63), 2**63)
     throughput = number(THROUGHPUT, MIN_THROUGHPUT_BPS, 10_000_000_000)

@@ -1,8 +1,8 @@
-"""The names of what we inject, and the Outcome: a Plan plus what applying it found.
+"""The Outcome: a Plan plus what applying it found.
 
-One name per injection, everywhere a user reads one: the store's counters (``/status``,
-``/stats``), the ``mockforge_chaos_injections_total`` metric, the recorder, trace events
-and log lines. The middleware puts an :class:`Outcome` in ``environ[OUTCOME_KEY]``; the
+The names of injections live in ``injections.py`` (re-exported here, where they were
+first defined; ``plan.py`` imports them from there, so plan and outcome do not import
+each other). The middleware puts an :class:`Outcome` in ``environ[OUTCOME_KEY]``; the
 app and the observers around the middleware (metrics, recorder) read it there.
 """
 
@@ -10,54 +10,52 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, NamedTuple
 
+from .injections import (  # re-exported: the names were first defined here
+    AFTER_APP,
+    BANDWIDTH_THROTTLED,
+    BULKHEAD_FULL,
+    CIRCUIT_OPEN,
+    CONNECTION_LIMITED,
+    CONNECTION_RESET,
+    CONNECTION_TIMEOUT,
+    CORRUPTED,
+    HTTP_ERROR,
+    INJECTION_TYPES,
+    LATENCY,
+    PACKET_LOSS,
+    PARTIAL_RESPONSE,
+    RATE_LIMITED,
+    REQUEST_DROPPED,
+    TIMEOUT,
+    Injection,
+)
+
 if TYPE_CHECKING:
     from .plan import Plan
 
-__all__ = ["INJECTION_TYPES", "OUTCOME_KEY", "Injection", "Outcome"]
+__all__ = [
+    "AFTER_APP",
+    "BANDWIDTH_THROTTLED",
+    "BULKHEAD_FULL",
+    "CIRCUIT_OPEN",
+    "CONNECTION_LIMITED",
+    "CONNECTION_RESET",
+    "CONNECTION_TIMEOUT",
+    "CORRUPTED",
+    "HTTP_ERROR",
+    "INJECTION_TYPES",
+    "LATENCY",
+    "OUTCOME_KEY",
+    "PACKET_LOSS",
+    "PARTIAL_RESPONSE",
+    "RATE_LIMITED",
+    "REQUEST_DROPPED",
+    "TIMEOUT",
+    "Injection",
+    "Outcome",
+]
 
 OUTCOME_KEY = "mockforge.outcome"
-
-LATENCY = "latency"
-HTTP_ERROR = "http_error"
-TIMEOUT = "timeout"
-CONNECTION_RESET = "connection_reset"
-PARTIAL_RESPONSE = "partial_response"
-AFTER_APP = "after_app"
-CORRUPTED = "corrupted"
-RATE_LIMITED = "rate_limited"
-REQUEST_DROPPED = "request_dropped"
-BANDWIDTH_THROTTLED = "bandwidth_throttled"
-PACKET_LOSS = "packet_loss"
-CONNECTION_LIMITED = "connection_limited"
-CONNECTION_TIMEOUT = "connection_timeout"
-CIRCUIT_OPEN = "circuit_open"
-BULKHEAD_FULL = "bulkhead_full"
-
-# Each type, with what its detail holds (docs/observability.md lists the same).
-INJECTION_TYPES: dict[str, str] = {
-    LATENCY: "",
-    HTTP_ERROR: "the status code",
-    TIMEOUT: "",
-    CONNECTION_RESET: "",
-    PARTIAL_RESPONSE: "",
-    AFTER_APP: "what followed the app: reset, http_error, stall",
-    CORRUPTED: "how: flip, random, invalid_json, truncate, wrong_content_type, empty_reply",
-    RATE_LIMITED: "the level: global, per_ip or per_endpoint",
-    REQUEST_DROPPED: "",
-    BANDWIDTH_THROTTLED: "bytes per second",
-    PACKET_LOSS: "the percent",
-    CONNECTION_LIMITED: "",
-    CONNECTION_TIMEOUT: "",
-    CIRCUIT_OPEN: "the breaker: global, or the rule's index",
-    BULKHEAD_FULL: "the bulkhead: global, or the rule's index",
-}
-
-
-class Injection(NamedTuple):
-    """One thing injected into a request: its type (a key of INJECTION_TYPES) and detail."""
-
-    type: str
-    detail: str = ""
 
 
 class Outcome(NamedTuple):

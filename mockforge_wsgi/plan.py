@@ -15,8 +15,7 @@ from .breaker import OPEN, Circuit
 from .bulkhead import Bulkhead
 from .config import ChaosConfig
 from .fault import Fault, decide_fault
-from .latency import decide_delay
-from .outcome import (
+from .injections import (
     BANDWIDTH_THROTTLED,
     BULKHEAD_FULL,
     CIRCUIT_OPEN,
@@ -29,6 +28,7 @@ from .outcome import (
     REQUEST_DROPPED,
     Injection,
 )
+from .latency import decide_delay
 from .rate_limit import RateLimitVerdict
 from .traffic_shaping import Shaping, decide_shaping
 
@@ -157,7 +157,7 @@ class Plan(NamedTuple):
             found.append(_new(Injection, (LATENCY, "")))
         fault = self.fault
         if fault is not None:
-            # A fault's kind is its injection type (fault.py takes the names from outcome.py).
+            # A fault's kind is its injection type (the names of injections.py).
             detail = str(fault.status) if fault.kind == HTTP_ERROR else fault.mode
             found.append(_new(Injection, (fault.kind, detail)))
         if self.cut_by_timeout:

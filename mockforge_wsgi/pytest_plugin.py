@@ -25,8 +25,8 @@ import pytest
 
 from .client import ChaosClient
 from .config import load_config
+from .injections import INJECTION_TYPES
 from .middleware import ChaosMiddleware
-from .outcome import INJECTION_TYPES
 from .testing import ChaosServer
 
 SUMMARY = pytest.StashKey[list[str]]()

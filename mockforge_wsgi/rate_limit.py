@@ -24,7 +24,7 @@ from .state.gcra import new
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
-__all__ = ["RateLimitVerdict", "RateLimiter", "client_ip", "render_refusal"]
+__all__ = ["RateLimitVerdict", "RateLimiter", "client_ip", "client_of", "render_refusal"]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -270,19 +270,28 @@ def _levels(config: RateLimitConfig) -> _Levels:
 
 
 def client_ip(environ: WSGIEnvironment, trusted_proxies: tuple[str, ...] = ()) -> str:
-    """The client address: REMOTE_ADDR, or X-Forwarded-For only behind a trusted proxy.
+    """The client address of a WSGI request (see :func:`client_of`)."""
+    remote = str(environ.get("REMOTE_ADDR") or "unknown")
+    if not trusted_proxies:
+        return remote
+    return client_of(remote, str(environ.get("HTTP_X_FORWARDED_FOR", "")), trusted_proxies)
+
+
+def client_of(remote: str, forwarded_for: str | None, trusted_proxies: tuple[str, ...]) -> str:
+    """The client address: the peer's (``remote``), or the ``X-Forwarded-For`` chain's
+    only behind a trusted proxy.
 
     With trusted proxies, the chain is read from the right and the first address that
     is not itself a trusted proxy is the client (so a client cannot forge its way in
     by prepending addresses).
     """
-    remote = str(environ.get("REMOTE_ADDR") or "unknown")
+    remote = remote or "unknown"
     if not trusted_proxies:
         return remote
     networks = _networks(trusted_proxies)
     if not _trusted(remote, networks):
         return remote
-    forwarded = str(environ.get("HTTP_X_FORWARDED_FOR", ""))
+    forwarded = forwarded_for or ""
     for hop in reversed([part.strip() for part in forwarded.split(",") if part.strip()]):
         if not _trusted(hop, networks):
             return hop

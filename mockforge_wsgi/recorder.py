@@ -42,7 +42,7 @@ from ._headers import REQUEST_ID_KEY, TEST_ID_KEY, bearer_matches, new_request_i
 from ._kinds import shown, strict_json
 from ._observe import observe
 from .outcome import LATENCY, OUTCOME_KEY, Outcome
-from .rules import peek_body
+from .request import peek_body
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any
 
-from .outcome import LATENCY
+from .injections import LATENCY
 from .verdicts import APP_RAN, DEFAULT_WINDOW_S, quantile, verdicts
 
 __all__ = ["CHART_JS", "inline_scripts", "render_report", "report_data", "static_text"]

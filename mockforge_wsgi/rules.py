@@ -19,22 +19,21 @@ Content-Length) and hands the app the same bytes.
 from __future__ import annotations
 
 import fnmatch
-import io
 import ipaddress
-import json
 import re
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from ._kinds import shown
+from .request import MAX_JSON_BODY
 
 if TYPE_CHECKING:
-    from _typeshed.wsgi import WSGIEnvironment
+    from .request import Request
 
-__all__ = ["Match", "Rule", "parse_match"]
+__all__ = ["MAX_JSON_BODY", "Match", "Rule", "parse_match"]
 
 MATCH_KEYS = (
     "path",
@@ -49,9 +48,6 @@ MATCH_KEYS = (
     "body_size",
     "not",
 )
-MAX_JSON_BODY = 64 * 1024  # a json_field match reads bodies up to this size
-_JSON_KEY = "mockforge.json_body"  # the parsed body, read once per request
-_NO_BODY = object()
 
 
 @attrs.frozen
@@ -72,41 +68,41 @@ class Match:
     json_equals: Any = None  # ...whose value must equal this (None: be present)
     negated: Match | None = None  # "not": a request this matches is not matched
 
-    def matches(self, environ: WSGIEnvironment, route_of: Callable[[Any], str]) -> bool:
-        if not self._matches(environ, route_of):
+    def matches(self, request: Request) -> bool:
+        if not self._matches(request):
             return False
-        return self.negated is None or not self.negated.matches(environ, route_of)
+        return self.negated is None or not self.negated.matches(request)
 
-    def _matches(self, environ: WSGIEnvironment, route_of: Callable[[Any], str]) -> bool:
-        path = environ.get("PATH_INFO") or "/"
+    def _matches(self, request: Request) -> bool:
+        path = request.path
         if self.path is not None and not fnmatch.fnmatchcase(path, self.path):
             return False
         if self.path_regex is not None and not self.path_regex.fullmatch(path):
             return False
-        if self.query and not _query_has(environ.get("QUERY_STRING", ""), self.query):
+        if self.query and not _query_has(request.query, self.query):
             return False
         if self.user_agent is not None and not fnmatch.fnmatchcase(
-            environ.get("HTTP_USER_AGENT", ""), self.user_agent
+            request.header("User-Agent") or "", self.user_agent
         ):
             return False
-        if self.json_field and not _json_field_is(environ, self.json_field, self.json_equals):
+        if self.json_field and not _json_field_is(request, self.json_field, self.json_equals):
             return False
-        if self.methods and environ.get("REQUEST_METHOD", "GET").upper() not in self.methods:
+        if self.methods and request.method not in self.methods:
             return False
         if self.header is not None:
-            value = environ.get("HTTP_" + self.header.upper().replace("-", "_"))
+            value = request.header(self.header)
             if value is None or (self.header_equals is not None and value != self.header_equals):
                 return False
         if self.body_size is not None:
             try:
-                size = int(environ.get("CONTENT_LENGTH") or 0)
+                size = int(request.header("Content-Length") or 0)
             except ValueError:
                 size = 0
             if not self.body_size[0] <= size <= self.body_size[1]:
                 return False
-        if self.client_cidr and not _in_networks(environ.get("REMOTE_ADDR", ""), self.client_cidr):
+        if self.client_cidr and not _in_networks(request.client_address, self.client_cidr):
             return False
-        return self.route is None or route_of(environ) == self.route
+        return self.route is None or request.route == self.route
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {}
@@ -148,42 +144,15 @@ def _query_has(query_string: str, wanted: tuple[tuple[str, str], ...]) -> bool:
     )
 
 
-def _json_field_is(environ: WSGIEnvironment, path: tuple[str, ...], equals: Any) -> bool:
+def _json_field_is(request: Request, path: tuple[str, ...], equals: Any) -> bool:
     """Whether the JSON body has ``path`` (equal to ``equals`` unless None). The body is
     read once (up to MAX_JSON_BODY, with a Content-Length) and put back for the app."""
-    body = environ.get(_JSON_KEY, _NO_BODY)
-    if body is _NO_BODY:
-        body = environ[_JSON_KEY] = _read_json(environ)
+    body = request.json_body()
     for key in path:
         if not isinstance(body, Mapping) or key not in body:
             return False
         body = body[key]
     return equals is None or body == equals
-
-
-def _read_json(environ: WSGIEnvironment) -> Any:
-    data = peek_body(environ, MAX_JSON_BODY)
-    if data is None:
-        return None
-    try:
-        return json.loads(data)
-    except ValueError:
-        return None
-
-
-def peek_body(environ: WSGIEnvironment, limit: int) -> bytes | None:
-    """A request body of 1 to ``limit`` bytes by its Content-Length, read and put back
-    for the app (None: none, too large, or chunked; nothing read then)."""
-    try:
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        return None
-    stream = environ.get("wsgi.input")
-    if not 0 < length <= limit or stream is None:
-        return None
-    data: bytes = stream.read(length)
-    environ["wsgi.input"] = io.BytesIO(data)  # the app reads what we read
-    return data
 
 
 def _in_networks(address: str, networks: tuple[str, ...]) -> bool:

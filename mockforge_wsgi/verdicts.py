@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 
-from .outcome import AFTER_APP, CONNECTION_TIMEOUT, CORRUPTED, PARTIAL_RESPONSE
+from .injections import AFTER_APP, CONNECTION_TIMEOUT, CORRUPTED, PARTIAL_RESPONSE
 
 __all__ = ["Attempt", "Call", "group_calls", "quantile", "summarize", "verdicts"]
 

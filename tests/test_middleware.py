@@ -315,7 +315,7 @@ def test_requests_that_arrive_while_the_server_store_opens_wait_for_it(
 ) -> None:
     import threading
 
-    from mockforge_wsgi import middleware as middleware_module
+    from mockforge_wsgi import decide as decide_module
     from mockforge_wsgi.state import EmbeddedStore
 
     opening, release = threading.Event(), threading.Event()
@@ -325,7 +325,7 @@ def test_requests_that_arrive_while_the_server_store_opens_wait_for_it(
         assert release.wait(5)  # opening the shared file takes a while
         return EmbeddedStore(tmp_path, max_keys=max_keys)
 
-    monkeypatch.setattr(middleware_module, "server_store", slow_server_store)
+    monkeypatch.setattr(decide_module, "server_store", slow_server_store)
     monkeypatch.delenv("MOCKFORGE_STORE", raising=False)
     middleware = ChaosMiddleware(base_app, config=chaos())
     several = {"wsgi.multiprocess": True}
