@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, RequestRedirect
 
-from . import _env, header_control
+from . import _env, _state_start, header_control
 from ._answers import answer, answer_json
 from ._headers import REQUEST_ID_HEADER, REQUEST_ID_KEY, new_request_id
 from ._observe import observe
@@ -116,10 +116,14 @@ class ChaosMiddleware:
         self._max_keys = startup.rate_limit.max_tracked_keys
         self._server_checked = False
         self._server_lock = threading.Lock()
+        self._engine_ours = engine is None
         if engine is None:
             if store is None:
                 store = store_from_env(max_keys=self._max_keys)
-            engine = ScenarioEngine(startup, store=store, custom=scenarios)
+            # A store others may share: chaos.state_at_start says whether to adopt
+            # its state, on the first read (a worker knows its server by then).
+            start = _state_start.start_mode(store, startup.state_at_start)
+            engine = ScenarioEngine(startup, store=store, custom=scenarios, start=start)
         self.engine = engine
         self.store = engine.store
         self.limiter = RateLimiter(self.store)
@@ -302,6 +306,8 @@ class ChaosMiddleware:
     def _join_server_store(self, environ: WSGIEnvironment) -> None:
         if not environ.get("wsgi.multiprocess"):
             return
+        if self._engine_ours:  # a worker: its server is its master
+            self.engine.server = _state_start.server_name(multiprocess=True)
         if self._store_named:
             if isinstance(self.store, MemoryStore):
                 log.warning(

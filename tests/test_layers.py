@@ -24,7 +24,7 @@ LAYERS = [
     ["engine"],  # the runtime state, scenarios switched, timed and ramped
     ["plan"],
     ["scenarios", "fault", "rate_limit", "traffic_shaping", "breaker", "bulkhead"],
-    ["latency"],
+    ["latency", "_state_start"],
     ["outcome", "state", "state.server_store"],
     ["state.embedded", "state.memory", "state.redis_store"],
     ["state.base"],
