@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import _env
-from .state.base import LEASE_RENEW_S, StartedState, Store, StoreError
+from .state.base import LEASE_RENEW_S, WRITES, StartedState, Store, StoreError
 
 __all__ = [
     "MODES",
@@ -35,6 +35,7 @@ __all__ = [
     "start_mode",
     "start_server",
     "started_line",
+    "told_by_master",
 ]
 
 MODES = ("auto", "adopt", "startup")
@@ -46,10 +47,20 @@ NOT_COMPARED = frozenset({"state_at_start"})
 def server_name(*, multiprocess: bool = False) -> str:
     """This process's server: the one ``MOCKFORGE_STATE_STARTED_BY`` names, else its
     master's (several processes), else its own, as ``host:pid``."""
-    told = _env.text(_env.STATE_STARTED_BY)
-    if told:
-        return told
+    told = told_by_master()
+    if told is not None:
+        return told[0]
     return f"{socket.gethostname()}:{os.getppid() if multiprocess else os.getpid()}"
+
+
+def told_by_master() -> tuple[str, StartedState] | None:
+    """The server and what its master did at start, from ``MOCKFORGE_STATE_STARTED_BY``
+    (``host:pid;why``), in a worker of ``mockforge serve``; else None."""
+    told = _env.text(_env.STATE_STARTED_BY)
+    if not told:
+        return None
+    server, _, why = told.partition(";")
+    return server, StartedState(why in WRITES, why or "own server")
 
 
 def start_mode(store: Store, mode: str) -> str | None:
@@ -74,7 +85,7 @@ def start_server(engine: Any) -> str:
         )
     if engine.started is None:  # a store of this server's own
         return "started the chaos state from this server's startup config (a store of its own)"
-    os.environ[_env.STATE_STARTED_BY] = engine.server
+    os.environ[_env.STATE_STARTED_BY] = f"{engine.server};{engine.started.why}"
     return line
 
 

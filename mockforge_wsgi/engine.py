@@ -294,7 +294,8 @@ class ScenarioEngine:
         # store (chaos.state_at_start) until it has, then what it did.
         self.server = _state_start.server_name()
         self._start_mode: str | None = None
-        self.started: StartedState | None = None
+        told = _state_start.told_by_master()  # a worker of mockforge serve
+        self.started: StartedState | None = None if told is None else told[1]
         self.start_line = ""
         self._state = self._initial_state()
         self.attach(store if store is not None else MemoryStore(), start=start)
@@ -679,8 +680,14 @@ class ScenarioEngine:
         return {
             "version": self._version,
             "this_server": self.server,
-            "state_at_start": self.startup.state_at_start,
-            "at_start": None if started is None else ("started" if started.wrote else "joined"),
+            "at_start": {
+                "setting": self.startup.state_at_start,
+                # None: the store is this server's own (nothing to decide), or not
+                # reached yet.
+                "did": None if started is None else ("started" if started.wrote else "joined"),
+                "why": None if started is None else started.why,
+                "live_servers": [] if started is None else list(started.others),
+            },
             "started_from": {
                 "server": state.started_by,
                 "at": state.started_at,
