@@ -83,9 +83,11 @@ def start_server(engine: Any) -> str:
             f"cannot reach the shared store to start the chaos state ({error}); "
             "each worker applies state_at_start when it can"
         )
-    if engine.started is None:  # a store of this server's own
+    # Decided: the workers adopt (they never apply the rule again, even when respawned).
+    why = "empty" if engine.started is None else engine.started.why
+    os.environ[_env.STATE_STARTED_BY] = f"{engine.server};{why}"
+    if engine.started is None:  # a store of this server's own: nothing was there
         return "started the chaos state from this server's startup config (a store of its own)"
-    os.environ[_env.STATE_STARTED_BY] = f"{engine.server};{engine.started.why}"
     return line
 
 
