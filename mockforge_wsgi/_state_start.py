@@ -36,6 +36,7 @@ __all__ = [
     "start_server",
     "started_line",
     "told_by_master",
+    "worker_of_a_master",
 ]
 
 MODES = ("auto", "adopt", "startup")
@@ -51,6 +52,14 @@ def server_name(*, multiprocess: bool = False) -> str:
     if told is not None:
         return told[0]
     return f"{socket.gethostname()}:{os.getppid() if multiprocess else os.getpid()}"
+
+
+def worker_of_a_master(environ: Mapping[str, Any]) -> bool:
+    """Whether the process serving ``environ`` is a worker that its master may replace:
+    several processes (``wsgi.multiprocess``), or a gunicorn worker (even ``-w 1``:
+    gunicorn respawns it, and the state must follow the server, not the worker)."""
+    software = str(environ.get("SERVER_SOFTWARE", ""))
+    return bool(environ.get("wsgi.multiprocess")) or software.startswith("gunicorn/")
 
 
 def told_by_master() -> tuple[str, StartedState] | None:
@@ -154,6 +163,8 @@ def joined_line(
     )
     if started.why == "live servers":
         why = f"state_at_start: auto, live: {', '.join(started.others)}"
+    elif started.why == "own server":
+        why = "started by this server's first worker"
     else:
         why = f"state_at_start: {mode}"
     return (
@@ -164,7 +175,8 @@ def joined_line(
 
 def keep_alive(store: Store, server: str) -> None:
     """Renew ``server``'s lease on ``store`` every LEASE_RENEW_S from a thread of this
-    process, and drop it when the process exits (a store that needs no lease: nothing)."""
+    process, and drop it when this process, being the server, exits (a store that
+    needs no lease: nothing)."""
     if not store.leases:
         return
     stop = threading.Event()
@@ -182,7 +194,10 @@ def keep_alive(store: Store, server: str) -> None:
     def drop() -> None:
         stop.set()
         alive = ref()
-        if alive is not None:
+        # The server is this process: it stops. (A worker of another master may be one
+        # of several, or be respawned: its server's lease runs out LEASE_TTL_S after the
+        # last of them is gone.)
+        if alive is not None and server.rpartition(":")[2] == str(os.getpid()):
             with contextlib.suppress(StoreError):
                 alive.drop_lease(server)
 

@@ -304,10 +304,10 @@ class ChaosMiddleware:
                 self._server_checked = True
 
     def _join_server_store(self, environ: WSGIEnvironment) -> None:
+        if self._engine_ours and _state_start.worker_of_a_master(environ):
+            self.engine.server = _state_start.server_name(multiprocess=True)  # its master
         if not environ.get("wsgi.multiprocess"):
             return
-        if self._engine_ours:  # a worker: its server is its master
-            self.engine.server = _state_start.server_name(multiprocess=True)
         if self._store_named:
             if isinstance(self.store, MemoryStore):
                 log.warning(

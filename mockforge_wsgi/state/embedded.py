@@ -145,8 +145,9 @@ class EmbeddedStore(Store):
 
     def start_state(self, state: dict[str, Any], *, server: str, mode: str) -> StartedState:
         """The rows are the leases: a live process other than this one that holds a row
-        uses the store. One of ``server`` (its pid, or a child of it: a sibling worker)
-        means this server already started it."""
+        uses the store. One of ``server`` (its pid, or a child of it: a sibling worker),
+        or a state started by ``server`` (a respawned worker), means this server
+        already started it."""
         raw = self._encode(state)
         server_pid = _pid_of(server)
         me = os.getpid()
@@ -163,6 +164,11 @@ class EmbeddedStore(Store):
                     own = True
                 else:  # a worker is named by its master, when that holds a row too
                     others.add(f"{socket.gethostname()}:{parent if parent in owners else owner}")
+            if not own and self._words[_VERSION]:  # a respawned worker of the server
+                length = int(self._words[_LENGTH])
+                with contextlib.suppress(ValueError):
+                    raw_state = json.loads(bytes(self._map[_STATE : _STATE + length]))
+                    own = raw_state.get("started_by") == server
             self._own_row()  # this process now counts as alive on the store
             why = start_decision(
                 mode, exists=bool(self._words[_VERSION]), own=own, others=bool(others)

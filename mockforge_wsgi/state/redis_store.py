@@ -135,32 +135,27 @@ return 1
 # A server starts (Store.start_state): drop the leases that ran out, note whether this
 # server (its master or another worker) or others are alive, take this process's lease,
 # and write the startup state when the rule says so (base.start_decision), all at once.
-# Lease members are "<server>|<pid>", scored by when they run out (Redis' clock).
-# KEYS: alive, state, version. ARGV: server, this process's member, ttl, mode, state.
+# A lease member is a server ("host:pid" of its master, or of its one process), scored by
+# when it runs out (Redis' clock). KEYS: alive, state, version. ARGV: server, ttl, mode,
+# state.
 START_STATE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local own, others = false, {}
-local prefix = ARGV[1] .. '|'
 for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  if string.sub(member, 1, #prefix) == prefix then
-    own = true
-  else
-    local server = string.match(member, '^(.*)|[^|]*$') or member
-    others[#others + 1] = server
-  end
+  if member == ARGV[1] then own = true else others[#others + 1] = member end
 end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 local why
 if redis.call('EXISTS', KEYS[2]) == 0 then why = 'empty'
 elseif own then why = 'own server'
-elseif ARGV[4] == 'adopt' then why = 'adopt'
-elseif ARGV[4] == 'startup' then why = 'startup'
+elseif ARGV[3] == 'adopt' then why = 'adopt'
+elseif ARGV[3] == 'startup' then why = 'startup'
 elseif #others > 0 then why = 'live servers'
 else why = 'no live server' end
 if why == 'empty' or why == 'startup' or why == 'no live server' then
-  redis.call('SET', KEYS[2], ARGV[5])
+  redis.call('SET', KEYS[2], ARGV[4])
   redis.call('INCR', KEYS[3])
 end
 return {why, others}
@@ -305,25 +300,21 @@ class RedisStore(Store):
         keys = [self._key("state"), self._key("version")]
         return bool(self._call(lambda: self._init_state(keys=keys, args=[raw])))
 
-    @staticmethod
-    def _member(server: str) -> str:
-        return f"{server}|{os.getpid()}"
-
     def start_state(self, state: dict[str, Any], *, server: str, mode: str) -> StartedState:
         raw = json.dumps(state, separators=(",", ":"))
         keys = [self._key("alive"), self._key("state"), self._key("version")]
-        args: list[Any] = [server, self._member(server), LEASE_TTL_S, mode, raw]
+        args: list[Any] = [server, LEASE_TTL_S, mode, raw]
         why, others = self._call(lambda: self._start_state(keys=keys, args=args))
         why = why.decode() if isinstance(why, bytes) else str(why)
         names = (o.decode() if isinstance(o, bytes) else str(o) for o in others)
         return StartedState(why in WRITES, why, tuple(sorted(set(names))))
 
     def renew_lease(self, server: str) -> None:
-        keys, args = [self._key("alive")], [self._member(server), str(LEASE_TTL_S)]
+        keys, args = [self._key("alive")], [server, str(LEASE_TTL_S)]
         self._call(lambda: self._renew_lease(keys=keys, args=args))
 
     def drop_lease(self, server: str) -> None:
-        self._call(lambda: self._redis.zrem(self._key("alive"), self._member(server)))
+        self._call(lambda: self._redis.zrem(self._key("alive"), server))
 
     # -- rate limits --------------------------------------------------------------------
 
