@@ -22,9 +22,10 @@ LAYERS = [
     ["middleware"],  # the pipeline: decide -> report -> apply
     ["apply", "header_control", "tracing"],
     ["engine"],  # the runtime state, scenarios switched, timed and ramped
+    ["_state_start"],  # a server starting on a store that holds a state
     ["plan"],
     ["scenarios", "fault", "rate_limit", "traffic_shaping", "breaker", "bulkhead"],
-    ["latency", "_state_start"],
+    ["latency"],
     ["outcome", "state", "state.server_store"],
     ["state.embedded", "state.memory", "state.redis_store"],
     ["state.base"],
