@@ -25,6 +25,8 @@ OTLP_ENDPOINT = "MOCKFORGE_OTLP_ENDPOINT"  # where spans go (OTLP/HTTP)
 DEBUG_HEADERS = "MOCKFORGE_DEBUG_HEADERS"  # boolean: X-Mockforge-Worker on answers
 MAX_HOLD_S = "MOCKFORGE_MAX_HOLD_S"  # seconds a worker may hold a request (serve sets it)
 RUNTIME_DIR = "MOCKFORGE_RUNTIME_DIR"  # where servers' embedded stores live
+# host:pid of the serve master that started the shared state: its workers adopt it.
+STATE_STARTED_BY = "MOCKFORGE_STATE_STARTED_BY"
 URL = "MOCKFORGE_URL"  # a running server for the unittest helpers
 UPSTREAM = "MOCKFORGE_UPSTREAM"  # proxy mode: forward every request to this URL
 ALLOWED_HOSTS = "MOCKFORGE_ALLOWED_HOSTS"  # Host names the management API answers to

@@ -29,7 +29,7 @@ from gunicorn.config import validate_chdir
 from gunicorn.errors import ConfigError as GunicornConfigError
 from gunicorn.util import import_app
 
-from . import _env
+from . import _env, _state_start
 from ._extras import MissingExtra, require
 from ._guard import BrowserGuard, GuardError, is_loopback, listed
 from .app import create_app
@@ -448,6 +448,8 @@ def serve(
             raise click.UsageError(f"{flag} {number}: the same port as {asked[number]}")
         asked[number] = flag
         _check_port(host, number, flag)
+    # chaos.state_at_start, applied once for the server, before forking (workers adopt).
+    state_line = _state_start.start_server(middleware.engine)
     if admin_port is not None and not _env.text(_env.STORE):
         # The master answers management calls: the workers (even one) must share its
         # store, the embedded one of this server.
@@ -500,6 +502,7 @@ def serve(
         opened.append(f"tracing: spans over OTLP/HTTP to {traces_url(otlp_endpoint)}")
     if accesslog is not None:
         opened.append(f"access log {'stdout' if accesslog == '-' else accesslog}")
+    opened.append(state_line)
     when_ready = []
     if metrics_port is not None:
         when_ready.append(functools.partial(serve_metrics_port, host, metrics_port))

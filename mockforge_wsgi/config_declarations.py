@@ -661,6 +661,16 @@ class ChaosConfig:
         "`closed` answers 503.",
         kinds.OneOf(("open", "closed")),
     )
+    state_at_start: str = setting(
+        "auto",
+        kinds.STR,
+        "What a starting server does with a shared store that already holds a chaos "
+        "state: `adopt` joins it; `startup` replaces it with this server's startup config "
+        "(as a reset would); `auto` adopts it only while another live server uses the "
+        "store, else starts from the startup config (docs/state.md).",
+        kinds.OneOf(("auto", "adopt", "startup")),
+        flag=Flag("--state-at-start", "auto|adopt|startup"),
+    )
     latency: LatencyConfig = section(LatencyConfig, "Latency injection.")
     fault_injection: FaultInjectionConfig = section(FaultInjectionConfig, "Fault injection.")
     rate_limit: RateLimitConfig = section(RateLimitConfig, "Rate limiting.")

@@ -28,10 +28,12 @@ from typing import Any
 
 import attrs
 
+from . import _state_start
 from .config import ChaosConfig, config_from_dict
 from .patterns import PATTERN_COUNTER, SCRIPT_COUNTER_PREFIX
 from .scenarios import BUILTIN_SCENARIOS, Scenario, ramped, unknown_scenario
 from .state import MemoryStore, Store, StoreError
+from .state.base import StartedState
 
 __all__ = [
     "MAX_DURATION_S",
@@ -166,6 +168,11 @@ class RuntimeState:
     overrides: ChaosConfig | None = None
     changed_at: float = 0.0  # clock time of the last change: time-based patterns start here
     paused: tuple[PausedScenario, ...] = ()
+    # Where it came from: the server (host:pid) whose startup config it last started
+    # from (at start, or a reset), when, and the server that wrote it last.
+    started_by: str = ""
+    started_at: float = 0.0
+    written_by: str = ""
 
     def started(self, active: ActiveScenario, **changes: Any) -> RuntimeState:
         """``active`` runs from its ``started_at``: the running one (if any, and if it
@@ -228,6 +235,9 @@ class RuntimeState:
             "schedule": [attrs.asdict(entry) for entry in self.schedule],
             "changed_at": self.changed_at,
             "paused": [held.to_dict() for held in self.paused],
+            "started_by": self.started_by,
+            "started_at": self.started_at,
+            "written_by": self.written_by,
         }
 
     @classmethod
@@ -247,6 +257,9 @@ class RuntimeState:
             overrides=config_from_dict(data["overrides"]) if data.get("overrides") else None,
             changed_at=float(data.get("changed_at", 0.0)),
             paused=tuple(PausedScenario.from_dict(held) for held in data.get("paused", ())),
+            started_by=str(data.get("started_by", "")),
+            started_at=float(data.get("started_at", 0.0)),
+            written_by=str(data.get("written_by", "")),
         )
 
 
@@ -265,6 +278,7 @@ class ScenarioEngine:
         store: Store | None = None,
         clock: Callable[[], float] = time.time,
         custom: Iterable[Scenario] = (),
+        start: str | None = None,
     ) -> None:
         self.startup = startup
         self.clock = clock
@@ -276,28 +290,81 @@ class ScenarioEngine:
         self.config_now: Callable[[], ChaosConfig] = self.effective
         self.store_errors = 0
         self._store_down = False
+        # This server (host:pid), named in what it writes; how it starts on a shared
+        # store (chaos.state_at_start) until it has, then what it did.
+        self.server = _state_start.server_name()
+        self._start_mode: str | None = None
+        told = _state_start.told_by_master()  # a worker of mockforge serve
+        self.started: StartedState | None = None if told is None else told[1]
+        self.start_line = ""
         self._state = self._initial_state()
-        self.attach(store if store is not None else MemoryStore())
+        self.attach(store if store is not None else MemoryStore(), start=start)
 
-    def attach(self, store: Store) -> None:
-        """Keep the runtime state in ``store`` from now on. The first process to attach
-        to a shared store seeds it with its startup state; the others adopt what is
-        there (whatever was changed before, in this process, stays behind)."""
+    def attach(self, store: Store, *, start: str | None = None) -> None:
+        """Keep the runtime state in ``store`` from now on. Without ``start``, the first
+        process to attach to a shared store seeds it with its startup state and the
+        others adopt what is there (whatever was changed before, in this process, stays
+        behind). With ``start`` (``auto``, ``adopt``, ``startup``), the first read of
+        the store applies that rule instead (:meth:`start_now`)."""
         with self._lock:
             self.store = store
             self._store_version = store.state_version
             self._notified = store.subscribe(self._invalidate)
             self._version = -1
             self.refresh_at = 0.0
-            with contextlib.suppress(StoreError):  # unreachable now: effective() retries
-                store.init_state(self._initial_state().to_dict())
+            self._start_mode = start
+            if start is None:
+                with contextlib.suppress(StoreError):  # unreachable now: effective() retries
+                    store.init_state(self._initial_state().to_dict())
+
+    def start_now(self) -> str:
+        """Apply ``chaos.state_at_start`` to the store now (if ``attach`` asked for it and
+        it was not done yet): write this server's startup state or adopt the store's,
+        in one atomic step of the store, and log which. Returns that line ('' when
+        there was nothing to do, or when a worker joined the state its own server
+        started). Raises StoreError while the store is unreachable."""
+        with self._lock:
+            mode = self._start_mode
+            if mode is None:
+                return ""
+            initial = self._initial_state()
+            started = self.store.start_state(initial.to_dict(), server=self.server, mode=mode)
+            self._start_mode = None
+            self.started = started
+            if started.wrote and started.why != "empty":
+                # As a reset would: buckets and counters of an earlier run go too.
+                with contextlib.suppress(StoreError):
+                    self.store.reset()
+            _state_start.keep_alive(self.store, self.server)
+            version, data = self.store.load_state()
+            if data is not None:
+                self._state, self._version = RuntimeState.from_dict(data), version
+            if started.wrote:
+                line = _state_start.started_line(started, mode)
+            else:
+                state = self._state
+                line = _state_start.joined_line(
+                    started,
+                    mode,
+                    version=version,
+                    written_ago_s=self.clock() - state.changed_at,
+                    written_by=state.written_by,
+                    diffs=_state_start.differences(state.to_dict(), initial.to_dict()),
+                )
+            self.start_line = line if started.why != "own server" else ""
+            log.log(logging.INFO if self.start_line else logging.DEBUG, "mockforge: %s", line)
+            return self.start_line
 
     def _initial_state(self) -> RuntimeState:
+        now = self.clock()
         state = RuntimeState(
             enabled=self.startup.enabled,
             config=self.startup,
             custom=self._startup_custom,
-            changed_at=self.clock(),
+            changed_at=now,
+            started_by=self.server,
+            started_at=now,
+            written_by=self.server,
         )
         if self.startup.scenario:
             self._lookup(state, self.startup.scenario, "chaos.scenario")
@@ -378,6 +445,8 @@ class ScenarioEngine:
 
     def _reload(self) -> ChaosConfig:
         with self._lock:
+            if self._start_mode is not None:
+                self.start_now()
             now = self.clock()
             version, data = self.store.load_state()
             if version != self._version and data is not None:
@@ -465,7 +534,8 @@ class ScenarioEngine:
         for name, value in self.store.counters().items():
             if value and (name == PATTERN_COUNTER or name.startswith(SCRIPT_COUNTER_PREFIX)):
                 self.store.set_counter(name, 0)  # patterns and scripts count from each change
-        state = attrs.evolve(state, changed_at=self.clock())  # and time them from it
+        # ... and time them from it; the writer is named (/status says who wrote it).
+        state = attrs.evolve(state, changed_at=self.clock(), written_by=self.server)
         self._version = self.store.save_state(state.to_dict())
         self._state = state
 
@@ -599,4 +669,33 @@ class ScenarioEngine:
             "schedule": [attrs.asdict(entry) for entry in state.schedule],
             "effective_config": config.to_dict(),
             "counters": self.store.counters(),
+            "state": self.origin(),
+        }
+
+    def origin(self) -> dict[str, Any]:
+        """Where the runtime state came from: the server whose startup config it last
+        started from and when, who wrote it last and when, whether it differs from
+        this server's startup config, and what this server did at start."""
+        state, started = self._state, self.started
+        return {
+            "version": self._version,
+            "this_server": self.server,
+            "at_start": {
+                "setting": self.startup.state_at_start,
+                # None: the store is this server's own (nothing to decide), or not
+                # reached yet.
+                "did": None if started is None else ("started" if started.wrote else "joined"),
+                "why": None if started is None else started.why,
+                "live_servers": [] if started is None else list(started.others),
+            },
+            "started_from": {
+                "server": state.started_by,
+                "at": state.started_at,
+                "this_server": state.started_by == self.server,
+            },
+            "written_by": state.written_by,
+            "written_at": state.changed_at,
+            "differs_from_startup": _state_start.differences(
+                state.to_dict(), self._initial_state().to_dict()
+            ),
         }

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, RequestRedirect
 
-from . import _env
+from . import _env, _state_start
 from ._answers import answer, answer_json
 from ._headers import REQUEST_ID_HEADER, REQUEST_ID_KEY, new_request_id
 from ._observe import observe
@@ -106,10 +106,14 @@ class ChaosMiddleware:
         max_keys = startup.rate_limit.max_tracked_keys
         self._server_checked = False
         self._server_lock = threading.Lock()
+        self._engine_ours = engine is None
         if engine is None:
             if store is None:
                 store = store_from_env(max_keys=max_keys)
-            engine = ScenarioEngine(startup, store=store, custom=scenarios)
+            # A store others may share: chaos.state_at_start says whether to adopt
+            # its state, on the first read (a worker knows its server by then).
+            start = _state_start.start_mode(store, startup.state_at_start)
+            engine = ScenarioEngine(startup, store=store, custom=scenarios, start=start)
         self.engine = engine
         # The decide step (decide.py): rules, header control, breaker, limiter, slots,
         # bulkheads, patterns, plugins, the server's store, the fail-open boundary.
@@ -284,6 +288,8 @@ class ChaosMiddleware:
             if self._server_checked:
                 return
             try:
+                if self._engine_ours and _state_start.worker_of_a_master(environ):
+                    self.engine.server = _state_start.server_name(multiprocess=True)
                 if environ.get("wsgi.multiprocess"):
                     self.decider.use_server_store()
             finally:

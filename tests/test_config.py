@@ -364,6 +364,7 @@ FLAG_SAMPLES = {
     "--chaos": (True, True),
     "--chaos-scenario": ("slow_backend", "slow_backend"),
     "--seed": ("42", 42),
+    "--state-at-start": ("startup", "startup"),
     "--chaos-latency-ms": ("250", 250.0),
     "--chaos-latency-range": ("100-500", (100.0, 500.0)),
     "--chaos-latency-probability": ("0.5", 0.5),

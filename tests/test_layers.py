@@ -31,6 +31,7 @@ LAYERS = [
     ["apply", "tracing"],  # the inbound apply step (WSGI), span events
     ["decide"],  # the decision core: a Request in, a Plan out, one fail-open boundary
     ["engine", "header_control"],  # the runtime state; chaos a request asks for by header
+    ["_state_start"],  # a server starting on a store that holds a state
     ["outcome"],  # a Plan and what applying it found (plan imported for its type only)
     ["plan"],
     ["scenarios", "fault", "rate_limit", "traffic_shaping", "breaker", "bulkhead"],

@@ -107,6 +107,9 @@ PROMISES: list[tuple[str, str, str]] = [
     ("docs/state.md", "120 s", CONSTANT),
     ("docs/state.md", "250 ms", CONSTANT),
     ("docs/state.md", "0.5 s", T + "test_state_redis.py::test_outage_fails_fast_and_recovers"),
+    ("docs/state.md", "2 s", CONSTANT),
+    ("docs/state.md", "10 s", CONSTANT),
+    ("docs/state.md", "300 ms", T + "test_state_start.py::test_the_issues_two_servers_in_turn"),
 ]  # fmt: skip
 
 MEASURED = "a measurement of one run, not a promise"
@@ -203,6 +206,8 @@ def _constant(module: str, name: str) -> Any:
         pytest.param("verdicts", "DEFAULT_WINDOW_S", 30.0, id="verdict-window-30s"),
         pytest.param("rules", "MAX_JSON_BODY", 64 * 1024, id="json-field-64KiB"),
         pytest.param("admin", "ADMIN_READ_TIMEOUT_S", 10.0, id="admin-read-10s"),
+        pytest.param("state.base", "LEASE_RENEW_S", 2.0, id="server-lease-renewed-2s"),
+        pytest.param("state.base", "LEASE_TTL_S", 10.0, id="server-lease-10s"),
     ],
 )
 def test_documented_constant(module: str, name: str, documented: float) -> None:

@@ -246,6 +246,8 @@ def test_the_logs_a_user_reads(tmp_path: Path) -> None:
         f"and {admin.group(1)}/metrics",
         f"mockforge: recorder database {db}",
         "mockforge: access log stdout",
+        "mockforge: started the chaos state from this server's startup config "
+        "(a store of its own)",
     ):
         assert line in err, (line, err)
 

@@ -195,6 +195,12 @@ PROCESS_CASES = [
         id="recorder-variable-in-a-missing-directory",
     ),
     pytest.param(
+        {"MOCKFORGE_CHAOS_STATE_AT_START": "Adopt"}, ["serve"], (), USAGE,
+        ["chaos.state_at_start: 'Adopt' is not one of auto, adopt, startup",
+         "(from MOCKFORGE_CHAOS_STATE_AT_START)"],
+        id="state-at-start-variable",
+    ),
+    pytest.param(
         {"MOCKFORGE_UPSTREAM": "notaurl"}, ["serve"], (), USAGE,
         ["MOCKFORGE_UPSTREAM=notaurl", "did you mean http://notaurl?"],
         id="upstream-variable-without-scheme",
@@ -355,6 +361,14 @@ def test_a_busy_port_names_the_flag_that_asked_for_it(busy_port: int) -> None:
         ),
         pytest.param(
             ["serve", "--upstream", "ftp://x"], ["'--upstream'", "http://"], id="upstream-ftp"
+        ),
+        pytest.param(
+            ["serve", "--state-at-start", "never"],
+            [
+                "chaos.state_at_start: 'never' is not one of auto, adopt, startup",
+                "(from --state-at-start)",
+            ],
+            id="state-at-start-flag",
         ),
         pytest.param(
             ["serve", "--otlp-endpoint", "localhost:4318"],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["is_alive", "start_time"]
+__all__ = ["is_alive", "parent_pid", "start_time"]
 
 
 def start_time(pid: int) -> int:
@@ -13,19 +13,25 @@ def start_time(pid: int) -> int:
     return _stat(pid)[1]
 
 
-def _stat(pid: int) -> tuple[str, int]:
-    """State letter and start time of ``pid`` from ``/proc``; ("", 0) when unknown."""
+def parent_pid(pid: int) -> int:
+    """The parent of ``pid`` (Linux ``/proc``); 0 when unknown."""
+    return _stat(pid)[2]
+
+
+def _stat(pid: int) -> tuple[str, int, int]:
+    """State letter, start time and parent of ``pid`` from ``/proc``; ("", 0, 0) when
+    unknown."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
             raw = stat.read()
     except OSError:
-        return "", 0
-    # Fields 3 and 22; the command name (field 2) is in parentheses and may hold spaces.
+        return "", 0, 0
+    # Fields 3, 22 and 4; the command name (field 2) is in parentheses and may hold spaces.
     fields = raw[raw.rfind(b")") + 2 :].split()
     try:
-        return fields[0].decode(), int(fields[19])
+        return fields[0].decode(), int(fields[19]), int(fields[1])
     except (IndexError, ValueError):
-        return "", 0
+        return "", 0, 0
 
 
 def is_alive(pid: int, started: int) -> bool:
@@ -40,7 +46,7 @@ def is_alive(pid: int, started: int) -> bool:
         return False
     except PermissionError:
         pass  # exists, owned by someone else
-    state, now = _stat(pid)
+    state, now, _ = _stat(pid)
     if state in ("Z", "X"):
         return False
     return not started or now == 0 or now == started

@@ -10,14 +10,57 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from .gcra import Bucket, BucketOutcome
 
-__all__ = ["CONNECTION_SLOTS", "StateTooLarge", "Store", "StoreError", "StoreUrlError"]
+__all__ = [
+    "CONNECTION_SLOTS",
+    "LEASE_RENEW_S",
+    "LEASE_TTL_S",
+    "StartedState",
+    "StateTooLarge",
+    "Store",
+    "StoreError",
+    "StoreUrlError",
+]
 
 # The slots of the server-wide connection limit (traffic_shaping.max_connections).
 CONNECTION_SLOTS = "connections"
+
+
+# A server that uses a store renews its lease this often; a lease not renewed for
+# LEASE_TTL_S is a server that is gone (stores that see their processes need neither).
+LEASE_RENEW_S = 2.0
+LEASE_TTL_S = 10.0
+
+
+class StartedState(NamedTuple):
+    """What :meth:`Store.start_state` did: whether it wrote the startup state, why
+    (``empty``, ``own server``, ``adopt``, ``startup``, ``no live server``, ``live
+    servers``), and the other servers it found alive on the store."""
+
+    wrote: bool
+    why: str
+    others: tuple[str, ...] = ()
+
+
+def start_decision(mode: str, *, exists: bool, own: bool, others: bool) -> str:
+    """The one rule every store applies, in one atomic step with its data: the reason
+    :class:`StartedState` carries. Written when it is ``empty``, ``startup`` or ``no
+    live server``."""
+    if not exists:
+        return "empty"
+    if own:
+        return "own server"  # a worker of a server whose master (or sibling) started it
+    if mode == "adopt":
+        return "adopt"
+    if mode == "startup":
+        return "startup"
+    return "live servers" if others else "no live server"
+
+
+WRITES = frozenset({"empty", "startup", "no live server"})
 
 
 class StoreError(RuntimeError):
@@ -40,6 +83,8 @@ class Store(abc.ABC):
     # Whether other processes use the same state: rate limits are then taken in leases
     # (rate_limit.store_mode), since each call costs a lock or a round trip.
     shared = True
+    # Whether servers must renew a lease to count as alive on it (renew_lease).
+    leases = False
 
     @abc.abstractmethod
     def acquire(self, buckets: Sequence[Bucket], now: float) -> tuple[int, BucketOutcome]:
@@ -119,6 +164,24 @@ class Store(abc.ABC):
         """Save ``state`` only if no state was ever saved, in one atomic step; whether it
         was saved. The first of many processes to start seeds the state; the rest, even
         those racing it, adopt what is there."""
+
+    def start_state(self, state: dict[str, Any], *, server: str, mode: str) -> StartedState:
+        """A server starts on this store: write ``state`` (its startup state) or adopt
+        what is there, by ``mode`` (``auto``, ``adopt``, ``startup``; see
+        :func:`start_decision`), in one atomic step, and count ``server`` as alive on it.
+        This default knows no other server (a store inside one process)."""
+        if mode == "startup" and self.load_state()[1] is not None:
+            self.save_state(state)
+            return StartedState(True, "startup")
+        wrote = self.init_state(state)
+        return StartedState(wrote, "empty" if wrote else "own server")
+
+    def renew_lease(self, server: str) -> None:  # noqa: B027 (optional, empty by default)
+        """``server`` still uses this store (called every LEASE_RENEW_S by the process
+        that started it); stores that see their processes need not be told."""
+
+    def drop_lease(self, server: str) -> None:  # noqa: B027 (optional, empty by default)
+        """``server`` stops: it no longer counts as alive on this store."""
 
     @abc.abstractmethod
     def reset(self) -> None:

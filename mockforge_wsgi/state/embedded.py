@@ -33,14 +33,15 @@ import hashlib
 import json
 import mmap
 import os
+import socket
 import threading
 import time
 from collections.abc import Iterable, Sequence, Set
 from pathlib import Path
 from typing import Any
 
-from ._process import is_alive, start_time
-from .base import StateTooLarge, Store, StoreError
+from ._process import is_alive, parent_pid, start_time
+from .base import WRITES, StartedState, StateTooLarge, Store, StoreError, start_decision
 from .gcra import Bucket, BucketOutcome, charge, take
 
 __all__ = ["EmbeddedStore"]
@@ -141,6 +142,41 @@ class EmbeddedStore(Store):
                 return False
             self._write_state(raw)
             return True
+
+    def start_state(self, state: dict[str, Any], *, server: str, mode: str) -> StartedState:
+        """The rows are the leases: a live process other than this one that holds a row
+        uses the store. One of ``server`` (its pid, or a child of it: a sibling worker),
+        or a state started by ``server`` (a respawned worker), means this server
+        already started it."""
+        raw = self._encode(state)
+        server_pid = _pid_of(server)
+        me = os.getpid()
+        with self._locked():
+            self._free_dead_rows()
+            owners = {
+                int(self._words[_SLOTS // 8 + row * _SLOT_ROW])
+                for row in range(int(self._words[_ROWS]))
+            } - {0, me}
+            own, others = False, set()
+            for owner in owners:
+                parent = parent_pid(owner)
+                if server_pid and server_pid in (owner, parent):
+                    own = True
+                else:  # a worker is named by its master, when that holds a row too
+                    others.add(f"{socket.gethostname()}:{parent if parent in owners else owner}")
+            if not own and self._words[_VERSION]:  # a respawned worker of the server
+                length = int(self._words[_LENGTH])
+                with contextlib.suppress(ValueError):
+                    raw_state = json.loads(bytes(self._map[_STATE : _STATE + length]))
+                    own = raw_state.get("started_by") == server
+            self._own_row()  # this process now counts as alive on the store
+            why = start_decision(
+                mode, exists=bool(self._words[_VERSION]), own=own, others=bool(others)
+            )
+            wrote = why in WRITES
+            if wrote:
+                self._write_state(raw)
+        return StartedState(wrote, why, tuple(sorted(others)))
 
     @staticmethod
     def _encode(state: dict[str, Any]) -> bytes:
@@ -499,6 +535,12 @@ def _reinit_locks_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_reinit_locks_in_child)
+
+
+def _pid_of(server: str) -> int:
+    """The pid in a server's name (``host:pid``); 0 when there is none."""
+    tail = server.rpartition(":")[2]
+    return int(tail) if tail.isdigit() else 0
 
 
 def _zero_in_flight(words: memoryview, slot: int) -> None:

@@ -29,7 +29,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-from .base import Store, StoreError
+from .base import LEASE_TTL_S, WRITES, StartedState, Store, StoreError
 from .gcra import Bucket, BucketOutcome
 
 __all__ = ["RedisStore"]
@@ -132,6 +132,42 @@ redis.call('INCR', KEYS[2])
 return 1
 """
 
+# A server starts (Store.start_state): drop the leases that ran out, note whether this
+# server (its master or another worker) or others are alive, take this process's lease,
+# and write the startup state when the rule says so (base.start_decision), all at once.
+# A lease member is a server ("host:pid" of its master, or of its one process), scored by
+# when it runs out (Redis' clock). KEYS: alive, state, version. ARGV: server, ttl, mode,
+# state.
+START_STATE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local own, others = false, {}
+for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if member == ARGV[1] then own = true else others[#others + 1] = member end
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+local why
+if redis.call('EXISTS', KEYS[2]) == 0 then why = 'empty'
+elseif own then why = 'own server'
+elseif ARGV[3] == 'adopt' then why = 'adopt'
+elseif ARGV[3] == 'startup' then why = 'startup'
+elseif #others > 0 then why = 'live servers'
+else why = 'no live server' end
+if why == 'empty' or why == 'startup' or why == 'no live server' then
+  redis.call('SET', KEYS[2], ARGV[4])
+  redis.call('INCR', KEYS[3])
+end
+return {why, others}
+"""
+
+# KEYS: alive. ARGV: member, ttl.
+RENEW_LEASE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+"""
+
 SLOT_POLL_S = 0.005
 FLUSH_S = 0.005  # event counts are sent at most this often per process
 SLOT_LEASE_S = 120
@@ -140,6 +176,8 @@ RETRY_S = 0.5
 
 class RedisStore(Store):
     """Shared state in Redis (``redis://host:port/db``)."""
+
+    leases = True
 
     def __init__(
         self,
@@ -163,6 +201,8 @@ class RedisStore(Store):
         self._take_slot = self._redis.register_script(TAKE_SLOT)
         self._put_slots = self._redis.register_script(PUT_SLOTS)
         self._init_state = self._redis.register_script(INIT_STATE)
+        self._start_state = self._redis.register_script(START_STATE)
+        self._renew_lease = self._redis.register_script(RENEW_LEASE)
         # Slots this process holds, by name: the truth its field in Redis is set to.
         self._held: dict[str, int] = {}
         self._held_lock = threading.RLock()  # a recovery inside a take rewrites counts
@@ -259,6 +299,22 @@ class RedisStore(Store):
         raw = json.dumps(state, separators=(",", ":"))
         keys = [self._key("state"), self._key("version")]
         return bool(self._call(lambda: self._init_state(keys=keys, args=[raw])))
+
+    def start_state(self, state: dict[str, Any], *, server: str, mode: str) -> StartedState:
+        raw = json.dumps(state, separators=(",", ":"))
+        keys = [self._key("alive"), self._key("state"), self._key("version")]
+        args: list[Any] = [server, LEASE_TTL_S, mode, raw]
+        why, others = self._call(lambda: self._start_state(keys=keys, args=args))
+        why = why.decode() if isinstance(why, bytes) else str(why)
+        names = (o.decode() if isinstance(o, bytes) else str(o) for o in others)
+        return StartedState(why in WRITES, why, tuple(sorted(set(names))))
+
+    def renew_lease(self, server: str) -> None:
+        keys, args = [self._key("alive")], [server, str(LEASE_TTL_S)]
+        self._call(lambda: self._renew_lease(keys=keys, args=args))
+
+    def drop_lease(self, server: str) -> None:
+        self._call(lambda: self._redis.zrem(self._key("alive"), server))
 
     # -- rate limits --------------------------------------------------------------------
 
