@@ -372,3 +372,30 @@ def test_workers_opening_an_old_file_at_once_all_start(tmp_path: Path) -> None:
     for worker in workers:
         worker.join(30)
     assert sorted(results.get(timeout=5) for _ in workers) == ["ok"] * 8
+
+
+def test_a_worker_opening_a_file_while_another_writes_waits_for_it(tmp_path: Path) -> None:
+    """Changing a file to WAL returns SQLITE_BUSY at once, without the busy handler, while
+    another connection holds a write lock (as a sibling worker's ``BEGIN IMMEDIATE`` in
+    ``_open`` does): the recorder retries it. Deterministic: the lock is held for 0.3 s
+    before the recorder opens, so a first try always meets it."""
+    path = tmp_path / "new.db"
+    first_schema(path).close()  # a rollback-journal file: the recorder must change it
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    with (
+        closing(sqlite3.connect(path, timeout=10)) as plain,
+        pytest.raises(sqlite3.OperationalError, match="locked"),  # what the retry is for
+    ):
+        plain.execute("PRAGMA journal_mode=WAL")
+    release = threading.Timer(0.3, lambda: holder.execute("COMMIT"))
+    release.start()
+    try:
+        started = time.monotonic()
+        Recorder(path)
+        assert time.monotonic() - started >= 0.25  # it waited for the lock
+    finally:
+        release.join()
+        holder.close()
+    with closing(sqlite3.connect(path)) as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
