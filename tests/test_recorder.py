@@ -270,7 +270,11 @@ def test_the_writer_thread_waits_the_documented_0_2_s_between_writes(
             waits.append(seconds)
         time.sleep(0.001)
 
-    monkeypatch.setattr(recorder_module, "time", SimpleNamespace(sleep=sleep, time=time.time))
+    monkeypatch.setattr(
+        recorder_module,
+        "time",
+        SimpleNamespace(sleep=sleep, time=time.time, monotonic=time.monotonic),
+    )
     client, recorder = recorded(tmp_path)
     client.get("/x", buffered=True)
     deadline = time.monotonic() + 5
