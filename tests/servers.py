@@ -8,6 +8,7 @@ already listening socket (``fd://``), so there is no race for the port.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import socket
 import subprocess
@@ -203,3 +204,74 @@ class RedisServer:
         if self.proc is not None:
             _stop(self.proc)
             self.proc = None
+
+
+# -- sync workers, deterministically ----------------------------------------------------------
+#
+# Which worker accepts a connection is the kernel's choice, so "N requests reach N
+# workers" is luck. A gunicorn sync worker, though, serves one connection at a time: a
+# worker that has read the start of a request and waits for the rest is held, and the
+# next connection must go to another one. Whether a worker has read what was sent is
+# seen in /proc/net/tcp: the server side of the connection has nothing left to read.
+
+
+def _read_by_the_server(server_port: int, client_port: int) -> bool:
+    """Whether all the client at 127.0.0.1:client_port sent to :server_port has arrived
+    (the client's side has nothing unacknowledged) and been read (the server's side has
+    nothing queued), as /proc/net/tcp shows the two ends."""
+    server = f"0100007F:{server_port:04X}"
+    client = f"0100007F:{client_port:04X}"
+    queues = {}
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if (fields[1], fields[2]) in ((server, client), (client, server)):
+            unsent, unread = (int(half, 16) for half in fields[4].split(":"))
+            queues[fields[1]] = unsent if fields[1] == client else unread
+    return queues.get(client) == 0 and queues.get(server) == 0
+
+
+@contextlib.contextmanager
+def held_sync_workers(url: str, count: int, path: str = READY_PATH) -> Iterator[list[Any]]:
+    """Holds ``count`` sync workers of the server at ``url``: each has read the head of a
+    GET of ``path`` but for its last line end, and waits for it. Yields the held
+    connections (``finish`` completes them); it waits (up to 30 s: workers boot one after
+    another) until every one was read, so each is held by a worker of its own."""
+    port = int(url.rsplit(":", 1)[1])
+    held = []
+    try:
+        for _ in range(count):
+            connection = socket.create_connection(("127.0.0.1", port), timeout=30)
+            held.append(connection)
+            head = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+            connection.sendall(head.encode())
+        deadline = time.monotonic() + 30
+        for connection in held:
+            mine = connection.getsockname()[1]
+            while not _read_by_the_server(port, mine):
+                assert time.monotonic() < deadline, f"{count} sync workers never all took one"
+                time.sleep(0.005)
+        yield held
+    finally:
+        for connection in held:
+            connection.close()
+
+
+def finish(held: list[Any]) -> list[tuple[int, dict[str, str], bytes]]:
+    """Completes the held requests at once and reads each answer: (status, headers, body)."""
+    for connection in held:
+        connection.sendall(b"\r\n")
+    answers = []
+    for connection in held:
+        response = http.client.HTTPResponse(connection)
+        response.begin()
+        answers.append((response.status, dict(response.getheaders()), response.read()))
+    return answers
+
+
+def one_request_per_sync_worker(
+    url: str, count: int, path: str = READY_PATH
+) -> list[tuple[int, dict[str, str], bytes]]:
+    """A GET of ``path`` to each of the ``count`` sync workers, every one of them for
+    sure (not by the kernel's luck): ``held_sync_workers``, then ``finish``."""
+    with held_sync_workers(url, count, path) as held:
+        return finish(held)
