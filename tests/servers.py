@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -27,6 +28,40 @@ from mockforge_wsgi.testing import ChaosServer
 
 TESTS_DIR = Path(__file__).parent
 READY_PATH = "/api/chaos/status"  # the management API: never subject to chaos
+
+
+def _port_range() -> range:
+    """This process's own ports: below the kernel's ephemeral range (where bind to port 0
+    and every client connection take theirs), a slice of its own for each pytest-xdist
+    worker, so a port found free stays free until the server binds it."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    first = 10_000
+    size = (low - first) // max(count, 1)
+    start = first + size * (int(worker) if worker.isdigit() else 0)
+    return range(start, start + size)
+
+
+_ports: Iterator[int] = iter(())
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on, for a server that must be told its
+    port: from this process's own range (not reused), checked free by binding it."""
+    global _ports
+    for _ in range(2):
+        for port in _ports:
+            with socket.socket() as probe:
+                try:
+                    probe.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+        ports = _port_range()
+        offset = random.randrange(len(ports))  # runs after this one start elsewhere
+        _ports = iter([*ports[offset:], *ports[:offset]])
+    raise RuntimeError("no free port in this process's range")
 
 
 class Server:
@@ -177,9 +212,7 @@ class RedisServer:
     """A real redis-server on 127.0.0.1 for one test; can be stopped and started again."""
 
     def __init__(self, tmp_path: Path) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.tmp_path = tmp_path
         self.proc: subprocess.Popen[bytes] | None = None

@@ -211,6 +211,7 @@ def admitted_by_processes(
             worker.join(10)
 
 
+@pytest.mark.alone  # wall-clock figures: no other test meanwhile
 @pytest.mark.server
 @pytest.mark.parametrize(("rate", "burst"), [(50, 10), (5_000, 100)])
 def test_four_processes_on_the_embedded_store_get_one_limit(
@@ -224,6 +225,7 @@ def test_four_processes_on_the_embedded_store_get_one_limit(
     assert admitted + held >= 0.97 * expected, (admitted, held, expected)
 
 
+@pytest.mark.alone  # wall-clock figures: no other test meanwhile
 @pytest.mark.server
 def test_four_processes_on_redis_get_one_limit(redis_server: RedisServer) -> None:
     """Two servers of two workers each, say: four processes leasing from one Redis."""

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import re
-import socket
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-from servers import mockforge_serve, one_request_per_sync_worker, session
+from servers import free_port, mockforge_serve, one_request_per_sync_worker, session
 from test_shared_state import _wait_for_workers
 from werkzeug.test import Client
 
@@ -62,9 +61,7 @@ def test_counts_in_process() -> None:
 
 @pytest.mark.server
 def test_exact_counts_across_four_workers(tmp_path: Path) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        metrics_port = probe.getsockname()[1]
+    metrics_port = free_port()
     args = (
         "--metrics",
         "--metrics-port",

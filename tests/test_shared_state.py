@@ -132,6 +132,7 @@ def test_one_management_call_reaches_every_worker(
         assert counters["http_error"] == 104
 
 
+@pytest.mark.alone  # wall-clock figures: no other test meanwhile
 @pytest.mark.parametrize("how", ["gunicorn", "mockforge serve"])
 def test_a_global_limit_is_one_limit_for_all_workers(tmp_path: Path, how: str) -> None:
     env = {
@@ -225,6 +226,7 @@ def test_killing_a_worker_under_load(tmp_path: Path) -> None:
     assert set(outcomes) <= {"200", "ConnectionError", "ChunkedEncodingError"}, outcomes
 
 
+@pytest.mark.alone  # wall-clock figures: no other test meanwhile
 def test_a_per_ip_limit_holds_across_workers(tmp_path: Path) -> None:
     env = {
         "MOCKFORGE_CHAOS_ENABLED": "true",
@@ -265,7 +267,9 @@ def test_a_connection_limit_holds_across_workers(tmp_path: Path) -> None:
     env = {
         "MOCKFORGE_CHAOS_ENABLED": "true",
         "MOCKFORGE_CHAOS_LATENCY_ENABLED": "true",
-        "MOCKFORGE_CHAOS_LATENCY_FIXED_DELAY_MS": "1000",
+        # Held 2 s: the four requests, completed together, all arrive while the first
+        # two hold their places (a 503 is at once: no queue timeout is set).
+        "MOCKFORGE_CHAOS_LATENCY_FIXED_DELAY_MS": "2000",
         "MOCKFORGE_CHAOS_TRAFFIC_SHAPING_ENABLED": "true",
         "MOCKFORGE_CHAOS_TRAFFIC_SHAPING_MAX_CONNECTIONS": "2",
     }
