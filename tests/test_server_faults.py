@@ -30,36 +30,37 @@ def chaos_env(**settings: str) -> dict[str, str]:
 
 @pytest.mark.alone
 def test_fixed_delay_lands_within_5ms_at_p99(tmp_path: Path) -> None:
-    """201 requests with a 100 ms delay: all >= 100 ms, p99 <= 105 ms.
+    """401 requests with a 50 ms delay: all >= 50 ms, p99 <= 55 ms.
 
     The client is http.client over one keep-alive connection in a fresh interpreter
     (tests/latency_probe.py), so what is timed is the server and the delay; the test runs
-    with no other test at the same time (``alone``). The bound is right by arithmetic: of
-    201 timings (the connection's first request aside), the p99 (inclusive method) is the
-    value at rank 0.99 x 200 = 198, exactly the third largest, so up to two requests may
-    be stalled by the VM (it stalls a process for 5-8 ms now and then, seen in CI, which
-    has nothing to do with the delay) and the p99 is still the delay's own. Every
-    timing above 105 ms is in the failure message.
+    with no other test of the suite at the same time (``alone``). The VM stalls a process
+    for 5-8 ms now and then (seen in CI and beside other work: 3 requests in a 20 s run),
+    which has nothing to do with the delay. The bound is right by arithmetic for up to
+    four such stalls in the ~21 s run: of 401 timings (the connection's first request
+    aside) the p99 (inclusive method) is the value at rank 0.99 x 400 = 396, exactly the
+    fifth largest, so four stalled requests cannot move it and the p99 is the delay's
+    own. Every timing above 55 ms is in the failure message.
     """
-    env = chaos_env(latency_enabled="true", latency_fixed_delay_ms="100")
+    env = chaos_env(latency_enabled="true", latency_fixed_delay_ms="50")
     extra = ("--worker-tmp-dir", "/dev/shm") if Path("/dev/shm").is_dir() else ()
     with gunicorn_server(tmp_path, env=env, worker_class="gthread", extra_args=extra) as server:
         probe = Path(__file__).with_name("latency_probe.py")
         address = server.url.split("//")[1]
         output = subprocess.run(
-            [sys.executable, str(probe), address, "/hello", "202"],
+            [sys.executable, str(probe), address, "/hello", "402"],
             capture_output=True,
             check=True,
             timeout=120,
         ).stdout
     measured = json.loads(output)
-    assert measured["annotations"] == ["latency=100ms"]
+    assert measured["annotations"] == ["latency=50ms"]
     elapsed_ms = measured["ms"][1:]  # the first request opens the connection
-    assert len(elapsed_ms) == 201
-    assert min(elapsed_ms) >= 100.0
+    assert len(elapsed_ms) == 401
+    assert min(elapsed_ms) >= 50.0
     p99 = statistics.quantiles(elapsed_ms, n=100, method="inclusive")[98]
-    assert p99 == pytest.approx(sorted(elapsed_ms)[-3])  # the arithmetic above
-    assert p99 <= 105.0, [round(ms, 2) for ms in sorted(elapsed_ms) if ms > 105.0]
+    assert p99 == pytest.approx(sorted(elapsed_ms)[-5])  # the arithmetic above
+    assert p99 <= 55.0, [round(ms, 2) for ms in sorted(elapsed_ms) if ms > 55.0]
 
 
 @pytest.mark.parametrize("worker_class", WORKERS)
