@@ -12,14 +12,19 @@ from sybil.integration.pytest import SybilItem
 
 sys.path.insert(0, str(Path(__file__).parent / "tests"))
 
+from alone import pytest_runtest_protocol  # noqa: F401  (a hook: the marker `alone`)
 from doc_blocks import SYBIL, server_items
 
 pytest_collect_file = SYBIL.pytest()
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups from the markers
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in server_items(iter(items)):
         item.add_marker(pytest.mark.server)
+    for item in items:  # a document's blocks share its namespace: one process, in order
+        if isinstance(item, SybilItem):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
 
 
 def _whole_traceback(item: SybilItem, excinfo: pytest.ExceptionInfo[BaseException]) -> Any:

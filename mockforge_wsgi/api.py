@@ -268,6 +268,7 @@ def config_section(section: str) -> Response:
 
 def scenarios() -> Response:
     engine = _engine()
+    everything = _stop_all()  # the OpenAPI document declares ?all on every method
     if request.method == "POST":
         body = _mapping(_body())
         name = body.pop("name", None)
@@ -278,7 +279,6 @@ def scenarios() -> Response:
         engine.define(scenario)
         return _json(scenario.to_dict(), 201)
     if request.method == "DELETE":
-        everything = _stop_all()
         active = engine.state().active
         if active is not None:
             engine.stop(everything=everything)
@@ -324,7 +324,11 @@ def _stop_all() -> bool:
     """``?all=true``: stop the scenario and drop those paused under it (none resumes)."""
     raw = request.args.get("all", "false").strip().lower()
     if raw not in ("true", "false", "1", "0"):
-        raise ApiError(400, "invalid request", [f"all: {shown(raw)} is not true or false"])
+        raise ApiError(
+            400,
+            "invalid request",
+            [f"all: {shown(raw)} is not a boolean; allowed: true, false, 1, 0"],
+        )
     return raw in ("true", "1")
 
 

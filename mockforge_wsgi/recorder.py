@@ -149,7 +149,7 @@ class Recorder:
     def _connect(self) -> sqlite3.Connection:
         connection = sqlite3.connect(self.path, timeout=10, isolation_level=None)
         try:
-            connection.execute("PRAGMA journal_mode=WAL")
+            _wal(connection)
             connection.execute("PRAGMA synchronous=NORMAL")
         except BaseException:  # not a database: closed here, not by the GC in a later test
             connection.close()
@@ -242,6 +242,23 @@ class Recorder:
             if len(page) < EXPORT_PAGE:
                 return
             after = page[-1][0]
+
+
+def _wal(connection: sqlite3.Connection, *, patience_s: float = 10.0) -> None:
+    """Put the file in WAL mode. Changing the journal mode can return SQLITE_BUSY without
+    calling the busy handler (the connection's timeout), so workers opening a new file at
+    once retry it here, backing off, for up to ``patience_s``; then the error stands."""
+    deadline = time.monotonic() + patience_s
+    pause = 0.005
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.25)
 
 
 def _matching(filters: Mapping[str, Any]) -> tuple[str, list[Any]]:

@@ -36,7 +36,6 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -350,9 +349,9 @@ def _console_script(name: str) -> str:
 
 
 def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    from servers import free_port
+
+    return free_port()
 
 
 def _extras() -> set[str]:

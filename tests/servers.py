@@ -8,7 +8,9 @@ already listening socket (``fd://``), so there is no race for the port.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -26,6 +28,40 @@ from mockforge_wsgi.testing import ChaosServer
 
 TESTS_DIR = Path(__file__).parent
 READY_PATH = "/api/chaos/status"  # the management API: never subject to chaos
+
+
+def _port_range() -> range:
+    """This process's own ports: below the kernel's ephemeral range (where bind to port 0
+    and every client connection take theirs), a slice of its own for each pytest-xdist
+    worker, so a port found free stays free until the server binds it."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    first = 10_000
+    size = (low - first) // max(count, 1)
+    start = first + size * (int(worker) if worker.isdigit() else 0)
+    return range(start, start + size)
+
+
+_ports: Iterator[int] = iter(())
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on, for a server that must be told its
+    port: from this process's own range (not reused), checked free by binding it."""
+    global _ports
+    for _ in range(2):
+        for port in _ports:
+            with socket.socket() as probe:
+                try:
+                    probe.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+        ports = _port_range()
+        offset = random.randrange(len(ports))  # runs after this one start elsewhere
+        _ports = iter([*ports[offset:], *ports[:offset]])
+    raise RuntimeError("no free port in this process's range")
 
 
 class Server:
@@ -176,9 +212,7 @@ class RedisServer:
     """A real redis-server on 127.0.0.1 for one test; can be stopped and started again."""
 
     def __init__(self, tmp_path: Path) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.tmp_path = tmp_path
         self.proc: subprocess.Popen[bytes] | None = None
@@ -203,3 +237,74 @@ class RedisServer:
         if self.proc is not None:
             _stop(self.proc)
             self.proc = None
+
+
+# -- sync workers, deterministically ----------------------------------------------------------
+#
+# Which worker accepts a connection is the kernel's choice, so "N requests reach N
+# workers" is luck. A gunicorn sync worker, though, serves one connection at a time: a
+# worker that has read the start of a request and waits for the rest is held, and the
+# next connection must go to another one. Whether a worker has read what was sent is
+# seen in /proc/net/tcp: the server side of the connection has nothing left to read.
+
+
+def _read_by_the_server(server_port: int, client_port: int) -> bool:
+    """Whether all the client at 127.0.0.1:client_port sent to :server_port has arrived
+    (the client's side has nothing unacknowledged) and been read (the server's side has
+    nothing queued), as /proc/net/tcp shows the two ends."""
+    server = f"0100007F:{server_port:04X}"
+    client = f"0100007F:{client_port:04X}"
+    queues = {}
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if (fields[1], fields[2]) in ((server, client), (client, server)):
+            unsent, unread = (int(half, 16) for half in fields[4].split(":"))
+            queues[fields[1]] = unsent if fields[1] == client else unread
+    return queues.get(client) == 0 and queues.get(server) == 0
+
+
+@contextlib.contextmanager
+def held_sync_workers(url: str, count: int, path: str = READY_PATH) -> Iterator[list[Any]]:
+    """Holds ``count`` sync workers of the server at ``url``: each has read the head of a
+    GET of ``path`` but for its last line end, and waits for it. Yields the held
+    connections (``finish`` completes them); it waits (up to 30 s: workers boot one after
+    another) until every one was read, so each is held by a worker of its own."""
+    port = int(url.rsplit(":", 1)[1])
+    held = []
+    try:
+        for _ in range(count):
+            connection = socket.create_connection(("127.0.0.1", port), timeout=30)
+            held.append(connection)
+            head = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+            connection.sendall(head.encode())
+        deadline = time.monotonic() + 30
+        for connection in held:
+            mine = connection.getsockname()[1]
+            while not _read_by_the_server(port, mine):
+                assert time.monotonic() < deadline, f"{count} sync workers never all took one"
+                time.sleep(0.005)
+        yield held
+    finally:
+        for connection in held:
+            connection.close()
+
+
+def finish(held: list[Any]) -> list[tuple[int, dict[str, str], bytes]]:
+    """Completes the held requests at once and reads each answer: (status, headers, body)."""
+    for connection in held:
+        connection.sendall(b"\r\n")
+    answers = []
+    for connection in held:
+        response = http.client.HTTPResponse(connection)
+        response.begin()
+        answers.append((response.status, dict(response.getheaders()), response.read()))
+    return answers
+
+
+def one_request_per_sync_worker(
+    url: str, count: int, path: str = READY_PATH
+) -> list[tuple[int, dict[str, str], bytes]]:
+    """A GET of ``path`` to each of the ``count`` sync workers, every one of them for
+    sure (not by the kernel's luck): ``held_sync_workers``, then ``finish``."""
+    with held_sync_workers(url, count, path) as held:
+        return finish(held)

@@ -256,6 +256,17 @@ def test_scenarios_routes() -> None:
     assert middleware.config.latency.enabled is False
 
 
+@pytest.mark.parametrize("method", ["GET", "DELETE"])
+def test_a_query_all_that_is_not_a_boolean_is_refused_naming_it(method: str) -> None:
+    """The OpenAPI document declares ``all`` a boolean on /scenarios (found by schemathesis:
+    ``GET ?all=2`` was a 200)."""
+    client, _ = make()
+    refused = call(client, method, "/scenarios?all=2")
+    assert refused.status_code == 400
+    assert problems(refused) == ["all: '2' is not a boolean; allowed: true, false, 1, 0"]
+    assert call(client, "GET", "/scenarios?all=true").status_code == 200
+
+
 def test_schedule_and_stats_and_reset() -> None:
     client, middleware = make(
         load_config(

@@ -5,7 +5,6 @@ client that honours Retry-After getting through."""
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 from requests.adapters import HTTPAdapter
-from servers import Server, mockforge_serve, session, werkzeug_server
+from servers import Server, mockforge_serve, one_request_per_sync_worker, session, werkzeug_server
 from urllib3.util.retry import Retry
 
 from mockforge_wsgi.client import ChaosClient
@@ -25,8 +24,9 @@ def test_failures_open_the_breaker_for_every_worker_until_a_probe_closes_it(
     tmp_path: Path,
 ) -> None:
     env = {"MOCKFORGE_DEBUG_HEADERS": "1"}
-    with mockforge_serve(tmp_path, "--workers", "4", env=env) as server:
+    with mockforge_serve(tmp_path, "--workers", "4", "--worker-class", "sync", env=env) as server:
         api = server.url + "/api/chaos"
+        one_request_per_sync_worker(server.url, 4)  # all four are up: none boots later
         config = {
             "enabled": True,
             "circuit_breaker": {"enabled": True, "failure_threshold": 3, "cooldown_s": 2},
@@ -41,29 +41,18 @@ def test_failures_open_the_breaker_for_every_worker_until_a_probe_closes_it(
                 statuses.append(fresh.get(server.url + "/api/test", timeout=10).status_code)
         assert statuses == [500, 500, 500]
 
-        # Which worker accepts a connection is the kernel's choice: ask from 4 threads at
-        # once until two workers have answered (at most 48 requests, well within 2 s).
+        # Every worker refuses: one request to each of the four, three times over (each
+        # to a worker of its own for sure, not by the kernel's choice: servers.py).
         refused: list[tuple[int, str | None]] = []
         workers: set[str] = set()
         waits: set[str] = set()
-
-        def ask() -> None:
-            for _ in range(12):
-                if len(workers) >= 2 and len(refused) >= 12:
-                    return
-                with session() as fresh:
-                    answer = fresh.get(server.url + "/api/test", timeout=10)
-                refused.append((answer.status_code, answer.headers.get("X-Mockforge-Chaos")))
-                workers.add(answer.headers["X-Mockforge-Worker"])
-                waits.add(answer.headers.get("Retry-After", ""))
-
-        threads = [threading.Thread(target=ask) for _ in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(20)
-        assert set(refused) == {(503, "circuit=open")} and len(refused) >= 12
-        assert len(workers) >= 2, workers  # not one worker's private breaker
+        for _ in range(3):
+            for status, headers, _ in one_request_per_sync_worker(server.url, 4, "/api/test"):
+                refused.append((status, headers.get("X-Mockforge-Chaos")))
+                workers.add(headers["X-Mockforge-Worker"])
+                waits.add(headers.get("Retry-After", ""))
+        assert set(refused) == {(503, "circuit=open")} and len(refused) == 12
+        assert len(workers) == 4, workers  # not one worker's private breaker
         assert waits <= {"1", "2"}, waits  # the 2 s left, rounded up
 
         # A client that honours Retry-After waits it out; its retry is the half-open

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import re
-import socket
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-from servers import mockforge_serve, session
-from test_shared_state import _concurrently, _wait_for_workers
+from servers import free_port, mockforge_serve, one_request_per_sync_worker, session
+from test_shared_state import _wait_for_workers
 from werkzeug.test import Client
 
 from mockforge_wsgi import ChaosMiddleware, load_config
@@ -61,9 +61,7 @@ def test_counts_in_process() -> None:
 
 @pytest.mark.server
 def test_exact_counts_across_four_workers(tmp_path: Path) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        metrics_port = probe.getsockname()[1]
+    metrics_port = free_port()
     args = (
         "--metrics",
         "--metrics-port",
@@ -86,12 +84,15 @@ def test_exact_counts_across_four_workers(tmp_path: Path) -> None:
         http.post(api + "/scenarios", json={"name": "mine", "fault_injection": faults}, timeout=10)
         http.post(api + "/scenarios/mine", timeout=10).raise_for_status()
 
-        results = _concurrently(
-            40, 8, lambda fresh: fresh.get(server.url + "/api/test", timeout=10)
-        )
-        assert [r.status_code for r in results] == [502] * 40
-        workers = {r.headers["X-Mockforge-Worker"] for r in results}
-        assert len(workers) >= 2
+        # 40 requests, 10 to each worker for sure (servers.py): every count is the sum.
+        results = [
+            answer
+            for _ in range(10)
+            for answer in one_request_per_sync_worker(server.url, 4, "/api/test")
+        ]
+        assert [status for status, _, _ in results] == [502] * 40
+        workers = Counter(headers["X-Mockforge-Worker"] for _, headers, _ in results)
+        assert sorted(workers.values()) == [10] * 4, workers
         text = http.get(server.url + "/metrics", timeout=10).text
         assert (
             sample(text, "mockforge_chaos_injections_total", type="http_error", detail="502") == 40

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -87,11 +88,13 @@ def test_the_example_decides_from_the_generator_alone() -> None:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The example plugin pip-installed into a directory of its own (not this process's
-    environment: the committed docs tables are made without plugins)."""
+    environment: the committed docs tables are made without plugins). Built from a copy:
+    a build writes into its source folder, and another xdist worker may build it too."""
     target = tmp_path_factory.mktemp("site")
+    source = shutil.copytree(EXAMPLE, tmp_path_factory.mktemp("source") / EXAMPLE.name)
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-         "--target", str(target), str(EXAMPLE)],
+         "--target", str(target), str(source)],
         check=True, capture_output=True, timeout=120,
     )  # fmt: skip
     return target

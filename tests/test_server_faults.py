@@ -28,38 +28,39 @@ def chaos_env(**settings: str) -> dict[str, str]:
     return env
 
 
+@pytest.mark.alone
 def test_fixed_delay_lands_within_5ms_at_p99(tmp_path: Path) -> None:
-    """50 requests with a 200 ms delay: all >= 200 ms, p99 <= 205 ms.
+    """401 requests with a 50 ms delay: all >= 50 ms, p99 <= 55 ms.
 
     The client is http.client over one keep-alive connection in a fresh interpreter
-    (tests/latency_probe.py), so what is timed is the server and the delay. This VM
-    stalls a process for 5-8 ms now and then (seen in CI, not in quiet runs: one request
-    in a run of 50 at 205.6 or 207.7 ms while every other was under 204), which has
-    nothing to do with the delay; so up to three runs of 50 are made and the best one
-    must meet the bound. Every run's figures are in the failure message.
+    (tests/latency_probe.py), so what is timed is the server and the delay; the test runs
+    with no other test of the suite at the same time (``alone``). The VM stalls a process
+    for 5-8 ms now and then (seen in CI and beside other work: 3 requests in a 20 s run),
+    which has nothing to do with the delay. The bound is right by arithmetic for up to
+    four such stalls in the ~21 s run: of 401 timings (the connection's first request
+    aside) the p99 (inclusive method) is the value at rank 0.99 x 400 = 396, exactly the
+    fifth largest, so four stalled requests cannot move it and the p99 is the delay's
+    own. Every timing above 55 ms is in the failure message.
     """
-    env = chaos_env(latency_enabled="true", latency_fixed_delay_ms="200")
+    env = chaos_env(latency_enabled="true", latency_fixed_delay_ms="50")
     extra = ("--worker-tmp-dir", "/dev/shm") if Path("/dev/shm").is_dir() else ()
-    runs = []
     with gunicorn_server(tmp_path, env=env, worker_class="gthread", extra_args=extra) as server:
         probe = Path(__file__).with_name("latency_probe.py")
         address = server.url.split("//")[1]
-        for _ in range(3):
-            output = subprocess.run(
-                [sys.executable, str(probe), address, "/hello", "51"],
-                capture_output=True,
-                check=True,
-                timeout=60,
-            ).stdout
-            measured = json.loads(output)
-            assert measured["annotations"] == ["latency=200ms"]
-            elapsed_ms = measured["ms"][1:]  # the first request opens the connection
-            assert min(elapsed_ms) >= 200.0
-            p99 = statistics.quantiles(elapsed_ms, n=100, method="inclusive")[98]
-            runs.append((round(p99, 2), [round(ms, 2) for ms in sorted(elapsed_ms)[-3:]]))
-            if p99 <= 205.0:
-                break
-    assert min(p99 for p99, _ in runs) <= 205.0, runs
+        output = subprocess.run(
+            [sys.executable, str(probe), address, "/hello", "402"],
+            capture_output=True,
+            check=True,
+            timeout=120,
+        ).stdout
+    measured = json.loads(output)
+    assert measured["annotations"] == ["latency=50ms"]
+    elapsed_ms = measured["ms"][1:]  # the first request opens the connection
+    assert len(elapsed_ms) == 401
+    assert min(elapsed_ms) >= 50.0
+    p99 = statistics.quantiles(elapsed_ms, n=100, method="inclusive")[98]
+    assert p99 == pytest.approx(sorted(elapsed_ms)[-5])  # the arithmetic above
+    assert p99 <= 55.0, [round(ms, 2) for ms in sorted(elapsed_ms) if ms > 55.0]
 
 
 @pytest.mark.parametrize("worker_class", WORKERS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -14,7 +15,14 @@ from typing import Any
 import pytest
 import requests
 from click.testing import CliRunner
-from servers import gunicorn_server, mockforge_serve, session
+from servers import (
+    finish,
+    gunicorn_server,
+    held_sync_workers,
+    mockforge_serve,
+    one_request_per_sync_worker,
+    session,
+)
 
 from mockforge_wsgi.cli import main
 
@@ -70,16 +78,19 @@ def _concurrently(count: int, clients: int, call: Any) -> list[Any]:
     return results
 
 
-def _wait_for_workers(url: str, count: int) -> None:
-    """Workers boot one after another: wait until ``count`` of them answer."""
-    seen: set[int] = set()
-    deadline = time.monotonic() + 30
-    while len(seen) < count and time.monotonic() < deadline:
-        stats = _concurrently(
-            20, 10, lambda fresh: fresh.get(url + "/api/chaos/stats", timeout=10).json()
-        )
-        seen |= {answer["worker"] for answer in stats}
+def _wait_for_workers(url: str, count: int) -> set[int]:
+    """Waits until ``count`` sync workers all answer (they boot one after another): one
+    request to each, for sure (servers.py); their pids."""
+    answers = one_request_per_sync_worker(url, count, "/api/chaos/stats")
+    seen = {json.loads(body)["worker"] for _, _, body in answers}
     assert len(seen) == count, seen
+    return seen
+
+
+def _per_worker(url: str, count: int) -> list[tuple[int, str]]:
+    """One GET /api/test to each of ``count`` sync workers: (status, the worker's pid)."""
+    answers = one_request_per_sync_worker(url, count, "/api/test")
+    return [(status, headers.get("X-Mockforge-Worker", "")) for status, headers, _ in answers]
 
 
 @pytest.mark.parametrize(
@@ -108,16 +119,20 @@ def test_one_management_call_reaches_every_worker(
 
         _wait_for_workers(server.url, 4)
         assert http.put(api + "/config/faults", json=FAULT_ALL, timeout=10).ok
+        everywhere = _per_worker(server.url, 4)  # each worker once, for sure
+        assert [status for status, _ in everywhere] == [503] * 4
+        assert len({pid for _, pid in everywhere}) == 4, everywhere
         faulted = _concurrently(100, 10, get)
         assert [status for status, _ in faulted] == [503] * 100
-        assert len({pid for _, pid in faulted}) == 4, Counter(pid for _, pid in faulted)
         assert http.post(api + "/disable", timeout=10).status_code == 200
+        assert [status for status, _ in _per_worker(server.url, 4)] == [200] * 4
         served = _concurrently(40, 10, get)
         assert [status for status, _ in served] == [200] * 40
         counters = http.get(api + "/status", timeout=10).json()["counters"]
-        assert counters["http_error"] == 100
+        assert counters["http_error"] == 104
 
 
+@pytest.mark.alone  # wall-clock figures: no other test meanwhile
 @pytest.mark.parametrize("how", ["gunicorn", "mockforge serve"])
 def test_a_global_limit_is_one_limit_for_all_workers(tmp_path: Path, how: str) -> None:
     env = {
@@ -211,6 +226,7 @@ def test_killing_a_worker_under_load(tmp_path: Path) -> None:
     assert set(outcomes) <= {"200", "ConnectionError", "ChunkedEncodingError"}, outcomes
 
 
+@pytest.mark.alone  # wall-clock figures: no other test meanwhile
 def test_a_per_ip_limit_holds_across_workers(tmp_path: Path) -> None:
     env = {
         "MOCKFORGE_CHAOS_ENABLED": "true",
@@ -251,7 +267,9 @@ def test_a_connection_limit_holds_across_workers(tmp_path: Path) -> None:
     env = {
         "MOCKFORGE_CHAOS_ENABLED": "true",
         "MOCKFORGE_CHAOS_LATENCY_ENABLED": "true",
-        "MOCKFORGE_CHAOS_LATENCY_FIXED_DELAY_MS": "1000",
+        # Held 2 s: the four requests, completed together, all arrive while the first
+        # two hold their places (a 503 is at once: no queue timeout is set).
+        "MOCKFORGE_CHAOS_LATENCY_FIXED_DELAY_MS": "2000",
         "MOCKFORGE_CHAOS_TRAFFIC_SHAPING_ENABLED": "true",
         "MOCKFORGE_CHAOS_TRAFFIC_SHAPING_MAX_CONNECTIONS": "2",
     }
@@ -259,24 +277,12 @@ def test_a_connection_limit_holds_across_workers(tmp_path: Path) -> None:
         _servers(tmp_path, "mockforge serve", env, worker_class="sync") as server,
         session() as http,
     ):
-        _wait_for_workers(server.url, 4)
-        started = time.monotonic()
-
-        def timed(fresh: requests.Session) -> tuple[int, float]:
-            answer = fresh.get(server.url + "/api/test", timeout=10)
-            return answer.status_code, time.monotonic() - started
-
-        results = _concurrently(4, 4, timed)
-        statuses = sorted(status for status, _ in results)
-        # Per-worker limits would let all four through (one request per sync worker).
-        assert set(statuses) <= {200, 503}
-        assert statuses.count(503) >= 1, results
-        assert statuses.count(200) >= 2, results
-        # A 200 back within 1.9 s began its 1 s hold in the first 0.9 s: all such holds
-        # overlap at 0.9-1.0 s, so there are at most max_connections (2) of them. (A
-        # request queued behind another on one sync worker comes back later.)
-        early = [status for status, seconds in results if status == 200 and seconds < 1.9]
-        assert len(early) <= 2, results
+        # Four requests at once, each on a worker of its own for sure (servers.py):
+        # per-worker limits would let all four through; one limit lets two.
+        with held_sync_workers(server.url, 4, "/api/test") as held:
+            results = finish(held)
+        statuses = sorted(status for status, _, _ in results)
+        assert statuses == [200, 200, 503, 503], results
         assert (
             http.get(server.url + "/api/chaos/stats", timeout=10).json()["connections_in_use"] == 0
         )
@@ -293,11 +299,13 @@ def test_a_change_while_a_scenario_runs_reaches_every_worker(tmp_path: Path) -> 
         _wait_for_workers(server.url, 4)
         http.post(api + "/scenarios/service_instability", timeout=10).raise_for_status()
         assert http.put(api + "/config/faults", json=FAULT_ALL, timeout=10).ok
-        assert _faulted_share(server.url, 100) == 1.0  # on top of the scenario, everywhere
+        assert [status for status, _ in _per_worker(server.url, 4)] == [503] * 4  # everywhere
+        assert _faulted_share(server.url, 100) == 1.0  # on top of the scenario
         overrides = http.get(api + "/status", timeout=10).json()["overrides"]
         assert overrides["fault_injection"]["http_error_probability"] == 1.0
         http.delete(api + "/scenarios", timeout=10).raise_for_status()
         assert _faulted_share(server.url, 40) == 0.0  # the runtime config is back
+        assert [status for status, _ in _per_worker(server.url, 4)] == [200] * 4
 
 
 def test_a_restarted_server_starts_from_its_startup_config(tmp_path: Path) -> None:
@@ -374,15 +382,9 @@ def test_the_startup_scenario_resumes_on_every_worker(tmp_path: Path) -> None:
         runner = CliRunner()
 
         def answers() -> tuple[set[int], int]:
-            """Statuses of 30 requests on fresh connections, and how many workers answered."""
-            got = _concurrently(
-                30,
-                10,
-                lambda fresh: (
-                    (answer := fresh.get(server.url + "/api/test", timeout=10)).status_code,
-                    answer.headers.get("X-Mockforge-Worker"),
-                ),
-            )
+            """The statuses of one request to each of the 3 workers (each for sure), and
+            how many workers said which they were."""
+            got = _per_worker(server.url, 3)
             return {status for status, _ in got}, len({pid for _, pid in got if pid})
 
         def active() -> dict[str, Any]:

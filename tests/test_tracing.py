@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,7 +13,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from servers import mockforge_serve, session
+from servers import free_port, mockforge_serve, session
 from werkzeug.test import Client
 
 from mockforge_wsgi import ChaosMiddleware, load_config
@@ -103,9 +102,7 @@ def test_full_observability_stack_command_starts(tmp_path: Path) -> None:
     collector = Collector()
     thread = threading.Thread(target=collector.serve_forever, daemon=True)
     thread.start()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        metrics_port = probe.getsockname()[1]
+    metrics_port = free_port()
     args = (
         "--chaos", "--chaos-scenario", "slow_backend",
         "--metrics", "--metrics-port", str(metrics_port),

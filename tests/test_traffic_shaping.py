@@ -171,6 +171,7 @@ def _timed_body(port: int, path: str) -> tuple[list[tuple[float, int]], bytes]:
     return arrivals, head
 
 
+@pytest.mark.alone  # wall-clock figures: no other test meanwhile
 @pytest.mark.server
 def test_bandwidth_through_a_real_server_within_2_percent(tmp_path: Path) -> None:
     """512 KiB at 100 KiB/s, timed byte by byte by a raw-socket client."""
@@ -188,6 +189,7 @@ def test_bandwidth_through_a_real_server_within_2_percent(tmp_path: Path) -> Non
     assert_clean_log(server)
 
 
+@pytest.mark.alone  # wall-clock figures: no other test meanwhile
 @pytest.mark.server
 def test_upload_is_paced_through_a_real_server(tmp_path: Path) -> None:
     limit = 50_000
@@ -240,6 +242,7 @@ def _planned_stall(env: dict[str, str], segments: int) -> float:
     return total
 
 
+@pytest.mark.alone  # wall-clock figures: no other test meanwhile
 @pytest.mark.server
 def test_packet_loss_through_a_real_server(tmp_path: Path) -> None:
     """Seeded: the server's first request stalls exactly as its Plan says (a loss is

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from servers import werkzeug_server
+from servers import free_port, werkzeug_server
 
 from mockforge_wsgi import _extras
 from mockforge_wsgi.app import create_app
@@ -59,9 +59,7 @@ sys.meta_path.insert(0, _Absent())
 
 def _closed_port() -> int:
     """A port nothing listens on (bound, then let go)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    return free_port()
 
 
 @pytest.fixture
