@@ -237,6 +237,7 @@ class ChaosMiddleware:
             started,
             self._releaser(outcome.plan),
             self._report_found,
+            self.engine,
         )()
 
     def _releaser(self, plan: Plan) -> Callable[[], None] | None:

@@ -33,6 +33,7 @@ LAYERS = [
     ["_settings"],
     ["_kinds"],
     ["_guard"],  # cross-site requests and rebound Hosts refused (management API)
+    ["release"],  # holds that chaos off wakes (a condition, a version watcher)
     ["_env", "_answers", "_extras", "_headers", "_observe", "_sockets", "_sections", "_version"],
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
