@@ -92,7 +92,7 @@ def _held_then_disabled(
 DELAY = "  latency: {enabled: true, fixed_delay_ms: 3000}\n"
 
 
-def test_a_3_s_delay_on_8_requests_over_2_workers_is_released_by_the_disable(
+def test_8_requests_held_3_s_are_released_by_the_disable(
     tmp_path: Path,
 ) -> None:
     _held_then_disabled(tmp_path, DELAY, in_flight=8, counter="latency")
