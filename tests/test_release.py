@@ -205,6 +205,19 @@ def test_stopping_a_scenario_releases_its_holds() -> None:
     _released_by(app, app.engine.stop)
 
 
+def test_a_scenario_that_runs_out_releases_its_holds_with_nobody_asking() -> None:
+    """No request and no management call comes: the watcher of the held requests sees
+    the scenario's end fall due (slow_backend holds 2 s; it runs 0.4 s)."""
+    app = _middleware()
+    app.engine.activate("slow_backend", duration_s=0.4)
+    start = time.monotonic()
+    holds = [_in_thread(_get(app, "/")) for _ in range(3)]
+    for seen in holds:
+        _finished(seen)
+        assert seen["result"][0] == 200
+        assert 0.35 <= seen["done"] - start < 0.4 + POLL_S + BOUND_S + MARGIN_S
+
+
 def test_a_change_that_holds_nothing_keeps_the_holds() -> None:
     """A rate-limit change wakes the holds; they ask, and hold on to the end."""
     app = _middleware(latency={"enabled": True, "fixed_delay_ms": 400})
