@@ -53,6 +53,7 @@ def one_run(workdir: Path, serve: tuple[str, ...], in_flight: int, store: str | 
         admin = found[1] + "/api/chaos"
         if store:  # a shared Redis: start from the config above, not another run's state
             _post(admin + "/reset")
+            time.sleep(0.2)  # a worker reads Redis' version at most every 50 ms
         done: list[float] = []
 
         def fetch() -> None:
@@ -62,7 +63,10 @@ def one_run(workdir: Path, serve: tuple[str, ...], in_flight: int, store: str | 
         threads = [threading.Thread(target=fetch) for _ in range(in_flight)]
         for thread in threads:
             thread.start()
+        deadline = time.monotonic() + 10
         while json.loads(_get(admin + "/stats"))["counters"].get("latency", 0) < in_flight:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not all held:\n{server.log()}")
             time.sleep(0.02)
         time.sleep(0.2)
         sent = time.monotonic()
@@ -97,7 +101,8 @@ def main() -> None:
             ]
         print(
             f"| {name} | {in_flight} | {min(figures):.0f} / "
-            f"{statistics.median(figures):.0f} / {max(figures):.0f} ms |"
+            f"{statistics.median(figures):.0f} / {max(figures):.0f} ms |",
+            flush=True,
         )
 
 
