@@ -24,14 +24,16 @@ from .fault import (
     render_fault,
     reset_or_cut,
 )
-from .latency import sleep_ms
 from .outcome import CONNECTION_TIMEOUT, Injection, Outcome
 from .plan import Plan
 from .rate_limit import render_refusal
-from .traffic_shaping import PacedBody, PacedInput, sleep_until
+from .release import RELEASER
+from .traffic_shaping import DEADLINE, RELEASED, PacedBody, PacedInput, sleep_until
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+    from .engine import HoldBasis, ScenarioEngine
 
 __all__ = ["Delivery", "with_headers"]
 
@@ -49,16 +51,25 @@ class Delivery:
     ``release_slot`` gives back the connection slot the plan holds (None: it holds
     none); ``report(environ, found)`` hears what applying found (a body cut at the
     connection deadline). Both run once the response is complete or closed, the slot
-    before a cut."""
+    before a cut.
+
+    Every hold (latency, a timeout's, an after-app stall, pacing, a connection-timeout
+    wait) goes through :meth:`hold`: chaos turned off, a reset, a scenario stopped or a
+    change of the holding settings in ``engine``'s state, made in any process sharing
+    its store, releases it within about 100 ms, and the request goes on as if chaos had
+    been off from that moment (``released``)."""
 
     __slots__ = (
+        "_basis",
         "_connection",
+        "_engine",
         "app",
         "environ",
         "faults",
         "headers",
         "outcome",
         "release_slot",
+        "released",
         "report",
         "start_response",
         "started",
@@ -75,6 +86,7 @@ class Delivery:
         started: float,
         release_slot: Callable[[], None] | None,
         report: Callable[[WSGIEnvironment, list[Injection]], None],
+        engine: ScenarioEngine | None = None,
     ) -> None:
         self.app = app
         self.outcome = outcome
@@ -86,6 +98,28 @@ class Delivery:
         self.report = report
         self.release_slot = Once(release_slot) if release_slot is not None else None
         self._connection: Connection | None = None
+        self._engine = engine
+        # What this request's holds were decided under (read now: one attribute).
+        self._basis: HoldBasis | None = engine.basis if engine is not None else None
+        self.released = False
+
+    def hold(self, seconds: float) -> bool:
+        """Wait ``seconds`` (an injected hold): True once waited out; False when chaos
+        went off or changed meanwhile (see the class), and at once for every hold after."""
+        if self.released:
+            return False
+        engine = self._engine
+        if engine is None:
+            held = RELEASER.hold(seconds)
+        else:
+            held = RELEASER.hold(seconds, source=engine, wanted=self._still_wanted)
+        if not held:
+            self.released = True
+        return held
+
+    def _still_wanted(self) -> bool:
+        assert self._engine is not None and self._basis is not None
+        return self._engine.still_holds(self._basis)
 
     @property
     def connection(self) -> Connection:
@@ -152,15 +186,23 @@ class Delivery:
         timeout = shaping.connection_timeout_ms if shaping is not None else 0.0
         deadline = self.started + timeout / 1000.0 if timeout else None
         if shaping is not None and shaping.upload_bps:
-            environ["wsgi.input"] = PacedInput(environ["wsgi.input"], shaping.upload_bps)
-        if plan.delay_ms is not None and not sleep_until(
-            time.monotonic() + plan.delay_ms / 1000.0, deadline
-        ):
-            return self._end(start_response, "connection timeout")
+            environ["wsgi.input"] = PacedInput(
+                environ["wsgi.input"], shaping.upload_bps, sleep=self.hold
+            )
+        if plan.delay_ms is not None:
+            waited = sleep_until(
+                time.monotonic() + plan.delay_ms / 1000.0, deadline, sleep=self.hold
+            )
+            if waited == DEADLINE:
+                return self._end(start_response, "connection timeout")
+            if waited == RELEASED:
+                return self._unharmed(start_response)
         fault = plan.fault
         kind = fault.kind if fault is not None else None
         if kind in _INSTEAD_OF_THE_APP:
             assert fault is not None
+            if kind == "timeout" and not self.hold(fault.hold_ms / 1000.0):
+                return self._unharmed(start_response)  # released before it answered
             drain_input(environ)  # the answer the client sees is ours, not a send error
             if kind == "connection_reset":
                 return reset_or_cut(
@@ -184,9 +226,19 @@ class Delivery:
             body = self.app(environ, with_headers(start_response, self.headers))
         if shaping is not None and shaping.paces_body:
             body = PacedBody(
-                body, shaping, self.connection, started=self.started, on_cut=self._cut_mid_body
+                body,
+                shaping,
+                self.connection,
+                started=self.started,
+                on_cut=self._cut_mid_body,
+                sleep=self.hold,
             )
         return body
+
+    def _unharmed(self, start_response: StartResponse) -> Iterable[bytes]:
+        """Released: the app answers as if chaos had been off (an upload's pacing, if
+        any, is released too)."""
+        return self.app(self.environ, with_headers(start_response, self.headers))
 
     def _after_app(self, fault: Fault, start_response: StartResponse) -> Iterable[bytes]:
         """Commit, then fail: the app runs to the end of its body (its side effects
@@ -208,8 +260,8 @@ class Delivery:
             return reset_or_cut(self.connection, start_response, self.headers, why)
         if fault.mode == "http_error":
             return answer_fault(fault, self.faults, start_response, self.headers)
-        if fault.mode == "stall":
-            sleep_ms(fault.hold_ms)
+        if fault.mode == "stall":  # released: the close comes at once
+            self.hold(fault.hold_ms / 1000.0)
         return self._end(start_response, f"injected {fault.label} after the app ran")
 
     def _end(self, start_response: StartResponse, why: str) -> Iterable[bytes]:

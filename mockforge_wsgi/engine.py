@@ -31,14 +31,17 @@ import attrs
 from . import _state_start
 from .config import ChaosConfig, config_from_dict
 from .patterns import PATTERN_COUNTER, SCRIPT_COUNTER_PREFIX
+from .release import release_all
 from .scenarios import BUILTIN_SCENARIOS, Scenario, ramped, unknown_scenario
 from .state import MemoryStore, Store, StoreError
 from .state.base import StartedState
 
 __all__ = [
+    "HOLDING_SECTIONS",
     "MAX_DURATION_S",
     "MAX_PAUSED",
     "ActiveScenario",
+    "HoldBasis",
     "PausedScenario",
     "RuntimeState",
     "ScenarioEngine",
@@ -143,6 +146,36 @@ class ScheduleEntry:
     duration_s: float | None = None
 
 
+# The sections whose settings hold requests (latency, timeout holds, stalls, pacing,
+# connection timeouts; a rule's or a header's own): a change of any of them releases
+# the requests held under the old settings (release.py).
+HOLDING_SECTIONS = ("latency", "fault_injection", "traffic_shaping", "rules", "header_control")
+
+
+@attrs.frozen(eq=False)
+class HoldBasis:
+    """What a held request was decided under: the effective config, the active
+    scenario, and how many resets the state has seen. A hold lasts while it stays alike
+    (see :meth:`ScenarioEngine.still_holds`)."""
+
+    config: ChaosConfig
+    active: ActiveScenario | None
+    resets: int
+
+    def alike(self, other: HoldBasis) -> bool:
+        """Whether a request held under ``other`` is still wanted under this one: chaos
+        on, the same scenario run, no reset between, the holding sections unchanged."""
+        if other is self:
+            return True
+        config, then = self.config, other.config
+        return (
+            config.enabled
+            and self.resets == other.resets
+            and self.active == other.active
+            and all(getattr(config, name) == getattr(then, name) for name in HOLDING_SECTIONS)
+        )
+
+
 # What a change made while a scenario runs may override: all but the master switch
 # (which is the state's own) and the startup scenario's name.
 OVERRIDABLE = tuple(
@@ -173,6 +206,7 @@ class RuntimeState:
     started_by: str = ""
     started_at: float = 0.0
     written_by: str = ""
+    resets: int = 0  # how many resets: each releases the requests held before it
 
     def started(self, active: ActiveScenario, **changes: Any) -> RuntimeState:
         """``active`` runs from its ``started_at``: the running one (if any, and if it
@@ -238,6 +272,7 @@ class RuntimeState:
             "started_by": self.started_by,
             "started_at": self.started_at,
             "written_by": self.written_by,
+            "resets": self.resets,
         }
 
     @classmethod
@@ -260,6 +295,7 @@ class RuntimeState:
             started_by=str(data.get("started_by", "")),
             started_at=float(data.get("started_at", 0.0)),
             written_by=str(data.get("written_by", "")),
+            resets=int(data.get("resets", 0)),
         )
 
 
@@ -286,6 +322,8 @@ class ScenarioEngine:
         self._lock = threading.RLock()
         # The effective config as last computed.
         self.current = startup
+        # What a request held now is held under (read by apply.Delivery; set with current).
+        self.basis = HoldBasis(startup, None, 0)
         self._refresh_at = 0.0
         self.config_now: Callable[[], ChaosConfig] = self.effective
         self.store_errors = 0
@@ -407,6 +445,24 @@ class ScenarioEngine:
         else:
             self.config_now = self.effective
 
+    @property
+    def known_version(self) -> int:
+        """The state version the effective config was computed from (no store call)."""
+        return self._version
+
+    def watched_version(self) -> int:
+        """The store's state version now, for the watcher of held requests (release.py);
+        a time-based change that fell due meanwhile (a scenario's end) is saved first."""
+        self.store.watch_version()  # read afresh (a Redis store caches it per request)
+        self.effective()  # reloads if it moved (waking the holds), saves what fell due
+        return self._version
+
+    def still_holds(self, basis: HoldBasis) -> bool:
+        """Whether a request held under ``basis`` is still wanted now (release.py asks
+        when woken by a change)."""
+        self.config_now()
+        return self.basis.alike(basis)
+
     def active_scenario_now(self) -> str | None:
         """The active scenario's name; per request, as cheap as ``config_now()``."""
         self.config_now()
@@ -449,15 +505,28 @@ class ScenarioEngine:
                 self.start_now()
             now = self.clock()
             version, data = self.store.load_state()
-            if version != self._version and data is not None:
+            moved = version != self._version and data is not None
+            if moved:
+                assert data is not None
                 self._state, self._version = RuntimeState.from_dict(data), version
             state = self._advance(self._state, now)
             if state is not self._state:
                 self._save(state)
-            return self._settle(state, now)
+                moved = True
+            config = self._settle(state, now)
+        if moved:  # changed here or elsewhere: the holds of this process ask at once
+            release_all()
+        return config
 
     def _settle(self, state: RuntimeState, now: float) -> ChaosConfig:
         config, refresh_at = self._compute(state, now)
+        basis = self.basis
+        if (
+            config is not basis.config
+            or state.active != basis.active
+            or (state.resets != basis.resets)
+        ):
+            self.basis = HoldBasis(config, state.active, state.resets)
         self.current = config
         # A save by someone else while we computed must not be masked by our result.
         self.refresh_at = refresh_at if self._store_version() == self._version else 0.0
@@ -525,10 +594,13 @@ class ScenarioEngine:
         with self._lock:
             self._refresh()
             state = change(self._state, self.clock())
-            if state is not self._state:
+            changed = state is not self._state
+            if changed:
                 self._save(state)
             self._settle(state, self.clock())
-            return state
+        if changed:
+            release_all()  # the holds of this process ask at once whether they still hold
+        return state
 
     def _save(self, state: RuntimeState) -> None:
         for name, value in self.store.counters().items():
@@ -595,7 +667,9 @@ class ScenarioEngine:
 
     def reset(self) -> None:
         """Startup config back, scenario stopped, schedule cleared, counters zeroed."""
-        self._change(lambda state, now: self._initial_state())
+        self._change(
+            lambda state, now: attrs.evolve(self._initial_state(), resets=state.resets + 1)
+        )
         self.store.reset()
 
     def define(self, scenario: Scenario) -> None:

@@ -20,7 +20,6 @@ from ._answers import answer
 from ._headers import add_annotation
 from ._observe import content_length
 from .config import FAULT_NAMES, FaultInjectionConfig, is_fault_step
-from .latency import sleep_ms
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -203,10 +202,9 @@ def render_fault(
     start_response: StartResponse,
     extra_headers: list[tuple[str, str]],
 ) -> Iterable[bytes]:
-    """Answer with an HTTP error or, after holding, a timeout, instead of calling the app
-    (whose request body the caller has drained). A reset is ``reset_or_cut``'s."""
-    if fault.kind == "timeout":
-        sleep_ms(fault.hold_ms)
+    """Answer with an HTTP error or a timeout (the caller held it first, in a way
+    chaos off can release) instead of calling the app, whose request body the caller
+    has drained. A reset is ``reset_or_cut``'s."""
     return answer_fault(fault, config, start_response, extra_headers)
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 import random
-import time
 
 from .config import MAX_DELAY_MS, LatencyConfig
+from .release import RELEASER
 
 __all__ = ["decide_delay", "sleep_ms"]
 
@@ -46,6 +46,7 @@ def _base_delay(config: LatencyConfig, rng: random.Random) -> float:
     return config.fixed_delay_ms
 
 
-def sleep_ms(delay_ms: float) -> None:
-    """Block the calling thread for ``delay_ms`` milliseconds (WSGI is synchronous)."""
-    time.sleep(delay_ms / 1000.0)
+def sleep_ms(delay_ms: float) -> bool:
+    """Block the calling thread for ``delay_ms`` milliseconds (WSGI is synchronous);
+    False when chaos went off in this process first (release.py)."""
+    return RELEASER.hold(delay_ms / 1000.0)

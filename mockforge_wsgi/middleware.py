@@ -249,6 +249,7 @@ class ChaosMiddleware:
             started,
             self.decider.releaser(outcome.plan),
             self._report_found,
+            self.engine,
         )()
 
     def _circuit_answered(

@@ -21,12 +21,17 @@ import attrs
 
 from . import _sockets
 from .config import TrafficShapingConfig
+from .release import RELEASER
 
 __all__ = [
+    "DEADLINE",
+    "DUE",
+    "RELEASED",
     "PacedBody",
     "PacedInput",
     "Shaping",
     "decide_shaping",
+    "hold",
     "retransmission_stall",
     "sleep_until",
 ]
@@ -40,7 +45,18 @@ MAX_RETRANSMISSIONS = 15
 PACE_INTERVAL_S = 0.02
 
 Clock = Callable[[], float]
-Sleep = Callable[[float], None]
+# Sleeps the seconds given; returns False when the hold was released instead (chaos
+# went off meanwhile: see release.py), anything else (time.sleep's None) when slept.
+Sleep = Callable[[float], object]
+
+# What sleep_until found: the time came, the connection deadline came first, or the
+# hold was released (the request goes on as if chaos were off).
+DUE, DEADLINE, RELEASED = "due", "deadline", "released"
+
+
+def hold(seconds: float) -> bool:
+    """The default Sleep: a wait that chaos off ends early (False)."""
+    return RELEASER.hold(seconds)
 
 
 @attrs.frozen
@@ -137,17 +153,18 @@ def sleep_until(
     due: float,
     deadline: float | None,
     clock: Clock = time.monotonic,
-    sleep: Sleep = time.sleep,
-) -> bool:
-    """Sleep until ``due``; False (after sleeping to it) if ``deadline`` comes first."""
+    sleep: Sleep = hold,
+) -> str:
+    """Sleep until ``due``: DUE; DEADLINE (after sleeping to it) if ``deadline`` comes
+    first; RELEASED if ``sleep`` was released before either."""
     now = clock()
     if deadline is not None and due > deadline:
-        if deadline > now:
-            sleep(deadline - now)
-        return False
-    if due > now:
-        sleep(due - now)
-    return True
+        if deadline > now and sleep(deadline - now) is False:
+            return RELEASED
+        return DEADLINE
+    if due > now and sleep(due - now) is False:
+        return RELEASED
+    return DUE
 
 
 class PacedBody:
@@ -156,7 +173,8 @@ class PacedBody:
 
     Large app chunks are re-chunked into ``PACE_INTERVAL_S`` worth of bytes; nothing is
     buffered beyond the chunk in hand. Slice ``k`` leaves at ``start + bytes_before_k /
-    rate`` (plus any loss stalls), so sleep errors do not add up.
+    rate`` (plus any loss stalls), so sleep errors do not add up. A released wait
+    (chaos off meanwhile) ends the shaping: the rest goes out at full speed, uncut.
     """
 
     def __init__(
@@ -168,7 +186,7 @@ class PacedBody:
         started: float,
         on_cut: Callable[[], None] | None = None,
         clock: Clock = time.monotonic,
-        sleep: Sleep = time.sleep,
+        sleep: Sleep = hold,
     ) -> None:
         self._inner = inner
         self._bps = shaping.bandwidth_bps
@@ -190,7 +208,8 @@ class PacedBody:
         next_loss = self._loss_offset(0) if self._loss else None
         origin: float | None = None
         sent = 0
-        for chunk in self._inner:
+        chunks = iter(self._inner)
+        for chunk in chunks:
             if not chunk:
                 yield chunk
                 continue
@@ -200,7 +219,12 @@ class PacedBody:
                     origin = self._clock()
                 if next_loss is not None and sent == next_loss:
                     stall, gave_up = retransmission_stall(self._rng, self._loss)
-                    if not self._wait_until(self._clock() + stall) or gave_up:
+                    waited = self._wait_until(self._clock() + stall)
+                    if waited == RELEASED:
+                        yield chunk[offset:]
+                        yield from chunks
+                        return
+                    if waited == DEADLINE or gave_up:
                         self._cut()
                         return
                     origin += stall
@@ -211,7 +235,12 @@ class PacedBody:
                 if next_loss is not None:
                     size = min(size, next_loss - sent)
                 due = origin + sent / bps if bps else self._clock()
-                if not self._wait_until(due):
+                waited = self._wait_until(due)
+                if waited == RELEASED:
+                    yield chunk[offset:]
+                    yield from chunks
+                    return
+                if waited == DEADLINE:
                     self._cut()
                     return
                 yield chunk[offset : offset + size]
@@ -221,7 +250,7 @@ class PacedBody:
     def _loss_offset(self, from_segment: int) -> int:
         return (from_segment + _segments_until_loss(self._rng, self._loss)) * SEGMENT_BYTES
 
-    def _wait_until(self, due: float) -> bool:
+    def _wait_until(self, due: float) -> str:
         return sleep_until(due, self._deadline, self._clock, self._sleep)
 
     def _cut(self) -> None:
@@ -238,7 +267,8 @@ class PacedBody:
 
 
 class PacedInput:
-    """``wsgi.input`` read no faster than ``bps`` bytes per second."""
+    """``wsgi.input`` read no faster than ``bps`` bytes per second (at full speed once
+    a wait is released: chaos went off)."""
 
     def __init__(
         self,
@@ -246,7 +276,7 @@ class PacedInput:
         bps: int,
         *,
         clock: Clock = time.monotonic,
-        sleep: Sleep = time.sleep,
+        sleep: Sleep = hold,
     ) -> None:
         self._stream = stream
         self._bps = bps
@@ -257,12 +287,14 @@ class PacedInput:
         self._read = 0
 
     def _pace(self, data: bytes) -> bytes:
+        if self._bps == 0:  # released
+            return data
         if self._origin is None:
             self._origin = self._clock()
         self._read += len(data)
         delay = self._origin + self._read / self._bps - self._clock()
-        if delay > 0:
-            self._sleep(delay)
+        if delay > 0 and self._sleep(delay) is False:
+            self._bps = 0  # released: the rest at full speed
         return data
 
     def read(self, size: int | None = -1) -> bytes:
@@ -270,7 +302,8 @@ class PacedInput:
         parts = []
         left = -1 if size is None or size < 0 else size
         while left != 0:
-            want = self._step if left < 0 else min(left, self._step)
+            step = self._step if self._bps else 65536
+            want = step if left < 0 else min(left, step)
             data = self._stream.read(want)
             if not data:
                 break

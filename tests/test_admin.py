@@ -82,7 +82,8 @@ def test_chaos_can_be_seen_and_stopped_at_once_while_every_thread_is_held(
             assert seconds < 0.1, seconds
         for thread in held:
             thread.join(30)
-        assert len(took) == first and min(took) >= 1.75, took  # held by the scenario (2 s +/- 10%)
+        # Held until the disable, which released them (tests/test_release_server.py times it).
+        assert len(took) == first, took
         with session() as http:  # every worker applies it on its next request
             for _ in range(6):
                 seconds, response = _timed(

@@ -43,6 +43,7 @@ BOUNDS = T + "test_config.py::test_each_bad_value_gives_one_error_naming_its_pat
 CONSTANT = T + "test_promises.py::test_documented_constant"
 LEASE = T + "test_lease.py::test_a_worker_spends_its_lease_locally_and_gives_back_the_rest"
 WORKER_TIMEOUT = T + "test_cli.py::test_worker_timeout_covers_the_longest_injected_delay"
+RELEASED = T + "test_release_server.py::test_8_requests_held_3_s_are_released_by_the_disable"
 HOLD_CHECK = T + "test_api.py::test_a_config_that_outlasts_the_workers_is_refused_with_the_reason"
 
 # (doc, figure as written, the test that checks it)
@@ -100,6 +101,11 @@ PROMISES: list[tuple[str, str, str]] = [
     ("docs/serving.md", "1 GiB", T + "test_mock_api.py::test_bytes_serves_up_to_1_gib_and_never_more"),
     ("docs/serving.md", "10 s", CONSTANT),
     ("docs/serving.md", "100 ms", ADMIN_HELD),
+    ("docs/serving.md", "100 ms", RELEASED),
+    ("docs/serving.md", "20 ms", CONSTANT),
+    ("docs/serving.md", "3 s", RELEASED),
+    ("docs/state.md", "20 ms", CONSTANT),
+    ("docs/state.md", "100 ms", RELEASED),
     ("docs/state.md", "50 ms", T + "test_state_redis.py::test_the_version_is_polled_every_50_ms_on_the_stores_clock"),
     ("docs/state.md", "1 MiB", T + "test_api.py::test_a_state_too_big_for_the_store_is_413_not_an_outage"),
     ("docs/state.md", "10 ms", LEASE),
@@ -208,6 +214,7 @@ def _constant(module: str, name: str) -> Any:
         pytest.param("admin", "ADMIN_READ_TIMEOUT_S", 10.0, id="admin-read-10s"),
         pytest.param("state.base", "LEASE_RENEW_S", 2.0, id="server-lease-renewed-2s"),
         pytest.param("state.base", "LEASE_TTL_S", 10.0, id="server-lease-10s"),
+        pytest.param("release", "POLL_S", 0.02, id="release-poll-20ms"),
     ],
 )
 def test_documented_constant(module: str, name: str, documented: float) -> None:

@@ -146,6 +146,12 @@ class Store(abc.ABC):
     def state_version(self) -> int:
         """Version of the runtime state; changes with every save. Cheap: read per request."""
 
+    def watch_version(self) -> int:
+        """The state version read now, for the watcher of held requests (release.py),
+        which polls it while anything is held: a store that caches its version on the
+        request path reads it afresh here."""
+        return self.state_version()
+
     def subscribe(self, callback: Callable[[], None]) -> bool:
         """Call ``callback`` after every state save, if this store can (in-process ones
         can); returns whether it will. Stores that cannot are polled by version."""

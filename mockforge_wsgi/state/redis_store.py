@@ -278,6 +278,11 @@ class RedisStore(Store):
             self._version = int(raw or 0)
         return self._version
 
+    def watch_version(self) -> int:
+        version = int(self._call(lambda: self._redis.get(self._key("version"))) or 0)
+        self._version, self._version_checked = version, time.monotonic()
+        return version
+
     def load_state(self) -> tuple[int, dict[str, Any] | None]:
         version, raw = self._call(
             lambda: self._redis.mget(self._key("version"), self._key("state"))
