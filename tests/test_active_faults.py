@@ -230,3 +230,19 @@ def test_most_held_bounds_what_a_config_can_hold() -> None:
     assert most_held([config_from_dict(slow(10, cap=3))]) == 3
     rules = [{"match": {"path": "/pay"}, "max_active_faults": 2}]
     assert most_held([config_from_dict({**slow(10, cap=3), "rules": rules})]) == 5
+
+
+def test_serve_warns_in_one_line_when_chaos_can_hold_every_thread() -> None:
+    from mockforge_wsgi.cli import _all_threads_held
+    from mockforge_wsgi.engine import ScenarioEngine
+
+    def warning(**chaos: Any) -> str | None:
+        config = config_from_dict(chaos)
+        return _all_threads_held(ScenarioEngine(config, store=MemoryStore()), 2, 8)
+
+    assert warning() is None  # nothing holds
+    line = warning(latency={"fixed_delay_ms": 100})
+    assert line is not None and "\n" not in line
+    assert "all 16 threads" in line and "max_active_faults below 16" in line
+    assert warning(latency={"fixed_delay_ms": 100}, max_active_faults=16) is not None
+    assert warning(latency={"fixed_delay_ms": 100}, max_active_faults=12) is None
