@@ -30,6 +30,7 @@ from ._guard import NOSNIFF, BrowserGuard
 from ._headers import bearer_matches
 from ._kinds import shown, strict_json
 from ._sections import DEFAULT_PREFIX, URL_SEGMENTS
+from .active_faults import pool_name as active_pool
 from .breaker import GLOBAL, breaker_status, force
 from .bulkhead import pool_name
 from .config import (
@@ -375,6 +376,9 @@ def stats() -> Response:
             "bulkheads_in_use": {
                 owner: store.slots_in_use(pool_name(owner)) for owner in _bulkheads_in_force()
             },
+            "active_faults_in_use": {
+                owner: store.slots_in_use(active_pool(owner)) for owner in _fault_caps_in_force()
+            },
             "worker": os.getpid(),  # which worker answered: handy with several
         }
     )
@@ -386,6 +390,16 @@ def _bulkheads_in_force() -> list[str]:
     owners = [GLOBAL] if config.bulkhead.enabled else []
     for index, rule in enumerate(config.rules):
         if rule.has_section("bulkhead") and apply_rule(config, rule).bulkhead.enabled:
+            owners.append(str(index))
+    return owners
+
+
+def _fault_caps_in_force() -> list[str]:
+    """The owners of the max_active_faults pools in force: ``global``, then each rule's."""
+    config = _engine().effective()
+    owners = [GLOBAL] if config.max_active_faults is not None else []
+    for index, rule in enumerate(config.rules):
+        if rule.gives("max_active_faults") and apply_rule(config, rule).max_active_faults:
             owners.append(str(index))
     return owners
 

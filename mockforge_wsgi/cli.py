@@ -32,6 +32,7 @@ from gunicorn.util import import_app
 from . import _env, _state_start
 from ._extras import MissingExtra, require
 from ._guard import BrowserGuard, GuardError, is_loopback, listed
+from .active_faults import most_held
 from .app import create_app
 from .client import ChaosApiError, ChaosClient
 from .config import ChaosConfig, ConfigError, SettingInfo, iter_settings, longest_delay_s
@@ -458,6 +459,9 @@ def serve(
     startup = middleware.engine.startup
     custom = middleware.engine.scenarios().values()
     timeout = worker_timeout(startup, custom)
+    held_warning = _all_threads_held(middleware.engine, workers, threads)
+    if held_warning:
+        _warn(held_warning)
     options: dict[str, Any] = {
         "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         "workers": workers,
@@ -551,6 +555,25 @@ def serve(
             shutil.rmtree(server_store_directory(os.getpid()), ignore_errors=True)
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _all_threads_held(engine: ScenarioEngine, workers: int, threads: int) -> str | None:
+    """One line when the startup config (its scenario, the custom ones) can hold every
+    thread of the server with injected chaos: max_active_faults unset, or not below
+    workers x threads (docs/serving.md)."""
+    state = engine.state()
+    configs = [engine.startup, *(scenario.config for scenario in state.custom)]
+    if engine.startup.scenario in engine.scenarios():
+        configs.append(engine.scenarios()[engine.startup.scenario].config)
+    most = most_held(configs)
+    total = workers * threads
+    if most == 0 or (most is not None and most < total):
+        return None
+    return (
+        f"injected chaos can hold all {total} threads ({workers} worker(s) x {threads}), "
+        f"leaving none for real work: set chaos.max_active_faults below {total} "
+        "(docs/serving.md)"
+    )
 
 
 def _guard(host: str, hosts: tuple[str, ...], origins: tuple[str, ...]) -> BrowserGuard:

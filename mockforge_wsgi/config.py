@@ -27,6 +27,7 @@ import yaml
 
 from ._kinds import shown
 from .config_declarations import (
+    ACTIVE_FAULTS,
     AFTER_APP_FAULTS,
     BODY_BYTES,
     BURST,
@@ -46,6 +47,7 @@ from .config_declarations import (
     RATE,
     ROOT,
     RULE_SECTIONS,
+    RULE_SETTINGS,
     RULES,
     SCRIPT,
     SECTION_CLASSES,
@@ -76,6 +78,7 @@ from .config_declarations import (
 )
 
 __all__ = [
+    "ACTIVE_FAULTS",
     "AFTER_APP_FAULTS",
     "BODY_BYTES",
     "BURST",
@@ -97,6 +100,7 @@ __all__ = [
     "ROOT",
     "RULES",
     "RULE_SECTIONS",
+    "RULE_SETTINGS",
     "SCRIPT",
     "SECTION_CLASSES",
     "SEED",

@@ -34,6 +34,7 @@ from .plugins import load_plugins, plugins_section
 from .rules import Rule, parse_match
 
 __all__ = [
+    "ACTIVE_FAULTS",
     "AFTER_APP_FAULTS",
     "BODY_BYTES",
     "BURST",
@@ -54,6 +55,7 @@ __all__ = [
     "ROOT",
     "RULES",
     "RULE_SECTIONS",
+    "RULE_SETTINGS",
     "SCRIPT",
     "SECTION_CLASSES",
     "SEED",
@@ -97,6 +99,7 @@ RATE = kinds.Between(0.001, 1_000_000.0)  # requests per second
 BURST = kinds.Between(1, 1_000_000)
 BYTES_PER_S = kinds.Between(0, 10_000_000_000)
 CONNECTIONS = kinds.Between(0, 100_000)
+ACTIVE_FAULTS = kinds.Between(1, 100_000)
 TRACKED_KEYS = kinds.Between(1, 1_000_000)  # sizes the embedded store's table (32 B a key)
 SIGMA = kinds.Between(0.0, 5.0)  # lognormal shape: e^(6 sigma) is the 6-sigma tail
 SEED = kinds.Between(-(2**63), 2**63 - 1)
@@ -569,12 +572,18 @@ def _rules(raw: Any) -> tuple[Rule, ...]:
         match, match_problems = parse_match(item["match"], f"{path}.match")
         problems.extend(match_problems)
         overrides = []
+        settings = []
         for key, value in item.items():
             if key == "match":
                 continue
+            if key in RULE_SETTINGS:  # a top-level setting a rule gives its own value
+                parsed = _rule_setting(key, value, f"{path}.{key}", problems)
+                if parsed is not _INVALID:
+                    settings.append((key, parsed))
+                continue
             cls = SECTION_CLASSES.get(key) if key in RULE_SECTIONS else None
             if cls is None:
-                allowed = ", ".join(["match", *RULE_SECTIONS])
+                allowed = ", ".join(["match", *RULE_SETTINGS, *RULE_SECTIONS])
                 problems.append(f"{path}.{key}: unknown key; allowed: {allowed}")
                 continue
             value = switched_on(value, cls)
@@ -582,12 +591,18 @@ def _rules(raw: Any) -> tuple[Rule, ...]:
             if section is not None:
                 overrides.append((key, tuple((name, getattr(section, name)) for name in value)))
         if match is not None:
-            rules.append(Rule(match, tuple(overrides)))
+            rules.append(Rule(match, tuple(overrides), tuple(settings)))
     scripted = sum(rule.sets("fault_injection", "script") for rule in rules)
     if scripted > MAX_SCRIPTED_RULES:
         problems.append(
             f": {scripted} rules have a fault script; at most {MAX_SCRIPTED_RULES} may "
             "(a rule without one plays the global script)"
+        )
+    capping = sum(rule.gives("max_active_faults") for rule in rules)
+    if capping > MAX_SCRIPTED_RULES:  # each has a slot pool
+        problems.append(
+            f": {capping} rules have a max_active_faults; at most {MAX_SCRIPTED_RULES} may "
+            "(a rule without one shares the global pool)"
         )
     for section_name, what in (("circuit_breaker", "circuit breaker"), ("bulkhead", "bulkhead")):
         owning = sum(rule.has_section(section_name) for rule in rules)
@@ -599,6 +614,26 @@ def _rules(raw: Any) -> tuple[Rule, ...]:
     if problems:
         raise ConfigError(problems)
     return tuple(rules)
+
+
+_INVALID = object()
+
+
+def _rule_setting(name: str, raw: Any, path: str, problems: list[str]) -> Any:
+    """A top-level setting's value in a rule, parsed and checked as at the top."""
+    field = attrs.fields_dict(ChaosConfig)[name]
+    kind: kinds.Kind = field.metadata["kind"]
+    check: kinds.Check | None = field.metadata["check"]
+    try:
+        value = kind.parse(raw)
+    except ValueError as error:
+        problems.append(f"{path}: {kinds.shown(raw)} {error}")
+        return _INVALID
+    problem = check.problem(value) if check else None
+    if problem:
+        problems.append(f"{path}: {problem}")
+        return _INVALID
+    return value
 
 
 RULES = kinds.Kind(
@@ -622,7 +657,7 @@ def apply_rule(config: ChaosConfig, rule: Rule) -> ChaosConfig:
         name: attrs.evolve(getattr(config, name), **dict(fields))
         for name, fields in rule.overrides
     }
-    return attrs.evolve(config, rules=(), **sections)
+    return attrs.evolve(config, rules=(), **sections, **dict(rule.settings))
 
 
 # Custom faults from installed plugins (plugins.py), each a section under chaos.plugins.
@@ -660,6 +695,15 @@ class ChaosConfig:
         "When the shared store is unreachable: `open` serves unharmed (logged, counted); "
         "`closed` answers 503.",
         kinds.OneOf(("open", "closed")),
+    )
+    max_active_faults: int | None = setting(
+        None,
+        kinds.OPTIONAL_INT,
+        "The most requests injected chaos may hold at once, across every worker (latency, "
+        "a timeout's hold, an after-app stall, pacing): a request beyond it is served "
+        "unharmed, annotated `max_active_faults=reached`, counted `fault_overflow`. A rule "
+        "that sets its own has a pool of its own. Unset: unlimited (docs/serving.md).",
+        ACTIVE_FAULTS,
     )
     state_at_start: str = setting(
         "auto",
@@ -738,6 +782,8 @@ SECTION_CLASSES: dict[str, type[Any]] = {
 RULE_SECTIONS = tuple(
     field.name for field in attrs.fields(ChaosConfig) if field.metadata.get("in_rules")
 )
+# The top-level settings a rule may give a value of its own.
+RULE_SETTINGS = ("max_active_faults",)
 
 
 def _plain(instance: Any, field: Any, value: Any) -> Any:

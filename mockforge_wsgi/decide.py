@@ -30,6 +30,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import header_control
+from .active_faults import OVERFLOW, ActiveFault
+from .active_faults import pool_name as active_pool
 from .breaker import GLOBAL, OPEN, Circuit, admit, failed
 from .breaker import record as breaker_record
 from .bulkhead import Bulkhead, pool_name
@@ -58,6 +60,19 @@ _new = tuple.__new__
 # What a decision gives: the Plan, and the config it was decided from (a rule's, or the
 # effective config), whose sections the apply step reads.
 Decision = tuple[Plan, ChaosConfig]
+
+
+def _unharmed(plan: Plan, active: ActiveFault | None) -> Plan:
+    """``plan`` without its chaos (latency, fault, shaping, plugins): what a request
+    over max_active_faults gets; its admission decisions and places stand."""
+    left = Plan(
+        rate_limit=plan.rate_limit,
+        slot=plan.slot,
+        circuit=plan.circuit,
+        bulkhead=plan.bulkhead,
+        active=active,
+    )
+    return NO_CHAOS if left == NO_CHAOS else left
 
 
 def _itself(request: Request) -> Request:
@@ -150,6 +165,8 @@ class Decider:
                     plan = header_control.decide_from_headers(
                         request, config.header_control, self.rng
                     )
+                    if config.max_active_faults is not None and plan.holds:
+                        plan = self._take_active(plan, config, rule)
                     return plan, config
             circuit = None
             if config.circuit_breaker.enabled:  # first: an open breaker answers alone
@@ -222,6 +239,10 @@ class Decider:
                     own = rule is not None and rule[1].has_section("bulkhead")
                     owner = str(rule[0]) if own and rule is not None else GLOBAL
                     plan = self._take_bulkhead(plan, config, owner)
+            # Unset (None): unlimited, and nothing more on this path than this check. (A
+            # refused plan, or a full bulkhead's, holds nothing; no slot: nothing applied.)
+            if config.max_active_faults is not None and plan.slot is not False and plan.holds:
+                plan = self._take_active(plan, config, rule)
             return plan, config
         except InvalidHeaders:
             raise
@@ -284,6 +305,38 @@ class Decider:
         # counted (this 503 is an answer like any other), or the breaker would wait on it.
         return Plan(rate_limit=plan.rate_limit, circuit=plan.circuit, bulkhead=place)
 
+    def _take_active(self, plan: Plan, config: ChaosConfig, rule: tuple[int, Rule] | None) -> Plan:
+        """A place among the active faults (max_active_faults), taken without waiting:
+        held (given back when the response ends), or the pool is full: then the request
+        gets no injected chaos at all (its admission decisions stand), annotated and
+        counted. An unreachable store serves it unharmed too (logged, counted), unless
+        ``on_store_error`` is ``closed``."""
+        own = rule is not None and rule[1].gives("max_active_faults")
+        owner = str(rule[0]) if own and rule is not None else GLOBAL
+        cap = config.max_active_faults
+        assert cap is not None
+        try:
+            held = self.store.acquire_slot(active_pool(owner), cap, 0.0)
+        except StoreError:
+            if config.on_store_error == "closed":
+                self._give_back(plan)
+                raise
+            self.internal_error("taking a place among the active faults")
+            return _unharmed(plan, None)
+        if held:
+            return plan._replace(active=ActiveFault(owner, True))
+        try:
+            self.store.count((OVERFLOW,))
+        except Exception:
+            self.internal_error("counting a request over max_active_faults")
+        return _unharmed(plan, ActiveFault(owner, False))
+
+    def _give_back(self, plan: Plan) -> None:
+        """The places ``plan`` holds, given back at once (it will not be applied)."""
+        release = self.releaser(plan)
+        if release is not None:
+            release()
+
     def _take_slot(self, plan: Plan, config: ChaosConfig) -> Plan:
         """Wait (up to the queue timeout) for a connection slot: held, or none free (then
         nothing else of the plan is applied: the client gets 503)."""
@@ -298,10 +351,10 @@ class Decider:
                 raise
             self.internal_error("taking a connection slot")
             return plan  # served without the limit
-        delay_ms, fault, verdict, shaping, _, circuit, bulkhead, plugged = plan
+        delay_ms, fault, verdict, shaping, _, circuit, bulkhead, plugged, active = plan
         if admitted:  # built directly: NamedTuple._replace is a slow Python-level call
             held: Plan = _new(
-                Plan, (delay_ms, fault, verdict, shaping, True, circuit, bulkhead, plugged)
+                Plan, (delay_ms, fault, verdict, shaping, True, circuit, bulkhead, plugged, active)
             )
             return held
         return Plan(rate_limit=verdict, shaping=shaping, slot=False, circuit=circuit)
@@ -309,12 +362,29 @@ class Decider:
     # What the apply side hands back: the places a plan holds, the breaker's answer.
 
     def releaser(self, plan: Plan) -> Callable[[], None] | None:
-        """What gives back the places the plan holds (a connection slot, a bulkhead's),
-        or None when it holds none. Call it once, when the answer is done."""
+        """What gives back the places the plan holds (a connection slot, a bulkhead's,
+        one among the active faults), or None when it holds none. Call it once, when
+        the answer is done."""
         bulkhead = plan.bulkhead
+        active = plan.active
+        if active is not None and active.held:  # only with max_active_faults set
+            place = bulkhead.pool if bulkhead is not None and bulkhead.held else None
+            return functools.partial(
+                self._release_active, self.store, bool(plan.slot), place, active.pool
+            )
         if bulkhead is None or not bulkhead.held:
             return functools.partial(self._release_slot, self.store) if plan.slot else None
         return functools.partial(self._release_places, self.store, bool(plan.slot), bulkhead.pool)
+
+    def _release_active(self, store: Store, slot: bool, bulkhead: str | None, pool: str) -> None:
+        try:
+            store.release_slot(pool)
+        except Exception:
+            self.internal_error("giving back a place among the active faults")
+        if bulkhead is not None:
+            self._release_places(store, slot, bulkhead)
+        elif slot:
+            self._release_slot(store)
 
     def _release_places(self, store: Store, slot: bool, pool: str) -> None:
         try:

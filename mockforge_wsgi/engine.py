@@ -562,8 +562,14 @@ class ScenarioEngine:
             scenario = self._lookup(state, active.name).config
             fraction = active.ramp_fraction(now)
             # The ramp grows the scenario; changes made on top of it apply as written.
+            # The server's cap on active faults stays, unless the scenario has its own.
+            cap = scenario.max_active_faults
+            if cap is None:
+                cap = state.config.max_active_faults
             config = state.overlay(
-                attrs.evolve(ramped(scenario, fraction), seed=state.config.seed)
+                attrs.evolve(
+                    ramped(scenario, fraction), seed=state.config.seed, max_active_faults=cap
+                )
             )
             if fraction < 1.0:
                 refresh_at = min(refresh_at, now + RAMP_STEP_S)

@@ -59,6 +59,11 @@ class ChaosMetrics:
             ["type", "detail"],
             registry=self.registry,
         )
+        self.fault_overflow = Counter(
+            "mockforge_chaos_fault_overflow",
+            "Requests served unharmed because max_active_faults was reached",
+            registry=self.registry,
+        )
         self.injected_latency = Histogram(
             "mockforge_chaos_injected_latency_seconds",
             "Latency injected per delayed request",
@@ -77,6 +82,8 @@ class ChaosMetrics:
             delay_ms = outcome.plan.delay_ms
             if delay_ms is not None:
                 self.injected_latency.observe(delay_ms / 1000.0)
+            elif outcome.plan.over_fault_cap:
+                self.fault_overflow.inc()
 
     def exposition(self) -> tuple[bytes, str]:
         """The text format: every worker's values in multiprocess mode, plus the gauges."""

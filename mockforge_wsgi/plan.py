@@ -11,11 +11,13 @@ import random
 from typing import Any, NamedTuple
 
 from ._headers import ANNOTATION_HEADER
+from .active_faults import REACHED, ActiveFault
 from .breaker import OPEN, Circuit
 from .bulkhead import Bulkhead
 from .config import ChaosConfig
 from .fault import Fault, decide_fault
 from .injections import (
+    AFTER_APP,
     BANDWIDTH_THROTTLED,
     BULKHEAD_FULL,
     CIRCUIT_OPEN,
@@ -26,6 +28,7 @@ from .injections import (
     PACKET_LOSS,
     RATE_LIMITED,
     REQUEST_DROPPED,
+    TIMEOUT,
     Injection,
 )
 from .latency import decide_delay
@@ -54,6 +57,31 @@ class Plan(NamedTuple):
     bulkhead: Bulkhead | None = None  # a place in a route's bulkhead, held or not
     # Plugins' decisions (plugins.py): ((plugin, decision), ...), applied around the app.
     plugged: tuple[tuple[Any, Any], ...] | None = None
+    # A place among the active faults (max_active_faults), held, or the pool was full.
+    active: ActiveFault | None = None
+
+    @property
+    def holds(self) -> bool:
+        """Applying it holds the request (a thread of a sync server): latency, a
+        timeout's hold or an after-app stall, pacing or loss stalls (max_active_faults
+        counts these). Asked only of plans that get as far as the app's turn."""
+        if self.delay_ms:
+            return True
+        fault = self.fault
+        stalls = fault is not None and (fault.kind == AFTER_APP and fault.mode == "stall")
+        if fault is not None and fault.hold_ms and (fault.kind == TIMEOUT or stalls):
+            return True
+        shaping = self.shaping
+        return (
+            shaping is not None
+            and not shaping.drop
+            and bool(shaping.bandwidth_bps or shaping.upload_bps or shaping.loss_percent)
+        )
+
+    @property
+    def over_fault_cap(self) -> bool:
+        """max_active_faults was reached: served unharmed, nothing injected."""
+        return self.active is not None and not self.active.held
 
     @property
     def circuit_open(self) -> bool:
@@ -90,6 +118,7 @@ class Plan(NamedTuple):
             and self.circuit is None
             and self.bulkhead is None
             and self.plugged is None
+            and self.active is None
         )
 
     @property
@@ -113,6 +142,8 @@ class Plan(NamedTuple):
             return f"rate_limit={self.rate_limit.level}"
         if self.slot is False:
             return "connection_limit=full"
+        if self.over_fault_cap:
+            return REACHED
         parts = []
         if self.shaping is not None:
             parts.extend(self.shaping.annotation_parts())
@@ -221,7 +252,7 @@ def decide_plan(
 def _limited(verdict: RateLimitVerdict) -> Plan:
     """``Plan(rate_limit=verdict)``, built as a tuple directly (the keyword constructor
     of a NamedTuple is a Python-level call): the plan of most requests under a limit."""
-    plan: Plan = _new(Plan, (None, None, verdict, None, None, None, None, None))
+    plan: Plan = _new(Plan, (None, None, verdict, None, None, None, None, None, None))
     return plan
 
 

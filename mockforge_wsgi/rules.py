@@ -165,10 +165,17 @@ def _in_networks(address: str, networks: tuple[str, ...]) -> bool:
 
 @attrs.frozen
 class Rule:
-    """A match and the sections (parsed values) it overrides."""
+    """A match, the sections (parsed values) it overrides, and the top-level settings
+    it gives values of its own (``max_active_faults``)."""
 
     match: Match
     overrides: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]
+    settings: tuple[tuple[str, Any], ...] = ()
+
+    def gives(self, name: str) -> bool:
+        """Whether the rule gives the top-level setting ``name`` a value of its own (a
+        rule with a ``max_active_faults`` has a pool of active faults of its own)."""
+        return any(n == name for n, _ in self.settings)
 
     def has_section(self, section: str) -> bool:
         """Whether the rule gives ``section`` values of its own (a rule with a
@@ -183,7 +190,7 @@ class Rule:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"match": self.match.to_dict()}
+        data: dict[str, Any] = {"match": self.match.to_dict(), **dict(self.settings)}
         for section, fields in self.overrides:
             data[section] = {
                 name: list(value) if isinstance(value, tuple) else value for name, value in fields

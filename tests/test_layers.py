@@ -34,7 +34,15 @@ LAYERS = [
     ["_state_start"],  # a server starting on a store that holds a state
     ["outcome"],  # a Plan and what applying it found (plan imported for its type only)
     ["plan"],
-    ["scenarios", "fault", "rate_limit", "traffic_shaping", "breaker", "bulkhead"],
+    [
+        "scenarios",
+        "fault",
+        "rate_limit",
+        "traffic_shaping",
+        "breaker",
+        "bulkhead",
+        "active_faults",
+    ],
     ["latency"],
     ["injections", "state", "state.server_store"],
     ["state.embedded", "state.memory", "state.redis_store"],

@@ -47,13 +47,14 @@ from .gcra import Bucket, BucketOutcome, charge, take
 __all__ = ["EmbeddedStore"]
 
 # The name carries the layout: a file of another layout (an older version) is never read.
-FILE_NAME = "mockforge-store-2.bin"
+FILE_NAME = "mockforge-store-3.bin"
 MAX_STATE_BYTES = 1 << 20
 # Names: the injection counters, fault scripts (17 owners), circuit breakers (6 each, 17
 # owners) and a few more; each column costs 8 bytes per worker row (256 rows).
 MAX_COUNTERS = 256
-# Named slot pools: the server-wide connection limit and each bulkhead.
-MAX_SLOT_NAMES = 32
+# Named slot pools: the server-wide connection limit, each bulkhead (17 owners) and
+# each pool of active faults (max_active_faults: 17 owners).
+MAX_SLOT_NAMES = 48
 NAME_BYTES = 32
 MAX_WORKERS = 256
 # How far a key may sit from its home entry; beyond it the oldest probed bucket goes.
