@@ -1,4 +1,5 @@
-"""Latency injection: decide a delay from the config and a random source, then sleep it."""
+"""Latency injection: decide a delay from the config and a random source (apply.Delivery
+holds it, through release.py, so chaos off can wake it)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,8 @@ import math
 import random
 
 from .config import MAX_DELAY_MS, LatencyConfig
-from .release import RELEASER
 
-__all__ = ["decide_delay", "sleep_ms"]
+__all__ = ["decide_delay"]
 
 
 def decide_delay(config: LatencyConfig, rng: random.Random) -> float | None:
@@ -44,9 +44,3 @@ def _base_delay(config: LatencyConfig, rng: random.Random) -> float:
             return 0.0
         return rng.lognormvariate(math.log(config.median_ms), config.sigma)
     return config.fixed_delay_ms
-
-
-def sleep_ms(delay_ms: float) -> bool:
-    """Block the calling thread for ``delay_ms`` milliseconds (WSGI is synchronous);
-    False when chaos went off in this process first (release.py)."""
-    return RELEASER.hold(delay_ms / 1000.0)

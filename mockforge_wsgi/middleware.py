@@ -30,7 +30,6 @@ from .rate_limit import RateLimiter
 from .request import WSGIRequest
 from .scenarios import Scenario
 from .state import Store, store_from_env
-from .state.base import CONNECTION_SLOTS  # noqa: F401  (imported from here by tests)
 from .tracing import record_injections
 
 if TYPE_CHECKING:

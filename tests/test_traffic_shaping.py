@@ -23,8 +23,9 @@ from wsgi_apps import base_app
 from mockforge_wsgi import load_config
 from mockforge_wsgi._sockets import Connection
 from mockforge_wsgi.config import TrafficShapingConfig
-from mockforge_wsgi.middleware import CONNECTION_SLOTS, ChaosMiddleware
+from mockforge_wsgi.middleware import ChaosMiddleware
 from mockforge_wsgi.state import MemoryStore
+from mockforge_wsgi.state.base import CONNECTION_SLOTS
 from mockforge_wsgi.traffic_shaping import (
     INITIAL_RTO_S,
     SEGMENT_BYTES,
