@@ -754,7 +754,7 @@ class ChaosConfig:
         (),
         RULES,
         "Conditional chaos: `[{match: {path, path_regex, route, methods, header, query, "
-        "user_agent, json_field, client_cidr, body_size, not}, "
+        "user_agent, json_field, client_cidr, body_size, cohort, not}, "
         "<section>: {...}}]`; the first matching rule's sections apply (env: JSON).",
     )
 
