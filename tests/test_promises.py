@@ -89,6 +89,8 @@ PROMISES: list[tuple[str, str, str]] = [
         "100,000 bytes")],
     *[("docs/scenarios.md", f, PROFILES) for f in (
         "562.5 ms", "300 ms", "3%", "28 ms", "120 ms")],
+    ("docs/scenarios.md", "10%", T + "test_cohorts.py::test_a_tenth_of_1000_users_fail_on_every_request_and_the_rest_on_none"),
+    ("docs/CHAOS_ENGINEERING.md", "10%", T + "test_cohorts_server.py::test_a_user_in_the_cohort_always_fails_and_one_outside_never"),
     ("docs/scenarios.md", "10 s", T + "test_patterns_and_rules.py::test_time_based_patterns"),
     ("docs/scenarios.md", "2 s", T + "test_patterns_and_rules.py::test_time_based_patterns"),
     ("docs/scenarios.md", "64 KiB", CONSTANT),
