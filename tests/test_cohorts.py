@@ -246,3 +246,24 @@ def test_a_cohort_reads_back_as_written() -> None:
     config = config_from_dict({"seed": 3, "rules": [{"match": match, **FAIL}]})
     assert config.to_dict()["rules"][0]["match"] == match
     assert config_from_dict(config.to_dict()) == config
+
+
+def test_the_api_takes_a_cohort_and_refuses_a_bad_one_changing_nothing() -> None:
+    """PUT /config: a cohort rule applies at once; a bad one is a 400 naming the field,
+    the value and what is allowed, and the config in force stays."""
+    middleware = ChaosMiddleware(hello, config=load_config(environ={}))
+    http = client_of(middleware)
+    rule = {"match": {"cohort": {"key": "query:user", "percent": 10}}, **FAIL}
+    put = http.put("/api/chaos/config", json={"enabled": True, "seed": SEED, "rules": [rule]})
+    assert put.status_code == 200, put.get_data(as_text=True)
+    assert http.get("/a?user=user-6").status_code == 503  # in the cohort under seed 7
+    assert http.get("/a?user=user-0").status_code == 200
+    before = http.get("/api/chaos/config").get_json()
+    assert before["rules"][0]["match"] == {"cohort": {"key": "query:user", "percent": 10.0}}
+    bad = {"match": {"cohort": {"key": "query:user", "percent": 150}}, **FAIL}
+    refused = http.put("/api/chaos/config", json={"enabled": True, "rules": [bad]})
+    assert refused.status_code == 400
+    assert refused.get_json()["problems"] == [
+        "chaos.rules[0].match.cohort.percent: 150 is not a number in [0, 100]"
+    ]
+    assert http.get("/api/chaos/config").get_json() == before
