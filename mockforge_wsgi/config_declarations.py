@@ -59,6 +59,7 @@ __all__ = [
     "SCRIPT",
     "SECTION_CLASSES",
     "SEED",
+    "SHAPE",
     "SIGMA",
     "TRACKED_KEYS",
     "BulkheadConfig",
@@ -102,6 +103,11 @@ CONNECTIONS = kinds.Between(0, 100_000)
 ACTIVE_FAULTS = kinds.Between(1, 100_000)
 TRACKED_KEYS = kinds.Between(1, 1_000_000)  # sizes the embedded store's table (32 B a key)
 SIGMA = kinds.Between(0.0, 5.0)  # lognormal shape: e^(6 sigma) is the 6-sigma tail
+# Pareto shape (alpha): at 0.1 the one-in-a-billion tail is 10^90 times the scale (the
+# cap holds it); above 100 the draw is the scale within 0.03% at that tail.
+SHAPE = kinds.Between(0.1, 100.0)
+# The tail a distribution's longest delay is read at: lognormal's 6 sigma, about 1e-9.
+_TAIL = 1e-9
 SEED = kinds.Between(-(2**63), 2**63 - 1)
 BODY_BYTES = kinds.Between(0, 1_000_000_000_000)
 AFTER_APP_FAULTS = ("reset", "http_error", "stall")
@@ -223,13 +229,26 @@ class LatencyConfig:
         "auto",
         kinds.STR,
         "`auto` is `uniform` when random_delay_range_ms is set, else `fixed`.",
-        kinds.OneOf(("auto", "fixed", "uniform", "normal", "lognormal")),
+        kinds.OneOf(("auto", "fixed", "uniform", "normal", "lognormal", "pareto", "exponential")),
     )
     stddev_ms: float = setting(
         0.0, kinds.FLOAT, "Standard deviation of `normal` (clipped at 0).", DELAY_MS
     )
     median_ms: float = setting(100.0, kinds.FLOAT, "Median of `lognormal`.", DELAY_MS, ramps=True)
     sigma: float = setting(0.5, kinds.FLOAT, "Shape of `lognormal` (sigma of the log).", SIGMA)
+    scale_ms: float = setting(
+        100.0,
+        kinds.FLOAT,
+        "Scale of `pareto` (its smallest delay) and of `exponential` (its mean).",
+        DELAY_MS,
+        ramps=True,
+    )
+    shape: float = setting(
+        2.0,
+        kinds.FLOAT,
+        "Shape (alpha) of `pareto`: smaller is a heavier tail (1.16: the 80/20 rule).",
+        SHAPE,
+    )
     cap_ms: float | None = setting(
         None, kinds.OPTIONAL_FLOAT, "Upper bound on any delay, after jitter.", DELAY_MS
     )
@@ -735,7 +754,7 @@ class ChaosConfig:
         (),
         RULES,
         "Conditional chaos: `[{match: {path, path_regex, route, methods, header, query, "
-        "user_agent, json_field, client_cidr, body_size, not}, "
+        "user_agent, json_field, client_cidr, body_size, cohort, not}, "
         "<section>: {...}}]`; the first matching rule's sections apply (env: JSON).",
     )
 
@@ -866,6 +885,10 @@ def longest_delay_s(configs: Iterable[ChaosConfig]) -> float:
                 delay = latency.fixed_delay_ms + 6 * latency.stddev_ms
             if latency.distribution == "lognormal":
                 delay = latency.median_ms * math.exp(6 * latency.sigma)
+            if latency.distribution == "pareto":  # its quantile at 1 - _TAIL
+                delay = latency.scale_ms * _TAIL ** (-1 / latency.shape)
+            if latency.distribution == "exponential":
+                delay = latency.scale_ms * -math.log(_TAIL)
             delay *= 1 + latency.jitter_percent / 100
             delay = min(delay, latency.cap_ms if latency.cap_ms is not None else MAX_DELAY_MS)
         if config.header_control.enabled:

@@ -263,7 +263,7 @@ class Decider:
         if cached is None or cached[0] is not config:
             cached = self._rule_configs = (config, [apply_rule(config, r) for r in config.rules])
         for index, (rule, rule_config) in enumerate(zip(config.rules, cached[1], strict=True)):
-            if rule.match.matches(request):
+            if rule.match.matches(request, config.seed):
                 return rule_config, (index, rule)
         return config, None
 

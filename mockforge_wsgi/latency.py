@@ -24,7 +24,8 @@ def decide_delay(config: LatencyConfig, rng: random.Random) -> float | None:
     delay = _base_delay(config, rng)
     if config.jitter_percent:
         delay *= 1.0 + rng.uniform(-config.jitter_percent, config.jitter_percent) / 100.0
-    # A distribution's tail (normal, lognormal) is unbounded; what a server can hold is not.
+    # A distribution's tail (all but fixed and uniform) is unbounded; what a server can
+    # hold is not.
     delay = min(delay, config.cap_ms if config.cap_ms is not None else MAX_DELAY_MS)
     return delay if delay > 0.0 else None
 
@@ -43,4 +44,8 @@ def _base_delay(config: LatencyConfig, rng: random.Random) -> float:
         if config.median_ms <= 0.0:
             return 0.0
         return rng.lognormvariate(math.log(config.median_ms), config.sigma)
+    if distribution == "pareto":  # P(X > x) = (scale / x) ** shape, for x >= scale
+        return config.scale_ms * rng.paretovariate(config.shape)
+    if distribution == "exponential":  # mean scale_ms: P(X > x) = exp(-x / scale)
+        return rng.expovariate(1.0 / config.scale_ms) if config.scale_ms > 0.0 else 0.0
     return config.fixed_delay_ms

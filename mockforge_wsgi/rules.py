@@ -11,21 +11,28 @@ global config::
       - match: {path_regex: "/orders/[0-9]+", query: {debug: "*"}, user_agent: "okhttp/*",
                 json_field: {path: order.kind, equals: express}, not: {methods: [GET]}}
         latency: {enabled: true, fixed_delay_ms: 300}
+      - match: {cohort: {key: "header:X-User-Id", percent: 10}}
+        fault_injection: {enabled: true, http_error_probability: 1.0}
 
 A ``json_field`` match reads a JSON request body of at most 64 KiB (with its
-Content-Length) and hands the app the same bytes.
+Content-Length) and hands the app the same bytes. A ``cohort`` is a share of users
+rather than of requests: a user's key, hashed with the config's seed, is in or out,
+the same on every worker and host and after a restart.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import ipaddress
+import math
 import re
 import urllib.parse
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
+from werkzeug.http import parse_cookie
 
 from ._kinds import shown
 from .request import MAX_JSON_BODY
@@ -33,7 +40,7 @@ from .request import MAX_JSON_BODY
 if TYPE_CHECKING:
     from .request import Request
 
-__all__ = ["MAX_JSON_BODY", "Match", "Rule", "parse_match"]
+__all__ = ["MAX_JSON_BODY", "Cohort", "Match", "Rule", "in_cohort", "parse_match"]
 
 MATCH_KEYS = (
     "path",
@@ -46,8 +53,59 @@ MATCH_KEYS = (
     "json_field",
     "client_cidr",
     "body_size",
+    "cohort",
     "not",
 )
+COHORT_KEYS = "header:<name>, cookie:<name>, query:<name> or ip"
+# A header or cookie name: an HTTP token (RFC 9110 5.6.2).
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_HASH_RANGE = 2**64  # a user's place: the hash's first 8 bytes, as a number below this
+
+
+def in_cohort(value: str, seed: int | None, percent: float) -> bool:
+    """Whether a user whose key has ``value`` is in the ``percent`` cohort of ``seed``.
+
+    blake2b, not ``hash()``: Python salts that per process, and the answer must be the
+    same on every worker, host and restart. Each user has one place in [0, 1) per seed,
+    so a cohort holds the users placed below ``percent``: a larger percent keeps every
+    user of a smaller one (a ramp from 10 to 20 adds users, it never swaps them)."""
+    key = b"" if seed is None else str(seed).encode()
+    digest = hashlib.blake2b(value.encode("utf-8", "surrogateescape"), digest_size=8, key=key)
+    return int.from_bytes(digest.digest(), "big") < percent / 100.0 * _HASH_RANGE
+
+
+@attrs.frozen
+class Cohort:
+    """A stable share of users, each known by a key the request carries: a header, a
+    cookie, a query parameter or the client address. A request without it (or with it
+    empty) is in no cohort."""
+
+    source: str  # header, cookie, query or ip
+    name: str  # the header's, cookie's or parameter's name ("" for ip)
+    percent: float
+
+    @property
+    def key(self) -> str:
+        return self.source if self.source == "ip" else f"{self.source}:{self.name}"
+
+    def value_of(self, request: Request) -> str | None:
+        """The user's key in ``request``, or None when it has none."""
+        if self.source == "header":
+            value = request.header(self.name)
+        elif self.source == "cookie":
+            value = parse_cookie(request.header("Cookie") or "").get(self.name)
+        elif self.source == "query":
+            value = next(iter(urllib.parse.parse_qs(request.query).get(self.name, ())), None)
+        else:
+            value = request.client_address
+        return value or None
+
+    def holds(self, request: Request, seed: int | None) -> bool:
+        value = self.value_of(request)
+        return value is not None and in_cohort(value, seed, self.percent)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "percent": self.percent}
 
 
 @attrs.frozen
@@ -66,12 +124,16 @@ class Match:
     user_agent: str | None = None  # glob on User-Agent
     json_field: tuple[str, ...] = ()  # a dotted path into a JSON body...
     json_equals: Any = None  # ...whose value must equal this (None: be present)
+    cohort: Cohort | None = None  # the user's key puts them in (with the config's seed)
     negated: Match | None = None  # "not": a request this matches is not matched
 
-    def matches(self, request: Request) -> bool:
+    def matches(self, request: Request, seed: int | None = None) -> bool:
+        """Whether ``request`` fits; ``seed`` (the config's) places users in cohorts."""
         if not self._matches(request):
             return False
-        return self.negated is None or not self.negated.matches(request)
+        if self.cohort is not None and not self.cohort.holds(request, seed):
+            return False
+        return self.negated is None or not self.negated.matches(request, seed)
 
     def _matches(self, request: Request) -> bool:
         path = request.path
@@ -132,6 +194,8 @@ class Match:
             data["json_field"] = (
                 field if self.json_equals is None else {**field, "equals": self.json_equals}
             )
+        if self.cohort is not None:
+            data["cohort"] = self.cohort.to_dict()
         if self.negated is not None:
             data["not"] = self.negated.to_dict()
         return data
@@ -307,6 +371,10 @@ def parse_match(raw: Any, path: str) -> tuple[Match | None, list[str]]:
                 f"{path}.json_field: {shown(raw['json_field'])} is not a dotted path or "
                 "{path, equals} (equals: a string, number or boolean)"
             )
+    if "cohort" in raw:
+        cohort, cohort_problems = _parse_cohort(raw["cohort"], f"{path}.cohort")
+        problems.extend(cohort_problems)
+        values["cohort"] = cohort
     if "not" in raw:
         negated, negated_problems = parse_match(raw["not"], f"{path}.not")
         problems.extend(negated_problems)
@@ -314,3 +382,47 @@ def parse_match(raw: Any, path: str) -> tuple[Match | None, list[str]]:
     if problems:
         return None, problems
     return Match(**values), []
+
+
+def _parse_cohort(raw: Any, path: str) -> tuple[Cohort | None, list[str]]:
+    """A Cohort from ``{key, percent}``, or the problems with it (each with its path)."""
+    if not isinstance(raw, Mapping):
+        return None, [f"{path}: {shown(raw)} is not a mapping {{key, percent}}"]
+    problems = [
+        f"{path}.{name}: unknown key; allowed: key, percent"
+        for name in raw
+        if name not in ("key", "percent")
+    ]
+    if "key" not in raw:
+        problems.append(f"{path}.key: missing; allowed: {COHORT_KEYS}")
+    if "percent" not in raw:
+        problems.append(f"{path}.percent: missing; allowed: a number in [0, 100]")
+    key = raw.get("key")
+    parsed = _cohort_key(key)
+    if "key" in raw and parsed is None:
+        problems.append(f"{path}.key: {shown(key)} is not {COHORT_KEYS}")
+    percent = raw.get("percent")
+    if "percent" in raw and (
+        not isinstance(percent, (int, float))
+        or isinstance(percent, bool)
+        or not math.isfinite(percent)
+        or not 0 <= percent <= 100
+    ):
+        problems.append(f"{path}.percent: {shown(percent)} is not a number in [0, 100]")
+    if problems:
+        return None, problems
+    assert parsed is not None and isinstance(percent, (int, float))  # checked above
+    return Cohort(*parsed, float(percent)), []
+
+
+def _cohort_key(key: Any) -> tuple[str, str] | None:
+    """``header:X-User-Id`` -> ("header", "X-User-Id"); ``ip`` -> ("ip", ""); None
+    when it is none of those (a header or cookie name is an HTTP token)."""
+    if key == "ip":
+        return "ip", ""
+    source, _, name = key.partition(":") if isinstance(key, str) else ("", "", "")
+    if source in ("header", "cookie") and _TOKEN.fullmatch(name):
+        return source, name
+    if source == "query" and name:
+        return source, name
+    return None

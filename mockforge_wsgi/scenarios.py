@@ -186,6 +186,51 @@ NETWORK_PROFILES: dict[str, Scenario] = {
                 "upload_bandwidth_limit_bps": 3_750,
             },
         ),
+        _builtin(
+            "fast_4g",
+            "Chrome DevTools 'Fast 4G': 165 ms, 1,012.5 KB/s down, 168.75 KB/s up.",
+            "network_profile",
+            latency={"enabled": True, "fixed_delay_ms": 165},  # 60 ms RTT x 2.75
+            traffic_shaping={
+                "enabled": True,
+                "bandwidth_limit_bps": 1_012_500,  # 9 Mbit/s x 0.9
+                "upload_bandwidth_limit_bps": 168_750,  # 1.5 Mbit/s x 0.9
+            },
+        ),
+        _builtin(
+            "lte",
+            "WebPageTest 'LTE': 70 ms, 12 Mbit/s down and up.",
+            "network_profile",
+            latency={"enabled": True, "fixed_delay_ms": 70},
+            traffic_shaping={
+                "enabled": True,
+                "bandwidth_limit_bps": 1_500_000,
+                "upload_bandwidth_limit_bps": 1_500_000,
+            },
+        ),
+        _builtin(
+            "edge",
+            "WebPageTest 'Mobile Edge' (2G/EDGE): 840 ms, 240 kbit/s down, 200 kbit/s up.",
+            "network_profile",
+            latency={"enabled": True, "fixed_delay_ms": 840},
+            traffic_shaping={
+                "enabled": True,
+                "bandwidth_limit_bps": 30_000,
+                "upload_bandwidth_limit_bps": 25_000,
+            },
+        ),
+        _builtin(
+            "geo_satellite",
+            "Geostationary satellite, Ookla's US medians for Viasat in Q2 2021: 630 ms, "
+            "18.13 Mbit/s down, 3.38 Mbit/s up.",
+            "network_profile",
+            latency={"enabled": True, "fixed_delay_ms": 630},
+            traffic_shaping={
+                "enabled": True,
+                "bandwidth_limit_bps": 2_266_250,
+                "upload_bandwidth_limit_bps": 422_500,
+            },
+        ),
     )
 }
 

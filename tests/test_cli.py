@@ -294,7 +294,7 @@ def test_sync_workers_refuse_a_delay_they_cannot_live_through(
             "chaos: {scenario: nope}\n",
             "chaos.scenario: unknown scenario 'nope' (choices: network_degradation, "
             "service_instability, cascading_failure, peak_traffic, slow_backend, slow_3g, "
-            "fast_3g, flaky_wifi, cable, dialup) (from ",
+            "fast_3g, flaky_wifi, cable, dialup, fast_4g, lte, edge, geo_satellite) (from ",
             id="unknown-scenario",
         ),
         pytest.param(

@@ -79,10 +79,15 @@ def test_defaults_are_valid_and_off() -> None:
             id="jitter",
         ),
         pytest.param(
-            {"latency": {"distribution": "pareto"}},
-            "chaos.latency.distribution: 'pareto' is not one of auto, fixed, uniform, normal, "
-            "lognormal",
+            {"latency": {"distribution": "weibull"}},
+            "chaos.latency.distribution: 'weibull' is not one of auto, fixed, uniform, normal, "
+            "lognormal, pareto, exponential",
             id="distribution",
+        ),
+        pytest.param(
+            {"latency": {"shape": 0}},
+            "chaos.latency.shape: 0 is not in [0.1, 100]",
+            id="pareto-shape",
         ),
         pytest.param(
             {"latency": {"distribution": "uniform"}},

@@ -44,6 +44,15 @@ def chaos(**sections: Any) -> ChaosConfig:
                          "sigma": 0.5}},
             0.1 * math.exp(3),
         ),
+        (  # the one-in-a-billion quantiles, as lognormal's 6 sigma
+            {"latency": {"enabled": True, "distribution": "pareto", "scale_ms": 10,
+                         "shape": 3}},
+            0.01 * 1e3,
+        ),
+        (
+            {"latency": {"enabled": True, "distribution": "exponential", "scale_ms": 100}},
+            0.1 * math.log(1e9),
+        ),
         ({"latency": {"enabled": True, "fixed_delay_ms": 1000, "cap_ms": 150}}, 0.15),
         ({"latency": {"enabled": False, "fixed_delay_ms": 1000}}, 0.0),  # latency off
         ({"header_control": {"enabled": True, "max_delay_ms": 5000}}, 5.0),

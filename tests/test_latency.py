@@ -74,6 +74,44 @@ def test_lognormal_median_and_cap() -> None:
     assert_binomial(sum(value == 400.0 for value in values), N, tail)
 
 
+@pytest.mark.parametrize("shape", [1.16, 3.0])
+def test_pareto_quantiles_and_cap(shape: float) -> None:
+    config = LatencyConfig(
+        enabled=True, distribution="pareto", scale_ms=50, shape=shape, cap_ms=400
+    )
+    values = [d for d in delays(config) if d is not None]
+    assert len(values) == N
+    assert min(values) >= 50.0  # the scale is the smallest delay
+    # Quantile q of Pareto(scale, shape): scale * (1 - q) ** (-1 / shape); the share
+    # below each is Binomial(N, q) (those beyond the cap: checked as the capped share).
+    quantiles = [(q, 50.0 * (1 - q) ** (-1 / shape)) for q in (0.25, 0.5, 0.9, 0.99)]
+    assert len([q for q, quantile in quantiles if quantile < 400]) >= 3
+    for q, quantile in quantiles:
+        if quantile < 400:
+            assert_binomial(sum(value < quantile for value in values), N, q)
+    # P(X > 400) = (50 / 400) ** shape for the uncapped variable: those are capped.
+    assert_binomial(sum(value == 400.0 for value in values), N, (50 / 400) ** shape)
+
+
+def test_exponential_quantiles_mean_and_cap() -> None:
+    config = LatencyConfig(enabled=True, distribution="exponential", scale_ms=100, cap_ms=500)
+    values = [d for d in delays(config) if d is not None]
+    # Quantile q of Exp(mean 100): -100 * ln(1 - q).
+    for q in (0.1, 0.5, 0.9, 0.99):
+        assert_binomial(sum(value < -100 * math.log(1 - q) for value in values), N, q)
+    # P(X > 500) = e^-5: capped.
+    assert_binomial(sum(value == 500.0 for value in values), N, math.exp(-5))
+    uncapped = LatencyConfig(enabled=True, distribution="exponential", scale_ms=100)
+    # The mean is the scale; one draw's deviation is the scale too.
+    drawn = [d for d in delays(uncapped) if d is not None]
+    assert abs(statistics.fmean(drawn) - 100.0) <= SIGMAS * 100.0 / math.sqrt(N)
+
+
+def test_exponential_of_zero_scale_is_no_delay() -> None:
+    config = LatencyConfig(enabled=True, distribution="exponential", scale_ms=0)
+    assert set(delays(config, n=10)) == {None}
+
+
 def test_normal_is_clipped_at_zero() -> None:
     config = LatencyConfig(enabled=True, distribution="normal", fixed_delay_ms=50, stddev_ms=50)
     values = delays(config)
@@ -102,6 +140,14 @@ def test_same_seed_same_decisions() -> None:
                 enabled=True, distribution="normal", fixed_delay_ms=600_000, stddev_ms=600_000
             ),
             id="normal-tail",
+        ),
+        pytest.param(
+            LatencyConfig(enabled=True, distribution="pareto", scale_ms=600_000, shape=0.1),
+            id="pareto-tail",
+        ),
+        pytest.param(
+            LatencyConfig(enabled=True, distribution="exponential", scale_ms=600_000),
+            id="exponential-tail",
         ),
         pytest.param(
             LatencyConfig(enabled=True, fixed_delay_ms=600_000, jitter_percent=100),

@@ -32,6 +32,7 @@ GENERATED_ROW = re.compile(r"^\| `(chaos\.|MOCKFORGE_)")
 
 T = "tests/"
 SCENARIOS = T + "test_scenarios.py::test_predefined_values_are_the_design_notes"
+SOURCES = T + "test_scenarios.py::test_network_profiles_are_their_sources_figures"
 PROFILES = T + "test_config.py::test_generated_docs_are_current"
 GLOBAL_LIMIT = T + "test_shared_state.py::test_a_global_limit_is_one_limit_for_all_workers"
 ADMIN_HELD = (
@@ -56,6 +57,7 @@ PROMISES: list[tuple[str, str, str]] = [
         "500 ms", "20%", "100%", "5%", "10%", "5000 ms", "30%", "2000 ms")],
     *[("docs/CHAOS_ENGINEERING.md", f, PROFILES) for f in (
         "562.5 ms", "300 ms", "3%", "28 ms", "120 ms")],
+    *[("docs/CHAOS_ENGINEERING.md", f, SOURCES) for f in ("165 ms", "630 ms", "70 ms", "840 ms")],
     ("docs/CHAOS_ENGINEERING.md", "30 s", WORKER_TIMEOUT),
     ("docs/CHAOS_ENGINEERING.md", "60 s", HOLD_CHECK),
     ("docs/CHAOS_ENGINEERING.md", "41 s", HOLD_CHECK),
@@ -89,6 +91,9 @@ PROMISES: list[tuple[str, str, str]] = [
         "100,000 bytes")],
     *[("docs/scenarios.md", f, PROFILES) for f in (
         "562.5 ms", "300 ms", "3%", "28 ms", "120 ms")],
+    ("docs/scenarios.md", "10%", T + "test_cohorts.py::test_a_tenth_of_1000_users_fail_on_every_request_and_the_rest_on_none"),
+    ("docs/CHAOS_ENGINEERING.md", "10%", T + "test_cohorts_server.py::test_a_user_in_the_cohort_always_fails_and_one_outside_never"),
+    *[("docs/scenarios.md", f, SOURCES) for f in ("165 ms", "60 ms", "630 ms", "70 ms", "840 ms")],
     ("docs/scenarios.md", "10 s", T + "test_patterns_and_rules.py::test_time_based_patterns"),
     ("docs/scenarios.md", "2 s", T + "test_patterns_and_rules.py::test_time_based_patterns"),
     ("docs/scenarios.md", "64 KiB", CONSTANT),
@@ -124,6 +129,7 @@ EXAMPLE = "an example value in a snippet or an error message shown"
 # (doc, figure) -> why it needs no test
 NOT_PROMISES: dict[tuple[str, str], str] = {
     ("README.md", "100 KiB"): EXAMPLE,
+    ("docs/scenarios.md", "558 ms"): "RFC 2488's figure, cited beside geo_satellite's 630 ms",
     ("docs/observability.md", "535 us"): MEASURED,
     ("docs/observability.md", "663 us"): MEASURED,
     ("docs/observability.md", "9ms"): EXAMPLE,

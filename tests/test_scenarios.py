@@ -69,7 +69,45 @@ def test_predefined_values_are_the_design_notes() -> None:
         10,
         1.0,
     )
-    assert set(NETWORK_PROFILES) == {"slow_3g", "fast_3g", "flaky_wifi", "cable", "dialup"}
+    assert set(NETWORK_PROFILES) == {
+        "slow_3g", "fast_3g", "flaky_wifi", "cable", "dialup", "fast_4g", "lte", "edge",
+        "geo_satellite",
+    }  # fmt: skip
+
+
+KBIT = 1000 / 8  # bytes per second in a kbit/s (the sources' bit rates are decimal)
+
+
+@pytest.mark.parametrize(
+    ("name", "latency_ms", "down_kbit", "up_kbit"),
+    [
+        # Chrome DevTools' NetworkManager.ts: latency and throughput scaled by its factors.
+        pytest.param("slow_3g", 400 * 5, 500 * 0.8, 500 * 0.8, id="chrome-3g"),
+        pytest.param("fast_3g", 150 * 3.75, 1600 * 0.9, 750 * 0.9, id="chrome-slow-4g"),
+        pytest.param("fast_4g", 60 * 2.75, 9000 * 0.9, 1500 * 0.9, id="chrome-fast-4g"),
+        # WebPageTest's connectivity.ini.sample: RTT, bwIn, bwOut.
+        pytest.param("cable", 28, 5000, 1000, id="wpt-cable"),
+        pytest.param("dialup", 120, 49, 30, id="wpt-dial"),
+        pytest.param("lte", 70, 12000, 12000, id="wpt-lte"),
+        pytest.param("edge", 840, 240, 200, id="wpt-edge"),
+        # Ookla, Q2 2021, Viasat's US medians.
+        pytest.param("geo_satellite", 630, 18130, 3380, id="ookla-viasat"),
+    ],
+)
+def test_network_profiles_are_their_sources_figures(
+    name: str, latency_ms: float, down_kbit: float, up_kbit: float
+) -> None:
+    """Each profile is the figures its description and docs/scenarios.md cite."""
+    profile = NETWORK_PROFILES[name]
+    config = profile.config
+    assert config.latency.fixed_delay_ms == pytest.approx(latency_ms)
+    assert config.latency.probability == 1.0 and config.latency.distribution == "auto"
+    shaping = config.traffic_shaping
+    assert shaping.bandwidth_limit_bps == pytest.approx(down_kbit * KBIT)
+    assert shaping.upload_bandwidth_limit_bps == pytest.approx(up_kbit * KBIT)
+    assert shaping.packet_loss_percent == 0  # none of these sources gives a loss
+    assert not config.fault_injection.enabled and not config.rate_limit.enabled
+    assert f"{latency_ms:g} ms" in profile.description
 
 
 def test_activate_switch_and_stop() -> None:
@@ -270,7 +308,8 @@ def test_an_unknown_scenario_says_so_with_the_choices_and_the_nearest() -> None:
     assert str(raised.value) == (
         "scenario: unknown scenario 'slow_bakend'; did you mean 'slow_backend'? (choices: "
         "network_degradation, service_instability, cascading_failure, peak_traffic, "
-        "slow_backend, slow_3g, fast_3g, flaky_wifi, cable, dialup)"
+        "slow_backend, slow_3g, fast_3g, flaky_wifi, cable, dialup, fast_4g, lte, edge, "
+        "geo_satellite)"
     )
     with pytest.raises(
         UnknownScenario, match=r"chaos.scenario: unknown scenario 'nope' \(choices"
