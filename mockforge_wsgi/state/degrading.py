@@ -57,7 +57,7 @@ class DegradingStore(Store):
         store: Store,
         *,
         mode: Callable[[], str],
-        report: Callable[[str], None],
+        report: Callable[[str, StoreError | None], None],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.inner = store

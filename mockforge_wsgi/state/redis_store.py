@@ -336,7 +336,7 @@ class RedisStore(Store):
         self._call(lambda: self._redis.zrem(self._key("alive"), server))
 
     def live_workers(self) -> int:
-        keys, args = [self._key("workers")], [self._worker, WORKER_TTL_S]
+        keys, args = [self._key("workers")], [self._worker, str(WORKER_TTL_S)]
         return int(self._call(lambda: self._live_workers(keys=keys, args=args)))
 
     # -- rate limits --------------------------------------------------------------------
