@@ -93,13 +93,18 @@ CONFIG = {
 }
 
 
+@pytest.mark.parametrize("on_store_error", ["local", "open"])
 @pytest.mark.parametrize("method", sorted(ON_THE_REQUEST_PATH))
 def test_a_store_failing_on_any_method_serves_the_app(
-    method: str, caplog: pytest.LogCaptureFixture
+    method: str, on_store_error: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = FailingStore()
     mode = "exact" if method == "acquire" else "lease"
-    overrides = {**CONFIG, "rate_limit": {**CONFIG["rate_limit"], "store_mode": mode}}  # type: ignore[dict-item]
+    overrides = {
+        **CONFIG,
+        "rate_limit": {**CONFIG["rate_limit"], "store_mode": mode},  # type: ignore[dict-item]
+        "on_store_error": on_store_error,
+    }
     config = load_config(environ={}, overrides=overrides)
     middleware = ChaosMiddleware(hello, config=config, store=store)
     client = Client(middleware)

@@ -165,10 +165,14 @@ class DegradingStore(Store):
         return held
 
     def release_slot(self, name: str) -> None:
-        with self._lock:
-            local = self._local_held.get(name, 0)
-            if local:
-                self._local_held[name] = local - 1
+        local = 0
+        if self._local_held:  # none held locally (no outage): no lock on this path
+            with self._lock:
+                local = self._local_held.get(name, 0)
+                if local > 1:
+                    self._local_held[name] = local - 1
+                elif local:
+                    del self._local_held[name]
         if local:
             self.local.release_slot(name)
         else:  # the store's: it owes what it cannot write now, and settles it when back
