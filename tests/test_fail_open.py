@@ -154,3 +154,18 @@ def test_a_bug_of_ours_in_the_store_fails_open_too(method: str) -> None:
     assert [answer(client) for _ in range(5)] == [(200, b"hello")] * 5
     assert middleware.internal_errors >= 5
     assert middleware.store.slots_in_use(CONNECTION_SLOTS) == 0
+
+
+def test_the_watcher_of_held_requests_counts_a_poll_the_store_failed() -> None:
+    """release.py polls the state's version while anything is held: a failed poll is
+    tried again at the next, and counted as the store's error (not raised to a request)."""
+
+    class Unwatchable(FailingStore):
+        def watch_version(self) -> int:
+            raise StoreError("store unreachable")
+
+    config = load_config(environ={}, overrides=CONFIG)
+    middleware = ChaosMiddleware(hello, config=config, store=Unwatchable())
+    with pytest.raises(StoreError):  # release.py's watcher catches it and polls again
+        middleware.engine.watched_version()
+    assert (middleware.store_errors, middleware.internal_errors) == (1, 0)
