@@ -104,6 +104,8 @@ def test_while_down_each_worker_limits_at_its_share_then_shares_again(shared: bo
     # No store call per request while down: one try a second.
     assert inner.calls - calls <= 10.0 / RETRY_S + 1
     assert reports and all(doing.startswith(("checking", "taking")) for doing, _ in reports)
+    verdict = limiter.check(config, "", "", clock.now)
+    assert verdict is not None and verdict.outcome.limit == 2  # the headers say the share
     inner.up = True
     clock.now += RETRY_S  # the next call tries the store again
     after = admitted(limiter, config, clock, 2.0)
