@@ -111,7 +111,9 @@ def test_a_redis_outage_limits_each_worker_at_its_share(
     print(
         f"\nadmitted a second: before {before:.1f}, during the {up - down:.1f} s outage "
         f"{during:.1f} ({during / LIMIT:.2f}x the limit of {LIMIT}; offered {offered:.0f}; "
-        f"answers by worker {sorted(workers.values())})"
+        f"answers by worker {sorted(workers.values())}; store_errors "
+        f"{stats['counters'].get('store_errors')}, internal_errors "
+        f"{stats['counters'].get('internal_errors', 0)})"
     )
     assert len(workers) == 4  # every worker limited on its own
     assert offered > 2 * LIMIT  # the load was well above the limit
