@@ -709,11 +709,13 @@ class ChaosConfig:
         flag=Flag("--seed", "N"),
     )
     on_store_error: str = setting(
-        "open",
+        "local",
         kinds.STR,
-        "When the shared store is unreachable: `open` serves unharmed (logged, counted); "
-        "`closed` answers 503.",
-        kinds.OneOf(("open", "closed")),
+        "When the shared store is unreachable: `local` limits each worker alone at its "
+        "share (each limit divided by the live workers, each slot pool `max(1, cap // "
+        "workers)`) until the store is back; `open` serves without limits; `closed` "
+        "answers 503. Counted in `store_errors`, logged once a minute (docs/state.md).",
+        kinds.OneOf(("open", "local", "closed")),
     )
     max_active_faults: int | None = setting(
         None,

@@ -12,7 +12,10 @@ it with a lazy view of its environ; the outbound direction (the app's own calls)
 **The one fail-open boundary** is here: our own failure (a bug, an unreachable store)
 never looks like chaos. :meth:`Decider.decide` turns any exception into "no chaos for
 this request", counted in ``internal_errors`` and logged once a minute; the apply side
-reports its own failures through :meth:`Decider.internal_error` to the same count. Two
+reports its own failures through :meth:`Decider.internal_error` to the same count. An
+unreachable store is counted apart, in ``store_errors``; under ``on_store_error: local``
+(the default) the limits, places and request numbers come meanwhile from this worker's
+share (state/degrading.py), so the request keeps its limits and its chaos. Two
 errors are deliberate and raised to the caller, who answers them:
 :class:`~.header_control.InvalidHeaders` (a 400 naming each header) and
 :class:`~.state.StoreError` when ``on_store_error`` is ``closed`` (a 503, not chaos).
@@ -44,6 +47,7 @@ from .plan import NO_CHAOS, Plan, decide_plan
 from .rate_limit import RateLimiter, client_of
 from .state import MemoryStore, Store, StoreError
 from .state.base import CONNECTION_SLOTS
+from .state.degrading import DegradingStore
 from .state.server_store import server_store
 
 if TYPE_CHECKING:
@@ -112,9 +116,14 @@ class Decider:
         self._store_named = store_named
         self._max_keys = max_keys if max_keys is not None else startup.rate_limit.max_tracked_keys
         self.store: Store = engine.store
-        self.limiter = RateLimiter(self.store)
+        # What limits, places and request numbers are taken from: the store, or this
+        # worker's share of it while it is unreachable (on_store_error: local).
+        self.places = self._degrading(self.store)
+        self.limiter = RateLimiter(self.places)
         self.internal_errors = 0
+        self.store_errors = 0
         self._quiet_until = 0.0  # our own errors are logged at most once a minute
+        self._store_quiet_until = 0.0  # and the store's failures too
         self._rule_configs: tuple[ChaosConfig, list[ChaosConfig]] | None = None
 
     def decide(self, config: ChaosConfig, request: Request, now: float) -> Decision:
@@ -172,25 +181,25 @@ class Decider:
             if config.circuit_breaker.enabled:  # first: an open breaker answers alone
                 own = rule is not None and rule[1].has_section("circuit_breaker")
                 owner = str(rule[0]) if own and rule is not None else GLOBAL
-                circuit = admit(self.store, owner, config.circuit_breaker, time.time())
+                circuit = admit(self.places, owner, config.circuit_breaker, time.time())
                 if circuit.state == OPEN:
                     return Plan(circuit=circuit), config
             rng = self.rng
             if config.seed is not None and not self._explicit_rng:
                 # Request n draws from (seed, n), n numbered in the store: the same
                 # sequence of requests gets the same decisions, whichever worker serves.
-                rng = random.Random(f"{config.seed}:{self.store.incr(SEQUENCE_COUNTER)}")
+                rng = random.Random(f"{config.seed}:{self.places.incr(SEQUENCE_COUNTER)}")
             faults = config.fault_injection
             number = since_change = step = None
             if faults.enabled and faults.script:  # step n of the rule's (or global) script
                 own = rule is not None and rule[1].sets("fault_injection", "script")
                 counter = script_counter(rule[0] if own and rule is not None else None)
-                step = self.store.incr(counter)
+                step = self.places.incr(counter)
             if faults.enabled and faults.pattern is not None:
                 if faults.pattern.timed:  # fail for a while, in bursts: from the change
                     since_change = self.engine.since_change()
                 else:  # the first n, every nth, a sequence: numbered in the store
-                    number = self.store.incr(PATTERN_COUNTER)
+                    number = self.places.incr(PATTERN_COUNTER)
             limits = config.rate_limit
             verdict = None
             if limits.enabled:
@@ -248,6 +257,7 @@ class Decider:
             raise
         except StoreError:
             if config.on_store_error == "closed":
+                self.store_error("deciding")
                 raise
             self.internal_error("reaching the store")
         except Exception:
@@ -286,13 +296,13 @@ class Decider:
         back at once)."""
         bulkhead = config.bulkhead
         try:
-            held = self.store.acquire_slot(
+            held = self.places.acquire_slot(
                 pool_name(owner), bulkhead.max_concurrent, bulkhead.queue_timeout_ms / 1000.0
             )
         except StoreError:
             if config.on_store_error == "closed":
                 if plan.slot:
-                    self._release_slot(self.store)
+                    self._release_slot(self.places)
                 raise
             self.internal_error("taking a place in a bulkhead")
             return plan  # served without the cap
@@ -300,7 +310,7 @@ class Decider:
         if held:
             return plan._replace(bulkhead=place)
         if plan.slot:
-            self._release_slot(self.store)
+            self._release_slot(self.places)
         # The breaker's say rides along: a half-open probe refused here must still be
         # counted (this 503 is an answer like any other), or the breaker would wait on it.
         return Plan(rate_limit=plan.rate_limit, circuit=plan.circuit, bulkhead=place)
@@ -316,7 +326,7 @@ class Decider:
         cap = config.max_active_faults
         assert cap is not None
         try:
-            held = self.store.acquire_slot(active_pool(owner), cap, 0.0)
+            held = self.places.acquire_slot(active_pool(owner), cap, 0.0)
         except StoreError:
             if config.on_store_error == "closed":
                 self._give_back(plan)
@@ -326,7 +336,7 @@ class Decider:
         if held:
             return plan._replace(active=ActiveFault(owner, True))
         try:
-            self.store.count((OVERFLOW,))
+            self.places.count((OVERFLOW,))
         except Exception:
             self.internal_error("counting a request over max_active_faults")
         return _unharmed(plan, ActiveFault(owner, False))
@@ -343,7 +353,7 @@ class Decider:
         shaping = plan.shaping
         assert shaping is not None
         try:
-            admitted = self.store.acquire_slot(
+            admitted = self.places.acquire_slot(
                 CONNECTION_SLOTS, shaping.max_connections, shaping.queue_timeout_ms / 1000.0
             )
         except StoreError:
@@ -370,11 +380,11 @@ class Decider:
         if active is not None and active.held:  # only with max_active_faults set
             place = bulkhead.pool if bulkhead is not None and bulkhead.held else None
             return functools.partial(
-                self._release_active, self.store, bool(plan.slot), place, active.pool
+                self._release_active, self.places, bool(plan.slot), place, active.pool
             )
         if bulkhead is None or not bulkhead.held:
-            return functools.partial(self._release_slot, self.store) if plan.slot else None
-        return functools.partial(self._release_places, self.store, bool(plan.slot), bulkhead.pool)
+            return functools.partial(self._release_slot, self.places) if plan.slot else None
+        return functools.partial(self._release_places, self.places, bool(plan.slot), bulkhead.pool)
 
     def _release_active(self, store: Store, slot: bool, bulkhead: str | None, pool: str) -> None:
         try:
@@ -406,7 +416,7 @@ class Decider:
         """The breaker counts what the client got: 5xx or no whole answer (``status``
         empty) is a failure."""
         try:
-            change = breaker_record(self.store, circuit, breaker, time.time(), failed(status))
+            change = breaker_record(self.places, circuit, breaker, time.time(), failed(status))
         except Exception:
             self.internal_error("counting an answer for the circuit breaker")
             return
@@ -439,25 +449,64 @@ class Decider:
             return
         self.engine.attach(store)
         self.store = store
-        self.limiter = RateLimiter(store)
+        self.places = self._degrading(store)
+        self.limiter = RateLimiter(self.places)
+
+    def _degrading(self, store: Store) -> Store:
+        """``store`` with this worker's share of its limits while it is unreachable; a
+        plain memory store cannot be (and costs nothing more on the request path)."""
+        if type(store) is MemoryStore:
+            return store
+        return DegradingStore(store, mode=self._on_store_error, report=self.store_error)
+
+    def _on_store_error(self) -> str:
+        return self.engine.current.on_store_error
+
+    def store_error(self, doing: str, error: BaseException | None = None) -> None:
+        """The store could not answer ``error`` (None: not tried, being down): served
+        without it, at this worker's share of the limits, or 503, by on_store_error.
+        Counted in ``store_errors``; logged once a minute while it lasts."""
+        self.store_errors += 1
+        with contextlib.suppress(Exception):
+            self.store.count(("store_errors",))  # Redis keeps it and sends it when back
+        now = time.monotonic()
+        if now >= self._store_quiet_until:
+            self._store_quiet_until = now + ERROR_LOG_INTERVAL_S
+            mode = self._on_store_error()
+            workers = getattr(self.places, "workers", 1)
+            then = {
+                "local": f"each worker limits alone at its share (1/{workers} of each limit)",
+                "open": "served without limits or places",
+                "closed": "answered 503",
+            }.get(mode, mode)
+            log.warning(
+                "mockforge: the store is unreachable (while %s: %s); on_store_error: %s, so "
+                "%s until it answers (%d store errors so far)",
+                doing,
+                error or sys.exc_info()[1] or "not tried again yet",
+                mode,
+                then,
+                self.store_errors,
+            )
 
     def internal_error(self, doing: str) -> None:
         """Our own failure must not look like chaos: serve unharmed, count, and log one
-        line per outage (again each minute while it lasts)."""
+        line per outage (again each minute while it lasts). An unreachable store is
+        counted as a store error."""
+        if isinstance(sys.exc_info()[1], StoreError):
+            self.store_error(doing)
+            return
         self.internal_errors += 1
         with contextlib.suppress(Exception):
             self.store.count(("internal_errors",))
         now = time.monotonic()
         if now >= self._quiet_until:
             self._quiet_until = now + ERROR_LOG_INTERVAL_S
-            error = sys.exc_info()[1]
-            # An unreachable store is an outage, said in one line; anything else is a
-            # bug of ours, logged with its traceback.
-            log.log(
-                logging.WARNING if isinstance(error, StoreError) else logging.ERROR,
+            # A bug of ours: logged with its traceback.
+            log.error(
                 "mockforge internal error while %s (%d so far); no chaos comes of it: %s",
                 doing,
                 self.internal_errors,
-                error,
-                exc_info=not isinstance(error, StoreError),
+                sys.exc_info()[1],
+                exc_info=True,
             )

@@ -453,7 +453,11 @@ class ScenarioEngine:
     def watched_version(self) -> int:
         """The store's state version now, for the watcher of held requests (release.py);
         a time-based change that fell due meanwhile (a scenario's end) is saved first."""
-        self.store.watch_version()  # read afresh (a Redis store caches it per request)
+        try:
+            self.store.watch_version()  # read afresh (a Redis store caches it per request)
+        except StoreError:
+            self._count_store_error()
+            raise
         self.effective()  # reloads if it moved (waking the holds), saves what fell due
         return self._version
 
@@ -486,10 +490,15 @@ class ScenarioEngine:
             log.warning("mockforge: the chaos state can be read again")
         return config
 
+    def _count_store_error(self) -> None:
+        self.store_errors += 1
+        with contextlib.suppress(Exception):
+            self.store.count(("store_errors",))  # Redis keeps it and sends it when back
+
     def _store_failed(self) -> ChaosConfig:
         """Unreachable store: keep applying what we last knew, try again in a moment;
         count each failure, log one line per outage."""
-        self.store_errors += 1
+        self._count_store_error()
         if not self._store_down:
             self._store_down = True
             log.warning(

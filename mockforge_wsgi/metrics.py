@@ -88,7 +88,7 @@ class ChaosMetrics:
     def exposition(self) -> tuple[bytes, str]:
         """The text format: every worker's values in multiprocess mode, plus the gauges."""
         from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-        from prometheus_client.core import GaugeMetricFamily
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         registry = self.registry
         if os.environ.get(_env.PROMETHEUS_MULTIPROC_DIR):
@@ -107,8 +107,21 @@ class ChaosMetrics:
             )
             if status["active_scenario"]:
                 active.add_metric([status["active_scenario"]["name"]], 1)
+            # Our own failures, from the store's counters (every worker's): apart from
+            # chaos, and the store's apart from ours.
+            counters = status["counters"]
+            store_errors = CounterMetricFamily(
+                "mockforge_store_errors",
+                "Store calls that failed (served without the store, or at a worker's share)",
+                value=counters.get("store_errors", 0),
+            )
+            internal_errors = CounterMetricFamily(
+                "mockforge_internal_errors",
+                "Our own failures, each served unharmed",
+                value=counters.get("internal_errors", 0),
+            )
             gauges = CollectorRegistry()
-            gauges.register(_Fixed([enabled, active]))
+            gauges.register(_Fixed([enabled, active, store_errors, internal_errors]))
             text += generate_latest(gauges)
         return text, CONTENT_TYPE_LATEST
 

@@ -189,6 +189,12 @@ class ChaosMiddleware:
         """Our own failures so far, each served unharmed (decide.py's boundary)."""
         return self.decider.internal_errors
 
+    @property
+    def store_errors(self) -> int:
+        """Calls the store could not answer so far (the decision's, served without it or
+        at this worker's share; the engine's reads of the state)."""
+        return self.decider.store_errors + self.engine.store_errors
+
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         """Management or exempt -> decide one Plan -> report it -> apply it."""
         if not self._server_checked:

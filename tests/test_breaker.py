@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import attrs
 import pytest
 from werkzeug.test import Client
 
@@ -208,8 +209,13 @@ def test_an_unreachable_store_serves_the_app_unharmed() -> None:
         environ={}, overrides={"enabled": True, "circuit_breaker": {"enabled": True}}
     )
     middleware = ChaosMiddleware(failing_app([]), config=config, store=BrokenStore())
+    assert Client(middleware).get("/x").status_code == 200  # local: its own counts
+    assert middleware.internal_errors == 0
+    assert middleware.store_errors >= 1
+    config = attrs.evolve(config, on_store_error="open")
+    middleware = ChaosMiddleware(failing_app([]), config=config, store=BrokenStore())
     assert Client(middleware).get("/x").status_code == 200
-    assert middleware.internal_errors == 1
+    assert (middleware.internal_errors, middleware.store_errors) == (0, 1)
 
 
 def test_at_most_16_rules_have_breakers_of_their_own() -> None:

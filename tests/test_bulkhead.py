@@ -75,11 +75,24 @@ class DownStore(MemoryStore):
         raise StoreError("down")
 
 
-def test_an_unreachable_store_serves_without_the_cap() -> None:
-    config = load_config(environ={}, overrides={"enabled": True, "bulkhead": {"enabled": True}})
-    middleware = ChaosMiddleware(hello, config=config, store=DownStore())
+@pytest.mark.parametrize("on_store_error", ["open", "local"])
+def test_an_unreachable_store_serves_without_the_cap_or_with_a_local_share(
+    on_store_error: str,
+) -> None:
+    overrides = {"enabled": True, "bulkhead": {"enabled": True}, "on_store_error": on_store_error}
+    config = load_config(environ={}, overrides=overrides)
+    seen = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        seen.append(local.slots_in_use("bulkhead:global"))  # while the app answers
+        return hello(environ, start_response)
+
+    middleware = ChaosMiddleware(app, config=config, store=DownStore())
+    local = getattr(middleware.decider.places, "local")  # noqa: B009 (a DegradingStore's)
     assert Client(middleware).get("/x").status_code == 200
-    assert middleware.internal_errors == 1
+    assert (middleware.internal_errors, middleware.store_errors) == (0, 1)
+    held = 1 if on_store_error == "local" else 0  # taken and given back locally
+    assert (seen, local.slots_in_use("bulkhead:global")) == ([held], 0)
 
 
 def test_named_pools_of_the_embedded_store_are_apart(tmp_path: Path) -> None:

@@ -143,8 +143,10 @@ class UnreachableStore(MemoryStore):
     acquire = take
 
 
-@pytest.mark.parametrize("on_store_error", ["open", "closed"])
-def test_an_unreachable_store_fails_open_or_closed_as_configured(on_store_error: str) -> None:
+@pytest.mark.parametrize("on_store_error", ["open", "local", "closed"])
+def test_an_unreachable_store_fails_open_local_or_closed_as_configured(
+    on_store_error: str,
+) -> None:
     core = decider(
         store=UnreachableStore(),
         on_store_error=on_store_error,
@@ -153,10 +155,13 @@ def test_an_unreachable_store_fails_open_or_closed_as_configured(on_store_error:
     if on_store_error == "closed":
         with pytest.raises(StoreError):
             decide(core, Call())
-        assert core.internal_errors == 0  # not ours to hide: the caller answers 503
-    else:
+    elif on_store_error == "open":
         assert decide(core, Call())[0] is NO_CHAOS
-        assert core.internal_errors == 1
+    else:  # this worker's share (one worker: the whole limit), from its own buckets
+        verdict = decide(core, Call())[0].rate_limit
+        assert verdict is not None and verdict.allowed and verdict.outcome.limit == 10
+    assert core.internal_errors == 0  # not ours: counted as the store's
+    assert core.store_errors == 1
 
 
 def test_chaos_asked_for_by_header_and_a_header_that_cannot_be() -> None:

@@ -16,9 +16,10 @@ from mockforge_wsgi.state import MemoryStore, Store, StoreError
 from mockforge_wsgi.state.base import CONNECTION_SLOTS
 
 # Every method of the Store interface, and who survives its failure on the way of a
-# request to the app (with the config below): the middleware (the app's own answer,
-# counted in ``internal_errors``), the engine (the last known config, counted in
-# ``store_errors``), or nobody needs to (not on the request path).
+# request to the app (with the config below): the middleware (the app's own answer, or
+# this worker's share of the limits, counted in its ``store_errors``), the engine (the
+# last known config, counted in its ``store_errors``), or nobody needs to (not on the
+# request path).
 ON_THE_REQUEST_PATH = {
     "acquire": "middleware",  # the rate-limit check (store_mode: exact)
     "take": "middleware",  # the rate-limit check (store_mode: lease, the default)
@@ -92,13 +93,18 @@ CONFIG = {
 }
 
 
+@pytest.mark.parametrize("on_store_error", ["local", "open"])
 @pytest.mark.parametrize("method", sorted(ON_THE_REQUEST_PATH))
 def test_a_store_failing_on_any_method_serves_the_app(
-    method: str, caplog: pytest.LogCaptureFixture
+    method: str, on_store_error: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = FailingStore()
     mode = "exact" if method == "acquire" else "lease"
-    overrides = {**CONFIG, "rate_limit": {**CONFIG["rate_limit"], "store_mode": mode}}  # type: ignore[dict-item]
+    overrides = {
+        **CONFIG,
+        "rate_limit": {**CONFIG["rate_limit"], "store_mode": mode},  # type: ignore[dict-item]
+        "on_store_error": on_store_error,
+    }
     config = load_config(environ={}, overrides=overrides)
     middleware = ChaosMiddleware(hello, config=config, store=store)
     client = Client(middleware)
@@ -109,13 +115,14 @@ def test_a_store_failing_on_any_method_serves_the_app(
         answers = [answer(client) for _ in range(20)]
     assert answers == [(200, b"hello")] * 20
     survivor = ON_THE_REQUEST_PATH[method]
-    errors = middleware.internal_errors if survivor == "middleware" else 0
+    assert middleware.internal_errors == 0  # an unreachable store is no bug of ours
+    errors = middleware.decider.store_errors if survivor == "middleware" else 0
     errors += middleware.engine.store_errors if survivor == "engine" else 0
     if survivor is None:
-        assert (middleware.internal_errors, middleware.engine.store_errors) == (0, 0)
+        assert middleware.store_errors == 0
         assert not caplog.records
     else:
-        assert errors >= 20, (middleware.internal_errors, middleware.engine.store_errors)
+        assert errors >= 20, (middleware.decider.store_errors, middleware.engine.store_errors)
         assert len(caplog.records) == 1, caplog.records  # one line per outage
 
 
@@ -147,3 +154,18 @@ def test_a_bug_of_ours_in_the_store_fails_open_too(method: str) -> None:
     assert [answer(client) for _ in range(5)] == [(200, b"hello")] * 5
     assert middleware.internal_errors >= 5
     assert middleware.store.slots_in_use(CONNECTION_SLOTS) == 0
+
+
+def test_the_watcher_of_held_requests_counts_a_poll_the_store_failed() -> None:
+    """release.py polls the state's version while anything is held: a failed poll is
+    tried again at the next, and counted as the store's error (not raised to a request)."""
+
+    class Unwatchable(FailingStore):
+        def watch_version(self) -> int:
+            raise StoreError("store unreachable")
+
+    config = load_config(environ={}, overrides=CONFIG)
+    middleware = ChaosMiddleware(hello, config=config, store=Unwatchable())
+    with pytest.raises(StoreError):  # release.py's watcher catches it and polls again
+        middleware.engine.watched_version()
+    assert (middleware.store_errors, middleware.internal_errors) == (1, 0)

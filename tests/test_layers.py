@@ -44,7 +44,7 @@ LAYERS = [
         "active_faults",
     ],
     ["latency"],
-    ["injections", "state", "state.server_store"],
+    ["injections", "state", "state.server_store", "state.degrading"],
     ["state.embedded", "state.memory", "state.redis_store"],
     ["state.base"],
     ["state.gcra", "state._process", "config"],

@@ -46,7 +46,8 @@ def test_counts_in_process() -> None:
             },
         },
     )
-    client = Client(MetricsMiddleware(ChaosMiddleware(hello, config=config)))
+    chaos = ChaosMiddleware(hello, config=config)
+    client = Client(MetricsMiddleware(chaos))
     statuses = [client.get("/x", buffered=True).status_code for _ in range(5)]
     assert statuses == [503, 503, 503, 200, 200]
     text = client.get("/metrics").get_data(as_text=True)
@@ -57,6 +58,11 @@ def test_counts_in_process() -> None:
     assert sample(text, "mockforge_chaos_injected_latency_seconds_count") == 5
     assert sample(text, "mockforge_chaos_enabled") == 1
     assert sample(text, "mockforge_http_request_duration_seconds_count", route="/x") == 5
+    assert sample(text, "mockforge_store_errors_total") == 0
+    assert sample(text, "mockforge_internal_errors_total") == 0
+    chaos.store.count(["store_errors", "store_errors"])  # two calls the store failed
+    text = client.get("/metrics").get_data(as_text=True)
+    assert sample(text, "mockforge_store_errors_total") == 2
 
 
 @pytest.mark.server

@@ -122,6 +122,7 @@ PROMISES: list[tuple[str, str, str]] = [
     ("docs/state.md", "2 s", CONSTANT),
     ("docs/state.md", "10 s", CONSTANT),
     ("docs/state.md", "300 ms", T + "test_state_start.py::test_the_issues_two_servers_in_turn"),
+    ("docs/state.md", "3 s", T + "test_store_outage.py::test_a_redis_outage_limits_each_worker_at_its_share"),
 ]  # fmt: skip
 
 MEASURED = "a measurement of one run, not a promise"
@@ -222,6 +223,9 @@ def _constant(module: str, name: str) -> Any:
         pytest.param("state.base", "LEASE_RENEW_S", 2.0, id="server-lease-renewed-2s"),
         pytest.param("state.base", "LEASE_TTL_S", 10.0, id="server-lease-10s"),
         pytest.param("release", "POLL_S", 0.02, id="release-poll-20ms"),
+        pytest.param("state.redis_store", "WORKER_TTL_S", 10, id="live-worker-10s"),
+        pytest.param("state.degrading", "RETRY_S", 1.0, id="store-retried-each-second"),
+        pytest.param("state.degrading", "BEAT_S", 1.0, id="workers-counted-each-second"),
     ],
 )
 def test_documented_constant(module: str, name: str, documented: float) -> None:

@@ -281,15 +281,26 @@ class FailingStore(MemoryStore):
         raise StoreError("store unreachable")
 
 
-def test_an_unreachable_store_fails_open_and_is_counted() -> None:
+@pytest.mark.parametrize(
+    ("on_store_error", "statuses"),
+    [
+        pytest.param("open", [200, 200, 200], id="open: no limit"),
+        pytest.param("local", [200, 429, 429], id="local: this worker's share"),
+    ],
+)
+def test_an_unreachable_store_fails_open_or_local_and_is_counted(
+    on_store_error: str, statuses: list[int]
+) -> None:
+    limits = {"enabled": True, "requests_per_second": 1, "burst_size": 1}
     config = load_config(
-        environ={}, overrides={"enabled": True, "rate_limit": {"enabled": True, "burst_size": 1}}
+        environ={},
+        overrides={"enabled": True, "rate_limit": limits, "on_store_error": on_store_error},
     )
     store: Store = FailingStore()
     middleware = ChaosMiddleware(hello, config=config, store=store)
     client = Client(middleware)
-    assert [client.get("/").status_code for _ in range(3)] == [200, 200, 200]
-    assert middleware.internal_errors == 3
+    assert [client.get("/").status_code for _ in range(3)] == statuses
+    assert (middleware.internal_errors, middleware.store_errors) == (0, 3)
 
 
 def test_admitted_headers_follow_each_verdict_and_are_the_callers_to_change() -> None:

@@ -116,6 +116,13 @@ class Store(abc.ABC):
         """A worker process died: give back the connection slots it held (gunicorn's
         ``child_exit``). Nothing to do for a store that lives inside that process."""
 
+    def live_workers(self) -> int:
+        """Say this process is a live worker of the store, and count the live ones (this
+        one included): what a worker divides a limit by while the store is unreachable
+        (state/degrading.py). Called about once a second per worker. A store inside one
+        process has one."""
+        return 1
+
     @abc.abstractmethod
     def slots_in_use(self, name: str) -> int:
         """How many slots of ``name`` are taken now."""

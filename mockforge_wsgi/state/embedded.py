@@ -246,6 +246,19 @@ class EmbeddedStore(Store):
                 _zero_in_flight(self._words, slot)
                 self._words[_COUNTERS // 8 + row * _COUNTER_ROW] = 0
 
+    def live_workers(self) -> int:
+        """The processes holding a row (this one too), once the rows of gone ones are
+        freed; not this process's parent (a master that started the state serves nothing)."""
+        master = os.getppid()
+        with self._locked():
+            self._own_row()
+            self._free_dead_rows()
+            owners = (
+                int(self._words[_SLOTS // 8 + row * _SLOT_ROW])
+                for row in range(int(self._words[_ROWS]))
+            )
+            return sum(1 for owner in owners if owner and owner != master)
+
     def release_worker(self, pid: int) -> None:
         """A worker died: give back its in-flight slots and its rows. Its counts stay in
         its counter row (still summed); the next process to claim the row adds to them."""

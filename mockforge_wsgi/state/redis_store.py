@@ -168,7 +168,20 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 """
 
+# A worker says it is alive (Store.live_workers): drop the entries that ran out, renew
+# this one, count them. KEYS: workers. ARGV: this process, ttl.
+LIVE_WORKERS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+return redis.call('ZCARD', KEYS[1])
+"""
+
 SLOT_POLL_S = 0.005
+# A worker that has not said it is alive for this long (it serves nothing, or is gone)
+# is not counted among the live workers.
+WORKER_TTL_S = 10
 FLUSH_S = 0.005  # event counts are sent at most this often per process
 SLOT_LEASE_S = 120
 RETRY_S = 0.5
@@ -203,6 +216,7 @@ class RedisStore(Store):
         self._init_state = self._redis.register_script(INIT_STATE)
         self._start_state = self._redis.register_script(START_STATE)
         self._renew_lease = self._redis.register_script(RENEW_LEASE)
+        self._live_workers = self._redis.register_script(LIVE_WORKERS)
         # Slots this process holds, by name: the truth its field in Redis is set to.
         self._held: dict[str, int] = {}
         self._held_lock = threading.RLock()  # a recovery inside a take rewrites counts
@@ -320,6 +334,10 @@ class RedisStore(Store):
 
     def drop_lease(self, server: str) -> None:
         self._call(lambda: self._redis.zrem(self._key("alive"), server))
+
+    def live_workers(self) -> int:
+        keys, args = [self._key("workers")], [self._worker, str(WORKER_TTL_S)]
+        return int(self._call(lambda: self._live_workers(keys=keys, args=args)))
 
     # -- rate limits --------------------------------------------------------------------
 
