@@ -16,6 +16,7 @@ Usage::
 
 from __future__ import annotations
 
+import ssl
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +37,8 @@ ADMIN_READ_TIMEOUT_S = 10.0
 
 
 class _AdminRequestHandler(WSGIRequestHandler):
-    timeout = ADMIN_READ_TIMEOUT_S  # socketserver applies it to every read
+    timeout = ADMIN_READ_TIMEOUT_S  # socketserver applies it to every read, and over
+    # TLS the handshake is the first read: it happens here, in the connection's thread
 
     def log_request(self, *args: Any, **kwargs: Any) -> None:
         pass  # gunicorn's log is for the served app; errors are still logged
@@ -50,17 +52,26 @@ def start_admin_listener(
     admin_token: str | None = None,
     metrics: WSGIApplication | None = None,
     guard: BrowserGuard | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> BaseWSGIServer:
     """Serve the management API of ``engine`` (and ``metrics`` at ``/metrics``) on
-    ``host:port`` (0: a free port) from a daemon thread, a thread per connection;
-    returns the server (``server_port``). ``guard`` defaults to the environment's lists
-    with ``host`` as the bound address."""
+    ``host:port`` (0: a free port) from a daemon thread, a thread per connection, over
+    TLS with ``ssl_context``; returns the server (``server_port``). ``guard`` defaults
+    to the environment's lists with ``host`` as the bound address."""
     if guard is None:
         guard = BrowserGuard.from_env(bound=host)
     app: WSGIApplication = create_management_app(engine, admin_token=admin_token, guard=guard)
     if metrics is not None:
         app = DispatcherMiddleware(app, {"/metrics": metrics})
     server = make_server(host, port, app, threaded=True, request_handler=_AdminRequestHandler)
+    if ssl_context is not None:
+        # Not make_server's ssl_context: its socket shakes hands in accept(), in the one
+        # accepting thread and with no timeout, so a client that connects and says
+        # nothing would stop the listener. Here each handshake is in its own thread.
+        server.socket = ssl_context.wrap_socket(
+            server.socket, server_side=True, do_handshake_on_connect=False
+        )
+        server.ssl_context = ssl_context  # werkzeug's: wsgi.url_scheme is https
     thread = threading.Thread(target=server.serve_forever, name="mockforge-admin", daemon=True)
     thread.start()
     return server

@@ -21,6 +21,7 @@ from typing import Any
 from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
 from gunicorn.config import KNOWN_SETTINGS
+from gunicorn.sock import ssl_context
 
 from ._guard import BrowserGuard
 from ._headers import ANNOTATION_HEADER, REQUEST_ID_KEY
@@ -138,10 +139,19 @@ def serve_admin_port(
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         metrics_app = make_wsgi_app(registry)
+    # Over TLS when the main port is: gunicorn's own context (its certfile, keyfile,
+    # ca_certs and cert_reqs, and a user's ssl_context hook).
+    context = ssl_context(server.cfg) if server.cfg.is_ssl else None
     listener = start_admin_listener(
-        host, port, engine, admin_token=admin_token, metrics=metrics_app, guard=guard
+        host,
+        port,
+        engine,
+        admin_token=admin_token,
+        metrics=metrics_app,
+        guard=guard,
+        ssl_context=context,
     )
-    admin = f"http://{host}:{listener.server_port}"
+    admin = f"{'https' if context else 'http'}://{host}:{listener.server_port}"
     also = f" and {admin}/metrics" if metrics else ""
     opened.insert(2, f"admin listener at {admin}/api/chaos{also}")  # after the main one's
 
@@ -152,4 +162,10 @@ def serve_metrics_port(host: str, port: int, server: Any) -> None:
 
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    start_http_server(port, addr=host, registry=registry)
+    cfg = server.cfg
+    tls: dict[str, Any] = {}
+    if cfg.is_ssl:  # the main port's certificate, and its demand for clients' ones
+        tls = {"certfile": cfg.certfile, "keyfile": cfg.keyfile}
+        if cfg.ca_certs:
+            tls.update(client_cafile=cfg.ca_certs, client_auth_required=True)
+    start_http_server(port, addr=host, registry=registry, **tls)
