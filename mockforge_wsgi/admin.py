@@ -30,7 +30,7 @@ from .engine import ScenarioEngine
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
 
-__all__ = ["ADMIN_READ_TIMEOUT_S", "start_admin_listener"]
+__all__ = ["ADMIN_READ_TIMEOUT_S", "start_admin_listener", "start_listener"]
 
 # A connection that sends nothing for this long is closed: slow clients cannot pile up.
 ADMIN_READ_TIMEOUT_S = 10.0
@@ -63,6 +63,19 @@ def start_admin_listener(
     app: WSGIApplication = create_management_app(engine, admin_token=admin_token, guard=guard)
     if metrics is not None:
         app = DispatcherMiddleware(app, {"/metrics": metrics})
+    return start_listener(host, port, app, ssl_context=ssl_context, name="mockforge-admin")
+
+
+def start_listener(
+    host: str,
+    port: int,
+    app: WSGIApplication,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    name: str = "mockforge-listener",
+) -> BaseWSGIServer:
+    """Serve ``app`` on ``host:port`` as the admin listener is served (the master's
+    ports: a thread per connection, each read bounded), over TLS with ``ssl_context``."""
     server = make_server(host, port, app, threaded=True, request_handler=_AdminRequestHandler)
     if ssl_context is not None:
         # Not make_server's ssl_context: its socket shakes hands in accept(), in the one
@@ -72,6 +85,6 @@ def start_admin_listener(
             server.socket, server_side=True, do_handshake_on_connect=False
         )
         server.ssl_context = ssl_context  # werkzeug's: wsgi.url_scheme is https
-    thread = threading.Thread(target=server.serve_forever, name="mockforge-admin", daemon=True)
+    thread = threading.Thread(target=server.serve_forever, name=name, daemon=True)
     thread.start()
     return server

@@ -25,7 +25,7 @@ from gunicorn.sock import ssl_context
 
 from ._guard import BrowserGuard
 from ._headers import ANNOTATION_HEADER, REQUEST_ID_KEY
-from .admin import start_admin_listener
+from .admin import start_admin_listener, start_listener
 from .engine import ScenarioEngine
 from .state import Store, StoreError
 
@@ -157,15 +157,13 @@ def serve_admin_port(
 
 
 def serve_metrics_port(host: str, port: int, server: Any) -> None:
-    """gunicorn hook (master, when ready): the workers' metrics on a port of their own."""
-    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+    """gunicorn hook (master, when ready): the workers' metrics on a port of their own,
+    served as the admin listener is (over TLS when the main port is)."""
+    from prometheus_client import CollectorRegistry, make_wsgi_app, multiprocess
 
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    cfg = server.cfg
-    tls: dict[str, Any] = {}
-    if cfg.is_ssl:  # the main port's certificate, and its demand for clients' ones
-        tls = {"certfile": cfg.certfile, "keyfile": cfg.keyfile}
-        if cfg.ca_certs:
-            tls.update(client_cafile=cfg.ca_certs, client_auth_required=True)
-    start_http_server(port, addr=host, registry=registry, **tls)
+    context = ssl_context(server.cfg) if server.cfg.is_ssl else None
+    start_listener(
+        host, port, make_wsgi_app(registry), ssl_context=context, name="mockforge-metrics"
+    )

@@ -33,7 +33,8 @@ _LISTENING = re.compile(r"Listening at: (https?)://127\.0\.0\.1:(\d+)")
 
 
 class ChaosServer:
-    """``mockforge serve`` on 127.0.0.1 and a free port, started and stopped by us.
+    """``mockforge serve`` on 127.0.0.1 and a free port, started and stopped by us
+    (``url`` is ``https://`` when ``args`` serve TLS: ``--certfile``).
 
     ``env`` is added to this process's environment (``inherit_env=False``: it is the
     whole environment); ``cwd`` is where the server runs; ``log_path`` keeps the

@@ -252,10 +252,11 @@ def _port(log: str, what: str) -> int:
 @pytest.fixture(scope="module")
 def https_server(certs: Certs, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """Two sync workers (each serves one connection at a time: which one answers can be
-    steered) and the admin listener, over TLS; the upstream of the proxies below."""
+    steered), the admin listener and the metrics port, over TLS; the upstream of the
+    proxies below."""
     tmp = tmp_path_factory.mktemp("https")
     args = ("--certfile", certs.cert, "--keyfile", certs.key, "--admin-port", "0")
-    args += ("--workers", "2", "--worker-class", "sync")
+    args += ("--workers", "2", "--worker-class", "sync", "--metrics-port", str(free_port()))
     with mockforge_serve(tmp, *args) as server:
         yield server
 
@@ -326,20 +327,25 @@ def test_every_worker_serves_tls(https_server: Server, certs: Certs) -> None:
 
 
 @pytest.mark.server
-def test_the_admin_port_serves_tls_and_a_silent_client_holds_no_one_up(
-    https_server: Server, certs: Certs
+@pytest.mark.parametrize(
+    ("listener", "path"),
+    [("admin listener at", "/api/chaos/status"), ("metrics .*,", "/metrics")],
+    ids=["admin-port", "metrics-port"],
+)
+def test_the_master_s_ports_serve_tls_and_a_silent_client_holds_no_one_up(
+    https_server: Server, certs: Certs, listener: str, path: str
 ) -> None:
-    port = _port(https_server.log(), "admin listener at")
+    """Each handshake in its connection's thread: a client that connects and sends
+    nothing does not stop the listener from answering the next."""
+    port = _port(https_server.log(), listener)
     with (
         socket.create_connection(("127.0.0.1", port), timeout=10),  # connects, says nothing
         session() as http,
     ):
-        answer = http.post(
-            f"https://127.0.0.1:{port}/api/chaos/disable", verify=certs.ca, timeout=5
-        )
+        answer = http.get(f"https://127.0.0.1:{port}{path}", verify=certs.ca, timeout=5)
         assert answer.status_code == 200
     with pytest.raises(requests.exceptions.ConnectionError), session() as http:
-        http.get(f"http://127.0.0.1:{port}/api/chaos/status", timeout=5)
+        http.get(f"http://127.0.0.1:{port}{path}", timeout=5)
 
 
 @pytest.mark.server
