@@ -29,6 +29,8 @@ from mockforge_wsgi.config import ConfigError
 from mockforge_wsgi.proxy import UPSTREAM_HEADER
 
 USAGE = 2
+# The tests of the one HTTPS server in one pytest-xdist process: it starts once.
+SHARED = pytest.mark.xdist_group("tls-https-server")
 
 
 class Certs(NamedTuple):
@@ -283,6 +285,7 @@ def _answer(connection: ssl.SSLSocket) -> tuple[int, Any]:
     return int(head.split()[1]), json.loads(body)
 
 
+@SHARED
 @pytest.mark.server
 def test_curl_and_requests_verify_the_served_certificate(
     https_server: Server, certs: Certs
@@ -308,6 +311,7 @@ def test_curl_and_requests_verify_the_served_certificate(
     assert done.returncode == 60, done.stderr
 
 
+@SHARED
 @pytest.mark.server
 def test_every_worker_serves_tls(https_server: Server, certs: Certs) -> None:
     """The first worker holds a connection whose request is unfinished; the second must
@@ -326,6 +330,7 @@ def test_every_worker_serves_tls(https_server: Server, certs: Certs) -> None:
         assert not plain.recv(100).startswith(b"HTTP/1.1 200")  # no plain HTTP served
 
 
+@SHARED
 @pytest.mark.server
 @pytest.mark.parametrize(
     ("listener", "path"),
@@ -376,6 +381,7 @@ def test_client_certificates_are_required_with_ca_certs(certs: Certs, tmp_path: 
 # -- an https upstream ---------------------------------------------------------------------
 
 
+@SHARED
 @pytest.mark.server
 def test_the_proxy_verifies_an_https_upstream_with_its_ca(
     https_server: Server, certs: Certs, tmp_path: Path
@@ -392,6 +398,7 @@ def test_the_proxy_verifies_an_https_upstream_with_its_ca(
         assert json.loads(done.stdout)["path"] == "/api/test"
 
 
+@SHARED
 @pytest.mark.server
 def test_without_its_ca_the_upstream_is_a_502_saying_why(https_server: Server) -> None:
     """What a client of the proxy sees when the upstream's CA is not trusted: the same
@@ -407,6 +414,7 @@ def test_without_its_ca_the_upstream_is_a_502_saying_why(https_server: Server) -
     assert "--upstream-ca-certs" in body["hint"]
 
 
+@SHARED
 @pytest.mark.server
 def test_upstream_insecure_passes_and_says_so_at_start(
     https_server: Server, tmp_path: Path
