@@ -416,6 +416,18 @@ def test_without_its_ca_the_upstream_is_a_502_saying_why(https_server: Server) -
 
 @SHARED
 @pytest.mark.server
+def test_plain_gunicorn_trusts_the_upstream_ca_of_its_variable(
+    https_server: Server, certs: Certs
+) -> None:
+    """``gunicorn mockforge_wsgi.app:app`` builds its proxy from the environment."""
+    environ = {"MOCKFORGE_UPSTREAM": https_server.url, "MOCKFORGE_UPSTREAM_CA_CERTS": certs.ca}
+    answer = Client(create_app(environ=environ, metrics=False)).get("/api/test")
+    assert answer.status_code == 200, answer.text
+    assert answer.get_json()["path"] == "/api/test"
+
+
+@SHARED
+@pytest.mark.server
 def test_upstream_insecure_passes_and_says_so_at_start(
     https_server: Server, tmp_path: Path
 ) -> None:
