@@ -442,16 +442,8 @@ def serve(
     if app_spec and upstream:
         raise click.UsageError("--app and --upstream: serve one of them, not both")
     tls = _served_tls(certfile, keyfile, ca_certs)  # paths made absolute before --chdir
-    insecure_shown = "--upstream-insecure"
-    if not upstream_insecure:  # the variable, read as every boolean variable is
-        try:
-            upstream_insecure = _env.flag(_env.UPSTREAM_INSECURE)
-        except ValueError as error:
-            raise click.UsageError(str(error)) from None
-        insecure_shown = f"{_env.UPSTREAM_INSECURE}={_env.text(_env.UPSTREAM_INSECURE)}"
-    upstream_ca_certs = _upstream_tls(
-        upstream, upstream_ca_certs, upstream_insecure, insecure_shown
-    )
+    upstream_ca_certs, insecure = _upstream_tls(upstream, upstream_ca_certs, upstream_insecure)
+    upstream_insecure = insecure is not None
     overrides, sources = _flag_overrides(flags)
     guard = _guard(host, allowed_hosts, allowed_origins)
     metrics = metrics or metrics_port is not None
@@ -546,8 +538,8 @@ def serve(
     else:
         store = "in-process store"
     serving = f"a proxy to {upstream}" if upstream else (app_spec or "the mock API")
-    if upstream_insecure:
-        serving += " (UPSTREAM CERTIFICATE NOT VERIFIED: --upstream-insecure)"
+    if insecure is not None:
+        serving += f" (UPSTREAM CERTIFICATE NOT VERIFIED: {insecure})"
     elif upstream_ca_certs:
         serving += f" (its certificate verified with {upstream_ca_certs})"
     opened = [
@@ -608,9 +600,9 @@ def serve(
             on_warning=lambda warning: None,  # the master said it at start
         )
 
-    if upstream_insecure:
+    if insecure is not None:
         _warn(
-            f"--upstream-insecure: the certificate of {upstream} is not verified; anyone "
+            f"{insecure}: the certificate of {upstream} is not verified; anyone "
             "between this proxy and it can read and change the traffic"
         )
     for warning in _exposure_warnings(host, guard, admin_token):
@@ -664,28 +656,33 @@ def _served_tls(certfile: str | None, keyfile: str | None, ca_certs: str | None)
 
 
 def _upstream_tls(
-    upstream: str | None, ca_certs: str | None, insecure: bool, insecure_shown: str
-) -> str | None:
-    """``--upstream-ca-certs`` (checked, absolute) for an https ``--upstream``; either
-    TLS flag without one is a usage error, as are both together."""
-    if ca_certs is None and not insecure:
-        return None
+    upstream: str | None, ca_certs: str | None, insecure_flag: bool
+) -> tuple[str | None, str | None]:
+    """The CA file of ``--upstream-ca-certs`` (checked, absolute), and how the user asked
+    for no verification (``--upstream-insecure``, or the variable; None: verify). Either
+    without an https ``--upstream`` is a usage error, as are both together."""
+    insecure = "--upstream-insecure" if insecure_flag else None
+    try:  # the variable, read as every boolean variable is
+        if insecure is None and _env.flag(_env.UPSTREAM_INSECURE):
+            insecure = f"{_env.UPSTREAM_INSECURE}={_env.text(_env.UPSTREAM_INSECURE)}"
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+    if ca_certs is None and insecure is None:
+        return None, None
     given = None if ca_certs is None else _given("upstream_ca_certs", ca_certs)
-    flag = given.shown if given is not None else insecure_shown
+    shown = given.shown if given is not None else insecure
     if upstream is None or urlsplit(upstream).scheme != "https":
         what = f"--upstream {upstream}" if upstream else "no --upstream"
-        raise click.UsageError(f"{flag}: applies to an https:// --upstream only, not {what}")
+        raise click.UsageError(f"{shown}: applies to an https:// --upstream only, not {what}")
     if given is None:
-        return None
-    if insecure:
-        raise click.UsageError(
-            f"{given.shown} and {insecure_shown}: verify with that CA, or not at all"
-        )
+        return None, insecure
+    if insecure is not None:
+        raise click.UsageError(f"{given.shown} and {insecure}: verify with that CA, or not at all")
     try:
         check_ca_file(given)
     except TLSFileError as error:
         raise click.UsageError(str(error)) from None
-    return given.path
+    return given.path, None
 
 
 def _all_threads_held(engine: ScenarioEngine, workers: int, threads: int) -> str | None:

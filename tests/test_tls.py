@@ -196,6 +196,12 @@ BAD_FILES = [
         id="upstream-ca-and-insecure",
     ),
     pytest.param(
+        ["--upstream", "http://127.0.0.1:1"],
+        {"MOCKFORGE_UPSTREAM_INSECURE": "yes"},
+        ["MOCKFORGE_UPSTREAM_INSECURE=yes: applies to an https:// --upstream only"],
+        id="upstream-insecure-variable-for-http",
+    ),
+    pytest.param(
         ["--upstream", "https://127.0.0.1:1"],
         {"MOCKFORGE_UPSTREAM_INSECURE": "maybe"},
         ["MOCKFORGE_UPSTREAM_INSECURE: 'maybe' is not a boolean (true or false)"],
