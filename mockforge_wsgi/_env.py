@@ -29,6 +29,11 @@ RUNTIME_DIR = "MOCKFORGE_RUNTIME_DIR"  # where servers' embedded stores live
 STATE_STARTED_BY = "MOCKFORGE_STATE_STARTED_BY"
 URL = "MOCKFORGE_URL"  # a running server for the unittest helpers
 UPSTREAM = "MOCKFORGE_UPSTREAM"  # proxy mode: forward every request to this URL
+UPSTREAM_CA_CERTS = "MOCKFORGE_UPSTREAM_CA_CERTS"  # PEM CAs an https upstream is checked with
+UPSTREAM_INSECURE = "MOCKFORGE_UPSTREAM_INSECURE"  # boolean: an https upstream unverified
+CERTFILE = "MOCKFORGE_CERTFILE"  # serve over TLS: the server's PEM certificate (chain)
+KEYFILE = "MOCKFORGE_KEYFILE"  # ... and its private key
+CA_CERTS = "MOCKFORGE_CA_CERTS"  # ... requiring client certificates issued by these CAs
 ALLOWED_HOSTS = "MOCKFORGE_ALLOWED_HOSTS"  # Host names the management API answers to
 ALLOWED_ORIGINS = "MOCKFORGE_ALLOWED_ORIGINS"  # browser origins besides the server's own
 # Not ours, set by us: prometheus_client's multiprocess directory (serve --metrics).

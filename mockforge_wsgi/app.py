@@ -18,6 +18,7 @@ import attrs
 from . import _env
 from ._extras import MissingExtra, require
 from ._guard import BrowserGuard, GuardError
+from ._tls import GivenFile, TLSFileError, check_ca_file
 from .config import ENV_PREFIX, RULES, ConfigError, load_config, read_yaml
 from .middleware import ChaosMiddleware
 from .mock_api import MockApp, parse_routes, route_rules
@@ -34,6 +35,8 @@ def create_app(
     override_sources: Mapping[str, str] | None = None,
     wrap: Any = None,
     upstream: str | None = None,
+    upstream_ca_certs: str | None = None,
+    upstream_insecure: bool | None = None,
     admin_token: str | None = None,
     environ: Mapping[str, str] | None = None,
     metrics: bool | None = None,
@@ -43,7 +46,9 @@ def create_app(
     on_warning: Callable[[str], None] | None = None,
 ) -> Any:
     """The mock API (or ``wrap``, a WSGI app, or a proxy to ``upstream``, default
-    ``MOCKFORGE_UPSTREAM``) in a ChaosMiddleware; with ``recorder_db``
+    ``MOCKFORGE_UPSTREAM``, an https one verified with ``upstream_ca_certs`` or
+    ``MOCKFORGE_UPSTREAM_CA_CERTS``, or not with ``upstream_insecure`` or
+    ``MOCKFORGE_UPSTREAM_INSECURE``) in a ChaosMiddleware; with ``recorder_db``
     (or ``MOCKFORGE_RECORDER_DB``) in a RecorderMiddleware; with ``metrics`` (default:
     ``MOCKFORGE_METRICS=1``) in a MetricsMiddleware serving ``/metrics``; with
     ``otlp_endpoint`` (or ``MOCKFORGE_OTLP_ENDPOINT``) traced, spans sent over OTLP/HTTP.
@@ -57,7 +62,7 @@ def create_app(
     environ = os.environ if environ is None else environ
     path = config_path or _env.text(_env.CONFIG, environ)
     problems: list[str] = []
-    for switch in (_env.METRICS, _env.DEBUG_HEADERS):
+    for switch in (_env.METRICS, _env.DEBUG_HEADERS, _env.UPSTREAM_INSECURE):
         try:
             _env.flag(switch, environ)
         except ValueError as error:
@@ -101,12 +106,7 @@ def create_app(
     upstream_from = "upstream" if upstream else _env.UPSTREAM  # named in an error
     upstream = upstream or _env.text(_env.UPSTREAM, environ)
     if wrap is None and upstream is not None:
-        from .proxy import ChaosProxy
-
-        try:
-            wrap = ChaosProxy(upstream)
-        except ValueError as error:
-            raise ConfigError([f"{upstream_from}: {error}"]) from None
+        wrap = _proxy(upstream, upstream_from, upstream_ca_certs, upstream_insecure, environ)
     routes, scenarios = routes or (), scenarios or ()
     extra_rules = route_rules(routes)
     if extra_rules:  # per-route chaos goes first: a route's own override wins
@@ -154,6 +154,34 @@ def create_app(
         setup_tracing(otlp_endpoint)
         app = TracingMiddleware(app)
     return app
+
+
+def _proxy(
+    upstream: str,
+    upstream_from: str,
+    ca_certs: str | None,
+    insecure: bool | None,
+    environ: Mapping[str, str],
+) -> Any:
+    """The proxy to ``upstream``, its TLS from the arguments or else the environment;
+    a CA file that is no CA bundle is one ConfigError naming where it came from."""
+    from .proxy import ChaosProxy
+
+    if ca_certs is None and _env.text(_env.UPSTREAM_CA_CERTS, environ) is not None:
+        ca_certs = _env.text(_env.UPSTREAM_CA_CERTS, environ)
+        shown = f"{_env.UPSTREAM_CA_CERTS}={ca_certs}"
+    else:
+        shown = f"upstream_ca_certs {ca_certs}"
+    if insecure is None:
+        insecure = _env.flag(_env.UPSTREAM_INSECURE, environ)
+    try:
+        if ca_certs is not None:
+            check_ca_file(GivenFile(ca_certs, shown))
+        return ChaosProxy(upstream, ca_certs=ca_certs, insecure=insecure)
+    except TLSFileError as error:
+        raise ConfigError([str(error)]) from None
+    except ValueError as error:
+        raise ConfigError([f"{upstream_from}: {error}"]) from None
 
 
 def _require(extra: str, variable: str) -> None:

@@ -16,6 +16,7 @@ import os
 import shutil
 import socket
 import sqlite3
+import ssl
 import sys
 import tempfile
 from collections.abc import Callable, Iterable
@@ -32,6 +33,7 @@ from gunicorn.util import import_app
 from . import _env, _state_start
 from ._extras import MissingExtra, require
 from ._guard import BrowserGuard, GuardError, is_loopback, listed
+from ._tls import GivenFile, TLSFileError, check_ca_file, check_server_files
 from .active_faults import most_held
 from .app import create_app
 from .client import ChaosApiError, ChaosClient
@@ -301,6 +303,39 @@ def _access_log(value: str) -> str | None:
     "service, with chaos in front of it.",
 )
 @click.option(
+    "--upstream-ca-certs",
+    type=click.Path(dir_okay=False),
+    envvar=_env.UPSTREAM_CA_CERTS,
+    help="Proxy mode: verify an https:// --upstream with these CA certificates (PEM), "
+    "for a private CA.",
+)
+@click.option(
+    "--upstream-insecure",
+    is_flag=True,
+    help="Proxy mode: do not verify an https:// --upstream's certificate at all "
+    f"(said in the startup line; {_env.UPSTREAM_INSECURE}=1).",
+)
+@click.option(
+    "--certfile",
+    type=click.Path(dir_okay=False),
+    envvar=_env.CERTFILE,
+    help="Serve HTTPS: the server's certificate (PEM, with its chain; gunicorn's "
+    "--certfile), on every port it opens.",
+)
+@click.option(
+    "--keyfile",
+    type=click.Path(dir_okay=False),
+    envvar=_env.KEYFILE,
+    help="The private key of --certfile (PEM, unencrypted; gunicorn's --keyfile).",
+)
+@click.option(
+    "--ca-certs",
+    type=click.Path(dir_okay=False),
+    envvar=_env.CA_CERTS,
+    help="With --certfile: require a client certificate issued by these CAs (PEM; "
+    "mutual TLS: gunicorn's --ca-certs with --cert-reqs 2).",
+)
+@click.option(
     "--admin-token",
     envvar=_env.ADMIN_TOKEN,
     help="Bearer token the management API requires for changes.",
@@ -378,6 +413,11 @@ def serve(
     chdir: str | None,
     pythonpath: str | None,
     upstream: str | None,
+    upstream_ca_certs: str | None,
+    upstream_insecure: bool,
+    certfile: str | None,
+    keyfile: str | None,
+    ca_certs: str | None,
     admin_token: str | None,
     allowed_hosts: tuple[str, ...],
     allowed_origins: tuple[str, ...],
@@ -401,6 +441,9 @@ def serve(
     _checked_url("upstream", upstream)
     if app_spec and upstream:
         raise click.UsageError("--app and --upstream: serve one of them, not both")
+    tls = _served_tls(certfile, keyfile, ca_certs)  # paths made absolute before --chdir
+    upstream_ca_certs, insecure = _upstream_tls(upstream, upstream_ca_certs, upstream_insecure)
+    upstream_insecure = insecure is not None
     overrides, sources = _flag_overrides(flags)
     guard = _guard(host, allowed_hosts, allowed_origins)
     metrics = metrics or metrics_port is not None
@@ -428,6 +471,8 @@ def serve(
             override_sources=sources,
             wrap=wrapped,
             upstream=upstream,
+            upstream_ca_certs=upstream_ca_certs,
+            upstream_insecure=upstream_insecure,
             admin_token=admin_token,
             metrics=False,  # checked here; the workers build their own
             guard=guard,
@@ -472,6 +517,7 @@ def serve(
         "logger_class": GunicornLogger,
         "accesslog": accesslog,
         "access_log_format": ACCESS_LOG_FORMAT,
+        **tls,
     }
     if worker_class == "sync":
         # A sync worker sleeps through injected latency without beating its heartbeat:
@@ -492,13 +538,21 @@ def serve(
     else:
         store = "in-process store"
     serving = f"a proxy to {upstream}" if upstream else (app_spec or "the mock API")
+    if insecure is not None:
+        serving += f" (UPSTREAM CERTIFICATE NOT VERIFIED: {insecure})"
+    elif upstream_ca_certs:
+        serving += f" (its certificate verified with {upstream_ca_certs})"
     opened = [
         f"serving {serving} ({workers} {worker_class} worker(s), {store}, "
         f"chaos {'on' if startup.enabled else 'off'})",
         "management API {main}/api/chaos (dashboard {main}/api/chaos/ui)",
     ]
+    if tls:
+        clients = f", clients' certificates required ({ca_certs})" if ca_certs else ""
+        opened.append(f"TLS certificate {tls['certfile']}{clients}")
+    scheme = "https" if tls else "http"
     if metrics:
-        on_port = f", http://{host}:{metrics_port}/metrics" if metrics_port is not None else ""
+        on_port = f", {scheme}://{host}:{metrics_port}/metrics" if metrics_port is not None else ""
         opened.append(f"metrics {{main}}/metrics{on_port}")
     if recorder_db:
         opened.append(f"recorder database {recorder_db}")
@@ -536,6 +590,8 @@ def serve(
             override_sources=sources,
             wrap=_import_app(app_spec) if app_spec else None,
             upstream=upstream,
+            upstream_ca_certs=upstream_ca_certs,
+            upstream_insecure=upstream_insecure,
             admin_token=admin_token,
             metrics=metrics,
             recorder_db=recorder_db,
@@ -544,6 +600,11 @@ def serve(
             on_warning=lambda warning: None,  # the master said it at start
         )
 
+    if insecure is not None:
+        _warn(
+            f"{insecure}: the certificate of {upstream} is not verified; anyone "
+            "between this proxy and it can read and change the traffic"
+        )
     for warning in _exposure_warnings(host, guard, admin_token):
         click.echo(f"mockforge: WARNING: {warning}", err=True)
     try:
@@ -555,6 +616,73 @@ def serve(
             shutil.rmtree(server_store_directory(os.getpid()), ignore_errors=True)
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _given(name: str, value: str) -> GivenFile:
+    """The file of option ``name`` as an absolute path (``--chdir`` changes directory
+    later), and how the user gave it, for an error."""
+    ctx = click.get_current_context()
+    param = next(param for param in ctx.command.params if param.name == name)
+    if ctx.get_parameter_source(name) is ParameterSource.ENVIRONMENT:
+        shown = f"{param.envvar}={value}"
+    else:
+        shown = f"{param.opts[0]} {value}"
+    return GivenFile(os.path.abspath(value), shown)
+
+
+def _served_tls(certfile: str | None, keyfile: str | None, ca_certs: str | None) -> dict[str, Any]:
+    """gunicorn's TLS options for ``--certfile``, ``--keyfile`` and ``--ca-certs``, each
+    file checked here: a wrong one is a usage error, not workers that fail to boot."""
+    if certfile is None:
+        for name, value in (("keyfile", keyfile), ("ca_certs", ca_certs)):
+            if value is not None:
+                raise click.UsageError(
+                    f"{_given(name, value).shown}: needs --certfile (the server's "
+                    "certificate) to serve TLS"
+                )
+        return {}
+    cert = _given("certfile", certfile)
+    key = None if keyfile is None else _given("keyfile", keyfile)
+    cas = None if ca_certs is None else _given("ca_certs", ca_certs)
+    try:
+        check_server_files(cert, key, cas)
+    except TLSFileError as error:
+        raise click.UsageError(str(error)) from None
+    options: dict[str, Any] = {"certfile": cert.path, "keyfile": key and key.path}
+    if cas is not None:
+        # gunicorn loads ca_certs but asks clients for nothing unless cert_reqs says so.
+        options.update(ca_certs=cas.path, cert_reqs=ssl.CERT_REQUIRED)
+    return options
+
+
+def _upstream_tls(
+    upstream: str | None, ca_certs: str | None, insecure_flag: bool
+) -> tuple[str | None, str | None]:
+    """The CA file of ``--upstream-ca-certs`` (checked, absolute), and how the user asked
+    for no verification (``--upstream-insecure``, or the variable; None: verify). Either
+    without an https ``--upstream`` is a usage error, as are both together."""
+    insecure = "--upstream-insecure" if insecure_flag else None
+    try:  # the variable, read as every boolean variable is
+        if insecure is None and _env.flag(_env.UPSTREAM_INSECURE):
+            insecure = f"{_env.UPSTREAM_INSECURE}={_env.text(_env.UPSTREAM_INSECURE)}"
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+    if ca_certs is None and insecure is None:
+        return None, None
+    given = None if ca_certs is None else _given("upstream_ca_certs", ca_certs)
+    shown = given.shown if given is not None else insecure
+    if upstream is None or urlsplit(upstream).scheme != "https":
+        what = f"--upstream {upstream}" if upstream else "no --upstream"
+        raise click.UsageError(f"{shown}: applies to an https:// --upstream only, not {what}")
+    if given is None:
+        return None, insecure
+    if insecure is not None:
+        raise click.UsageError(f"{given.shown} and {insecure}: verify with that CA, or not at all")
+    try:
+        check_ca_file(given)
+    except TLSFileError as error:
+        raise click.UsageError(str(error)) from None
+    return given.path, None
 
 
 def _all_threads_held(engine: ScenarioEngine, workers: int, threads: int) -> str | None:

@@ -21,10 +21,11 @@ from typing import Any
 from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
 from gunicorn.config import KNOWN_SETTINGS
+from gunicorn.sock import ssl_context
 
 from ._guard import BrowserGuard
 from ._headers import ANNOTATION_HEADER, REQUEST_ID_KEY
-from .admin import start_admin_listener
+from .admin import start_admin_listener, start_listener
 from .engine import ScenarioEngine
 from .state import Store, StoreError
 
@@ -138,18 +139,31 @@ def serve_admin_port(
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         metrics_app = make_wsgi_app(registry)
+    # Over TLS when the main port is: gunicorn's own context (its certfile, keyfile,
+    # ca_certs and cert_reqs, and a user's ssl_context hook).
+    context = ssl_context(server.cfg) if server.cfg.is_ssl else None
     listener = start_admin_listener(
-        host, port, engine, admin_token=admin_token, metrics=metrics_app, guard=guard
+        host,
+        port,
+        engine,
+        admin_token=admin_token,
+        metrics=metrics_app,
+        guard=guard,
+        ssl_context=context,
     )
-    admin = f"http://{host}:{listener.server_port}"
+    admin = f"{'https' if context else 'http'}://{host}:{listener.server_port}"
     also = f" and {admin}/metrics" if metrics else ""
     opened.insert(2, f"admin listener at {admin}/api/chaos{also}")  # after the main one's
 
 
 def serve_metrics_port(host: str, port: int, server: Any) -> None:
-    """gunicorn hook (master, when ready): the workers' metrics on a port of their own."""
-    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+    """gunicorn hook (master, when ready): the workers' metrics on a port of their own,
+    served as the admin listener is (over TLS when the main port is)."""
+    from prometheus_client import CollectorRegistry, make_wsgi_app, multiprocess
 
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    start_http_server(port, addr=host, registry=registry)
+    context = ssl_context(server.cfg) if server.cfg.is_ssl else None
+    start_listener(
+        host, port, make_wsgi_app(registry), ssl_context=context, name="mockforge-metrics"
+    )

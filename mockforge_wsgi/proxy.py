@@ -6,8 +6,9 @@ request and response bodies stream through in chunks (never held whole), so paci
 partial responses work on proxied bodies as on any app's. Hop-by-hop headers are
 dropped (RFC 9110, section 7.6.1), ``X-Forwarded-For/-Proto/-Host`` are set, redirects
 are passed on, not followed. An upstream that fails gets 502 (or 504 when it timed out)
-with ``X-Mockforge-Upstream: unreachable|timeout``: not injected chaos, and counted
-apart (``upstream_errors``).
+with ``X-Mockforge-Upstream: unreachable|timeout|tls``: not injected chaos, and
+counted apart (``upstream_errors``). An ``https://`` upstream is verified (the system's
+CAs, or ``ca_certs``), unless ``insecure``.
 
 Usage::
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import urllib.parse
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +38,10 @@ log = logging.getLogger("mockforge_wsgi")
 
 UPSTREAM_HEADER = "X-Mockforge-Upstream"  # on our own answers for a failed upstream
 CHUNK_BYTES = 64 * 1024
+TLS_HINT = (
+    "the TLS handshake with the upstream failed; for a certificate of a private CA, give "
+    "that CA (mockforge serve --upstream-ca-certs FILE, or MOCKFORGE_UPSTREAM_CA_CERTS)"
+)
 
 
 class ChaosProxy:
@@ -43,7 +49,9 @@ class ChaosProxy:
     path prefix), streaming both bodies; one connection pool per process.
 
     ``connect_timeout_s`` and ``read_timeout_s`` bound the wait for the upstream (the
-    read timeout is per read, so a slow stream may take longer in all)."""
+    read timeout is per read, so a slow stream may take longer in all). An ``https://``
+    upstream's certificate is verified against the system's CAs, or ``ca_certs`` (a PEM
+    bundle: a private CA), or not at all with ``insecure``."""
 
     def __init__(
         self,
@@ -52,12 +60,30 @@ class ChaosProxy:
         connect_timeout_s: float = 5.0,
         read_timeout_s: float = 30.0,
         pool_size: int = 16,
+        ca_certs: str | None = None,
+        insecure: bool = False,
     ) -> None:
         parts = urllib.parse.urlsplit(upstream)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(
                 f"upstream {upstream!r}: expected http://host[:port][/prefix] or https://..."
             )
+        tls: dict[str, Any] = {}
+        if ca_certs is not None or insecure:
+            if parts.scheme != "https":
+                raise ValueError(
+                    f"upstream {upstream!r} is not https://: a CA or an unverified "
+                    "certificate applies to TLS only"
+                )
+            if ca_certs is not None and insecure:
+                raise ValueError("a CA to verify with, and no verification: choose one")
+            if insecure:
+                tls = {"cert_reqs": "CERT_NONE", "assert_hostname": False}
+                # Said once, loudly, at start; not once per request.
+                warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
+            else:
+                tls = {"cert_reqs": "CERT_REQUIRED", "ca_certs": ca_certs}
+        self.insecure = insecure
         self.upstream = upstream.rstrip("/")
         self._host = parts.netloc
         self._prefix = parts.path.rstrip("/")
@@ -65,8 +91,10 @@ class ChaosProxy:
         self.timeout = urllib3.Timeout(connect=connect_timeout_s, read=read_timeout_s)
         # One origin: its pool directly (a PoolManager would look the pool up by URL on
         # every request).
-        self.pool = urllib3.connection_from_url(self._origin, maxsize=pool_size, block=False)
-        # Told of each failure ("unreachable" or "timeout"): create_app counts them in
+        self.pool = urllib3.connection_from_url(
+            self._origin, maxsize=pool_size, block=False, **tls
+        )
+        # Told of each failure ("unreachable", "timeout" or "tls"): create_app counts them in
         # the chaos store as upstream_errors, apart from the injections.
         self.on_error: Callable[[str], None] | None = None
 
@@ -138,7 +166,13 @@ class ChaosProxy:
         timed_out = isinstance(error, urllib3.exceptions.TimeoutError) and not isinstance(
             error, urllib3.exceptions.NewConnectionError
         )
-        kind = "timeout" if timed_out else "unreachable"
+        extra: dict[str, str] = {}
+        if isinstance(error, urllib3.exceptions.SSLError):
+            # Mostly a certificate we cannot verify: a private CA, a wrong name.
+            kind = "tls"
+            extra = {"detail": str(error), "hint": TLS_HINT}
+        else:
+            kind = "timeout" if timed_out else "unreachable"
         log.warning("mockforge proxy: upstream %s %s: %s", self.upstream, kind, error)
         if self.on_error is not None:
             try:
@@ -148,7 +182,7 @@ class ChaosProxy:
         return answer_json(
             start_response,
             504 if timed_out else 502,
-            {"error": f"upstream {kind}", "upstream": self.upstream, "injected": False},
+            {"error": f"upstream {kind}", "upstream": self.upstream, **extra, "injected": False},
             headers=[(UPSTREAM_HEADER, kind)],
         )
 

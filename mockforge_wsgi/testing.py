@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any, ClassVar
@@ -27,11 +29,12 @@ from .client import ChaosClient
 
 __all__ = ["ChaosServer", "ChaosTestCase"]
 
-_LISTENING = re.compile(r"Listening at: http://127\.0\.0\.1:(\d+)")
+_LISTENING = re.compile(r"Listening at: (https?)://127\.0\.0\.1:(\d+)")
 
 
 class ChaosServer:
-    """``mockforge serve`` on 127.0.0.1 and a free port, started and stopped by us.
+    """``mockforge serve`` on 127.0.0.1 and a free port, started and stopped by us
+    (``url`` is ``https://`` when ``args`` serve TLS: ``--certfile``).
 
     ``env`` is added to this process's environment (``inherit_env=False``: it is the
     whole environment); ``cwd`` is where the server runs; ``log_path`` keeps the
@@ -71,7 +74,7 @@ class ChaosServer:
                 raise RuntimeError(f"mockforge serve exited:\n{self.log()}")
             found = _LISTENING.search(self.log())
             if found:
-                self.url = f"http://127.0.0.1:{found.group(1)}"
+                self.url = f"{found.group(1)}://127.0.0.1:{found.group(2)}"
                 if self._ready():
                     return self.url
             time.sleep(0.05)
@@ -79,11 +82,18 @@ class ChaosServer:
         raise RuntimeError(f"mockforge serve did not start in {timeout_s} s:\n{self.log()}")
 
     def _ready(self) -> bool:
+        # Over TLS, our own child is asked whether a worker answers, not whether its
+        # certificate is trusted here; a TLS error (no client certificate for a server
+        # that demands one) comes from a worker too: ready.
+        context = ssl._create_unverified_context() if self.url.startswith("https") else None
         try:
-            with urllib.request.urlopen(self.url + "/api/chaos/status", timeout=5):
+            with urllib.request.urlopen(
+                self.url + "/api/chaos/status", timeout=5, context=context
+            ):
                 return True
-        except OSError:
-            return False
+        except OSError as error:
+            reason = error.reason if isinstance(error, urllib.error.URLError) else error
+            return isinstance(reason, ssl.SSLError)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

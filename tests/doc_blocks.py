@@ -13,8 +13,10 @@ How each block runs (README.md's Development section says it for writers):
   comment, ``exits N`` in it the exit status expected, else 0): ``curl`` for real,
   ``mockforge`` verbs in this process (what the console script runs), ``mockforge serve``
   and ``gunicorn`` started for real on a free port (side by side; the block's later
-  lines talk to the last, as a reader's other shell would, and it must answer),
-  ``python ...`` and ``chaos run`` as subprocesses, ``pip install`` checked (the extra
+  lines talk to the last, as a reader's other shell would, and it must answer; a port
+  the block names, ``--port 8443``, is mapped to the one taken; with ``--certfile``
+  over https), ``python ...`` and ``chaos run`` as subprocesses, ``openssl`` (a
+  throwaway certificate) in the block's folder, ``pip install`` checked (the extra
   or folder must exist) rather than run. Each document runs in a folder of its own
   holding examples/flask_app's ``chaos.yaml``; ``$TOKEN`` is a token.
 - ``yaml``: ``mockforge validate`` accepts it, and every value under ``chaos:`` is the one
@@ -36,6 +38,7 @@ import os
 import re
 import shlex
 import shutil
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -219,7 +222,8 @@ def _local(text: str, url: str) -> str:
     """The docs' localhost:3000 made the test's server (keeping a scheme where written)."""
     if not url:
         return text
-    return _LOCAL.sub(lambda m: url if m.group().startswith("http") else url[7:], text)
+    host = url.partition("://")[2]
+    return _LOCAL.sub(lambda m: url if m.group().startswith("http") else host, text)
 
 
 def _run_python(block: Block, namespace: dict[str, Any], url: str, where: str) -> None:
@@ -432,6 +436,9 @@ class Shell:
             return self._pip(words[4:])
         if program == "curl":
             return self._curl(words, cwd)
+        if program == "openssl":  # a throwaway certificate, in the block's folder
+            done = subprocess.run(words, cwd=cwd, capture_output=True, text=True, timeout=60)
+            return done.returncode, done.stdout + done.stderr
         if (program == "mockforge" and words[1] == "serve") or program == "gunicorn":
             return self._server(words, env, cwd)
         if program == "mockforge":
@@ -499,11 +506,13 @@ class Shell:
             bind = [w for w in words[1:] if w not in ("-b", "--bind", "127.0.0.1:3000")]
             argv = [sys.executable, "-m", "gunicorn", *bind, "--bind", f"127.0.0.1:{port}"]
         else:  # the installed console script beside the suite's interpreter, as a user runs it
-            argv = [_console_script("mockforge"), *words[1:], "--port", str(port)]
-            for flag in ("--admin-port", "--metrics-port"):
+            argv = [_console_script("mockforge"), *words[1:]]
+            if "--port" not in argv:
+                argv += ["--port", str(port)]
+            for flag in ("--port", "--admin-port", "--metrics-port"):
                 if flag in argv:
                     at = argv.index(flag) + 1
-                    taken = str(_free_port())
+                    taken = str(port if flag == "--port" else _free_port())
                     self.ports[argv[at]] = taken
                     argv[at] = taken
         if "--chdir" in argv:  # written from the checkout's root
@@ -515,7 +524,8 @@ class Shell:
             env={k: v for k, v in os.environ.items() if not k.startswith("MOCKFORGE_")} | env,
         )  # fmt: skip
         self.servers.append((process, log))
-        url = f"http://127.0.0.1:{port}"
+        tls = "MOCKFORGE_CERTFILE" in env or any(w.split("=")[0] == "--certfile" for w in words)
+        url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
         if self.starting:  # expected to serve: the next line that needs it waits for it
             self.pending.append((self.starting, process, log, url))
             self.url = url
@@ -550,12 +560,14 @@ def shell(where: str) -> Iterator[Shell]:
 
 
 def _wait(process: subprocess.Popen[bytes], url: str) -> int | None:
-    """None once ``url`` answers; the exit status if the process ends first."""
+    """None once ``url`` answers; the exit status if the process ends first. (Over TLS
+    it asks whether the server answers; the block's own lines check the certificate.)"""
     deadline = time.monotonic() + 30
+    context = ssl._create_unverified_context() if url.startswith("https") else None
     while time.monotonic() < deadline:
         if process.poll() is not None:
             return process.returncode
-        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=5):
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=5, context=context):
             return None
         time.sleep(0.05)
     raise AssertionError(f"{url} did not answer in 30 s")

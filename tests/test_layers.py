@@ -55,7 +55,17 @@ LAYERS = [
     ["_guard"],  # cross-site requests and rebound Hosts refused (management API)
     ["request"],  # what the decision core reads of a request: lazy over WSGI, or plain
     ["release"],  # holds that chaos off wakes (a condition, a version watcher)
-    ["_env", "_answers", "_extras", "_headers", "_observe", "_sockets", "_sections", "_version"],
+    [
+        "_env",
+        "_answers",
+        "_extras",
+        "_headers",
+        "_observe",
+        "_sockets",
+        "_sections",
+        "_tls",
+        "_version",
+    ],
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 
