@@ -69,6 +69,7 @@ __all__ = [
     "Flag",
     "HeaderControlConfig",
     "LatencyConfig",
+    "OutboundConfig",
     "PluginsConfig",
     "RateLimitConfig",
     "ScriptSteps",
@@ -660,6 +661,70 @@ def apply_rule(config: ChaosConfig, rule: Rule) -> ChaosConfig:
     return attrs.evolve(config, rules=(), **sections, **dict(rule.settings))
 
 
+MAX_HOSTS = 100
+
+
+@attrs.frozen
+class HostGlobs:
+    """``host:port`` globs (``payments.internal:443``, ``*.internal:*``): each non-empty,
+    without spaces, with a port or a glob for it."""
+
+    def problem(self, value: Any) -> str | None:
+        if len(value) > MAX_HOSTS:
+            return f"has {len(value)} hosts; at most {MAX_HOSTS}"
+        bad = [h for h in value if not h or len(h) > 300 or h != h.strip() or ":" not in h]
+        if bad:
+            return f"{shown(bad[0])} is not a host:port glob (e.g. payments.internal:443, *:*)"
+        return None
+
+    def describe(self) -> str:
+        return "each host:port (globs)"
+
+    def json_schema(self) -> dict[str, Any]:
+        return {"maxItems": MAX_HOSTS}
+
+
+@attrs.frozen
+class OutboundConfig:
+    """Chaos for the HTTP calls the app itself makes (urllib3, requests, httpx):
+    docs/outbound.md. Its sections and rules read as a ``chaos:`` block's."""
+
+    enabled: bool = setting(
+        False,
+        kinds.BOOL,
+        "Intercept the app's own HTTP calls (urllib3, requests, httpx) and inject this "
+        "section's chaos into them (with chaos.enabled).",
+    )
+    hosts: tuple[str, ...] = setting(
+        (),
+        kinds.STR_LIST,
+        "The calls chaos applies to, by `host:port` glob (`payments.internal:443`, "
+        "`*.internal:*`); empty: every call. Any other call costs a dictionary lookup.",
+        HostGlobs(),
+    )
+    refused_probability: float = setting(
+        0.0,
+        kinds.FLOAT,
+        "Chance a call's connection is refused (rolled before the faults; the host is "
+        "not called).",
+        PROBABILITY,
+        ramps=True,
+    )
+    latency: LatencyConfig = section(LatencyConfig, "Latency added before a call.")
+    fault_injection: FaultInjectionConfig = section(
+        FaultInjectionConfig,
+        "Faults of a call: `http_errors` answered without calling the host, "
+        "`connection_error_probability` a reset, `timeout_probability` a read timeout "
+        "(at the caller's own timeout), `partial_response_probability` a cut body.",
+    )
+    rules: tuple[Rule, ...] = setting(
+        (),
+        RULES,
+        "Chaos per call: `[{match: {host, methods, path, path_regex, header, ...}, "
+        "latency: {...}, fault_injection: {...}}]`; `host` is `host:port` (env: JSON).",
+    )
+
+
 # Custom faults from installed plugins (plugins.py), each a section under chaos.plugins.
 PLUGINS: tuple[Any, ...] = load_plugins()
 PluginsConfig = plugins_section(PLUGINS)
@@ -731,10 +796,13 @@ class ChaosConfig:
     header_control: HeaderControlConfig = section(
         HeaderControlConfig, "Chaos asked for by request headers.", in_rules=False
     )
+    outbound: OutboundConfig = section(
+        OutboundConfig, "Chaos for the app's own HTTP calls (docs/outbound.md).", in_rules=False
+    )
     rules: tuple[Rule, ...] = setting(
         (),
         RULES,
-        "Conditional chaos: `[{match: {path, path_regex, route, methods, header, query, "
+        "Conditional chaos: `[{match: {host, path, path_regex, route, methods, header, query, "
         "user_agent, json_field, client_cidr, body_size, not}, "
         "<section>: {...}}]`; the first matching rule's sections apply (env: JSON).",
     )
@@ -765,10 +833,15 @@ class ChaosConfig:
 def section_to_dict(section: Any) -> dict[str, Any]:
     """One section as plain data, as it is written and read back (a pattern in its own
     words, headers and bodies as mappings)."""
-    data = attrs.asdict(section, value_serializer=_plain)
+    data = attrs.asdict(section, recurse=False, value_serializer=_plain)
     pattern = getattr(section, "pattern", None)
     if "pattern" in data:
         data["pattern"] = pattern.describe() if pattern is not None else None
+    for field in attrs.fields(type(section)):
+        if "section" in field.metadata:  # outbound's latency and faults
+            data[field.name] = section_to_dict(getattr(section, field.name))
+        elif field.metadata.get("kind") is RULES:
+            data[field.name] = [rule.to_dict() for rule in getattr(section, field.name)]
     return data
 
 
@@ -825,8 +898,10 @@ class SettingInfo:
 
     @property
     def flag(self) -> Flag | None:
+        """The ``mockforge serve`` flag; none for a copy of a section nested in another
+        (``chaos.outbound.latency``: the flags set the inbound one)."""
         flag: Flag | None = self.field.metadata["flag"]
-        return flag
+        return flag if self.path[0] != "outbound" else None
 
     @property
     def switches_on(self) -> tuple[str, ...]:

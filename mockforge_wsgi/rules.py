@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = ["MAX_JSON_BODY", "Match", "Rule", "parse_match"]
 
 MATCH_KEYS = (
+    "host",
     "path",
     "path_regex",
     "route",
@@ -55,6 +56,8 @@ class Match:
     """What a request must have for a rule to apply; every given condition must hold."""
 
     path: str | None = None  # glob on the path: /api/*/orders
+    # Glob on the Host header; an outbound call's is always host:port (payments.internal:443)
+    host: str | None = None
     route: str | None = None  # the route template, e.g. /users/<int:id>
     methods: tuple[str, ...] = ()
     header: str | None = None  # present (with header_equals: equal to it)
@@ -74,6 +77,10 @@ class Match:
         return self.negated is None or not self.negated.matches(request)
 
     def _matches(self, request: Request) -> bool:
+        if self.host is not None and not fnmatch.fnmatchcase(
+            (request.header("Host") or "").lower(), self.host
+        ):
+            return False
         path = request.path
         if self.path is not None and not fnmatch.fnmatchcase(path, self.path):
             return False
@@ -106,7 +113,7 @@ class Match:
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {}
-        for key in ("path", "route"):
+        for key in ("host", "path", "route"):
             if getattr(self, key) is not None:
                 data[key] = getattr(self, key)
         if self.methods:
@@ -210,10 +217,10 @@ def parse_match(raw: Any, path: str) -> tuple[Match | None, list[str]]:
         if key not in MATCH_KEYS
     ]
     values: dict[str, Any] = {}
-    for key in ("path", "route"):
+    for key in ("host", "path", "route"):
         if key in raw:
             if isinstance(raw[key], str) and raw[key]:
-                values[key] = raw[key]
+                values[key] = raw[key].lower() if key == "host" else raw[key]
             else:
                 problems.append(f"{path}.{key}: {shown(raw[key])} is not a non-empty string")
     if "methods" in raw:
