@@ -1,0 +1,459 @@
+"""Outbound chaos (mockforge_wsgi/outbound.py): interception, decisions, the holds, the
+blocks and the middleware's section, with urllib3's request step stood in for (no
+server); then the exception table against a real upstream on 127.0.0.1."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import requests
+import urllib3
+from upstream_faults import closed_port, upstream
+from urllib3.connectionpool import HTTPConnectionPool
+from urllib3.exceptions import NewConnectionError, ReadTimeoutError
+
+from mockforge_wsgi import outbound
+from mockforge_wsgi.config import ConfigError, config_from_dict, load_config
+from mockforge_wsgi.middleware import ChaosMiddleware
+from mockforge_wsgi.request import Call
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _restored() -> Iterator[None]:
+    """Each test starts with nothing installed or served (a config another test of this
+    process validated may have left its middleware's), and leaves it so."""
+    outbound.serve(None)
+    outbound.uninstall()
+    original = HTTPConnectionPool.__dict__["_make_request"]
+    yield
+    outbound.serve(None)
+    outbound.uninstall()
+    assert HTTPConnectionPool.__dict__["_make_request"] is original
+
+
+class _Sent:
+    """urllib3's real request step, stood in for: records each call that reached it."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def step(self) -> Callable[..., Any]:
+        def _make_request(pool: Any, conn: Any, method: str, url: str, *a: Any, **kw: Any) -> Any:
+            self.calls.append(f"{method} {url}")
+            return urllib3.HTTPResponse(body=b"real", status=200, preload_content=True)
+
+        return _make_request
+
+
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Sent]:
+    """Installs over a stand-in for urllib3's request step (put back after the test,
+    the interception first)."""
+    stand_in = _Sent()
+    monkeypatch.setattr(HTTPConnectionPool, "_make_request", stand_in.step())
+    yield stand_in
+    outbound.serve(None)
+    outbound.uninstall()
+
+
+def _send(
+    host: str = "payments.internal",
+    port: int = 443,
+    method: str = "GET",
+    url: str = "/pay",
+    headers: dict[str, str] | None = None,
+    **kw: Any,
+) -> Any:
+    pool = HTTPConnectionPool(host, port)
+    return pool._make_request(None, method, url, headers=headers or {}, **kw)  # type: ignore[arg-type]
+
+
+def _outcome(send: Callable[[], Any]) -> str:
+    try:
+        response = send()
+    except Exception as error:
+        return type(error).__name__
+    return f"{response.status}"
+
+
+# -- installing, and putting back --------------------------------------------------
+
+
+def test_install_is_idempotent_and_uninstall_puts_back_exactly() -> None:
+    pool_original = HTTPConnectionPool.__dict__["_make_request"]
+    transport_original = httpx.HTTPTransport.__dict__["handle_request"]
+    outbound.install()
+    wrapped = HTTPConnectionPool.__dict__["_make_request"]
+    outbound.install()  # a second call changes nothing
+    assert HTTPConnectionPool.__dict__["_make_request"] is wrapped is not pool_original
+    assert wrapped.__wrapped__ is pool_original
+    assert httpx.HTTPTransport.__dict__["handle_request"] is not transport_original
+    outbound.uninstall()
+    assert HTTPConnectionPool.__dict__["_make_request"] is pool_original
+    assert httpx.HTTPTransport.__dict__["handle_request"] is transport_original
+    assert not outbound.installed()
+
+
+def test_a_block_restores_exactly_what_was_there(sent: _Sent) -> None:
+    stand_in = HTTPConnectionPool.__dict__["_make_request"]
+    with outbound.chaos({"fault_injection": {"http_error_probability": 1.0}}) as outer:
+        with outbound.chaos({"fault_injection": {"connection_error_probability": 1.0}}):
+            assert _outcome(_send) == "ConnectionResetError"  # the innermost decides
+        assert outbound._current is outer
+        assert _outcome(_send).startswith("5")
+    assert HTTPConnectionPool.__dict__["_make_request"] is stand_in  # uninstalled: it installed
+    assert outbound._current is None and not outbound.installed()
+    assert _outcome(_send) == "200"
+
+
+def test_a_block_leaves_an_installation_it_did_not_make(sent: _Sent) -> None:
+    outbound.install()
+    with outbound.chaos({"fault_injection": {"http_error_probability": 1.0}}):
+        pass
+    assert outbound.installed()
+
+
+# -- which calls: hosts, rules, and the cost of the others -------------------------
+
+
+def test_a_call_outside_the_hosts_reaches_the_host_without_a_decision(sent: _Sent) -> None:
+    faults = {"fault_injection": {"http_error_probability": 1.0}}
+    with outbound.chaos(faults, hosts=["payments.internal:443"]) as source:
+        source.decider.decide = None  # type: ignore[assignment,method-assign]  # any call fails
+        calls_before = source.engine.store.counters()
+        assert _outcome(lambda: _send("auth.internal", 443)) == "200"
+        assert _outcome(lambda: _send("payments.internal", 8443)) == "200"
+        assert source.engine.store.counters() == calls_before  # no store call either
+        assert set(source._seen[2]) == {("auth.internal", 443), ("payments.internal", 8443)}
+    assert sent.calls == ["GET /pay", "GET /pay"]
+
+
+def test_rules_pick_calls_by_host_method_path_and_header(sent: _Sent) -> None:
+    rules = [
+        {
+            "match": {"host": "payments.*:443", "methods": ["POST"], "path": "/pay*"},
+            "fault_injection": {"http_errors": [503], "http_error_probability": 1.0},
+        },
+        {
+            "match": {
+                "path_regex": "/users/[0-9]+",
+                "header": {"name": "X-Tenant", "equals": "a"},
+            },
+            "fault_injection": {"connection_error_probability": 1.0},
+        },
+    ]
+    with outbound.chaos({"rules": rules}):
+        assert _outcome(lambda: _send(method="POST", url="/pay?x=1")) == "503"
+        assert _outcome(lambda: _send(method="GET", url="/pay")) == "200"
+        assert _outcome(lambda: _send("payments.internal", 80, method="POST")) == "200"
+        tenant = {"X-Tenant": "a"}
+        assert _outcome(lambda: _send(url="/users/7", headers=tenant)) == "ConnectionResetError"
+        assert _outcome(lambda: _send(url="/users/x", headers=tenant)) == "200"
+        assert _outcome(lambda: _send(url="/users/7", headers={"X-Tenant": "b"})) == "200"
+
+
+def test_with_only_rules_a_host_no_rule_names_is_not_decided(sent: _Sent) -> None:
+    rules = [{"match": {"host": "payments.internal:*"}, "fault_injection": {"script": ["503"]}}]
+    with outbound.chaos({"rules": rules}) as source:
+        assert source.covering("auth.internal", 443) is None
+        assert source.covering("payments.internal", 443) is not None
+
+
+# -- the faults, as the library raises them ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        pytest.param({"refused_probability": 1.0}, NewConnectionError, id="refused"),
+        pytest.param(
+            {"fault_injection": {"connection_error_probability": 1.0}},
+            ConnectionResetError,  # urlopen makes it ProtocolError('Connection aborted.')
+            id="reset",
+        ),
+    ],
+)
+def test_a_refusal_or_a_reset_never_calls_the_host(
+    sent: _Sent, settings: dict[str, Any], expected: type[Exception]
+) -> None:
+    with outbound.chaos(settings), pytest.raises(expected):
+        _send()
+    assert sent.calls == []
+
+
+def test_an_injected_status_is_answered_without_the_host_with_retry_after(sent: _Sent) -> None:
+    faults = {
+        "http_errors": [503],
+        "http_error_probability": 1.0,
+        "retry_after_s": 7,
+        "error_headers": {"X-Fault": "injected"},
+    }
+    with outbound.chaos({"fault_injection": faults}):
+        response = _send()
+    assert sent.calls == []
+    assert response.status == 503
+    assert response.headers["Retry-After"] == "7"
+    assert response.headers["X-Fault"] == "injected"
+    assert response.headers["X-Mockforge-Chaos"] == "fault=http_503"
+    assert b'"fault": "http_503"' in response.data
+
+
+def test_a_script_plays_its_steps_in_order_then_the_probabilities(sent: _Sent) -> None:
+    with outbound.chaos({"fault_injection": {"script": [503, "reset", "ok"]}}):
+        seen = [_outcome(_send) for _ in range(4)]
+    assert seen == ["503", "ConnectionResetError", "200", "200"]
+    assert len(sent.calls) == 2
+
+
+class _Holds:
+    def __init__(self, answer: bool) -> None:
+        self.answer = answer
+        self.asked: list[float] = []
+
+    def hold(self, seconds: float, **_: Any) -> bool:
+        self.asked.append(seconds)
+        return self.answer
+
+
+@pytest.mark.parametrize(
+    ("timeout", "held"),
+    [
+        pytest.param(urllib3.Timeout(connect=1.0, read=0.25), 0.25, id="the-callers-read-timeout"),
+        pytest.param(urllib3.Timeout(connect=1.0, read=None), 0.4, id="none-timeout_ms"),
+    ],
+)
+def test_a_read_timeout_fires_when_the_callers_own_would(
+    sent: _Sent, monkeypatch: pytest.MonkeyPatch, timeout: Any, held: float
+) -> None:
+    holds = _Holds(True)
+    monkeypatch.setattr(outbound, "RELEASER", holds)
+    settings = {"fault_injection": {"timeout_probability": 1.0, "timeout_ms": 400}}
+    said = re.escape(f"read timeout={timeout.read_timeout}")
+    with outbound.chaos(settings), pytest.raises(ReadTimeoutError, match=said):
+        _send(timeout=timeout)
+    assert holds.asked == [held]  # held exactly as long as the caller waits, no longer
+    assert sent.calls == []
+
+
+def test_a_released_hold_goes_on_as_if_chaos_were_off(
+    sent: _Sent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(outbound, "RELEASER", _Holds(False))
+    settings = {
+        "latency": {"fixed_delay_ms": 5000},
+        "fault_injection": {"timeout_probability": 1.0},
+    }
+    with outbound.chaos(settings):
+        assert _outcome(lambda: _send(timeout=urllib3.Timeout(read=5.0))) == "200"
+    assert sent.calls == ["GET /pay"]
+
+
+def test_chaos_off_wakes_a_held_call(sent: _Sent) -> None:
+    done: list[str] = []
+    with outbound.chaos({"latency": {"fixed_delay_ms": 30_000}}) as source:
+        caller = threading.Thread(target=lambda: done.append(_outcome(_send)))
+        started = time.monotonic()
+        caller.start()
+        time.sleep(0.1)
+        source.engine.set_enabled(False)
+        caller.join(10.0)
+    assert done == ["200"]
+    assert time.monotonic() - started < 5.0  # not the 30 s it was decided
+
+
+def test_seeded_calls_repeat_and_number_apart_from_inbound(sent: _Sent) -> None:
+    settings = {"seed": 7, "fault_injection": {"http_error_probability": 0.5}}
+    runs = []
+    for _ in range(2):
+        with outbound.chaos(settings) as source:
+            runs.append([_outcome(_send) for _ in range(30)])
+            counters = source.engine.store.counters()
+    assert runs[0] == runs[1]
+    assert {"200", "500", "502", "503", "504"} >= set(runs[0]) > {"200"}
+    assert counters.get("outbound:sequence") == 30 and not counters.get("sequence")
+
+
+def test_the_decision_is_the_inbound_core_over_a_call() -> None:
+    """The same Decider, rules and Plan as inbound: a Call with Host: host:port."""
+    rules = [{"match": {"host": "*.internal:443"}, "fault_injection": {"script": ["429"]}}]
+    with outbound.chaos({"rules": rules}) as source:
+        config = source.covering("payments.internal", 443)
+        assert config is not None
+        call = Call("GET", "/pay", headers={"Host": "payments.internal:443"})
+        plan, _ = source.decide(config, call)
+    assert plan.fault is not None and plan.fault.status == 429
+
+
+# -- the config section, served by the middleware ------------------------------------
+
+
+def test_the_middleware_serves_its_sections_outbound_chaos_from_the_shared_state(
+    sent: _Sent,
+) -> None:
+    config = config_from_dict({"enabled": True, "outbound": {"enabled": True}})
+    middleware = ChaosMiddleware(lambda environ, start: [], config=config)
+    assert outbound.installed()
+    assert _outcome(_send) == "200"  # the section is on, with no chaos in it yet
+    faults = {"http_errors": [502], "http_error_probability": 1.0}
+    section = config_from_dict({"outbound": {"fault_injection": faults}}).outbound
+    middleware.engine.update_config(outbound=section)  # as PUT /config/outbound does
+    assert _outcome(_send) == "502"
+    middleware.engine.set_enabled(False)
+    assert _outcome(_send) == "200"
+
+
+def test_a_middleware_without_the_section_installs_nothing() -> None:
+    ChaosMiddleware(lambda environ, start: [], config=config_from_dict({"enabled": True}))
+    assert not outbound.installed() and outbound._current is None
+
+
+def test_the_section_reads_from_the_environment_and_refuses_bad_hosts() -> None:
+    config = load_config(
+        environ={
+            "MOCKFORGE_CHAOS_OUTBOUND_HOSTS": "payments.internal:443,*.auth:*",
+            "MOCKFORGE_CHAOS_OUTBOUND_FAULT_INJECTION_TIMEOUT_PROBABILITY": "0.5",
+        }
+    )
+    assert config.outbound.enabled and config.outbound.hosts == (
+        "payments.internal:443",
+        "*.auth:*",
+    )
+    assert config.outbound.fault_injection.enabled
+    assert config.outbound.fault_injection.timeout_probability == 0.5
+    with pytest.raises(ConfigError) as error:
+        config_from_dict({"outbound": {"hosts": ["payments.internal"]}})
+    assert str(error.value).endswith(
+        "chaos.outbound.hosts: 'payments.internal' is not a host:port glob "
+        "(e.g. payments.internal:443, *:*)"
+    )
+
+
+@pytest.mark.chaos_outbound(
+    {"fault_injection": {"http_errors": [429], "http_error_probability": 1.0}},
+    hosts=["payments.internal:*"],
+)
+def test_the_marker_puts_the_test_body_under_outbound_chaos(sent: _Sent) -> None:
+    assert outbound.installed()
+    assert _outcome(_send) == "429"
+    assert _outcome(lambda: _send("auth.internal")) == "200"
+
+
+# -- the exception table: each library, each fault, as the real event raises it --------
+
+LIBRARIES: dict[str, Callable[[str], Any]] = {}
+
+
+def _library(name: str) -> Callable[[Callable[[str], Any]], Callable[[str], Any]]:
+    def register(send: Callable[[str], Any]) -> Callable[[str], Any]:
+        LIBRARIES[name] = send
+        return send
+
+    return register
+
+
+READ_TIMEOUT_S = 0.2
+
+
+@_library("urllib3")
+def _urllib3(url: str) -> str:
+    with urllib3.PoolManager(retries=False) as pool:
+        timeout = urllib3.Timeout(connect=2.0, read=READ_TIMEOUT_S)
+        response = pool.request("GET", url, timeout=timeout)
+        return f"{response.status} Retry-After: {response.headers.get('Retry-After')}"
+
+
+@_library("requests")
+def _requests(url: str) -> str:
+    with requests.Session() as session:
+        response = session.get(url, timeout=(2.0, READ_TIMEOUT_S))
+        return f"{response.status_code} Retry-After: {response.headers.get('Retry-After')}"
+
+
+@_library("httpx")
+def _httpx(url: str) -> str:
+    with httpx.Client(timeout=httpx.Timeout(2.0, read=READ_TIMEOUT_S)) as client:
+        response = client.get(url)
+        return f"{response.status_code} Retry-After: {response.headers.get('Retry-After')}"
+
+
+FAULTS = {
+    "refused": {"refused_probability": 1.0},
+    "reset": {"fault_injection": {"connection_error_probability": 1.0}},
+    "read timeout": {"fault_injection": {"timeout_probability": 1.0}},
+    "cut body": {"fault_injection": {"partial_response_probability": 1.0}},
+    "injected status": {
+        "fault_injection": {
+            "http_errors": [503],
+            "http_error_probability": 1.0,
+            "retry_after_s": 1,
+        }
+    },
+}
+REAL_PATHS = {
+    "reset": "/reset",
+    "read timeout": "/slow",
+    "cut body": "/cut",
+    "injected status": "/503",
+}
+
+
+def _raised(send: Callable[[], str]) -> str:
+    try:
+        return send()
+    except Exception as error:
+        kind = type(error)
+        module = "httpx" if kind.__module__.startswith("httpx") else kind.__module__
+        return f"{module}.{kind.__qualname__}"
+
+
+def _documented_table() -> dict[tuple[str, str], str]:
+    """docs/outbound.md's table: (fault, library) -> what the caller gets."""
+    text = (ROOT / "docs" / "outbound.md").read_text(encoding="utf-8")
+    table = text.split("<!-- the exception table -->", 1)[1].strip().splitlines()
+    header = [cell.strip() for cell in table[0].strip("|").split("|")]
+    found = {}
+    for line in table[2:]:
+        if not line.startswith("|"):
+            break
+        cells = [cell.strip().strip("`") for cell in line.strip("|").split("|")]
+        for library, cell in zip(header[2:], cells[2:], strict=True):
+            found[(cells[0], library)] = cell
+    return found
+
+
+def test_the_documented_table_covers_every_library_and_fault() -> None:
+    assert set(_documented_table()) == {(f, lib) for f in FAULTS for lib in LIBRARIES}
+
+
+@pytest.fixture(scope="module")
+def real_upstream() -> Iterator[tuple[str, int]]:
+    with upstream() as address:
+        yield address
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("fault", list(FAULTS))
+@pytest.mark.parametrize("library", list(LIBRARIES))
+def test_each_fault_raises_what_the_real_event_raises(
+    real_upstream: tuple[str, int], library: str, fault: str
+) -> None:
+    host, port = real_upstream
+    send = LIBRARIES[library]
+    if fault == "refused":
+        real_url = f"http://127.0.0.1:{closed_port()}/"
+    else:
+        real_url = f"http://{host}:{port}{REAL_PATHS[fault]}"
+    real = _raised(lambda: send(real_url))
+    with outbound.chaos(FAULTS[fault], hosts=[f"{host}:{port}"]):
+        injected = _raised(lambda: send(f"http://{host}:{port}/ok"))
+    assert injected == real == _documented_table()[(fault, library)]
+    assert _raised(lambda: send(f"http://{host}:{port}/ok")) == "200 Retry-After: None"
