@@ -47,8 +47,24 @@ class _Sent:
         self.calls: list[str] = []
 
     def step(self) -> Callable[..., Any]:
-        def _make_request(pool: Any, conn: Any, method: str, url: str, *a: Any, **kw: Any) -> Any:
-            self.calls.append(f"{method} {url}")
+        calls = self.calls
+
+        def _make_request(  # urllib3 2's signature, which install() checks
+            self: Any,
+            conn: Any,
+            method: str,
+            url: str,
+            body: Any = None,
+            headers: Any = None,
+            retries: Any = None,
+            timeout: Any = None,
+            chunked: bool = False,
+            response_conn: Any = None,
+            preload_content: bool = True,
+            decode_content: bool = True,
+            enforce_content_length: bool = True,
+        ) -> Any:
+            calls.append(f"{method} {url}")
             return urllib3.HTTPResponse(body=b"real", status=200, preload_content=True)
 
         return _make_request
