@@ -931,18 +931,8 @@ def longest_delay_s(configs: Iterable[ChaosConfig]) -> float:
     longer still: that depends on the body.)"""
     longest = 0.0
     for config in configs:
-        latency, faults = config.latency, config.fault_injection
-        delay = 0.0
-        if latency.enabled:
-            delay = latency.fixed_delay_ms
-            if latency.random_delay_range_ms:
-                delay = max(delay, latency.random_delay_range_ms[1])
-            if latency.distribution == "normal":
-                delay = latency.fixed_delay_ms + 6 * latency.stddev_ms
-            if latency.distribution == "lognormal":
-                delay = latency.median_ms * math.exp(6 * latency.sigma)
-            delay *= 1 + latency.jitter_percent / 100
-            delay = min(delay, latency.cap_ms if latency.cap_ms is not None else MAX_DELAY_MS)
+        faults = config.fault_injection
+        delay = _longest_latency_ms(config.latency)
         if config.header_control.enabled:
             delay = max(delay, config.header_control.max_delay_ms)
         shaping = config.traffic_shaping
@@ -951,7 +941,38 @@ def longest_delay_s(configs: Iterable[ChaosConfig]) -> float:
         holds = faults.enabled and (faults.timeout_probability or stalls)
         hold = faults.timeout_ms if holds else 0.0
         longest = max(longest, (delay + queued + hold) / 1000)
+        outbound = config.outbound
+        if outbound.enabled:  # the app's own call, held while the request waits on it
+            for rule in (None, *outbound.rules):
+                latency, faults = outbound.latency, outbound.fault_injection
+                if rule is not None:
+                    overrides = dict(rule.overrides)
+                    latency = attrs.evolve(latency, **dict(overrides.get("latency", ())))
+                    faults = attrs.evolve(faults, **dict(overrides.get("fault_injection", ())))
+                longest = max(longest, _held_s(latency, faults))
     return longest
+
+
+def _held_s(latency: LatencyConfig, faults: FaultInjectionConfig) -> float:
+    """The longest an outbound call is held: its latency at the largest, then a read
+    timeout's hold (at most timeout_ms: the caller's own timeout, if shorter)."""
+    hold = faults.timeout_ms if faults.enabled and faults.timeout_probability else 0.0
+    return (_longest_latency_ms(latency) + hold) / 1000
+
+
+def _longest_latency_ms(latency: LatencyConfig) -> float:
+    """Latency at its largest, jitter included (0 when off)."""
+    if not latency.enabled:
+        return 0.0
+    delay = latency.fixed_delay_ms
+    if latency.random_delay_range_ms:
+        delay = max(delay, latency.random_delay_range_ms[1])
+    if latency.distribution == "normal":
+        delay = latency.fixed_delay_ms + 6 * latency.stddev_ms
+    if latency.distribution == "lognormal":
+        delay = latency.median_ms * math.exp(6 * latency.sigma)
+    delay *= 1 + latency.jitter_percent / 100
+    return min(delay, latency.cap_ms if latency.cap_ms is not None else MAX_DELAY_MS)
 
 
 def config_from_dict(

@@ -44,7 +44,8 @@ from .plan import NO_CHAOS, Plan
 from .rate_limit import RateLimiter
 from .release import RELEASER
 from .request import Call
-from .state import MemoryStore
+from .rules import host_glob
+from .state import MemoryStore, StoreError
 
 __all__ = ["REFUSED", "Source", "chaos", "install", "installed", "serve", "uninstall"]
 
@@ -121,15 +122,16 @@ class Source:
 
     def _learn(self, seen: Any, key: tuple[str, int]) -> bool:
         outbound: OutboundConfig = seen[0].outbound
-        name = f"{key[0]}:{key[1]}"
-        covered = not outbound.hosts or any(fnmatch.fnmatchcase(name, h) for h in outbound.hosts)
+        name = _address(*key)
+        hosts = outbound.hosts
+        covered = not hosts or any(fnmatch.fnmatchcase(name, host_glob(h)) for h in hosts)
         if covered and not (
             outbound.refused_probability
             or outbound.latency.enabled
             or outbound.fault_injection.enabled
         ):  # only rules: a call no rule's host can match gets nothing
             covered = any(
-                r.match.host is None or fnmatch.fnmatchcase(name, r.match.host)
+                r.match.host is None or fnmatch.fnmatchcase(name, host_glob(r.match.host))
                 for r in outbound.rules
             )
         known = seen[2]
@@ -148,7 +150,11 @@ class Source:
         refused = self._seen[0].outbound.refused_probability
         if refused and (refused >= 1.0 or decider.rng.random() < refused):
             return Plan(fault=REFUSED), config
-        return decider.decide(config, call, time.monotonic())
+        try:
+            return decider.decide(config, call, time.monotonic())
+        except StoreError:  # on_store_error: closed answers inbound; a call goes unharmed
+            decider.internal_error("reaching the store for an outbound call")
+            return NO_CHAOS, config
 
     def hold(self, seconds: float) -> bool:
         """Hold the calling thread ``seconds``: True when waited out, False when chaos
@@ -285,12 +291,18 @@ def chaos(
 # -- applying a Plan: what each library raises for the real event -------------------
 
 
+def _address(host: str, port: int) -> str:
+    """``host:port`` as rules and ``hosts`` match it (``[::1]:8080`` for IPv6)."""
+    host = host.lower()
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
 def _call(method: str, target: str, headers: Any, host: str, port: int) -> Call:
     path, _, query = target.partition("?")
     if "://" in path:  # an absolute target (through a proxy)
         path = "/" + path.split("://", 1)[1].partition("/")[2]
     named = dict(headers or {})
-    named["Host"] = f"{host}:{port}"
+    named["Host"] = _address(host, port)  # always with its port: rules match host:port
     return Call(method, path, query=query, headers=named)
 
 
@@ -436,22 +448,26 @@ def _urllib3_make_request(original: Any) -> Any:
                 raise ReadTimeoutError(self, url, f"Read timed out. (read timeout={read})")
             return original(self, conn, method, url, **kw)
         if kind == HTTP_ERROR:
-            status, answer_headers, body = _answer(fault, decided, plan)
-            return HTTPResponse(
-                body=io.BytesIO(body),
-                headers=dict(answer_headers),
-                status=status,
-                version=11,
-                version_string="HTTP/1.1",
-                reason=http.client.responses.get(status, ""),
-                preload_content=kw.get("preload_content", True),
-                decode_content=kw.get("decode_content", True),
-                pool=self,
-                connection=kw.get("response_conn"),
-                retries=kw.get("retries"),
-                request_method=method,
-                request_url=url,
-            )
+            try:
+                status, answer_headers, body = _answer(fault, decided, plan)
+                return HTTPResponse(
+                    body=io.BytesIO(body),
+                    headers=dict(answer_headers),
+                    status=status,
+                    version=11,
+                    version_string="HTTP/1.1",
+                    reason=http.client.responses.get(status, ""),
+                    preload_content=kw.get("preload_content", True),
+                    decode_content=kw.get("decode_content", True),
+                    pool=self,
+                    connection=kw.get("response_conn"),
+                    retries=kw.get("retries"),
+                    request_method=method,
+                    request_url=url,
+                )
+            except Exception:  # our own failure must not look like chaos: the real call
+                source.decider.internal_error("answering an outbound call")
+                return original(self, conn, method, url, **kw)
         if kind == PARTIAL_RESPONSE:
             return _urllib3_cut(original, self, conn, method, url, kw, fault)
         return original(self, conn, method, url, **kw)  # not (yet) for calls
@@ -554,8 +570,12 @@ def _httpx_handle_request(original: Any) -> Any:
                 raise httpx.ReadTimeout("timed out", request=request)
             return original(self, request)  # type: ignore[no-any-return]
         if kind == HTTP_ERROR:
-            status, headers, body = _answer(fault, decided, plan)
-            return httpx.Response(status, headers=headers, content=body, request=request)
+            try:
+                status, headers, body = _answer(fault, decided, plan)
+                return httpx.Response(status, headers=headers, content=body, request=request)
+            except Exception:  # our own failure must not look like chaos: the real call
+                source.decider.internal_error("answering an outbound call")
+                return original(self, request)  # type: ignore[no-any-return]
         if kind == PARTIAL_RESPONSE:
             whole = original(self, request)
             try:

@@ -33,7 +33,7 @@ from .request import MAX_JSON_BODY
 if TYPE_CHECKING:
     from .request import Request
 
-__all__ = ["MAX_JSON_BODY", "Match", "Rule", "parse_match"]
+__all__ = ["MAX_JSON_BODY", "Match", "Rule", "host_glob", "parse_match"]
 
 MATCH_KEYS = (
     "host",
@@ -78,7 +78,7 @@ class Match:
 
     def _matches(self, request: Request) -> bool:
         if self.host is not None and not fnmatch.fnmatchcase(
-            (request.header("Host") or "").lower(), self.host
+            (request.header("Host") or "").lower(), host_glob(self.host)
         ):
             return False
         path = request.path
@@ -142,6 +142,12 @@ class Match:
         if self.negated is not None:
             data["not"] = self.negated.to_dict()
         return data
+
+
+def host_glob(pattern: str) -> str:
+    """A host glob as fnmatch reads it: lower case, an IPv6 literal's ``[`` a bracket."""
+    pattern = pattern.lower()
+    return "[[]" + pattern[1:] if pattern.startswith("[") and "]:" in pattern else pattern
 
 
 def _query_has(query_string: str, wanted: tuple[tuple[str, str], ...]) -> bool:

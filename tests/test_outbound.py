@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import httpx
 import pytest
 import requests
@@ -20,9 +21,16 @@ from urllib3.connectionpool import HTTPConnectionPool
 from urllib3.exceptions import NewConnectionError, ReadTimeoutError
 
 from mockforge_wsgi import outbound
-from mockforge_wsgi.config import ConfigError, config_from_dict, load_config
+from mockforge_wsgi.config import (
+    ConfigError,
+    OutboundConfig,
+    config_from_dict,
+    load_config,
+    longest_delay_s,
+)
 from mockforge_wsgi.middleware import ChaosMiddleware
 from mockforge_wsgi.request import Call
+from mockforge_wsgi.state import StoreError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -182,6 +190,66 @@ def test_with_only_rules_a_host_no_rule_names_is_not_decided(sent: _Sent) -> Non
     with outbound.chaos({"rules": rules}) as source:
         assert source.covering("auth.internal", 443) is None
         assert source.covering("payments.internal", 443) is not None
+
+
+def test_hosts_match_without_regard_to_case_and_ipv6_in_brackets(sent: _Sent) -> None:
+    faults = {"fault_injection": {"http_error_probability": 1.0}}
+    with outbound.chaos(faults, hosts=["Payments.Internal:443", "[::1]:*"]) as source:
+        assert source.covering("payments.internal", 443) is not None
+        assert source.covering("::1", 8080) is not None
+        assert source.covering("::2", 8080) is None
+    rules = [{"match": {"host": "[::1]:*"}, "fault_injection": {"script": ["503"]}}]
+    with outbound.chaos({"rules": rules}) as source:
+        config = source.covering("::1", 8080)
+        assert config is not None
+        plan, _ = source.decide(config, Call(headers={"Host": "[::1]:8080"}))
+        assert plan.fault is not None and plan.fault.status == 503
+        assert config.rules[0].match.to_dict() == {"host": "[::1]:*"}  # as written
+
+
+# -- our own failures are not chaos ---------------------------------------------------
+
+
+def test_an_unreachable_store_lets_the_call_through_counted(sent: _Sent) -> None:
+    settings = {"seed": 1, "fault_injection": {"http_error_probability": 1.0}}
+    with outbound.chaos(settings) as source:
+        source.engine.startup = source.engine.current = attrs.evolve(
+            source.engine.current, on_store_error="closed"
+        )
+
+        def unreachable(name: str) -> int:
+            raise StoreError("down")
+
+        source.engine.store.incr = unreachable  # type: ignore[method-assign]
+        assert _outcome(_send) == "200"  # inbound would answer 503 (closed); a call goes on
+        assert source.decider.internal_errors == 1
+
+
+def test_a_failure_of_ours_while_answering_lets_the_call_through(
+    sent: _Sent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("a bug of ours")
+
+    monkeypatch.setattr(outbound, "_answer", broken)
+    with outbound.chaos({"fault_injection": {"http_error_probability": 1.0}}) as source:
+        assert _outcome(_send) == "200"
+        assert source.decider.internal_errors == 1
+    assert sent.calls == ["GET /pay"]
+
+
+def test_the_longest_hold_of_a_call_counts_for_the_worker_timeout() -> None:
+    config = config_from_dict(
+        {
+            "outbound": {
+                "latency": {"fixed_delay_ms": 100},
+                "fault_injection": {"timeout_probability": 0.1, "timeout_ms": 2000},
+                "rules": [{"match": {"host": "a:1"}, "latency": {"fixed_delay_ms": 40_000}}],
+            }
+        }
+    )
+    assert longest_delay_s([config]) == 42.0  # the rule's latency, then the read timeout
+    assert longest_delay_s([attrs.evolve(config, outbound=OutboundConfig())]) == 0.0
 
 
 # -- the faults, as the library raises them ------------------------------------------
