@@ -395,6 +395,29 @@ def test_the_middleware_serves_its_sections_outbound_chaos_from_the_shared_state
     assert _outcome(_send) == "200"
 
 
+def test_the_section_through_the_management_api_patch_merges_nested_sections() -> None:
+    from werkzeug.test import Client
+
+    middleware = ChaosMiddleware(lambda environ, start: [], config=config_from_dict({}))
+    client = Client(middleware)
+    url = "/api/chaos/config/outbound"
+    put = {"hosts": ["payments.internal:443"], "fault_injection": {"http_error_probability": 1}}
+    assert client.put(url, json=put).status_code == 200
+    patch = {"fault_injection": {"timeout_probability": 0.5}, "latency": {"fixed_delay_ms": 9}}
+    answer = client.patch(url, json=patch).get_json()
+    faults = answer["fault_injection"]
+    assert (faults["http_error_probability"], faults["timeout_probability"]) == (1.0, 0.5)
+    assert answer["latency"]["fixed_delay_ms"] == 9.0 and answer["latency"]["enabled"]
+    assert answer["hosts"] == ["payments.internal:443"] and answer["enabled"]
+    section = middleware.engine.editable().outbound
+    assert section.fault_injection.http_error_probability == 1.0
+    bad = client.put(url, json={"hosts": ["payments.internal"]})
+    assert bad.status_code == 400
+    assert "chaos.outbound.hosts: 'payments.internal' is not a host:port glob" in bad.text
+    answer.pop("warnings")
+    assert client.get(url).get_json() == answer
+
+
 def test_a_middleware_without_the_section_installs_nothing() -> None:
     ChaosMiddleware(lambda environ, start: [], config=config_from_dict({"enabled": True}))
     assert not outbound.installed() and outbound._current is None
