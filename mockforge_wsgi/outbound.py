@@ -291,6 +291,20 @@ def chaos(
 # -- applying a Plan: what each library raises for the real event -------------------
 
 
+def _target(url: str, host: str, port: int) -> tuple[str, int]:
+    """The host and port an absolute request target names (a call through an HTTP
+    proxy), else the pool's."""
+    from urllib3.util import parse_url
+
+    try:
+        parsed = parse_url(url)
+    except ValueError:
+        return host, port
+    if not parsed.host:
+        return host, port
+    return parsed.host.lower(), parsed.port or _DEFAULT_PORTS.get(parsed.scheme or "http", 80)
+
+
 def _address(host: str, port: int) -> str:
     """``host:port`` as rules and ``hosts`` match it (``[::1]:8080`` for IPv6)."""
     host = host.lower()
@@ -381,10 +395,13 @@ def _urllib3_make_request(original: Any) -> Any:
             if seen[0] is not source.engine.config_now():
                 seen = source._renew(source.engine.config_now())
             if seen[1] is not None:
+                host = self.host
                 port = self.port or _DEFAULT_PORTS.get(self.scheme, 80)
-                covered = seen[2].get((self.host, port))
+                if url[:1] != "/":  # through an HTTP proxy: the pool's is the proxy's
+                    host, port = _target(url, host, port)
+                covered = seen[2].get((host, port))
                 if covered is None:
-                    covered = source._learn(seen, (self.host, port))
+                    covered = source._learn(seen, (host, port))
                 if covered:
                     kw = {
                         "body": body,
@@ -397,7 +414,7 @@ def _urllib3_make_request(original: Any) -> Any:
                         "decode_content": decode_content,
                         "enforce_content_length": enforce_content_length,
                     }
-                    return _chaos_call(source, seen[1], self, conn, method, url, port, kw)
+                    return _chaos_call(source, seen[1], self, conn, method, url, host, port, kw)
         return original(
             self,
             conn,
@@ -421,11 +438,12 @@ def _urllib3_make_request(original: Any) -> Any:
         conn: Any,
         method: str,
         url: str,
+        host: str,
         port: int,
         kw: dict[str, Any],
     ) -> Any:
         """A call the section covers: decided, then applied."""
-        plan, decided = source.decide(config, _call(method, url, kw["headers"], self.host, port))
+        plan, decided = source.decide(config, _call(method, url, kw["headers"], host, port))
         if plan is NO_CHAOS:
             return original(self, conn, method, url, **kw)
         if plan.delay_ms and not source.hold(plan.delay_ms / 1000.0):

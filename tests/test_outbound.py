@@ -207,6 +207,15 @@ def test_hosts_match_without_regard_to_case_and_ipv6_in_brackets(sent: _Sent) ->
         assert config.rules[0].match.to_dict() == {"host": "[::1]:*"}  # as written
 
 
+def test_a_call_through_an_http_proxy_is_matched_by_its_target(sent: _Sent) -> None:
+    faults = {"fault_injection": {"http_error_probability": 1.0}}
+    with outbound.chaos(faults, hosts=["payments.internal:80"]):
+        # a ProxyManager's pool is the proxy's; the request target names the host
+        via_proxy = "http://payments.internal/pay"
+        assert _outcome(lambda: _send("proxy.local", 3128, url=via_proxy)).startswith("5")
+        assert _outcome(lambda: _send("proxy.local", 3128, url="http://auth.internal/")) == "200"
+
+
 # -- our own failures are not chaos ---------------------------------------------------
 
 
