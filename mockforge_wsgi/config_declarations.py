@@ -662,6 +662,7 @@ def apply_rule(config: ChaosConfig, rule: Rule) -> ChaosConfig:
 
 
 MAX_HOSTS = 100
+OUTBOUND_RULE_SECTIONS = ("latency", "fault_injection")  # what a call's rule may set
 
 
 @attrs.frozen
@@ -723,6 +724,21 @@ class OutboundConfig:
         "Chaos per call: `[{match: {host, methods, path, path_regex, header, ...}, "
         "latency: {...}, fault_injection: {...}}]`; `host` is `host:port` (env: JSON).",
     )
+
+    def __attrs_post_init__(self) -> None:
+        # A call holds no place (slot, bulkhead, active fault) nor counts in a limit or
+        # a breaker: a rule that asked for one would take what is never given back.
+        problems = [
+            f"rules[{index}].{name}: not for outbound calls; allowed: match, "
+            f"{', '.join(OUTBOUND_RULE_SECTIONS)}"
+            for index, rule in enumerate(self.rules)
+            for name in (
+                *(s for s, _ in rule.overrides if s not in OUTBOUND_RULE_SECTIONS),
+                *(n for n, _ in rule.settings),
+            )
+        ]
+        if problems:
+            raise ConfigError(problems)
 
 
 # Custom faults from installed plugins (plugins.py), each a section under chaos.plugins.

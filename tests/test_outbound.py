@@ -453,6 +453,19 @@ def test_the_section_reads_from_the_environment_and_refuses_bad_hosts() -> None:
     )
 
 
+def test_a_call_rule_may_set_latency_and_faults_only() -> None:
+    """A call holds no slot, bulkhead place or active fault, nor counts in a limit or a
+    breaker: a rule asking for one would take what is never given back."""
+    rule = {"match": {"host": "a:1"}, "bulkhead": {"max_concurrent": 1}, "max_active_faults": 2}
+    with pytest.raises(ConfigError) as error:
+        config_from_dict({"outbound": {"rules": [rule]}})
+    allowed = "not for outbound calls; allowed: match, latency, fault_injection"
+    assert error.value.problems == [
+        f"chaos.outbound.rules[0].bulkhead: {allowed}",
+        f"chaos.outbound.rules[0].max_active_faults: {allowed}",
+    ]
+
+
 @pytest.mark.chaos_outbound(
     {"fault_injection": {"http_errors": [429], "http_error_probability": 1.0}},
     hosts=["payments.internal:*"],
