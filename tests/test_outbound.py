@@ -307,6 +307,15 @@ def test_a_script_plays_its_steps_in_order_then_the_probabilities(sent: _Sent) -
     assert len(sent.calls) == 2
 
 
+def test_a_script_restarts_at_every_change_as_inbound(sent: _Sent) -> None:
+    with outbound.chaos({"fault_injection": {"script": [503]}}) as source:
+        assert [_outcome(_send) for _ in range(2)] == ["503", "200"]
+        engine = source.engine
+        section = engine.editable().outbound
+        engine.update_config(outbound=attrs.evolve(section, hosts=("*:*",)))  # a change
+        assert [_outcome(_send) for _ in range(2)] == ["503", "200"]
+
+
 class _Holds:
     def __init__(self, answer: bool) -> None:
         self.answer = answer
