@@ -316,6 +316,21 @@ def test_a_script_restarts_at_every_change_as_inbound(sent: _Sent) -> None:
         assert [_outcome(_send) for _ in range(2)] == ["503", "200"]
 
 
+def test_each_attempt_of_urllib3s_own_retries_is_decided_afresh(sent: _Sent) -> None:
+    """Inside urlopen's retry loop: the app's Retry policy meets each injected fault as
+    it would the real one (a 503 retried by status, a reset retried as a read error)."""
+    pool = HTTPConnectionPool("payments.internal", 443)
+    retry = urllib3.Retry(total=3, status_forcelist=[503], respect_retry_after_header=False)
+    with outbound.chaos({"fault_injection": {"script": [503, "reset", "ok"]}}):
+        response = pool.urlopen("GET", "/pay", retries=retry)
+    assert response.status == 200
+    assert sent.calls == ["GET /pay"]  # the third attempt, the only one sent
+    reset_once = outbound.chaos({"fault_injection": {"script": ["reset"]}})
+    with reset_once, pytest.raises(urllib3.exceptions.ProtocolError):  # a POST: not retried
+        pool.urlopen("POST", "/pay", retries=urllib3.Retry(total=3))
+    assert sent.calls == ["GET /pay"]
+
+
 class _Holds:
     def __init__(self, answer: bool) -> None:
         self.answer = answer
