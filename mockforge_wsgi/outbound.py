@@ -87,7 +87,6 @@ class Source:
             None,
             {},
         )
-        self._lock = threading.Lock()
 
     def covering(self, host: str, port: int) -> ChaosConfig | None:
         """The config to decide a call to ``host:port`` with, or None (no chaos): the
@@ -178,6 +177,9 @@ _current: Source | None = None
 # What install() replaced: (owner, attribute, original), to put back exactly.
 _PATCHED: list[tuple[Any, str, Any]] = []
 _install_lock = threading.RLock()
+# install() was called (by the middleware, the app): a chaos() block that installed
+# first leaves the interception in place when it ends.
+_asked = False
 
 
 def _set_current() -> None:
@@ -207,6 +209,13 @@ def installed() -> bool:
 def install() -> None:
     """Intercept urllib3's connection pool and httpx's sync transport, each if it is
     installed; once per process (a second call does nothing)."""
+    global _asked
+    with _install_lock:
+        _asked = True
+        _install()
+
+
+def _install() -> None:
     with _install_lock:
         if _PATCHED:
             return
@@ -239,7 +248,9 @@ def install() -> None:
 def uninstall() -> None:
     """Put back what :func:`install` replaced, exactly (tests; a chaos() block that
     installed)."""
+    global _asked
     with _install_lock:
+        _asked = False
         while _PATCHED:
             owner, name, original = _PATCHED.pop()
             if owner is not None:
@@ -275,7 +286,7 @@ def chaos(
     source = Source(engine)
     with _install_lock:
         installs = not _PATCHED
-        install()
+        _install()
         _BLOCKS.append(source)
         _set_current()
     try:
@@ -284,7 +295,7 @@ def chaos(
         with _install_lock:
             _BLOCKS.remove(source)
             _set_current()
-            if installs:
+            if installs and not _asked:
                 uninstall()
 
 

@@ -144,6 +144,10 @@ def test_a_block_leaves_an_installation_it_did_not_make(sent: _Sent) -> None:
     with outbound.chaos({"fault_injection": {"http_error_probability": 1.0}}):
         pass
     assert outbound.installed()
+    outbound.uninstall()
+    with outbound.chaos({"fault_injection": {"http_error_probability": 1.0}}):
+        outbound.install()  # asked for meanwhile (a middleware built in the block)
+    assert outbound.installed()
 
 
 # -- which calls: hosts, rules, and the cost of the others -------------------------
