@@ -28,6 +28,7 @@ from mockforge_wsgi.config import (
     load_config,
     longest_delay_s,
 )
+from mockforge_wsgi.fault import Fault
 from mockforge_wsgi.middleware import ChaosMiddleware
 from mockforge_wsgi.request import Call
 from mockforge_wsgi.state import StoreError
@@ -363,6 +364,48 @@ def test_a_read_timeout_fires_when_the_callers_own_would(
         _send(timeout=timeout)
     assert holds.asked == [held]  # held exactly as long as the caller waits, no longer
     assert sent.calls == []
+
+
+def test_latency_holds_the_drawn_delay_then_the_call_goes(
+    sent: _Sent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    holds = _Holds(True)
+    monkeypatch.setattr(outbound, "RELEASER", holds)
+    with outbound.chaos({"latency": {"fixed_delay_ms": 250}}):
+        assert _outcome(_send) == "200"
+    assert holds.asked == [0.25] and sent.calls == ["GET /pay"]
+
+
+@pytest.mark.parametrize(
+    ("settings", "hit"),
+    [
+        pytest.param({"fault_injection": {"http_error_probability": 0.3}}, "5", id="status"),
+        pytest.param({"refused_probability": 0.3}, "NewConnectionError", id="refused"),
+    ],
+)
+def test_a_probability_is_per_call(sent: _Sent, settings: dict[str, Any], hit: str) -> None:
+    calls = 2000
+    with outbound.chaos({"seed": 11, **settings}):
+        hits = sum(_outcome(_send).startswith(hit) for _ in range(calls))
+    # binomial(2000, 0.3): sd 20.5; 5 sd either side
+    assert abs(hits - 0.3 * calls) <= 5 * (calls * 0.3 * 0.7) ** 0.5, hits
+
+
+@pytest.mark.parametrize(
+    ("fraction", "limit", "total", "kept"),
+    [
+        pytest.param(0.5, 0, 1000, 500, id="half"),
+        pytest.param(0.5, 10, 1000, 10, id="limit-bytes"),
+        pytest.param(1.0, 0, 1000, 999, id="always-short-of-it"),
+        pytest.param(0.5, 5000, 1000, 999, id="limit-beyond"),
+        pytest.param(0.5, 0, 0, 0, id="empty"),
+    ],
+)
+def test_a_cut_body_keeps_its_share_always_short_of_the_whole(
+    fraction: float, limit: int, total: int, kept: int
+) -> None:
+    fault = Fault("partial_response", fraction=fraction, limit_bytes=limit)
+    assert outbound._cut_at(fault, total) == kept
 
 
 def test_a_released_hold_goes_on_as_if_chaos_were_off(
