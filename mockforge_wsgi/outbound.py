@@ -37,8 +37,8 @@ from ._headers import ANNOTATION_HEADER
 from .config import ChaosConfig, OutboundConfig, config_from_dict
 from .decide import Decider
 from .engine import ScenarioEngine
-from .fault import Fault, fault_body
-from .injections import CONNECTION_RESET, HTTP_ERROR, PARTIAL_RESPONSE, TIMEOUT
+from .fault import CorruptBody, Fault, fault_body
+from .injections import CONNECTION_RESET, CORRUPTED, HTTP_ERROR, PARTIAL_RESPONSE, TIMEOUT
 from .patterns import OUTBOUND_COUNTERS
 from .plan import NO_CHAOS, Plan
 from .rate_limit import RateLimiter
@@ -347,6 +347,28 @@ def _answer(
     return status, headers, body
 
 
+def _corrupted(
+    fault: Fault, headers: list[tuple[str, str]], data: bytes
+) -> tuple[list[tuple[str, str]], bytes]:
+    """A whole answer broken as inbound breaks the app's (``flip``, ``random``,
+    ``invalid_json``, ``truncate`` under a true shorter length, ``wrong_content_type``),
+    by the same code: fault.CorruptBody, from the seed drawn with the decision."""
+    dropped = ("transfer-encoding", "content-length")
+    kept = [(k, v) for k, v in headers if k.lower() not in dropped]
+    kept.append(("Content-Length", str(len(data))))
+    corrupt = CorruptBody(fault)
+    seen: list[tuple[str, str]] = []
+
+    def start_response(status: str, sent: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        seen.extend(sent)
+        return None
+
+    corrupt.start_response(start_response, [])("200 OK", kept)
+    body = b"".join(corrupt.wrap([data]))
+    corrupt.close()
+    return seen, body
+
+
 def _cut_at(fault: Fault, total: int) -> int:
     """How many bytes of ``total`` a cut body keeps (at least one short of it)."""
     keep = fault.limit_bytes if fault.limit_bytes else int(total * fault.fraction)
@@ -499,7 +521,43 @@ def _urllib3_make_request(original: Any) -> Any:
                 return original(self, conn, method, url, **kw)
         if kind == PARTIAL_RESPONSE:
             return _urllib3_cut(original, self, conn, method, url, kw, fault)
+        if kind == CORRUPTED:
+            return _urllib3_corrupt(original, self, conn, method, url, kw, fault)
         return original(self, conn, method, url, **kw)  # not (yet) for calls
+
+    def _urllib3_corrupt(
+        original: Any,
+        pool: Any,
+        conn: Any,
+        method: str,
+        url: str,
+        kw: dict[str, Any],
+        fault: Fault,
+    ) -> Any:
+        """The host's real answer, broken as inbound breaks the app's (fault.CorruptBody);
+        an empty reply: the host answered nothing (http.client's RemoteDisconnected,
+        which urlopen makes a ProtocolError('Connection aborted.'))."""
+        whole = original(pool, conn, method, url, **{**kw, "preload_content": False})
+        data = whole.read(decode_content=False)
+        whole.release_conn()
+        if fault.mode == "empty_reply":
+            raise http.client.RemoteDisconnected("Remote end closed connection without response")
+        headers, body = _corrupted(fault, list(whole.headers.items()), data)
+        return HTTPResponse(
+            body=io.BytesIO(body),
+            headers=dict(headers),
+            status=whole.status,
+            version=whole.version,
+            version_string=getattr(whole, "version_string", "HTTP/1.1"),
+            reason=whole.reason,
+            preload_content=kw.get("preload_content", True),
+            decode_content=kw.get("decode_content", True),
+            pool=pool,
+            connection=None,  # the whole answer was read: its connection is back
+            retries=kw.get("retries"),
+            request_method=method,
+            request_url=url,
+        )
 
     def _urllib3_cut(
         original: Any,
@@ -620,6 +678,27 @@ def _httpx_handle_request(original: Any) -> Any:
                 whole.status_code,
                 headers=kept,
                 stream=_CutStream(data[:keep], len(data)),
+                request=request,
+                extensions=whole.extensions,
+            )
+        if kind == CORRUPTED:
+            whole = original(self, request)
+            try:
+                data = b"".join(_iter(whole.stream))
+            finally:
+                whole.close()
+            if fault.mode == "empty_reply":
+                raise httpx.RemoteProtocolError(
+                    "Server disconnected without sending a response.", request=request
+                )
+            raw_headers = [
+                (k.decode("latin-1"), v.decode("latin-1")) for k, v in whole.headers.raw
+            ]
+            headers, body = _corrupted(fault, raw_headers, data)
+            return httpx.Response(
+                whole.status_code,
+                headers=headers,
+                stream=httpx.ByteStream(body),
                 request=request,
                 extensions=whole.extensions,
             )

@@ -4,6 +4,9 @@ server); then the exception table against a real upstream on 127.0.0.1."""
 
 from __future__ import annotations
 
+import http.client
+import io
+import json
 import re
 import threading
 import time
@@ -49,6 +52,9 @@ def _restored() -> Iterator[None]:
     assert HTTPConnectionPool.__dict__["_make_request"] is original
 
 
+PAID = b'{"paid": true, "id": 42}'  # what the stand-in host answers
+
+
 class _Sent:
     """urllib3's real request step, stood in for: records each call that reached it."""
 
@@ -74,7 +80,12 @@ class _Sent:
             enforce_content_length: bool = True,
         ) -> Any:
             calls.append(f"{method} {url}")
-            return urllib3.HTTPResponse(body=b"real", status=200, preload_content=True)
+            return urllib3.HTTPResponse(
+                body=io.BytesIO(PAID),
+                headers={"Content-Type": "application/json", "Content-Length": str(len(PAID))},
+                status=200,
+                preload_content=preload_content,
+            )
 
         return _make_request
 
@@ -303,6 +314,53 @@ def test_an_injected_status_is_answered_without_the_host_with_retry_after(sent: 
     assert response.headers["X-Fault"] == "injected"
     assert response.headers["X-Mockforge-Chaos"] == "fault=http_503"
     assert b'"fault": "http_503"' in response.data
+
+
+def _not_json(body: bytes) -> bool:
+    try:
+        json.loads(body)
+    except ValueError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize(
+    ("mode", "broken"),
+    [
+        pytest.param("flip", lambda r: len(r.data) == len(PAID) and r.data != PAID, id="flip"),
+        pytest.param("random", lambda r: len(r.data) == len(PAID) and r.data != PAID, id="random"),
+        pytest.param("invalid_json", lambda r: _not_json(r.data), id="invalid_json"),
+        pytest.param(
+            "truncate",
+            lambda r: (
+                r.data == PAID[: len(PAID) // 2]
+                and r.headers["Content-Length"] == str(len(PAID) // 2)
+            ),
+            id="truncate",
+        ),
+        pytest.param(
+            "wrong_content_type",
+            lambda r: r.data == PAID and r.headers["Content-Type"].startswith("text/html"),
+            id="wrong_content_type",
+        ),
+    ],
+)
+def test_a_corrupted_body_is_the_hosts_broken_as_inbound_breaks_it(
+    sent: _Sent, mode: str, broken: Callable[[Any], bool]
+) -> None:
+    faults = {"corruption_probability": 1.0, "corruption": mode}
+    with outbound.chaos({"seed": 5, "fault_injection": faults}):
+        response = _send()
+    assert sent.calls == ["GET /pay"]  # the host answered; its answer is broken
+    assert response.status == 200 and broken(response), (response.headers, response.data)
+
+
+def test_an_empty_reply_is_the_host_closing_without_an_answer(sent: _Sent) -> None:
+    faults = {"corruption_probability": 1.0, "corruption": "empty_reply"}
+    closed = pytest.raises(http.client.RemoteDisconnected)
+    with outbound.chaos({"fault_injection": faults}), closed:
+        _send()  # urlopen makes it ProtocolError('Connection aborted.', ...), as for real
+    assert sent.calls == ["GET /pay"]
 
 
 def test_a_script_plays_its_steps_in_order_then_the_probabilities(sent: _Sent) -> None:
@@ -590,6 +648,9 @@ FAULTS = {
     "reset": {"fault_injection": {"connection_error_probability": 1.0}},
     "read timeout": {"fault_injection": {"timeout_probability": 1.0}},
     "cut body": {"fault_injection": {"partial_response_probability": 1.0}},
+    "empty reply": {
+        "fault_injection": {"corruption_probability": 1.0, "corruption": "empty_reply"}
+    },
     "injected status": {
         "fault_injection": {
             "http_errors": [503],
@@ -602,6 +663,7 @@ REAL_PATHS = {
     "reset": "/reset",
     "read timeout": "/slow",
     "cut body": "/cut",
+    "empty reply": "/empty",
     "injected status": "/503",
 }
 

@@ -1,7 +1,8 @@
 """A raw upstream on 127.0.0.1 that does each real event the outbound faults stand for:
-answers (a 503 with Retry-After too), a reset before the answer, a body cut short, an
-answer too slow to read, and a port where nothing listens (refused). The exception table
-test compares each library's exception for the real event with the one chaos raises."""
+answers (a 503 with Retry-After too), a reset before the answer, a body cut short, a
+close with no answer (an empty reply), an answer too slow to read, and a port where
+nothing listens (refused). The exception table test compares each library's exception
+for the real event with the one chaos raises."""
 
 from __future__ import annotations
 
@@ -29,6 +30,9 @@ class _Handler(socketserver.BaseRequestHandler):
         if path.startswith("/reset"):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             sock.close()
+            return
+        if path.startswith("/empty"):  # closed with no status line
+            sock.shutdown(socket.SHUT_RDWR)
             return
         if path.startswith("/503"):
             sock.sendall(
