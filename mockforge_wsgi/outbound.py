@@ -38,7 +38,14 @@ from .config import ChaosConfig, OutboundConfig, config_from_dict
 from .decide import Decider
 from .engine import ScenarioEngine
 from .fault import CorruptBody, Fault, fault_body
-from .injections import CONNECTION_RESET, CORRUPTED, HTTP_ERROR, PARTIAL_RESPONSE, TIMEOUT
+from .injections import (
+    AFTER_APP,
+    CONNECTION_RESET,
+    CORRUPTED,
+    HTTP_ERROR,
+    PARTIAL_RESPONSE,
+    TIMEOUT,
+)
 from .patterns import OUTBOUND_COUNTERS
 from .plan import NO_CHAOS, Plan
 from .rate_limit import RateLimiter
@@ -54,6 +61,7 @@ log = logging.getLogger("mockforge_wsgi")
 REFUSED = Fault("connection_reset", mode="refused")  # the outbound-only fault
 MAX_KNOWN_HOSTS = 4096  # host:port verdicts kept per config (then forgotten, and relearnt)
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_LENGTHS = ("transfer-encoding", "content-length")  # replaced for an answer read whole
 # urllib3 2's request step, whose signature the interception keeps (and checks).
 URLLIB3_PARAMETERS = (
     "self",
@@ -492,102 +500,85 @@ def _urllib3_make_request(original: Any) -> Any:
         if kind == CONNECTION_RESET:
             raise ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
         if kind == TIMEOUT:
-            timeout = self._get_timeout(kw.get("timeout", Timeout.DEFAULT_TIMEOUT))
-            timeout.start_connect()
-            read = Timeout.resolve_default_timeout(timeout.read_timeout)
-            if source.hold(_read_timeout_hold(read, fault)):
-                raise ReadTimeoutError(self, url, f"Read timed out. (read timeout={read})")
+            _time_out(source, self, url, kw, fault)  # raises, unless released
             return original(self, conn, method, url, **kw)
         if kind == HTTP_ERROR:
             try:
-                status, answer_headers, body = _answer(fault, decided, plan)
-                return HTTPResponse(
-                    body=io.BytesIO(body),
-                    headers=dict(answer_headers),
-                    status=status,
-                    version=11,
-                    version_string="HTTP/1.1",
-                    reason=http.client.responses.get(status, ""),
-                    preload_content=kw.get("preload_content", True),
-                    decode_content=kw.get("decode_content", True),
-                    pool=self,
-                    connection=kw.get("response_conn"),
-                    retries=kw.get("retries"),
-                    request_method=method,
-                    request_url=url,
-                )
+                return _answered(self, method, url, kw, fault, decided, plan)
             except Exception:  # our own failure must not look like chaos: the real call
                 source.decider.internal_error("answering an outbound call")
                 return original(self, conn, method, url, **kw)
+        if kind not in (PARTIAL_RESPONSE, CORRUPTED, AFTER_APP):
+            return original(self, conn, method, url, **kw)
+        # The host is called, and its whole answer read (its connection goes back).
+        whole = original(self, conn, method, url, **{**kw, "preload_content": False})
+        data = whole.read(decode_content=False)
+        whole.release_conn()
+        headers = [(k, v) for k, v in whole.headers.items() if k.lower() not in _LENGTHS]
+        headers.append(("Content-Length", str(len(data))))
         if kind == PARTIAL_RESPONSE:
-            return _urllib3_cut(original, self, conn, method, url, kw, fault)
-        if kind == CORRUPTED:
-            return _urllib3_corrupt(original, self, conn, method, url, kw, fault)
-        return original(self, conn, method, url, **kw)  # not (yet) for calls
+            # Short of its Content-Length: urllib3's own check raises where it is read.
+            cut = _CutBody(data[: _cut_at(fault, len(data))], len(data))
+            return _response(self, method, url, kw, whole.status, headers, cut, like=whole)
+        if kind == AFTER_APP:  # the host has done its part; the caller gets the fault
+            if fault.mode == "reset":
+                raise ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
+            if fault.mode == "http_error":
+                return _answered(self, method, url, kw, fault, decided, plan)
+            _time_out(source, self, url, kw, fault)  # a stall: raises, unless released
+            return _response(self, method, url, kw, whole.status, headers, data, like=whole)
+        if fault.mode == "empty_reply":  # the host answered nothing: urlopen's
+            # ProtocolError('Connection aborted.', RemoteDisconnected(...)), as for real
+            raise http.client.RemoteDisconnected("Remote end closed connection without response")
+        headers, body = _corrupted(fault, headers, data)
+        return _response(self, method, url, kw, whole.status, headers, body, like=whole)
 
-    def _urllib3_corrupt(
-        original: Any,
+    def _time_out(source: Source, pool: Any, url: str, kw: dict[str, Any], fault: Fault) -> None:
+        """Raise ReadTimeoutError when the caller's own read timeout would fire (after
+        holding that long); return when chaos went off meanwhile."""
+        timeout = pool._get_timeout(kw.get("timeout", Timeout.DEFAULT_TIMEOUT))
+        timeout.start_connect()
+        read = Timeout.resolve_default_timeout(timeout.read_timeout)
+        if source.hold(_read_timeout_hold(read, fault)):
+            raise ReadTimeoutError(pool, url, f"Read timed out. (read timeout={read})")
+
+    def _answered(
         pool: Any,
-        conn: Any,
         method: str,
         url: str,
         kw: dict[str, Any],
         fault: Fault,
+        config: ChaosConfig,
+        plan: Plan,
     ) -> Any:
-        """The host's real answer, broken as inbound breaks the app's (fault.CorruptBody);
-        an empty reply: the host answered nothing (http.client's RemoteDisconnected,
-        which urlopen makes a ProtocolError('Connection aborted.'))."""
-        whole = original(pool, conn, method, url, **{**kw, "preload_content": False})
-        data = whole.read(decode_content=False)
-        whole.release_conn()
-        if fault.mode == "empty_reply":
-            raise http.client.RemoteDisconnected("Remote end closed connection without response")
-        headers, body = _corrupted(fault, list(whole.headers.items()), data)
+        status, headers, body = _answer(fault, config, plan)
+        # The connection taken for the call, unused, goes back when the answer is read.
+        return _response(pool, method, url, kw, status, headers, body, kw.get("response_conn"))
+
+    def _response(
+        pool: Any,
+        method: str,
+        url: str,
+        kw: dict[str, Any],
+        status: int,
+        headers: list[tuple[str, str]],
+        body: Any,
+        connection: Any = None,
+        like: Any = None,
+    ) -> Any:
+        """An answer as urllib3's request step gives one (``like``: the host's own, read
+        whole: its connection is back already)."""
         return HTTPResponse(
-            body=io.BytesIO(body),
+            body=io.BytesIO(body) if isinstance(body, bytes) else body,
             headers=dict(headers),
-            status=whole.status,
-            version=whole.version,
-            version_string=getattr(whole, "version_string", "HTTP/1.1"),
-            reason=whole.reason,
+            status=status,
+            version=like.version if like is not None else 11,
+            version_string=getattr(like, "version_string", "HTTP/1.1"),
+            reason=like.reason if like is not None else http.client.responses.get(status, ""),
             preload_content=kw.get("preload_content", True),
             decode_content=kw.get("decode_content", True),
             pool=pool,
-            connection=None,  # the whole answer was read: its connection is back
-            retries=kw.get("retries"),
-            request_method=method,
-            request_url=url,
-        )
-
-    def _urllib3_cut(
-        original: Any,
-        pool: Any,
-        conn: Any,
-        method: str,
-        url: str,
-        kw: dict[str, Any],
-        fault: Fault,
-    ) -> Any:
-        """The host's real answer, its body cut short of its Content-Length: urllib3's
-        own length check raises (IncompleteRead in a ProtocolError), where the caller
-        reads it."""
-        preload = kw.get("preload_content", True)
-        whole = original(pool, conn, method, url, **{**kw, "preload_content": False})
-        data = whole.read(decode_content=False)
-        whole.release_conn()
-        headers = {k: v for k, v in whole.headers.items() if k.lower() != "transfer-encoding"}
-        headers["Content-Length"] = str(len(data))
-        return HTTPResponse(
-            body=_CutBody(data[: _cut_at(fault, len(data))], len(data)),
-            headers=headers,
-            status=whole.status,
-            version=whole.version,
-            version_string=getattr(whole, "version_string", "HTTP/1.1"),
-            reason=whole.reason,
-            preload_content=preload,
-            decode_content=kw.get("decode_content", True),
-            pool=pool,
-            connection=None,  # the whole answer was read: its connection is back
+            connection=connection,
             retries=kw.get("retries"),
             enforce_content_length=True,
             request_method=method,
@@ -635,8 +626,18 @@ def _httpx_handle_request(original: Any) -> Any:
             covered = source._learn(seen, (host, port))
         if not covered:
             return original(self, request)  # type: ignore[no-any-return]
-        config = seen[1]
-        target = url.raw_path.decode("ascii", "replace")
+        return _chaos_call(source, seen[1], self, request, host, port)
+
+    def _chaos_call(
+        source: Source,
+        config: ChaosConfig,
+        self: Any,
+        request: httpx.Request,
+        host: str,
+        port: int,
+    ) -> httpx.Response:
+        """A call the section covers: decided, then applied."""
+        target = request.url.raw_path.decode("ascii", "replace")
         call = _call(request.method, target, dict(request.headers), host, port)
         plan, decided = source.decide(config, call)
         if plan is NO_CHAOS:
@@ -652,57 +653,64 @@ def _httpx_handle_request(original: Any) -> Any:
         if kind == CONNECTION_RESET:
             raise httpx.ReadError("[Errno 104] Connection reset by peer", request=request)
         if kind == TIMEOUT:
-            read = request.extensions.get("timeout", {}).get("read")
-            if source.hold(_read_timeout_hold(read, fault)):
-                raise httpx.ReadTimeout("timed out", request=request)
+            _time_out(source, request, fault)  # raises, unless released
             return original(self, request)  # type: ignore[no-any-return]
         if kind == HTTP_ERROR:
             try:
-                status, headers, body = _answer(fault, decided, plan)
-                return httpx.Response(status, headers=headers, content=body, request=request)
+                return _answered(request, fault, decided, plan)
             except Exception:  # our own failure must not look like chaos: the real call
                 source.decider.internal_error("answering an outbound call")
                 return original(self, request)  # type: ignore[no-any-return]
+        if kind not in (PARTIAL_RESPONSE, CORRUPTED, AFTER_APP):
+            return original(self, request)  # type: ignore[no-any-return]
+        # The host is called, and its whole answer read.
+        whole = original(self, request)
+        try:
+            data = b"".join(_iter(whole.stream))
+        finally:
+            whole.close()
+        headers = [
+            (k.decode("latin-1"), v.decode("latin-1"))
+            for k, v in whole.headers.raw
+            if k.lower().decode("latin-1") not in _LENGTHS
+        ]
+        headers.append(("Content-Length", str(len(data))))
+        stream: httpx.SyncByteStream = httpx.ByteStream(data)
         if kind == PARTIAL_RESPONSE:
-            whole = original(self, request)
-            try:
-                data = b"".join(_iter(whole.stream))
-            finally:
-                whole.close()
-            dropped = (b"transfer-encoding", b"content-length")
-            raw: list[tuple[bytes, bytes]] = whole.headers.raw
-            kept = [(k, v) for k, v in raw if k.lower() not in dropped]
-            kept.append((b"Content-Length", str(len(data)).encode()))
-            keep = _cut_at(fault, len(data))
-            return httpx.Response(
-                whole.status_code,
-                headers=kept,
-                stream=_CutStream(data[:keep], len(data)),
-                request=request,
-                extensions=whole.extensions,
+            stream = _CutStream(data[: _cut_at(fault, len(data))], len(data))
+        elif kind == AFTER_APP:  # the host has done its part; the caller gets the fault
+            if fault.mode == "reset":
+                raise httpx.ReadError("[Errno 104] Connection reset by peer", request=request)
+            if fault.mode == "http_error":
+                return _answered(request, fault, decided, plan)
+            _time_out(source, request, fault)  # a stall: raises, unless released
+        elif fault.mode == "empty_reply":
+            raise httpx.RemoteProtocolError(
+                "Server disconnected without sending a response.", request=request
             )
-        if kind == CORRUPTED:
-            whole = original(self, request)
-            try:
-                data = b"".join(_iter(whole.stream))
-            finally:
-                whole.close()
-            if fault.mode == "empty_reply":
-                raise httpx.RemoteProtocolError(
-                    "Server disconnected without sending a response.", request=request
-                )
-            raw_headers = [
-                (k.decode("latin-1"), v.decode("latin-1")) for k, v in whole.headers.raw
-            ]
-            headers, body = _corrupted(fault, raw_headers, data)
-            return httpx.Response(
-                whole.status_code,
-                headers=headers,
-                stream=httpx.ByteStream(body),
-                request=request,
-                extensions=whole.extensions,
-            )
-        return original(self, request)  # type: ignore[no-any-return]
+        else:
+            headers, body = _corrupted(fault, headers, data)
+            stream = httpx.ByteStream(body)
+        return httpx.Response(
+            whole.status_code,
+            headers=headers,
+            stream=stream,
+            request=request,
+            extensions=whole.extensions,
+        )
+
+    def _time_out(source: Source, request: httpx.Request, fault: Fault) -> None:
+        """Raise ReadTimeout when the caller's own read timeout would fire (after holding
+        that long); return when chaos went off meanwhile."""
+        read = request.extensions.get("timeout", {}).get("read")
+        if source.hold(_read_timeout_hold(read, fault)):
+            raise httpx.ReadTimeout("timed out", request=request)
+
+    def _answered(
+        request: httpx.Request, fault: Fault, config: ChaosConfig, plan: Plan
+    ) -> httpx.Response:
+        status, headers, body = _answer(fault, config, plan)
+        return httpx.Response(status, headers=headers, content=body, request=request)
 
     handle_request.__wrapped__ = original  # type: ignore[attr-defined]
     handle_request.__doc__ = original.__doc__

@@ -363,6 +363,72 @@ def test_an_empty_reply_is_the_host_closing_without_an_answer(sent: _Sent) -> No
     assert sent.calls == ["GET /pay"]
 
 
+@pytest.mark.parametrize(
+    ("mode", "outcome"),
+    [
+        pytest.param("reset", "ConnectionResetError", id="reset"),
+        pytest.param("http_error", "502", id="http_error"),
+        pytest.param("stall", "ReadTimeoutError", id="stall"),
+    ],
+)
+def test_after_app_the_host_has_done_its_part_then_the_fault(
+    sent: _Sent, monkeypatch: pytest.MonkeyPatch, mode: str, outcome: str
+) -> None:
+    """Did the app retry a POST the host had already taken? The host is called first."""
+    monkeypatch.setattr(outbound, "RELEASER", _Holds(True))
+    faults = {"after_app_probability": 1.0, "after_app_fault": mode, "http_errors": [502]}
+    with outbound.chaos({"fault_injection": faults}):
+        assert _outcome(lambda: _send(method="POST")) == outcome
+    assert sent.calls == ["POST /pay"]
+
+
+@pytest.fixture
+def httpx_sent(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """httpx's transport, stood in for: answers PAID, records each call that reached it."""
+    calls: list[str] = []
+
+    def handle_request(self: Any, request: httpx.Request) -> httpx.Response:
+        calls.append(f"{request.method} {request.url.path}")
+        return httpx.Response(200, headers={"Content-Type": "application/json"}, content=PAID)
+
+    monkeypatch.setattr(httpx.HTTPTransport, "handle_request", handle_request)
+    yield calls
+    outbound.serve(None)
+    outbound.uninstall()
+
+
+@pytest.mark.parametrize(
+    ("faults", "outcome", "reached"),
+    [
+        pytest.param({"connection_error_probability": 1.0}, "ReadError", False, id="reset"),
+        pytest.param(
+            {"http_errors": [429], "http_error_probability": 1.0}, 429, False, id="status"
+        ),
+        pytest.param({"after_app_probability": 1.0}, "ReadError", True, id="after-app-reset"),
+        pytest.param({"partial_response_probability": 1.0}, "RemoteProtocolError", True, id="cut"),
+        pytest.param(
+            {"corruption_probability": 1.0, "corruption": "truncate"},
+            len(PAID) // 2,
+            True,
+            id="truncate",
+        ),
+    ],
+)
+def test_httpx_calls_get_the_same_faults(
+    httpx_sent: list[str], faults: dict[str, Any], outcome: Any, reached: bool
+) -> None:
+    with outbound.chaos({"fault_injection": faults}), httpx.Client() as client:
+        try:
+            response = client.get("https://payments.internal/pay")
+            got: Any = (
+                response.status_code if response.status_code != 200 else len(response.content)
+            )
+        except httpx.HTTPError as error:
+            got = type(error).__name__
+    assert got == outcome
+    assert httpx_sent == (["GET /pay"] if reached else [])
+
+
 def test_a_script_plays_its_steps_in_order_then_the_probabilities(sent: _Sent) -> None:
     with outbound.chaos({"fault_injection": {"script": [503, "reset", "ok"]}}):
         seen = [_outcome(_send) for _ in range(4)]
