@@ -15,4 +15,5 @@ URL_SEGMENTS = {
     "traffic": "traffic_shaping",
     "circuit-breaker": "circuit_breaker",
     "bulkhead": "bulkhead",
+    "outbound": "outbound",  # the app's own calls (outbound.py)
 }

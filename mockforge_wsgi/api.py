@@ -256,7 +256,7 @@ def config_section(section: str) -> Response:
     current = getattr(_engine().editable(), attribute)
     if request.method in ("PUT", "PATCH"):
         sent = switched_on(_mapping(_body()), cls)  # naming a setting turns the section on
-        body = {**section_to_dict(current), **sent} if request.method == "PATCH" else sent
+        body = _patched(section_to_dict(current), sent, cls) if request.method == "PATCH" else sent
         path = f"chaos.{attribute}"
         current = _validated(lambda: config_from_dict(body, cls, path=path))
         changed = attrs.evolve(_engine().editable(), **{attribute: current})
@@ -265,6 +265,24 @@ def config_section(section: str) -> Response:
         warnings = config_warnings(changed, [(REQUEST, {attribute: sent})])
         return _json({**section_to_dict(current), "warnings": warnings})
     return _json(section_to_dict(current))
+
+
+def _patched(current: dict[str, Any], sent: Mapping[str, Any], cls: type[Any]) -> dict[str, Any]:
+    """PATCH: ``sent`` over ``current``, setting by setting; a nested section (outbound's
+    ``latency``, ``fault_injection``) merged the same way, a mapping setting replaced."""
+    merged = dict(current)
+    fields = attrs.fields_dict(cls)
+    for name, value in sent.items():
+        nested = fields[name].metadata.get("section") if name in fields else None
+        if (
+            nested is not None
+            and isinstance(value, Mapping)
+            and isinstance(merged.get(name), dict)
+        ):
+            merged[name] = _patched(merged[name], value, nested)
+        else:
+            merged[name] = value
+    return merged
 
 
 def scenarios() -> Response:

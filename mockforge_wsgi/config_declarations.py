@@ -70,6 +70,7 @@ __all__ = [
     "Flag",
     "HeaderControlConfig",
     "LatencyConfig",
+    "OutboundConfig",
     "PluginsConfig",
     "RateLimitConfig",
     "ScriptSteps",
@@ -679,6 +680,86 @@ def apply_rule(config: ChaosConfig, rule: Rule) -> ChaosConfig:
     return attrs.evolve(config, rules=(), **sections, **dict(rule.settings))
 
 
+MAX_HOSTS = 100
+OUTBOUND_RULE_SECTIONS = ("latency", "fault_injection")  # what a call's rule may set
+
+
+@attrs.frozen
+class HostGlobs:
+    """``host:port`` globs (``payments.internal:443``, ``*.internal:*``): each non-empty,
+    without spaces, with a port or a glob for it."""
+
+    def problem(self, value: Any) -> str | None:
+        if len(value) > MAX_HOSTS:
+            return f"has {len(value)} hosts; at most {MAX_HOSTS}"
+        bad = [h for h in value if not h or len(h) > 300 or h != h.strip() or ":" not in h]
+        if bad:
+            return f"{shown(bad[0])} is not a host:port glob (e.g. payments.internal:443, *:*)"
+        return None
+
+    def describe(self) -> str:
+        return "each host:port (globs)"
+
+    def json_schema(self) -> dict[str, Any]:
+        return {"maxItems": MAX_HOSTS}
+
+
+@attrs.frozen
+class OutboundConfig:
+    """Chaos for the HTTP calls the app itself makes (urllib3, requests, httpx):
+    docs/outbound.md. Its sections and rules read as a ``chaos:`` block's."""
+
+    enabled: bool = setting(
+        False,
+        kinds.BOOL,
+        "Intercept the app's own HTTP calls (urllib3, requests, httpx) and inject this "
+        "section's chaos into them (with chaos.enabled).",
+    )
+    hosts: tuple[str, ...] = setting(
+        (),
+        kinds.STR_LIST,
+        "The calls chaos applies to, by `host:port` glob (`payments.internal:443`, "
+        "`*.internal:*`); empty: every call. Any other call costs a dictionary lookup.",
+        HostGlobs(),
+    )
+    refused_probability: float = setting(
+        0.0,
+        kinds.FLOAT,
+        "Chance a call's connection is refused (rolled before the faults; the host is "
+        "not called).",
+        PROBABILITY,
+        ramps=True,
+    )
+    latency: LatencyConfig = section(LatencyConfig, "Latency added before a call.")
+    fault_injection: FaultInjectionConfig = section(
+        FaultInjectionConfig,
+        "Faults of a call: `http_errors` answered without calling the host, "
+        "`connection_error_probability` a reset, `timeout_probability` a read timeout "
+        "(at the caller's own timeout), `partial_response_probability` a cut body.",
+    )
+    rules: tuple[Rule, ...] = setting(
+        (),
+        RULES,
+        "Chaos per call: `[{match: {host, methods, path, path_regex, header, ...}, "
+        "latency: {...}, fault_injection: {...}}]`; `host` is `host:port` (env: JSON).",
+    )
+
+    def __attrs_post_init__(self) -> None:
+        # A call holds no place (slot, bulkhead, active fault) nor counts in a limit or
+        # a breaker: a rule that asked for one would take what is never given back.
+        problems = [
+            f"rules[{index}].{name}: not for outbound calls; allowed: match, "
+            f"{', '.join(OUTBOUND_RULE_SECTIONS)}"
+            for index, rule in enumerate(self.rules)
+            for name in (
+                *(s for s, _ in rule.overrides if s not in OUTBOUND_RULE_SECTIONS),
+                *(n for n, _ in rule.settings),
+            )
+        ]
+        if problems:
+            raise ConfigError(problems)
+
+
 # Custom faults from installed plugins (plugins.py), each a section under chaos.plugins.
 PLUGINS: tuple[Any, ...] = load_plugins()
 PluginsConfig = plugins_section(PLUGINS)
@@ -752,11 +833,14 @@ class ChaosConfig:
     header_control: HeaderControlConfig = section(
         HeaderControlConfig, "Chaos asked for by request headers.", in_rules=False
     )
+    outbound: OutboundConfig = section(
+        OutboundConfig, "Chaos for the app's own HTTP calls (docs/outbound.md).", in_rules=False
+    )
     rules: tuple[Rule, ...] = setting(
         (),
         RULES,
-        "Conditional chaos: `[{match: {path, path_regex, route, methods, header, query, "
-        "user_agent, json_field, client_cidr, body_size, cohort, not}, "
+        "Conditional chaos: `[{match: {host, path, path_regex, route, methods, header, "
+        "query, user_agent, json_field, client_cidr, body_size, cohort, not}, "
         "<section>: {...}}]`; the first matching rule's sections apply (env: JSON).",
     )
 
@@ -786,10 +870,15 @@ class ChaosConfig:
 def section_to_dict(section: Any) -> dict[str, Any]:
     """One section as plain data, as it is written and read back (a pattern in its own
     words, headers and bodies as mappings)."""
-    data = attrs.asdict(section, value_serializer=_plain)
+    data = attrs.asdict(section, recurse=False, value_serializer=_plain)
     pattern = getattr(section, "pattern", None)
     if "pattern" in data:
         data["pattern"] = pattern.describe() if pattern is not None else None
+    for field in attrs.fields(type(section)):
+        if "section" in field.metadata:  # outbound's latency and faults
+            data[field.name] = section_to_dict(getattr(section, field.name))
+        elif field.metadata.get("kind") is RULES:
+            data[field.name] = [rule.to_dict() for rule in getattr(section, field.name)]
     return data
 
 
@@ -846,8 +935,10 @@ class SettingInfo:
 
     @property
     def flag(self) -> Flag | None:
+        """The ``mockforge serve`` flag; none for a copy of a section nested in another
+        (``chaos.outbound.latency``: the flags set the inbound one)."""
         flag: Flag | None = self.field.metadata["flag"]
-        return flag
+        return flag if self.path[0] != "outbound" else None
 
     @property
     def switches_on(self) -> tuple[str, ...]:
@@ -877,22 +968,8 @@ def longest_delay_s(configs: Iterable[ChaosConfig]) -> float:
     longer still: that depends on the body.)"""
     longest = 0.0
     for config in configs:
-        latency, faults = config.latency, config.fault_injection
-        delay = 0.0
-        if latency.enabled:
-            delay = latency.fixed_delay_ms
-            if latency.random_delay_range_ms:
-                delay = max(delay, latency.random_delay_range_ms[1])
-            if latency.distribution == "normal":
-                delay = latency.fixed_delay_ms + 6 * latency.stddev_ms
-            if latency.distribution == "lognormal":
-                delay = latency.median_ms * math.exp(6 * latency.sigma)
-            if latency.distribution == "pareto":  # its quantile at 1 - _TAIL
-                delay = latency.scale_ms * _TAIL ** (-1 / latency.shape)
-            if latency.distribution == "exponential":
-                delay = latency.scale_ms * -math.log(_TAIL)
-            delay *= 1 + latency.jitter_percent / 100
-            delay = min(delay, latency.cap_ms if latency.cap_ms is not None else MAX_DELAY_MS)
+        faults = config.fault_injection
+        delay = _longest_latency_ms(config.latency)
         if config.header_control.enabled:
             delay = max(delay, config.header_control.max_delay_ms)
         shaping = config.traffic_shaping
@@ -901,7 +978,42 @@ def longest_delay_s(configs: Iterable[ChaosConfig]) -> float:
         holds = faults.enabled and (faults.timeout_probability or stalls)
         hold = faults.timeout_ms if holds else 0.0
         longest = max(longest, (delay + queued + hold) / 1000)
+        outbound = config.outbound
+        if outbound.enabled:  # the app's own call, held while the request waits on it
+            for rule in (None, *outbound.rules):
+                latency, faults = outbound.latency, outbound.fault_injection
+                if rule is not None:
+                    overrides = dict(rule.overrides)
+                    latency = attrs.evolve(latency, **dict(overrides.get("latency", ())))
+                    faults = attrs.evolve(faults, **dict(overrides.get("fault_injection", ())))
+                longest = max(longest, _held_s(latency, faults))
     return longest
+
+
+def _held_s(latency: LatencyConfig, faults: FaultInjectionConfig) -> float:
+    """The longest an outbound call is held: its latency at the largest, then a read
+    timeout's hold (at most timeout_ms: the caller's own timeout, if shorter)."""
+    hold = faults.timeout_ms if faults.enabled and faults.timeout_probability else 0.0
+    return (_longest_latency_ms(latency) + hold) / 1000
+
+
+def _longest_latency_ms(latency: LatencyConfig) -> float:
+    """Latency at its largest, jitter included (0 when off)."""
+    if not latency.enabled:
+        return 0.0
+    delay = latency.fixed_delay_ms
+    if latency.random_delay_range_ms:
+        delay = max(delay, latency.random_delay_range_ms[1])
+    if latency.distribution == "normal":
+        delay = latency.fixed_delay_ms + 6 * latency.stddev_ms
+    if latency.distribution == "lognormal":
+        delay = latency.median_ms * math.exp(6 * latency.sigma)
+    if latency.distribution == "pareto":  # its quantile at 1 - _TAIL
+        delay = latency.scale_ms * _TAIL ** (-1 / latency.shape)
+    if latency.distribution == "exponential":
+        delay = latency.scale_ms * -math.log(_TAIL)
+    delay *= 1 + latency.jitter_percent / 100
+    return min(delay, latency.cap_ms if latency.cap_ms is not None else MAX_DELAY_MS)
 
 
 def config_from_dict(

@@ -225,6 +225,16 @@ ROUTE_EXAMPLES = {
         "PATCH",
     ): "curl -s -X PATCH localhost:3000/api/chaos/config/bulkhead -H 'Content-Type: application/json' -d '{\"retry_after_s\": 2}'",
     ("/config/bulkhead", "DELETE"): "curl -s -X DELETE localhost:3000/api/chaos/config/bulkhead",
+    ("/config/outbound", "GET"): "curl -s localhost:3000/api/chaos/config/outbound",
+    (
+        "/config/outbound",
+        "PUT",
+    ): 'curl -s -X PUT localhost:3000/api/chaos/config/outbound -H \'Content-Type: application/json\' -d \'{"enabled": true, "hosts": ["payments.internal:443"], "fault_injection": {"http_errors": [503], "http_error_probability": 0.5}}\'',
+    (
+        "/config/outbound",
+        "PATCH",
+    ): "curl -s -X PATCH localhost:3000/api/chaos/config/outbound -H 'Content-Type: application/json' -d '{\"refused_probability\": 0.1}'",
+    ("/config/outbound", "DELETE"): "curl -s -X DELETE localhost:3000/api/chaos/config/outbound",
     ("/config/traffic", "GET"): "curl -s localhost:3000/api/chaos/config/traffic",
     ("/config/traffic", "DELETE"): "curl -s -X DELETE localhost:3000/api/chaos/config/traffic",
     (

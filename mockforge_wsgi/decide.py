@@ -92,7 +92,8 @@ class Decider:
     ``(seed, n)``, whichever worker decides it. ``admin_token``: header control counts
     only with it. ``store_named``: the store was chosen by the caller, so
     :meth:`use_server_store` keeps it. ``max_keys``: the server store's bound on tracked
-    keys (default: the startup config's).
+    keys (default: the startup config's). ``counters``: a prefix of the counters that
+    number requests (the outbound direction's ``outbound:``).
 
     Per request: :meth:`decide` (or :meth:`decide_lazily`, :meth:`decide_now`); when the
     answer is done, :meth:`releaser`'s callable and :meth:`answered` (the breaker).
@@ -107,8 +108,15 @@ class Decider:
         admin_token: str | None = None,
         store_named: bool = True,
         max_keys: int | None = None,
+        counters: str = "",
     ) -> None:
         self.engine = engine
+        # The store counters that number requests (a seed's sequence, a pattern's, a
+        # script's steps), prefixed: the outbound direction numbers its calls apart, so
+        # the app's calls never move the inbound sequence (nor the other way round).
+        self._counters = counters
+        self._sequence = counters + SEQUENCE_COUNTER
+        self._pattern_counter = counters + PATTERN_COUNTER
         startup = config if config is not None else engine.startup
         self.rng = rng if rng is not None else random.Random(startup.seed)
         self._explicit_rng = rng is not None
@@ -188,18 +196,18 @@ class Decider:
             if config.seed is not None and not self._explicit_rng:
                 # Request n draws from (seed, n), n numbered in the store: the same
                 # sequence of requests gets the same decisions, whichever worker serves.
-                rng = random.Random(f"{config.seed}:{self.places.incr(SEQUENCE_COUNTER)}")
+                rng = random.Random(f"{config.seed}:{self.places.incr(self._sequence)}")
             faults = config.fault_injection
             number = since_change = step = None
             if faults.enabled and faults.script:  # step n of the rule's (or global) script
                 own = rule is not None and rule[1].sets("fault_injection", "script")
                 counter = script_counter(rule[0] if own and rule is not None else None)
-                step = self.places.incr(counter)
+                step = self.places.incr(self._counters + counter if self._counters else counter)
             if faults.enabled and faults.pattern is not None:
                 if faults.pattern.timed:  # fail for a while, in bursts: from the change
                     since_change = self.engine.since_change()
                 else:  # the first n, every nth, a sequence: numbered in the store
-                    number = self.places.incr(PATTERN_COUNTER)
+                    number = self.places.incr(self._pattern_counter)
             limits = config.rate_limit
             verdict = None
             if limits.enabled:
@@ -448,6 +456,11 @@ class Decider:
             )
             return
         self.engine.attach(store)
+        self.use_store(store)
+
+    def use_store(self, store: Store) -> None:
+        """Decide from ``store`` from now on (the engine moved to it): limits, places and
+        request numbers through this worker's share of it while it is unreachable."""
         self.store = store
         self.places = self._degrading(store)
         self.limiter = RateLimiter(self.places)

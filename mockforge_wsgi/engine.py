@@ -30,7 +30,7 @@ import attrs
 
 from . import _state_start
 from .config import ChaosConfig, config_from_dict
-from .patterns import PATTERN_COUNTER, SCRIPT_COUNTER_PREFIX
+from .patterns import OUTBOUND_COUNTERS, PATTERN_COUNTER, SCRIPT_COUNTER_PREFIX
 from .release import release_all
 from .scenarios import BUILTIN_SCENARIOS, Scenario, ramped, unknown_scenario
 from .state import MemoryStore, Store, StoreError
@@ -619,7 +619,8 @@ class ScenarioEngine:
 
     def _save(self, state: RuntimeState) -> None:
         for name, value in self.store.counters().items():
-            if value and (name == PATTERN_COUNTER or name.startswith(SCRIPT_COUNTER_PREFIX)):
+            base = name.removeprefix(OUTBOUND_COUNTERS)
+            if value and (base == PATTERN_COUNTER or base.startswith(SCRIPT_COUNTER_PREFIX)):
                 self.store.set_counter(name, 0)  # patterns and scripts count from each change
         # ... and time them from it; the writer is named (/status says who wrote it).
         state = attrs.evolve(state, changed_at=self.clock(), written_by=self.server)

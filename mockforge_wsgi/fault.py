@@ -24,7 +24,7 @@ from .config import FAULT_NAMES, FaultInjectionConfig, is_fault_step
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
-__all__ = ["Fault", "PartialBody", "decide_fault", "drain_input", "render_fault"]
+__all__ = ["CorruptBody", "Fault", "PartialBody", "decide_fault", "drain_input", "render_fault"]
 
 # Each kind is also its injection type (injections.py): one name wherever it is reported.
 FaultKind = Literal[

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, RequestRedirect
 
-from . import _env, _state_start
+from . import _env, _state_start, outbound
 from ._answers import answer, answer_json
 from ._headers import REQUEST_ID_HEADER, REQUEST_ID_KEY, new_request_id
 from ._observe import observe
@@ -124,6 +124,9 @@ class ChaosMiddleware:
             store_named=store_named,
             max_keys=max_keys,
         )
+        if startup.outbound.enabled:  # the app's own calls: this engine's chaos.outbound
+            outbound.install()
+            outbound.serve(engine)
         # The environ is read as a Request only where the decision asks (decide_lazily).
         self._decide = self.decider.decide_lazily
         self._request_of = self._wsgi_request

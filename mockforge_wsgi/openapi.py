@@ -60,6 +60,8 @@ def _schema_name(path: tuple[str, ...]) -> str:
     ``PluginExpireSessionConfig``."""
     if len(path) == 1:
         return str(SECTION_CLASSES[path[0]].__name__)
+    if path[0] == "outbound":  # chaos.outbound.latency: OutboundLatencyConfig
+        return "Outbound" + "".join(part.title().replace("_", "") for part in path[1:]) + "Config"
     return "Plugin" + "".join(part.title().replace("_", "") for part in path[1:]) + "Config"
 
 

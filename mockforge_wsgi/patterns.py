@@ -15,12 +15,14 @@ import attrs
 
 from ._kinds import shown
 
-__all__ = ["PATTERN_COUNTER", "FaultPattern", "parse_pattern"]
+__all__ = ["OUTBOUND_COUNTERS", "PATTERN_COUNTER", "FaultPattern", "parse_pattern"]
 
 # The store counter that numbers requests for the pattern; zeroed on every state change.
 PATTERN_COUNTER = "pattern_requests"
 # Fault scripts count their steps in store counters named so (zeroed on every change too).
 SCRIPT_COUNTER_PREFIX = "script:"
+# The outbound direction's counters (the app's own calls) carry this prefix: numbered apart.
+OUTBOUND_COUNTERS = "outbound:"
 # Rules with a script of their own, at most: each has a counter, and a store's counter
 # names are bounded (the embedded store holds 64 in all).
 MAX_SCRIPTED_RULES = 16

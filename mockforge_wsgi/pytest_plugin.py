@@ -1,5 +1,8 @@
 """pytest plugin (loaded by the ``pytest11`` entry point): chaos one fixture away.
 
+Outbound chaos (the app's own calls through urllib3, requests, httpx), without a server:
+``@pytest.mark.chaos_outbound({"fault_injection": {...}}, hosts=["payments.internal:443"])``.
+
 Fixtures: ``chaos_server`` (a real ``mockforge serve`` for the session, recording
 requests; ``--mockforge-app module:app`` wraps your app), ``chaos`` (a ChaosClient, reset
 after each test, applying ``@pytest.mark.chaos(...)``; its verdicts look at the test's own
@@ -23,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from . import outbound
 from .client import ChaosClient
 from .config import load_config
 from .injections import INJECTION_TYPES
@@ -51,6 +55,24 @@ def pytest_configure(config: pytest.Config) -> None:
         "chaos(scenario=None, latency_ms=None, http_errors=None, probability=None): "
         "chaos the `chaos` fixture applies before the test",
     )
+    config.addinivalue_line(
+        "markers",
+        "chaos_outbound(settings=None, hosts=()): outbound chaos for the app's own HTTP "
+        "calls during the test (what a `chaos:` block holds; hosts: host:port globs), "
+        "without a server; restored exactly after it",
+    )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """``@pytest.mark.chaos_outbound(...)``: the test body runs inside
+    :func:`outbound.chaos`, which puts everything back when it ends."""
+    marker = item.get_closest_marker("chaos_outbound")
+    if marker is None:
+        return (yield)
+    settings = marker.args[0] if marker.args else marker.kwargs.get("settings")
+    with outbound.chaos(settings, hosts=marker.kwargs.get("hosts", ())):
+        return (yield)
 
 
 @pytest.fixture(scope="session")

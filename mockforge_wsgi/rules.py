@@ -40,9 +40,10 @@ from .request import MAX_JSON_BODY
 if TYPE_CHECKING:
     from .request import Request
 
-__all__ = ["MAX_JSON_BODY", "Cohort", "Match", "Rule", "in_cohort", "parse_match"]
+__all__ = ["MAX_JSON_BODY", "Cohort", "Match", "Rule", "host_glob", "in_cohort", "parse_match"]
 
 MATCH_KEYS = (
+    "host",
     "path",
     "path_regex",
     "route",
@@ -113,6 +114,8 @@ class Match:
     """What a request must have for a rule to apply; every given condition must hold."""
 
     path: str | None = None  # glob on the path: /api/*/orders
+    # Glob on the Host header; an outbound call's is always host:port (payments.internal:443)
+    host: str | None = None
     route: str | None = None  # the route template, e.g. /users/<int:id>
     methods: tuple[str, ...] = ()
     header: str | None = None  # present (with header_equals: equal to it)
@@ -136,6 +139,10 @@ class Match:
         return self.negated is None or not self.negated.matches(request, seed)
 
     def _matches(self, request: Request) -> bool:
+        if self.host is not None and not fnmatch.fnmatchcase(
+            (request.header("Host") or "").lower(), host_glob(self.host)
+        ):
+            return False
         path = request.path
         if self.path is not None and not fnmatch.fnmatchcase(path, self.path):
             return False
@@ -168,7 +175,7 @@ class Match:
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {}
-        for key in ("path", "route"):
+        for key in ("host", "path", "route"):
             if getattr(self, key) is not None:
                 data[key] = getattr(self, key)
         if self.methods:
@@ -199,6 +206,12 @@ class Match:
         if self.negated is not None:
             data["not"] = self.negated.to_dict()
         return data
+
+
+def host_glob(pattern: str) -> str:
+    """A host glob as fnmatch reads it: lower case, an IPv6 literal's ``[`` a bracket."""
+    pattern = pattern.lower()
+    return "[[]" + pattern[1:] if pattern.startswith("[") and "]:" in pattern else pattern
 
 
 def _query_has(query_string: str, wanted: tuple[tuple[str, str], ...]) -> bool:
@@ -274,10 +287,10 @@ def parse_match(raw: Any, path: str) -> tuple[Match | None, list[str]]:
         if key not in MATCH_KEYS
     ]
     values: dict[str, Any] = {}
-    for key in ("path", "route"):
+    for key in ("host", "path", "route"):
         if key in raw:
             if isinstance(raw[key], str) and raw[key]:
-                values[key] = raw[key]
+                values[key] = raw[key].lower() if key == "host" else raw[key]
             else:
                 problems.append(f"{path}.{key}: {shown(raw[key])} is not a non-empty string")
     if "methods" in raw:

@@ -306,21 +306,32 @@ def ramped(config: ChaosConfig, fraction: float) -> ChaosConfig:
     """``config`` with every probability and delay scaled by ``fraction`` (0..1)."""
     if fraction >= 1.0:
         return config
-    sections: dict[str, dict[str, Any]] = {}
+    changes: dict[tuple[str, ...], dict[str, Any]] = {}
     for info in iter_settings():
         if not info.field.metadata["ramps"]:
             continue
-        section, name = info.path
-        value = getattr(getattr(config, section), name)
+        *where, name = info.path
+        holder: Any = config
+        for part in where:
+            holder = getattr(holder, part)
+        value = getattr(holder, name)
         if isinstance(value, tuple):
             value = tuple(item * fraction for item in value)
         elif value is not None:
             value = value * fraction
-        sections.setdefault(section, {})[name] = value
-    return attrs.evolve(
-        config,
-        **{
-            section: attrs.evolve(getattr(config, section), **changes)
-            for section, changes in sections.items()
-        },
-    )
+        changes.setdefault(tuple(where), {})[name] = value
+    ramped_config: ChaosConfig = _evolved(config, (), changes)
+    return ramped_config
+
+
+def _evolved(
+    section: Any, path: tuple[str, ...], changes: dict[tuple[str, ...], dict[str, Any]]
+) -> Any:
+    """``section`` with ``changes`` (by section path) made, nested sections too
+    (``outbound.latency``)."""
+    own = dict(changes.get(path, {}))
+    for where in {
+        p[: len(path) + 1] for p in changes if len(p) > len(path) and p[: len(path)] == path
+    }:
+        own[where[-1]] = _evolved(getattr(section, where[-1]), where, changes)
+    return attrs.evolve(section, **own) if own else section

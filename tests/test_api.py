@@ -356,7 +356,9 @@ def test_openapi_documents_exactly_the_registered_routes() -> None:
     documented = {(path, method) for path, ops in document["paths"].items() for method in ops}
     assert documented == registered
     assert document == openapi_document(P)
-    assert len(ROUTES) == 24
+    assert len(ROUTES) == 25
+    outbound = document["components"]["schemas"]["OutboundConfig"]["properties"]
+    assert outbound["latency"] == {"$ref": "#/components/schemas/OutboundLatencyConfig"}
     latency = document["components"]["schemas"]["LatencyConfig"]["properties"]
     assert latency["probability"]["type"] == "number"
 
@@ -679,7 +681,8 @@ def test_each_url_segment_names_a_section_a_rule_may_override() -> None:
     from mockforge_wsgi.config import RULE_SECTIONS, SECTION_CLASSES
 
     assert set(URL_SEGMENTS.values()) <= set(SECTION_CLASSES)
-    assert tuple(URL_SEGMENTS.values()) == RULE_SECTIONS  # the same four, in one order
+    # the same, in one order; and chaos.outbound, which a rule does not override
+    assert tuple(URL_SEGMENTS.values()) == (*RULE_SECTIONS, "outbound")
 
 
 def test_a_section_with_a_pattern_headers_and_bodies_patches_and_reads_back() -> None:

@@ -336,9 +336,13 @@ SHARES = [
 
 def test_every_share_setting_is_found() -> None:
     # If one is renamed so that its name no longer says it, the range test must not skip it.
-    names = [info.dotted for info, _ in SHARES if info.path[0] != "plugins"]
+    names = [info.dotted for info, _ in SHARES if info.path[0] not in ("plugins", "outbound")]
     assert sum(name.endswith("probability") for name in names) == 8, names
     assert sum(name.endswith("percent") for name in names) == 2, names
+    # chaos.outbound: refused_probability, and its own latency and faults' shares
+    outbound = [info.dotted for info, _ in SHARES if info.path[0] == "outbound"]
+    assert sum(name.endswith("probability") for name in outbound) == 8, outbound
+    assert sum(name.endswith("percent") for name in outbound) == 1, outbound
 
 
 @pytest.mark.parametrize(("info", "high"), SHARES, ids=lambda item: getattr(item, "dotted", ""))

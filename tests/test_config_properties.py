@@ -108,6 +108,8 @@ def test_any_environment_string_gives_a_runnable_config_or_one_clear_error(
         config = load_config(environ={info.env_name: raw})
     except ConfigError as error:
         assert error.problems
-        assert all(len(p) < 300 for p in error.problems), error
+        # chaos.outbound.fault_injection.* names a path (and a variable) 40 longer
+        limit = 340 if info.path[0] == "outbound" else 300
+        assert all(len(p) < limit for p in error.problems), error
         return
     _assert_runnable(config)

@@ -28,6 +28,7 @@ LAYERS = [
     ["report"],  # recorder rows -> the HTML report
     ["verdicts"],  # recorder rows -> how the client behaved
     ["middleware"],  # the inbound pipeline: management or exempt -> decide -> report -> apply
+    ["outbound"],  # the app's own calls: interception -> decide -> the library's exceptions
     ["apply", "tracing"],  # the inbound apply step (WSGI), span events
     ["decide"],  # the decision core: a Request in, a Plan out, one fail-open boundary
     ["engine", "header_control"],  # the runtime state; chaos a request asks for by header
