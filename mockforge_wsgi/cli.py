@@ -394,18 +394,6 @@ def serve(
 
     Precedence: flags > MOCKFORGE_CHAOS_* environment > --config YAML > defaults.
     """
-    from .gunicorn_server import (
-        ACCESS_LOG_FORMAT,
-        GunicornLogger,
-        GunicornServer,
-        child_exit,
-        log_opened,
-        run_all,
-        serve_admin_port,
-        serve_metrics_port,
-    )
-    from .recorder import Recorder, RecorderError
-
     threads = _threads_for(worker_class, threads)
     _checked_url("upstream", upstream)
     if app_spec and upstream:
@@ -414,6 +402,8 @@ def serve(
     guard = _guard(host, allowed_hosts, allowed_origins)
     metrics = metrics or metrics_port is not None
     if recorder or recorder_db:
+        from .recorder import Recorder, RecorderError
+
         recorder_db = os.path.abspath(recorder_db or "mockforge-recorder.db")
         try:
             Recorder(recorder_db)  # made here, so the workers need not fail to boot
@@ -468,6 +458,18 @@ def serve(
     startup = middleware.engine.startup
     custom = middleware.engine.scenarios().values()
     timeout = worker_timeout(startup, custom)
+    # gunicorn, and Flask with the admin listener, once the input is known to be good.
+    from .gunicorn_server import (
+        ACCESS_LOG_FORMAT,
+        GunicornLogger,
+        GunicornServer,
+        child_exit,
+        log_opened,
+        run_all,
+        serve_admin_port,
+        serve_metrics_port,
+    )
+
     held_warning = _all_threads_held(middleware.engine, workers, threads)
     if held_warning:
         _warn(held_warning)
