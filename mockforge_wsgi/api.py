@@ -12,14 +12,16 @@ Usage (any WSGI stack: ChaosMiddleware mounts it for you at ``/api/chaos``)::
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import math
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from flask import Blueprint, Flask, Response, abort, current_app, request
@@ -52,6 +54,9 @@ from .scenarios import scenario_from_dict, unknown_scenario
 from .state import StateTooLarge, StoreError
 from .state.base import CONNECTION_SLOTS
 from .verdicts import DEFAULT_WINDOW_S, verdicts
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -693,11 +698,29 @@ def create_blueprint(
     must be JSON. With ``max_hold_s`` (default: ``MOCKFORGE_MAX_HOLD_S``, which
     ``mockforge serve`` sets for sync workers), a config that can hold a request longer
     is refused: the worker would be killed first."""
+    max_hold_s, guard = _from_env(max_hold_s, guard)
+    return _blueprint(engine, admin_token, protect_reads, max_hold_s, guard)
+
+
+def _from_env(
+    max_hold_s: float | None, guard: BrowserGuard | None
+) -> tuple[float | None, BrowserGuard]:
+    """``max_hold_s`` and ``guard``, each from its environment variable where not given
+    (a bad value raises here)."""
     held = _env.text(_env.MAX_HOLD_S)
     if max_hold_s is None and held is not None:
         max_hold_s = _hold_from_env(held)
-    if guard is None:
-        guard = BrowserGuard.from_env()
+    return max_hold_s, guard if guard is not None else BrowserGuard.from_env()
+
+
+def _blueprint(
+    engine: ScenarioEngine,
+    admin_token: str | None,
+    protect_reads: bool,
+    max_hold_s: float | None,
+    guard: BrowserGuard,
+) -> Blueprint:
+    """The blueprint, from settings read already."""
     blueprint = Blueprint("mockforge_chaos", __name__)
     for route in ROUTES:
         options: dict[str, Any] = {"defaults": dict(route.defaults)} if route.defaults else {}
@@ -792,17 +815,23 @@ def create_management_app(
     """
     if admin_token is None:
         admin_token = _env.text(_env.ADMIN_TOKEN)
+    max_hold_s, guard = _from_env(max_hold_s, guard)
+    return _management_app(engine, prefix, admin_token, protect_reads, max_hold_s, guard)
+
+
+def _management_app(
+    engine: ScenarioEngine,
+    prefix: str,
+    admin_token: str | None,
+    protect_reads: bool,
+    max_hold_s: float | None,
+    guard: BrowserGuard,
+) -> Flask:
+    """The app, from settings read already."""
     app = Flask("mockforge_wsgi.api")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.register_blueprint(
-        create_blueprint(
-            engine,
-            admin_token=admin_token,
-            protect_reads=protect_reads,
-            max_hold_s=max_hold_s,
-            guard=guard,
-        ),
-        url_prefix=prefix,
+        _blueprint(engine, admin_token, protect_reads, max_hold_s, guard), url_prefix=prefix
     )
 
     @app.errorhandler(HTTPException)
@@ -817,6 +846,51 @@ def create_management_app(
         return response
 
     return app
+
+
+class LazyManagementApp:
+    """:func:`create_management_app`'s app for one ChaosMiddleware, built at its first use.
+
+    The Flask app with every route takes ~15 ms to build (werkzeug compiles each rule),
+    and most middleware objects (in tests, in a process that is no server) never answer a
+    management call. The settings, environment included, are read now, as
+    create_management_app reads them: a bad value fails here, and a later change of the
+    environment changes nothing.
+    """
+
+    def __init__(
+        self,
+        engine: ScenarioEngine,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        admin_token: str | None = None,
+        protect_reads: bool = False,
+        max_hold_s: float | None = None,
+        guard: BrowserGuard | None = None,
+    ) -> None:
+        if admin_token is None:
+            admin_token = _env.text(_env.ADMIN_TOKEN)
+        max_hold_s, guard = _from_env(max_hold_s, guard)
+        self._build = functools.partial(
+            _management_app, engine, prefix, admin_token, protect_reads, max_hold_s, guard
+        )
+        self._app: Flask | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def app(self) -> Flask:
+        if self._app is None:
+            with self._lock:  # the first calls may come at once, on several threads
+                if self._app is None:
+                    self._app = self._build()
+        return self._app
+
+    @property
+    def extensions(self) -> dict[str, Any]:
+        return self.app.extensions
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        return self.app(environ, start_response)
 
 
 def openapi_document(prefix: str) -> dict[str, Any]:

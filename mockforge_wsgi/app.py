@@ -123,6 +123,13 @@ def create_app(
         )
     except StoreUrlError as error:  # MOCKFORGE_STORE
         raise ConfigError([str(error)]) from None
+    if chaos.management is not None:
+        # A server's app: its management API is built now, at start, not at its first
+        # call (mounting it imported api: Flask stays out of a process without it).
+        from .api import LazyManagementApp
+
+        if isinstance(chaos.management, LazyManagementApp):
+            chaos.management.app  # noqa: B018
     if upstream is not None and hasattr(wrap, "on_error"):
         wrap.on_error = lambda kind: chaos.store.count(("upstream_errors",))
     app: Any = chaos

@@ -21,14 +21,11 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import click
 from click.core import ParameterSource
-from gunicorn.config import validate_chdir
-from gunicorn.errors import ConfigError as GunicornConfigError
-from gunicorn.util import import_app
 
 from . import _env, _state_start
 from ._extras import MissingExtra, require
@@ -36,26 +33,21 @@ from ._guard import BrowserGuard, GuardError, is_loopback, listed
 from ._tls import GivenFile, TLSFileError, check_ca_file, check_server_files
 from .active_faults import most_held
 from .app import create_app
-from .client import ChaosApiError, ChaosClient
 from .config import ChaosConfig, ConfigError, SettingInfo, iter_settings, longest_delay_s
 from .engine import ScenarioEngine, UnknownScenario
-from .gunicorn_server import (
-    ACCESS_LOG_FORMAT,
-    GunicornLogger,
-    GunicornServer,
-    child_exit,
-    log_opened,
-    run_all,
-    serve_admin_port,
-    serve_metrics_port,
-)
-from .recorder import Recorder, RecorderError
-from .report import render_report
 from .scenarios import BUILTIN_SCENARIOS, Scenario, load_scenarios
 from .state import MemoryStore, Store, StoreError, store_from_env, store_from_url
 from .state.server_store import server_store_directory
 from .tracing import traces_url
 from .verdicts import DEFAULT_WINDOW_S
+
+if TYPE_CHECKING:
+    from .gunicorn_server import ACCESS_LOG_FORMAT, GunicornLogger
+
+# Imported by the verbs that use them, not here: gunicorn (and Flask, through the admin
+# listener) for serve, the HTTP client for the client verbs, the recorder and the report
+# for report. Every verb pays for the others' imports otherwise (a console script that
+# only says what is wrong took ~0.1 s longer).
 
 DEFAULT_URL = "http://127.0.0.1:3000"
 # gunicorn's own default worker timeout; we only ever raise it.
@@ -185,6 +177,8 @@ def _checked_url(name: str, value: str | None) -> None:
 
 
 def _import_app(spec: str) -> Any:
+    from gunicorn.util import import_app
+
     try:
         return import_app(spec)
     except BaseException as error:  # gunicorn raises SystemExit-like errors, too
@@ -201,6 +195,9 @@ def _import_paths(chdir: str | None, pythonpath: str | None) -> None:
     sys.path, each ``--pythonpath`` entry before it. The console script's own sys.path
     starts at its bin directory, not here. Workers are forked from this process: they
     import from the same places."""
+    from gunicorn.config import validate_chdir
+    from gunicorn.errors import ConfigError as GunicornConfigError
+
     try:
         directory = validate_chdir(chdir or os.getcwd())  # gunicorn's: absolute, exists
     except GunicornConfigError as error:
@@ -448,6 +445,8 @@ def serve(
     guard = _guard(host, allowed_hosts, allowed_origins)
     metrics = metrics or metrics_port is not None
     if recorder or recorder_db:
+        from .recorder import Recorder, RecorderError
+
         recorder_db = os.path.abspath(recorder_db or "mockforge-recorder.db")
         try:
             Recorder(recorder_db)  # made here, so the workers need not fail to boot
@@ -504,6 +503,18 @@ def serve(
     startup = middleware.engine.startup
     custom = middleware.engine.scenarios().values()
     timeout = worker_timeout(startup, custom)
+    # gunicorn, and Flask with the admin listener, once the input is known to be good.
+    from .gunicorn_server import (
+        ACCESS_LOG_FORMAT,
+        GunicornLogger,
+        GunicornServer,
+        child_exit,
+        log_opened,
+        run_all,
+        serve_admin_port,
+        serve_metrics_port,
+    )
+
     held_warning = _all_threads_held(middleware.engine, workers, threads)
     if held_warning:
         _warn(held_warning)
@@ -797,6 +808,8 @@ def _named_store() -> Store | None:
 def _request(server: ServerAddress, method: str, path: str, body: Any = None) -> Any:
     """One management call through the client; a refusal or an unreachable server is
     one line on stderr (with what to do) and exit status 1."""
+    from .client import ChaosApiError, ChaosClient
+
     url, token = server
     client = ChaosClient(url, token=token)
     target = f"{method} {client.url}{client.prefix}{path}"
@@ -977,6 +990,9 @@ def report(
     window_s: float,
 ) -> None:
     """Write the experiment report: one HTML file that opens offline."""
+    from .recorder import Recorder
+    from .report import render_report
+
     filters = {
         key: value
         for key, value in (
@@ -1016,7 +1032,21 @@ def _check_recorder_db(db: str) -> None:
 
 # The gunicorn parts lived here: GunicornLogger and ACCESS_LOG_FORMAT stay importable
 # from this module (``--logger-class mockforge_wsgi.cli.GunicornLogger`` keeps working),
-# and the worker-exit hook under its old name.
-_child_exit = child_exit
+# and the worker-exit hook under its old name; looked up when asked for, so that importing
+# the CLI does not import gunicorn.
+_MOVED = {
+    "ACCESS_LOG_FORMAT": "ACCESS_LOG_FORMAT",
+    "GunicornLogger": "GunicornLogger",
+    "_child_exit": "child_exit",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        from . import gunicorn_server
+
+        return getattr(gunicorn_server, _MOVED[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["ACCESS_LOG_FORMAT", "GunicornLogger", "longest_delay_s", "main", "worker_timeout"]

@@ -142,9 +142,10 @@ class ChaosMiddleware:
         if api_prefix:
             # Flask is imported here, where the API is mounted: the chaos core (decide,
             # apply) does not need it, and api_prefix=None keeps it out of the process.
-            from .api import create_management_app
+            # The app itself is built at the first management call.
+            from .api import LazyManagementApp
 
-            self.management = create_management_app(
+            self.management = LazyManagementApp(
                 engine,
                 prefix=self._api_root,
                 admin_token=admin_token,

@@ -15,7 +15,7 @@ from werkzeug.test import Client, TestResponse
 from mockforge_wsgi import load_config
 from mockforge_wsgi._sections import URL_SEGMENTS
 from mockforge_wsgi.api import ROUTES, create_management_app, openapi_document
-from mockforge_wsgi.config import ChaosConfig
+from mockforge_wsgi.config import ChaosConfig, ConfigError
 from mockforge_wsgi.engine import ScenarioEngine
 from mockforge_wsgi.middleware import ChaosMiddleware
 
@@ -316,6 +316,28 @@ def test_admin_token_can_guard_reads_and_comes_from_the_environment(
         call(client, "GET", "/status", headers={"Authorization": "Bearer envtoken"}).status_code
         == 200
     )
+
+
+def test_the_management_app_is_built_at_its_first_call_from_the_settings_at_construction(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ChaosMiddleware builds its Flask app at the first management call (most never get
+    one); what the environment said when the middleware was made is what it serves by,
+    and a bad value fails then."""
+    monkeypatch.setenv("MOCKFORGE_ADMIN_TOKEN", "envtoken")
+    monkeypatch.setenv("MOCKFORGE_MAX_HOLD_S", "5")
+    client, middleware = make()
+    assert middleware.management is not None
+    assert getattr(middleware.management, "_app", "built") is None  # not built yet
+    monkeypatch.delenv("MOCKFORGE_ADMIN_TOKEN")
+    monkeypatch.delenv("MOCKFORGE_MAX_HOLD_S")
+    assert call(client, "POST", "/enable").status_code == 401  # the token it was made with
+    held = call(client, "PUT", "/config/latency", {"enabled": True, "fixed_delay_ms": 6000},
+                headers={"Authorization": "Bearer envtoken"})  # fmt: skip
+    assert held.status_code == 400, held.get_json()  # held past the 5 s it was made with
+    monkeypatch.setenv("MOCKFORGE_MAX_HOLD_S", "abc")
+    with pytest.raises(ConfigError, match=r"MOCKFORGE_MAX_HOLD_S: .* is not a number of seconds"):
+        make()
 
 
 def test_management_is_never_subject_to_chaos() -> None:

@@ -134,6 +134,12 @@ def test_unittest_mixin() -> None:
     assert sorted(seen) == [200, 502]
 
 
+# The pytest run inside the test loads what ours loads (pyproject.toml's addopts), not
+# the installed plugins that are not ours (schemathesis' alone takes a second).
+NOT_OURS = ("-p", "no:cacheprovider", *("-p", "no:schemathesis", "-p", "no:benchmark"))
+NOT_OURS += ("-p", "no:anyio")
+
+
 def test_pytest_plugin(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         textwrap.dedent(
@@ -173,7 +179,7 @@ def test_pytest_plugin(pytester: pytest.Pytester) -> None:
         )
     )
     junit = pytester.path / "junit.xml"
-    result = pytester.runpytest("-p", "no:cacheprovider", f"--junitxml={junit}")
+    result = pytester.runpytest(*NOT_OURS, f"--junitxml={junit}")
     result.assert_outcomes(passed=3)
     # A line per test that used `chaos`: what was injected, the verdict, the seed.
     result.stdout.fnmatch_lines(
@@ -193,8 +199,6 @@ def test_pytest_plugin(pytester: pytest.Pytester) -> None:
     assert json.loads(cases["test_marker"]["chaos_verdict"])["calls"] == 1
     assert cases["test_marker"]["chaos_seed"] == "none"
     assert "chaos_verdict" not in cases["test_in_process"]  # no `chaos` there
-    quick = pytester.runpytest(
-        "-p", "no:cacheprovider", "--mockforge-no-verdicts", "-k", "test_marker"
-    )
+    quick = pytester.runpytest(*NOT_OURS, "--mockforge-no-verdicts", "-k", "test_marker")
     quick.assert_outcomes(passed=1, deselected=2)
     quick.stdout.fnmatch_lines(["*::test_marker: injected http_error 1; no verdict; seed *"])

@@ -115,7 +115,10 @@ def test_a_block_that_nothing_runs_fails_naming_file_and_line(pytester: pytest.P
         README="```nginx\nlisten 80;\n```\n\n<!-- not run: needs nginx -->\n```nginx\nx\n```\n\n"
         "```yaml\nrules: []\n```\n\n```yaml\nchaos: {enabled: true}\n```\n",
     )
-    result = pytester.runpytest("README.md", "-rs")
+    # Not the installed plugins that are not ours (pyproject.toml's addopts).
+    result = pytester.runpytest(
+        "README.md", "-rs", "-p", "no:schemathesis", "-p", "no:benchmark", "-p", "no:anyio"
+    )
     result.assert_outcomes(failed=2, passed=1, skipped=1)
     result.stdout.fnmatch_lines(["*README.md:1: a ```nginx block that nothing runs*"])
     result.stdout.fnmatch_lines(["*not run: needs nginx*"])

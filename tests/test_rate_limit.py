@@ -345,15 +345,20 @@ def test_an_idle_bucket_refills_to_its_burst_and_no_further(any_store: Store, ho
     (Redis charges on its own clock, so the idle time is real)."""
     burst, rate = 3, 20.0  # a token every 50 ms
     bucket = Bucket("idle-test", 1.0 / rate, burst)
+    idled = 0.0  # the stores in this process charge on the clock they are given
 
     def admitted_at_once() -> int:
+        now = time.time() + idled
         if how == "take":
-            now = time.time()
             return any_store.take([bucket], now, burst + 5)[2] + sum(
                 any_store.take([bucket], now, 1)[2] for _ in range(5)
             )
-        return sum(any_store.acquire([bucket], time.time())[1].allowed for _ in range(burst + 5))
+        return sum(any_store.acquire([bucket], now)[1].allowed for _ in range(burst + 5))
 
     assert admitted_at_once() == burst
-    time.sleep(0.6)  # 12 intervals: the bucket is full again, and holds no more than full
+    # 12 intervals: the bucket is full again, and holds no more than full.
+    if type(any_store).__name__ == "RedisStore":
+        time.sleep(0.6)
+    else:
+        idled = 0.6
     assert admitted_at_once() == burst

@@ -20,6 +20,7 @@ import shutil
 import socket
 import sqlite3
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,12 @@ from mockforge_wsgi.config import ConfigError
 from mockforge_wsgi.state import EmbeddedStore, MemoryStore, store_from_url
 
 WORKTREE = Path(__file__).resolve().parent.parent
-MOCKFORGE = shutil.which("mockforge")
+# The script installed beside this interpreter (as tests/test_serve.py finds it): on PATH
+# there may be a version manager's shim first (pyenv's, a shell script that picks a
+# Python on every run: ~0.2 s a case here), or another Python's script.
+MOCKFORGE = shutil.which("mockforge", path=str(Path(sys.executable).parent)) or shutil.which(
+    "mockforge"
+)
 USAGE, RUNTIME = 2, 1
 
 BLOCKER = """
