@@ -21,6 +21,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
@@ -41,12 +42,15 @@ __all__ = [
     "BYTES_PER_S",
     "CONNECTIONS",
     "CORRUPTIONS",
+    "CUT_MODES",
     "DELAY_MS",
     "ENV_PREFIX",
     "FAULT_NAMES",
     "MAX_DELAY_MS",
     "MAX_SCRIPT_STEPS",
     "NAMES",
+    "PARAMETERIZED",
+    "PARAMETERIZED_NAMES",
     "PATTERN",
     "PERCENT",
     "PLUGINS",
@@ -105,7 +109,18 @@ SIGMA = kinds.Between(0.0, 5.0)  # lognormal shape: e^(6 sigma) is the 6-sigma t
 SEED = kinds.Between(-(2**63), 2**63 - 1)
 BODY_BYTES = kinds.Between(0, 1_000_000_000_000)
 AFTER_APP_FAULTS = ("reset", "http_error", "stall")
-CORRUPTIONS = ("flip", "random", "invalid_json", "truncate", "wrong_content_type", "empty_reply")
+CORRUPTIONS = (
+    "flip",
+    "random",
+    "invalid_json",
+    "truncate",
+    "wrong_content_type",
+    "empty_reply",
+    "malformed_chunk",
+    "random_then_close",
+)
+CUT_MODES = ("reset", "close")
+CHUNKS = kinds.Between(0, 1_000_000)
 # Faults by name (a fault script's steps, X-Mockforge-Fault), beside a status 400-599 and
 # after-app-<status>; fault.named_fault makes each its Fault.
 FAULT_NAMES = (
@@ -117,8 +132,15 @@ FAULT_NAMES = (
     "empty-reply",
     *(f"corrupt-{mode}" for mode in CORRUPTIONS),
 )
+# Named faults with a number in them: a stream cut after N ms or N chunks, an upload
+# reset after N bytes (fault.named_fault reads the number).
+PARAMETERIZED = re.compile(r"(cut-after-)(\d+)(ms|-chunks)|(upload-reset-after-)(\d+)")
+PARAMETERIZED_NAMES = ("cut-after-<N>ms", "cut-after-<N>-chunks", "upload-reset-after-<N>")
 MAX_SCRIPT_STEPS = 100
-NAMES = "reset, timeout, partial, after-app-<reset|stall|status>, empty-reply, corrupt-<how>"
+NAMES = (
+    "reset, timeout, partial, after-app-<reset|stall|status>, empty-reply, corrupt-<how>, "
+    "cut-after-<N>ms, cut-after-<N>-chunks, upload-reset-after-<N>"
+)
 
 
 @attrs.frozen
@@ -167,6 +189,7 @@ def is_fault_step(step: str) -> bool:
         value == "ok"
         or value in FAULT_NAMES
         or (code.isascii() and code.isdigit() and 400 <= int(code) <= 599)
+        or PARAMETERIZED.fullmatch(value) is not None
     )
 
 
@@ -320,8 +343,54 @@ class FaultInjectionConfig:
         kinds.STR,
         "`flip` (bits flipped, same length), `random` (random bytes, same length), "
         "`invalid_json` (same length, no longer JSON), `truncate` (shorter, length "
-        "adjusted), `wrong_content_type`, `empty_reply` (closed with no status line).",
+        "adjusted), `wrong_content_type`, `empty_reply` (closed with no status line), "
+        "`malformed_chunk` (a chunked body whose second chunk-size line is not hex, then "
+        "closed), `random_then_close` (random bytes instead of a status line, then closed).",
         kinds.OneOf(CORRUPTIONS),
+    )
+    cut_probability: float = setting(
+        0.0,
+        kinds.FLOAT,
+        "Chance a response body (a stream) is cut partway, after cut_after_ms or "
+        "cut_after_chunks, whichever comes first; with neither, right after the headers "
+        "(rolled 7th).",
+        PROBABILITY,
+        ramps=True,
+    )
+    cut_after_ms: float = setting(
+        0.0,
+        kinds.FLOAT,
+        "A cut body is cut this long after its first byte, even while the app is between "
+        "chunks; a body that ends sooner has its end held back until then; 0: no time.",
+        DELAY_MS,
+    )
+    cut_after_chunks: int = setting(
+        0,
+        kinds.INT,
+        "A cut body is cut after this many of the app's chunks (its end held back if it "
+        "has fewer); 0: no count.",
+        CHUNKS,
+    )
+    cut_mode: str = setting(
+        "reset",
+        kinds.STR,
+        "How a body is cut: `reset` (TCP reset) or `close` (a clean close, without the "
+        "terminating chunk of a chunked body).",
+        kinds.OneOf(CUT_MODES),
+    )
+    upload_reset_probability: float = setting(
+        0.0,
+        kinds.FLOAT,
+        "Chance of a TCP reset while the client still sends its body: after "
+        "upload_reset_after_bytes of it were read, before the app runs (rolled 8th).",
+        PROBABILITY,
+        ramps=True,
+    )
+    upload_reset_after_bytes: int = setting(
+        65536,
+        kinds.INT,
+        "Request-body bytes read before an upload reset (all of a shorter body).",
+        BODY_BYTES,
     )
     retry_after_s: int = setting(
         1,
@@ -445,6 +514,21 @@ class TrafficShapingConfig:
     )
     upload_bandwidth_limit_bps: int = setting(
         0, kinds.INT, "Request body read rate in bytes per second; 0 is unlimited.", BYTES_PER_S
+    )
+    body_duration_ms: float = setting(
+        0.0,
+        kinds.FLOAT,
+        "The response body spread evenly over this long (the headers at once), in "
+        "body_chunks writes, the last when the time is up; 0 is off.",
+        DELAY_MS,
+        ramps=True,
+    )
+    body_chunks: int = setting(
+        10,
+        kinds.INT,
+        "Writes a body_duration_ms body is sent in (a body without Content-Length: one "
+        "of the app's chunks each, the ones after the last at once).",
+        kinds.Between(1, 100_000),
     )
     packet_loss_percent: float = setting(
         0.0,

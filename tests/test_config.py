@@ -332,7 +332,7 @@ SHARES = [
 def test_every_share_setting_is_found() -> None:
     # If one is renamed so that its name no longer says it, the range test must not skip it.
     names = [info.dotted for info, _ in SHARES if info.path[0] != "plugins"]
-    assert sum(name.endswith("probability") for name in names) == 8, names
+    assert sum(name.endswith("probability") for name in names) == 10, names
     assert sum(name.endswith("percent") for name in names) == 2, names
 
 
