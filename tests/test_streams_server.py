@@ -205,17 +205,37 @@ def test_broken_framing_as_each_client_sees_it(
 def test_an_upload_reset_breaks_the_send_before_the_app_answers(
     server: Server, http: requests.Session, workdir: Path
 ) -> None:
+    """Reset after 64 KB of a 1 MB upload: the client learns it while still sending
+    (curl paced to 4 MB/s, requests sending 16 KB pieces: the rest is never sent)."""
     _put(http, server, "faults", upload_reset_probability=1.0, upload_reset_after_bytes=65536)
     url = server.url + "/echo"
-    with pytest.raises(requests.ConnectionError, match=r"reset|Broken pipe|aborted"):
-        session().post(url, data=b"u" * UPLOAD, timeout=10)
+    paced = ("--limit-rate", "4M", "--data-binary", "@upload.bin", url)
+    curl = subprocess.run(
+        [*_CURL[:-1], "%{size_upload}", *paced],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        cwd=workdir,
+    )
+    assert curl.returncode in (55, 56), curl  # send failure or "Connection reset by peer"
+    assert int(curl.stdout) < UPLOAD // 2, curl  # the rest was never sent
+    pieces: list[int] = []
+
+    def upload() -> Iterator[bytes]:
+        for n in range(UPLOAD // CHUNK):
+            pieces.append(n)
+            time.sleep(0.002)
+            yield b"u" * CHUNK
+
+    with pytest.raises(requests.ConnectionError):
+        session().post(url, data=upload(), timeout=10)
+    assert len(pieces) < UPLOAD // CHUNK // 2, pieces
     with (
         httpx.Client(trust_env=False) as client,
         pytest.raises((httpx.WriteError, httpx.ReadError, httpx.RemoteProtocolError)),
     ):
         client.post(url, content=b"u" * UPLOAD, timeout=10)
-    curl = _curl(url, "--data-binary", "@upload.bin", cwd=workdir)
-    assert curl.returncode in (55, 56), curl  # send failure or "Connection reset by peer"
     assert _counter(http, server, "upload_reset") == 3
     # By header, after a given number of bytes:
     with pytest.raises(requests.ConnectionError):
