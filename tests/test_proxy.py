@@ -356,6 +356,41 @@ def test_a_cut_body_through_the_proxy_as_each_client_sees_it(
             session().get(proxy.url + "/big", timeout=10)
 
 
+@pytest.mark.parametrize(
+    ("fault", "curl_exit", "httpx_error"),
+    [
+        (
+            {"cut_probability": 1.0, "cut_after_chunks": 3, "cut_mode": "close"},
+            18,
+            "incomplete",
+        ),
+        ({"cut_probability": 1.0, "cut_after_chunks": 3}, 56, "reset"),
+        ({"corruption_probability": 1.0, "corruption": "malformed_chunk"}, 56, "chunk header"),
+    ],
+    ids=["stream_cut_close", "stream_cut_reset", "malformed_chunk"],
+)
+def test_a_cut_or_broken_stream_through_the_proxy(
+    proxy: Server,
+    http: requests.Session,
+    fault: dict[str, object],
+    curl_exit: int,
+    httpx_error: str,
+) -> None:
+    """The proxy streams the upstream's chunked body; a cut or a malformed chunk reaches
+    each client as from a wrapped app."""
+    _faults(http, proxy, **fault)
+    curl = _curl(proxy.url + "/stream", "-o", "/dev/null", "-w", "%{size_download}")
+    assert curl.returncode == curl_exit, curl
+    assert int(curl.stdout) < len("".join(f"chunk {n}\n" for n in range(STREAM_CHUNKS)))
+    with (
+        httpx.Client(trust_env=False) as client,
+        pytest.raises(httpx.HTTPError, match=httpx_error),
+    ):
+        client.get(proxy.url + "/stream", timeout=10)
+    with pytest.raises(requests.exceptions.ChunkedEncodingError):
+        session().get(proxy.url + "/stream", timeout=10)
+
+
 def _injections(http: requests.Session, proxy: Server) -> dict[str, float]:
     """HTTP errors injected so far, by status, summed over the workers by /metrics."""
     metrics = http.get(proxy.url + "/metrics", timeout=10).text
