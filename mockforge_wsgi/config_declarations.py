@@ -628,10 +628,15 @@ class HeaderControlConfig:
         False,
         kinds.BOOL,
         "Honour X-Mockforge-Delay-Ms, X-Mockforge-Fault, X-Mockforge-Fault-Percent, "
-        "X-Mockforge-Throughput-Bps and X-Mockforge-Seed (with an admin token set: only "
-        "with X-Mockforge-Token).",
+        "X-Mockforge-Throughput-Bps, X-Mockforge-Body-Duration-Ms and X-Mockforge-Seed "
+        "(with an admin token set: only with X-Mockforge-Token).",
     )
-    max_delay_ms: float = setting(10_000.0, kinds.FLOAT, "Cap on X-Mockforge-Delay-Ms.", DELAY_MS)
+    max_delay_ms: float = setting(
+        10_000.0,
+        kinds.FLOAT,
+        "Cap on X-Mockforge-Delay-Ms and X-Mockforge-Body-Duration-Ms.",
+        DELAY_MS,
+    )
 
 
 def _rules(raw: Any) -> tuple[Rule, ...]:

@@ -477,7 +477,9 @@ class CutBody(_BodyWrapper):
 
     The time is kept by a timer thread, so a stream whose app sits between chunks
     (server-sent events, a model's tokens) is cut on time; a body that ends sooner has
-    its end held back until the cut. Its waits go through ``hold``: chaos off releases
+    its end held back until the cut (a chunked body's terminating chunk, the last byte
+    of a body with a Content-Length: a client that has every byte it was promised would
+    see no cut). Its waits go through ``hold``: chaos off releases
     them and the body ends as the app ends it, uncut. Without a socket the body stops
     at the cut and the server ends it (annotated ``fallback=stop``). ``close()`` always
     closes the app's iterable.
@@ -493,6 +495,7 @@ class CutBody(_BodyWrapper):
         self._cut_done = False  # by whichever thread cut first
         self._over = False  # the body is over: the timer stops at its next tick
         self._timer: threading.Thread | None = None
+        self._length: int | None = None  # the Content-Length, if the app gave one
 
     def start_response(
         self, start_response: StartResponse, extra_headers: list[tuple[str, str]]
@@ -503,6 +506,7 @@ class CutBody(_BodyWrapper):
         def cut_start_response(
             status: str, headers: list[tuple[str, str]], exc_info: Any = None
         ) -> Any:
+            self._length = content_length(headers)
             return start_response(status, [*headers, *extra_headers], exc_info)
 
         return cut_start_response
@@ -514,17 +518,26 @@ class CutBody(_BodyWrapper):
             yield b""  # the headers, then the cut
             self._cut()
             return
-        chunks = 0
+        chunks = sent = 0
+        held = b""  # the end held back until the cut (given back if it is released)
         for chunk in self._inner:
             if self._cut_done:  # the timer cut while the app made this chunk
                 self._stopped()
                 return
             if chunk and fault.after_ms and self._timer is None:
                 self._start_timer()
+            length = self._length
+            if length is not None and chunk and sent + len(chunk) >= length:
+                # The promised length's last byte is this body's end: held back.
+                end = max(0, length - sent - 1)
+                yield chunk[:end]
+                held = chunk[end:]
+                break
             yield chunk
             if not chunk:
                 continue
             chunks += 1
+            sent += len(chunk)
             if fault.after_chunks and chunks >= fault.after_chunks:
                 self._cut()
                 return
@@ -535,6 +548,8 @@ class CutBody(_BodyWrapper):
             self._timer.join()
             if self._cut_done:
                 self._stopped()
+                return
+            yield held  # released: the end goes out
             return
         self._cut()  # fewer chunks than the count: the end never comes
 

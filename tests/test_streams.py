@@ -5,6 +5,7 @@ gives no socket (the real-server side is tests/test_streams_server.py)."""
 from __future__ import annotations
 
 import random
+import time
 from typing import Any
 
 import pytest
@@ -13,8 +14,9 @@ from test_traffic_shaping import Closing, FakeTime
 from werkzeug.test import Client
 
 from mockforge_wsgi import ChaosMiddleware
+from mockforge_wsgi._sockets import Connection
 from mockforge_wsgi.config import ConfigError, FaultInjectionConfig, config_from_dict
-from mockforge_wsgi.fault import Fault, broken_framing, decide_fault, named_fault
+from mockforge_wsgi.fault import CutBody, Fault, broken_framing, decide_fault, named_fault
 from mockforge_wsgi.plan import Plan
 from mockforge_wsgi.traffic_shaping import DribbleBody, Shaping
 from mockforge_wsgi.verdicts import Attempt, Call
@@ -233,3 +235,43 @@ def test_random_then_close_is_seeded_and_never_a_status_line() -> None:
         data = broken_framing(fault, "200 OK", [], b"")
         assert data == broken_framing(fault, "200 OK", [], b"")
         assert 64 <= len(data) <= 512 and not data.upper().startswith(b"H")
+
+
+def _cut(fault: Fault, hold: Any, headers: list[tuple[str, str]], chunks: list[bytes]) -> bytes:
+    body = CutBody(fault, Connection({}), hold)
+    body.start_response(lambda status, headers, exc_info=None: None, [])("200 OK", headers)
+    inner = Closing(chunks)
+    sent = b"".join(body.wrap(inner))
+    body.close()
+    assert inner.closed
+    return sent
+
+
+def test_a_body_with_a_length_that_ends_before_its_cut_lacks_its_last_byte() -> None:
+    """A client that has every promised byte would see no cut: the last one is the end
+    held back; released (chaos off), it goes out."""
+    fault = Fault("stream_cut", mode="reset", after_ms=30)
+    length = [("Content-Length", "500")]
+    assert _cut(fault, lambda s: time.sleep(s) or True, length, [b"a" * 200, b"b" * 300]) == (
+        b"a" * 200 + b"b" * 299
+    )
+    assert _cut(fault, lambda s: False, length, [b"a" * 500]) == b"a" * 500  # released
+    by_count = Fault("stream_cut", mode="reset", after_chunks=5)
+    assert _cut(by_count, None, length, [b"a" * 500]) == b"a" * 499
+    assert _cut(by_count, None, [], [b"a" * 500]) == b"a" * 500  # no length: the end is
+    # the terminating chunk, which a server without a socket sends all the same
+
+
+def test_header_control_asks_for_a_dribble_capped_at_max_delay_ms() -> None:
+    config = chaos(header_control={"max_delay_ms": 30})
+    client = Client(ChaosMiddleware(streamed, config=config))
+    response = client.get("/", headers={"X-Mockforge-Body-Duration-Ms": "20"})
+    assert response.headers["X-Mockforge-Chaos"] == "dribble=20ms/10"
+    assert len(response.get_data()) == 500
+    capped = client.get("/", headers={"X-Mockforge-Body-Duration-Ms": "60000"})
+    assert capped.headers["X-Mockforge-Chaos"] == "dribble=30ms/10"
+    bad = client.get("/", headers={"X-Mockforge-Body-Duration-Ms": "soon"})
+    assert bad.status_code == 400
+    assert "X-Mockforge-Body-Duration-Ms: 'soon' is not a number" in bad.get_data(as_text=True)
+    cut = client.get("/", headers={"X-Mockforge-Fault": "cut-after-2-chunks"})
+    assert cut.headers["X-Mockforge-Chaos"] == "fault=stream_cut_reset, fallback=stop"
