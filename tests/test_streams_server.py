@@ -157,6 +157,25 @@ def test_a_cut_timer_is_released_by_disable(server: Server, http: requests.Sessi
     assert time.monotonic() - started < 3.0
 
 
+def test_a_dribble_is_released_by_disable(server: Server, http: requests.Session) -> None:
+    """Chaos off while a body dribbles over 20 s: the rest goes at full speed."""
+    answers: list[requests.Response] = []
+
+    def fetch() -> None:
+        ask = {"X-Mockforge-Body-Duration-Ms": "20000"}
+        answers.append(session().get(server.url + "/bytes/10000", headers=ask, timeout=30))
+
+    thread = threading.Thread(target=fetch, daemon=True)
+    started = time.monotonic()
+    thread.start()
+    time.sleep(0.5)
+    http.post(server.url + "/api/chaos/disable", timeout=10).raise_for_status()
+    thread.join(10)
+    [answer] = answers
+    assert (answer.status_code, answer.content) == (200, b"x" * 10000)
+    assert time.monotonic() - started < 3.0
+
+
 @pytest.mark.parametrize(
     ("how", "curl_exit", "curl_says", "requests_error", "httpx_error"),
     [
