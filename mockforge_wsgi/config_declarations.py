@@ -137,9 +137,11 @@ FAULT_NAMES = (
 PARAMETERIZED = re.compile(r"(cut-after-)(\d+)(ms|-chunks)|(upload-reset-after-)(\d+)")
 PARAMETERIZED_NAMES = ("cut-after-<N>ms", "cut-after-<N>-chunks", "upload-reset-after-<N>")
 MAX_SCRIPT_STEPS = 100
+# No step is longer (a numbered name's number included): a longer one is named as such.
+_LONGEST_STEP = 40
 NAMES = (
     "reset, timeout, partial, after-app-<reset|stall|status>, empty-reply, corrupt-<how>, "
-    "cut-after-<N>ms, cut-after-<N>-chunks, upload-reset-after-<N>"
+    "cut-after-<N>ms|-chunks, upload-reset-after-<N>"
 )
 
 
@@ -153,6 +155,8 @@ class ScriptSteps:
         bad = [step for step in value if not is_fault_step(step)]
         if not bad:
             return None
+        if len(str(bad[0])) > _LONGEST_STEP:  # the list of names would not fit beside it
+            return f"{shown(bad[0])} is not a step: longer than any status or fault name"
         return f"{shown(bad[0])} is not a step: a status 400-599, ok, or a fault name ({NAMES})"
 
     def describe(self) -> str:
@@ -941,8 +945,9 @@ T = TypeVar("T")
 def longest_delay_s(configs: Iterable[ChaosConfig]) -> float:
     """The longest any of ``configs`` can hold a request before its answer: latency (at
     its largest, jitter included), a wait for a connection slot, then a timeout fault's
-    hold; a header-controlled delay where those are honoured. (A paced body can take
-    longer still: that depends on the body.)"""
+    hold; a header-controlled delay where those are honoured; then a dribbled body's
+    time or a stream cut's timer. (A paced body can take longer still: that depends on
+    the body.)"""
     longest = 0.0
     for config in configs:
         latency, faults = config.latency, config.fault_injection
@@ -964,7 +969,11 @@ def longest_delay_s(configs: Iterable[ChaosConfig]) -> float:
         stalls = faults.after_app_probability and faults.after_app_fault == "stall"
         holds = faults.enabled and (faults.timeout_probability or stalls)
         hold = faults.timeout_ms if holds else 0.0
-        longest = max(longest, (delay + queued + hold) / 1000)
+        # The body's own holds: a dribble, a cut's timer (a body that ends sooner waits).
+        body = shaping.body_duration_ms if shaping.enabled else 0.0
+        if faults.enabled and faults.cut_probability:
+            body = max(body, faults.cut_after_ms)
+        longest = max(longest, (delay + queued + hold + body) / 1000)
     return longest
 
 

@@ -23,6 +23,7 @@ from ._headers import add_annotation
 from ._observe import content_length
 from .config import (
     FAULT_NAMES,
+    MAX_DELAY_MS,
     PARAMETERIZED,
     PARAMETERIZED_NAMES,
     FaultInjectionConfig,
@@ -169,7 +170,7 @@ def named_fault(name: str, rng: random.Random, timeout_ms: float = 5000.0) -> Fa
         cut, cut_n, unit, _, upload_n = numbered.groups()
         if cut:
             by_time = unit == "ms"
-            after = int(cut_n)
+            after = min(int(cut_n), int(MAX_DELAY_MS) if by_time else 1_000_000)
             return Fault(
                 "stream_cut",
                 mode="reset",

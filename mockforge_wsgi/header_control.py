@@ -24,6 +24,8 @@ import math
 import random
 from typing import TYPE_CHECKING
 
+import attrs
+
 from .config import HeaderControlConfig
 from .fault import named_fault
 from .plan import NO_CHAOS, Plan
@@ -105,6 +107,8 @@ def decide_from_headers(request: Request, config: HeaderControlConfig, rng: rand
     fault = None
     if asked is not None and (percent is None or rng.random() * 100 < percent):
         fault = asked
+        if fault.kind == "stream_cut" and fault.after_ms > config.max_delay_ms:
+            fault = attrs.evolve(fault, after_ms=config.max_delay_ms)  # a cut's timer holds
     delay_ms = min(delay, config.max_delay_ms) if delay else None
     shaping = None
     if throughput or duration:

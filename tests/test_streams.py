@@ -275,3 +275,17 @@ def test_header_control_asks_for_a_dribble_capped_at_max_delay_ms() -> None:
     assert "X-Mockforge-Body-Duration-Ms: 'soon' is not a number" in bad.get_data(as_text=True)
     cut = client.get("/", headers={"X-Mockforge-Fault": "cut-after-2-chunks"})
     assert cut.headers["X-Mockforge-Chaos"] == "fault=stream_cut_reset, fallback=stop"
+
+
+def test_a_cut_timer_asked_by_name_is_capped() -> None:
+    """A cut's timer can hold a body's end: by header at most max_delay_ms, in a
+    script at most the longest delay a setting allows."""
+    from mockforge_wsgi.config import MAX_DELAY_MS, HeaderControlConfig
+    from mockforge_wsgi.header_control import decide_from_headers
+    from mockforge_wsgi.request import Call as Asked
+
+    huge = "cut-after-99999999999ms"
+    assert named_fault(huge, random.Random(1)).after_ms == MAX_DELAY_MS  # type: ignore[union-attr]
+    asked = Asked(headers={"X-Mockforge-Fault": huge})
+    plan = decide_from_headers(asked, HeaderControlConfig(max_delay_ms=30), random.Random(1))
+    assert plan.fault is not None and plan.fault.after_ms == 30
