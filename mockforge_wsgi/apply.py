@@ -65,11 +65,12 @@ class Delivery:
     connection deadline). Both run once the response is complete or closed, the slot
     before a cut.
 
-    Every hold (latency, a timeout's, an after-app stall, pacing, a connection-timeout
-    wait) goes through :meth:`hold`: chaos turned off, a reset, a scenario stopped or a
-    change of the holding settings in ``engine``'s state, made in any process sharing
-    its store, releases it within about 100 ms, and the request goes on as if chaos had
-    been off from that moment (``released``)."""
+    Every hold (latency, a timeout's, an after-app stall, pacing, a dribble, a stream
+    cut's timer, a connection-timeout wait) goes through :meth:`hold`: chaos turned
+    off, a reset, a scenario stopped or a change of the holding settings in
+    ``engine``'s state, made in any process sharing its store, releases it within
+    about 100 ms, and the request goes on as if chaos had been off from that moment
+    (``released``)."""
 
     __slots__ = (
         "_basis",
