@@ -571,17 +571,19 @@ class CutBody(_BodyWrapper):
                 return  # released: no cut
 
     def _cut_now(self) -> bool:
-        """Cut the connection once (either thread); True for the thread that did."""
+        """Cut the connection once (either thread); True for the thread that did. Under
+        the lock ``close()`` takes: once the server closed the response, its socket (and
+        a descriptor it may reuse) is never touched."""
         with self._lock:
             if self._cut_done or self._over:
                 return False
             self._cut_done = True
-        if self._connection.reachable:
-            why = f"injected {self._fault.label}"
-            if self._fault.mode == "close":
-                self._connection.close(why)
-            else:
-                self._connection.reset(why)
+            if self._connection.reachable:
+                why = f"injected {self._fault.label}"
+                if self._fault.mode == "close":
+                    self._connection.close(why)
+                else:
+                    self._connection.reset(why)
         return True
 
     def _cut(self) -> None:
@@ -596,7 +598,8 @@ class CutBody(_BodyWrapper):
             raise _sockets.dropped(f"injected {self._fault.label}")
 
     def close(self) -> None:
-        self._over = True
+        with self._lock:
+            self._over = True
         super().close()
 
 
