@@ -391,6 +391,20 @@ def test_a_cut_or_broken_stream_through_the_proxy(
         session().get(proxy.url + "/stream", timeout=10)
 
 
+def test_a_dribbled_proxied_stream_takes_its_time_and_keeps_its_bytes(
+    proxy: Server, http: requests.Session
+) -> None:
+    api = proxy.url + "/api/chaos"
+    http.post(api + "/enable", timeout=10).raise_for_status()
+    shaping = {"enabled": True, "body_duration_ms": 300, "body_chunks": 5}
+    http.put(api + "/config/traffic", json=shaping, timeout=10).raise_for_status()
+    started = time.monotonic()
+    response = session().get(proxy.url + "/stream", timeout=10)
+    assert time.monotonic() - started >= 0.3
+    assert response.text == "".join(f"chunk {n}\n" for n in range(STREAM_CHUNKS))
+    assert response.headers["X-Mockforge-Chaos"] == "dribble=300ms/5"
+
+
 def _injections(http: requests.Session, proxy: Server) -> dict[str, float]:
     """HTTP errors injected so far, by status, summed over the workers by /metrics."""
     metrics = http.get(proxy.url + "/metrics", timeout=10).text
