@@ -66,6 +66,15 @@ class Connection:
         cut_connection(sock)
         return dropped(why)
 
+    def send_then_close(self, data: bytes, why: str) -> ConnectionResetError:
+        """Write ``data`` on the socket ourselves (bytes no WSGI server would frame so),
+        then shut both directions; returns the error to raise. Only when ``reachable``."""
+        sock = self._before_cut()
+        with contextlib.suppress(OSError):
+            sock.sendall(data)
+        cut_connection(sock)
+        return dropped(why)
+
     def _before_cut(self) -> socket.socket:
         sock = client_socket(self._environ)
         assert sock is not None, "cut only a reachable connection"

@@ -17,10 +17,13 @@ from ._sockets import Connection
 from .config import FaultInjectionConfig
 from .fault import (
     CorruptBody,
+    CutBody,
     Fault,
     PartialBody,
     answer_fault,
+    broken_framing,
     drain_input,
+    read_upload,
     render_fault,
     reset_or_cut,
 )
@@ -28,7 +31,14 @@ from .outcome import CONNECTION_TIMEOUT, Injection, Outcome
 from .plan import Plan
 from .rate_limit import render_refusal
 from .release import RELEASER
-from .traffic_shaping import DEADLINE, RELEASED, PacedBody, PacedInput, sleep_until
+from .traffic_shaping import (
+    DEADLINE,
+    RELEASED,
+    DribbleBody,
+    PacedBody,
+    PacedInput,
+    sleep_until,
+)
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -41,7 +51,9 @@ _BUSY_BODY = b'{"error":"too many connections","injected_by":"mockforge"}'
 _OPEN_BODY = b'{"error":"circuit open","injected_by":"mockforge"}'
 _FULL_BODY = b'{"error":"bulkhead full","injected_by":"mockforge"}'
 # Faults answered before the app would run (the others wrap or follow it).
-_INSTEAD_OF_THE_APP = frozenset({"http_error", "timeout", "connection_reset"})
+_INSTEAD_OF_THE_APP = frozenset({"http_error", "timeout", "connection_reset", "upload_reset"})
+# Corruptions that replace the whole reply once the app ran (not a body broken in place).
+_REPLACING = frozenset({"empty_reply", "malformed_chunk", "random_then_close"})
 
 
 class Delivery:
@@ -53,11 +65,12 @@ class Delivery:
     connection deadline). Both run once the response is complete or closed, the slot
     before a cut.
 
-    Every hold (latency, a timeout's, an after-app stall, pacing, a connection-timeout
-    wait) goes through :meth:`hold`: chaos turned off, a reset, a scenario stopped or a
-    change of the holding settings in ``engine``'s state, made in any process sharing
-    its store, releases it within about 100 ms, and the request goes on as if chaos had
-    been off from that moment (``released``)."""
+    Every hold (latency, a timeout's, an after-app stall, pacing, a dribble, a stream
+    cut's timer, a connection-timeout wait) goes through :meth:`hold`: chaos turned
+    off, a reset, a scenario stopped or a change of the holding settings in
+    ``engine``'s state, made in any process sharing its store, releases it within
+    about 100 ms, and the request goes on as if chaos had been off from that moment
+    (``released``)."""
 
     __slots__ = (
         "_basis",
@@ -185,6 +198,10 @@ class Delivery:
         shaping = plan.shaping
         timeout = shaping.connection_timeout_ms if shaping is not None else 0.0
         deadline = self.started + timeout / 1000.0 if timeout else None
+        dribble = None
+        if shaping is not None and shaping.body_duration_ms:
+            dribble = DribbleBody(shaping, sleep=self.hold)
+            start_response = dribble.seeing(start_response)
         if shaping is not None and shaping.upload_bps:
             environ["wsgi.input"] = PacedInput(
                 environ["wsgi.input"], shaping.upload_bps, sleep=self.hold
@@ -203,27 +220,35 @@ class Delivery:
             assert fault is not None
             if kind == "timeout" and not self.hold(fault.hold_ms / 1000.0):
                 return self._unharmed(start_response)  # released before it answered
+            if kind == "upload_reset":  # part of the body read, the rest still coming
+                read_upload(environ, fault.limit_bytes)
+                why = "injected reset during the upload"
+                return reset_or_cut(self.connection, start_response, self.headers, why)
             drain_input(environ)  # the answer the client sees is ours, not a send error
             if kind == "connection_reset":
                 return reset_or_cut(
                     self.connection, start_response, self.headers, "injected connection reset"
                 )
             return render_fault(fault, self.faults, start_response, self.headers)
-        if kind == "after_app" or (kind == "corrupted" and fault.mode == "empty_reply"):  # type: ignore[union-attr]
+        if kind == "after_app" or (kind == "corrupted" and fault.mode in _REPLACING):  # type: ignore[union-attr]
             assert fault is not None
             return self._after_app(fault, start_response)
         body: Iterable[bytes]
-        if kind == "partial_response" or kind == "corrupted":
+        if kind == "partial_response" or kind == "corrupted" or kind == "stream_cut":
             assert fault is not None
-            wrapper: PartialBody | CorruptBody = (
-                PartialBody(fault.fraction, self.connection, fault.limit_bytes)
-                if kind == "partial_response"
-                else CorruptBody(fault)
-            )
+            wrapper: PartialBody | CorruptBody | CutBody
+            if kind == "partial_response":
+                wrapper = PartialBody(fault.fraction, self.connection, fault.limit_bytes)
+            elif kind == "corrupted":
+                wrapper = CorruptBody(fault)
+            else:
+                wrapper = CutBody(fault, self.connection, self.hold)
             app_start_response = wrapper.start_response(start_response, self.headers)
             body = wrapper.wrap(self.app(environ, app_start_response))
         else:
             body = self.app(environ, with_headers(start_response, self.headers))
+        if dribble is not None:
+            body = dribble.wrap(body)
         if shaping is not None and shaping.paces_body:
             body = PacedBody(
                 body,
@@ -244,17 +269,23 @@ class Delivery:
         """Commit, then fail: the app runs to the end of its body (its side effects
         done, its answer discarded), then the client gets the fault instead."""
 
+        answered: list[Any] = ["200 OK", []]  # the app's status and headers
+        first = b""  # its first body bytes (a malformed chunk carries half of them)
+
         def discard(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            answered[:] = [status, headers]
             return lambda data: None  # the app's write() goes nowhere either
 
         body = self.app(self.environ, discard)
         try:
-            for _ in body:
-                pass
+            for chunk in body:
+                first = first or chunk
         finally:
             close = getattr(body, "close", None)
             if close is not None:
                 close()
+        if fault.kind == "corrupted" and fault.mode != "empty_reply":
+            return self._break_framing(fault, answered, first, start_response)
         if fault.mode == "reset":
             why = "injected reset after the app ran"
             return reset_or_cut(self.connection, start_response, self.headers, why)
@@ -263,6 +294,19 @@ class Delivery:
         if fault.mode == "stall":  # released: the close comes at once
             self.hold(fault.hold_ms / 1000.0)
         return self._end(start_response, f"injected {fault.label} after the app ran")
+
+    def _break_framing(
+        self, fault: Fault, answered: list[Any], first: bytes, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        """A malformed chunk or random bytes, written on the socket by us (no WSGI server
+        frames a reply so), then a close; without a socket, ``reset_or_cut``'s fallback."""
+        why = f"injected {fault.label}"
+        connection = self.connection
+        if not connection.reachable:
+            return self._end(start_response, why)
+        status, headers = answered
+        data = broken_framing(fault, status, [*headers, *self.headers], first)
+        raise connection.send_then_close(data, why)
 
     def _end(self, start_response: StartResponse, why: str) -> Iterable[bytes]:
         """End the request without an answer: a plain close, before anything was sent."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
@@ -41,12 +42,15 @@ __all__ = [
     "BYTES_PER_S",
     "CONNECTIONS",
     "CORRUPTIONS",
+    "CUT_MODES",
     "DELAY_MS",
     "ENV_PREFIX",
     "FAULT_NAMES",
     "MAX_DELAY_MS",
     "MAX_SCRIPT_STEPS",
     "NAMES",
+    "PARAMETERIZED",
+    "PARAMETERIZED_NAMES",
     "PATTERN",
     "PERCENT",
     "PLUGINS",
@@ -112,7 +116,18 @@ _TAIL = 1e-9
 SEED = kinds.Between(-(2**63), 2**63 - 1)
 BODY_BYTES = kinds.Between(0, 1_000_000_000_000)
 AFTER_APP_FAULTS = ("reset", "http_error", "stall")
-CORRUPTIONS = ("flip", "random", "invalid_json", "truncate", "wrong_content_type", "empty_reply")
+CORRUPTIONS = (
+    "flip",
+    "random",
+    "invalid_json",
+    "truncate",
+    "wrong_content_type",
+    "empty_reply",
+    "malformed_chunk",
+    "random_then_close",
+)
+CUT_MODES = ("reset", "close")
+CHUNKS = kinds.Between(0, 1_000_000)
 # Faults by name (a fault script's steps, X-Mockforge-Fault), beside a status 400-599 and
 # after-app-<status>; fault.named_fault makes each its Fault.
 FAULT_NAMES = (
@@ -124,8 +139,17 @@ FAULT_NAMES = (
     "empty-reply",
     *(f"corrupt-{mode}" for mode in CORRUPTIONS),
 )
+# Named faults with a number in them: a stream cut after N ms or N chunks, an upload
+# reset after N bytes (fault.named_fault reads the number).
+PARAMETERIZED = re.compile(r"(cut-after-)(\d+)(ms|-chunks)|(upload-reset-after-)(\d+)")
+PARAMETERIZED_NAMES = ("cut-after-<N>ms", "cut-after-<N>-chunks", "upload-reset-after-<N>")
 MAX_SCRIPT_STEPS = 100
-NAMES = "reset, timeout, partial, after-app-<reset|stall|status>, empty-reply, corrupt-<how>"
+# No step is longer (a numbered name's number included): a longer one is named as such.
+_LONGEST_STEP = 40
+NAMES = (
+    "reset, timeout, partial, after-app-<reset|stall|status>, empty-reply, corrupt-<how>, "
+    "cut-after-<N>ms|-chunks, upload-reset-after-<N>"
+)
 
 
 @attrs.frozen
@@ -138,6 +162,8 @@ class ScriptSteps:
         bad = [step for step in value if not is_fault_step(step)]
         if not bad:
             return None
+        if len(str(bad[0])) > _LONGEST_STEP:  # the list of names would not fit beside it
+            return f"{shown(bad[0])} is not a step: longer than any status or fault name"
         return f"{shown(bad[0])} is not a step: a status 400-599, ok, or a fault name ({NAMES})"
 
     def describe(self) -> str:
@@ -174,6 +200,7 @@ def is_fault_step(step: str) -> bool:
         value == "ok"
         or value in FAULT_NAMES
         or (code.isascii() and code.isdigit() and 400 <= int(code) <= 599)
+        or PARAMETERIZED.fullmatch(value) is not None
     )
 
 
@@ -340,8 +367,54 @@ class FaultInjectionConfig:
         kinds.STR,
         "`flip` (bits flipped, same length), `random` (random bytes, same length), "
         "`invalid_json` (same length, no longer JSON), `truncate` (shorter, length "
-        "adjusted), `wrong_content_type`, `empty_reply` (closed with no status line).",
+        "adjusted), `wrong_content_type`, `empty_reply` (closed with no status line), "
+        "`malformed_chunk` (a chunked body whose second chunk-size line is not hex, then "
+        "closed), `random_then_close` (random bytes instead of a status line, then closed).",
         kinds.OneOf(CORRUPTIONS),
+    )
+    cut_probability: float = setting(
+        0.0,
+        kinds.FLOAT,
+        "Chance a response body (a stream) is cut partway, after cut_after_ms or "
+        "cut_after_chunks, whichever comes first; with neither, right after the headers "
+        "(rolled 7th).",
+        PROBABILITY,
+        ramps=True,
+    )
+    cut_after_ms: float = setting(
+        0.0,
+        kinds.FLOAT,
+        "A cut body is cut this long after its first byte, even while the app is between "
+        "chunks; a body that ends sooner has its end held back until then; 0: no time.",
+        DELAY_MS,
+    )
+    cut_after_chunks: int = setting(
+        0,
+        kinds.INT,
+        "A cut body is cut after this many of the app's chunks (its end held back if it "
+        "has fewer); 0: no count.",
+        CHUNKS,
+    )
+    cut_mode: str = setting(
+        "reset",
+        kinds.STR,
+        "How a body is cut: `reset` (TCP reset) or `close` (a clean close, without the "
+        "terminating chunk of a chunked body).",
+        kinds.OneOf(CUT_MODES),
+    )
+    upload_reset_probability: float = setting(
+        0.0,
+        kinds.FLOAT,
+        "Chance of a TCP reset while the client still sends its body: after "
+        "upload_reset_after_bytes of it were read, before the app runs (rolled 8th).",
+        PROBABILITY,
+        ramps=True,
+    )
+    upload_reset_after_bytes: int = setting(
+        65536,
+        kinds.INT,
+        "Request-body bytes read before an upload reset (all of a shorter body).",
+        BODY_BYTES,
     )
     retry_after_s: int = setting(
         1,
@@ -466,6 +539,21 @@ class TrafficShapingConfig:
     upload_bandwidth_limit_bps: int = setting(
         0, kinds.INT, "Request body read rate in bytes per second; 0 is unlimited.", BYTES_PER_S
     )
+    body_duration_ms: float = setting(
+        0.0,
+        kinds.FLOAT,
+        "The response body spread evenly over this long (the headers at once), in "
+        "body_chunks writes, the last when the time is up; 0 is off.",
+        DELAY_MS,
+        ramps=True,
+    )
+    body_chunks: int = setting(
+        10,
+        kinds.INT,
+        "Writes a body_duration_ms body is sent in (a body without Content-Length: one "
+        "of the app's chunks each, the ones after the last at once).",
+        kinds.Between(1, 100_000),
+    )
     packet_loss_percent: float = setting(
         0.0,
         kinds.FLOAT,
@@ -564,10 +652,15 @@ class HeaderControlConfig:
         False,
         kinds.BOOL,
         "Honour X-Mockforge-Delay-Ms, X-Mockforge-Fault, X-Mockforge-Fault-Percent, "
-        "X-Mockforge-Throughput-Bps and X-Mockforge-Seed (with an admin token set: only "
-        "with X-Mockforge-Token).",
+        "X-Mockforge-Throughput-Bps, X-Mockforge-Body-Duration-Ms and X-Mockforge-Seed "
+        "(with an admin token set: only with X-Mockforge-Token).",
     )
-    max_delay_ms: float = setting(10_000.0, kinds.FLOAT, "Cap on X-Mockforge-Delay-Ms.", DELAY_MS)
+    max_delay_ms: float = setting(
+        10_000.0,
+        kinds.FLOAT,
+        "Cap on X-Mockforge-Delay-Ms and X-Mockforge-Body-Duration-Ms.",
+        DELAY_MS,
+    )
 
 
 def _rules(raw: Any) -> tuple[Rule, ...]:
@@ -682,6 +775,10 @@ def apply_rule(config: ChaosConfig, rule: Rule) -> ChaosConfig:
 
 MAX_HOSTS = 100
 OUTBOUND_RULE_SECTIONS = ("latency", "fault_injection")  # what a call's rule may set
+# Faults of the server's side of a connection, which a client call has no place for: a
+# streamed body cut on a timer, the upload cut, framing written on the client's socket.
+INBOUND_ONLY_FAULTS = ("cut_probability", "upload_reset_probability")
+INBOUND_ONLY_CORRUPTIONS = ("malformed_chunk", "random_then_close")
 
 
 @attrs.frozen
@@ -756,6 +853,23 @@ class OutboundConfig:
                 *(n for n, _ in rule.settings),
             )
         ]
+        faults = [("fault_injection", dict(attrs.asdict(self.fault_injection)))]
+        for index, rule in enumerate(self.rules):
+            own = dict(dict(rule.overrides).get("fault_injection", ()))
+            faults.append((f"rules[{index}].fault_injection", own))
+        for where, settings in faults:
+            problems.extend(
+                f"{where}.{name}: {settings[name]!r} is for inbound requests only; an "
+                "outbound call has no stream to cut on a timer nor upload to reset (0 here)"
+                for name in INBOUND_ONLY_FAULTS
+                if settings.get(name)
+            )
+            if settings.get("corruption") in INBOUND_ONLY_CORRUPTIONS:
+                allowed = [c for c in CORRUPTIONS if c not in INBOUND_ONLY_CORRUPTIONS]
+                problems.append(
+                    f"{where}.corruption: {settings['corruption']!r} is for inbound requests "
+                    f"only (written on the client's socket); allowed: {', '.join(allowed)}"
+                )
         if problems:
             raise ConfigError(problems)
 
@@ -964,8 +1078,9 @@ T = TypeVar("T")
 def longest_delay_s(configs: Iterable[ChaosConfig]) -> float:
     """The longest any of ``configs`` can hold a request before its answer: latency (at
     its largest, jitter included), a wait for a connection slot, then a timeout fault's
-    hold; a header-controlled delay where those are honoured. (A paced body can take
-    longer still: that depends on the body.)"""
+    hold; a header-controlled delay where those are honoured; then a dribbled body's
+    time or a stream cut's timer. (A paced body can take longer still: that depends on
+    the body.)"""
     longest = 0.0
     for config in configs:
         faults = config.fault_injection
@@ -977,7 +1092,11 @@ def longest_delay_s(configs: Iterable[ChaosConfig]) -> float:
         stalls = faults.after_app_probability and faults.after_app_fault == "stall"
         holds = faults.enabled and (faults.timeout_probability or stalls)
         hold = faults.timeout_ms if holds else 0.0
-        longest = max(longest, (delay + queued + hold) / 1000)
+        # The body's own holds: a dribble, a cut's timer (a body that ends sooner waits).
+        body = shaping.body_duration_ms if shaping.enabled else 0.0
+        if faults.enabled and faults.cut_probability:
+            body = max(body, faults.cut_after_ms)
+        longest = max(longest, (delay + queued + hold + body) / 1000)
         outbound = config.outbound
         if outbound.enabled:  # the app's own call, held while the request waits on it
             for rule in (None, *outbound.rules):

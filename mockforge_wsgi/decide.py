@@ -41,7 +41,7 @@ from .bulkhead import Bulkhead, pool_name
 from .config import PLUGINS, ChaosConfig, CircuitBreakerConfig, apply_rule
 from .engine import ScenarioEngine
 from .header_control import InvalidHeaders
-from .injections import PARTIAL_RESPONSE
+from .injections import PARTIAL_RESPONSE, STREAM_CUT
 from .patterns import PATTERN_COUNTER, script_counter
 from .plan import NO_CHAOS, Plan, decide_plan
 from .rate_limit import RateLimiter, client_of
@@ -231,7 +231,7 @@ class Decider:
                 config, rng, verdict, number, since_change_s=since_change, script_step=step
             )
             fault = plan.fault
-            if fault is not None and fault.kind == PARTIAL_RESPONSE:
+            if fault is not None and (fault.kind == PARTIAL_RESPONSE or fault.kind == STREAM_CUT):
                 # A HEAD answer has no body to cut: the fault is drawn all the same (the
                 # requests after it decide as without HEAD), and not planned; as
                 # decide_plan(head=True) does, with the method read only here.

@@ -10,7 +10,9 @@ from __future__ import annotations
 import functools
 import json
 import random
-from collections.abc import Iterable, Iterator
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import attrs
@@ -19,16 +21,40 @@ from . import _sockets
 from ._answers import answer
 from ._headers import add_annotation
 from ._observe import content_length
-from .config import FAULT_NAMES, FaultInjectionConfig, is_fault_step
+from .config import (
+    FAULT_NAMES,
+    MAX_DELAY_MS,
+    PARAMETERIZED,
+    PARAMETERIZED_NAMES,
+    FaultInjectionConfig,
+    is_fault_step,
+)
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
-__all__ = ["CorruptBody", "Fault", "PartialBody", "decide_fault", "drain_input", "render_fault"]
+__all__ = [
+    "CorruptBody",
+    "CutBody",
+    "Fault",
+    "PartialBody",
+    "broken_framing",
+    "decide_fault",
+    "drain_input",
+    "read_upload",
+    "render_fault",
+]
 
 # Each kind is also its injection type (injections.py): one name wherever it is reported.
 FaultKind = Literal[
-    "http_error", "timeout", "connection_reset", "partial_response", "after_app", "corrupted"
+    "http_error",
+    "timeout",
+    "connection_reset",
+    "partial_response",
+    "after_app",
+    "corrupted",
+    "stream_cut",
+    "upload_reset",
 ]
 
 # A cut response promises this many bytes and sends none (any non-zero length will do).
@@ -48,9 +74,13 @@ class Fault:
     status: int | None = None
     hold_ms: float = 0.0
     fraction: float = 0.0
-    limit_bytes: int = 0  # a partial response: cut after this many bytes (0: the fraction)
-    mode: str = ""  # after_app: reset, http_error, stall; corrupted: how
+    # A partial response: cut after this many bytes (0: the fraction); an upload reset:
+    # after this many bytes of the request body were read.
+    limit_bytes: int = 0
+    mode: str = ""  # after_app: reset, http_error, stall; corrupted: how; stream_cut: how
     seed: int = 0  # corrupted: which bytes, drawn at decide time
+    after_ms: float = 0.0  # stream_cut: this long after the body's first byte (0: no time)
+    after_chunks: int = 0  # stream_cut: after this many chunks (0: no count)
 
     @property
     def label(self) -> str:
@@ -63,6 +93,8 @@ class Fault:
             return f"after_app_http_{self.status}" if self.status else f"after_app_{self.mode}"
         if self.kind == "corrupted":
             return f"corrupted_{self.mode}"
+        if self.kind == "stream_cut":
+            return f"stream_cut_{self.mode}"
         return self.kind
 
 
@@ -110,6 +142,15 @@ def decide_fault(
         return Fault("after_app", status=status, hold_ms=hold, mode=mode)
     if _hit(config.corruption_probability, rng):
         return Fault("corrupted", mode=config.corruption, seed=rng.getrandbits(32))
+    if _hit(config.cut_probability, rng):
+        return Fault(
+            "stream_cut",
+            mode=config.cut_mode,
+            after_ms=config.cut_after_ms,
+            after_chunks=config.cut_after_chunks,
+        )
+    if _hit(config.upload_reset_probability, rng):
+        return Fault("upload_reset", limit_bytes=config.upload_reset_after_bytes)
     return None
 
 
@@ -119,10 +160,25 @@ def named_fault(name: str, rng: random.Random, timeout_ms: float = 5000.0) -> Fa
     for anything else. A corruption's bytes are drawn from ``rng`` here."""
     value = name.strip().lower()
     if not is_fault_step(value):
-        allowed = ", ".join(["a status 400-599", "after-app-<status>", "ok", *FAULT_NAMES])
+        allowed = ", ".join(
+            ["a status 400-599", "after-app-<status>", "ok", *FAULT_NAMES, *PARAMETERIZED_NAMES]
+        )
         raise ValueError(f"{name!r} is not a fault; allowed: {allowed}")
     if value == "ok":
         return None
+    numbered = PARAMETERIZED.fullmatch(value)
+    if numbered is not None:
+        cut, cut_n, unit, _, upload_n = numbered.groups()
+        if cut:
+            by_time = unit == "ms"
+            after = min(int(cut_n), int(MAX_DELAY_MS) if by_time else 1_000_000)
+            return Fault(
+                "stream_cut",
+                mode="reset",
+                after_ms=after if by_time else 0.0,
+                after_chunks=0 if by_time else after,
+            )
+        return Fault("upload_reset", limit_bytes=int(upload_n))
     code = value.removeprefix("after-app-")
     if code.isascii() and code.isdigit():
         if value.startswith("after-app-"):
@@ -408,3 +464,190 @@ class CorruptBody(_BodyWrapper):
                 self._budget = len(data) // 2
             data, self._budget = data[: self._budget], max(self._budget - len(data), 0)
         return data
+
+
+# The cut timer wakes this often to see whether the body ended meanwhile (each wait is
+# a hold chaos off releases, so it never outlives a released request by more).
+_CUT_TICK_S = 0.05
+
+
+class CutBody(_BodyWrapper):
+    """The app's body, cut partway: a reset, or a clean close that leaves a chunked body
+    without its terminating chunk (``fault.mode``), after ``fault.after_chunks`` of the
+    app's chunks or ``fault.after_ms`` after its first byte, whichever comes first (with
+    neither, right after the headers).
+
+    The time is kept by a timer thread, so a stream whose app sits between chunks
+    (server-sent events, a model's tokens) is cut on time; a body that ends sooner has
+    its end held back until the cut (a chunked body's terminating chunk, the last byte
+    of a body with a Content-Length: a client that has every byte it was promised would
+    see no cut). Its waits go through ``hold``: chaos off releases
+    them and the body ends as the app ends it, uncut. Without a socket the body stops
+    at the cut and the server ends it (annotated ``fallback=stop``). ``close()`` always
+    closes the app's iterable.
+    """
+
+    def __init__(
+        self, fault: Fault, connection: _sockets.Connection, hold: Callable[[float], bool]
+    ) -> None:
+        self._fault = fault
+        self._connection = connection
+        self._hold = hold
+        self._lock = threading.Lock()
+        self._cut_done = False  # by whichever thread cut first
+        self._over = False  # the body is over: the timer stops at its next tick
+        self._timer: threading.Thread | None = None
+        self._length: int | None = None  # the Content-Length, if the app gave one
+
+    def start_response(
+        self, start_response: StartResponse, extra_headers: list[tuple[str, str]]
+    ) -> StartResponse:
+        if not self._connection.reachable:
+            extra_headers = add_annotation(extra_headers, "fallback=stop")
+
+        def cut_start_response(
+            status: str, headers: list[tuple[str, str]], exc_info: Any = None
+        ) -> Any:
+            self._length = content_length(headers)
+            return start_response(status, [*headers, *extra_headers], exc_info)
+
+        return cut_start_response
+
+    def __iter__(self) -> Iterator[bytes]:
+        assert self._inner is not None
+        fault = self._fault
+        if not (fault.after_ms or fault.after_chunks):
+            yield b""  # the headers, then the cut
+            self._cut()
+            return
+        chunks = sent = 0
+        held = b""  # the end held back until the cut (given back if it is released)
+        for chunk in self._inner:
+            if self._cut_done:  # the timer cut while the app made this chunk
+                self._stopped()
+                return
+            if chunk and fault.after_ms and self._timer is None:
+                self._start_timer()
+            length = self._length
+            if length is not None and chunk and sent + len(chunk) >= length:
+                # The promised length's last byte is this body's end: held back.
+                end = max(0, length - sent - 1)
+                yield chunk[:end]
+                held = chunk[end:]
+                break
+            yield chunk
+            if not chunk:
+                continue
+            chunks += 1
+            sent += len(chunk)
+            if fault.after_chunks and chunks >= fault.after_chunks:
+                self._cut()
+                return
+        if fault.after_ms:  # ended before its time: its end waits for the cut
+            if self._timer is None:
+                self._start_timer()
+            assert self._timer is not None
+            self._timer.join()
+            if self._cut_done:
+                self._stopped()
+                return
+            yield held  # released: the end goes out
+            return
+        self._cut()  # fewer chunks than the count: the end never comes
+
+    def _start_timer(self) -> None:
+        due = time.monotonic() + self._fault.after_ms / 1000.0
+        self._timer = threading.Thread(
+            target=self._time, args=(due,), name="mockforge-stream-cut", daemon=True
+        )
+        self._timer.start()
+
+    def _time(self, due: float) -> None:
+        while not self._over:
+            left = due - time.monotonic()
+            if left <= 0:
+                self._cut_now()
+                return
+            if self._hold(min(left, _CUT_TICK_S)) is False:
+                return  # released: no cut
+
+    def _cut_now(self) -> bool:
+        """Cut the connection once (either thread); True for the thread that did. Under
+        the lock ``close()`` takes: once the server closed the response, its socket (and
+        a descriptor it may reuse) is never touched."""
+        with self._lock:
+            if self._cut_done or self._over:
+                return False
+            self._cut_done = True
+            if self._connection.reachable:
+                why = f"injected {self._fault.label}"
+                if self._fault.mode == "close":
+                    self._connection.close(why)
+                else:
+                    self._connection.reset(why)
+        return True
+
+    def _cut(self) -> None:
+        self._cut_now()
+        self._stopped()
+
+    def _stopped(self) -> None:
+        """The body ends at the cut: the server is told the client went away (its
+        socket is cut already); without a socket the body just stops."""
+        self._over = True
+        if self._connection.reachable:
+            raise _sockets.dropped(f"injected {self._fault.label}")
+
+    def close(self) -> None:
+        with self._lock:
+            self._over = True
+        super().close()
+
+
+def read_upload(environ: WSGIEnvironment, limit: int) -> None:
+    """Read and drop up to ``limit`` bytes of the request body: what the server took in
+    before an upload reset (the rest is still on its way from the client)."""
+    stream = environ.get("wsgi.input")
+    if stream is None:
+        return
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = 0
+    terminated = environ.get("wsgi.input_terminated", False)
+    remaining = min(limit, length) if length else (limit if terminated else 0)
+    try:
+        while remaining > 0:
+            chunk = stream.read(min(_DRAIN_CHUNK, remaining))
+            if not chunk:
+                return
+            remaining -= len(chunk)
+    except (OSError, ValueError):
+        return
+
+
+# What a malformed chunk's size line says: not hex, so no parser takes it for a length.
+BAD_CHUNK_SIZE = b"zz-not-hex\r\n"
+
+
+def broken_framing(
+    fault: Fault, status: str, headers: list[tuple[str, str]], first: bytes
+) -> bytes:
+    """The bytes a broken-framing corruption writes on the socket itself, from the app's
+    status, headers and first body bytes. ``malformed_chunk``: the status line and
+    headers (chunked), a first chunk with half of ``first``, then a chunk-size line that
+    is not hex. ``random_then_close``: random bytes (from ``fault.seed``) where the
+    status line belongs. The connection is closed after them."""
+    rng = random.Random(fault.seed)
+    if fault.mode == "random_then_close":
+        data = bytearray(rng.randbytes(rng.randint(64, 512)))
+        if data[0] in b"Hh":  # never the start of "HTTP/"
+            data[0] = 0
+        return bytes(data)
+    hop = ("content-length", "transfer-encoding", "connection")
+    lines = [f"HTTP/1.1 {status}", *(f"{k}: {v}" for k, v in headers if k.lower() not in hop)]
+    lines += ["Transfer-Encoding: chunked", "Connection: close"]
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    good = first[: max(1, len(first) // 2)]
+    chunk = b"%x\r\n%s\r\n" % (len(good), good) if good else b""
+    return head + chunk + BAD_CHUNK_SIZE + rng.randbytes(16)

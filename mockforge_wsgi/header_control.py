@@ -4,9 +4,13 @@
     X-Mockforge-Fault: 503             answer with this status, or: reset, partial,
                                        after-app-reset, after-app-503, empty-reply,
                                        corrupt-flip (-random, -invalid_json, -truncate,
-                                       -wrong_content_type)...
+                                       -wrong_content_type, -malformed_chunk,
+                                       -random_then_close), cut-after-500ms,
+                                       cut-after-3-chunks, upload-reset-after-65536...
     X-Mockforge-Fault-Percent: 50      ...on this share of such requests (default 100)
     X-Mockforge-Throughput-Bps: 20000  pace the response body (at least 1,000 B/s)
+    X-Mockforge-Body-Duration-Ms: 2000 spread the body over this long (10 writes;
+                                       capped at max_delay_ms)
     X-Mockforge-Seed: 42               draw this request's dice from this seed
 
 With an admin token set, the headers count only on a request that also carries
@@ -20,6 +24,8 @@ import math
 import random
 from typing import TYPE_CHECKING
 
+import attrs
+
 from .config import HeaderControlConfig
 from .fault import named_fault
 from .plan import NO_CHAOS, Plan
@@ -30,15 +36,18 @@ if TYPE_CHECKING:
 
 __all__ = ["HEADERS", "InvalidHeaders", "decide_from_headers", "requested"]
 
-DELAY, FAULT, PERCENT, SEED, THROUGHPUT, TOKEN = (
+DELAY, FAULT, PERCENT, SEED, THROUGHPUT, DURATION, TOKEN = (
     "X-Mockforge-Delay-Ms",
     "X-Mockforge-Fault",
     "X-Mockforge-Fault-Percent",
     "X-Mockforge-Seed",
     "X-Mockforge-Throughput-Bps",
+    "X-Mockforge-Body-Duration-Ms",
     "X-Mockforge-Token",
 )
-HEADERS = (DELAY, FAULT, PERCENT, SEED, THROUGHPUT)  # each asks for chaos
+HEADERS = (DELAY, FAULT, PERCENT, SEED, THROUGHPUT, DURATION)  # each asks for chaos
+# The writes a body dribbled by header is sent in (body_chunks' default).
+DURATION_WRITES = 10
 # The slowest pace a header may ask for: a request cannot hold a worker for hours.
 MIN_THROUGHPUT_BPS = 1000
 
@@ -90,6 +99,7 @@ def decide_from_headers(request: Request, config: HeaderControlConfig, rng: rand
     percent = number(PERCENT, 0, 100)
     seed = number(SEED, -(2**63), 2**63)
     throughput = number(THROUGHPUT, MIN_THROUGHPUT_BPS, 10_000_000_000)
+    duration = number(DURATION, 0, math.inf)
     if problems:
         raise InvalidHeaders(problems)
     if seed is not None:
@@ -97,8 +107,17 @@ def decide_from_headers(request: Request, config: HeaderControlConfig, rng: rand
     fault = None
     if asked is not None and (percent is None or rng.random() * 100 < percent):
         fault = asked
+        if fault.kind == "stream_cut" and fault.after_ms > config.max_delay_ms:
+            fault = attrs.evolve(fault, after_ms=config.max_delay_ms)  # a cut's timer holds
     delay_ms = min(delay, config.max_delay_ms) if delay else None
-    shaping = Shaping(bandwidth_bps=int(throughput)) if throughput else None
+    shaping = None
+    if throughput or duration:
+        spread = min(duration, config.max_delay_ms) if duration else 0.0
+        shaping = Shaping(
+            bandwidth_bps=int(throughput or 0),
+            body_duration_ms=spread,
+            body_chunks=DURATION_WRITES if spread else 0,
+        )
     if not (delay_ms or fault or shaping):
         return NO_CHAOS
     return Plan(delay_ms=delay_ms, fault=fault, shaping=shaping)

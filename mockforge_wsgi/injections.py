@@ -20,9 +20,12 @@ CONNECTION_RESET = "connection_reset"
 PARTIAL_RESPONSE = "partial_response"
 AFTER_APP = "after_app"
 CORRUPTED = "corrupted"
+STREAM_CUT = "stream_cut"
+UPLOAD_RESET = "upload_reset"
 RATE_LIMITED = "rate_limited"
 REQUEST_DROPPED = "request_dropped"
 BANDWIDTH_THROTTLED = "bandwidth_throttled"
+BODY_DRIBBLED = "body_dribbled"
 PACKET_LOSS = "packet_loss"
 CONNECTION_LIMITED = "connection_limited"
 CONNECTION_TIMEOUT = "connection_timeout"
@@ -37,10 +40,14 @@ INJECTION_TYPES: dict[str, str] = {
     CONNECTION_RESET: "",
     PARTIAL_RESPONSE: "",
     AFTER_APP: "what followed the app: reset, http_error, stall",
-    CORRUPTED: "how: flip, random, invalid_json, truncate, wrong_content_type, empty_reply",
+    CORRUPTED: "how: flip, random, invalid_json, truncate, wrong_content_type, empty_reply, "
+    "malformed_chunk, random_then_close",
+    STREAM_CUT: "how: reset or close",
+    UPLOAD_RESET: "the request-body bytes read first",
     RATE_LIMITED: "the level: global, per_ip or per_endpoint",
     REQUEST_DROPPED: "",
     BANDWIDTH_THROTTLED: "bytes per second",
+    BODY_DRIBBLED: "the time and the writes: <ms>ms/<writes>",
     PACKET_LOSS: "the percent",
     CONNECTION_LIMITED: "",
     CONNECTION_TIMEOUT: "",

@@ -19,6 +19,7 @@ from .fault import Fault, decide_fault
 from .injections import (
     AFTER_APP,
     BANDWIDTH_THROTTLED,
+    BODY_DRIBBLED,
     BULKHEAD_FULL,
     CIRCUIT_OPEN,
     CONNECTION_LIMITED,
@@ -26,9 +27,12 @@ from .injections import (
     HTTP_ERROR,
     LATENCY,
     PACKET_LOSS,
+    PARTIAL_RESPONSE,
     RATE_LIMITED,
     REQUEST_DROPPED,
+    STREAM_CUT,
     TIMEOUT,
+    UPLOAD_RESET,
     Injection,
 )
 from .latency import decide_delay
@@ -71,11 +75,18 @@ class Plan(NamedTuple):
         stalls = fault is not None and (fault.kind == AFTER_APP and fault.mode == "stall")
         if fault is not None and fault.hold_ms and (fault.kind == TIMEOUT or stalls):
             return True
+        if fault is not None and fault.kind == STREAM_CUT and fault.after_ms:
+            return True  # a body that ends sooner is held until its cut
         shaping = self.shaping
         return (
             shaping is not None
             and not shaping.drop
-            and bool(shaping.bandwidth_bps or shaping.upload_bps or shaping.loss_percent)
+            and bool(
+                shaping.bandwidth_bps
+                or shaping.upload_bps
+                or shaping.loss_percent
+                or shaping.body_duration_ms
+            )
         )
 
     @property
@@ -184,12 +195,16 @@ class Plan(NamedTuple):
                 found.append(_new(Injection, (BANDWIDTH_THROTTLED, str(shaping.bandwidth_bps))))
             if shaping.loss_percent:
                 found.append(_new(Injection, (PACKET_LOSS, f"{shaping.loss_percent:g}%")))
+            if shaping.body_duration_ms:
+                found.append(_new(Injection, (BODY_DRIBBLED, shaping.dribble)))
         if self.delay_ms is not None:
             found.append(_new(Injection, (LATENCY, "")))
         fault = self.fault
         if fault is not None:
             # A fault's kind is its injection type (the names of injections.py).
             detail = str(fault.status) if fault.kind == HTTP_ERROR else fault.mode
+            if fault.kind == UPLOAD_RESET:
+                detail = str(fault.limit_bytes)
             found.append(_new(Injection, (fault.kind, detail)))
         if self.cut_by_timeout:
             found.append(_new(Injection, (CONNECTION_TIMEOUT, "")))
@@ -213,6 +228,8 @@ class Plan(NamedTuple):
 
 
 NO_CHAOS = Plan()
+# Faults that cut a body: a HEAD answer has none (they are not planned for it).
+_BODY_CUTS = frozenset({PARTIAL_RESPONSE, STREAM_CUT})
 
 
 def decide_plan(
@@ -242,7 +259,7 @@ def decide_plan(
         return Plan(rate_limit=rate_limit, shaping=shaping)
     delay_ms = decide_delay(config.latency, rng)
     fault = decide_fault(config.fault_injection, rng, pattern_number, since_change_s, script_step)
-    if head and fault is not None and fault.kind == "partial_response":
+    if head and fault is not None and fault.kind in _BODY_CUTS:
         fault = None  # drawn all the same: the requests after it decide as without HEAD
     if delay_ms is None and fault is None and shaping is None and rate_limit is None:
         return NO_CHAOS

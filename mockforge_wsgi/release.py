@@ -1,11 +1,12 @@
 """Holds that chaos off takes back: every injected wait sleeps here, and wakes early.
 
 A synchronous server's threads are held by injected latency, timeout holds, after-app
-stalls, connection-timeout waits and paced bodies. Each of those waits goes through
-:meth:`Releaser.hold`, a wait on one per-process condition with a generation counter:
-:meth:`Releaser.release` moves the generation and every hold in the process wakes at
-once. A woken hold asks whether chaos still wants it (``wanted``); if not, it returns
-False (released) and its request goes on as if chaos had been off from that moment.
+stalls, connection-timeout waits, paced and dribbled bodies and stream cuts' timers.
+Each of those waits goes through :meth:`Releaser.hold`, a wait on one per-process
+condition with a generation counter: :meth:`Releaser.release` moves the generation and
+every hold in the process wakes at once. A woken hold asks whether chaos still wants it
+(``wanted``); if not, it returns False (released) and its request goes on as if chaos
+had been off from that moment.
 
 Changes made in another process (another worker, the admin listener, another host on
 Redis) are learnt from the store's state version: while anything is held, one daemon

@@ -27,6 +27,7 @@ __all__ = [
     "DEADLINE",
     "DUE",
     "RELEASED",
+    "DribbleBody",
     "PacedBody",
     "PacedInput",
     "Shaping",
@@ -71,6 +72,15 @@ class Shaping:
     max_connections: int = 0
     queue_timeout_ms: float = 0.0
     connection_timeout_ms: float = 0.0
+    body_duration_ms: float = 0.0  # a dribble: the body spread over this long...
+    body_chunks: int = 0  # ...in this many writes
+
+    @property
+    def dribble(self) -> str:
+        """How the body is dribbled (``1000ms/10``), or "" when it is not."""
+        if not self.body_duration_ms:
+            return ""
+        return f"{self.body_duration_ms:g}ms/{self.body_chunks}"
 
     @property
     def paces_body(self) -> bool:
@@ -84,6 +94,8 @@ class Shaping:
             parts.append(f"bandwidth={self.bandwidth_bps}Bps")
         if self.upload_bps:
             parts.append(f"upload={self.upload_bps}Bps")
+        if self.body_duration_ms:
+            parts.append(f"dribble={self.dribble}")
         if self.loss_percent:
             parts.append(f"packet_loss={self.loss_percent:g}%")
         if self.connection_timeout_ms:
@@ -122,6 +134,8 @@ def _build(config: TrafficShapingConfig, *, drop: bool, loss_seed: int) -> Shapi
         max_connections=config.max_connections,
         queue_timeout_ms=config.queue_timeout_ms,
         connection_timeout_ms=config.connection_timeout_ms,
+        body_duration_ms=config.body_duration_ms,
+        body_chunks=config.body_chunks if config.body_duration_ms else 0,
     )
 
 
@@ -259,6 +273,97 @@ class PacedBody:
             self._on_cut()
         if self._connection.reachable:
             raise self._connection.close("connection timeout")
+
+    def close(self) -> None:
+        close = getattr(self._inner, "close", None)
+        if close is not None:
+            close()
+
+
+class DribbleBody:
+    """The body spread evenly over ``body_duration_ms`` in ``body_chunks`` writes, the
+    headers at once (WireMock's chunked dribble delay); ``close()`` always closes the
+    app's iterable.
+
+    With a Content-Length of L bytes, write k (from 0) carries bytes ``k*L//n`` up to
+    ``(k+1)*L//n`` and leaves at ``start + (k+1) * duration / n``, so the last byte
+    lands when the time is up; an app chunk is split where the writes split it, nothing
+    is buffered. Without a length, each of the app's chunks is a write on the same
+    schedule, and the chunks after the n-th go at once. A released wait (chaos off
+    meanwhile) sends the rest at full speed.
+    """
+
+    _inner: Iterable[bytes] = ()
+
+    def __init__(
+        self, shaping: Shaping, *, clock: Clock = time.monotonic, sleep: Sleep = hold
+    ) -> None:
+        self._duration_s = shaping.body_duration_ms / 1000.0
+        self._writes = max(1, shaping.body_chunks)
+        self._clock = clock
+        self._sleep = sleep
+        self.length: int | None = None  # the Content-Length sent (see ``seeing``)
+
+    def wrap(self, inner: Iterable[bytes]) -> DribbleBody:
+        """Dribble ``inner`` (the app's body); returns self."""
+        self._inner = inner
+        return self
+
+    def seeing(self, start_response: Any) -> Any:
+        """``start_response`` that notes the Content-Length the server is given."""
+
+        def start_response_seen(status: str, headers: list[Any], exc_info: Any = None) -> Any:
+            for name, value in headers:
+                if name.lower() == "content-length" and value.strip().isdigit():
+                    self.length = int(value)
+            return start_response(status, headers, exc_info)
+
+        return start_response_seen
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._dribbled()
+
+    def _due(self, write: int) -> float:
+        return (write + 1) * self._duration_s / self._writes
+
+    def _dribbled(self) -> Iterator[bytes]:
+        chunks = iter(self._inner)
+        origin: float | None = None
+        write = sent = 0
+        n = self._writes
+        for chunk in chunks:
+            if origin is None:
+                yield b""  # the headers at once
+                origin = self._clock()
+            if not chunk:
+                continue
+            length = self.length
+            if length is None:  # one app chunk per write; past the n-th, at once
+                if write < n and not self._wait(origin + self._due(write)):
+                    yield chunk
+                    yield from chunks
+                    return
+                write += 1
+                yield chunk
+                continue
+            offset = 0
+            while offset < len(chunk):
+                # The write this byte belongs to, and where that write ends.
+                write = min(n - 1, sent * n // length) if length else n - 1
+                end = -(-(write + 1) * length // n) if length else sent + len(chunk)
+                size = min(len(chunk) - offset, max(1, end - sent))
+                if not self._wait(origin + self._due(write)):
+                    yield chunk[offset:]
+                    yield from chunks
+                    return
+                yield chunk[offset : offset + size]
+                offset += size
+                sent += size
+
+    def _wait(self, due: float) -> bool:
+        """Wait until ``due``: False when released (the rest goes at full speed)."""
+        left = due - self._clock()
+        return not (left > 0 and self._sleep(left) is False)
 
     def close(self) -> None:
         close = getattr(self._inner, "close", None)

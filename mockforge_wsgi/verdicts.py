@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 
-from .injections import AFTER_APP, CONNECTION_TIMEOUT, CORRUPTED, PARTIAL_RESPONSE
+from .injections import AFTER_APP, CONNECTION_TIMEOUT, CORRUPTED, PARTIAL_RESPONSE, STREAM_CUT
 
 __all__ = ["Attempt", "Call", "group_calls", "quantile", "summarize", "verdicts"]
 
@@ -28,8 +28,9 @@ RETRY_AFTER_SLACK_S = 0.05
 BACKOFF_SLACK_S = 0.01
 # Methods a client must not repeat blindly once the app may have acted (RFC 9110 9.2.2).
 NOT_IDEMPOTENT = frozenset({"POST", "PATCH"})
-# Faults that reach the client after the app ran: its side effect is done.
-APP_RAN = frozenset({AFTER_APP, CORRUPTED, PARTIAL_RESPONSE, CONNECTION_TIMEOUT})
+# Faults that reach the client after the app ran: its side effect is done. (An upload
+# reset comes before the app runs: a retry of it is safe.)
+APP_RAN = frozenset({AFTER_APP, CORRUPTED, PARTIAL_RESPONSE, CONNECTION_TIMEOUT, STREAM_CUT})
 # Shown per call at most (the summary counts them all).
 MAX_CALLS_SHOWN = 500
 

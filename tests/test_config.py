@@ -16,6 +16,7 @@ from mockforge_wsgi.config import (
     iter_settings,
     load_config,
 )
+from mockforge_wsgi.config_declarations import INBOUND_ONLY_FAULTS
 from mockforge_wsgi.config_docs import own_settings, render_into
 from mockforge_wsgi.scenarios import scenario_from_dict
 
@@ -337,11 +338,11 @@ SHARES = [
 def test_every_share_setting_is_found() -> None:
     # If one is renamed so that its name no longer says it, the range test must not skip it.
     names = [info.dotted for info, _ in SHARES if info.path[0] not in ("plugins", "outbound")]
-    assert sum(name.endswith("probability") for name in names) == 8, names
+    assert sum(name.endswith("probability") for name in names) == 10, names
     assert sum(name.endswith("percent") for name in names) == 2, names
     # chaos.outbound: refused_probability, and its own latency and faults' shares
     outbound = [info.dotted for info, _ in SHARES if info.path[0] == "outbound"]
-    assert sum(name.endswith("probability") for name in outbound) == 8, outbound
+    assert sum(name.endswith("probability") for name in outbound) == 10, outbound
     assert sum(name.endswith("percent") for name in outbound) == 1, outbound
 
 
@@ -357,7 +358,9 @@ def test_every_share_is_checked_against_its_range(info: Any, high: float, value:
     with pytest.raises(ConfigError) as error:
         config_from_dict(data)
     assert f"{info.dotted}: " in str(error.value)
-    for good in (0, high / 4, high):
+    # An outbound call takes no fault of the server's side of a connection: only 0.
+    inbound_only = info.path[0] == "outbound" and info.path[-1] in INBOUND_ONLY_FAULTS
+    for good in (0,) if inbound_only else (0, high / 4, high):
         target[info.path[-1]] = good
         assert _value(config_from_dict(data), info.path) == good  # in range: as sent
 

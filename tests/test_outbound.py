@@ -661,6 +661,27 @@ def test_a_call_rule_may_set_latency_and_faults_only() -> None:
     ]
 
 
+def test_faults_of_the_server_side_are_refused_for_calls() -> None:
+    """A stream cut on a timer, an upload reset and framing written on the client's
+    socket have no place in a client call: refused, not silently ignored."""
+    section = {
+        "fault_injection": {"cut_probability": 0.5, "corruption": "random_then_close"},
+        "rules": [{"match": {"host": "a:1"}, "fault_injection": {"upload_reset_probability": 1}}],
+    }
+    with pytest.raises(ConfigError) as error:
+        config_from_dict({"outbound": section})
+    assert error.value.problems == [
+        "chaos.outbound.fault_injection.cut_probability: 0.5 is for inbound requests only; "
+        "an outbound call has no stream to cut on a timer nor upload to reset (0 here)",
+        "chaos.outbound.fault_injection.corruption: 'random_then_close' is for inbound "
+        "requests only (written on the client's socket); allowed: flip, random, "
+        "invalid_json, truncate, wrong_content_type, empty_reply",
+        "chaos.outbound.rules[0].fault_injection.upload_reset_probability: 1.0 is for "
+        "inbound requests only; an outbound call has no stream to cut on a timer nor "
+        "upload to reset (0 here)",
+    ]
+
+
 @pytest.mark.chaos_outbound(
     {"fault_injection": {"http_errors": [429], "http_error_probability": 1.0}},
     hosts=["payments.internal:*"],

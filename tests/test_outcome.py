@@ -34,6 +34,11 @@ CASES: dict[str, dict[str, Any]] = {
     "timeout": {"fault_injection": {"enabled": True, "timeout_probability": 1, "timeout_ms": 1}},
     "connection_reset": {"fault_injection": {"enabled": True, "connection_error_probability": 1}},
     "partial_response": {"fault_injection": {"enabled": True, "partial_response_probability": 1}},
+    "stream_cut": {
+        "fault_injection": {"enabled": True, "cut_probability": 1, "cut_after_chunks": 1}
+    },
+    "upload_reset": {"fault_injection": {"enabled": True, "upload_reset_probability": 1}},
+    "body_dribbled": {"traffic_shaping": {"enabled": True, "body_duration_ms": 1}},
     "rate_limited": {"rate_limit": {"enabled": True, "requests_per_second": 1, "burst_size": 1}},
     "request_dropped": {"traffic_shaping": {"enabled": True, "request_drop_probability": 1}},
     "bandwidth_throttled": {

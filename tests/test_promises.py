@@ -45,6 +45,10 @@ CONSTANT = T + "test_promises.py::test_documented_constant"
 LEASE = T + "test_lease.py::test_a_worker_spends_its_lease_locally_and_gives_back_the_rest"
 WORKER_TIMEOUT = T + "test_cli.py::test_worker_timeout_covers_the_longest_injected_delay"
 RELEASED = T + "test_release_server.py::test_8_requests_held_3_s_are_released_by_the_disable"
+STREAM_CUT_MS = (
+    T
+    + "test_streams_server.py::test_a_stream_cut_after_t_ms_is_cut_while_the_app_sits_between_events"
+)
 HOLD_CHECK = T + "test_api.py::test_a_config_that_outlasts_the_workers_is_refused_with_the_reason"
 
 # (doc, figure as written, the test that checks it)
@@ -59,6 +63,7 @@ PROMISES: list[tuple[str, str, str]] = [
         "562.5 ms", "300 ms", "3%", "28 ms", "120 ms")],
     *[("docs/CHAOS_ENGINEERING.md", f, SOURCES) for f in ("165 ms", "630 ms", "70 ms", "840 ms")],
     ("docs/CHAOS_ENGINEERING.md", "30 s", WORKER_TIMEOUT),
+    ("docs/CHAOS_ENGINEERING.md", "300ms", STREAM_CUT_MS),
     ("docs/CHAOS_ENGINEERING.md", "60 s", HOLD_CHECK),
     ("docs/CHAOS_ENGINEERING.md", "41 s", HOLD_CHECK),
     ("docs/RELIABILITY.md", "600,000 ms", BOUNDS),

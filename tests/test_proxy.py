@@ -356,6 +356,55 @@ def test_a_cut_body_through_the_proxy_as_each_client_sees_it(
             session().get(proxy.url + "/big", timeout=10)
 
 
+@pytest.mark.parametrize(
+    ("fault", "curl_exit", "httpx_error"),
+    [
+        (
+            {"cut_probability": 1.0, "cut_after_chunks": 3, "cut_mode": "close"},
+            18,
+            "incomplete",
+        ),
+        ({"cut_probability": 1.0, "cut_after_chunks": 3}, 56, "reset"),
+        ({"corruption_probability": 1.0, "corruption": "malformed_chunk"}, 56, "chunk header"),
+    ],
+    ids=["stream_cut_close", "stream_cut_reset", "malformed_chunk"],
+)
+def test_a_cut_or_broken_stream_through_the_proxy(
+    proxy: Server,
+    http: requests.Session,
+    fault: dict[str, object],
+    curl_exit: int,
+    httpx_error: str,
+) -> None:
+    """The proxy streams the upstream's chunked body; a cut or a malformed chunk reaches
+    each client as from a wrapped app."""
+    _faults(http, proxy, **fault)
+    curl = _curl(proxy.url + "/stream", "-o", "/dev/null", "-w", "%{size_download}")
+    assert curl.returncode == curl_exit, curl
+    assert int(curl.stdout) < len("".join(f"chunk {n}\n" for n in range(STREAM_CHUNKS)))
+    with (
+        httpx.Client(trust_env=False) as client,
+        pytest.raises(httpx.HTTPError, match=httpx_error),
+    ):
+        client.get(proxy.url + "/stream", timeout=10)
+    with pytest.raises(requests.exceptions.ChunkedEncodingError):
+        session().get(proxy.url + "/stream", timeout=10)
+
+
+def test_a_dribbled_proxied_stream_takes_its_time_and_keeps_its_bytes(
+    proxy: Server, http: requests.Session
+) -> None:
+    api = proxy.url + "/api/chaos"
+    http.post(api + "/enable", timeout=10).raise_for_status()
+    shaping = {"enabled": True, "body_duration_ms": 300, "body_chunks": 5}
+    http.put(api + "/config/traffic", json=shaping, timeout=10).raise_for_status()
+    started = time.monotonic()
+    response = session().get(proxy.url + "/stream", timeout=10)
+    assert time.monotonic() - started >= 0.3
+    assert response.text == "".join(f"chunk {n}\n" for n in range(STREAM_CHUNKS))
+    assert response.headers["X-Mockforge-Chaos"] == "dribble=300ms/5"
+
+
 def _injections(http: requests.Session, proxy: Server) -> dict[str, float]:
     """HTTP errors injected so far, by status, summed over the workers by /metrics."""
     metrics = http.get(proxy.url + "/metrics", timeout=10).text

@@ -8,6 +8,7 @@ in chaos configured by ``MOCKFORGE_CONFIG`` and ``MOCKFORGE_CHAOS_*``; and
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -18,9 +19,14 @@ from mockforge_wsgi.middleware import ChaosMiddleware
 
 
 def base_app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-    """``/bytes/N`` (N bytes, Content-Length), ``/stream/N`` (no length),
-    ``/echo`` (the request body), ``/pid`` (the worker's pid), else ``hello``."""
+    """``/bytes/N`` (N bytes, Content-Length), ``/stream/N`` (no length), ``/events/N/MS``
+    (N events, MS ms apart, no length: a server-sent stream), ``/echo`` (the request
+    body), ``/pid`` (the worker's pid), else ``hello``."""
     path = environ.get("PATH_INFO", "/")
+    if path.startswith("/events/"):
+        count, gap_ms = (int(part) for part in path.split("/")[2:4])
+        start_response("200 OK", [("Content-Type", "text/event-stream")])
+        return _events(count, gap_ms / 1000.0)
     if path.startswith(("/bytes/", "/stream/")):
         size = int(path.rsplit("/", 1)[1])
         headers = [("Content-Type", "application/octet-stream")]
@@ -56,6 +62,13 @@ def outbound_caller(environ: dict[str, Any], start_response: Any) -> Iterable[by
     body = f"{got} {os.getpid()}".encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
+
+
+def _events(count: int, gap_s: float) -> Iterator[bytes]:
+    for n in range(count):
+        if n:
+            time.sleep(gap_s)
+        yield f"data: {n}\n\n".encode()
 
 
 def _chunks(size: int, chunk: int = 16384) -> Iterator[bytes]:
