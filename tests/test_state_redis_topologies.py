@@ -19,7 +19,7 @@ from servers import RedisClusterServers, RedisSentinelServers, mockforge_serve, 
 from test_state_redis import _hammer
 
 from mockforge_wsgi.state import Bucket, StoreError
-from mockforge_wsgi.state.redis_store import RedisStore
+from mockforge_wsgi.state.redis_store import RETRY_S, RedisStore
 
 pytestmark = pytest.mark.server
 
@@ -179,6 +179,11 @@ def test_a_cluster_node_down_is_one_outage_then_the_store_recovers(
         with pytest.raises(StoreError):
             store.take(bucket, 0.0, 1)  # within the retry pause: no socket wait
         assert time.monotonic() - start < 0.05
+        for _ in range(3):  # tries after the pause, the node still down: the same outage
+            time.sleep(RETRY_S + 0.05)
+            with pytest.raises(StoreError):
+                store.take(bucket, 0.0, 1)
+        assert store.outages == 1
     finally:
         cluster.start_node(port)
     deadline = time.monotonic() + 10
