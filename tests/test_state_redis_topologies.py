@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -15,7 +16,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from servers import RedisClusterServers, RedisSentinelServers, mockforge_serve, session
+from servers import (
+    RedisClusterServers,
+    RedisSentinelServers,
+    _stop,
+    free_port,
+    mockforge_serve,
+    session,
+)
 from test_state_redis import _hammer
 
 from mockforge_wsgi.state import Bucket, StoreError
@@ -59,6 +67,55 @@ def sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSentinel
         yield servers
     finally:
         servers.stop()
+
+
+@pytest.fixture(scope="module")
+def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A one-node Redis Cluster (every slot on it) that speaks only TLS, with a
+    password: its ``rediss+cluster://`` URL, trusting the throwaway CA."""
+    import redis
+
+    _needs_redis_server()
+    trustme = pytest.importorskip("trustme")
+    directory = tmp_path_factory.mktemp("tls")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    ca.cert_pem.write_to_path(str(directory / "ca.pem"))
+    cert.private_key_pem.write_to_path(str(directory / "key.pem"))
+    cert.cert_chain_pems[0].write_to_path(str(directory / "cert.pem"))
+    port = free_port()
+    args = ["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1"]
+    args += ["--tls-cert-file", str(directory / "cert.pem"), "--tls-key-file"]
+    args += [str(directory / "key.pem"), "--tls-ca-cert-file", str(directory / "ca.pem")]
+    args += ["--tls-auth-clients", "no", "--cluster-enabled", "yes", "--tls-cluster", "yes"]
+    args += ["--requirepass", "s3cret", "--save", "", "--appendonly", "no"]
+    proc = subprocess.Popen(
+        [*args, "--dir", str(directory)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    node = redis.Redis(
+        host="127.0.0.1",
+        port=port,
+        password="s3cret",
+        ssl=True,
+        ssl_ca_certs=str(directory / "ca.pem"),
+        socket_timeout=1,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                node.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+                break
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline, "the TLS node did not start"
+                time.sleep(0.05)
+        while b"cluster_state:ok" not in node.execute_command("CLUSTER", "INFO"):
+            assert time.monotonic() < deadline, "the TLS cluster is not ok"
+            time.sleep(0.05)
+        yield f"rediss+cluster://:s3cret@127.0.0.1:{port}/?ssl_ca_certs={directory / 'ca.pem'}"
+    finally:
+        node.close()
+        _stop(proc)
 
 
 def _every_call(store: RedisStore) -> None:
@@ -128,6 +185,16 @@ def test_every_store_call_on_a_cluster_and_where_its_keys_live(
     assert set(slots) == {"every:{state}", "every:{tat}", "every:{slots}", "every:{counters}"}
     assert all(len(found) == 1 for found in slots.values()), slots
     assert len(set().union(*placed.values())) > 1, placed  # spread over the masters
+
+
+def test_every_store_call_on_a_cluster_over_tls_with_a_password(tls_cluster: str) -> None:
+    _every_call(RedisStore(tls_cluster, prefix="tls:"))
+    plain = RedisStore(tls_cluster.replace("rediss+", "redis+"), prefix="tls:")
+    with pytest.raises(StoreError):  # the node speaks only TLS: rediss+ is what did it
+        plain.load_state()
+    wrong = RedisStore(tls_cluster.replace("s3cret", "wrong"), prefix="tls:")
+    with pytest.raises(StoreError):  # and the password reached it
+        wrong.load_state()
 
 
 def test_two_servers_of_two_workers_share_one_limit_and_one_state_on_a_cluster(

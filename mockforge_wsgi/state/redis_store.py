@@ -134,6 +134,13 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[1], redis.call('TIME')[1])
 """
 
+# KEYS: state, version. ARGV: the state. (A cluster's save: redis-py before 6 has no
+# transactions in a cluster pipeline; a script is one step on any.)
+SAVE_STATE = """
+redis.call('SET', KEYS[1], ARGV[1])
+return redis.call('INCR', KEYS[2])
+"""
+
 # KEYS: state, version. ARGV: the state.
 INIT_STATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -231,6 +238,7 @@ class RedisStore(Store):
         self._take_slot = self._redis.register_script(TAKE_SLOT)
         self._put_slots = self._redis.register_script(PUT_SLOTS)
         self._init_state = self._redis.register_script(INIT_STATE)
+        self._save_state = self._redis.register_script(SAVE_STATE)
         self._start_state = self._redis.register_script(START_STATE)
         self._renew_lease = self._redis.register_script(RENEW_LEASE)
         # Slots this process holds, by name: the truth its field in Redis is set to.
@@ -334,6 +342,12 @@ class RedisStore(Store):
         return self._version, (json.loads(raw) if raw else None)
 
     def save_state(self, state: dict[str, Any]) -> int:
+        if self._tagged:
+            raw = json.dumps(state, separators=(",", ":"))
+            keys = [self._key("state"), self._key("version")]
+            self._version = int(self._call(lambda: self._save_state(keys=keys, args=[raw])))
+            return self._version
+
         def save() -> int:
             pipe = self._redis.pipeline(transaction=True)
             pipe.set(self._key("state"), json.dumps(state, separators=(",", ":")))
