@@ -127,3 +127,24 @@ def test_a_store_on_an_unreachable_cluster_or_sentinel_opens_without_connecting(
     cluster = store_from_url("redis+cluster://:hunter2@127.0.0.1:1/")
     sentinel = store_from_url("redis+sentinel://:hunter2@127.0.0.1:1/mymaster/0")
     assert "hunter2" not in getattr(cluster, "url", "") + getattr(sentinel, "url", "")
+
+
+def test_rediss_sentinel_speaks_tls_to_the_primary_and_to_the_sentinels() -> None:
+    """What the client is built with (nothing connects): TLS, the password and the
+    database for the primary; TLS and their own password for the sentinels."""
+    from redis.connection import SSLConnection
+    from redis.sentinel import SentinelManagedSSLConnection
+
+    from mockforge_wsgi.state.redis_store import RedisStore
+
+    url = "rediss+sentinel://:pw@127.0.0.1:1/mymaster/2?ssl_cert_reqs=none&sentinel_password=sp"
+    store = RedisStore(url)
+    pool = store._redis.connection_pool
+    assert pool.connection_class is SentinelManagedSSLConnection
+    assert (pool.connection_kwargs["password"], pool.connection_kwargs["db"]) == ("pw", 2)
+    assert pool.connection_kwargs["ssl_cert_reqs"] == "none"
+    sentinel = pool.sentinel_manager.sentinels[0].connection_pool
+    assert sentinel.connection_class is SSLConnection
+    assert sentinel.connection_kwargs["password"] == "sp"
+    plain = RedisStore("redis+sentinel://:pw@127.0.0.1:1/mymaster")
+    assert plain._redis.connection_pool.connection_class is not SentinelManagedSSLConnection
