@@ -282,6 +282,7 @@ class RedisClusterServers:
         hosts = ",".join(f"127.0.0.1:{port}" for port in self.ports[:2])
         self.url = f"redis+cluster://{hosts}/"  # two of three: any node finds the rest
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.bus_ports: dict[int, int] = {}
 
     def start(self) -> None:
         import redis
@@ -295,12 +296,15 @@ class RedisClusterServers:
                 node.execute_command("CLUSTER", "ADDSLOTSRANGE", i * step, last)
         with redis.Redis(port=self.ports[0]) as first:
             for port in self.ports[1:]:
-                first.execute_command("CLUSTER", "MEET", "127.0.0.1", port)
+                bus = self.bus_ports[port]
+                first.execute_command("CLUSTER", "MEET", "127.0.0.1", port, bus)
         self.wait_ok()
 
     def start_node(self, port: int, *, wait: bool = True) -> None:
+        # The bus port is given: port + 10000 by default, which may be a client's.
+        bus = self.bus_ports.setdefault(port, free_port())
         args = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
-        args += ("--cluster-node-timeout", "1000")
+        args += ("--cluster-node-timeout", "1000", "--cluster-port", str(bus))
         self.procs[port] = _redis_process(port, self.tmp_path / str(port), *args)
         if wait:
             self.wait_ok()

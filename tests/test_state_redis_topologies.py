@@ -88,10 +88,10 @@ def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     args += ["--tls-cert-file", str(directory / "cert.pem"), "--tls-key-file"]
     args += [str(directory / "key.pem"), "--tls-ca-cert-file", str(directory / "ca.pem")]
     args += ["--tls-auth-clients", "no", "--cluster-enabled", "yes", "--tls-cluster", "yes"]
+    args += ["--cluster-port", str(free_port())]  # not port + 10000: maybe a client's
     args += ["--requirepass", "s3cret", "--save", "", "--appendonly", "no"]
-    proc = subprocess.Popen(
-        [*args, "--dir", str(directory)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    with open(directory / "redis.log", "wb") as log:  # why, if it does not start
+        proc = subprocess.Popen([*args, "--dir", str(directory)], stdout=log, stderr=log)
     node = redis.Redis(
         host="127.0.0.1",
         port=port,
@@ -107,7 +107,7 @@ def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 node.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
                 break
             except redis.ConnectionError:
-                assert time.monotonic() < deadline, "the TLS node did not start"
+                assert time.monotonic() < deadline, (directory / "redis.log").read_text()
                 time.sleep(0.05)
         while b"cluster_state:ok" not in node.execute_command("CLUSTER", "INFO"):
             assert time.monotonic() < deadline, "the TLS cluster is not ok"
