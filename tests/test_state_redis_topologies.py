@@ -29,7 +29,9 @@ from test_state_redis import _hammer
 from mockforge_wsgi.state import Bucket, StoreError
 from mockforge_wsgi.state.redis_store import RETRY_S, RedisStore
 
-pytestmark = pytest.mark.server
+# One process runs the module (--dist loadgroup): the cluster and the sentinel set start
+# once, not once per xdist worker.
+pytestmark = [pytest.mark.server, pytest.mark.xdist_group("redis_topologies")]
 
 LIMIT = {
     "MOCKFORGE_CHAOS_ENABLED": "true",
