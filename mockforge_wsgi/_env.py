@@ -17,7 +17,7 @@ TRUE = frozenset({"1", "true", "yes", "on"})
 FALSE = frozenset({"0", "false", "no", "off"})
 
 ADMIN_TOKEN = "MOCKFORGE_ADMIN_TOKEN"  # bearer token the management API requires
-STORE = "MOCKFORGE_STORE"  # memory://, file:///dir or redis://host:port/db
+STORE = "MOCKFORGE_STORE"  # memory://, file:///dir, redis://, redis+cluster://, redis+sentinel://
 CONFIG = "MOCKFORGE_CONFIG"  # YAML config of mockforge_wsgi.app
 METRICS = "MOCKFORGE_METRICS"  # boolean: mount /metrics in mockforge_wsgi.app
 RECORDER_DB = "MOCKFORGE_RECORDER_DB"  # SQLite file of the request recorder

@@ -239,6 +239,177 @@ class RedisServer:
             self.proc = None
 
 
+def _redis_process(
+    port: int, directory: Path, *settings: str, config: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """A redis-server on 127.0.0.1:port, nothing persisted, answering PING (or raise)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    args = ["redis-server", *([str(config)] if config else [])]
+    args += ["--port", str(port), "--bind", "127.0.0.1"]
+    args += ["--save", "", "--appendonly", "no", "--dir", str(directory), *settings]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection(("127.0.0.1", port), timeout=1) as client,
+        ):
+            client.sendall(b"PING\r\n")
+            if client.recv(16).startswith(b"+PONG"):
+                return proc
+        time.sleep(0.02)
+    _stop(proc)
+    raise RuntimeError(f"redis-server on port {port} did not start")
+
+
+def _until(what: str, done: Any, seconds: float = 15.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not done():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what}: not within {seconds} s")
+        time.sleep(0.02)
+
+
+class RedisClusterServers:
+    """A real Redis Cluster of ``masters`` redis-server processes on 127.0.0.1 (no
+    replicas): slots split evenly by CLUSTER ADDSLOTSRANGE, nodes joined by CLUSTER
+    MEET (quicker than ``redis-cli --cluster create``, which sleeps). A node can be
+    stopped and started again with its slots (its nodes.conf is kept)."""
+
+    def __init__(self, tmp_path: Path, masters: int = 3) -> None:
+        self.ports = [free_port() for _ in range(masters)]
+        self.tmp_path = tmp_path
+        hosts = ",".join(f"127.0.0.1:{port}" for port in self.ports[:2])
+        self.url = f"redis+cluster://{hosts}/"  # two of three: any node finds the rest
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.bus_ports: dict[int, int] = {}
+
+    def start(self) -> None:
+        import redis
+
+        for port in self.ports:
+            self.start_node(port, wait=False)
+        step = 16384 // len(self.ports)
+        for i, port in enumerate(self.ports):
+            last = 16383 if i == len(self.ports) - 1 else (i + 1) * step - 1
+            with redis.Redis(port=port) as node:
+                node.execute_command("CLUSTER", "ADDSLOTSRANGE", i * step, last)
+        with redis.Redis(port=self.ports[0]) as first:
+            for port in self.ports[1:]:
+                bus = self.bus_ports[port]
+                first.execute_command("CLUSTER", "MEET", "127.0.0.1", port, bus)
+        self.wait_ok()
+
+    def start_node(self, port: int, *, wait: bool = True) -> None:
+        # The bus port is given: port + 10000 by default, which may be a client's.
+        bus = self.bus_ports.setdefault(port, free_port())
+        args = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
+        args += ("--cluster-node-timeout", "1000", "--cluster-port", str(bus))
+        self.procs[port] = _redis_process(port, self.tmp_path / str(port), *args)
+        if wait:
+            self.wait_ok()
+
+    def stop_node(self, port: int) -> None:
+        _stop(self.procs.pop(port))
+
+    def node_of(self, key: str) -> int:
+        """The port of the master that holds ``key``."""
+        import redis
+
+        with redis.Redis(port=self.ports[0]) as node:
+            slot = int(node.execute_command("CLUSTER", "KEYSLOT", key))
+        step = 16384 // len(self.ports)
+        return self.ports[min(slot // step, len(self.ports) - 1)]
+
+    def wait_ok(self) -> None:
+        """Every node knows every other and says cluster_state:ok."""
+        import redis
+
+        def ok() -> bool:
+            for port in self.ports:
+                with redis.Redis(port=port) as node:
+                    info = node.execute_command("CLUSTER", "INFO")
+                    info = info.decode() if isinstance(info, bytes) else str(info)
+                    if "cluster_state:ok" not in info:
+                        return False
+                    if f"cluster_known_nodes:{len(self.ports)}" not in info:
+                        return False
+            return True
+
+        _until("the cluster is ok", ok)
+
+    def stop(self) -> None:
+        for port in list(self.procs):
+            self.stop_node(port)
+
+
+class RedisSentinelServers:
+    """A primary, its replica and one sentinel (``redis-server --sentinel``: Debian's
+    package has no redis-sentinel binary) on 127.0.0.1, watching service ``mymaster``.
+    Down after 500 ms, so a failover takes about a second."""
+
+    SERVICE = "mymaster"
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.primary, self.replica, self.sentinel = (free_port() for _ in range(3))
+        self.tmp_path = tmp_path
+        self.url = f"redis+sentinel://127.0.0.1:{self.sentinel}/{self.SERVICE}/0"
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    def start(self) -> None:
+        import redis
+
+        now = ("--repl-diskless-sync-delay", "0")  # a replica syncs at once, not in 5 s
+        self.procs[self.primary] = _redis_process(self.primary, self.tmp_path / "primary", *now)
+        self.procs[self.replica] = _redis_process(
+            self.replica,
+            self.tmp_path / "replica",
+            *now,
+            "--replicaof",
+            "127.0.0.1",
+            str(self.primary),
+        )
+        conf = self.tmp_path / "sentinel.conf"  # the sentinel rewrites it: its own file
+        conf.write_text(
+            f"sentinel monitor {self.SERVICE} 127.0.0.1 {self.primary} 1\n"
+            f"sentinel down-after-milliseconds {self.SERVICE} 500\n"
+            f"sentinel failover-timeout {self.SERVICE} 3000\n"
+        )
+        self.procs[self.sentinel] = _redis_process(
+            self.sentinel, self.tmp_path / "sentinel", "--sentinel", config=conf
+        )
+
+        def replica_known() -> bool:
+            with redis.Redis(port=self.sentinel) as sentinel:
+                replicas = sentinel.sentinel_slaves(self.SERVICE)
+            return any(
+                r["port"] == self.replica
+                and r.get("master-link-status") == "ok"
+                and "s_down" not in r["flags"]
+                for r in replicas
+            )
+
+        _until("the sentinel sees the replica in sync", replica_known)
+
+    def primary_port(self) -> int:
+        """The port the sentinel names as the primary now."""
+        import redis
+
+        with redis.Redis(port=self.sentinel) as sentinel:
+            return int(sentinel.sentinel_get_master_addr_by_name(self.SERVICE)[1])
+
+    def kill_primary(self) -> int:
+        """Stop the primary; wait until the sentinel has promoted the replica."""
+        old = self.primary_port()
+        _stop(self.procs.pop(old))
+        _until("the sentinel promotes the replica", lambda: self.primary_port() != old)
+        return old
+
+    def stop(self) -> None:
+        for port in list(self.procs):
+            _stop(self.procs.pop(port))
+
+
 # -- sync workers, deterministically ----------------------------------------------------------
 #
 # Which worker accepts a connection is the kernel's choice, so "N requests reach N

@@ -48,7 +48,7 @@ LAYERS = [
     ["injections", "state", "state.server_store", "state.degrading"],
     ["state.embedded", "state.memory", "state.redis_store"],
     ["state.base"],
-    ["state.gcra", "state._process", "config"],
+    ["state.gcra", "state._process", "state.redis_url", "config"],
     ["config_declarations"],  # every section and setting; config.py loads and re-exports
     ["rules", "patterns", "plugins"],
     ["_settings"],

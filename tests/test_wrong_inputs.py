@@ -110,7 +110,11 @@ def _run(
 
 
 REDIS_FIX = "pip install 'mockforge-wsgi[redis]'"
-STORE_FORMS = "expected memory://, file:///path/to/directory or redis://host:port/db"
+STORE_FORMS = (
+    "expected memory://, file:///path/to/directory, redis://host:port/db, "
+    "redis+cluster://host:port[,host:port...]/ or "
+    "redis+sentinel://host:port[,host:port...]/service_name[/db]"
+)
 
 # (environment, arguments, modules made absent, exit status, what the one line holds)
 PROCESS_CASES = [
@@ -166,6 +170,22 @@ PROCESS_CASES = [
     pytest.param(
         {"MOCKFORGE_STORE": "unix:///tmp/redis.sock"}, ["serve"], ("redis",), USAGE,
         ["MOCKFORGE_STORE", REDIS_FIX], id="store-unix-without-the-extra",
+    ),
+    pytest.param(
+        {"MOCKFORGE_STORE": "redis+cluster://127.0.0.1:7000/"}, ["serve"], ("redis",), USAGE,
+        ["MOCKFORGE_STORE", REDIS_FIX], id="store-cluster-without-the-extra",
+    ),
+    pytest.param(
+        {"MOCKFORGE_STORE": "redis+sentinel://127.0.0.1:26379"}, ["serve"], (), USAGE,
+        ["MOCKFORGE_STORE: 'redis+sentinel://127.0.0.1:26379': a Sentinel URL names the "
+         "service the sentinels monitor", "redis+sentinel://localhost:26379/mymaster/0"],
+        id="store-sentinel-without-a-service",
+    ),
+    pytest.param(
+        {"MOCKFORGE_STORE": "redis+cluster://127.0.0.1:7000/3"}, ["serve"], (), USAGE,
+        ["MOCKFORGE_STORE: 'redis+cluster://127.0.0.1:7000/3': a Redis Cluster has one "
+         "database, 0"],
+        id="store-cluster-with-a-database",
     ),
     pytest.param(
         {"MOCKFORGE_STORE": "redis://127.0.0.1:6379/0"}, ["validate", "chaos.yaml"],

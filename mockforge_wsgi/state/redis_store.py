@@ -11,6 +11,15 @@ host within that time).
 
 An unreachable Redis raises :class:`StoreError` (logged once per outage); callers fail
 open or closed as configured. redis-py reconnects by itself when Redis is back.
+
+The same store runs on a Redis Cluster (``redis+cluster://``) and on a primary that
+Sentinel watches (``redis+sentinel://``; see ``redis_url.py``). On a cluster each key
+carries a hash tag (``TAGS``), so the keys one script or transaction touches together
+sit in one slot: the runtime state with its version and the servers' leases; a slot
+pool's two hashes (every pool under one tag, so the dead-worker sweep finds them all);
+every rate-limit bucket under one tag, because a request's levels (global, per IP, per
+endpoint) are charged in one script, all or nothing. The event counters are one hash.
+docs/state.md says why, and what that costs.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
+from . import redis_url
 from .base import LEASE_TTL_S, WRITES, StartedState, Store, StoreError
 from .gcra import Bucket, BucketOutcome
 
@@ -124,6 +134,13 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[1], redis.call('TIME')[1])
 """
 
+# KEYS: state, version. ARGV: the state. (A cluster's save: redis-py before 6 has no
+# transactions in a cluster pipeline; a script is one step on any.)
+SAVE_STATE = """
+redis.call('SET', KEYS[1], ARGV[1])
+return redis.call('INCR', KEYS[2])
+"""
+
 # KEYS: state, version. ARGV: the state.
 INIT_STATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -178,6 +195,11 @@ redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 return redis.call('ZCARD', KEYS[1])
 """
 
+# On a cluster, the hash tag of each key group (the name's first segment): what one
+# script or transaction touches together must share a slot. Groups not named here are
+# tagged by their own name (tat: every bucket, slots: every slot pool, counters).
+TAGS = {"state": "state", "version": "state", "alive": "state", "slots-at": "slots"}
+
 SLOT_POLL_S = 0.005
 # A worker that has not said it is alive for this long (it serves nothing, or is gone)
 # is not counted among the live workers.
@@ -188,7 +210,9 @@ RETRY_S = 0.5
 
 
 class RedisStore(Store):
-    """Shared state in Redis (``redis://host:port/db``)."""
+    """Shared state in Redis (``redis://host:port/db``), a Redis Cluster
+    (``redis+cluster://host:port,host:port/``) or the primary Sentinel reports
+    (``redis+sentinel://host:port/service/db``)."""
 
     leases = True
 
@@ -201,19 +225,33 @@ class RedisStore(Store):
         version_poll_s: float = 0.05,
     ) -> None:
         import redis
+        from redis.exceptions import RedisClusterException
 
-        self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
-        self._redis = redis.Redis.from_url(
-            url,
-            socket_timeout=socket_timeout_s,
-            socket_connect_timeout=socket_timeout_s,
+        # A cluster that cannot be reached raises RedisClusterException, not a RedisError.
+        self._errors: tuple[type[BaseException], ...] = (
+            redis.RedisError,
+            RedisClusterException,
+            OSError,
         )
-        self.url = url
+        self._tagged = False  # keys carry hash tags (a cluster)
+        if url.partition("://")[0] in redis_url.SCHEMES:
+            topology = redis_url.parse(url)
+            self._redis: Any = _open(topology, socket_timeout_s)
+            self._tagged = topology.kind == "cluster"
+            self.url = topology.redacted()  # logged: no password in it
+        else:
+            self._redis = redis.Redis.from_url(
+                url,
+                socket_timeout=socket_timeout_s,
+                socket_connect_timeout=socket_timeout_s,
+            )
+            self.url = url
         self._prefix = prefix
         self._take = self._redis.register_script(TAKE)
         self._take_slot = self._redis.register_script(TAKE_SLOT)
         self._put_slots = self._redis.register_script(PUT_SLOTS)
         self._init_state = self._redis.register_script(INIT_STATE)
+        self._save_state = self._redis.register_script(SAVE_STATE)
         self._start_state = self._redis.register_script(START_STATE)
         self._renew_lease = self._redis.register_script(RENEW_LEASE)
         self._live_workers = self._redis.register_script(LIVE_WORKERS)
@@ -241,7 +279,10 @@ class RedisStore(Store):
         return f"{self._host}:{os.getpid()}"
 
     def _key(self, name: str) -> str:
-        return self._prefix + name
+        if not self._tagged:
+            return self._prefix + name
+        group = name.partition(":")[0]
+        return f"{self._prefix}{{{TAGS.get(group, group)}}}:{name}"
 
     def _call(self, operation: Callable[[], T]) -> T:
         """Run one Redis operation; an outage is logged once and raised as StoreError.
@@ -270,7 +311,7 @@ class RedisStore(Store):
         if time.monotonic() < self._retry_at:
             raise StoreError(f"Redis store {self.url} unreachable")
         try:
-            self._redis.ping()
+            self._probe()
             with self._held_lock:
                 for name, count in self._held.items():
                     self._put_slots(keys=self._slot_keys(name), args=[self._worker, count])
@@ -278,6 +319,16 @@ class RedisStore(Store):
             raise self._went_down(error) from error
         self.down = False
         log.warning("mockforge: Redis store %s reachable again", self.url)
+
+    def _probe(self) -> None:
+        """Raise unless Redis answers. On a cluster, a key of each tag is read: a PING
+        answers from any node, even while the one holding our keys is gone or the
+        cluster refuses keys (CLUSTERDOWN), and recovering then would flap."""
+        if not self._tagged:
+            self._redis.ping()
+            return
+        for group in ("version", "counters", "tat:", "slots:"):
+            self._redis.exists(self._key(group))
 
     # -- runtime state ------------------------------------------------------------------
 
@@ -305,6 +356,12 @@ class RedisStore(Store):
         return self._version, (json.loads(raw) if raw else None)
 
     def save_state(self, state: dict[str, Any]) -> int:
+        if self._tagged:
+            raw = json.dumps(state, separators=(",", ":"))
+            keys = [self._key("state"), self._key("version")]
+            self._version = int(self._call(lambda: self._save_state(keys=keys, args=[raw])))
+            return self._version
+
         def save() -> int:
             pipe = self._redis.pipeline(transaction=True)
             pipe.set(self._key("state"), json.dumps(state, separators=(",", ":")))
@@ -470,7 +527,7 @@ class RedisStore(Store):
         """Forget what the dead worker held in every slot pool (the connection limit and
         each bulkhead): the pools are the ``slots:*`` hashes."""
         worker = f"{socket.gethostname()}:{pid}"
-        prefix = self._key("slots:")
+        prefix = self._key("slots:")  # _key("slots:") + name is _key("slots:" + name)
 
         def forget() -> None:
             for key in self._redis.scan_iter(match=prefix + "*"):
@@ -490,6 +547,92 @@ class RedisStore(Store):
             self._redis.delete(self._key("counters"), *keys)
 
         self._call(clear)
+
+
+def _open(topology: redis_url.RedisTopology, timeout_s: float) -> Any:
+    """A client of the cluster or of Sentinel's primary. Neither reaches the network
+    here: an unreachable Redis at start is an outage like any later one."""
+    from urllib.parse import urlencode
+
+    from redis.connection import parse_url
+
+    # redis-py reads its own query options (ssl_cert_reqs, ...) with their types.
+    query = urlencode(topology.options)
+    options = parse_url(f"redis://x/?{query}")  # type: ignore[no-untyped-call]
+    options.pop("host", None)
+    options.setdefault("socket_timeout", timeout_s)
+    options.setdefault("socket_connect_timeout", timeout_s)
+    auth = {"username": topology.username, "password": topology.password}
+    if topology.kind == "cluster":
+        if options.pop("db", 0):
+            raise ValueError("a Redis Cluster has one database, 0")
+        return _LazyCluster(topology, {**options, **auth})
+    from redis.sentinel import Sentinel
+
+    db = options.pop("db", topology.db)
+    ssl = {"ssl": True} if topology.tls else {}
+    sentinel_auth = auth
+    if topology.sentinel_auth is not None:
+        sentinel_auth = dict(zip(("username", "password"), topology.sentinel_auth, strict=True))
+    sentinel_options = {k: v for k, v in options.items() if k.startswith(("socket_", "ssl"))}
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        list(topology.nodes),
+        sentinel_kwargs={**sentinel_options, **ssl, **sentinel_auth},
+        **options,
+        **ssl,
+        **auth,
+        db=db,
+    )
+    return sentinel.master_for(topology.service)  # type: ignore[no-untyped-call]
+
+
+class _LazyCluster:
+    """A ``RedisCluster`` made on its first use: its constructor asks the nodes for the
+    slot map, and a cluster unreachable when a server starts must be an outage (fail
+    open, recover), not an error. Until then it gives scripts their encoder."""
+
+    def __init__(self, topology: redis_url.RedisTopology, options: dict[str, Any]) -> None:
+        self._topology = topology
+        self._options = options
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def _made(self) -> Any:
+        client = self._client
+        if client is None:
+            with self._lock:
+                if self._client is None:
+                    from redis.backoff import NoBackoff
+                    from redis.cluster import ClusterNode, RedisCluster
+                    from redis.retry import Retry
+
+                    nodes = [
+                        ClusterNode(host, port)  # type: ignore[no-untyped-call]
+                        for host, port in self._topology.nodes
+                    ]
+                    self._client = RedisCluster(
+                        startup_nodes=nodes,
+                        ssl=self._topology.tls,
+                        # One more try follows a moved slot or a node gone; no sleeps:
+                        # the store's own retry pause (RETRY_S) paces an outage.
+                        retry=Retry(NoBackoff(), 1),
+                        **self._options,
+                    )
+                client = self._client
+        return client
+
+    def get_encoder(self) -> Any:
+        from redis._parsers.encoders import Encoder
+
+        return Encoder("utf-8", "strict", False)  # type: ignore[no-untyped-call]
+
+    def register_script(self, script: str) -> Any:
+        from redis.commands.core import Script
+
+        return Script(self, script)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._made(), name)
 
 
 def _flush_at_exit(store: weakref.ref[RedisStore]) -> None:
