@@ -232,6 +232,11 @@ def reset() -> Response:
     return _json(_engine().status())
 
 
+def guard_renew() -> Response:
+    """max_duration_s counts again from now (chaos stays on); the guard's status."""
+    return _json(_engine().renew())
+
+
 def config() -> Response:
     """The config in force: the runtime config, or the active scenario's with the
     changes made on top of it (a write while a scenario runs lasts until it ends)."""
@@ -567,6 +572,12 @@ ROUTES: tuple[Route, ...] = (
     Route("/enable", ("POST",), enable, "Turn chaos on"),
     Route("/disable", ("POST",), disable, "Turn chaos off (the master switch)"),
     Route("/reset", ("POST",), reset, "Startup config back, scenario stopped, counters zeroed"),
+    Route(
+        "/guard/renew",
+        ("POST",),
+        guard_renew,
+        "Renew chaos for another chaos.guard.max_duration_s from now (any enable does too)",
+    ),
     Route(
         "/config",
         ("GET", "PUT"),
