@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from . import _env
 from ._observe import observe
 from .outcome import OUTCOME_KEY, Outcome
+from .tripwire import GUARD_TRIPPED
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -88,7 +89,7 @@ class ChaosMetrics:
     def exposition(self) -> tuple[bytes, str]:
         """The text format: every worker's values in multiprocess mode, plus the gauges."""
         from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-        from prometheus_client.core import GaugeMetricFamily
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         registry = self.registry
         if os.environ.get(_env.PROMETHEUS_MULTIPROC_DIR):
@@ -107,8 +108,14 @@ class ChaosMetrics:
             )
             if status["active_scenario"]:
                 active.add_metric([status["active_scenario"]["name"]], 1)
+            # A trip happens in one process's watcher thread: counted in the store.
+            tripped = CounterMetricFamily(
+                "mockforge_chaos_guard_tripped",
+                "Times the guard (chaos.guard) turned chaos off",
+                value=status["counters"].get(GUARD_TRIPPED, 0),
+            )
             gauges = CollectorRegistry()
-            gauges.register(_Fixed([enabled, active]))
+            gauges.register(_Fixed([enabled, active, tripped]))
             text += generate_latest(gauges)
         return text, CONTENT_TYPE_LATEST
 

@@ -31,6 +31,7 @@ from .request import WSGIRequest
 from .scenarios import Scenario
 from .state import Store, store_from_env
 from .tracing import record_injections
+from .tripwire import GUARD_TRIPPED
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -165,6 +166,11 @@ class ChaosMiddleware:
         extensions = getattr(self.management, "extensions", None)
         if extensions is not None:
             extensions["mockforge_recorder"] = recorder
+        record_event = getattr(recorder, "record_event", None)
+        if record_event is not None:  # a guard's trip, seen by this process, is recorded
+            self.engine.trip_listeners.append(
+                lambda trip: record_event(GUARD_TRIPPED, trip["at"], trip)
+            )
         return self.engine.active_scenario_now, self._is_api
 
     @property
