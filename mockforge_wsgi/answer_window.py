@@ -117,15 +117,15 @@ class AnswerWindow:
             self._pending = [0] * len(NAMES)
             self.pending = 0
 
-    def flush(self, store: Store) -> None:
-        """Send what this process counted since the last flush (one store call); on a
-        store error it is kept for the next one, and the error raised."""
+    def flush(self, store: Store) -> tuple[int, ...]:
+        """Send what this process counted since the last flush (one store call) and
+        return it; on a store error it is kept for the next one, and the error raised."""
         with self._lock:
             pending, self._pending = self._pending, [0] * len(NAMES)
             self.pending = 0
         amounts = {name: amount for name, amount in zip(NAMES, pending, strict=True) if amount}
         if not amounts:
-            return
+            return tuple(pending)
         try:
             store.add_counts(amounts)
         except Exception:
@@ -134,10 +134,21 @@ class AnswerWindow:
                     self._pending[index] += amount
                 self.pending += pending[0]
             raise
+        return tuple(pending)
 
-    def figures(self, store: Store, *, window_s: float, now: float, since: float) -> Figures:
+    def figures(
+        self,
+        store: Store,
+        *,
+        window_s: float,
+        now: float,
+        since: float,
+        sent: tuple[int, ...] | None = None,
+    ) -> Figures:
         """The window's figures now (one store read), over the last ``window_s``
-        seconds, or since ``since`` (when chaos was switched on) if that is later."""
+        seconds, or since ``since`` (when chaos was switched on) if that is later.
+        ``sent`` is what :meth:`flush` just sent: a snapshot is kept as the reading
+        before it, so this process's own answers count from its first check on."""
         counters = store.counters()
         reading = tuple(counters.get(name, 0) for name in NAMES)
         snapshots = self._snapshots
@@ -147,7 +158,10 @@ class AnswerWindow:
         start = now - window_s
         if snapshots and any(a < b for a, b in zip(reading, snapshots[-1][1], strict=True)):
             snapshots.clear()  # zeroed meanwhile (a reset): count from here
-        snapshots.append((now, reading))
+        before = (
+            reading if sent is None else tuple(r - s for r, s in zip(reading, sent, strict=True))
+        )
+        snapshots.append((now, before))
         if since >= start:  # the window began since chaos went on: from zero
             base_at, base = since, (0,) * len(NAMES)
         else:

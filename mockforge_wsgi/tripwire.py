@@ -204,9 +204,9 @@ class Tripwire:
         figures = None
         if guard.watches_answers and self.window.pending:
             store = owner.store
-            self.window.flush(store)
+            sent = self.window.flush(store)
             figures = self.window.figures(
-                store, window_s=guard.window_s, now=owner.clock(), since=view.armed_at
+                store, window_s=guard.window_s, now=owner.clock(), since=view.armed_at, sent=sent
             )
         on_for = None if view.renewed_at is None else owner.clock() - view.renewed_at
         decided = trip_reason(guard, figures, on_for)
