@@ -97,7 +97,10 @@ class AnswerWindow:
         self._lock = threading.Lock()
         self._pending = [0] * len(NAMES)
         self.pending = 0  # answers counted here and not yet sent
-        self._snapshots: collections.deque[tuple[float, tuple[int, ...]]] = collections.deque()
+        # (time, reading before this process's flush, reading after it)
+        self._snapshots: collections.deque[tuple[float, tuple[int, ...], tuple[int, ...]]] = (
+            collections.deque()
+        )
         self._since: float | None = None
 
     def record(self, error: bool, seconds: float) -> None:
@@ -147,8 +150,9 @@ class AnswerWindow:
     ) -> Figures:
         """The window's figures now (one store read), over the last ``window_s``
         seconds, or since ``since`` (when chaos was switched on) if that is later.
-        ``sent`` is what :meth:`flush` just sent: a snapshot is kept as the reading
-        before it, so this process's own answers count from its first check on."""
+        ``sent`` is what :meth:`flush` just sent: a process whose snapshots do not go
+        back to the window's start counts from its oldest one as it was before that
+        flush, so its own answers count from its first check on."""
         counters = store.counters()
         reading = tuple(counters.get(name, 0) for name in NAMES)
         snapshots = self._snapshots
@@ -156,19 +160,22 @@ class AnswerWindow:
             snapshots.clear()
             self._since = since
         start = now - window_s
-        if snapshots and any(a < b for a, b in zip(reading, snapshots[-1][1], strict=True)):
+        if snapshots and any(a < b for a, b in zip(reading, snapshots[-1][2], strict=True)):
             snapshots.clear()  # zeroed meanwhile (a reset): count from here
         before = (
             reading if sent is None else tuple(r - s for r, s in zip(reading, sent, strict=True))
         )
-        snapshots.append((now, before))
+        snapshots.append((now, before, reading))
         if since >= start:  # the window began since chaos went on: from zero
             base_at, base = since, (0,) * len(NAMES)
         else:
+            # The newest snapshot at or before the window's start is the base...
             while len(snapshots) > 1 and snapshots[1][0] <= start:
                 snapshots.popleft()
             if len(snapshots) > 1 and snapshots[0][0] < start - STALE_S:
                 snapshots.popleft()
-            base_at, base = snapshots[0]
+            base_at, before_flush, after_flush = snapshots[0]
+            # ... as read after its flush; one inside the window, as read before it.
+            base = after_flush if base_at <= start else before_flush
         seen = [max(0, a - b) for a, b in zip(reading, base, strict=True)]
         return Figures(seen[0], seen[1], p99_ms(seen[2:]), max(0.0, now - max(base_at, start)))

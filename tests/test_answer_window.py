@@ -59,18 +59,19 @@ def test_errors_and_times_counted() -> None:
 
 def test_the_window_slides() -> None:
     store, window = MemoryStore(), AnswerWindow()
-    for _ in range(4):
-        window.record(True, 0.001)
-    assert _check(window, store, now=100.0).requests == 4
+    for now, errors in [(100.0, 4), (100.5, 1), (101.0, 1), (101.5, 1)]:
+        for _ in range(errors):
+            window.record(True, 0.001)
+        _check(window, store, now=now)
     for _ in range(4):
         window.record(False, 0.001)
-    assert _check(window, store, now=103.0)[:2] == (8, 4)
+    assert _check(window, store, now=103.0)[:2] == (11, 7)  # all since 100
     for _ in range(2):
         window.record(False, 0.001)
-    # At 107 the window starts at 102: the errors of 100 are out of it.
+    # At 107 the window starts at 102: the errors sent at 101.5 and before are out of it.
     figures = _check(window, store, now=107.0)
     assert figures[:2] == (6, 0)
-    assert figures.span_s == pytest.approx(4.0)  # seen since the snapshot of 103
+    assert figures.span_s == pytest.approx(5.0)
 
 
 def test_two_processes_share_one_window() -> None:
