@@ -553,8 +553,8 @@ class HeaderControlConfig:
 
 # The guard's bounds: a window of a second to ten minutes (a process keeps a snapshot of
 # the window's counters per check, 4 a second), chaos on for at most MAX_DURATION_S.
-WINDOW_S = kinds.Between(1.0, 600.0)
-GUARD_DURATION_S = kinds.Between(1.0, 30 * 86_400.0)
+WINDOW_S = kinds.Between(1, 600)
+GUARD_DURATION_S = kinds.Between(1, 2_592_000)  # 30 days
 
 
 @attrs.frozen
