@@ -356,7 +356,7 @@ def test_openapi_documents_exactly_the_registered_routes() -> None:
     documented = {(path, method) for path, ops in document["paths"].items() for method in ops}
     assert documented == registered
     assert document == openapi_document(P)
-    assert len(ROUTES) == 24
+    assert len(ROUTES) == 25
     latency = document["components"]["schemas"]["LatencyConfig"]["properties"]
     assert latency["probability"]["type"] == "number"
 

@@ -206,3 +206,55 @@ def test_a_failing_guard_fails_open() -> None:
     time.sleep(0.3)
     assert middleware.engine.state().enabled  # chaos stays as it was
     assert middleware.engine.store.counters()["internal_errors"] >= 1
+
+
+def test_renew_through_the_api() -> None:
+    config = config_from_dict({"enabled": False, "guard": {"max_duration_s": 60}})
+    middleware = ChaosMiddleware(_failing_app, config=config)
+    client = Client(middleware)
+    client.post("/api/chaos/enable")
+    first = client.get("/api/chaos/status").get_json()["guard"]["expires_at"]
+    time.sleep(0.02)
+    renewed = client.post("/api/chaos/guard/renew").get_json()
+    assert renewed["expires_at"] > first
+    assert not renewed["tripped"]
+
+
+def test_the_metric_counts_trips() -> None:
+    pytest.importorskip("prometheus_client")
+    from mockforge_wsgi.metrics import ChaosMetrics
+
+    engine = _engine({"max_error_ratio": 0.5})
+    engine.set_enabled(True)
+    engine.trip("max_error_ratio: test", {})
+    text, _ = ChaosMetrics(engine).exposition()
+    assert b"mockforge_chaos_guard_tripped_total 1.0" in text
+
+
+def test_the_pytest_plugin_names_a_trip() -> None:
+    from mockforge_wsgi import pytest_plugin
+
+    tripped = {"tripped": True, "reason": "max_error_ratio: 12 errors", "at": 1.0}
+
+    class Stub:
+        def status(self) -> dict[str, Any]:
+            return {"counters": {}, "effective_config": {}, "recorder": False, "guard": tripped}
+
+    class Config:
+        stash: dict[Any, Any] = {}
+
+        def getoption(self, name: str) -> bool:
+            return False
+
+    class Node:
+        nodeid = "test_x.py::test_x"
+        user_properties: list[tuple[str, str]] = []
+
+    class Request:
+        config, node = Config(), Node()
+
+    request: Any = Request()
+    pytest_plugin._summarize(Stub(), request)  # type: ignore[arg-type]
+    [line] = request.config.stash[pytest_plugin.SUMMARY]
+    assert line.endswith("; guard tripped: max_error_ratio: 12 errors")
+    assert ("chaos_guard_tripped", "max_error_ratio: 12 errors") in Node.user_properties

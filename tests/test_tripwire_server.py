@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 from servers import RedisServer, mockforge_serve, session
 
+from mockforge_wsgi import chaostoolkit
+from mockforge_wsgi.client import ChaosClient
+
 pytestmark = pytest.mark.server
 
 CONFIG = """\
@@ -89,6 +92,11 @@ def _twenty_errors_turn_chaos_off(tmp_path: Path, env: dict[str, str] | None = N
             assert "X-Mockforge-Chaos" not in after.headers  # chaos is off
         assert all(seen.values()), seen
         print(f"status seen from workers {sorted(seen)}")
+        # The client and the Chaos Toolkit probes read the same.
+        configuration = {"mockforge_url": server.url}
+        assert ChaosClient(server.url).guard()["reason"] == guard["reason"]
+        assert chaostoolkit.guard_tripped(configuration) is True
+        assert chaostoolkit.guard(configuration)["figures"] == figures
         with session() as http:
             events = http.get(server.url + "/api/recorder/events", timeout=10).json()
             assert [e["kind"] for e in events["events"]] == ["guard_tripped"]
@@ -97,6 +105,7 @@ def _twenty_errors_turn_chaos_off(tmp_path: Path, env: dict[str, str] | None = N
             http.post(api + "/enable", timeout=10)
             status = http.get(api + "/status", timeout=10).json()
         assert status["enabled"] and status["guard"]["tripped"] is False
+        assert chaostoolkit.guard_tripped(configuration) is False
 
 
 def test_twenty_app_errors_turn_chaos_off_across_two_workers(tmp_path: Path) -> None:
