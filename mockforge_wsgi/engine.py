@@ -849,14 +849,15 @@ class ScenarioEngine:
                 return state
             trip = {"reason": reason, "at": now, "figures": figures}
             tripped.append(trip)
+            # Counted before it is saved: whoever sees chaos off sees the count too.
+            with contextlib.suppress(StoreError):
+                self.store.incr(GUARD_TRIPPED)
             return attrs.evolve(state, enabled=False, guard_trip=trip)
 
         self._change(off)
         if not tripped:
             return False
         log.warning("mockforge: guard tripped, chaos off: %s", reason)
-        with contextlib.suppress(StoreError):
-            self.store.incr(GUARD_TRIPPED)
         return True
 
     def renew(self) -> dict[str, Any]:

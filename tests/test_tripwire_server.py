@@ -103,8 +103,13 @@ def _twenty_errors_turn_chaos_off(tmp_path: Path, env: dict[str, str] | None = N
             assert events["events"][0]["detail"]["reason"] == guard["reason"]
             # The next enable forgets the trip, and the window starts afresh.
             http.post(api + "/enable", timeout=10)
+            deadline = time.monotonic() + 2.0  # Redis: a worker sees it at its next poll
             status = http.get(api + "/status", timeout=10).json()
-        assert status["enabled"] and status["guard"]["tripped"] is False
+            while not status["enabled"] and time.monotonic() < deadline:
+                time.sleep(0.02)
+                status = http.get(api + "/status", timeout=10).json()
+        assert status["enabled"] and status["guard"]["tripped"] is False, status["guard"]
+        time.sleep(0.1)  # Redis: each worker reads the state's version every 50 ms
         assert chaostoolkit.guard_tripped(configuration) is False
 
 
