@@ -31,6 +31,7 @@ from ._headers import bearer_matches
 from ._kinds import shown, strict_json
 from ._sections import DEFAULT_PREFIX, URL_SEGMENTS
 from .active_faults import pool_name as active_pool
+from .answer_window import PREFIX as WINDOW_PREFIX
 from .breaker import GLOBAL, breaker_status, force
 from .bulkhead import pool_name
 from .config import (
@@ -375,7 +376,11 @@ def stats() -> Response:
     store = engine.store
     return _json(
         {
-            "counters": store.counters(),
+            "counters": {  # the guard's window counters are its own (answer_window.py)
+                name: value
+                for name, value in store.counters().items()
+                if not name.startswith(WINDOW_PREFIX)
+            },
             "rate_limit_keys": store.tracked_keys(),
             "connections_in_use": store.slots_in_use(CONNECTION_SLOTS),
             "bulkheads_in_use": {

@@ -143,16 +143,16 @@ class Tripwire:
     def changed(self) -> None:
         """The runtime state changed (or an answer came): start the watcher if it is
         not running, else wake it to look again."""
-        if self._pid != os.getpid():  # forked: the parent's thread is not ours
+        if self._pid != os.getpid():  # forked: the parent's thread and locks are not ours
             self._setup()
-            self.window.forget_pending()
-        with self._lock:
+            self.window = AnswerWindow()
+        with self._lock:  # set inside: a watcher about to end sees it and stays
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._watch, name="mockforge-guard", daemon=True
                 )
                 self._thread.start()
-        self._wake.set()
+            self._wake.set()
 
     @property
     def running(self) -> bool:
