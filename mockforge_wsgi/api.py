@@ -33,6 +33,7 @@ from ._headers import bearer_matches
 from ._kinds import shown, strict_json
 from ._sections import DEFAULT_PREFIX, URL_SEGMENTS
 from .active_faults import pool_name as active_pool
+from .answer_window import PREFIX as WINDOW_PREFIX
 from .breaker import GLOBAL, breaker_status, force
 from .bulkhead import pool_name
 from .config import (
@@ -237,6 +238,11 @@ def reset() -> Response:
     return _json(_engine().status())
 
 
+def guard_renew() -> Response:
+    """max_duration_s counts again from now (chaos stays on); the guard's status."""
+    return _json(_engine().renew())
+
+
 def config() -> Response:
     """The config in force: the runtime config, or the active scenario's with the
     changes made on top of it (a write while a scenario runs lasts until it ends)."""
@@ -393,7 +399,11 @@ def stats() -> Response:
     store = engine.store
     return _json(
         {
-            "counters": store.counters(),
+            "counters": {  # the guard's window counters are its own (answer_window.py)
+                name: value
+                for name, value in store.counters().items()
+                if not name.startswith(WINDOW_PREFIX)
+            },
             "rate_limit_keys": store.tracked_keys(),
             "connections_in_use": store.slots_in_use(CONNECTION_SLOTS),
             "bulkheads_in_use": {
@@ -590,6 +600,12 @@ ROUTES: tuple[Route, ...] = (
     Route("/enable", ("POST",), enable, "Turn chaos on"),
     Route("/disable", ("POST",), disable, "Turn chaos off (the master switch)"),
     Route("/reset", ("POST",), reset, "Startup config back, scenario stopped, counters zeroed"),
+    Route(
+        "/guard/renew",
+        ("POST",),
+        guard_renew,
+        "Renew chaos for another chaos.guard.max_duration_s from now (any enable does too)",
+    ),
     Route(
         "/config",
         ("GET", "PUT"),

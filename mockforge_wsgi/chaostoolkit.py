@@ -28,6 +28,9 @@ __all__ = [
     "disable",
     "enable",
     "force_breaker",
+    "guard",
+    "guard_tripped",
+    "renew_guard",
     "reset",
     "set_section",
     "start_scenario",
@@ -105,6 +108,12 @@ def force_breaker(
     return _client(configuration).force_breaker(owner, action)
 
 
+def renew_guard(configuration: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Keep chaos on for another ``chaos.guard.max_duration_s`` from now (an experiment
+    longer than the dead man's switch renews it as it goes)."""
+    return _client(configuration).renew_guard()
+
+
 # -- probes -----------------------------------------------------------------------------
 
 
@@ -117,6 +126,16 @@ def counters(configuration: Mapping[str, Any] | None = None) -> dict[str, int]:
     """Injections so far, by name (``http_error``, ``latency``, ``circuit_open``, ...)."""
     found: dict[str, int] = _client(configuration).status()["counters"]
     return found
+
+
+def guard(configuration: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The guard: ``tripped``, ``reason``, ``at``, ``figures``, ``expires_at``."""
+    return _client(configuration).guard()
+
+
+def guard_tripped(configuration: Mapping[str, Any] | None = None) -> bool:
+    """Whether the guard turned chaos off (a steady-state probe: tolerance false)."""
+    return bool(_client(configuration).guard()["tripped"])
 
 
 def breaker_state(

@@ -127,6 +127,15 @@ class ChaosClient:
     def reset(self) -> dict[str, Any]:
         return self.call("POST", "/reset")  # type: ignore[no-any-return]
 
+    def guard(self) -> dict[str, Any]:
+        """The guard as /status shows it: ``tripped``, ``reason``, ``at``, ``figures``
+        (of the last trip, until the next enable or reset), ``expires_at``."""
+        return self.status()["guard"]  # type: ignore[no-any-return]
+
+    def renew_guard(self) -> dict[str, Any]:
+        """Keep chaos on for another ``chaos.guard.max_duration_s`` from now."""
+        return self.call("POST", "/guard/renew")  # type: ignore[no-any-return]
+
     def config(self) -> dict[str, Any]:
         return self.call("GET", "/config")  # type: ignore[no-any-return]
 

@@ -72,6 +72,7 @@ __all__ = [
     "ConfigError",
     "FaultInjectionConfig",
     "Flag",
+    "GuardConfig",
     "HeaderControlConfig",
     "LatencyConfig",
     "OutboundConfig",
@@ -663,6 +664,60 @@ class HeaderControlConfig:
     )
 
 
+# The guard's bounds: a window of a second to ten minutes (a process keeps a snapshot of
+# the window's counters per check, 4 a second), chaos on for at most MAX_DURATION_S.
+WINDOW_S = kinds.Between(1, 600)
+GUARD_DURATION_S = kinds.Between(1, 2_592_000)  # 30 days
+
+
+@attrs.frozen
+class GuardConfig:
+    """A guard that turns chaos off by itself: when the app's own answers breach a bound
+    over a sliding window (across every worker and host), or when chaos switched on by
+    the API has run for ``max_duration_s`` without a renewal. An unset bound is off."""
+
+    max_error_ratio: float | None = setting(
+        None,
+        kinds.OPTIONAL_FLOAT,
+        "Turn chaos off when more than this share of the app's own answers (5xx, or none: "
+        "the app raised) in the window are errors; injected answers are not counted.",
+        PROBABILITY,
+    )
+    max_p99_ms: float | None = setting(
+        None,
+        kinds.OPTIONAL_FLOAT,
+        "Turn chaos off when the p99 of the app's own time (to its status line, injected "
+        "delays left out) in the window is above this.",
+        DELAY_MS,
+    )
+    window_s: float = setting(
+        10.0, kinds.FLOAT, "The sliding window the bounds are judged over.", WINDOW_S
+    )
+    min_requests: int = setting(
+        20,
+        kinds.INT,
+        "Answers the window must hold before a bound can trip.",
+        kinds.Between(1, 1_000_000),
+    )
+    max_duration_s: float | None = setting(
+        None,
+        kinds.OPTIONAL_FLOAT,
+        "Chaos switched on by the API (enable, a scenario started or scheduled) turns off "
+        "after this long unless renewed (`POST /api/chaos/guard/renew`, or any enable).",
+        GUARD_DURATION_S,
+    )
+
+    @property
+    def watches_answers(self) -> bool:
+        """Whether the app's answers are counted (a bound over the window is set)."""
+        return self.max_error_ratio is not None or self.max_p99_ms is not None
+
+    @property
+    def on(self) -> bool:
+        """Whether any bound is set: else the guard costs nothing."""
+        return self.watches_answers or self.max_duration_s is not None
+
+
 def _rules(raw: Any) -> tuple[Rule, ...]:
     """Rules from a list of ``{match: {...}, <section>: {...}}``; section values are
     validated like config, each problem with its path."""
@@ -949,6 +1004,12 @@ class ChaosConfig:
     )
     outbound: OutboundConfig = section(
         OutboundConfig, "Chaos for the app's own HTTP calls (docs/outbound.md).", in_rules=False
+    )
+    guard: GuardConfig = section(
+        GuardConfig,
+        "Turn chaos off by itself: on the app's errors or p99 over a window, or after a "
+        "time unless renewed (docs/RELIABILITY.md).",
+        in_rules=False,
     )
     rules: tuple[Rule, ...] = setting(
         (),

@@ -164,6 +164,7 @@ ROUTE_EXAMPLES = {
     ("/enable", "POST"): "curl -s -X POST localhost:3000/api/chaos/enable",
     ("/disable", "POST"): "curl -s -X POST localhost:3000/api/chaos/disable",
     ("/reset", "POST"): "curl -s -X POST localhost:3000/api/chaos/reset",
+    ("/guard/renew", "POST"): "curl -s -X POST localhost:3000/api/chaos/guard/renew",
     ("/config", "GET"): "curl -s localhost:3000/api/chaos/config",
     (
         "/config",

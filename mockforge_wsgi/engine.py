@@ -29,12 +29,14 @@ from typing import Any
 import attrs
 
 from . import _state_start
+from .answer_window import PREFIX as WINDOW_PREFIX
 from .config import ChaosConfig, config_from_dict
 from .patterns import OUTBOUND_COUNTERS, PATTERN_COUNTER, SCRIPT_COUNTER_PREFIX
 from .release import release_all
 from .scenarios import BUILTIN_SCENARIOS, Scenario, ramped, unknown_scenario
 from .state import MemoryStore, Store, StoreError
 from .state.base import StartedState
+from .tripwire import GUARD_TRIPPED, GuardView, Tripwire
 
 __all__ = [
     "HOLDING_SECTIONS",
@@ -207,6 +209,19 @@ class RuntimeState:
     started_at: float = 0.0
     written_by: str = ""
     resets: int = 0  # how many resets: each releases the requests held before it
+    # The guard (chaos.guard): when chaos was last switched on (its window counts from
+    # then), when the API last switched it on or renewed it (max_duration_s counts from
+    # then; None: on since start), and the last trip, shown until the next switch-on.
+    guard_armed_at: float = 0.0
+    guard_renewed_at: float | None = None
+    guard_trip: dict[str, Any] | None = None
+
+    def armed(self, at: float) -> RuntimeState:
+        """Chaos switched on by the API at ``at``: on, the guard's window and its
+        max_duration_s counting from then, the last trip forgotten."""
+        return attrs.evolve(
+            self, enabled=True, guard_armed_at=at, guard_renewed_at=at, guard_trip=None
+        )
 
     def started(self, active: ActiveScenario, **changes: Any) -> RuntimeState:
         """``active`` runs from its ``started_at``: the running one (if any, and if it
@@ -273,6 +288,9 @@ class RuntimeState:
             "started_at": self.started_at,
             "written_by": self.written_by,
             "resets": self.resets,
+            "guard_armed_at": self.guard_armed_at,
+            "guard_renewed_at": self.guard_renewed_at,
+            "guard_trip": self.guard_trip,
         }
 
     @classmethod
@@ -296,6 +314,9 @@ class RuntimeState:
             started_at=float(data.get("started_at", 0.0)),
             written_by=str(data.get("written_by", "")),
             resets=int(data.get("resets", 0)),
+            guard_armed_at=float(data.get("guard_armed_at", 0.0)),
+            guard_renewed_at=data.get("guard_renewed_at"),
+            guard_trip=data.get("guard_trip"),
         )
 
 
@@ -335,6 +356,11 @@ class ScenarioEngine:
         told = _state_start.told_by_master()  # a worker of mockforge serve
         self.started: StartedState | None = None if told is None else told[1]
         self.start_line = ""
+        # The guard (tripwire.py): its watcher thread, and who hears of a trip (the
+        # recorder): each is told once per trip this process sees, with the trip.
+        self.tripwire = Tripwire(self)
+        self.trip_listeners: list[Callable[[dict[str, Any]], None]] = []
+        self._told_trip: float | None = None
         self._state = self._initial_state()
         self.attach(store if store is not None else MemoryStore(), start=start)
 
@@ -403,6 +429,7 @@ class ScenarioEngine:
             started_by=self.server,
             started_at=now,
             written_by=self.server,
+            guard_armed_at=now,
         )
         if self.startup.scenario:
             self._lookup(state, self.startup.scenario, "chaos.scenario")
@@ -525,6 +552,7 @@ class ScenarioEngine:
             config = self._settle(state, now)
         if moved:  # changed here or elsewhere: the holds of this process ask at once
             release_all()
+            self._guard_moved()
         return config
 
     def _settle(self, state: RuntimeState, now: float) -> ChaosConfig:
@@ -556,7 +584,7 @@ class ScenarioEngine:
                 active = ActiveScenario(
                     entry.name, entry.start_at, entry.duration_s, reason="schedule"
                 )
-                state = state.started(active, schedule=state.schedule[1:], enabled=True)
+                state = state.started(active, schedule=state.schedule[1:]).armed(entry.start_at)
             else:
                 return state
 
@@ -572,12 +600,17 @@ class ScenarioEngine:
             fraction = active.ramp_fraction(now)
             # The ramp grows the scenario; changes made on top of it apply as written.
             # The server's cap on active faults stays, unless the scenario has its own.
+            # So does its guard.
             cap = scenario.max_active_faults
             if cap is None:
                 cap = state.config.max_active_faults
+            guard = scenario.guard if scenario.guard.on else state.config.guard
             config = state.overlay(
                 attrs.evolve(
-                    ramped(scenario, fraction), seed=state.config.seed, max_active_faults=cap
+                    ramped(scenario, fraction),
+                    seed=state.config.seed,
+                    max_active_faults=cap,
+                    guard=guard,
                 )
             )
             if fraction < 1.0:
@@ -615,13 +648,17 @@ class ScenarioEngine:
             self._settle(state, self.clock())
         if changed:
             release_all()  # the holds of this process ask at once whether they still hold
+            self._guard_moved()
         return state
 
     def _save(self, state: RuntimeState) -> None:
+        rearmed = state.guard_armed_at != self._state.guard_armed_at
         for name, value in self.store.counters().items():
             base = name.removeprefix(OUTBOUND_COUNTERS)
             if value and (base == PATTERN_COUNTER or base.startswith(SCRIPT_COUNTER_PREFIX)):
                 self.store.set_counter(name, 0)  # patterns and scripts count from each change
+            elif value and rearmed and name.startswith(WINDOW_PREFIX):
+                self.store.set_counter(name, 0)  # the guard's window counts from a switch-on
         # ... and time them from it; the writer is named (/status says who wrote it).
         state = attrs.evolve(state, changed_at=self.clock(), written_by=self.server)
         self._version = self.store.save_state(state.to_dict())
@@ -632,7 +669,12 @@ class ScenarioEngine:
         return self.clock() - self._state.changed_at
 
     def set_enabled(self, enabled: bool) -> None:
-        self._change(lambda state, now: attrs.evolve(state, enabled=enabled))
+        """The master switch. On (even if it was) is a switch-on: the guard's window and
+        max_duration_s count from now, and a trip shown in /status is forgotten."""
+        if enabled:
+            self._change(lambda state, now: state.armed(now))
+        else:
+            self._change(lambda state, now: attrs.evolve(state, enabled=False))
 
     def editable(self) -> ChaosConfig:
         """The config changes apply to (see :meth:`RuntimeState.editable`), with the
@@ -643,11 +685,12 @@ class ScenarioEngine:
     def set_config(self, config: ChaosConfig) -> None:
         """Replace the config in force (``enabled`` in it sets the switch too): the
         runtime config, or while a scenario runs, all of it on top of the scenario."""
-        self._change(
-            lambda state, now: attrs.evolve(
-                self._write(state, config, OVERRIDABLE), enabled=config.enabled
-            )
-        )
+
+        def write(state: RuntimeState, now: float) -> RuntimeState:
+            written = attrs.evolve(self._write(state, config, OVERRIDABLE), enabled=config.enabled)
+            return written.armed(now) if config.enabled and not state.enabled else written
+
+        self._change(write)
 
     def update_config(self, **sections: Any) -> None:
         """Replace sections of the config in force (``latency=LatencyConfig(...)``): the
@@ -706,7 +749,7 @@ class ScenarioEngine:
         def start(state: RuntimeState, now: float) -> RuntimeState:
             self._lookup(state, name)
             active = ActiveScenario(name, now, duration_s, ramp_s, reason="api")
-            return state.started(active, enabled=True)
+            return state.started(active).armed(now)
 
         state = self._change(start)
         assert state.active is not None
@@ -758,9 +801,100 @@ class ScenarioEngine:
             "overrides": {name: written[name] for name in state.overridden},
             "schedule": [attrs.asdict(entry) for entry in state.schedule],
             "effective_config": config.to_dict(),
-            "counters": self.store.counters(),
+            "counters": {
+                name: value
+                for name, value in self.store.counters().items()
+                if not name.startswith(WINDOW_PREFIX)
+            },
+            "guard": self.guard_status(),
             "state": self.origin(),
         }
+
+    # -- the guard (chaos.guard; tripwire.py decides and watches) -----------------------
+
+    def guard_view(self) -> GuardView | None:
+        """What the guard's watcher needs, or None while chaos or the guard is off."""
+        config = self.effective()
+        state = self._state
+        if not config.enabled or not config.guard.on:
+            return None
+        return GuardView(config.guard, state.guard_armed_at, state.guard_renewed_at)
+
+    def guard_status(self) -> dict[str, Any]:
+        """What /status shows under ``guard``: the last trip (until the next switch-on
+        or reset), and when max_duration_s would turn chaos off (``expires_at``)."""
+        state = self._state
+        trip = state.guard_trip or {}
+        view = self.guard_view() if state.enabled else None
+        deadline = view.deadline if view is not None else None
+        return {
+            "tripped": bool(trip),
+            "reason": trip.get("reason"),
+            "at": trip.get("at"),
+            "figures": trip.get("figures"),
+            "expires_at": deadline,
+        }
+
+    def trip(
+        self,
+        reason: str,
+        figures: dict[str, Any],
+        *,
+        armed_at: float | None = None,
+        renewed_at: float | None = None,
+    ) -> bool:
+        """The guard tripped: chaos off as ``/disable`` turns it off (held requests
+        released, on every worker), the trip kept in the state for /status; counted
+        (``guard_tripped``) and logged. Nothing happens if chaos is off already, or was
+        switched on or renewed since the figures were taken (``armed_at``,
+        ``renewed_at``, when given); returns whether it tripped."""
+        tripped: list[dict[str, Any]] = []
+
+        def off(state: RuntimeState, now: float) -> RuntimeState:
+            if not state.enabled:
+                return state
+            if armed_at is not None and state.guard_armed_at != armed_at:
+                return state
+            if renewed_at is not None and state.guard_renewed_at != renewed_at:
+                return state
+            trip = {"reason": reason, "at": now, "figures": figures}
+            tripped.append(trip)
+            # Counted before it is saved: whoever sees chaos off sees the count too.
+            with contextlib.suppress(StoreError):
+                self.store.incr(GUARD_TRIPPED)
+            return attrs.evolve(state, enabled=False, guard_trip=trip)
+
+        self._change(off)
+        if not tripped:
+            return False
+        log.warning("mockforge: guard tripped, chaos off: %s", reason)
+        return True
+
+    def renew(self) -> dict[str, Any]:
+        """Chaos stays on for another max_duration_s from now (``POST
+        /api/chaos/guard/renew``); nothing while it is off. Returns the guard's status."""
+
+        def renewed(state: RuntimeState, now: float) -> RuntimeState:
+            return attrs.evolve(state, guard_renewed_at=now) if state.enabled else state
+
+        self._change(renewed)
+        return self.guard_status()
+
+    def _guard_moved(self) -> None:
+        """The state moved: the watcher looks again (started if chaos and the guard are
+        on), and a trip not yet told here is told to the listeners."""
+        state = self._state
+        if state.enabled and self.current.guard.on:
+            self.tripwire.changed()
+        trip = state.guard_trip
+        if trip is None or trip.get("at") == self._told_trip:
+            return
+        self._told_trip = trip.get("at")
+        for listener in list(self.trip_listeners):
+            try:
+                listener(trip)
+            except Exception:
+                log.warning("mockforge: telling of a guard trip failed", exc_info=True)
 
     def origin(self) -> dict[str, Any]:
         """Where the runtime state came from: the server whose startup config it last

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from . import _env
 from ._observe import observe
 from .outcome import OUTCOME_KEY, Outcome
+from .tripwire import GUARD_TRIPPED
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -120,8 +121,14 @@ class ChaosMetrics:
                 "Our own failures, each served unharmed",
                 value=counters.get("internal_errors", 0),
             )
+            # A trip happens in one process's watcher thread: counted in the store.
+            tripped = CounterMetricFamily(
+                "mockforge_chaos_guard_tripped",
+                "Times the guard (chaos.guard) turned chaos off",
+                value=counters.get(GUARD_TRIPPED, 0),
+            )
             gauges = CollectorRegistry()
-            gauges.register(_Fixed([enabled, active, store_errors, internal_errors]))
+            gauges.register(_Fixed([enabled, active, tripped, store_errors, internal_errors]))
             text += generate_latest(gauges)
         return text, CONTENT_TYPE_LATEST
 

@@ -31,6 +31,7 @@ from .request import WSGIRequest
 from .scenarios import Scenario
 from .state import Store, store_from_env
 from .tracing import record_injections
+from .tripwire import GUARD_TRIPPED
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -127,6 +128,12 @@ class ChaosMiddleware:
         if startup.outbound.enabled:  # the app's own calls: this engine's chaos.outbound
             outbound.install()
             outbound.serve(engine)
+        # The guard (chaos.guard) counts the app's own answers while a bound over its
+        # window is set; the config it was last looked up for, and the answer.
+        self.tripwire = engine.tripwire
+        self.tripwire.on_error = self.decider.internal_error
+        self._guard_for: ChaosConfig | None = None
+        self._watching = False
         # The environ is read as a Request only where the decision asks (decide_lazily).
         self._decide = self.decider.decide_lazily
         self._request_of = self._wsgi_request
@@ -163,6 +170,11 @@ class ChaosMiddleware:
         extensions = getattr(self.management, "extensions", None)
         if extensions is not None:
             extensions["mockforge_recorder"] = recorder
+        record_event = getattr(recorder, "record_event", None)
+        if record_event is not None:  # a guard's trip, seen by this process, is recorded
+            self.engine.trip_listeners.append(
+                lambda trip: record_event(GUARD_TRIPPED, trip["at"], trip)
+            )
         return self.engine.active_scenario_now, self._is_api
 
     @property
@@ -213,6 +225,10 @@ class ChaosMiddleware:
             return self.app(environ, start_response)
         if not config.enabled or self._is_exempt(path):
             return self.app(environ, start_response)
+        if config is not self._guard_for:  # one comparison while the config stands
+            self._guard_for = config
+            self._watching = config.guard.watches_answers
+        app = self._watched if self._watching else self.app
         started = time.monotonic()
         try:  # fails open inside: only the errors meant for the client come out
             plan, config = self._decide(config, environ, self._request_of, started)
@@ -222,24 +238,48 @@ class ChaosMiddleware:
             return _render_store_down(start_response)
         if plan is NO_CHAOS:
             environ[OUTCOME_KEY] = NOTHING_INJECTED
-            return self.app(environ, start_response)
+            return app(environ, start_response)
         outcome = environ[OUTCOME_KEY] = _new(Outcome, (plan, []))
         request_id = environ.get(REQUEST_ID_KEY) or environ.setdefault(
             REQUEST_ID_KEY, new_request_id()
         )
         headers = self._response_headers(plan, config, request_id)
         if plan.admitted_only:  # admitted by the limiter, nothing else: its headers only
-            return self.app(environ, with_headers(start_response, headers))
+            return app(environ, with_headers(start_response, headers))
         self._report(environ, request_id, plan.delay_ms, plan.injections())
         circuit = plan.circuit
         if circuit is not None and not plan.circuit_open:  # its answer counts for the breaker
-            deliver = functools.partial(self._deliver, outcome, config, headers, started)
+            deliver = functools.partial(self._deliver, app, outcome, config, headers, started)
             done = functools.partial(self._circuit_answered, circuit, config.circuit_breaker)
             return observe(deliver, environ, start_response, done, whole=True)
-        return self._deliver(outcome, config, headers, started, environ, start_response)
+        return self._deliver(app, outcome, config, headers, started, environ, start_response)
+
+    def _watched(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        """The app, its answer counted for the guard's window: an error (5xx, or it
+        raised before answering) or not, and its own time to the status line (injected
+        delays come before it and are not in it; answers chaos gives instead of the app
+        never get here)."""
+        started = time.perf_counter()
+        record = self.tripwire.record
+        answered = [False]
+
+        def start_seen(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            if not answered[0]:
+                answered[0] = True
+                record(status[:1] == "5", time.perf_counter() - started)
+            return start_response(status, headers, exc_info)
+
+        try:
+            return self.app(environ, start_seen)
+        except BaseException:
+            if not answered[0]:
+                answered[0] = True
+                record(True, time.perf_counter() - started)
+            raise
 
     def _deliver(
         self,
+        app: WSGIApplication,
         outcome: Outcome,
         config: ChaosConfig,
         headers: list[tuple[str, str]],
@@ -249,7 +289,7 @@ class ChaosMiddleware:
     ) -> Iterable[bytes]:
         plugged = outcome.plan.plugged
         return Delivery(
-            self.app if plugged is None else self._wrapped(plugged),
+            app if plugged is None else self._wrapped(app, plugged),
             outcome,
             config.fault_injection,
             environ,
@@ -315,16 +355,18 @@ class ChaosMiddleware:
     def _is_exempt(self, path: str) -> bool:
         return path in self._exempt_exact or path.startswith(self._exempt_below)
 
-    def _wrapped(self, plugged: tuple[tuple[Any, Any], ...]) -> WSGIApplication:
+    def _wrapped(
+        self, inner: WSGIApplication, plugged: tuple[tuple[Any, Any], ...]
+    ) -> WSGIApplication:
         """The app inside each plugin's wrapper, the first plugin outermost; a plugin
         that fails to wrap is left out (counted, logged), as our own failures are."""
-        app = self.app
+        app = inner
         try:
             for plugin, decision in reversed(plugged):
                 app = plugin.wrap(decision, app)
         except Exception:
             self.decider.internal_error("a plugin's wrap()")
-            return self.app
+            return inner
         return app
 
     def _report(

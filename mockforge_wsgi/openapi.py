@@ -19,6 +19,7 @@ from ._kinds import Check, Kind
 from ._sections import URL_SEGMENTS
 from ._version import __version__
 from .config import SECTION_CLASSES, iter_settings
+from .config_declarations import INBOUND_ONLY_CORRUPTIONS, INBOUND_ONLY_FAULTS
 from .engine import MAX_DURATION_S
 
 __all__ = ["BODY_TYPE", "BREAKER_ACTIONS", "DocumentedRoute", "build_document"]
@@ -71,6 +72,11 @@ def _schemas() -> dict[str, Any]:
     top: dict[str, Any] = {}
     for info in iter_settings():
         schema = _schema_of(info.kind, info.check, info.field.metadata["help"])
+        if info.path[0] == "outbound":  # a call takes no fault of a server's connection
+            if info.path[-1] in INBOUND_ONLY_FAULTS:
+                schema["maximum"] = 0
+            elif info.path[-1] == "corruption":
+                schema["enum"] = [c for c in schema["enum"] if c not in INBOUND_ONLY_CORRUPTIONS]
         if len(info.path) == 1:
             top[info.path[0]] = schema
         else:  # a section's, or a plugin's (chaos.plugins.<name>.<field>)

@@ -123,9 +123,13 @@ def _summarize(client: ChaosClient, request: pytest.FixtureRequest) -> None:
     node.user_properties.append(("chaos_seed", "none" if seed is None else str(seed)))
     if summary is not None:
         node.user_properties.append(("chaos_verdict", json.dumps(summary, sort_keys=True)))
+    guard = status.get("guard") or {}
+    tripped = f"; guard tripped: {guard['reason']}" if guard.get("tripped") else ""
+    if tripped:
+        node.user_properties.append(("chaos_guard_tripped", str(guard["reason"])))
     request.config.stash.setdefault(SUMMARY, []).append(
         f"{node.nodeid}: injected {_counts(injected)}; {_verdict_text(summary)}; "
-        f"seed {'none (set one to replay)' if seed is None else seed}"
+        f"seed {'none (set one to replay)' if seed is None else seed}{tripped}"
     )
 
 

@@ -8,6 +8,7 @@ the table under ``max_rows``. ``RecorderMiddleware`` records and serves the sear
                                 "http_error", "method": "GET", "since": 1.7e9, "until": ...,
                                 "limit": 100, "offset": 0}
     GET  /api/recorder/export?format=jsonl|csv     every row, streamed in pages
+    GET  /api/recorder/events                      the server's events (a guard's trip)
 
 Rows queued in a process are written when it exits (gunicorn stops workers with SIGTERM
 and they exit normally), so a stop right after load loses none. With an admin token set,
@@ -107,6 +108,9 @@ CREATE TABLE IF NOT EXISTS requests (
 );
 CREATE INDEX IF NOT EXISTS requests_time ON requests (time);
 CREATE INDEX IF NOT EXISTS requests_status ON requests (status);
+CREATE TABLE IF NOT EXISTS events (
+    time REAL NOT NULL, kind TEXT NOT NULL, detail TEXT NOT NULL, UNIQUE (kind, time)
+);
 """
 
 
@@ -155,6 +159,27 @@ class Recorder:
             connection.close()
             raise
         return connection
+
+    def record_event(self, kind: str, at: float, detail: Mapping[str, Any]) -> None:
+        """Write one event of the server (``guard_tripped``: the trip as /status shows
+        it) now. Every worker that sees it writes it; the first write counts (an event is
+        its kind and its time)."""
+        with closing(self._connect()) as connection:
+            connection.execute(
+                "INSERT OR IGNORE INTO events (time, kind, detail) VALUES (?, ?, ?)",
+                (at, kind, json.dumps(detail, sort_keys=True)),
+            )
+
+    def events(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """The server's events, oldest first (``GET /api/recorder/events``)."""
+        sql, args = "SELECT time, kind, detail FROM events", []
+        if kind is not None:
+            sql, args = sql + " WHERE kind = ?", [kind]
+        with closing(self._connect()) as connection:
+            rows = connection.execute(sql + " ORDER BY time", args).fetchall()
+        return [
+            {"time": at, "kind": name, "detail": json.loads(detail)} for at, name, detail in rows
+        ]
 
     def record(self, row: tuple[Any, ...]) -> None:
         """Queue one row (``COLUMNS`` order); cheap, never blocks on the database."""
@@ -441,6 +466,9 @@ class RecorderMiddleware:
                 )
             rows = self.recorder.search(filters)
             return answer_json(start_response, 200, {"count": len(rows), "requests": rows})
+        if route == "/events" and method == "GET":
+            events = self.recorder.events()
+            return answer_json(start_response, 200, {"count": len(events), "events": events})
         if route == "/export" and method == "GET":
             query = parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True)
             problems = _export_problems(query)

@@ -43,8 +43,9 @@ LAYERS = [
         "breaker",
         "bulkhead",
         "active_faults",
+        "tripwire",  # the guard's decision and its per-process watcher
     ],
-    ["latency"],
+    ["latency", "answer_window"],  # answer_window: the guard's window of the app's answers
     ["injections", "state", "state.server_store", "state.degrading"],
     ["state.embedded", "state.memory", "state.redis_store"],
     ["state.base"],

@@ -115,6 +115,7 @@ PROMISES: list[tuple[str, str, str]] = [
     ("docs/serving.md", "20 ms", CONSTANT),
     ("docs/serving.md", "3 s", RELEASED),
     ("docs/serving.md", "2 s", T + "test_active_faults_server.py::test_two_of_eight_are_held_across_two_workers"),
+    ("docs/serving.md", "0.25 s", CONSTANT),
     ("docs/state.md", "20 ms", CONSTANT),
     ("docs/state.md", "100 ms", RELEASED),
     ("docs/state.md", "50 ms", T + "test_state_redis.py::test_the_version_is_polled_every_50_ms_on_the_stores_clock"),
@@ -156,6 +157,7 @@ NOT_PROMISES: dict[tuple[str, str], str] = {
         "30%", "10 ms", "5%", "1%", "200 ms", "65.72%", "29.51%", "1.52%", "1.54%", "0.59%",
         "0.57%", "0.55%", "44.7 MB", "45.5 MB", "1.6 MB", "2 minutes", "1 s")},
     **{("docs/configuration.md", f): MEASURED for f in ("16 us", "150 us", "440 us")},
+    ("docs/serving.md", "0.4 s"): EXAMPLE + " (a guard's reason, as one run wrote it)",
     **{("docs/observability.md", f): MEASURED + " (recorder latency under load)" for f in (
         "0.25 s", "0.13 s", "0.22 s", "0.30 s", "0.27 s", "0.39 s", "0.63 s", "4.6 s")},
     ("docs/CHAOS_ENGINEERING.md", "500 ms"): "also the network_degradation value (tested)",
@@ -238,6 +240,7 @@ def _constant(module: str, name: str) -> Any:
         pytest.param("state.redis_store", "WORKER_TTL_S", 10, id="live-worker-10s"),
         pytest.param("state.degrading", "RETRY_S", 1.0, id="store-retried-each-second"),
         pytest.param("state.degrading", "BEAT_S", 1.0, id="workers-counted-each-second"),
+        pytest.param("answer_window", "CHECK_S", 0.25, id="guard-check-0.25s"),
     ],
 )
 def test_documented_constant(module: str, name: str, documented: float) -> None:

@@ -9,7 +9,7 @@ connection limits) take a store and never know which backend they use.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from .gcra import Bucket, BucketOutcome
@@ -136,6 +136,13 @@ class Store(abc.ABC):
         what was injected): a store may batch these, unlike :meth:`incr`."""
         for event in events:
             self.incr(event)
+
+    def add_counts(self, amounts: Mapping[str, int]) -> None:
+        """Add each amount to its counter now, in one step where the store can (the
+        guard's window: a process's answers since its last check, sent at most 4 times
+        a second)."""
+        for counter, amount in amounts.items():
+            self.incr(counter, amount)
 
     @abc.abstractmethod
     def set_counter(self, counter: str, value: int) -> None:

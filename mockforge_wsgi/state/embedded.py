@@ -36,7 +36,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterable, Sequence, Set
+from collections.abc import Iterable, Mapping, Sequence, Set
 from pathlib import Path
 from typing import Any
 
@@ -313,6 +313,14 @@ class EmbeddedStore(Store):
                 for event in events:
                     cell = row + self._name_index(event)
                     self._words[cell] = (int(self._words[cell]) + 1) % (1 << 64)
+
+    def add_counts(self, amounts: Mapping[str, int]) -> None:
+        if amounts:
+            with self._locked():  # one lock for them all
+                row = _COUNTERS // 8 + self._own_row() * _COUNTER_ROW + 1
+                for counter, amount in amounts.items():
+                    cell = row + self._name_index(counter)
+                    self._words[cell] = (int(self._words[cell]) + amount) % (1 << 64)
 
     def set_counter(self, counter: str, value: int) -> None:
         with self._locked():

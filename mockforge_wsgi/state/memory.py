@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from .base import Store
@@ -115,6 +115,12 @@ class MemoryStore(Store):
                 counters = self._counters
                 for event in events:
                     counters[event] = counters.get(event, 0) + 1
+
+    def add_counts(self, amounts: Mapping[str, int]) -> None:
+        with self._lock:
+            counters = self._counters
+            for counter, amount in amounts.items():
+                counters[counter] = counters.get(counter, 0) + amount
 
     def set_counter(self, counter: str, value: int) -> None:
         with self._lock:
