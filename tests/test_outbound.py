@@ -787,44 +787,44 @@ def test_each_fault_raises_what_the_real_event_raises(
     assert _raised(lambda: send(f"http://{host}:{port}/ok")) == "200 Retry-After: None"
 
 
-# -- served: mockforge serve --app, two workers, the section set through the API -------
+# -- served: the checkout example under mockforge serve --app, two workers, the section
+# set through the management API -------------------------------------------------------
 
 
 @pytest.mark.server
 def test_serve_takes_outbound_faults_set_through_the_management_api(
     tmp_path: Path, real_upstream: tuple[str, int]
 ) -> None:
-    from servers import TESTS_DIR, mockforge_serve, one_request_per_sync_worker, session
+    """``cd examples/checkout && mockforge serve --app checkout:app``: its calls to its
+    payment provider (here the raw upstream) take the faults PUT to the API, on each of
+    the two workers (one state for both)."""
+    from servers import mockforge_serve, one_request_per_sync_worker, session
 
     host, port = real_upstream
     (tmp_path / "chaos.yaml").write_text(
         f'chaos:\n  enabled: true\n  outbound: {{enabled: true, hosts: ["{host}:{port}"]}}\n'
     )
     args = ("--workers", "2", "--worker-class", "sync", "--config", "chaos.yaml")
-    app = ("--app", "wsgi_apps:outbound_caller", "--chdir", str(TESTS_DIR))
-    with mockforge_serve(tmp_path, *args, "--access-log", "off", *app) as server:
-        path = f"/?url=http://{host}:{port}/ok"
+    app = ("--app", "checkout:app", "--chdir", str(ROOT / "examples" / "checkout"))
+    env = {"PAYMENTS_URL": f"http://{host}:{port}"}
+    with mockforge_serve(tmp_path, *args, "--access-log", "off", *app, env=env) as server:
 
         def each_worker() -> set[str]:
-            """What the app's call got, on each of the two workers (for sure)."""
-            got = [
-                body.decode().split()
-                for _, _, body in one_request_per_sync_worker(server.url, 2, path)
-            ]
-            assert len({pid for _, pid in got}) == 2, got
-            return {status for status, _ in got}
+            """What the checkout answered, on each of the two workers (for sure)."""
+            got = one_request_per_sync_worker(server.url, 2, "/checkout")
+            return {f"{status} {json.loads(body).get('tried')}" for status, _, body in got}
 
-        assert each_worker() == {"200"}
-        faults = {"fault_injection": {"http_errors": [503], "http_error_probability": 1.0}}
+        assert each_worker() == {"200 None"}
+        faults = {"fault_injection": {"http_errors": [500], "http_error_probability": 1.0}}
         with session() as http:
             put = http.put(f"{server.url}/api/chaos/config/outbound", json=faults, timeout=10)
         assert put.status_code == 200, put.text
         assert put.json()["fault_injection"]["http_error_probability"] == 1.0
-        assert each_worker() == {"503"}, server.log()[-2000:]  # one state for both
+        assert each_worker() == {"502 ['primary: 500']"}, server.log()[-2000:]
         with session() as http:
             refused = {"refused_probability": 1.0}
             assert http.put(f"{server.url}/api/chaos/config/outbound", json=refused).ok
-        assert each_worker() == {"ConnectionError"}
+        assert each_worker() == {"502 ['primary: ConnectionError']"}
         with session() as http:
             assert http.post(f"{server.url}/api/chaos/disable", timeout=10).ok
-        assert each_worker() == {"200"}
+        assert each_worker() == {"200 None"}
