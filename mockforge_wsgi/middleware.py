@@ -124,7 +124,10 @@ class ChaosMiddleware:
             store_named=store_named,
             max_keys=max_keys,
         )
-        if startup.outbound.enabled:  # the app's own calls: this engine's chaos.outbound
+        # The app's own calls: this engine's chaos.outbound; those made while serving a
+        # request carry its test id and request id (outbound.CALLER).
+        self._carries = startup.outbound.enabled
+        if startup.outbound.enabled:
             outbound.install()
             outbound.serve(engine)
         # The environ is read as a Request only where the decision asks (decide_lazily).
@@ -200,6 +203,8 @@ class ChaosMiddleware:
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         """Management or exempt -> decide one Plan -> report it -> apply it."""
+        if self._carries and outbound.CALLER.get() is not environ:
+            return self._carrying(environ, start_response)
         if not self._server_checked:
             self._check_server(environ)
         path = environ.get("PATH_INFO", "")
@@ -236,6 +241,18 @@ class ChaosMiddleware:
             done = functools.partial(self._circuit_answered, circuit, config.circuit_breaker)
             return observe(deliver, environ, start_response, done, whole=True)
         return self._deliver(outcome, config, headers, started, environ, start_response)
+
+    def _carrying(
+        self, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        """This request served with ``environ`` as the thread's outbound caller: the
+        app's calls made meanwhile carry its test id (a body streamed after this returns
+        is not covered)."""
+        token = outbound.CALLER.set(environ)
+        try:
+            return self(environ, start_response)
+        finally:
+            outbound.CALLER.reset(token)
 
     def _deliver(
         self,

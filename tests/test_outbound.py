@@ -671,6 +671,138 @@ def test_the_marker_puts_the_test_body_under_outbound_chaos(sent: _Sent) -> None
     assert _outcome(lambda: _send("auth.internal")) == "200"
 
 
+# -- counted, recorded, and carrying the test id of the request being served ----------
+
+
+def test_each_covered_call_is_counted_in_the_store_by_what_it_got(sent: _Sent) -> None:
+    faults = {"fault_injection": {"script": [503, "reset", "ok"]}}
+    with outbound.chaos({**faults, "refused_probability": 0.0}, hosts=["*.internal:*"]) as src:
+        for _ in range(3):
+            _outcome(_send)
+        _outcome(lambda: _send("example.com", 80))  # not covered: not counted
+    counters = src.engine.store.counters()
+    assert counters["outbound_calls"] == 3
+    assert counters["outbound_http_error"] == counters["outbound_connection_reset"] == 1
+    with outbound.chaos({"refused_probability": 1.0}) as src:
+        _outcome(_send)
+    assert src.engine.store.counters()["outbound_refused"] == 1
+
+
+def _serving(app: Any, *, outbound_section: dict[str, Any], recorder: Any = None) -> Any:
+    """A Client of ``app`` under ChaosMiddleware with the outbound section (and a
+    RecorderMiddleware around it, given a recorder)."""
+    from werkzeug.test import Client
+
+    from mockforge_wsgi.recorder import RecorderMiddleware
+
+    config = config_from_dict({"enabled": True, "outbound": outbound_section})
+    wrapped: Any = ChaosMiddleware(app, config=config)
+    if recorder is not None:
+        wrapped = RecorderMiddleware(wrapped, recorder)
+    return Client(wrapped)
+
+
+def _paying_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    """An app that calls payments.internal while serving each request."""
+    got = _outcome(_send).encode()
+    start_response("200 OK", [("Content-Length", str(len(got)))])
+    return [got]
+
+
+def test_a_rule_picks_one_tests_calls_by_the_test_id_of_the_request_served(
+    sent: _Sent,
+) -> None:
+    rule = {
+        "match": {"header": {"name": "X-Mockforge-Test-Id", "equals": "test_checkout"}},
+        "fault_injection": {"http_errors": [503], "http_error_probability": 1.0},
+    }
+    client = _serving(_paying_app, outbound_section={"enabled": True, "rules": [rule]})
+    mine = client.get("/", headers={"X-Mockforge-Test-Id": "test_checkout"})
+    other = client.get("/", headers={"X-Mockforge-Test-Id": "test_refund"})
+    assert (mine.get_data(), other.get_data(), client.get("/").get_data()) == (
+        b"503",
+        b"200",
+        b"200",
+    )
+    assert outbound.CALLER.get() is None  # the request's caller ends with it
+    assert "x-mockforge-test-id" not in str(sent.calls).lower()  # not sent to the host
+
+
+def test_the_app_s_calls_are_recorded_apart_with_the_request_s_ids(
+    sent: _Sent, tmp_path: Path
+) -> None:
+    from mockforge_wsgi.recorder import Recorder
+
+    recorder = Recorder(tmp_path / "calls.db")
+    faults = {"fault_injection": {"http_errors": [503], "http_error_probability": 1.0}}
+    section = {"enabled": True, "hosts": ["payments.internal:443"], **faults}
+    client = _serving(_paying_app, outbound_section=section, recorder=recorder)
+    assert client.get("/buy", headers={"X-Mockforge-Test-Id": "t-1"}).get_data() == b"503"
+    [served] = recorder.search({})
+    [called] = recorder.search({"direction": "outbound"})
+    assert (served["direction"], served["path"], served["status"]) == ("inbound", "/buy", 200)
+    assert called["direction"] == "outbound" and called["host"] == "payments.internal:443"
+    assert (called["method"], called["path"], called["status"]) == ("GET", "/pay", 503)
+    assert (called["fault_type"], called["test_id"]) == ("http_error", "t-1")
+    assert called["request_id"] == served["request_id"] != ""
+    assert called["retry_after_s"] == 1.0
+
+
+def test_a_call_that_raised_is_recorded_with_its_exception(sent: _Sent, tmp_path: Path) -> None:
+    from mockforge_wsgi.recorder import Recorder
+
+    recorder = Recorder(tmp_path / "calls.db")
+    section = {"enabled": True, "refused_probability": 1.0}
+    client = _serving(_paying_app, outbound_section=section, recorder=recorder)
+    assert client.get("/").get_data() == b"NewConnectionError"
+    [called] = recorder.search({"direction": "outbound"})
+    assert (called["status"], called["error"], called["fault_type"]) == (
+        0,
+        "NewConnectionError",
+        "connection_reset",
+    )
+
+
+def test_prometheus_counts_calls_by_host_with_the_hosts_bounded(sent: _Sent) -> None:
+    pytest.importorskip("prometheus_client")
+    from mockforge_wsgi.metrics import MAX_OUTBOUND_HOSTS, ChaosMetrics
+
+    metrics = ChaosMetrics()
+    outbound.watch(metrics.observe_call)
+    faults = {"fault_injection": {"http_errors": [502], "http_error_probability": 1.0}}
+    with outbound.chaos(faults):
+        for n in range(MAX_OUTBOUND_HOSTS + 5):
+            _outcome(lambda n=n: _send(f"h{n}.internal"))
+        _outcome(lambda: _send("h0.internal"))
+    text = metrics.exposition()[0].decode()
+    calls = re.findall(r'^mockforge_outbound_calls_total\{host="([^"]+)".*\} (\S+)$', text, re.M)
+    hosts = {host: float(value) for host, value in calls}
+    assert len(hosts) == MAX_OUTBOUND_HOSTS + 1 and hosts["other"] == 5.0
+    assert hosts["h0.internal:443"] == 2.0
+    assert 'mockforge_outbound_injections_total{detail="502",host="h1.internal:443"' in text
+
+
+@pytest.mark.chaos_outbound(
+    {
+        "rules": [
+            {
+                "match": {"header": {"name": "X-Mockforge-Test-Id", "equals": "nope"}},
+                "fault_injection": {"http_errors": [500], "http_error_probability": 1.0},
+            }
+        ],
+        "fault_injection": {"http_errors": [418], "http_error_probability": 1.0},
+    },
+    hosts=["payments.internal:*"],
+)
+def test_under_the_marker_a_call_carries_the_tests_node_id(sent: _Sent) -> None:
+    caller = outbound.CALLER.get()
+    assert caller is not None
+    assert caller["HTTP_X_MOCKFORGE_TEST_ID"].endswith(
+        "test_under_the_marker_a_call_carries_the_tests_node_id"
+    )
+    assert _outcome(_send) == "418"  # the rule for another test id left it alone
+
+
 # -- the exception table: each library, each fault, as the real event raises it --------
 
 LIBRARIES: dict[str, Callable[[str], Any]] = {}
