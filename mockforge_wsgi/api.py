@@ -530,7 +530,9 @@ def verdicts_view() -> Response:
 
 def report_view() -> Response:
     recorder, filters, window_s = _recording()
-    page = render_report(recorder.attempts(filters), window_s=window_s)
+    rows = recorder.attempts(filters)  # settled: every worker's rows written
+    calls = recorder.attempts({**filters, "direction": "outbound"}, settle=False)
+    page = render_report(rows, window_s=window_s, outbound=calls)
     return _page(page, inline_scripts())
 
 

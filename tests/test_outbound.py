@@ -746,6 +746,9 @@ def test_the_app_s_calls_are_recorded_apart_with_the_request_s_ids(
     assert (called["fault_type"], called["test_id"]) == ("http_error", "t-1")
     assert called["request_id"] == served["request_id"] != ""
     assert called["retry_after_s"] == 1.0
+    report = client.get("/api/chaos/report").get_data(as_text=True)
+    assert "<td>payments.internal:443</td><td>1</td><td>503: 1</td>" in report
+    assert '"requests": 1' in report  # the client's one request; the call shown apart
 
 
 def test_a_call_that_raised_is_recorded_with_its_exception(sent: _Sent, tmp_path: Path) -> None:
