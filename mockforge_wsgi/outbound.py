@@ -28,6 +28,7 @@ import fnmatch
 import http.client
 import inspect
 import io
+import json
 import logging
 import threading
 import time
@@ -38,7 +39,7 @@ from typing import Any
 import attrs
 
 from ._headers import ANNOTATION_HEADER, REQUEST_ID_KEY, TEST_ID_HEADER, TEST_ID_KEY
-from .config import ChaosConfig, OutboundConfig, config_from_dict
+from .config import ChaosConfig, OutboundConfig, RateLimitConfig, config_from_dict
 from .decide import Decider
 from .engine import ScenarioEngine
 from .fault import CorruptBody, Fault, fault_body
@@ -53,6 +54,7 @@ from .injections import (
 )
 from .patterns import OUTBOUND_COUNTERS
 from .plan import NO_CHAOS, Plan
+from .rate_limit import RateLimitVerdict
 from .release import RELEASER
 from .request import Call
 from .rules import host_glob
@@ -81,6 +83,7 @@ _LENGTHS = ("transfer-encoding", "content-length")  # replaced for an answer rea
 # (``outbound_http_error``; a refusal is ``outbound_refused``). No host in the name: a
 # store's counter names are few and short; Prometheus has the host (metrics.py).
 CALLS_COUNTER = "outbound_calls"
+PER_HOST = "per_host"  # the level an outbound rate limit refuses at
 COUNTER_PREFIX = "outbound_"
 # What the thread is serving: a request's environ (ChaosMiddleware sets it for the
 # request's duration), or ``{TEST_ID_KEY: node id}`` (the pytest plugin, for a test's
@@ -123,6 +126,9 @@ class Source:
             None,
             {},
         )
+        # chaos.outbound.rate_limit as the limiter reads it (a bucket per host:port,
+        # named apart from inbound's by the decider's "outbound:" prefix), or None.
+        self._limits: RateLimitConfig | None = None
 
     def covering(self, host: str, port: int) -> ChaosConfig | None:
         """The config to decide a call to ``host:port`` with, or None (no chaos): the
@@ -152,6 +158,18 @@ class Source:
                 fault_injection=outbound.fault_injection,
                 rules=outbound.rules,
             )
+        limit = outbound.rate_limit
+        self._limits = (
+            RateLimitConfig(
+                enabled=True,
+                requests_per_second=limit.requests_per_second,
+                burst_size=limit.burst_size,
+                global_limit=False,
+                per_endpoint=True,  # the endpoint is the call's host:port
+            )
+            if decided is not None and limit.enabled
+            else None
+        )
         seen = self._seen = (config, decided, {})
         return seen
 
@@ -162,6 +180,7 @@ class Source:
         covered = not hosts or any(fnmatch.fnmatchcase(name, host_glob(h)) for h in hosts)
         if covered and not (
             outbound.refused_probability
+            or outbound.rate_limit.enabled
             or outbound.latency.enabled
             or outbound.fault_injection.enabled
         ):  # only rules: a call no rule's host can match gets nothing
@@ -183,8 +202,11 @@ class Source:
         if decider.store is not store:  # the engine moved to the server's shared store
             decider.use_store(store)
         refused = self._seen[0].outbound.refused_probability
+        limited = None
         if refused and (refused >= 1.0 or decider.rng.random() < refused):
             decided: tuple[Plan, ChaosConfig] = (Plan(fault=REFUSED), config)
+        elif self._limits is not None and (limited := self._limited(call)) is not None:
+            decided = (Plan(rate_limit=limited), config)
         else:
             try:
                 decided = decider.decide(config, call, time.monotonic())
@@ -193,6 +215,23 @@ class Source:
                 return NO_CHAOS, config
         self._count(decided[0])
         return decided
+
+    def _limited(self, call: Call) -> RateLimitVerdict | None:
+        """The host's refusal when the call is over its rate limit, else None (admitted,
+        or the store unreachable: the call goes on)."""
+        limits = self._limits
+        if limits is None:
+            return None
+        try:
+            verdict = self.decider.limiter.check(
+                limits, "", call.header("Host") or "", time.monotonic()
+            )
+        except StoreError:
+            self.decider.store_error("reaching the store for an outbound rate limit")
+            return None
+        if verdict is None or verdict.allowed:
+            return None
+        return RateLimitVerdict(PER_HOST, verdict.outcome)
 
     def _count(self, plan: Plan) -> None:
         """``outbound_calls`` and each injection's ``outbound_<type>``, in the store (all
@@ -484,6 +523,24 @@ def _answer(
     return status, headers, body
 
 
+def _limited_answer(verdict: RateLimitVerdict) -> tuple[int, list[tuple[str, str]], bytes]:
+    """The host's 429 over its rate limit: inbound's body, ``Retry-After`` and
+    ``RateLimit-*``, and the annotation."""
+    body = json.dumps(
+        {
+            "error": "rate limit exceeded",
+            "level": verdict.level,
+            "limit": verdict.outcome.limit,
+            "retry_after_s": verdict.retry_after,
+            "injected_by": "mockforge",
+        }
+    ).encode()
+    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+    headers.extend(verdict.headers())
+    headers.append((ANNOTATION_HEADER, f"rate_limit={verdict.level}"))
+    return 429, headers, body
+
+
 def _corrupted(
     fault: Fault, headers: list[tuple[str, str]], data: bytes
 ) -> tuple[list[tuple[str, str]], bytes]:
@@ -638,6 +695,9 @@ def _urllib3_make_request(original: Any) -> Any:
     ) -> Any:
         if plan is NO_CHAOS:
             return original(self, conn, method, url, **kw)
+        if plan.refused:  # over the host's rate limit: its 429, the host not called
+            status, headers, body = _limited_answer(plan.rate_limit)  # type: ignore[arg-type]
+            return _response(self, method, url, kw, status, headers, body, kw.get("response_conn"))
         if plan.delay_ms and not source.hold(plan.delay_ms / 1000.0):
             return original(self, conn, method, url, **kw)  # released: as chaos off
         fault = plan.fault
@@ -807,6 +867,9 @@ def _httpx_handle_request(original: Any) -> Any:
     ) -> httpx.Response:
         if plan is NO_CHAOS:
             return original(self, request)  # type: ignore[no-any-return]
+        if plan.refused:  # over the host's rate limit: its 429, the host not called
+            status, headers, body = _limited_answer(plan.rate_limit)  # type: ignore[arg-type]
+            return httpx.Response(status, headers=headers, content=body, request=request)
         if plan.delay_ms and not source.hold(plan.delay_ms / 1000.0):
             return original(self, request)  # type: ignore[no-any-return]
         fault = plan.fault

@@ -806,6 +806,49 @@ def test_under_the_marker_a_call_carries_the_tests_node_id(sent: _Sent) -> None:
     assert _outcome(_send) == "418"  # the rule for another test id left it alone
 
 
+def test_a_rate_limit_per_host_answers_429_with_its_headers_unsent(sent: _Sent) -> None:
+    limit = {"rate_limit": {"requests_per_second": 0.01, "burst_size": 2}}
+    with outbound.chaos(limit, hosts=["*.internal:*"]) as source:
+        got = [_send() for _ in range(3)]
+        other = [_outcome(lambda: _send("auth.internal")) for _ in range(2)]
+    assert [r.status for r in got] == [200, 200, 429] and other == ["200", "200"]
+    assert len(sent.calls) == 4  # the refused call never reached the host
+    refused = got[2]
+    assert refused.headers["Retry-After"] == "100"  # a token back in 1 / 0.01 s
+    assert refused.headers["RateLimit-Limit"] == "2"
+    assert refused.headers["RateLimit-Remaining"] == "0"
+    assert refused.headers["X-Mockforge-Chaos"] == "rate_limit=per_host"
+    assert json.loads(refused.data)["level"] == "per_host"
+    assert source.engine.store.counters()["outbound_rate_limited"] == 1
+    buckets = set(source.engine.store._tats)  # type: ignore[attr-defined]
+    assert buckets == {
+        "outbound:endpoint:payments.internal:443",
+        "outbound:endpoint:auth.internal:443",
+    }
+
+
+def test_outbound_buckets_are_named_apart_from_inbounds() -> None:
+    """The same store, the same limit, the same key: outbound's bucket is its own."""
+    from mockforge_wsgi.config import RateLimitConfig
+    from mockforge_wsgi.rate_limit import RateLimiter
+    from mockforge_wsgi.state import MemoryStore
+
+    store = MemoryStore()
+    limits = RateLimitConfig(
+        enabled=True, requests_per_second=0.01, burst_size=1, per_endpoint=True
+    )
+    inbound, calls = RateLimiter(store), RateLimiter(store, prefix="outbound:")
+    assert calls.check(limits, "", "x:443", 0.0).allowed  # type: ignore[union-attr]
+    assert not calls.check(limits, "", "x:443", 0.0).allowed  # type: ignore[union-attr]
+    assert inbound.check(limits, "", "x:443", 0.0).allowed  # type: ignore[union-attr]
+    assert sorted(store._tats) == [
+        "endpoint:x:443",
+        "global",
+        "outbound:endpoint:x:443",
+        "outbound:global",
+    ]
+
+
 # -- the exception table: each library, each fault, as the real event raises it --------
 
 LIBRARIES: dict[str, Callable[[str], Any]] = {}
