@@ -270,7 +270,7 @@ def counter_name(injection: Injection) -> str:
 class CallRecord:
     """One call the section covered, as it ended: what metrics and the recorder see."""
 
-    time: float  # when it was decided (time.time())
+    time: float  # when it ended (time.time()), as a request's row
     method: str
     host: str  # host:port
     path: str
@@ -316,7 +316,7 @@ def _tell(
     elapsed = time.monotonic() - started
     caller = CALLER.get()
     record = CallRecord(
-        time=time.time() - elapsed,
+        time=time.time(),
         method=call.method,
         host=call.header("Host") or "",
         path=call.path,

@@ -278,6 +278,9 @@ def render_report(
     the verdicts and the score judge the client's requests only."""
     data = report_data(rows, window_s=window_s)
     data["outbound"] = outbound_data(outbound)
+    # The app towards its dependencies: the same verdicts over its own calls.
+    towards = verdicts(outbound, window_s)["summary"] if outbound else None
+    data["outbound_verdicts"] = towards
     outbound_rows = [
         (
             host["host"],
@@ -390,7 +393,21 @@ def render_report(
                 outbound_rows,
                 "outbound",
             )
-            if outbound_rows
+            + _table(
+                ["the app's own retries", "value"],
+                [
+                    (key.replace("_", " "), towards[key])
+                    for key in (
+                        "calls",
+                        "retried_calls",
+                        "retry_after_seen",
+                        "retry_after_honoured_ratio",
+                        "unsafe_retries",
+                    )
+                ],
+                "outbound-verdicts",
+            )
+            if outbound_rows and towards is not None
             else "<p>No outbound call recorded.</p>"
         ),
         chart_js=chart_js,

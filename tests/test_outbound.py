@@ -849,6 +849,80 @@ def test_outbound_buckets_are_named_apart_from_inbounds() -> None:
     ]
 
 
+def _retrying_app(method: str, retry: urllib3.Retry) -> Callable[..., list[bytes]]:
+    """An app that calls payments.internal with urllib3's own retries while serving."""
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        pool = HTTPConnectionPool("payments.internal", 443)
+        got = _outcome(lambda: pool.urlopen(method, "/pay", retries=retry.new())).encode()
+        start_response("200 OK", [("Content-Length", str(len(got)))])
+        return [got]
+
+    return app
+
+
+def test_verdicts_judge_the_apps_own_retries_towards_its_dependency(
+    sent: _Sent, tmp_path: Path
+) -> None:
+    """Retry-After honoured or not, and a POST retried after the host had taken it, as
+    the verdicts over the recorder's outbound rows say (and the report)."""
+    from mockforge_wsgi.recorder import Recorder
+    from mockforge_wsgi.verdicts import verdicts
+
+    once_503 = {"fault_injection": {"script": [503, "ok"], "retry_after_s": 1}}
+    after_host = {"fault_injection": {"after_app_probability": 1.0, "after_app_fault": "reset"}}
+    apps = {
+        "honours": (
+            _retrying_app("GET", urllib3.Retry(total=2, status_forcelist=[503])),
+            once_503,
+        ),
+        "ignores": (
+            _retrying_app(
+                "GET",
+                urllib3.Retry(total=2, status_forcelist=[503], respect_retry_after_header=False),
+            ),
+            once_503,
+        ),
+        "unsafe": (
+            _retrying_app("POST", urllib3.Retry(total=1, allowed_methods=None)),
+            after_host,
+        ),
+    }
+    found = {}
+    for name, (app, faults) in apps.items():
+        recorder = Recorder(tmp_path / f"{name}.db")
+        client = _serving(app, outbound_section={"enabled": True, **faults}, recorder=recorder)
+        client.get("/", headers={"X-Mockforge-Test-Id": name}, buffered=True)
+        rows = recorder.attempts({"direction": "outbound"}, settle=False)
+        found[name] = verdicts(rows)["summary"]
+        assert verdicts(recorder.attempts({}, settle=False))["summary"]["calls"] == 1
+    assert found["honours"]["calls"] == 1 and found["honours"]["retried_calls"] == 1
+    assert found["honours"]["retry_after_honoured_ratio"] == 1.0
+    assert found["ignores"]["retry_after_honoured_ratio"] == 0.0
+    assert found["unsafe"]["unsafe_retries"] == 1
+    assert found["honours"]["unsafe_retries"] == 0
+
+
+def test_the_verdicts_api_reads_the_outbound_rows_when_asked(sent: _Sent, tmp_path: Path) -> None:
+    from mockforge_wsgi.recorder import Recorder
+
+    recorder = Recorder(tmp_path / "calls.db")
+    faults = {"fault_injection": {"after_app_probability": 1.0, "after_app_fault": "reset"}}
+    app = _retrying_app("POST", urllib3.Retry(total=1, allowed_methods=None))
+    client = _serving(app, outbound_section={"enabled": True, **faults}, recorder=recorder)
+    client.post("/checkout", buffered=True)
+    towards = client.get("/api/chaos/verdicts?direction=outbound").get_json()
+    [call] = towards["calls"]
+    assert (call["host"], call["method"], call["attempts"]) == ("payments.internal:443", "POST", 2)
+    assert towards["summary"]["unsafe_retries"] == 1
+    served = client.get("/api/chaos/verdicts").get_json()
+    assert served["summary"]["unsafe_retries"] == 0 and served["calls"][0]["path"] == "/checkout"
+    bad = client.get("/api/chaos/verdicts?direction=sideways")
+    assert bad.status_code == 400 and "direction: 'sideways' is not one of" in bad.text
+    report = client.get("/api/chaos/report").get_data(as_text=True)
+    assert "<td>unsafe retries</td><td>1</td>" in report
+
+
 # -- the exception table: each library, each fault, as the real event raises it --------
 
 LIBRARIES: dict[str, Callable[[str], Any]] = {}
