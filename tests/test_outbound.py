@@ -429,6 +429,15 @@ def test_httpx_calls_get_the_same_faults(
     assert httpx_sent == (["GET /pay"] if reached else [])
 
 
+def test_httpx_calls_over_a_hosts_rate_limit_get_its_429_unsent(httpx_sent: list[str]) -> None:
+    limit = {"rate_limit": {"requests_per_second": 0.01, "burst_size": 1}}
+    with outbound.chaos(limit), httpx.Client() as client:
+        got = [client.get("https://payments.internal/pay") for _ in range(2)]
+    assert [r.status_code for r in got] == [200, 429] and httpx_sent == ["GET /pay"]
+    assert got[1].headers["Retry-After"] == "100"
+    assert got[1].headers["X-Mockforge-Chaos"] == "rate_limit=per_host"
+
+
 def test_a_script_plays_its_steps_in_order_then_the_probabilities(sent: _Sent) -> None:
     with outbound.chaos({"fault_injection": {"script": [503, "reset", "ok"]}}):
         seen = [_outcome(_send) for _ in range(4)]
