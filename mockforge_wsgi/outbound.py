@@ -311,11 +311,34 @@ def _tell(
     retry_after: str | None,
     error: BaseException | None,
 ) -> None:
-    """Each watcher hears of one ended call; a watcher's failure is logged, never the
-    caller's."""
+    """Each watcher hears of one ended call; a failure here (a watcher's, ours) is
+    logged, never the caller's."""
+    try:
+        record = _record(call, plan, started, status, retry_after, error)
+    except Exception:
+        log.exception("mockforge: telling of an outbound call")
+        return
+    for ref in list(_WATCHERS):
+        callback = ref()
+        if callback is None:
+            continue
+        try:
+            callback(record)
+        except Exception:
+            log.exception("mockforge: telling of an outbound call")
+
+
+def _record(
+    call: Call,
+    plan: Plan,
+    started: float,
+    status: int | None,
+    retry_after: str | None,
+    error: BaseException | None,
+) -> CallRecord:
     elapsed = time.monotonic() - started
     caller = CALLER.get()
-    record = CallRecord(
+    return CallRecord(
         time=time.time(),
         method=call.method,
         host=call.header("Host") or "",
@@ -330,14 +353,6 @@ def _tell(
         request_id=None if caller is None else caller.get(REQUEST_ID_KEY),
         retry_after=retry_after,
     )
-    for ref in list(_WATCHERS):
-        callback = ref()
-        if callback is None:
-            continue
-        try:
-            callback(record)
-        except Exception:
-            log.exception("mockforge: telling of an outbound call")
 
 
 # The process's sources: the server's (its middleware's engine), and over it the chaos()
@@ -680,7 +695,15 @@ def _urllib3_make_request(original: Any) -> Any:
         except BaseException as error:
             _tell(call, plan, started, None, None, error)
             raise
-        _tell(call, plan, started, response.status, response.headers.get("Retry-After"), None)
+        headers = getattr(response, "headers", None) or {}
+        _tell(
+            call,
+            plan,
+            started,
+            getattr(response, "status", None),
+            headers.get("Retry-After"),
+            None,
+        )
         return response
 
     def _apply(

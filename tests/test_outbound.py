@@ -775,6 +775,25 @@ def test_a_call_that_raised_is_recorded_with_its_exception(sent: _Sent, tmp_path
     )
 
 
+def test_a_watcher_that_fails_never_fails_the_call(
+    sent: _Sent, caplog: pytest.LogCaptureFixture
+) -> None:
+    told: list[outbound.CallRecord] = []
+
+    def broken(record: outbound.CallRecord) -> None:
+        told.append(record)
+        raise RuntimeError("a watcher's bug")
+
+    outbound.watch(broken)
+    try:
+        with outbound.chaos({"latency": {"fixed_delay_ms": 0}}):
+            assert _outcome(_send) == "200"
+    finally:
+        outbound._WATCHERS[:] = [w for w in outbound._WATCHERS if w() is not broken]
+    assert [(r.host, r.status) for r in told] == [("payments.internal:443", 200)]
+    assert "telling of an outbound call" in caplog.text
+
+
 def test_prometheus_counts_calls_by_host_with_the_hosts_bounded(sent: _Sent) -> None:
     pytest.importorskip("prometheus_client")
     from mockforge_wsgi.metrics import MAX_OUTBOUND_HOSTS, ChaosMetrics
