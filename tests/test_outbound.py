@@ -1107,4 +1107,10 @@ def test_serve_takes_outbound_faults_set_through_the_management_api(
         assert each_worker() == {"502 ['primary: ConnectionError']"}
         with session() as http:
             assert http.post(f"{server.url}/api/chaos/disable", timeout=10).ok
+            counters = http.get(f"{server.url}/api/chaos/stats", timeout=10).json()["counters"]
         assert each_worker() == {"200 None"}
+        # Both workers' calls counted in the one store, each attempt (none before the
+        # faults: the section covered no call): a 500 is not retried; a refusal is, twice
+        # (the example's Retry(total=2)), on each worker.
+        counted = {k: v for k, v in counters.items() if k.startswith("outbound_")}
+        assert counted == {"outbound_calls": 8, "outbound_http_error": 2, "outbound_refused": 6}
