@@ -483,6 +483,8 @@ RECORDING_QUERY: dict[str, dict[str, Any]] = {
     "path": {"type": "string", "maxLength": 200},
     "test_id": {"type": "string", "maxLength": 100},
     "window_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
+    # the requests served (inbound, the default), or the app's own calls (outbound)
+    "direction": {"type": "string", "maxLength": 8, "enum": ["inbound", "outbound"]},
 }
 
 
@@ -501,6 +503,8 @@ def _recording() -> tuple[Any, dict[str, Any], float]:
         if schema["type"] == "string":
             if len(raw) > schema["maxLength"]:
                 problems.append(f"{name}: longer than {schema['maxLength']} characters")
+            elif "enum" in schema and raw not in schema["enum"]:
+                problems.append(f"{name}: {shown(raw)} is not one of {', '.join(schema['enum'])}")
             values[name] = raw
             continue
         try:
@@ -533,8 +537,9 @@ def _recording() -> tuple[Any, dict[str, Any], float]:
         for name, key in (("since", "since"), ("until", "until"), ("path", "path_prefix"))
         if name in values
     }
-    if values.get("test_id"):
-        filters["test_id"] = values["test_id"]
+    for name in ("test_id", "direction"):
+        if values.get(name):
+            filters[name] = values[name]
     return recorder, filters, values.get("window_s", DEFAULT_WINDOW_S)
 
 
@@ -545,7 +550,9 @@ def verdicts_view() -> Response:
 
 def report_view() -> Response:
     recorder, filters, window_s = _recording()
-    page = render_report(recorder.attempts(filters), window_s=window_s)
+    rows = recorder.attempts({**filters, "direction": "inbound"})  # settled: all written
+    calls = recorder.attempts({**filters, "direction": "outbound"}, settle=False)
+    page = render_report(rows, window_s=window_s, outbound=calls)
     return _page(page, inline_scripts())
 
 

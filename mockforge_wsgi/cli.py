@@ -1006,7 +1006,9 @@ def report(
     _check_recorder_db(db)
     rows = Recorder(db).attempts(filters, settle=False)  # the servers are done with it
     try:
-        Path(out).write_text(render_report(rows, window_s=window_s), encoding="utf-8")
+        calls = Recorder(db).attempts({**filters, "direction": "outbound"}, settle=False)
+        page = render_report(rows, window_s=window_s, outbound=calls)
+        Path(out).write_text(page, encoding="utf-8")
     except OSError as error:
         raise click.ClickException(f"--out {out}: cannot write it ({error.strerror})") from None
     click.echo(f"{out}: {len(rows)} requests")

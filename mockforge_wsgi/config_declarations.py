@@ -857,6 +857,19 @@ class HostGlobs:
 
 
 @attrs.frozen
+class OutboundRateLimitConfig:
+    """A token bucket per host an outbound call goes to: the host's own rate limit."""
+
+    enabled: bool = setting(
+        False, kinds.BOOL, "Limit each host's calls; over it, a 429 without calling the host."
+    )
+    requests_per_second: float = setting(
+        10.0, kinds.FLOAT, "Refill rate of each host's bucket.", RATE
+    )
+    burst_size: int = setting(10, kinds.INT, "Each host's bucket capacity.", BURST)
+
+
+@attrs.frozen
 class OutboundConfig:
     """Chaos for the HTTP calls the app itself makes (urllib3, requests, httpx):
     docs/outbound.md. Its sections and rules read as a ``chaos:`` block's."""
@@ -888,6 +901,11 @@ class OutboundConfig:
         "Faults of a call: `http_errors` answered without calling the host, "
         "`connection_error_probability` a reset, `timeout_probability` a read timeout "
         "(at the caller's own timeout), `partial_response_probability` a cut body.",
+    )
+    rate_limit: OutboundRateLimitConfig = section(
+        OutboundRateLimitConfig,
+        "A rate limit per host (`host:port`): a call over it is answered 429 with "
+        "`Retry-After` and `RateLimit-*`, the host not called.",
     )
     rules: tuple[Rule, ...] = setting(
         (),

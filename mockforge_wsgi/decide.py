@@ -127,7 +127,7 @@ class Decider:
         # What limits, places and request numbers are taken from: the store, or this
         # worker's share of it while it is unreachable (on_store_error: local).
         self.places = self._degrading(self.store)
-        self.limiter = RateLimiter(self.places)
+        self.limiter = RateLimiter(self.places, prefix=self._counters)
         self.internal_errors = 0
         self.store_errors = 0
         self._quiet_until = 0.0  # our own errors are logged at most once a minute
@@ -463,7 +463,7 @@ class Decider:
         request numbers through this worker's share of it while it is unreachable."""
         self.store = store
         self.places = self._degrading(store)
-        self.limiter = RateLimiter(self.places)
+        self.limiter = RateLimiter(self.places, prefix=self._counters)
 
     def _degrading(self, store: Store) -> Store:
         """``store`` with this worker's share of its limits while it is unreachable; a

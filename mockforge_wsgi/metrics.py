@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from . import _env
+from . import _env, outbound
 from ._observe import observe
 from .outcome import OUTCOME_KEY, Outcome
 from .tripwire import GUARD_TRIPPED
@@ -30,6 +30,10 @@ if TYPE_CHECKING:
 __all__ = ["ChaosMetrics", "MetricsMiddleware"]
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+# The app's own calls are labelled by host:port; a process labels this many hosts, then
+# "other" (hosts: ["*"] must not grow the series without end).
+MAX_OUTBOUND_HOSTS = 32
+OTHER_HOSTS = "other"
 
 
 class ChaosMetrics:
@@ -71,6 +75,28 @@ class ChaosMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        # The app's own calls the chaos.outbound section covers (outbound.py).
+        self.outbound_calls = Counter(
+            "mockforge_outbound_calls",
+            "The app's own HTTP calls the outbound section covered, by host and outcome "
+            "(the status, or the exception's class name)",
+            ["host", "method", "outcome"],
+            registry=self.registry,
+        )
+        self.outbound_duration = Histogram(
+            "mockforge_outbound_call_duration_seconds",
+            "Time from an outbound call's decision to its answer's head, chaos included",
+            ["host"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.outbound_injections = Counter(
+            "mockforge_outbound_injections",
+            "Chaos injected into the app's own calls, by host, type and detail",
+            ["host", "type", "detail"],
+            registry=self.registry,
+        )
+        self._hosts: set[str] = set()
 
     def observe(self, environ: WSGIEnvironment, route: str, status: str, seconds: float) -> None:
         method = str(environ.get("REQUEST_METHOD", "GET"))
@@ -85,6 +111,26 @@ class ChaosMetrics:
                 self.injected_latency.observe(delay_ms / 1000.0)
             elif outcome.plan.over_fault_cap:
                 self.fault_overflow.inc()
+
+    def observe_call(self, call: outbound.CallRecord) -> None:
+        """One outbound call (outbound.watch's callback)."""
+        host = self._host_label(call.host)
+        outcome = str(call.status) if call.status is not None else str(call.error)
+        self.outbound_calls.labels(host, call.method, outcome).inc()
+        self.outbound_duration.labels(host).observe(call.duration_ms / 1000.0)
+        for kind, detail in call.injections:
+            self.outbound_injections.labels(host, kind, detail).inc()
+
+    def _host_label(self, host: str) -> str:
+        """``host`` while this process has labelled fewer than MAX_OUTBOUND_HOSTS, then
+        "other" for every new one."""
+        hosts = self._hosts
+        if host in hosts:
+            return host
+        if len(hosts) >= MAX_OUTBOUND_HOSTS:
+            return OTHER_HOSTS
+        hosts.add(host)
+        return host
 
     def exposition(self) -> tuple[bytes, str]:
         """The text format: every worker's values in multiprocess mode, plus the gauges."""
@@ -158,6 +204,7 @@ class MetricsMiddleware:
         self.metrics = metrics if metrics is not None else ChaosMetrics(engine)
         self.path = path
         self.route_for = route_for or getattr(app, "route_for", None) or _path_of
+        outbound.watch(self.metrics.observe_call)  # the app's own calls, counted too
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if environ.get("PATH_INFO") == self.path:

@@ -125,7 +125,10 @@ class ChaosMiddleware:
             store_named=store_named,
             max_keys=max_keys,
         )
-        if startup.outbound.enabled:  # the app's own calls: this engine's chaos.outbound
+        # The app's own calls: this engine's chaos.outbound; those made while serving a
+        # request carry its test id and request id (outbound.CALLER).
+        self._carries = startup.outbound.enabled
+        if startup.outbound.enabled:
             outbound.install()
             outbound.serve(engine)
         # The guard (chaos.guard) counts the app's own answers while a bound over its
@@ -213,6 +216,8 @@ class ChaosMiddleware:
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         """Management or exempt -> decide one Plan -> report it -> apply it."""
+        if self._carries and outbound.CALLER.get() is not environ:
+            return self._carrying(environ, start_response)
         if not self._server_checked:
             self._check_server(environ)
         path = environ.get("PATH_INFO", "")
@@ -276,6 +281,18 @@ class ChaosMiddleware:
                 answered[0] = True
                 record(True, time.perf_counter() - started)
             raise
+
+    def _carrying(
+        self, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        """This request served with ``environ`` as the thread's outbound caller: the
+        app's calls made meanwhile carry its test id (a body streamed after this returns
+        is not covered)."""
+        token = outbound.CALLER.set(environ)
+        try:
+            return self(environ, start_response)
+        finally:
+            outbound.CALLER.reset(token)
 
     def _deliver(
         self,

@@ -22,19 +22,24 @@ block of a test, without a server::
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import fnmatch
 import http.client
 import inspect
 import io
+import json
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from ._headers import ANNOTATION_HEADER
-from .config import ChaosConfig, OutboundConfig, config_from_dict
+import attrs
+
+from ._headers import ANNOTATION_HEADER, REQUEST_ID_KEY, TEST_ID_HEADER, TEST_ID_KEY
+from .config import ChaosConfig, OutboundConfig, RateLimitConfig, config_from_dict
 from .decide import Decider
 from .engine import ScenarioEngine
 from .fault import CorruptBody, Fault, fault_body
@@ -45,15 +50,28 @@ from .injections import (
     HTTP_ERROR,
     PARTIAL_RESPONSE,
     TIMEOUT,
+    Injection,
 )
 from .patterns import OUTBOUND_COUNTERS
 from .plan import NO_CHAOS, Plan
+from .rate_limit import RateLimitVerdict
 from .release import RELEASER
 from .request import Call
 from .rules import host_glob
 from .state import MemoryStore, StoreError
 
-__all__ = ["REFUSED", "Source", "chaos", "install", "installed", "serve", "uninstall"]
+__all__ = [
+    "CALLER",
+    "REFUSED",
+    "CallRecord",
+    "Source",
+    "chaos",
+    "install",
+    "installed",
+    "serve",
+    "uninstall",
+    "watch",
+]
 
 log = logging.getLogger("mockforge_wsgi")
 
@@ -61,6 +79,20 @@ REFUSED = Fault("connection_reset", mode="refused")  # the outbound-only fault
 MAX_KNOWN_HOSTS = 4096  # host:port verdicts kept per config (then forgotten, and relearnt)
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _LENGTHS = ("transfer-encoding", "content-length")  # replaced for an answer read whole
+# The store counters of the calls the section covers: every one, and each injection
+# (``outbound_http_error``; a refusal is ``outbound_refused``). No host in the name: a
+# store's counter names are few and short; Prometheus has the host (metrics.py).
+CALLS_COUNTER = "outbound_calls"
+PER_HOST = "per_host"  # the level an outbound rate limit refuses at
+COUNTER_PREFIX = "outbound_"
+# What the thread is serving: a request's environ (ChaosMiddleware sets it for the
+# request's duration), or ``{TEST_ID_KEY: node id}`` (the pytest plugin, for a test's
+# body). Its test id goes with the calls made meanwhile (the decision sees it as the
+# call's X-Mockforge-Test-Id, so a rule's ``header`` can pick one test's calls; the
+# recorder's rows carry it), and its request id names the request that made them.
+CALLER: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar(
+    "mockforge_outbound_caller", default=None
+)
 # urllib3 2's request step, whose signature the interception keeps (and checks).
 URLLIB3_PARAMETERS = (
     "self",
@@ -94,6 +126,9 @@ class Source:
             None,
             {},
         )
+        # chaos.outbound.rate_limit as the limiter reads it (a bucket per host:port,
+        # named apart from inbound's by the decider's "outbound:" prefix), or None.
+        self._limits: RateLimitConfig | None = None
 
     def covering(self, host: str, port: int) -> ChaosConfig | None:
         """The config to decide a call to ``host:port`` with, or None (no chaos): the
@@ -123,6 +158,18 @@ class Source:
                 fault_injection=outbound.fault_injection,
                 rules=outbound.rules,
             )
+        limit = outbound.rate_limit
+        self._limits = (
+            RateLimitConfig(
+                enabled=True,
+                requests_per_second=limit.requests_per_second,
+                burst_size=limit.burst_size,
+                global_limit=False,
+                per_endpoint=True,  # the endpoint is the call's host:port
+            )
+            if decided is not None and limit.enabled
+            else None
+        )
         seen = self._seen = (config, decided, {})
         return seen
 
@@ -133,6 +180,7 @@ class Source:
         covered = not hosts or any(fnmatch.fnmatchcase(name, host_glob(h)) for h in hosts)
         if covered and not (
             outbound.refused_probability
+            or outbound.rate_limit.enabled
             or outbound.latency.enabled
             or outbound.fault_injection.enabled
         ):  # only rules: a call no rule's host can match gets nothing
@@ -154,13 +202,48 @@ class Source:
         if decider.store is not store:  # the engine moved to the server's shared store
             decider.use_store(store)
         refused = self._seen[0].outbound.refused_probability
+        limited = None
         if refused and (refused >= 1.0 or decider.rng.random() < refused):
-            return Plan(fault=REFUSED), config
+            decided: tuple[Plan, ChaosConfig] = (Plan(fault=REFUSED), config)
+        elif self._limits is not None and (limited := self._limited(call)) is not None:
+            decided = (Plan(rate_limit=limited), config)
+        else:
+            try:
+                decided = decider.decide(config, call, time.monotonic())
+            except StoreError:  # on_store_error: closed answers inbound; a call goes unharmed
+                decider.store_error("reaching the store for an outbound call")
+                return NO_CHAOS, config
+        self._count(decided[0])
+        return decided
+
+    def _limited(self, call: Call) -> RateLimitVerdict | None:
+        """The host's refusal when the call is over its rate limit, else None (admitted,
+        or the store unreachable: the call goes on)."""
+        limits = self._limits
+        if limits is None:
+            return None
         try:
-            return decider.decide(config, call, time.monotonic())
-        except StoreError:  # on_store_error: closed answers inbound; a call goes unharmed
-            decider.store_error("reaching the store for an outbound call")
-            return NO_CHAOS, config
+            verdict = self.decider.limiter.check(
+                limits, "", call.header("Host") or "", time.monotonic()
+            )
+        except StoreError:
+            self.decider.store_error("reaching the store for an outbound rate limit")
+            return None
+        if verdict is None or verdict.allowed:
+            return None
+        return RateLimitVerdict(PER_HOST, verdict.outcome)
+
+    def _count(self, plan: Plan) -> None:
+        """``outbound_calls`` and each injection's ``outbound_<type>``, in the store (all
+        workers'); our failure to count never changes the call."""
+        names = [CALLS_COUNTER]
+        names.extend(map(counter_name, plan.injections()))
+        try:
+            self.decider.store.count(names)
+        except StoreError:
+            self.decider.store_error("counting an outbound call")
+        except Exception:
+            self.decider.internal_error("counting an outbound call")
 
     def hold(self, seconds: float) -> bool:
         """Hold the calling thread ``seconds``: True when waited out, False when chaos
@@ -174,6 +257,102 @@ class Source:
             return bool(config.enabled) and config.outbound == then_outbound
 
         return RELEASER.hold(seconds, source=engine, wanted=wanted)
+
+
+def counter_name(injection: Injection) -> str:
+    """The store counter of one outbound injection (a refusal has its own)."""
+    if injection.type == CONNECTION_RESET and injection.detail == "refused":
+        return COUNTER_PREFIX + "refused"
+    return COUNTER_PREFIX + injection.type
+
+
+@attrs.frozen
+class CallRecord:
+    """One call the section covered, as it ended: what metrics and the recorder see."""
+
+    time: float  # when it ended (time.time()), as a request's row
+    method: str
+    host: str  # host:port
+    path: str
+    status: int | None  # None: the call raised
+    error: str | None  # the exception's class name, when it raised
+    duration_ms: float
+    injections: tuple[Injection, ...]
+    delay_ms: float | None
+    annotation: str
+    test_id: str | None
+    request_id: str | None  # the inbound request being served when it was made
+    retry_after: str | None  # the answer's Retry-After
+
+
+# Who is told of each CallRecord (metrics, the recorder): weakly held, so a middleware
+# a test dropped stops being told.
+_WATCHERS: list[weakref.ref[Any]] = []
+
+
+def watch(callback: Callable[[CallRecord], None]) -> None:
+    """Tell ``callback`` of each call the section covers, as it ends (a bound method is
+    held weakly: its object going away ends the watch)."""
+    ref: weakref.ref[Any]
+    if hasattr(callback, "__self__") and hasattr(callback, "__func__"):
+        ref = weakref.WeakMethod(callback)
+    else:
+        ref = weakref.ref(callback)
+    with _install_lock:
+        _WATCHERS[:] = [w for w in _WATCHERS if w() is not None]
+        _WATCHERS.append(ref)
+
+
+def _tell(
+    call: Call,
+    plan: Plan,
+    started: float,
+    status: int | None,
+    retry_after: str | None,
+    error: BaseException | None,
+) -> None:
+    """Each watcher hears of one ended call; a failure here (a watcher's, ours) is
+    logged, never the caller's."""
+    try:
+        record = _record(call, plan, started, status, retry_after, error)
+    except Exception:
+        log.exception("mockforge: telling of an outbound call")
+        return
+    for ref in list(_WATCHERS):
+        callback = ref()
+        if callback is None:
+            continue
+        try:
+            callback(record)
+        except Exception:
+            log.exception("mockforge: telling of an outbound call")
+
+
+def _record(
+    call: Call,
+    plan: Plan,
+    started: float,
+    status: int | None,
+    retry_after: str | None,
+    error: BaseException | None,
+) -> CallRecord:
+    elapsed = time.monotonic() - started
+    caller = CALLER.get()
+    return CallRecord(
+        time=time.time(),
+        method=call.method,
+        host=call.header("Host") or "",
+        path=call.path,
+        status=status,
+        error=None if error is None else type(error).__name__,
+        duration_ms=elapsed * 1000.0,
+        injections=tuple(plan.injections()),
+        delay_ms=plan.delay_ms,
+        annotation=plan.annotation() or "",
+        test_id=call.test_id,
+        request_id=None if caller is None else caller.get(REQUEST_ID_KEY),
+        retry_after=retry_after,
+    )
 
 
 # The process's sources: the server's (its middleware's engine), and over it the chaos()
@@ -335,6 +514,11 @@ def _call(method: str, target: str, headers: Any, host: str, port: int) -> Call:
         path = "/" + path.split("://", 1)[1].partition("/")[2]
     named = dict(headers or {})
     named["Host"] = _address(host, port)  # always with its port: rules match host:port
+    caller = CALLER.get()
+    if caller is not None:  # the test id of the request (or test) being served
+        test_id = caller.get(TEST_ID_KEY)
+        if test_id and not any(k.lower() == "x-mockforge-test-id" for k in named):
+            named[TEST_ID_HEADER] = test_id
     return Call(method, path, query=query, headers=named)
 
 
@@ -352,6 +536,24 @@ def _answer(
         headers.append(("Retry-After", str(faults.retry_after_s)))
     headers.append((ANNOTATION_HEADER, plan.annotation() or f"fault={fault.label}"))
     return status, headers, body
+
+
+def _limited_answer(verdict: RateLimitVerdict) -> tuple[int, list[tuple[str, str]], bytes]:
+    """The host's 429 over its rate limit: inbound's body, ``Retry-After`` and
+    ``RateLimit-*``, and the annotation."""
+    body = json.dumps(
+        {
+            "error": "rate limit exceeded",
+            "level": verdict.level,
+            "limit": verdict.outcome.limit,
+            "retry_after_s": verdict.retry_after,
+            "injected_by": "mockforge",
+        }
+    ).encode()
+    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+    headers.extend(verdict.headers())
+    headers.append((ANNOTATION_HEADER, f"rate_limit={verdict.level}"))
+    return 429, headers, body
 
 
 def _corrupted(
@@ -482,10 +684,43 @@ def _urllib3_make_request(original: Any) -> Any:
         port: int,
         kw: dict[str, Any],
     ) -> Any:
-        """A call the section covers: decided, then applied."""
-        plan, decided = source.decide(config, _call(method, url, kw["headers"], host, port))
+        """A call the section covers: decided, then applied (and told, when watched)."""
+        call = _call(method, url, kw["headers"], host, port)
+        plan, decided = source.decide(config, call)
+        if not _WATCHERS:
+            return _apply(source, plan, decided, self, conn, method, url, kw)
+        started = time.monotonic()
+        try:
+            response = _apply(source, plan, decided, self, conn, method, url, kw)
+        except BaseException as error:
+            _tell(call, plan, started, None, None, error)
+            raise
+        headers = getattr(response, "headers", None) or {}
+        _tell(
+            call,
+            plan,
+            started,
+            getattr(response, "status", None),
+            headers.get("Retry-After"),
+            None,
+        )
+        return response
+
+    def _apply(
+        source: Source,
+        plan: Plan,
+        decided: ChaosConfig,
+        self: Any,
+        conn: Any,
+        method: str,
+        url: str,
+        kw: dict[str, Any],
+    ) -> Any:
         if plan is NO_CHAOS:
             return original(self, conn, method, url, **kw)
+        if plan.refused:  # over the host's rate limit: its 429, the host not called
+            status, headers, body = _limited_answer(plan.rate_limit)  # type: ignore[arg-type]
+            return _response(self, method, url, kw, status, headers, body, kw.get("response_conn"))
         if plan.delay_ms and not source.hold(plan.delay_ms / 1000.0):
             return original(self, conn, method, url, **kw)  # released: as chaos off
         fault = plan.fault
@@ -635,12 +870,29 @@ def _httpx_handle_request(original: Any) -> Any:
         host: str,
         port: int,
     ) -> httpx.Response:
-        """A call the section covers: decided, then applied."""
+        """A call the section covers: decided, then applied (and told, when watched)."""
         target = request.url.raw_path.decode("ascii", "replace")
         call = _call(request.method, target, dict(request.headers), host, port)
         plan, decided = source.decide(config, call)
+        if not _WATCHERS:
+            return _apply(source, plan, decided, self, request)
+        started = time.monotonic()
+        try:
+            response = _apply(source, plan, decided, self, request)
+        except BaseException as error:
+            _tell(call, plan, started, None, None, error)
+            raise
+        _tell(call, plan, started, response.status_code, response.headers.get("Retry-After"), None)
+        return response
+
+    def _apply(
+        source: Source, plan: Plan, decided: ChaosConfig, self: Any, request: httpx.Request
+    ) -> httpx.Response:
         if plan is NO_CHAOS:
             return original(self, request)  # type: ignore[no-any-return]
+        if plan.refused:  # over the host's rate limit: its 429, the host not called
+            status, headers, body = _limited_answer(plan.rate_limit)  # type: ignore[arg-type]
+            return httpx.Response(status, headers=headers, content=body, request=request)
         if plan.delay_ms and not source.hold(plan.delay_ms / 1000.0):
             return original(self, request)  # type: ignore[no-any-return]
         fault = plan.fault

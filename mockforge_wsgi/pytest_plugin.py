@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from . import outbound
+from ._headers import TEST_ID_KEY
 from .client import ChaosClient
 from .config import load_config
 from .injections import INJECTION_TYPES
@@ -71,8 +72,13 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     if marker is None:
         return (yield)
     settings = marker.args[0] if marker.args else marker.kwargs.get("settings")
-    with outbound.chaos(settings, hosts=marker.kwargs.get("hosts", ())):
-        return (yield)
+    # The test's calls made outside a request carry its node id as their test id.
+    token = outbound.CALLER.set({TEST_ID_KEY: item.nodeid})
+    try:
+        with outbound.chaos(settings, hosts=marker.kwargs.get("hosts", ())):
+            return (yield)
+    finally:
+        outbound.CALLER.reset(token)
 
 
 @pytest.fixture(scope="session")

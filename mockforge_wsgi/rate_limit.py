@@ -127,14 +127,24 @@ class RateLimiter:
 
         limiter = RateLimiter(MemoryStore())
         verdict = limiter.check(config.rate_limit, "10.0.0.7", "/users/<id>", time.monotonic())
+
+    ``prefix`` goes before every bucket's name: the outbound direction's limiter
+    (``outbound:``) shares a store with inbound's, and its buckets never meet theirs.
     """
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, prefix: str = "") -> None:
         self.store = store
+        self.prefix = prefix
+        self._ip = prefix + "ip:"
+        self._endpoint = prefix + "endpoint:"
         # (config, its levels, leased?) of the last check, replaced whole: threads that
         # switch configs concurrently each read a matching triple.
         default = RateLimitConfig()
-        self._current: tuple[RateLimitConfig, _Levels, bool] = (default, _levels(default), False)
+        self._current: tuple[RateLimitConfig, _Levels, bool] = (
+            default,
+            _levels(default, prefix),
+            False,
+        )
         self._leases: OrderedDict[Any, _Lease] = OrderedDict()
         self._known: dict[int, tuple[RateLimitConfig, _Levels, bool]] = {}
         self._leases_pid = os.getpid()
@@ -152,9 +162,9 @@ class RateLimiter:
         if levels.keyed:
             keyed = list(buckets)
             if levels.per_ip is not None:
-                keyed.append(new(Bucket, ("ip:" + client, *levels.per_ip)))
+                keyed.append(new(Bucket, (self._ip + client, *levels.per_ip)))
             if levels.per_endpoint is not None:
-                keyed.append(new(Bucket, ("endpoint:" + endpoint, *levels.per_endpoint)))
+                keyed.append(new(Bucket, (self._endpoint + endpoint, *levels.per_endpoint)))
             buckets = keyed
         if not buckets:
             return None
@@ -171,7 +181,7 @@ class RateLimiter:
         known = self._known.get(id(config))
         if known is None or known[0] is not config:
             leased = config.store_mode == "lease" and self.store.shared
-            known = (config, _levels(config), leased)
+            known = (config, _levels(config, self.prefix), leased)
             if len(self._known) >= MAX_KNOWN_CONFIGS:
                 self._known.clear()
             self._known[id(config)] = known
@@ -236,14 +246,14 @@ class RateLimiter:
             return index, outcome
 
 
-def _levels(config: RateLimitConfig) -> _Levels:
+def _levels(config: RateLimitConfig, prefix: str = "") -> _Levels:
     rate, burst = config.requests_per_second, config.burst_size
     names = []
     global_buckets: tuple[Bucket, ...] = ()
     per_ip = per_endpoint = None
     if config.global_limit:
         names.append("global")
-        global_buckets = (Bucket("global", 1.0 / rate, burst),)
+        global_buckets = (Bucket(prefix + "global", 1.0 / rate, burst),)
     if config.per_ip:
         names.append("per_ip")
         per_ip = (

@@ -36,7 +36,7 @@ from urllib.parse import parse_qsl
 
 from werkzeug.http import parse_date
 
-from . import _env
+from . import _env, outbound
 from ._answers import answer, answer_json
 from ._guard import NOSNIFF, BrowserGuard
 from ._headers import REQUEST_ID_KEY, TEST_ID_KEY, bearer_matches, new_request_id
@@ -68,15 +68,27 @@ COLUMNS = (
     "body_hash",
     "retry_after_s",
     "scenario",
+    # The app's own calls (outbound.py) are rows too: direction "outbound", the host:port
+    # called, and the exception the call raised (status 0 then).
+    "direction",
+    "host",
+    "error",
 )
+INBOUND, OUTBOUND = "inbound", "outbound"
+_BEFORE_DIRECTION = COLUMNS.index("direction")
+DIRECTIONS = (INBOUND, OUTBOUND)
 # Columns added after the first release: a table made before gets them at open (a new
-# table has them from the start).
+# table has them from the start); the rows it holds are the requests it served, so
+# their direction reads "inbound" (the column's default).
 _ADDED = {
     "test_id": "TEXT",
     "idempotency_key": "TEXT",
     "body_hash": "TEXT",
     "retry_after_s": "REAL",
     "scenario": "TEXT",
+    "direction": f"TEXT NOT NULL DEFAULT '{INBOUND}'",
+    "host": "TEXT",
+    "error": "TEXT",
 }
 MAX_HASHED_BODY = 64 * 1024  # bodies hashed to group retries; larger ones are not read
 MAX_VERDICT_ROWS = 100_000  # rows one verdict or report reads at most (max_rows' default)
@@ -94,6 +106,7 @@ FILTERS = (
     "since",
     "until",
     "test_id",
+    "direction",
     "limit",
     "offset",
 )
@@ -104,7 +117,8 @@ CREATE TABLE IF NOT EXISTS requests (
     time REAL NOT NULL, request_id TEXT NOT NULL, method TEXT NOT NULL, path TEXT NOT NULL,
     status INTEGER NOT NULL, duration_ms REAL NOT NULL, client TEXT, worker INTEGER,
     fault_type TEXT, latency_ms REAL, injected TEXT,
-    test_id TEXT, idempotency_key TEXT, body_hash TEXT, retry_after_s REAL, scenario TEXT
+    test_id TEXT, idempotency_key TEXT, body_hash TEXT, retry_after_s REAL, scenario TEXT,
+    direction TEXT NOT NULL DEFAULT 'inbound', host TEXT, error TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_time ON requests (time);
 CREATE INDEX IF NOT EXISTS requests_status ON requests (status);
@@ -182,9 +196,12 @@ class Recorder:
         ]
 
     def record(self, row: tuple[Any, ...]) -> None:
-        """Queue one row (``COLUMNS`` order); cheap, never blocks on the database."""
+        """Queue one row (``COLUMNS`` order); cheap, never blocks on the database. A row
+        of the columns before ``direction`` is a request served (inbound)."""
         if self._pid != os.getpid():  # first row in this process (workers fork)
             self._start()
+        if len(row) == _BEFORE_DIRECTION:
+            row = (*row, INBOUND, None, None)
         self._queue.put(row)
 
     def _start(self) -> None:
@@ -304,6 +321,10 @@ def _matching(filters: Mapping[str, Any]) -> tuple[str, list[Any]]:
         if filters.get(key):
             where.append(f"{key} = ?")
             args.append(filters[key])
+    # The requests served unless asked for the app's own calls: verdicts and the report
+    # judge a client by what it sent, apart from what the app sent on.
+    where.append("direction = ?")
+    args.append(filters.get("direction") or INBOUND)
     if filters.get("since") is not None:
         where.append("time >= ?")
         args.append(float(filters["since"]))
@@ -346,6 +367,9 @@ def _filter_problems(filters: Any) -> list[str]:
     for key in ("path_prefix", "method", "fault_type", "test_id"):
         if filters.get(key) is not None and not isinstance(filters[key], str):
             problems.append(f"{key}: {shown(filters[key])} is not a string")
+    direction = filters.get("direction")
+    if direction is not None and direction not in DIRECTIONS:
+        problems.append(f"direction: {shown(direction)} is not one of {', '.join(DIRECTIONS)}")
     return problems
 
 
@@ -376,6 +400,7 @@ class RecorderMiddleware:
         self._is_management: Callable[[str], bool] = _never
         if attach is not None:
             self._scenario_now, self._is_management = attach(recorder)
+        outbound.watch(self._call_done)  # the app's own calls, recorded apart
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -428,6 +453,43 @@ class RecorderMiddleware:
                 environ.get(_BODY_HASH_KEY),
                 retry_after_seconds(environ.get(_RETRY_AFTER_KEY)),
                 scenario,
+                INBOUND,
+                None,
+                None,
+            )
+        )
+
+    def _call_done(self, call: outbound.CallRecord) -> None:
+        """One of the app's own calls (outbound.watch's callback): a row of its own."""
+        kinds = [injection.type for injection in call.injections]
+        fault = next((k for k in kinds if k != LATENCY), kinds[0] if kinds else None)
+        scenario = None
+        if self._scenario_now is not None:
+            try:
+                scenario = self._scenario_now()
+            except Exception:  # the store is down: the row is still worth keeping
+                scenario = None
+        self.recorder.record(
+            (
+                call.time,
+                call.request_id or "",
+                call.method,
+                call.path,
+                call.status or 0,
+                call.duration_ms,
+                None,
+                os.getpid(),
+                fault,
+                call.delay_ms,
+                call.annotation,
+                call.test_id,
+                None,
+                None,
+                retry_after_seconds(call.retry_after),
+                scenario,
+                OUTBOUND,
+                call.host,
+                call.error,
             )
         )
 

@@ -204,6 +204,37 @@ def report_data(
     }
 
 
+def outbound_data(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The app's own calls (recorder rows of direction ``outbound``), by host: how many,
+    what they got (a status, or the exception raised), what was injected, p50 / p99."""
+    by_host: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        by_host.setdefault(str(row.get("host") or "-"), []).append(row)
+    found = []
+    for host in sorted(by_host):
+        inside = by_host[host]
+        durations = [float(row["duration_ms"]) for row in inside]
+        outcomes = Counter(
+            str(row["error"]) if row.get("error") else str(int(row["status"])) for row in inside
+        )
+        injected = Counter(str(row["fault_type"]) for row in inside if row.get("fault_type"))
+        found.append(
+            {
+                "host": host,
+                "calls": len(inside),
+                "outcomes": dict(outcomes.most_common()),
+                "injections": dict(injected.most_common()),
+                "p50_ms": quantile(durations, 0.5),
+                "p99_ms": quantile(durations, 0.99),
+            }
+        )
+    return found
+
+
+def _counts(counts: Mapping[str, int]) -> str:
+    return " ".join(f"{name}: {count}" for name, count in counts.items()) or "-"
+
+
 def _honoured(judged: Sequence[bool]) -> str:
     if not judged:
         return "-"  # no retry followed a Retry-After
@@ -240,9 +271,27 @@ def render_report(
     *,
     window_s: float = DEFAULT_WINDOW_S,
     title: str = "mockforge chaos report",
+    outbound: Sequence[Mapping[str, Any]] = (),
 ) -> str:
-    """The report page: data, tables and charts in one HTML file (no network needed)."""
+    """The report page: data, tables and charts in one HTML file (no network needed).
+    ``outbound``: the app's own calls (recorder rows of that direction), shown apart:
+    the verdicts and the score judge the client's requests only."""
     data = report_data(rows, window_s=window_s)
+    data["outbound"] = outbound_data(outbound)
+    # The app towards its dependencies: the same verdicts over its own calls.
+    towards = verdicts(outbound, window_s)["summary"] if outbound else None
+    data["outbound_verdicts"] = towards
+    outbound_rows = [
+        (
+            host["host"],
+            host["calls"],
+            _counts(host["outcomes"]),
+            _counts(host["injections"]),
+            host["p50_ms"],
+            host["p99_ms"],
+        )
+        for host in data["outbound"]
+    ]
     chart_js, draw = inline_scripts()
     summary = data["verdicts"]["summary"]
     score = data["score"]
@@ -337,6 +386,29 @@ def render_report(
             )
             if windows
             else "<p>No scenario ran while recording.</p>"
+        ),
+        outbound=(
+            _table(
+                ["host", "calls", "outcomes", "injected", "p50 ms", "p99 ms"],
+                outbound_rows,
+                "outbound",
+            )
+            + _table(
+                ["the app's own retries", "value"],
+                [
+                    (key.replace("_", " "), towards[key])
+                    for key in (
+                        "calls",
+                        "retried_calls",
+                        "retry_after_seen",
+                        "retry_after_honoured_ratio",
+                        "unsafe_retries",
+                    )
+                ],
+                "outbound-verdicts",
+            )
+            if outbound_rows and towards is not None
+            else "<p>No outbound call recorded.</p>"
         ),
         chart_js=chart_js,
         data=payload,

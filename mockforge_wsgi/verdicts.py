@@ -5,6 +5,11 @@ Pure: rows in (the recorder's, oldest first), plain data out. A call is the requ
 that share an ``Idempotency-Key`` (and test id), or else method, path, body hash and
 test id, each within ``window_s`` of the one before; a success ends a call (the same
 request sent again after a success is a new call, not a retry).
+
+The same verdicts judge the app towards its dependencies, over the recorder's outbound
+rows (``direction: outbound``): there a call is the attempts to one host, method and
+path made while serving one request (its request id), so urllib3's own retries of one
+call group together, and another request's call is another.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ class Attempt:
     body_hash: str | None = None
     test_id: str | None = None
     request_id: str = ""
+    host: str | None = None  # the host:port an outbound call went to (None: a request)
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Attempt:
@@ -66,6 +72,7 @@ class Attempt:
             body_hash=row.get("body_hash"),
             test_id=row.get("test_id") or None,
             request_id=str(row.get("request_id") or ""),
+            host=row.get("host") or None,
         )
 
     @property
@@ -77,6 +84,8 @@ class Attempt:
     def key(self) -> tuple[Any, ...]:
         if self.idempotency_key:
             return (self.test_id, "key", self.idempotency_key)
+        if self.host is not None:  # the app's own call: the same path on another host
+            return (self.test_id, self.host, self.method, self.path, self.request_id)
         return (self.test_id, self.method, self.path, self.body_hash)
 
 
@@ -128,6 +137,7 @@ class Call:
         first = self.attempts[0]
         return {
             "method": first.method,
+            **({"host": first.host} if first.host is not None else {}),
             "path": first.path,
             "test_id": first.test_id,
             "idempotency_key": first.idempotency_key,

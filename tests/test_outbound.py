@@ -429,6 +429,15 @@ def test_httpx_calls_get_the_same_faults(
     assert httpx_sent == (["GET /pay"] if reached else [])
 
 
+def test_httpx_calls_over_a_hosts_rate_limit_get_its_429_unsent(httpx_sent: list[str]) -> None:
+    limit = {"rate_limit": {"requests_per_second": 0.01, "burst_size": 1}}
+    with outbound.chaos(limit), httpx.Client() as client:
+        got = [client.get("https://payments.internal/pay") for _ in range(2)]
+    assert [r.status_code for r in got] == [200, 429] and httpx_sent == ["GET /pay"]
+    assert got[1].headers["Retry-After"] == "100"
+    assert got[1].headers["X-Mockforge-Chaos"] == "rate_limit=per_host"
+
+
 def test_a_script_plays_its_steps_in_order_then_the_probabilities(sent: _Sent) -> None:
     with outbound.chaos({"fault_injection": {"script": [503, "reset", "ok"]}}):
         seen = [_outcome(_send) for _ in range(4)]
@@ -692,6 +701,277 @@ def test_the_marker_puts_the_test_body_under_outbound_chaos(sent: _Sent) -> None
     assert _outcome(lambda: _send("auth.internal")) == "200"
 
 
+# -- counted, recorded, and carrying the test id of the request being served ----------
+
+
+def test_each_covered_call_is_counted_in_the_store_by_what_it_got(sent: _Sent) -> None:
+    faults = {"fault_injection": {"script": [503, "reset", "ok"]}}
+    with outbound.chaos({**faults, "refused_probability": 0.0}, hosts=["*.internal:*"]) as src:
+        for _ in range(3):
+            _outcome(_send)
+        _outcome(lambda: _send("example.com", 80))  # not covered: not counted
+    counters = src.engine.store.counters()
+    assert counters["outbound_calls"] == 3
+    assert counters["outbound_http_error"] == counters["outbound_connection_reset"] == 1
+    with outbound.chaos({"refused_probability": 1.0}) as src:
+        _outcome(_send)
+    assert src.engine.store.counters()["outbound_refused"] == 1
+
+
+def _serving(app: Any, *, outbound_section: dict[str, Any], recorder: Any = None) -> Any:
+    """A Client of ``app`` under ChaosMiddleware with the outbound section (and a
+    RecorderMiddleware around it, given a recorder)."""
+    from werkzeug.test import Client
+
+    from mockforge_wsgi.recorder import RecorderMiddleware
+
+    config = config_from_dict({"enabled": True, "outbound": outbound_section})
+    wrapped: Any = ChaosMiddleware(app, config=config)
+    if recorder is not None:
+        wrapped = RecorderMiddleware(wrapped, recorder)
+    return Client(wrapped)
+
+
+def _paying_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    """An app that calls payments.internal while serving each request."""
+    got = _outcome(_send).encode()
+    start_response("200 OK", [("Content-Length", str(len(got)))])
+    return [got]
+
+
+def test_a_rule_picks_one_tests_calls_by_the_test_id_of_the_request_served(
+    sent: _Sent,
+) -> None:
+    rule = {
+        "match": {"header": {"name": "X-Mockforge-Test-Id", "equals": "test_checkout"}},
+        "fault_injection": {"http_errors": [503], "http_error_probability": 1.0},
+    }
+    client = _serving(_paying_app, outbound_section={"enabled": True, "rules": [rule]})
+    mine = client.get("/", headers={"X-Mockforge-Test-Id": "test_checkout"})
+    other = client.get("/", headers={"X-Mockforge-Test-Id": "test_refund"})
+    assert (mine.get_data(), other.get_data(), client.get("/").get_data()) == (
+        b"503",
+        b"200",
+        b"200",
+    )
+    assert outbound.CALLER.get() is None  # the request's caller ends with it
+    assert "x-mockforge-test-id" not in str(sent.calls).lower()  # not sent to the host
+
+
+def test_the_app_s_calls_are_recorded_apart_with_the_request_s_ids(
+    sent: _Sent, tmp_path: Path
+) -> None:
+    from mockforge_wsgi.recorder import Recorder
+
+    recorder = Recorder(tmp_path / "calls.db")
+    faults = {"fault_injection": {"http_errors": [503], "http_error_probability": 1.0}}
+    section = {"enabled": True, "hosts": ["payments.internal:443"], **faults}
+    client = _serving(_paying_app, outbound_section=section, recorder=recorder)
+    assert client.get("/buy", headers={"X-Mockforge-Test-Id": "t-1"}).get_data() == b"503"
+    [served] = recorder.search({})
+    [called] = recorder.search({"direction": "outbound"})
+    assert (served["direction"], served["path"], served["status"]) == ("inbound", "/buy", 200)
+    assert called["direction"] == "outbound" and called["host"] == "payments.internal:443"
+    assert (called["method"], called["path"], called["status"]) == ("GET", "/pay", 503)
+    assert (called["fault_type"], called["test_id"]) == ("http_error", "t-1")
+    assert called["request_id"] == served["request_id"] != ""
+    assert called["retry_after_s"] == 1.0
+    report = client.get("/api/chaos/report").get_data(as_text=True)
+    assert "<td>payments.internal:443</td><td>1</td><td>503: 1</td>" in report
+    assert '"requests": 1' in report  # the client's one request; the call shown apart
+
+
+def test_a_call_that_raised_is_recorded_with_its_exception(sent: _Sent, tmp_path: Path) -> None:
+    from mockforge_wsgi.recorder import Recorder
+
+    recorder = Recorder(tmp_path / "calls.db")
+    section = {"enabled": True, "refused_probability": 1.0}
+    client = _serving(_paying_app, outbound_section=section, recorder=recorder)
+    assert client.get("/").get_data() == b"NewConnectionError"
+    [called] = recorder.search({"direction": "outbound"})
+    assert (called["status"], called["error"], called["fault_type"]) == (
+        0,
+        "NewConnectionError",
+        "connection_reset",
+    )
+
+
+def test_a_watcher_that_fails_never_fails_the_call(
+    sent: _Sent, caplog: pytest.LogCaptureFixture
+) -> None:
+    told: list[outbound.CallRecord] = []
+
+    def broken(record: outbound.CallRecord) -> None:
+        told.append(record)
+        raise RuntimeError("a watcher's bug")
+
+    outbound.watch(broken)
+    try:
+        with outbound.chaos({"latency": {"fixed_delay_ms": 0}}):
+            assert _outcome(_send) == "200"
+    finally:
+        outbound._WATCHERS[:] = [w for w in outbound._WATCHERS if w() is not broken]
+    assert [(r.host, r.status) for r in told] == [("payments.internal:443", 200)]
+    assert "telling of an outbound call" in caplog.text
+
+
+def test_prometheus_counts_calls_by_host_with_the_hosts_bounded(sent: _Sent) -> None:
+    pytest.importorskip("prometheus_client")
+    from mockforge_wsgi.metrics import MAX_OUTBOUND_HOSTS, ChaosMetrics
+
+    metrics = ChaosMetrics()
+    outbound.watch(metrics.observe_call)
+    faults = {"fault_injection": {"http_errors": [502], "http_error_probability": 1.0}}
+    with outbound.chaos(faults):
+        for n in range(MAX_OUTBOUND_HOSTS + 5):
+            _outcome(lambda n=n: _send(f"h{n}.internal"))
+        _outcome(lambda: _send("h0.internal"))
+    text = metrics.exposition()[0].decode()
+    calls = re.findall(r'^mockforge_outbound_calls_total\{host="([^"]+)".*\} (\S+)$', text, re.M)
+    hosts = {host: float(value) for host, value in calls}
+    assert len(hosts) == MAX_OUTBOUND_HOSTS + 1 and hosts["other"] == 5.0
+    assert hosts["h0.internal:443"] == 2.0
+    assert 'mockforge_outbound_injections_total{detail="502",host="h1.internal:443"' in text
+
+
+@pytest.mark.chaos_outbound(
+    {
+        "rules": [
+            {
+                "match": {"header": {"name": "X-Mockforge-Test-Id", "equals": "nope"}},
+                "fault_injection": {"http_errors": [500], "http_error_probability": 1.0},
+            }
+        ],
+        "fault_injection": {"http_errors": [418], "http_error_probability": 1.0},
+    },
+    hosts=["payments.internal:*"],
+)
+def test_under_the_marker_a_call_carries_the_tests_node_id(sent: _Sent) -> None:
+    caller = outbound.CALLER.get()
+    assert caller is not None
+    assert caller["HTTP_X_MOCKFORGE_TEST_ID"].endswith(
+        "test_under_the_marker_a_call_carries_the_tests_node_id"
+    )
+    assert _outcome(_send) == "418"  # the rule for another test id left it alone
+
+
+def test_a_rate_limit_per_host_answers_429_with_its_headers_unsent(sent: _Sent) -> None:
+    limit = {"rate_limit": {"requests_per_second": 0.01, "burst_size": 2}}
+    with outbound.chaos(limit, hosts=["*.internal:*"]) as source:
+        got = [_send() for _ in range(3)]
+        other = [_outcome(lambda: _send("auth.internal")) for _ in range(2)]
+    assert [r.status for r in got] == [200, 200, 429] and other == ["200", "200"]
+    assert len(sent.calls) == 4  # the refused call never reached the host
+    refused = got[2]
+    assert refused.headers["Retry-After"] == "100"  # a token back in 1 / 0.01 s
+    assert refused.headers["RateLimit-Limit"] == "2"
+    assert refused.headers["RateLimit-Remaining"] == "0"
+    assert refused.headers["X-Mockforge-Chaos"] == "rate_limit=per_host"
+    assert json.loads(refused.data)["level"] == "per_host"
+    assert source.engine.store.counters()["outbound_rate_limited"] == 1
+    buckets = set(source.engine.store._tats)  # type: ignore[attr-defined]
+    assert buckets == {
+        "outbound:endpoint:payments.internal:443",
+        "outbound:endpoint:auth.internal:443",
+    }
+
+
+def test_outbound_buckets_are_named_apart_from_inbounds() -> None:
+    """The same store, the same limit, the same key: outbound's bucket is its own."""
+    from mockforge_wsgi.config import RateLimitConfig
+    from mockforge_wsgi.rate_limit import RateLimiter
+    from mockforge_wsgi.state import MemoryStore
+
+    store = MemoryStore()
+    limits = RateLimitConfig(
+        enabled=True, requests_per_second=0.01, burst_size=1, per_endpoint=True
+    )
+    inbound, calls = RateLimiter(store), RateLimiter(store, prefix="outbound:")
+    assert calls.check(limits, "", "x:443", 0.0).allowed  # type: ignore[union-attr]
+    assert not calls.check(limits, "", "x:443", 0.0).allowed  # type: ignore[union-attr]
+    assert inbound.check(limits, "", "x:443", 0.0).allowed  # type: ignore[union-attr]
+    assert sorted(store._tats) == [
+        "endpoint:x:443",
+        "global",
+        "outbound:endpoint:x:443",
+        "outbound:global",
+    ]
+
+
+def _retrying_app(method: str, retry: urllib3.Retry) -> Callable[..., list[bytes]]:
+    """An app that calls payments.internal with urllib3's own retries while serving."""
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        pool = HTTPConnectionPool("payments.internal", 443)
+        got = _outcome(lambda: pool.urlopen(method, "/pay", retries=retry.new())).encode()
+        start_response("200 OK", [("Content-Length", str(len(got)))])
+        return [got]
+
+    return app
+
+
+def test_verdicts_judge_the_apps_own_retries_towards_its_dependency(
+    sent: _Sent, tmp_path: Path
+) -> None:
+    """Retry-After honoured or not, and a POST retried after the host had taken it, as
+    the verdicts over the recorder's outbound rows say (and the report)."""
+    from mockforge_wsgi.recorder import Recorder
+    from mockforge_wsgi.verdicts import verdicts
+
+    once_503 = {"fault_injection": {"script": [503, "ok"], "retry_after_s": 1}}
+    after_host = {"fault_injection": {"after_app_probability": 1.0, "after_app_fault": "reset"}}
+    apps = {
+        "honours": (
+            _retrying_app("GET", urllib3.Retry(total=2, status_forcelist=[503])),
+            once_503,
+        ),
+        "ignores": (
+            _retrying_app(
+                "GET",
+                urllib3.Retry(total=2, status_forcelist=[503], respect_retry_after_header=False),
+            ),
+            once_503,
+        ),
+        "unsafe": (
+            _retrying_app("POST", urllib3.Retry(total=1, allowed_methods=None)),
+            after_host,
+        ),
+    }
+    found = {}
+    for name, (app, faults) in apps.items():
+        recorder = Recorder(tmp_path / f"{name}.db")
+        client = _serving(app, outbound_section={"enabled": True, **faults}, recorder=recorder)
+        client.get("/", headers={"X-Mockforge-Test-Id": name}, buffered=True)
+        rows = recorder.attempts({"direction": "outbound"}, settle=False)
+        found[name] = verdicts(rows)["summary"]
+        assert verdicts(recorder.attempts({}, settle=False))["summary"]["calls"] == 1
+    assert found["honours"]["calls"] == 1 and found["honours"]["retried_calls"] == 1
+    assert found["honours"]["retry_after_honoured_ratio"] == 1.0
+    assert found["ignores"]["retry_after_honoured_ratio"] == 0.0
+    assert found["unsafe"]["unsafe_retries"] == 1
+    assert found["honours"]["unsafe_retries"] == 0
+
+
+def test_the_verdicts_api_reads_the_outbound_rows_when_asked(sent: _Sent, tmp_path: Path) -> None:
+    from mockforge_wsgi.recorder import Recorder
+
+    recorder = Recorder(tmp_path / "calls.db")
+    faults = {"fault_injection": {"after_app_probability": 1.0, "after_app_fault": "reset"}}
+    app = _retrying_app("POST", urllib3.Retry(total=1, allowed_methods=None))
+    client = _serving(app, outbound_section={"enabled": True, **faults}, recorder=recorder)
+    client.post("/checkout", buffered=True)
+    towards = client.get("/api/chaos/verdicts?direction=outbound").get_json()
+    [call] = towards["calls"]
+    assert (call["host"], call["method"], call["attempts"]) == ("payments.internal:443", "POST", 2)
+    assert towards["summary"]["unsafe_retries"] == 1
+    served = client.get("/api/chaos/verdicts").get_json()
+    assert served["summary"]["unsafe_retries"] == 0 and served["calls"][0]["path"] == "/checkout"
+    bad = client.get("/api/chaos/verdicts?direction=sideways")
+    assert bad.status_code == 400 and "direction: 'sideways' is not one of" in bad.text
+    report = client.get("/api/chaos/report").get_data(as_text=True)
+    assert "<td>unsafe retries</td><td>1</td>" in report
+
+
 # -- the exception table: each library, each fault, as the real event raises it --------
 
 LIBRARIES: dict[str, Callable[[str], Any]] = {}
@@ -808,44 +1088,50 @@ def test_each_fault_raises_what_the_real_event_raises(
     assert _raised(lambda: send(f"http://{host}:{port}/ok")) == "200 Retry-After: None"
 
 
-# -- served: mockforge serve --app, two workers, the section set through the API -------
+# -- served: the checkout example under mockforge serve --app, two workers, the section
+# set through the management API -------------------------------------------------------
 
 
 @pytest.mark.server
 def test_serve_takes_outbound_faults_set_through_the_management_api(
     tmp_path: Path, real_upstream: tuple[str, int]
 ) -> None:
-    from servers import TESTS_DIR, mockforge_serve, one_request_per_sync_worker, session
+    """``cd examples/checkout && mockforge serve --app checkout:app``: its calls to its
+    payment provider (here the raw upstream) take the faults PUT to the API, on each of
+    the two workers (one state for both)."""
+    from servers import mockforge_serve, one_request_per_sync_worker, session
 
     host, port = real_upstream
     (tmp_path / "chaos.yaml").write_text(
         f'chaos:\n  enabled: true\n  outbound: {{enabled: true, hosts: ["{host}:{port}"]}}\n'
     )
     args = ("--workers", "2", "--worker-class", "sync", "--config", "chaos.yaml")
-    app = ("--app", "wsgi_apps:outbound_caller", "--chdir", str(TESTS_DIR))
-    with mockforge_serve(tmp_path, *args, "--access-log", "off", *app) as server:
-        path = f"/?url=http://{host}:{port}/ok"
+    app = ("--app", "checkout:app", "--chdir", str(ROOT / "examples" / "checkout"))
+    env = {"PAYMENTS_URL": f"http://{host}:{port}"}
+    with mockforge_serve(tmp_path, *args, "--access-log", "off", *app, env=env) as server:
 
         def each_worker() -> set[str]:
-            """What the app's call got, on each of the two workers (for sure)."""
-            got = [
-                body.decode().split()
-                for _, _, body in one_request_per_sync_worker(server.url, 2, path)
-            ]
-            assert len({pid for _, pid in got}) == 2, got
-            return {status for status, _ in got}
+            """What the checkout answered, on each of the two workers (for sure)."""
+            got = one_request_per_sync_worker(server.url, 2, "/checkout")
+            return {f"{status} {json.loads(body).get('tried')}" for status, _, body in got}
 
-        assert each_worker() == {"200"}
-        faults = {"fault_injection": {"http_errors": [503], "http_error_probability": 1.0}}
+        assert each_worker() == {"200 None"}
+        faults = {"fault_injection": {"http_errors": [500], "http_error_probability": 1.0}}
         with session() as http:
             put = http.put(f"{server.url}/api/chaos/config/outbound", json=faults, timeout=10)
         assert put.status_code == 200, put.text
         assert put.json()["fault_injection"]["http_error_probability"] == 1.0
-        assert each_worker() == {"503"}, server.log()[-2000:]  # one state for both
+        assert each_worker() == {"502 ['primary: 500']"}, server.log()[-2000:]
         with session() as http:
             refused = {"refused_probability": 1.0}
             assert http.put(f"{server.url}/api/chaos/config/outbound", json=refused).ok
-        assert each_worker() == {"ConnectionError"}
+        assert each_worker() == {"502 ['primary: ConnectionError']"}
         with session() as http:
             assert http.post(f"{server.url}/api/chaos/disable", timeout=10).ok
-        assert each_worker() == {"200"}
+            counters = http.get(f"{server.url}/api/chaos/stats", timeout=10).json()["counters"]
+        assert each_worker() == {"200 None"}
+        # Both workers' calls counted in the one store, each attempt (none before the
+        # faults: the section covered no call): a 500 is not retried; a refusal is, twice
+        # (the example's Retry(total=2)), on each worker.
+        counted = {k: v for k, v in counters.items() if k.startswith("outbound_")}
+        assert counted == {"outbound_calls": 8, "outbound_http_error": 2, "outbound_refused": 6}

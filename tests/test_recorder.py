@@ -73,7 +73,7 @@ def test_export_and_bad_filters(tmp_path: Path) -> None:
     assert bad.status_code == 400
     assert bad.get_json()["problems"] == [
         "status: unknown filter; allowed: status_code, path_prefix, method, fault_type, since, "
-        "until, test_id, limit, offset",
+        "until, test_id, direction, limit, offset",
         "limit: -1 is not a whole number in [0, 1000]",
     ]
     assert client.post("/api/recorder/search", data=b"{oops").status_code == 400
@@ -110,7 +110,7 @@ def test_an_export_query_it_cannot_honour_is_refused_naming_the_choices(
 def plain_row(at: float, request_id: str) -> tuple[object, ...]:
     """A row of a GET / that got no chaos, in COLUMNS order."""
     row = {"time": at, "request_id": request_id, "method": "GET", "path": "/", "status": 200,
-           "duration_ms": 1.0, "worker": 1, "injected": ""}  # fmt: skip
+           "duration_ms": 1.0, "worker": 1, "injected": "", "direction": "inbound"}  # fmt: skip
     return tuple(row.get(column) for column in COLUMNS)
 
 
@@ -312,10 +312,12 @@ def test_a_database_of_the_first_schema_gets_the_new_columns(tmp_path: Path) -> 
         )
     old.close()
     recorder = Recorder(path)
-    recorder.record((*plain_row(2.0, "new")[:-5], "t1", "k1", "h", 1.0, "slow_backend"))
+    verdict_columns = ("t1", "k1", "h", 1.0, "slow_backend")
+    recorder.record((*plain_row(2.0, "new")[:-8], *verdict_columns, "inbound", None, None))
     recorder.flush()
     newest, oldest = recorder.search({})
     assert (oldest["request_id"], oldest["test_id"]) == ("old", None)
+    assert oldest["direction"] == "inbound"  # a file's rows before the column: requests
     assert (newest["test_id"], newest["idempotency_key"], newest["scenario"]) == (
         "t1",
         "k1",

@@ -117,6 +117,31 @@ def test_text_in_rows_is_escaped() -> None:
     assert "<img" not in after
 
 
+def test_the_apps_own_calls_are_shown_apart_by_host() -> None:
+    payments = "payments.internal:443"
+    calls = [
+        row(1.0, 503, 2.0, host=payments, fault_type="http_error", direction="outbound"),
+        row(2.0, 200, 30.0, host=payments, direction="outbound"),
+        row(3.0, 0, 200.0, host="auth.internal:80", error="ReadTimeoutError",
+            fault_type="timeout", direction="outbound"),
+    ]  # fmt: skip
+    page = render_report(brownout_rows(), outbound=calls)
+    data = json.loads(re.findall(r'id="report-data">(.*?)</script>', page, re.DOTALL)[0])
+    assert data["requests"] == 30  # the client's requests only: its verdicts and score
+    assert data["outbound"][1] == {
+        "host": payments,
+        "calls": 2,
+        "outcomes": {"503": 1, "200": 1},
+        "injections": {"http_error": 1},
+        "p50_ms": data["outbound"][1]["p50_ms"],
+        "p99_ms": data["outbound"][1]["p99_ms"],
+    }
+    assert data["outbound"][0]["outcomes"] == {"ReadTimeoutError": 1}
+    table = page.split('<table id="outbound">', 1)[1].split("</table>", 1)[0]
+    assert "<td>payments.internal:443</td><td>2</td><td>503: 1 200: 1</td>" in table
+    assert "No outbound call recorded." in render_report(brownout_rows())
+
+
 # -- a real server, real traffic, a real browser ----------------------------------------
 
 

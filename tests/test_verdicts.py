@@ -234,3 +234,21 @@ def test_a_call_as_the_api_shows_it() -> None:
         "started": pytest.approx(0.9),
         "request_ids": ["r1", "r2"],
     }
+
+
+def test_the_apps_own_calls_are_told_apart_by_host_and_by_the_request_served() -> None:
+    """Outbound rows: the same path on two hosts is two calls; so is the same call made
+    while serving two requests (each request's retries are its own)."""
+    out = {"direction": "outbound"}
+    found = calls_of(
+        row(1.0, 503, host="a.internal:443", request_id="r1", **out),
+        row(1.1, 503, host="b.internal:443", request_id="r1", **out),
+        row(1.2, 200, host="a.internal:443", request_id="r1", **out),
+        row(1.3, 503, host="b.internal:443", request_id="r2", **out),
+    )
+    assert [(c["host"], c["attempts"], c["request_ids"]) for c in found] == [
+        ("a.internal:443", 2, ["r1", "r1"]),
+        ("b.internal:443", 1, ["r1"]),
+        ("b.internal:443", 1, ["r2"]),
+    ]
+    assert "host" not in calls_of(row(1.0))[0]  # a request's call: as before

@@ -102,7 +102,7 @@ def test_bad_verdict_queries(server: Server) -> None:
     )
     assert answer.status_code == 400
     assert answer.json()["problems"] == [
-        "color: unknown parameter; allowed: since, until, path, test_id, window_s",
+        "color: unknown parameter; allowed: since, until, path, test_id, window_s, direction",
         "since: 'nan' is not a number >= 0 and <= 1e+11",
         "window_s: '0' is not a number > 0 and <= 3600",
     ]

@@ -45,25 +45,6 @@ def base_app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
     return [body]
 
 
-def outbound_caller(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-    """Calls ``?url=...`` with requests (the app's own call) and answers what it got:
-    the status, or the exception's class name; and the worker's pid."""
-    import urllib.parse
-
-    import requests
-
-    url = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))["url"][0]
-    try:
-        with requests.Session() as client:
-            client.trust_env = False
-            got = str(client.get(url, timeout=(2, 2)).status_code)
-    except requests.RequestException as error:
-        got = type(error).__name__
-    body = f"{got} {os.getpid()}".encode()
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
-    return [body]
-
-
 def _events(count: int, gap_s: float) -> Iterator[bytes]:
     for n in range(count):
         if n:
