@@ -280,3 +280,28 @@ def test_a_dribbled_body_lands_when_its_time_is_up(server: Server, http: request
     # Spread, not held and sent at once: by the half, about half the bytes were read.
     by_half = sum(size for at, size in reads if at <= 0.55)
     assert 30_000 <= by_half <= 70_000, reads
+
+
+def _elapsed_s(http: requests.Session, url: str) -> float:
+    started = time.monotonic()
+    http.get(url, timeout=10).raise_for_status()
+    return time.monotonic() - started
+
+
+def test_the_heavy_tailed_delays_and_a_cited_profile_through_the_server(
+    server: Server, http: requests.Session
+) -> None:
+    """Issue 26 items 6 and 7 on a real server: a Pareto delay is never below its scale
+    nor above its cap; an exponential one never above its cap; the `lte` profile (70 ms,
+    WebPageTest) delays every answer by its latency."""
+    url = server.url + "/bytes/1"
+    _put(http, server, "latency", distribution="pareto", scale_ms=60, shape=3, cap_ms=150)
+    pareto = [_elapsed_s(http, url) for _ in range(6)]
+    assert all(0.060 <= took < 0.150 + 0.5 for took in pareto), pareto  # a margin for load
+    _put(http, server, "latency", distribution="exponential", scale_ms=20, cap_ms=80)
+    exponential = [_elapsed_s(http, url) for _ in range(6)]
+    assert all(took < 0.080 + 0.5 for took in exponential), exponential
+    http.post(server.url + "/api/chaos/reset", timeout=10).raise_for_status()
+    http.post(server.url + "/api/chaos/scenarios/lte", json={}, timeout=10).raise_for_status()
+    lte = [_elapsed_s(http, url) for _ in range(3)]
+    assert all(0.070 <= took < 0.070 + 0.5 for took in lte), lte
