@@ -392,6 +392,15 @@ def propagation(fleet: Fleet) -> tuple[list[float], list[float], list[int]]:
     many of its workers held one. Leaves chaos on, the latency off (a config that
     differs from the startup one in ``latency``)."""
     hosts = fleet.hosts
+    try:
+        return _propagation(hosts)
+    finally:  # whatever happened: no hold left for the next phase
+        api("PUT", hosts[1], "/config/latency", {"enabled": False})
+        api("POST", hosts[2], "/enable")
+        _until(lambda: all(api("GET", host, "/status")["enabled"] for host in hosts))
+
+
+def _propagation(hosts: list[Host]) -> tuple[list[float], list[float], list[int]]:
     sent = time.monotonic()
     api("PUT", hosts[0], "/config/latency", {"enabled": True, "fixed_delay_ms": HOLD_MS})
 
@@ -403,6 +412,7 @@ def propagation(fleet: Fleet) -> tuple[list[float], list[float], list[int]]:
     for host in hosts:  # one after the other: each host's time counts from the call
         _until(lambda host=host: shows(host))
         seen.append(time.monotonic() - sent)
+    time.sleep(0.1)  # each host's other worker too (Redis' version: polled every 50 ms)
     before = _latency_counter(hosts[0])
     answered: list[list[tuple[float, int, str]]] = [[] for _ in hosts]
 
@@ -429,9 +439,6 @@ def propagation(fleet: Fleet) -> tuple[list[float], list[float], list[int]]:
         raise RuntimeError(f"a held request was not the app's answer: {answered}")
     released = [max(at for at, _, _ in mine) - off for mine in answered]
     workers = [len({worker for _, _, worker in mine}) for mine in answered]
-    api("PUT", hosts[1], "/config/latency", {"enabled": False})
-    api("POST", hosts[2], "/enable")
-    _until(lambda: all(api("GET", host, "/status")["enabled"] for host in hosts))
     return seen, released, workers
 
 
