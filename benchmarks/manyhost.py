@@ -483,7 +483,13 @@ def rejoin(fleet: Fleet) -> Rejoined:
     afterwards turns chaos off on the first host and on again."""
     hosts = fleet.hosts
     api("PUT", hosts[0], "/config/latency", {"enabled": False, "fixed_delay_ms": 1234})
-    expected = api("GET", hosts[0], "/status")["effective_config"]["latency"]
+
+    def latency_there() -> Any:  # its other worker may answer: within 50 ms, it knows
+        return api("GET", hosts[0], "/status")["effective_config"]["latency"]
+
+    _until(lambda: latency_there()["fixed_delay_ms"] == 1234)
+    time.sleep(0.06)  # past every worker's next look
+    expected = latency_there()
     hosts[2].kill()
     started = time.monotonic()
     hosts[2].launch()
