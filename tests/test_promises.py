@@ -130,6 +130,8 @@ PROMISES: list[tuple[str, str, str]] = [
     ("docs/state.md", "300 ms", T + "test_state_start.py::test_the_issues_two_servers_in_turn"),
     ("docs/state.md", "3 s", T + "test_store_outage.py::test_a_redis_outage_limits_each_worker_at_its_share"),
     ("docs/state.md", "5%", T + "test_state_redis_topologies.py::test_two_servers_of_two_workers_share_one_limit_and_one_state_on_a_cluster"),
+    ("docs/state.md", "3%", T + "test_manyhost.py::test_a_global_limit_is_one_limit_across_three_hosts"),
+    ("docs/state.md", "100 ms", T + "test_manyhost.py::test_a_management_call_on_one_host_reaches_every_host_within_100_ms"),
 ]  # fmt: skip
 
 MEASURED = "a measurement of one run, not a promise"

@@ -304,6 +304,39 @@ def test_a_state_change_reaches_another_process_within_the_poll_interval(
     assert max(waits) < 0.2, waits  # 50 ms promised; slack for a slow machine
 
 
+def test_a_look_in_flight_does_not_answer_other_threads_with_the_old_version(
+    redis_server: RedisServer,
+) -> None:
+    """A gthread worker: one thread's look at the version is under way when another's
+    request arrives; the second must not get the version from before the change (it did:
+    the look was marked done when it began, so a request 300 ms after a latency change
+    was served without it; tests/test_manyhost.py found it)."""
+    writer, reader = store_from_url(redis_server.url), store_from_url(redis_server.url)
+    seen = reader.state_version()
+    writer.save_state({"changed": True})
+    time.sleep(0.06)  # the next look is due
+    real_get = reader._redis.get  # type: ignore[attr-defined]
+    entered, go = threading.Event(), threading.Event()
+    first = [True]
+
+    def slow_get(key: str) -> object:
+        if first[0]:
+            first[0] = False
+            entered.set()
+            go.wait(5)
+        return real_get(key)
+
+    reader._redis.get = slow_get  # type: ignore[attr-defined]
+    slow = threading.Thread(target=reader.state_version)
+    slow.start()
+    try:
+        assert entered.wait(5)
+        assert reader.state_version() == seen + 1
+    finally:
+        go.set()
+        slow.join(5)
+
+
 def test_the_version_is_polled_every_50_ms_on_the_stores_clock(
     redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

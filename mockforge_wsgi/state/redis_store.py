@@ -335,12 +335,14 @@ class RedisStore(Store):
     def state_version(self) -> int:
         now = time.monotonic()
         if now - self._version_checked >= self._version_poll_s:
-            self._version_checked = now
+            # Marked as looked at once the answer is in: a thread arriving while another's
+            # look is in flight looks too, rather than take the version from before it.
             try:
                 raw = self._call(lambda: self._redis.get(self._key("version")))
             except StoreError:
+                self._version_checked = now
                 return self._version  # keep serving with what we have
-            self._version = int(raw or 0)
+            self._version, self._version_checked = int(raw or 0), now
         return self._version
 
     def watch_version(self) -> int:
