@@ -33,6 +33,7 @@ from mockforge_wsgi.config import (
 )
 from mockforge_wsgi.fault import Fault
 from mockforge_wsgi.middleware import ChaosMiddleware
+from mockforge_wsgi.patterns import PATTERN_COUNTER
 from mockforge_wsgi.request import Call
 from mockforge_wsgi.state import StoreError
 
@@ -452,6 +453,17 @@ def test_a_script_restarts_at_every_change_as_inbound(sent: _Sent) -> None:
         section = engine.editable().outbound
         engine.update_config(outbound=attrs.evolve(section, hosts=("*:*",)))  # a change
         assert [_outcome(_send) for _ in range(2)] == ["503", "200"]
+
+
+def test_a_pattern_counts_the_calls_apart_from_the_inbound_requests(sent: _Sent) -> None:
+    """`fail_first` numbers the app's calls in their own counter (outbound:...): the
+    first two calls fail whatever the inbound requests did meanwhile."""
+    pattern = {"fail_first": 2, "status": 503}
+    with outbound.chaos({"fault_injection": {"pattern": pattern}}) as source:
+        source.engine.store.incr(PATTERN_COUNTER, 5)  # inbound requests numbered meanwhile
+        seen = [_outcome(_send) for _ in range(3)]
+    assert seen == ["503", "503", "200"]
+    assert sent.calls == ["GET /pay"]
 
 
 def test_each_attempt_of_urllib3s_own_retries_is_decided_afresh(sent: _Sent) -> None:
