@@ -211,7 +211,7 @@ class ChaosMiddleware:
         except Exception:
             self.decider.internal_error("reading the chaos state")
             return self.app(environ, start_response)
-        if not config.enabled or self._is_exempt(path):
+        if not config.enabled or path in self._exempt_exact or path.startswith(self._exempt_below):
             return self.app(environ, start_response)
         started = time.monotonic()
         try:  # fails open inside: only the errors meant for the client come out
@@ -227,9 +227,14 @@ class ChaosMiddleware:
         request_id = environ.get(REQUEST_ID_KEY) or environ.setdefault(
             REQUEST_ID_KEY, new_request_id()
         )
-        headers = self._response_headers(plan, config, request_id)
         if plan.admitted_only:  # admitted by the limiter, nothing else: its headers only
+            verdict = plan.rate_limit
+            headers = verdict.headers() if config.rate_limit.expose_headers else []  # type: ignore[union-attr]
+            headers.append((REQUEST_ID_HEADER, request_id))
+            if self.debug_headers:
+                headers.append((WORKER_HEADER, str(os.getpid())))
             return self.app(environ, with_headers(start_response, headers))
+        headers = self._response_headers(plan, config, request_id)
         self._report(environ, request_id, plan.delay_ms, plan.injections())
         circuit = plan.circuit
         if circuit is not None and not plan.circuit_open:  # its answer counts for the breaker
