@@ -228,8 +228,9 @@ class ChaosMiddleware:
             REQUEST_ID_KEY, new_request_id()
         )
         if plan.admitted_only:  # admitted by the limiter, nothing else: its headers only
+            limits = config.rate_limit
             verdict = plan.rate_limit
-            headers = verdict.headers() if config.rate_limit.expose_headers else []  # type: ignore[union-attr]
+            headers = verdict.headers(limits.headers) if limits.expose_headers else []  # type: ignore[union-attr]
             headers.append((REQUEST_ID_HEADER, request_id))
             if self.debug_headers:
                 headers.append((WORKER_HEADER, str(os.getpid())))
@@ -287,7 +288,8 @@ class ChaosMiddleware:
     ) -> list[tuple[str, str]]:
         """What every answer with chaos carries: the annotation, RateLimit-* when
         exposed, the request id, and the worker's pid with debug headers on."""
-        headers = plan.response_headers(config.rate_limit.expose_headers)
+        limits = config.rate_limit
+        headers = plan.response_headers(limits.expose_headers, limits.headers)
         headers.append((REQUEST_ID_HEADER, request_id))
         if self.debug_headers:  # the pid at request time: workers fork after __init__
             headers.append((WORKER_HEADER, str(os.getpid())))

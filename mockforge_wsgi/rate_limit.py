@@ -39,24 +39,25 @@ class RateLimitVerdict(NamedTuple):
     def allowed(self) -> bool:
         return self.outcome.allowed
 
-    def headers(self) -> list[tuple[str, str]]:
-        """``RateLimit-*`` (IETF draft, delta seconds) and their ``X-RateLimit-*`` twins."""
+    def headers(self, style: str = "both") -> list[tuple[str, str]]:
+        """``RateLimit-*`` (IETF draft, delta seconds) and their ``X-RateLimit-*`` twins,
+        as ``style`` (rate_limit.headers) says: both, ietf, legacy or none; a refusal
+        adds ``Retry-After`` whatever the style."""
         global _last_admitted
         outcome = self.outcome
-        key = (outcome.limit, outcome.remaining, math.ceil(outcome.reset_s))
+        key = (outcome.limit, outcome.remaining, math.ceil(outcome.reset_s), style)
         if outcome.allowed:
             last_key, last_headers = _last_admitted
             if last_key == key:  # well under the limit, every answer says the same
                 return list(last_headers)
         limit, remaining, reset = str(key[0]), str(key[1]), str(key[2])
-        headers = [
-            ("RateLimit-Limit", limit),
-            ("RateLimit-Remaining", remaining),
-            ("RateLimit-Reset", reset),
-            ("X-RateLimit-Limit", limit),
-            ("X-RateLimit-Remaining", remaining),
-            ("X-RateLimit-Reset", reset),
-        ]
+        headers: list[tuple[str, str]] = []
+        for prefix in _PREFIXES[style]:
+            headers += (
+                (prefix + "Limit", limit),
+                (prefix + "Remaining", remaining),
+                (prefix + "Reset", reset),
+            )
         if not outcome.allowed:
             headers.append(("Retry-After", str(self.retry_after)))
         else:
@@ -104,9 +105,19 @@ class _Lease:
         )
 
 
-# The headers of the last admitted verdict, by (limit, remaining, reset): a bucket far from
-# empty gives the same values request after request.
-_last_admitted: tuple[tuple[int, int, int], tuple[tuple[str, str], ...]] = ((0, -1, 0), ())
+# The headers of the last admitted verdict, by (limit, remaining, reset, style): a bucket
+# far from empty gives the same values request after request.
+_last_admitted: tuple[tuple[int, int, int, str], tuple[tuple[str, str], ...]] = (
+    (0, -1, 0, ""),
+    (),
+)
+# rate_limit.headers: the header families each style sends (names without the field).
+_PREFIXES = {
+    "both": ("RateLimit-", "X-RateLimit-"),
+    "ietf": ("RateLimit-",),
+    "legacy": ("X-RateLimit-",),
+    "none": (),
+}
 
 
 class _Levels(NamedTuple):
