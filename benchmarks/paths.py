@@ -18,6 +18,9 @@ Cases (each enables only what it names):
 - connection limit never reached (memory store): a slot taken and released per request;
 - HTTP 503 fault on every request (the fault replaces the app).
 
+``--styles`` adds the admitted case (memory store) with each ``rate_limit.headers``
+other than the default ``both`` (six headers): ``ietf`` and ``legacy`` (three), ``none``.
+
 ``--flask`` wraps a real Flask route instead of the bare app (the bare-app row is then
 the Flask route alone). ``--profile CASE`` runs one case under cProfile and prints its
 top functions.
@@ -107,6 +110,16 @@ def no_sleep(until: float, deadline: float | None, *args: Any, **kwargs: Any) ->
     return "due"
 
 
+def styles() -> dict[str, App]:
+    """The admitted case (memory) with each rate_limit.headers but the default."""
+    return {
+        f"admitted, memory, headers: {style}": wrapped(
+            {**NEVER_REFUSED, "rate_limit": {**NEVER_REFUSED["rate_limit"], "headers": style}}
+        )
+        for style in ("ietf", "legacy", "none")
+    }
+
+
 def cases(directory: str) -> dict[str, App]:
     # Only the latency case sleeps; where the apply step lives depends on the commit
     # (compare.py runs this script against older trees too).
@@ -153,12 +166,19 @@ def main() -> None:
     parser.add_argument("--profile", metavar="CASE", help="profile the case with this prefix")
     parser.add_argument("--top", type=int, default=18, help="functions shown by --profile")
     parser.add_argument("--flask", action="store_true", help="a Flask route, not a bare app")
+    parser.add_argument("--styles", action="store_true", help="each rate_limit.headers too")
+    parser.add_argument("--only", nargs="+", metavar="PREFIX", help="only these cases")
     args = parser.parse_args()
     if args.flask:
         global INNER
         INNER = flask_app
     with tempfile.TemporaryDirectory() as directory:
         apps = cases(directory)
+        if args.styles:
+            apps.update(styles())
+        if args.only:
+            keep = ("bare app", "wrapped, disabled")
+            apps = {n: a for n, a in apps.items() if n in keep or n.startswith(tuple(args.only))}
         if args.profile:
             name = next(n for n in apps if n.startswith(args.profile))
             run(apps[name], 1_000)

@@ -105,6 +105,18 @@ class _Lease:
         )
 
 
+# Forks this process is down from (os.getpid() is a system call on every check; this is
+# a global read): a limiter drops leases taken before the fork, which are its parent's.
+_forks = 0
+
+
+def _forked() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_forked)
+
 # The headers of the last admitted verdict, by (limit, remaining, reset, style): a bucket
 # far from empty gives the same values request after request.
 _last_admitted: tuple[tuple[int, int, int, str], tuple[tuple[str, str], ...]] = (
@@ -148,7 +160,7 @@ class RateLimiter:
         self._current: tuple[RateLimitConfig, _Levels, bool] = (default, _levels(default), False)
         self._leases: OrderedDict[Any, _Lease] = OrderedDict()
         self._known: dict[int, tuple[RateLimitConfig, _Levels, bool]] = {}
-        self._leases_pid = os.getpid()
+        self._leases_forks = _forks  # the leases were taken in this process
         self._lease_lock = threading.Lock()
 
     def check(
@@ -199,9 +211,9 @@ class RateLimiter:
         # By bucket, not key alone: a rule's limit may name the same key at another rate.
         key = buckets[0] if len(buckets) == 1 else tuple(buckets)
         with self._lease_lock:
-            if self._leases_pid != os.getpid():  # forked: the parent's leases are its own
+            if self._leases_forks != _forks:  # forked: the parent's leases are its own
                 self._leases.clear()
-                self._leases_pid = os.getpid()
+                self._leases_forks = _forks
             lease = self._leases.get(key)
             give_back = 0
             if lease is not None:
