@@ -1,6 +1,6 @@
 """``paths.py`` on an older commit and on this tree, alternately, in one table.
 
-    python benchmarks/compare.py 3035467 [--rounds 4] [--samples 10] [--flask]
+    python benchmarks/compare.py 3035467 [--rounds 4] [--samples 10] [--flask] [--batch N]
 
 This VM's speed swings by up to 2x between minutes, so two runs made at different times
 cannot be compared; runs alternating old, new, old, new... can. The older commit is
@@ -33,7 +33,7 @@ runpy.run_path(script, run_name="__main__")
 """
 
 
-def added(tree: Path, samples: int, flask: bool = False) -> dict[str, float]:
+def added(tree: Path, samples: int, flask: bool = False, batch: int = 0) -> dict[str, float]:
     out = subprocess.run(
         [
             sys.executable,
@@ -44,6 +44,7 @@ def added(tree: Path, samples: int, flask: bool = False) -> dict[str, float]:
             "--samples",
             str(samples),
             *(["--flask"] if flask else []),
+            *(["--batch", str(batch)] if batch else []),
         ],
         capture_output=True,
         text=True,
@@ -59,6 +60,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--samples", type=int, default=10, help="paths.py --samples")
     parser.add_argument("--flask", action="store_true", help="paths.py --flask")
+    parser.add_argument("--batch", type=int, default=0, help="paths.py --batch (0: its own)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         old = Path(scratch) / "old"
@@ -72,7 +74,7 @@ def main() -> None:
             after: dict[str, list[float]] = {}
             for _ in range(args.rounds):
                 for tree, into in ((old, before), (ROOT, after)):
-                    for name, value in added(tree, args.samples, args.flask).items():
+                    for name, value in added(tree, args.samples, args.flask, args.batch).items():
                         into.setdefault(name, []).append(value)
         finally:
             subprocess.run(

@@ -18,6 +18,13 @@ Cases (each enables only what it names):
 - connection limit never reached (memory store): a slot taken and released per request;
 - HTTP 503 fault on every request (the fault replaces the app).
 
+``--styles`` adds the admitted case (memory store) with each ``rate_limit.headers``
+other than the default ``both`` (six headers): ``ietf`` and ``legacy`` (three), ``none``.
+
+``--gunicorn`` answers through gunicorn's own ``Response`` (its start_response checks
+each header, then the head is formatted and encoded as gunicorn sends it, into a socket
+stand-in): what each header costs in a gunicorn worker, beyond building it.
+
 ``--flask`` wraps a real Flask route instead of the bare app (the bare-app row is then
 the Flask route alone). ``--profile CASE`` runs one case under cProfile and prints its
 top functions.
@@ -57,6 +64,35 @@ def bare_app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
 
 def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
     return None
+
+
+class _Sink:
+    def sendall(self, data: bytes) -> None:
+        pass
+
+
+class _GunicornRequest:
+    method = "GET"
+    version = (1, 1)
+
+    def should_close(self) -> bool:
+        return False
+
+
+def gunicorn_start_response() -> Callable[..., Any]:
+    """A start_response doing what a gunicorn worker does with the status and headers:
+    check each (``Response.start_response``), then format and send the head."""
+    from gunicorn.config import Config
+    from gunicorn.http.wsgi import Response
+
+    config, request, sink = Config(), _GunicornRequest(), _Sink()
+
+    def respond(status: str, headers: Any, exc_info: Any = None) -> Any:
+        response = Response(request, sink, config)
+        response.start_response(status, headers, exc_info)
+        response.send_headers()
+
+    return respond
 
 
 _BASE = EnvironBuilder(path="/api/test", environ_base={"REMOTE_ADDR": "127.0.0.1"}).get_environ()
@@ -107,6 +143,16 @@ def no_sleep(until: float, deadline: float | None, *args: Any, **kwargs: Any) ->
     return "due"
 
 
+def styles() -> dict[str, App]:
+    """The admitted case (memory) with each rate_limit.headers but the default."""
+    return {
+        f"admitted, memory, headers: {style}": wrapped(
+            {**NEVER_REFUSED, "rate_limit": {**NEVER_REFUSED["rate_limit"], "headers": style}}
+        )
+        for style in ("ietf", "legacy", "none")
+    }
+
+
 def cases(directory: str) -> dict[str, App]:
     # Only the latency case sleeps; where the apply step lives depends on the commit
     # (compare.py runs this script against older trees too).
@@ -153,12 +199,23 @@ def main() -> None:
     parser.add_argument("--profile", metavar="CASE", help="profile the case with this prefix")
     parser.add_argument("--top", type=int, default=18, help="functions shown by --profile")
     parser.add_argument("--flask", action="store_true", help="a Flask route, not a bare app")
+    parser.add_argument("--styles", action="store_true", help="each rate_limit.headers too")
+    parser.add_argument("--only", nargs="+", metavar="PREFIX", help="only these cases")
+    parser.add_argument("--gunicorn", action="store_true", help="gunicorn's Response")
     args = parser.parse_args()
+    if args.gunicorn:
+        global start_response
+        start_response = gunicorn_start_response()  # type: ignore[assignment]
     if args.flask:
         global INNER
         INNER = flask_app
     with tempfile.TemporaryDirectory() as directory:
         apps = cases(directory)
+        if args.styles:
+            apps.update(styles())
+        if args.only:
+            keep = ("bare app", "wrapped, disabled")
+            apps = {n: a for n, a in apps.items() if n in keep or n.startswith(tuple(args.only))}
         if args.profile:
             name = next(n for n in apps if n.startswith(args.profile))
             run(apps[name], 1_000)

@@ -460,6 +460,10 @@ class FaultInjectionConfig:
     )
 
 
+# rate_limit.headers: which families of rate-limit headers answers carry.
+HEADER_STYLES = ("both", "ietf", "legacy", "none")
+
+
 @attrs.frozen
 class RateLimitConfig:
     """Token buckets: global, per client IP, per endpoint."""
@@ -514,6 +518,14 @@ class RateLimitConfig:
         True,
         kinds.BOOL,
         "Add RateLimit-* headers to admitted responses too (429s always have them).",
+    )
+    headers: str = setting(
+        "both",
+        kinds.STR,
+        "Which rate-limit headers answers carry (429s and admitted ones): both the "
+        "`RateLimit-*` (IETF draft) and the `X-RateLimit-*` ones, ietf, legacy (`X-`), or "
+        "none (a 429 keeps `Retry-After`).",
+        kinds.OneOf(HEADER_STYLES),
     )
     store_mode: str = setting(
         "lease",

@@ -38,7 +38,7 @@ from .active_faults import pool_name as active_pool
 from .breaker import GLOBAL, OPEN, Circuit, admit, failed
 from .breaker import record as breaker_record
 from .bulkhead import Bulkhead, pool_name
-from .config import PLUGINS, ChaosConfig, CircuitBreakerConfig, apply_rule
+from .config import PLUGINS, ChaosConfig, CircuitBreakerConfig, RateLimitConfig, apply_rule
 from .engine import ScenarioEngine
 from .header_control import InvalidHeaders
 from .injections import PARTIAL_RESPONSE, STREAM_CUT
@@ -81,6 +81,38 @@ def _unharmed(plan: Plan, active: ActiveFault | None) -> Plan:
 
 def _itself(request: Request) -> Request:
     return request
+
+
+def _limits_only(config: ChaosConfig, explicit_rng: bool) -> bool:
+    """Whether ``config`` (enabled) asks for a rate limit and nothing else: then a
+    request's whole plan is the limiter's verdict (decide_plan would give just that),
+    and nothing else need be looked at. A seed without a given generator numbers
+    requests in the store, so it takes the general path."""
+    return (
+        config.rate_limit.enabled
+        and not config.rules
+        and not config.header_control.enabled
+        and not config.circuit_breaker.enabled
+        and (config.seed is None or explicit_rng)
+        and not config.fault_injection.enabled
+        and not config.latency.enabled
+        and not config.traffic_shaping.enabled
+        and not any(getattr(config.plugins, plugin.name).enabled for plugin in PLUGINS)
+        and not config.bulkhead.enabled
+        and config.max_active_faults is None
+    )
+
+
+def _keys(limits: RateLimitConfig, request: Request) -> tuple[str, str]:
+    """The client address and endpoint a per-IP and a per-endpoint limit count by."""
+    client = endpoint = ""
+    if limits.per_ip:
+        trusted = limits.trusted_proxies
+        forwarded = request.header("X-Forwarded-For") if trusted else None
+        client = client_of(request.client_address, forwarded, trusted)
+    if limits.per_endpoint:
+        endpoint = request.route
+    return client, endpoint
 
 
 class Decider:
@@ -133,6 +165,8 @@ class Decider:
         self._quiet_until = 0.0  # our own errors are logged at most once a minute
         self._store_quiet_until = 0.0  # and the store's failures too
         self._rule_configs: tuple[ChaosConfig, list[ChaosConfig]] | None = None
+        # (config, does it ask for a rate limit and nothing else?), of the last config.
+        self._limits_only: tuple[ChaosConfig | None, bool] = (None, False)
 
     def decide(self, config: ChaosConfig, request: Request, now: float) -> Decision:
         """The request's Plan and the config it was decided from (the matching rule's,
@@ -172,6 +206,25 @@ class Decider:
         request = None
         rule = None
         try:
+            only = self._limits_only
+            if only[0] is not config:
+                only = self._limits_only = (config, _limits_only(config, self._explicit_rng))
+            if only[1]:  # a limit and nothing else (most configs under a limit): its verdict
+                limits = config.rate_limit
+                client = endpoint = ""
+                if limits.per_ip or limits.per_endpoint:
+                    client, endpoint = _keys(limits, request_of(source))
+                try:
+                    verdict = self.limiter.check(limits, client, endpoint, now)
+                except StoreError:
+                    if config.on_store_error == "closed":
+                        raise
+                    self.internal_error("reaching the rate-limit store")
+                    return NO_CHAOS, config
+                if verdict is None:
+                    return NO_CHAOS, config
+                plan: Plan = _new(Plan, (None, None, verdict, None, None, None, None, None, None))
+                return plan, config
             if config.rules:
                 request = request_of(source)
                 config, rule = self._config_for(config, request)
@@ -215,12 +268,7 @@ class Decider:
                 if limits.per_ip or limits.per_endpoint:
                     if request is None:
                         request = request_of(source)
-                    if limits.per_ip:
-                        trusted = limits.trusted_proxies
-                        forwarded = request.header("X-Forwarded-For") if trusted else None
-                        client = client_of(request.client_address, forwarded, trusted)
-                    if limits.per_endpoint:
-                        endpoint = request.route
+                    client, endpoint = _keys(limits, request)
                 try:
                     verdict = self.limiter.check(limits, client, endpoint, now)
                 except StoreError:

@@ -228,7 +228,7 @@ class ChaosMiddleware:
         except Exception:
             self.decider.internal_error("reading the chaos state")
             return self.app(environ, start_response)
-        if not config.enabled or self._is_exempt(path):
+        if not config.enabled or path in self._exempt_exact or path.startswith(self._exempt_below):
             return self.app(environ, start_response)
         if config is not self._guard_for:  # one comparison while the config stands
             self._guard_for = config
@@ -248,9 +248,15 @@ class ChaosMiddleware:
         request_id = environ.get(REQUEST_ID_KEY) or environ.setdefault(
             REQUEST_ID_KEY, new_request_id()
         )
-        headers = self._response_headers(plan, config, request_id)
         if plan.admitted_only:  # admitted by the limiter, nothing else: its headers only
+            limits = config.rate_limit
+            verdict = plan.rate_limit
+            headers = verdict.headers(limits.headers) if limits.expose_headers else []  # type: ignore[union-attr]
+            headers.append((REQUEST_ID_HEADER, request_id))
+            if self.debug_headers:
+                headers.append((WORKER_HEADER, str(os.getpid())))
             return app(environ, with_headers(start_response, headers))
+        headers = self._response_headers(plan, config, request_id)
         self._report(environ, request_id, plan.delay_ms, plan.injections())
         circuit = plan.circuit
         if circuit is not None and not plan.circuit_open:  # its answer counts for the breaker
@@ -339,7 +345,8 @@ class ChaosMiddleware:
     ) -> list[tuple[str, str]]:
         """What every answer with chaos carries: the annotation, RateLimit-* when
         exposed, the request id, and the worker's pid with debug headers on."""
-        headers = plan.response_headers(config.rate_limit.expose_headers)
+        limits = config.rate_limit
+        headers = plan.response_headers(limits.expose_headers, limits.headers)
         headers.append((REQUEST_ID_HEADER, request_id))
         if self.debug_headers:  # the pid at request time: workers fork after __init__
             headers.append((WORKER_HEADER, str(os.getpid())))

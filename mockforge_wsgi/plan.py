@@ -212,18 +212,20 @@ class Plan(NamedTuple):
             found.extend(_new(Injection, (p.injection, str(d))) for p, d in self.plugged)
         return found
 
-    def response_headers(self, expose_rate_limit: bool = True) -> list[tuple[str, str]]:
+    def response_headers(
+        self, expose_rate_limit: bool = True, style: str = "both"
+    ) -> list[tuple[str, str]]:
         """Headers added to the response: the annotation, and RateLimit-* when exposed
-        (always on a refusal)."""
+        (always on a refusal), of the families ``style`` (rate_limit.headers) names."""
         rate_limit = self.rate_limit
         if self.admitted_only:
-            return rate_limit.headers() if expose_rate_limit else []  # type: ignore[union-attr]
+            return rate_limit.headers(style) if expose_rate_limit else []  # type: ignore[union-attr]
         headers = []
         annotation = self.annotation()
         if annotation:
             headers.append((ANNOTATION_HEADER, annotation))
         if rate_limit is not None and (expose_rate_limit or not rate_limit.allowed):
-            headers.extend(rate_limit.headers())
+            headers.extend(rate_limit.headers(style))
         return headers
 
 

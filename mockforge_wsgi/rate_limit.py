@@ -39,24 +39,25 @@ class RateLimitVerdict(NamedTuple):
     def allowed(self) -> bool:
         return self.outcome.allowed
 
-    def headers(self) -> list[tuple[str, str]]:
-        """``RateLimit-*`` (IETF draft, delta seconds) and their ``X-RateLimit-*`` twins."""
+    def headers(self, style: str = "both") -> list[tuple[str, str]]:
+        """``RateLimit-*`` (IETF draft, delta seconds) and their ``X-RateLimit-*`` twins,
+        as ``style`` (rate_limit.headers) says: both, ietf, legacy or none; a refusal
+        adds ``Retry-After`` whatever the style."""
         global _last_admitted
         outcome = self.outcome
-        key = (outcome.limit, outcome.remaining, math.ceil(outcome.reset_s))
+        key = (outcome.limit, outcome.remaining, math.ceil(outcome.reset_s), style)
         if outcome.allowed:
             last_key, last_headers = _last_admitted
             if last_key == key:  # well under the limit, every answer says the same
                 return list(last_headers)
         limit, remaining, reset = str(key[0]), str(key[1]), str(key[2])
-        headers = [
-            ("RateLimit-Limit", limit),
-            ("RateLimit-Remaining", remaining),
-            ("RateLimit-Reset", reset),
-            ("X-RateLimit-Limit", limit),
-            ("X-RateLimit-Remaining", remaining),
-            ("X-RateLimit-Reset", reset),
-        ]
+        headers: list[tuple[str, str]] = []
+        for prefix in _PREFIXES[style]:
+            headers += (
+                (prefix + "Limit", limit),
+                (prefix + "Remaining", remaining),
+                (prefix + "Reset", reset),
+            )
         if not outcome.allowed:
             headers.append(("Retry-After", str(self.retry_after)))
         else:
@@ -104,9 +105,31 @@ class _Lease:
         )
 
 
-# The headers of the last admitted verdict, by (limit, remaining, reset): a bucket far from
-# empty gives the same values request after request.
-_last_admitted: tuple[tuple[int, int, int], tuple[tuple[str, str], ...]] = ((0, -1, 0), ())
+# Forks this process is down from (os.getpid() is a system call on every check; this is
+# a global read): a limiter drops leases taken before the fork, which are its parent's.
+_forks = 0
+
+
+def _forked() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_forked)
+
+# The headers of the last admitted verdict, by (limit, remaining, reset, style): a bucket
+# far from empty gives the same values request after request.
+_last_admitted: tuple[tuple[int, int, int, str], tuple[tuple[str, str], ...]] = (
+    (0, -1, 0, ""),
+    (),
+)
+# rate_limit.headers: the header families each style sends (names without the field).
+_PREFIXES = {
+    "both": ("RateLimit-", "X-RateLimit-"),
+    "ietf": ("RateLimit-",),
+    "legacy": ("X-RateLimit-",),
+    "none": (),
+}
 
 
 class _Levels(NamedTuple):
@@ -147,7 +170,7 @@ class RateLimiter:
         )
         self._leases: OrderedDict[Any, _Lease] = OrderedDict()
         self._known: dict[int, tuple[RateLimitConfig, _Levels, bool]] = {}
-        self._leases_pid = os.getpid()
+        self._leases_forks = _forks  # the leases were taken in this process
         self._lease_lock = threading.Lock()
 
     def check(
@@ -198,9 +221,9 @@ class RateLimiter:
         # By bucket, not key alone: a rule's limit may name the same key at another rate.
         key = buckets[0] if len(buckets) == 1 else tuple(buckets)
         with self._lease_lock:
-            if self._leases_pid != os.getpid():  # forked: the parent's leases are its own
+            if self._leases_forks != _forks:  # forked: the parent's leases are its own
                 self._leases.clear()
-                self._leases_pid = os.getpid()
+                self._leases_forks = _forks
             lease = self._leases.get(key)
             give_back = 0
             if lease is not None:

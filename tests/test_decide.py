@@ -218,3 +218,27 @@ def test_decide_lazily_builds_the_request_only_when_the_decision_reads_it() -> N
     assert partial.decide_lazily(config, "environ", request_of, 0.0)[0] is NO_CHAOS
     assert built == ["environ"]
     assert decide(partial, Call("GET"))[0].fault.kind == "partial_response"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [
+        {"requests_per_second": 1, "burst_size": 2},
+        {"global_limit": False, "per_ip": True, "requests_per_second": 1, "burst_size": 1},
+        {"per_endpoint": True, "per_endpoint_burst_size": 1, "burst_size": 3},
+        {"global_limit": False},  # enabled, no level: nothing to check
+    ],
+)
+def test_a_config_with_only_a_limit_decides_as_the_general_path(limits: dict[str, Any]) -> None:
+    """The shortcut for a limit and nothing else gives what the whole decide step gives."""
+    short, general = (decider(rate_limit={"enabled": True, **limits}) for _ in range(2))
+    config = general.engine.config_now()
+    general._limits_only = (config, False)  # forced through the whole decide step
+    calls = [Call("GET", f"/e{i % 2}", client_address=f"10.0.0.{i % 3}") for i in range(8)]
+    for call in calls:
+        fast_plan, fast_config = decide(short, call)
+        plan, used = decide(general, call)
+        assert fast_plan == plan
+        assert (fast_plan is NO_CHAOS) == (plan is NO_CHAOS)
+        assert fast_config is short.engine.config_now() and used is config
+    assert short._limits_only[1]  # the shortcut was taken

@@ -172,6 +172,43 @@ def test_retry_after_rounds_up_to_whole_seconds() -> None:
     assert refused.headers["Retry-After"] == "1"  # 10 ms rounds up to 1 s
 
 
+_IETF = {"RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"}
+_LEGACY = {"X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"}
+
+
+@pytest.mark.parametrize(
+    ("style", "expected"),
+    [
+        ("both", _IETF | _LEGACY),
+        ("ietf", _IETF),
+        ("legacy", _LEGACY),
+        ("none", set()),
+    ],
+)
+def test_headers_style_chooses_the_families_on_admitted_and_refused_answers(
+    style: str, expected: set[str]
+) -> None:
+    client = Client(limited(requests_per_second=1, burst_size=1, headers=style))
+    admitted = client.get("/")
+    refused = client.get("/")
+    assert admitted.status_code == 200
+    assert refused.status_code == 429
+    rate_limit_headers = _IETF | _LEGACY
+    assert set(admitted.headers.keys()) & rate_limit_headers == expected
+    assert set(refused.headers.keys()) & rate_limit_headers == expected
+    assert refused.headers["Retry-After"] == "1"  # whatever the style
+    if expected:
+        limit = next(name for name in sorted(expected) if name.endswith("Limit"))
+        assert admitted.headers[limit] == refused.headers[limit] == "1"
+
+
+def test_headers_style_default_is_both_and_bad_values_are_named() -> None:
+    assert load_config(environ={}).rate_limit.headers == "both"
+    with pytest.raises(Exception, match=r"rate_limit\.headers.*sometimes") as raised:
+        load_config(environ={}, overrides={"rate_limit": {"headers": "sometimes"}})
+    assert "ietf" in str(raised.value)
+
+
 def test_admitted_headers_can_be_switched_off() -> None:
     response = Client(limited(expose_headers=False)).get("/")
     assert response.status_code == 200

@@ -43,6 +43,11 @@ class MemoryStore(Store):
             tats = self._tats
             index, outcome, new_tats = charge(tats.get, buckets, now)
             if new_tats is not None:
+                if len(tats) == 1 and len(buckets) == 1:  # the one global bucket, again
+                    key = buckets[0].key
+                    if key in tats:
+                        tats[key] = new_tats[0]
+                        return index, outcome
                 for bucket, tat in zip(buckets, new_tats, strict=True):
                     key = bucket.key
                     if key in tats:
