@@ -8,7 +8,13 @@ import attrs
 import pytest
 
 from mockforge_wsgi import load_config
-from mockforge_wsgi.config import ChaosConfig, ConfigError, FaultInjectionConfig, LatencyConfig
+from mockforge_wsgi.config import (
+    ChaosConfig,
+    ConfigError,
+    FaultInjectionConfig,
+    LatencyConfig,
+    config_from_dict,
+)
 from mockforge_wsgi.engine import MAX_PAUSED, ScenarioEngine, UnknownScenario
 from mockforge_wsgi.scenarios import (
     NETWORK_PROFILES,
@@ -164,6 +170,25 @@ def test_ramped_scales_only_marked_settings() -> None:
     assert half.traffic_shaping.packet_loss_percent == 2.5
     assert half.traffic_shaping.bandwidth_limit_bps == 100_000
     assert ramped(config, 1.0) is config
+
+
+def test_a_ramp_scales_the_outbound_section_as_the_inbound_ones() -> None:
+    """chaos.outbound's probabilities and delays grow with a ramp too (nested sections)."""
+    config = config_from_dict(
+        {
+            "outbound": {
+                "enabled": True,
+                "refused_probability": 0.4,
+                "latency": {"enabled": True, "fixed_delay_ms": 300},
+                "fault_injection": {"enabled": True, "http_error_probability": 0.8},
+            }
+        }
+    )
+    half = ramped(config, 0.5).outbound
+    assert half.refused_probability == pytest.approx(0.2)
+    assert half.latency.fixed_delay_ms == 150
+    assert half.fault_injection.http_error_probability == pytest.approx(0.4)
+    assert half.enabled and half.hosts == config.outbound.hosts  # not a probability or delay
 
 
 def test_schedule_runs_entries_in_order() -> None:
