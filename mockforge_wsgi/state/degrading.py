@@ -102,6 +102,9 @@ class DegradingStore(Store):
         self.workers = max(1, self.inner.live_workers())
 
     # -- rate limits: each bucket at this worker's share ------------------------------
+    # acquire, take, acquire_slot and incr each write out the same try-the-store step:
+    # they are on the path of every limited request, and one shared helper taking the
+    # call and its arguments measured 0.2-0.5 us more per store call.
 
     def _share(self, buckets: Sequence[Bucket]) -> list[Bucket]:
         n = self.workers
