@@ -376,9 +376,6 @@ class ChaosMiddleware:
             path == self._api_root or path.startswith(self._api_below)
         )
 
-    def _is_exempt(self, path: str) -> bool:
-        return path in self._exempt_exact or path.startswith(self._exempt_below)
-
     def _wrapped(
         self, inner: WSGIApplication, plugged: tuple[tuple[Any, Any], ...]
     ) -> WSGIApplication:
