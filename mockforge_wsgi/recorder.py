@@ -95,6 +95,7 @@ MAX_VERDICT_ROWS = 100_000  # rows one verdict or report reads at most (max_rows
 BATCH = 500
 FLUSH_EVERY_S = 0.2
 SETTLE_S = 2 * FLUSH_EVERY_S  # every worker has written what it held this long ago
+MAX_SETTLE_S = 2.0  # ...or, on a busy machine, once a flush interval adds no row
 MAX_LIMIT = 1000
 MAX_OFFSET = 10_000_000  # max_rows' own bound: no table holds more
 EXPORT_PAGE = 1000
@@ -257,11 +258,28 @@ class Recorder:
         next writes: a test asks right after its last request, which another worker may
         still hold in its queue."""
         if settle:
-            time.sleep(SETTLE_S)
-        self.flush()
+            self._settle()
+        else:
+            self.flush()
         sql, args = _matching(filters)
         sql = f"SELECT * FROM ({sql} ORDER BY id DESC LIMIT ?) ORDER BY time"
         return self._select(sql, [*args, MAX_VERDICT_ROWS])
+
+    def _settle(self) -> None:
+        """Wait out the other workers' queued rows: ``SETTLE_S`` (two of their flushes),
+        then until a flush interval adds no row (a worker whose writer thread was late,
+        on a busy machine), at most ``MAX_SETTLE_S`` in all."""
+        give_up = time.monotonic() + MAX_SETTLE_S
+        time.sleep(SETTLE_S)
+        last = None
+        while True:
+            self.flush()
+            with closing(self._connect()) as connection:
+                newest = connection.execute("SELECT MAX(id) FROM requests").fetchone()[0]
+            if newest == last or time.monotonic() >= give_up:
+                return
+            last = newest
+            time.sleep(FLUSH_EVERY_S)
 
     def _select(self, sql: str, args: list[Any]) -> list[dict[str, Any]]:
         with closing(self._connect()) as connection:
