@@ -1,29 +1,32 @@
-"""Three hosts on one Redis (issue 28 item 2): each a ``mockforge serve -w 2`` with its
-own master and runtime directory, bound to 127.0.0.2, .3 and .4, sharing one
-redis-server; the third reaches Redis through a relay that can be cut. One fleet for
-the module (benchmarks/manyhost.py starts it and runs each phase; its table is in
+"""Three hosts on one Redis, and on a Redis Cluster (issue 28 item 2): each a
+``mockforge serve -w 2`` with its own master and runtime directory, bound to 127.0.0.2,
+.3 and .4, sharing one redis-server, then the test process's 3-master cluster
+(``redis+cluster://``, conftest.py's ``redis_cluster``); the third host's connections to
+each Redis node go through a relay that can be cut. One fleet per store (the tests run
+grouped by it; benchmarks/manyhost.py starts it and runs each phase; its tables are in
 docs/state.md), one load phase per check:
 
 - a global limit is one limit across the hosts, within 3%;
 - a management call on one host reaches every host within 100 ms;
-- a host cut from Redis limits alone at its share, the others keep the shared limit;
+- a host cut from Redis (from every node of a cluster, the others still reaching it)
+  limits alone at its share, the others keep the shared limit;
 - a host killed (master and workers) and started again joins the current state.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from servers import needs_redis_server
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
 import manyhost
 
-pytestmark = [pytest.mark.server, pytest.mark.xdist_group("manyhost")]
+# One process runs both modules that use the cluster (--dist loadgroup): it starts once.
+pytestmark = [pytest.mark.server, pytest.mark.xdist_group("redis_cluster")]
 
 LIMIT = 100  # requests a second, global
 SECONDS = 4.0  # each load phase: 3 hosts x LIMIT offered, 1,200 requests
@@ -36,14 +39,17 @@ MARGIN_S = 0.15  # this VM's 2 cores are shared: a client thread may wait its tu
 ALONE = pytest.mark.alone  # admitted per second and release times: wall-clock
 
 
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[manyhost.Fleet]:
-    if shutil.which("redis-server") is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is missing: .ci/run installs it with apt-get")
-        pytest.skip("redis-server is not installed (apt-get install redis-server; CI has it)")
-    workdir = tmp_path_factory.mktemp("manyhost")
-    with manyhost.fleet(workdir, LIMIT) as started:
+@pytest.fixture(scope="module", params=["one_redis", "cluster"])
+def fleet(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[manyhost.Fleet]:
+    needs_redis_server()
+    store = None
+    if request.param == "cluster":
+        cluster = request.getfixturevalue("redis_cluster")
+        store = manyhost.Store(cluster.url, cluster.ports)
+    workdir = tmp_path_factory.mktemp(f"manyhost-{request.param}")
+    with manyhost.fleet(workdir, LIMIT, store) as started:
         yield started
     for host in started.hosts:
         log = host.log()
