@@ -61,6 +61,19 @@ def fleet(
         assert "Traceback" not in log and "mockforge internal error" not in log, log
 
 
+# First of its store's tests, and not alone: the fleet starts (and the one before it
+# stops) in its setup, beside other tests rather than with every other test waiting.
+def test_a_killed_host_rejoins_with_the_current_state(fleet: manyhost.Fleet) -> None:
+    back = manyhost.rejoin(fleet)
+    print(f"\n{back}")
+    assert (back.did, back.why) == ("joined", "live servers")  # state_at_start: auto
+    assert back.version == back.versions[0] == back.versions[1]
+    assert "latency" in back.differs
+    assert back.latency == back.expected_latency
+    assert back.latency["fixed_delay_ms"] == 1234
+    assert back.followed_s <= 0.5  # and it follows the state from then on
+
+
 @ALONE
 def test_a_global_limit_is_one_limit_across_three_hosts(fleet: manyhost.Fleet) -> None:
     found = manyhost.one_limit(fleet, SECONDS)
@@ -94,14 +107,3 @@ def test_a_host_cut_from_redis_limits_alone_at_its_share(fleet: manyhost.Fleet) 
     assert abs(joined.ratio - 1) <= 0.05, joined
     assert 0.85 <= alone.ratio <= 1.05, alone
     assert "mockforge: the store is unreachable" in fleet.hosts[2].log()  # said, once
-
-
-def test_a_killed_host_rejoins_with_the_current_state(fleet: manyhost.Fleet) -> None:
-    back = manyhost.rejoin(fleet)
-    print(f"\n{back}")
-    assert (back.did, back.why) == ("joined", "live servers")  # state_at_start: auto
-    assert back.version == back.versions[0] == back.versions[1]
-    assert "latency" in back.differs
-    assert back.latency == back.expected_latency
-    assert back.latency["fixed_delay_ms"] == 1234
-    assert back.followed_s <= 0.5  # and it follows the state from then on
