@@ -27,7 +27,7 @@ if sys.dont_write_bytecode and not sys.pycache_prefix:
 
 sys.path.insert(0, str(Path(__file__).parent / "tests"))
 
-from alone import pytest_runtest_protocol  # noqa: F401  (a hook: the marker `alone`)
+from alone import alone_first, pytest_runtest_protocol  # noqa: F401  (a hook: the marker `alone`)
 from doc_blocks import SYBIL, server_items
 
 pytest_collect_file = SYBIL.pytest()
@@ -40,6 +40,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:  # a document's blocks share its namespace: one process, in order
         if isinstance(item, SybilItem):
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+    alone_first(items)
 
 
 def _whole_traceback(item: SybilItem, excinfo: pytest.ExceptionInfo[BaseException]) -> Any:

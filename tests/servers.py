@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+import requests.adapters
 from gunicorn.config import KNOWN_SETTINGS
 from werkzeug.serving import make_server
 
@@ -84,10 +85,28 @@ class Server:
         return self.log_path.read_text() if self.log_path else ""
 
 
+class _ClosingAdapter(requests.adapters.HTTPAdapter):
+    """Closes its connections when closed. urllib3 2 only forgets its pools then (they
+    close theirs when garbage collected): a response the test still holds keeps its
+    pool, and a gthread worker stopping with a kept-alive connection open waits 2 s
+    for it (gunicorn's STOP_KEEPALIVE_LINGER), in every such test."""
+
+    def close(self) -> None:
+        known = self.poolmanager.pools.keys()  # the container itself cannot be iterated
+        pools = [self.poolmanager.pools.get(key) for key in known]
+        super().close()
+        for pool in pools:
+            if pool is not None:
+                pool.close()
+
+
 def session() -> requests.Session:
-    """A client that never consults proxy settings: tests talk to 127.0.0.1 only."""
+    """A client that never consults proxy settings (tests talk to 127.0.0.1 only) and
+    closes its connections when closed."""
     client = requests.Session()
     client.trust_env = False
+    client.mount("http://", _ClosingAdapter())
+    client.mount("https://", _ClosingAdapter())
     return client
 
 
@@ -98,8 +117,10 @@ def _wait_ready(
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}")
-        with contextlib.suppress(requests.RequestException):
-            if session().get(url + path, timeout=5).status_code == 200:
+        # Its connection closed at once: a gthread worker stopping with a keep-alive
+        # connection open takes 2 s more (each gthread server the suite starts did).
+        with contextlib.suppress(requests.RequestException), session() as http:
+            if http.get(url + path, timeout=5).status_code == 200:
                 return
         time.sleep(0.05)
     raise RuntimeError("server did not become ready in 30 s")

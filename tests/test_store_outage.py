@@ -1,9 +1,14 @@
 """Limits that degrade, not vanish (issue 25): ``mockforge serve -w 4`` on Redis, a global
-limit of 50 requests a second, load well above it, and Redis gone for 10 s in the
+limit of 50 requests a second, load well above it, and Redis gone for 4 s in the
 middle. During the outage each worker limits alone at its share (50 / 4 workers): the
 server admits within 0.5x-1.5x of the limit (with ``on_store_error: open`` it admitted
 everything), never a 5xx that is not annotated; afterwards no slot or place is left
-taken, the outage is counted in ``store_errors`` and nothing in ``internal_errors``."""
+taken, the outage is counted in ``store_errors`` and nothing in ``internal_errors``.
+
+Why 4 s is enough (it was 10 s): a worker's share is a GCRA of 12.5 a second and a
+quarter of the burst, so over T seconds the four admit at most 10 + 50 T: 1.05x the
+limit at T = 4 (1.2x even if each began with the whole burst), inside the bound as at
+10 s; the load (240 a second) keeps every worker above its share throughout."""
 
 from __future__ import annotations
 
@@ -19,7 +24,8 @@ from servers import RedisServer, mockforge_serve, session
 pytestmark = [pytest.mark.server, pytest.mark.alone]  # admitted per second: wall-clock
 
 LIMIT = 50  # requests a second, the whole server
-BEFORE_S, OUTAGE_S, AFTER_S = 3.0, 10.0, 3.0
+# After: past each worker's one-second pause before it tries the store again, under load.
+BEFORE_S, OUTAGE_S, AFTER_S = 2.0, 4.0, 1.5
 CLIENTS, EACH_PER_S = 8, 30  # 240 offered a second: about 5 times the limit
 CLOSE = {"Connection": "close"}
 CHAOS = f"""\
@@ -75,6 +81,16 @@ def _admitted_per_s(answers: list[Answer], start: float, end: float) -> float:
     return count / (end - start)
 
 
+def _settled(stats: dict, status: dict) -> bool:
+    """Nothing taken and the outage counted, on both routes."""
+    return (
+        stats["connections_in_use"] == 0
+        and set(stats["bulkheads_in_use"].values()) <= {0}
+        and set(stats["active_faults_in_use"].values()) <= {0}
+        and all(c.get("store_errors", 0) > 0 for c in (stats["counters"], status["counters"]))
+    )
+
+
 def test_a_redis_outage_limits_each_worker_at_its_share(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
@@ -100,9 +116,15 @@ def test_a_redis_outage_limits_each_worker_at_its_share(
         up = time.monotonic()
         redis_server.start()
         load.join(AFTER_S + 60)
-        time.sleep(1.5)  # past every worker's retry pause; the answers are all in
-        stats = http.get(server.url + "/api/chaos/stats", timeout=10).json()
-        status = http.get(server.url + "/api/chaos/status", timeout=10).json()
+        # Every request has ended: what is still taken must be given back, and the
+        # outage's counts sent, once each worker is back on the store (10 s at most).
+        deadline = time.monotonic() + 10
+        while True:
+            stats = http.get(server.url + "/api/chaos/stats", timeout=10).json()
+            status = http.get(server.url + "/api/chaos/status", timeout=10).json()
+            if _settled(stats, status) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
     first = min(sent for sent, _, _, _ in answers)
     before = _admitted_per_s(answers, first + 1.0, down)  # past the first burst
     during = _admitted_per_s(answers, down, up)
