@@ -12,6 +12,7 @@ import http.client
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -127,13 +128,36 @@ def _wait_ready(
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """Ask the server to stop (gunicorn shuts down gracefully on TERM), then insist."""
+    """Ask the server to stop (gunicorn shuts down gracefully on TERM), then insist.
+
+    A gunicorn worker forked just before the TERM loses the master's TERM: it still runs
+    the master's inherited handler until its own are installed (gunicorn's spawn_worker,
+    then init_process), and the master then waits its whole graceful timeout (30 s). So
+    after 3 s the master's children are asked themselves; by then their handlers are in.
+    """
     proc.terminate()
     try:
-        proc.wait(15)
+        proc.wait(3)
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    for child in _children(proc.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGTERM)
+    try:
+        proc.wait(12)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(5)
+
+
+def _children(pid: int) -> list[int]:
+    """The pids of a process's children (Linux's /proc; none elsewhere)."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(child) for child in text.split()]
 
 
 _CAN_DISABLE_CONTROL_SOCKET = any(s.name == "control_socket_disable" for s in KNOWN_SETTINGS)
