@@ -8,6 +8,7 @@ N and 2N requests (after the same warm-up); the difference, divided by N, is the
 one request with start-up and warm-up subtracted. Shown per request: instructions (Ir),
 first-level instruction and data cache misses (I1, D1), last-level misses (LL), branch
 mispredictions (conditional and indirect), and what each case adds over the app alone.
+``minimal`` is footprint.py's minimal limiter: the least an admitted path can execute.
 
 ``--driver CASE N`` (used by the above) runs N requests of one case after a warm-up of
 2,000: the same apps, environ and no-op start_response as ``paths.py``.
@@ -27,11 +28,12 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-CASES = ("bare", "memory", "embedded")
+CASES = ("bare", "memory", "embedded", "minimal")
 
 
 def driver(case: str, requests: int, flask: bool, directory: str) -> None:
     """N requests of one case, after a warm-up (run under valgrind)."""
+    import footprint
     import paths
 
     from mockforge_wsgi.state import EmbeddedStore
@@ -40,6 +42,8 @@ def driver(case: str, requests: int, flask: bool, directory: str) -> None:
         paths.INNER = paths.flask_app
     if case == "bare":
         app = paths.INNER()
+    elif case == "minimal":
+        app = footprint.minimal_limiter(paths.INNER())
     elif case == "memory":
         app = paths.wrapped(paths.NEVER_REFUSED)
     else:
