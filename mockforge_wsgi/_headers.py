@@ -28,9 +28,10 @@ def new_request_id() -> str:
 def _new_prefix() -> None:
     global _ids
     # The ids themselves, made in C: the prefix and a count of 8 hex digits, from 0 to
-    # 2**32 - 1 and round again (a range repeated, never stored).
+    # 2**32 - 1 and round again (a range repeated, never stored). %-formatting: about
+    # half the instructions of str.format, which parses its template on every call.
     counts = itertools.chain.from_iterable(itertools.repeat(range(1 << 32)))
-    _ids = map(f"{os.urandom(4).hex()}{{:08x}}".format, counts)
+    _ids = map(f"{os.urandom(4).hex()}%08x".__mod__, counts)
 
 
 _ids: Iterator[str] = iter(())
