@@ -28,10 +28,12 @@ def new_request_id() -> str:
 def _new_prefix() -> None:
     global _ids
     # The ids themselves, made in C: the prefix and a count of 8 hex digits, from 0 to
-    # 2**32 - 1 and round again (a range repeated, never stored). %-formatting: about
-    # half the instructions of str.format, which parses its template on every call.
-    counts = itertools.chain.from_iterable(itertools.repeat(range(1 << 32)))
-    _ids = map(f"{os.urandom(4).hex()}%08x".__mod__, counts)
+    # 2**32 - 1 and round again (a range repeated, never stored), as one 64-bit number's
+    # 8 bytes in hex: a third of the instructions of formatting a template (~900, not
+    # ~2,800, under cachegrind).
+    prefix = int.from_bytes(os.urandom(4)) << 32
+    counts = itertools.chain.from_iterable(itertools.repeat(range(prefix, prefix + (1 << 32))))
+    _ids = map(bytes.hex, map(int.to_bytes, counts, itertools.repeat(8)))
 
 
 _ids: Iterator[str] = iter(())
