@@ -9,6 +9,10 @@ one request with start-up and warm-up subtracted. Shown per request: instruction
 first-level instruction and data cache misses (I1, D1), last-level misses (LL), branch
 mispredictions (conditional and indirect), and what each case adds over the app alone.
 ``minimal`` is footprint.py's minimal limiter: the least an admitted path can execute.
+``--tree DIR`` imports the package from another checkout (``git worktree add DIR
+COMMIT``), the driver staying this one: before and after a change, like for like (the
+count moves by a few hundred instructions a request with what a process imported and
+its hash seed; each run here has PYTHONHASHSEED=0).
 
 ``--driver CASE N`` (used by the above) runs N requests of one case after a warm-up of
 2,000: the same apps, environ and no-op start_response as ``paths.py``.
@@ -52,7 +56,7 @@ def driver(case: str, requests: int, flask: bool, directory: str) -> None:
     paths.run(app, requests)
 
 
-def counts(case: str, requests: int, flask: bool) -> dict[str, int]:
+def counts(case: str, requests: int, flask: bool, tree: str | None = None) -> dict[str, int]:
     """cachegrind's totals for one run of the driver."""
     with tempfile.TemporaryDirectory() as directory:
         out = Path(directory) / "cachegrind.out"
@@ -73,6 +77,9 @@ def counts(case: str, requests: int, flask: bool) -> dict[str, int]:
             *(["--flask"] if flask else []),
         ]
         environ = {**os.environ, "PYTHONHASHSEED": "0"}
+        if tree is not None:
+            environ["PYTHONPATH"] = tree
+            command.insert(command.index("--driver"), "--no-editable")
         subprocess.run(command, check=True, capture_output=True, env=environ)
         text = out.read_text()
     events = re.search(r"^events: (.+)$", text, re.M)
@@ -81,10 +88,12 @@ def counts(case: str, requests: int, flask: bool) -> dict[str, int]:
     return dict(zip(events.group(1).split(), map(int, summary.group(1).split()), strict=True))
 
 
-def per_request(case: str, requests: int, flask: bool) -> dict[str, float]:
+def per_request(
+    case: str, requests: int, flask: bool, tree: str | None = None
+) -> dict[str, float]:
     """One request's events: the run of 2N less the run of N, over N."""
-    once = counts(case, requests, flask)
-    twice = counts(case, 2 * requests, flask)
+    once = counts(case, requests, flask, tree)
+    twice = counts(case, 2 * requests, flask, tree)
     return {event: (twice[event] - once[event]) / requests for event in once}
 
 
@@ -93,17 +102,23 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--flask", action="store_true", help="a Flask route, not a bare app")
     parser.add_argument("--case", nargs="+", choices=CASES, default=list(CASES))
+    parser.add_argument("--tree", help="import mockforge_wsgi from this checkout")
     parser.add_argument("--driver", nargs=2, metavar=("CASE", "N"), help=argparse.SUPPRESS)
+    parser.add_argument("--no-editable", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.no_editable:  # the editable install's finder must not supply the package
+        sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
     if args.driver:
         with tempfile.TemporaryDirectory() as directory:
             driver(args.driver[0], int(args.driver[1]), args.flask, directory)
         return
     rows: dict[str, dict[str, Any]] = {}
     for case in args.case:
-        rows[case] = per_request(case, args.requests, args.flask)
+        rows[case] = per_request(case, args.requests, args.flask, args.tree)
     app = "Flask route" if args.flask else "bare app"
     print(f"# {app}, {args.requests} and {2 * args.requests} requests; events per request")
+    if args.tree:
+        print(f"# mockforge_wsgi from {args.tree}")
     print(
         "| case | Ir | added Ir | I1 miss | D1 miss | LL miss | cond. mispred. | ind. mispred. |"
     )
