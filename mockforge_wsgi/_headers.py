@@ -6,6 +6,7 @@ import hmac
 import itertools
 import os
 from collections.abc import Iterator
+from typing import Literal
 
 ANNOTATION_HEADER = "X-Mockforge-Chaos"
 REQUEST_ID_HEADER = "X-Mockforge-Request-Id"
@@ -28,9 +29,15 @@ def new_request_id() -> str:
 def _new_prefix() -> None:
     global _ids
     # The ids themselves, made in C: the prefix and a count of 8 hex digits, from 0 to
-    # 2**32 - 1 and round again (a range repeated, never stored).
-    counts = itertools.chain.from_iterable(itertools.repeat(range(1 << 32)))
-    _ids = map(f"{os.urandom(4).hex()}{{:08x}}".format, counts)
+    # 2**32 - 1 and round again (a range repeated, never stored), as one 64-bit number's
+    # 8 bytes in hex: fewer than half the instructions of formatting a template (~1,100,
+    # not ~2,800, under cachegrind).
+    # A 31-bit prefix: ids stay below 2**63, where range() counts in C longs (above,
+    # in Python ints: ~1,100 more instructions an id).
+    prefix = int.from_bytes(os.urandom(4), "big") >> 1 << 32
+    counts = itertools.chain.from_iterable(itertools.repeat(range(prefix, prefix + (1 << 32))))
+    big: Iterator[Literal["big"]] = itertools.repeat("big")
+    _ids = map(bytes.hex, map(int.to_bytes, counts, itertools.repeat(8), big))
 
 
 _ids: Iterator[str] = iter(())
