@@ -10,10 +10,13 @@ of the case server back to back, ``--pairs`` times (which one first alternates).
 pair's ratio is the case's requests per second over the plain app's in that pair: this
 VM's speed drifts by tens of percent over a minute, much less over two runs of a few
 seconds. Each run also reads the server's CPU (user + system of gunicorn's master and
-workers, from /proc) over the requests wrk completed: the case's CPU per request minus
-the plain app's in the same pair is what the case adds to a request through a real
-server, less sensitive to how wrk and the server share the 2 cores than throughput.
-The table shows medians and quartiles. Every answer must be a 200
+workers, from /proc) over the requests wrk completed: the plain app's CPU per request
+over the case's in the same pair (the CPU ratio) and their difference (what the case
+adds to a request through a real server) are less sensitive than throughput to how wrk
+and the server share the 2 cores. The first table shows medians, quartiles and the
+range; the second splits the CPU per request (workers' user and system time, the
+master's) with the load average. ``plain-again`` (a second plain app) shows the noise of
+the ratios themselves. Every answer must be a 200
 (wrk's non-2xx count is checked), so no case is measured on refusals. A redis-server is
 started on a free port.
 """
@@ -38,13 +41,16 @@ from typing import NamedTuple
 HERE = Path(__file__).resolve().parent
 CASES = [
     ("plain", "plain Flask app (the reference)"),
+    ("plain-again", "a second plain app (the ratios' own noise)"),
     ("plain-with-headers", "plain app adding the admitted path's 7 headers itself"),
     ("chaos-disabled", "wrapped, chaos disabled"),
     ("limit-memory", "global limit never hit, memory store (per worker)"),
     ("limit-embedded", "global limit never hit, embedded store, lease"),
     ("limit-embedded-no-headers", "the same, expose_headers: false"),
+    ("limit-embedded-headers-none", "the same, headers: none"),
     ("limit-embedded-exact", "global limit never hit, embedded store, exact"),
     ("limit-redis", "global limit never hit, Redis, lease"),
+    ("limit-redis-headers-none", "the same, headers: none"),
     ("limit-redis-exact", "global limit never hit, Redis, exact"),
     ("latency-1us", "latency 0.001 ms on every request (a real sleep call)"),
     ("flask-limiter-memory", "Flask-Limiter 1,000,000/s, memory (per worker)"),
@@ -99,23 +105,47 @@ def serving(case: str, workers: int, redis_url: str, threads: int = 0) -> Iterat
         process.wait(30)
 
 
-def cpu_seconds(master: int) -> float:
+class Cpu(NamedTuple):
+    """CPU seconds of a gunicorn: its workers' user and system time, its master's."""
+
+    user: float
+    system: float
+    master: float
+
+    def __sub__(self, other: object) -> Cpu:
+        assert isinstance(other, Cpu)
+        return Cpu(*(a - b for a, b in zip(self, other, strict=True)))
+
+    @property
+    def total(self) -> float:
+        return self.user + self.system + self.master
+
+
+def cpu_seconds(master: int) -> Cpu:
     """User + system CPU of gunicorn's master and its workers so far (from /proc)."""
-    total = 0
+    user = system = own = 0
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue  # gone meanwhile
         pid, ppid = int(stat.parent.name), int(fields[1])
-        if master in (pid, ppid):
-            total += int(fields[11]) + int(fields[12])  # utime, stime in clock ticks
-    return total / os.sysconf("SC_CLK_TCK")
+        utime, stime = int(fields[11]), int(fields[12])  # in clock ticks
+        if pid == master:
+            own += utime + stime
+        elif ppid == master:
+            user, system = user + utime, system + stime
+    tick = os.sysconf("SC_CLK_TCK")
+    return Cpu(user / tick, system / tick, own / tick)
 
 
 class Load(NamedTuple):
     rate: float  # requests per second
-    cpu_us: float  # server CPU per request, microseconds
+    cpu: Cpu  # the server's CPU per request, microseconds
+
+    @property
+    def cpu_us(self) -> float:
+        return self.cpu.total
 
 
 def load(server: Server, seconds: int) -> Load:
@@ -135,7 +165,7 @@ def load(server: Server, seconds: int) -> Load:
         raise RuntimeError(f"{server.url}: {bad.group(1)} answers were not 200\n{out}")
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    return Load(rate, used / max(requests, 1) * 1e6)
+    return Load(rate, Cpu(*(part / max(requests, 1) * 1e6 for part in used)))
 
 
 def pairs(plain: Server, case: Server, count: int, seconds: int) -> list[tuple[Load, Load]]:
@@ -151,9 +181,24 @@ def pairs(plain: Server, case: Server, count: int, seconds: int) -> list[tuple[L
 
 
 def spread(values: list[float], form: str) -> str:
-    """The median and, in brackets, the quartiles."""
+    """The median, the quartiles and the range."""
     low, median, high = statistics.quantiles(values, n=4)
-    return f"{median:{form}} ({low:{form}} to {high:{form}})"
+    return (
+        f"{median:{form}} ({low:{form}} to {high:{form}}; "
+        f"{min(values):{form}} to {max(values):{form}})"
+    )
+
+
+def loadavg() -> str:
+    """The 1-, 5- and 15-minute load averages (2 cores: above 2, something waits)."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def median_cpu(loads: list[Load]) -> str:
+    """The median of each part of the CPU per request: workers' user/system, master."""
+    return " / ".join(
+        f"{statistics.median(getattr(x.cpu, part) for x in loads):.0f}" for part in Cpu._fields
+    )
 
 
 def main() -> None:
@@ -180,28 +225,43 @@ def main() -> None:
             f"{platform.python_version()}, {time.strftime('%F')}; wrk -t2 -c16 "
             f"-d{args.seconds:g}s, gunicorn sync workers; {args.pairs} plain/case pairs per case"
         )
+        print(f"# load average before: {loadavg()}")
         for workers in args.workers:
             print(f"\n## gunicorn -w {workers}\n")
             print(
-                "| case | requests/s | ratio to plain (quartiles) "
-                "| server CPU us/request | added over plain (quartiles) |"
+                "| case | requests/s | throughput ratio to plain "
+                "| server CPU us/request | CPU ratio, plain/case | added CPU us over plain |"
             )
-            print("| --- | ---: | ---: | ---: | ---: |")
+            print("| --- | ---: | ---: | ---: | ---: | ---: |")
+            split = []
             with serving("plain", workers, redis_url) as plain:
                 for name, label in cases:
                     if name == "plain":
                         continue
+                    before = loadavg()
                     with serving(name, workers, redis_url) as server:
                         runs = pairs(plain, server, args.pairs, args.seconds)
                     ratios = [case.rate / base.rate for base, case in runs]
+                    cpu_ratios = [base.cpu_us / case.cpu_us for base, case in runs]
                     added = [case.cpu_us - base.cpu_us for base, case in runs]
                     rate = statistics.median(case.rate for _, case in runs)
                     cpu = statistics.median(case.cpu_us for _, case in runs)
                     print(
                         f"| {label} | {rate:,.0f} | {spread(ratios, '.2f')} "
-                        f"| {cpu:.0f} | {spread(added, '+.0f')} |",
+                        f"| {cpu:.0f} | {spread(cpu_ratios, '.2f')} | {spread(added, '+.0f')} |",
                         flush=True,
                     )
+                    split.append(
+                        f"| {label} | {median_cpu([c for _, c in runs])} "
+                        f"| {median_cpu([b for b, _ in runs])} | {before} |"
+                    )
+            print(
+                "\nServer CPU us/request, medians: workers' user / workers' system / master."
+                "\n\n| case | the case | its plain app | load average at the start |"
+                "\n| --- | ---: | ---: | ---: |"
+            )
+            print("\n".join(split))
+        print(f"\n# load average after: {loadavg()}")
     finally:
         redis.terminate()
         redis.wait(10)
