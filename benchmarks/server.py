@@ -106,11 +106,14 @@ def serving(case: str, workers: int, redis_url: str, threads: int = 0) -> Iterat
 
 
 class Cpu(NamedTuple):
-    """CPU seconds of a gunicorn: its workers' user and system time, its master's."""
+    """CPU seconds: a gunicorn's workers' user and system time, its master's; of the
+    workers' time, what their threads other than the main one took; and Redis's."""
 
     user: float
     system: float
     master: float
+    threads: float  # already in user + system
+    redis: float  # the redis-server's, not the gunicorn's
 
     def __sub__(self, other: object) -> Cpu:
         assert isinstance(other, Cpu)
@@ -118,40 +121,51 @@ class Cpu(NamedTuple):
 
     @property
     def total(self) -> float:
+        """The gunicorn's: master and workers, every thread."""
         return self.user + self.system + self.master
 
 
-def cpu_seconds(master: int) -> Cpu:
+def _ticks(stat: Path) -> tuple[int, int, int]:
+    """(parent pid, user, system clock ticks) of a process or thread."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return int(fields[1]), int(fields[11]), int(fields[12])
+
+
+def cpu_seconds(master: int, redis: int = 0) -> Cpu:
     """User + system CPU of gunicorn's master and its workers so far (from /proc)."""
-    user = system = own = 0
+    user = system = own = threads = redis_ticks = 0
     for stat in Path("/proc").glob("[0-9]*/stat"):
+        pid = int(stat.parent.name)
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            ppid, utime, stime = _ticks(stat)
+            if pid == master:
+                own += utime + stime
+            elif ppid == master:
+                user, system = user + utime, system + stime
+                for task in stat.parent.glob("task/[0-9]*/stat"):
+                    if int(task.parent.name) != pid:
+                        threads += sum(_ticks(task)[1:])
+            elif pid == redis:
+                redis_ticks += utime + stime
         except OSError:
             continue  # gone meanwhile
-        pid, ppid = int(stat.parent.name), int(fields[1])
-        utime, stime = int(fields[11]), int(fields[12])  # in clock ticks
-        if pid == master:
-            own += utime + stime
-        elif ppid == master:
-            user, system = user + utime, system + stime
     tick = os.sysconf("SC_CLK_TCK")
-    return Cpu(user / tick, system / tick, own / tick)
+    return Cpu(user / tick, system / tick, own / tick, threads / tick, redis_ticks / tick)
 
 
 class Load(NamedTuple):
     rate: float  # requests per second
-    cpu: Cpu  # the server's CPU per request, microseconds
+    cpu: Cpu  # CPU per request, microseconds
 
     @property
     def cpu_us(self) -> float:
         return self.cpu.total
 
 
-def load(server: Server, seconds: int) -> Load:
-    """What wrk gets from ``server``, and the server's CPU per request meanwhile; every
-    answer must be a 200."""
-    before = cpu_seconds(server.pid)
+def load(server: Server, seconds: int, redis: int = 0) -> Load:
+    """What wrk gets from ``server``, and the server's (and Redis's) CPU per request
+    meanwhile; every answer must be a 200."""
+    before = cpu_seconds(server.pid, redis)
     out = subprocess.run(
         ["wrk", "-t2", "-c16", f"-d{seconds:g}s", server.url],
         capture_output=True,
@@ -159,7 +173,7 @@ def load(server: Server, seconds: int) -> Load:
         check=True,
         timeout=seconds + 30,
     ).stdout
-    used = cpu_seconds(server.pid) - before
+    used = cpu_seconds(server.pid, redis) - before
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if bad:
         raise RuntimeError(f"{server.url}: {bad.group(1)} answers were not 200\n{out}")
@@ -168,14 +182,24 @@ def load(server: Server, seconds: int) -> Load:
     return Load(rate, Cpu(*(part / max(requests, 1) * 1e6 for part in used)))
 
 
-def pairs(plain: Server, case: Server, count: int, seconds: int) -> list[tuple[Load, Load]]:
+def answer_bytes(server: Server) -> int:
+    """How many bytes one answer takes on the wire (head and body)."""
+    port = int(server.url.split(":")[2].split("/")[0])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+        client.sendall(b"GET /hello HTTP/1.0\r\n\r\n")
+        return sum(iter(lambda: len(client.recv(65536)), 0))
+
+
+def pairs(
+    plain: Server, case: Server, count: int, seconds: int, redis: int = 0
+) -> list[tuple[Load, Load]]:
     """``count`` back-to-back pairs of runs (plain, case), which first alternating."""
     found = []
     for index in range(count):
         if index % 2:
-            case_load, plain_load = load(case, seconds), load(plain, seconds)
+            case_load, plain_load = load(case, seconds, redis), load(plain, seconds, redis)
         else:
-            plain_load, case_load = load(plain, seconds), load(case, seconds)
+            plain_load, case_load = load(plain, seconds, redis), load(case, seconds, redis)
         found.append((plain_load, case_load))
     return found
 
@@ -195,9 +219,10 @@ def loadavg() -> str:
 
 
 def median_cpu(loads: list[Load]) -> str:
-    """The median of each part of the CPU per request: workers' user/system, master."""
+    """The medians of the parts of the CPU per request: workers' user / system, master,
+    workers' other threads, Redis."""
     return " / ".join(
-        f"{statistics.median(getattr(x.cpu, part) for x in loads):.0f}" for part in Cpu._fields
+        f"{statistics.median(getattr(one.cpu, part) for one in loads):.0f}" for part in Cpu._fields
     )
 
 
@@ -235,12 +260,14 @@ def main() -> None:
             print("| --- | ---: | ---: | ---: | ---: | ---: |")
             split = []
             with serving("plain", workers, redis_url) as plain:
+                plain_size = answer_bytes(plain)
                 for name, label in cases:
                     if name == "plain":
                         continue
                     before = loadavg()
                     with serving(name, workers, redis_url) as server:
-                        runs = pairs(plain, server, args.pairs, args.seconds)
+                        runs = pairs(plain, server, args.pairs, args.seconds, redis.pid)
+                        size = answer_bytes(server)
                     ratios = [case.rate / base.rate for base, case in runs]
                     cpu_ratios = [base.cpu_us / case.cpu_us for base, case in runs]
                     added = [case.cpu_us - base.cpu_us for base, case in runs]
@@ -252,13 +279,14 @@ def main() -> None:
                         flush=True,
                     )
                     split.append(
-                        f"| {label} | {median_cpu([c for _, c in runs])} "
+                        f"| {label} | {size} | {median_cpu([c for _, c in runs])} "
                         f"| {median_cpu([b for b, _ in runs])} | {before} |"
                     )
             print(
-                "\nServer CPU us/request, medians: workers' user / workers' system / master."
-                "\n\n| case | the case | its plain app | load average at the start |"
-                "\n| --- | ---: | ---: | ---: |"
+                "\nCPU us/request, medians: workers' user / workers' system / master / workers'"
+                " other threads (in user+system) / redis-server. The plain app's answer is"
+                f" {plain_size} bytes.\n\n| case | answer bytes | the case | its plain app "
+                "| load average at the start |\n| --- | ---: | ---: | ---: | ---: |"
             )
             print("\n".join(split))
         print(f"\n# load average after: {loadavg()}")
