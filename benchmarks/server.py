@@ -18,7 +18,8 @@ range; the second splits the CPU per request (workers' user and system time, the
 master's) with the load average. ``plain-again`` (a second plain app) shows the noise of
 the ratios themselves. Every answer must be a 200
 (wrk's non-2xx count is checked), so no case is measured on refusals. A redis-server is
-started on a free port.
+started on a free port, and emptied before each case (a server adopts the runtime state
+it finds there).
 """
 
 from __future__ import annotations
@@ -213,6 +214,15 @@ def spread(values: list[float], form: str) -> str:
     )
 
 
+def empty_redis(port: int) -> None:
+    """FLUSHALL before each case: a server adopts the runtime state it finds in Redis
+    (``state_at_start: auto``), so a case would otherwise run the previous one's config."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+        client.sendall(b"FLUSHALL\r\n")
+        if not client.recv(16).startswith(b"+OK"):
+            raise RuntimeError("redis-server did not flush")
+
+
 def loadavg() -> str:
     """The 1-, 5- and 15-minute load averages (2 cores: above 2, something waits)."""
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -265,6 +275,7 @@ def main() -> None:
                     if name == "plain":
                         continue
                     before = loadavg()
+                    empty_redis(redis_port)
                     with serving(name, workers, redis_url) as server:
                         runs = pairs(plain, server, args.pairs, args.seconds, redis.pid)
                         size = answer_bytes(server)
