@@ -1,7 +1,7 @@
 """Throughput through a real gunicorn, as a ratio to the same Flask app without chaos.
 
     bash benchmarks/setup.sh          # wrk, redis-server, Flask-Limiter (once)
-    python benchmarks/server.py [--workers 2 4] [--pairs 8] [--seconds 2]
+    python benchmarks/server.py [--workers 2 4] [--pairs 8] [--seconds 2] [--together]
 
 For each worker count, a gunicorn (sync workers, the default) serving the plain Flask
 app stays up; each case of ``server_app.py`` gets its own gunicorn beside it, both on
@@ -16,10 +16,12 @@ adds to a request through a real server) are less sensitive than throughput to h
 and the server share the 2 cores. The first table shows medians, quartiles and the
 range; the second splits the CPU per request (workers' user and system time, the
 master's) with the load average. ``plain-again`` (a second plain app) shows the noise of
-the ratios themselves. Every answer must be a 200
-(wrk's non-2xx count is checked), so no case is measured on refusals. A redis-server is
-started on a free port, and emptied before each case (a server adopts the runtime state
-it finds there).
+the ratios themselves. ``--together`` loads the plain and the case server at the same
+time (a wrk on each) instead of in turns: no drift between the two runs of a pair, and
+the scheduler shares the cores between them, so the throughput ratio follows the CPU
+ratio. Every answer must be a 200 (wrk's non-2xx count is checked), so no case is
+measured on refusals. A redis-server is started on a free port, and emptied before each
+case (a server adopts the runtime state it finds there).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
@@ -192,12 +195,18 @@ def answer_bytes(server: Server) -> int:
 
 
 def pairs(
-    plain: Server, case: Server, count: int, seconds: int, redis: int = 0
+    plain: Server, case: Server, count: int, seconds: int, redis: int = 0, together: bool = False
 ) -> list[tuple[Load, Load]]:
-    """``count`` back-to-back pairs of runs (plain, case), which first alternating."""
+    """``count`` back-to-back pairs of runs (plain, case), which first alternating; or
+    (``together``) ``count`` runs of a wrk on each at the same time, so that both meet
+    the same speed of the VM (each gets about half of it)."""
     found = []
     for index in range(count):
-        if index % 2:
+        if together:
+            with ThreadPoolExecutor(2) as both:
+                plain_run = both.submit(load, plain, seconds, redis)
+                case_load, plain_load = load(case, seconds, redis), plain_run.result()
+        elif index % 2:
             case_load, plain_load = load(case, seconds, redis), load(plain, seconds, redis)
         else:
             plain_load, case_load = load(plain, seconds, redis), load(case, seconds, redis)
@@ -242,6 +251,9 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=8, help="plain/case pairs per case")
     parser.add_argument("--seconds", type=int, default=2, help="per wrk run (whole seconds)")
     parser.add_argument("--cases", nargs="+", help="only these cases (plain is always run)")
+    parser.add_argument(
+        "--together", action="store_true", help="load plain and case at once, not in turns"
+    )
     args = parser.parse_args()
     for tool in ("wrk", "redis-server"):
         if shutil.which(tool) is None:
@@ -259,6 +271,7 @@ def main() -> None:
             f"# {platform.machine()}, {os.cpu_count()} cores, Python "
             f"{platform.python_version()}, {time.strftime('%F')}; wrk -t2 -c16 "
             f"-d{args.seconds:g}s, gunicorn sync workers; {args.pairs} plain/case pairs per case"
+            + (", each pair's two runs at once" if args.together else ", alternating")
         )
         print(f"# load average before: {loadavg()}")
         for workers in args.workers:
@@ -277,7 +290,9 @@ def main() -> None:
                     before = loadavg()
                     empty_redis(redis_port)
                     with serving(name, workers, redis_url) as server:
-                        runs = pairs(plain, server, args.pairs, args.seconds, redis.pid)
+                        runs = pairs(
+                            plain, server, args.pairs, args.seconds, redis.pid, args.together
+                        )
                         size = answer_bytes(server)
                     ratios = [case.rate / base.rate for base, case in runs]
                     cpu_ratios = [base.cpu_us / case.cpu_us for base, case in runs]
