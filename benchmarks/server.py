@@ -15,7 +15,8 @@ over the case's in the same pair (the CPU ratio) and their difference (what the 
 adds to a request through a real server) are less sensitive than throughput to how wrk
 and the server share the 2 cores. The first table shows medians, quartiles and the
 range; the second splits the CPU per request (workers' user and system time, the
-master's) with the load average. ``plain-again`` (a second plain app) shows the noise of
+master's) with the load average and the share of the VM's CPU time the hypervisor took
+(steal). ``plain-again`` (a second plain app) shows the noise of
 the ratios themselves. ``--together`` loads the plain and the case server at the same
 time (a wrk on each) instead of in turns: no drift between the two runs of a pair, and
 the scheduler shares the cores between them, so the throughput ratio follows the CPU
@@ -157,9 +158,16 @@ def cpu_seconds(master: int, redis: int = 0) -> Cpu:
     return Cpu(user / tick, system / tick, own / tick, threads / tick, redis_ticks / tick)
 
 
+def machine_ticks() -> tuple[int, int]:
+    """(stolen, all) clock ticks of this VM's CPUs so far: the hypervisor's steal time."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return fields[7], sum(fields[:8])
+
+
 class Load(NamedTuple):
     rate: float  # requests per second
     cpu: Cpu  # CPU per request, microseconds
+    steal: float  # of the VM's CPU time meanwhile, what the hypervisor took
 
     @property
     def cpu_us(self) -> float:
@@ -169,7 +177,7 @@ class Load(NamedTuple):
 def load(server: Server, seconds: int, redis: int = 0) -> Load:
     """What wrk gets from ``server``, and the server's (and Redis's) CPU per request
     meanwhile; every answer must be a 200."""
-    before = cpu_seconds(server.pid, redis)
+    before, ticks = cpu_seconds(server.pid, redis), machine_ticks()
     out = subprocess.run(
         ["wrk", "-t2", "-c16", f"-d{seconds:g}s", server.url],
         capture_output=True,
@@ -178,12 +186,14 @@ def load(server: Server, seconds: int, redis: int = 0) -> Load:
         timeout=seconds + 30,
     ).stdout
     used = cpu_seconds(server.pid, redis) - before
+    stolen, total = (b - a for a, b in zip(ticks, machine_ticks(), strict=True))
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if bad:
         raise RuntimeError(f"{server.url}: {bad.group(1)} answers were not 200\n{out}")
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    return Load(rate, Cpu(*(part / max(requests, 1) * 1e6 for part in used)))
+    per_request = Cpu(*(part / max(requests, 1) * 1e6 for part in used))
+    return Load(rate, per_request, stolen / max(total, 1))
 
 
 def answer_bytes(server: Server) -> int:
@@ -306,13 +316,15 @@ def main() -> None:
                     )
                     split.append(
                         f"| {label} | {size} | {median_cpu([c for _, c in runs])} "
-                        f"| {median_cpu([b for b, _ in runs])} | {before} |"
+                        f"| {median_cpu([b for b, _ in runs])} | {before} "
+                        f"| {statistics.median(one.steal for run in runs for one in run):.0%} |"
                     )
             print(
                 "\nCPU us/request, medians: workers' user / workers' system / master / workers'"
                 " other threads (in user+system) / redis-server. The plain app's answer is"
                 f" {plain_size} bytes.\n\n| case | answer bytes | the case | its plain app "
-                "| load average at the start |\n| --- | ---: | ---: | ---: | ---: |"
+                "| load average at the start | stolen by the hypervisor |"
+                "\n| --- | ---: | ---: | ---: | ---: | ---: |"
             )
             print("\n".join(split))
         print(f"\n# load average after: {loadavg()}")
