@@ -1,12 +1,16 @@
-"""Three hosts on one Redis: one limit, one state, hosts that die and hosts cut off.
+"""Three hosts on one Redis (or a Redis Cluster): one limit, one state, hosts that die
+and hosts cut off.
 
-    python benchmarks/manyhost.py [--rounds 3] [--limit 100] [--seconds 4]
+    python benchmarks/manyhost.py [--cluster] [--rounds 3] [--limit 100] [--seconds 4]
 
 Three "hosts", each a ``mockforge serve -w 2`` with its own master and its own runtime
 directory (``MOCKFORGE_RUNTIME_DIR``, where a server's embedded store lives), bound to
-127.0.0.2, 127.0.0.3 and 127.0.0.4 on free ports, share one redis-server on 127.0.0.1.
-The third host reaches Redis through a relay of ours that can be cut (its connections
-closed, new ones closed at once: the port blocked) and mended. A round measures:
+127.0.0.2, 127.0.0.3 and 127.0.0.4 on free ports, share one redis-server on 127.0.0.1,
+or with ``--cluster`` a Redis Cluster of three masters there (``redis+cluster://``). All
+three are given the same store URL; the third host's connections to each Redis node go
+through a relay of ours (its network: ``ROUTED`` sends its connects to a node's address
+to the relay instead) that can be cut (its connections closed, new ones closed at once:
+every node's port blocked, for that host only) and mended. A round measures:
 
 1. a global limit (``--limit`` requests a second, burst ``BURST``) under load spread
    over the three hosts (each offered the whole limit, 3 times it in all) for
@@ -20,8 +24,8 @@ closed, new ones closed at once: the port blocked) and mended. A round measures:
 4. the third host killed (SIGKILL, its master and workers) and started again: how long
    until it serves, and what its ``/status`` ``state`` block says (joined, version).
 
-tests/test_manyhost.py runs one round of the same with its bounds; docs/state.md shows
-the figures.
+tests/test_manyhost.py runs one round of the same with its bounds, on one Redis and on
+a cluster; docs/state.md shows the figures.
 """
 
 from __future__ import annotations
@@ -111,7 +115,7 @@ class Link:
     def __init__(self, redis_port: int) -> None:
         self.target = ("127.0.0.1", redis_port)
         self.listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"redis://127.0.0.1:{self.listener.getsockname()[1]}/0"
+        self.port = int(self.listener.getsockname()[1])
         self.open = True
         self._sockets: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -161,15 +165,41 @@ class Link:
         self.listener.close()
 
 
+# A host's network, run in its process before ``mockforge serve``: a connect to a routed
+# address (a Redis node's) reaches the address it is routed to (a Link) instead. Below
+# redis-py (which resolves every node it connects to, those a cluster names included,
+# with socket.getaddrinfo): the store under test is not touched, only its way out.
+ROUTED = """\
+import runpy, socket, sys
+routes = dict(pair.split("=") for pair in sys.argv[1].split(","))
+resolve = socket.getaddrinfo
+def getaddrinfo(host, port, *args, **kwargs):
+    host, _, port = routes.get(f"{host}:{port}", f"{host}:{port}").rpartition(":")
+    return resolve(host, int(port), *args, **kwargs)
+socket.getaddrinfo = getaddrinfo
+sys.argv = sys.argv[1:]
+runpy.run_module("mockforge_wsgi", run_name="__main__", alter_sys=True)
+"""
+
+
 class Host:
     """``mockforge serve -w 2`` bound to ``address``: its own master, its own runtime
-    directory, the store URL it is given."""
+    directory, the store URL it is given; ``routes`` (``host:port`` to ``host:port``)
+    redirect its connections to Redis nodes through relays."""
 
-    def __init__(self, address: str, workdir: Path, store: str, config: Path) -> None:
+    def __init__(
+        self,
+        address: str,
+        workdir: Path,
+        store: str,
+        config: Path,
+        routes: dict[str, str] | None = None,
+    ) -> None:
         self.address = address
         self.workdir = workdir
         self.store = store
         self.config = config
+        self.routes = routes or {}
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self.runs = 0
@@ -194,7 +224,11 @@ class Host:
             MOCKFORGE_RUNTIME_DIR=str(self.workdir / "runtime"),
             MOCKFORGE_DEBUG_HEADERS="1",  # X-Mockforge-Worker: which worker answered
         )
-        args = [sys.executable, "-m", "mockforge_wsgi", "serve", "--host", self.address]
+        args = [sys.executable, "-m", "mockforge_wsgi"]
+        if self.routes:
+            routes = ",".join(f"{near}={far}" for near, far in self.routes.items())
+            args = [sys.executable, "-c", ROUTED, routes]
+        args += ["serve", "--host", self.address]
         args += ["--port", str(self.port), "--workers", str(WORKERS), "--access-log", "off"]
         args += ["--config", str(self.config)]
         self.runs += 1
@@ -223,8 +257,16 @@ class Host:
         self.proc = None
 
     def stop(self) -> None:
+        self.terminate()
+        self.wait()
+
+    def terminate(self) -> None:
+        """Ask it to stop (gunicorn's graceful shutdown, about half a second): ``wait``."""
         if self.proc is not None:
             self.proc.terminate()
+
+    def wait(self) -> None:
+        if self.proc is not None:
             try:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
@@ -260,24 +302,65 @@ def api(method: str, host: Host, path: str, body: Any = None) -> Any:
     return json.loads(data)
 
 
+class Cluster:
+    """A Redis Cluster of three masters on 127.0.0.1 (tests/servers.py starts it: the
+    tests share one with their other cluster tests)."""
+
+    def __init__(self, workdir: Path) -> None:
+        sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
+        from servers import RedisClusterServers
+
+        self.servers = RedisClusterServers(workdir / "cluster")
+        self.servers.start()
+        self.url = self.servers.url
+        self.ports = self.servers.ports
+
+    def stop(self) -> None:
+        self.servers.stop()
+
+
+class Store(NamedTuple):
+    """What the fleet shares: one URL, and the ports of the Redis nodes behind it."""
+
+    url: str
+    ports: list[int]
+
+
 class Fleet(NamedTuple):
-    redis: Redis
-    link: Link  # the third host's way to Redis
+    store: Store
+    links: list[Link]  # the third host's way to each Redis node
     hosts: list[Host]
     limit: int
 
+    def cut(self) -> None:
+        """The third host cut from Redis: from every node of it."""
+        for link in self.links:
+            link.cut()
+
+    def mend(self) -> None:
+        for link in self.links:
+            link.mend()
+
 
 @contextlib.contextmanager
-def fleet(workdir: Path, limit: int) -> Iterator[Fleet]:
-    """Redis and the three hosts, started together, stopped at the end."""
+def fleet(workdir: Path, limit: int, store: Store | None = None) -> Iterator[Fleet]:
+    """The three hosts on ``store`` (else on a Redis of their own), started together,
+    stopped at the end."""
     if shutil.which("redis-server") is None:
         raise RuntimeError("redis-server is not installed (bash benchmarks/setup.sh)")
     config = workdir / "chaos.yaml"
     config.write_text(CHAOS.format(limit=limit, burst=BURST))
-    redis = Redis(workdir)
-    link = Link(redis.port)
+    redis = None
+    if store is None:
+        redis = Redis(workdir)
+        store = Store(redis.url, [redis.port])
+    links = [Link(port) for port in store.ports]
+    routes = {
+        f"127.0.0.1:{port}": f"127.0.0.1:{link.port}"
+        for port, link in zip(store.ports, links, strict=True)
+    }
     hosts = [
-        Host(address, workdir / address, link.url if n == 2 else redis.url, config)
+        Host(address, workdir / address, store.url, config, routes if n == 2 else None)
         for n, address in enumerate(ADDRESSES)
     ]
     try:
@@ -285,12 +368,16 @@ def fleet(workdir: Path, limit: int) -> Iterator[Fleet]:
             host.launch()
         for host in hosts:
             host.ready()
-        yield Fleet(redis, link, hosts, limit)
+        yield Fleet(store, links, hosts, limit)
     finally:
+        for host in hosts:  # all at once: each takes its time
+            host.terminate()
         for host in hosts:
-            host.stop()
-        link.close()
-        redis.stop()
+            host.wait()
+        for link in links:
+            link.close()
+        if redis is not None:
+            redis.stop()
 
 
 # -- load --------------------------------------------------------------------------------
@@ -453,11 +540,11 @@ def cut_off(fleet: Fleet, seconds: float) -> tuple[Admitted, Admitted, float]:
     # applying the last state it read (docs/state.md).
     load(fleet.hosts[2:], fleet.limit, 0.5)
     time.sleep(BURST / fleet.limit)  # the shared bucket full again
-    fleet.link.cut()
+    fleet.cut()
     try:
         answers = load(fleet.hosts, fleet.limit, seconds)
     finally:
-        fleet.link.mend()
+        fleet.mend()
     live = WORKERS * len(fleet.hosts)  # every worker served limited requests just before
     share = fleet.limit * WORKERS / live
     joined = admitted(answers, {0, 1}, fleet.limit, BURST)
@@ -532,6 +619,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="each on a fresh fleet")
     parser.add_argument("--limit", type=int, default=100, help="requests a second, global")
     parser.add_argument("--seconds", type=float, default=4.0, help="of each load phase")
+    parser.add_argument(
+        "--cluster", action="store_true", help="a Redis Cluster of three masters, not one Redis"
+    )
     options = parser.parse_args()
     rows: dict[str, list[float]] = {}
 
@@ -539,7 +629,14 @@ def main() -> None:
         rows.setdefault(name, []).append(value)
 
     for _ in range(options.rounds):
-        with tempfile.TemporaryDirectory() as tmp, fleet(Path(tmp), options.limit) as hosts:
+        with contextlib.ExitStack() as stack:
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            store = None
+            if options.cluster:
+                cluster = Cluster(tmp)
+                stack.callback(cluster.stop)
+                store = Store(cluster.url, cluster.ports)
+            hosts = stack.enter_context(fleet(tmp, options.limit, store))
             limit = one_limit(hosts, options.seconds)
             add("1. admitted / (burst + limit * t), all three hosts", limit.ratio)
             seen, released, _ = propagation(hosts)
@@ -566,7 +663,9 @@ def main() -> None:
     ms = {name for name in rows if "(ms)" in name}
     width = max(len(name) for name in rows)
     print(
-        f"\n3 hosts x mockforge serve -w {WORKERS}, one redis-server; limit {options.limit}/s "
+        f"\n3 hosts x mockforge serve -w {WORKERS}, "
+        f"{'a Redis Cluster of 3 masters' if options.cluster else 'one redis-server'}; "
+        f"limit {options.limit}/s "
         f"burst {BURST}, {options.seconds:g} s load phases, {options.rounds} round(s); "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}; median (min-max)\n"

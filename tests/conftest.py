@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
-from servers import RedisServer, session
+from servers import RedisClusterServers, RedisServer, needs_redis_server, session
 
 
 @pytest.fixture
@@ -20,13 +18,34 @@ def client() -> Iterator[requests.Session]:
 
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    if shutil.which("redis-server") is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is missing: .ci/run installs it with apt-get")
-        pytest.skip("redis-server is not installed (apt-get install redis-server; CI has it)")
+    needs_redis_server()
     server = RedisServer(tmp_path)
     server.start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_servers(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[RedisClusterServers]:
+    """One real Redis Cluster (3 masters) per test process: starting it costs about 2 s.
+    Take it through ``redis_cluster``, which empties it for each module."""
+    needs_redis_server()
+    servers = RedisClusterServers(tmp_path_factory.mktemp("cluster"))
+    try:
+        servers.start()
+        yield servers
+    finally:
+        servers.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(redis_cluster_servers: RedisClusterServers) -> RedisClusterServers:
+    """The process's Redis Cluster, every key gone: each module starts on an empty one
+    (test_state_redis_topologies.py and test_manyhost.py share it)."""
+    redis_cluster_servers.wait_ok()  # a module may have stopped a node and started it
+    redis_cluster_servers.flush()
+    return redis_cluster_servers

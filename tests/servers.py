@@ -11,6 +11,7 @@ import contextlib
 import http.client
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -62,6 +63,16 @@ def free_port() -> int:
         offset = random.randrange(len(ports))  # runs after this one start elsewhere
         _ports = iter([*ports[offset:], *ports[:offset]])
     raise RuntimeError("no free port in this process's range")
+
+
+def needs_redis_server() -> None:
+    """Skip where redis-server is missing; fail in CI, which installs it."""
+    import pytest
+
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is missing: .ci/run installs it with apt-get")
+        pytest.skip("redis-server is not installed (apt-get install redis-server; CI has it)")
 
 
 class Server:
@@ -337,6 +348,14 @@ class RedisClusterServers:
             return True
 
         _until("the cluster is ok", ok)
+
+    def flush(self) -> None:
+        """Every key gone, on every master: a fresh cluster for the next module."""
+        import redis
+
+        for port in self.ports:
+            with redis.Redis(port=port) as node:
+                node.flushall()
 
     def stop(self) -> None:
         for port in list(self.procs):

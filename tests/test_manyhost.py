@@ -1,29 +1,32 @@
-"""Three hosts on one Redis (issue 28 item 2): each a ``mockforge serve -w 2`` with its
-own master and runtime directory, bound to 127.0.0.2, .3 and .4, sharing one
-redis-server; the third reaches Redis through a relay that can be cut. One fleet for
-the module (benchmarks/manyhost.py starts it and runs each phase; its table is in
+"""Three hosts on one Redis, and on a Redis Cluster (issue 28 item 2): each a
+``mockforge serve -w 2`` with its own master and runtime directory, bound to 127.0.0.2,
+.3 and .4, sharing one redis-server, then the test process's 3-master cluster
+(``redis+cluster://``, conftest.py's ``redis_cluster``); the third host's connections to
+each Redis node go through a relay that can be cut. One fleet per store (the tests run
+grouped by it; benchmarks/manyhost.py starts it and runs each phase; its tables are in
 docs/state.md), one load phase per check:
 
 - a global limit is one limit across the hosts, within 3%;
 - a management call on one host reaches every host within 100 ms;
-- a host cut from Redis limits alone at its share, the others keep the shared limit;
+- a host cut from Redis (from every node of a cluster, the others still reaching it)
+  limits alone at its share, the others keep the shared limit;
 - a host killed (master and workers) and started again joins the current state.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from servers import needs_redis_server
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
 import manyhost
 
-pytestmark = [pytest.mark.server, pytest.mark.xdist_group("manyhost")]
+# One process runs both modules that use the cluster (--dist loadgroup): it starts once.
+pytestmark = [pytest.mark.server, pytest.mark.xdist_group("redis_cluster")]
 
 LIMIT = 100  # requests a second, global
 SECONDS = 4.0  # each load phase: 3 hosts x LIMIT offered, 1,200 requests
@@ -31,23 +34,44 @@ SECONDS = 4.0  # each load phase: 3 hosts x LIMIT offered, 1,200 requests
 # then one token each 1/limit); here 20 + 100 * 4 = 420, so 3% is 12 requests, twice
 # what the leases can leave unspent at the end (6 workers x 10 ms of tokens = 6).
 ACCURACY = 0.03
+# The cut's phase is shorter: its bounds are wider. The two others: 20 + 100 * 3 = 320,
+# 5% is 16 requests (their 4 workers' and the cut host's lost leases: 6 at most); the
+# cut host: 6 + 33.3 * 3 = 106, and its two workers' leases from before the cut (a
+# token each) fit in the 5% above.
+CUT_SECONDS = 3.0
 BOUND_S = 0.1  # a management call reaches every host within it
 MARGIN_S = 0.15  # this VM's 2 cores are shared: a client thread may wait its turn
 ALONE = pytest.mark.alone  # admitted per second and release times: wall-clock
 
 
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[manyhost.Fleet]:
-    if shutil.which("redis-server") is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is missing: .ci/run installs it with apt-get")
-        pytest.skip("redis-server is not installed (apt-get install redis-server; CI has it)")
-    workdir = tmp_path_factory.mktemp("manyhost")
-    with manyhost.fleet(workdir, LIMIT) as started:
+@pytest.fixture(scope="module", params=["one_redis", "cluster"])
+def fleet(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[manyhost.Fleet]:
+    needs_redis_server()
+    store = None
+    if request.param == "cluster":
+        cluster = request.getfixturevalue("redis_cluster")
+        store = manyhost.Store(cluster.url, cluster.ports)
+    workdir = tmp_path_factory.mktemp(f"manyhost-{request.param}")
+    with manyhost.fleet(workdir, LIMIT, store) as started:
         yield started
     for host in started.hosts:
         log = host.log()
         assert "Traceback" not in log and "mockforge internal error" not in log, log
+
+
+# First of its store's tests, and not alone: the fleet starts (and the one before it
+# stops) in its setup, beside other tests rather than with every other test waiting.
+def test_a_killed_host_rejoins_with_the_current_state(fleet: manyhost.Fleet) -> None:
+    back = manyhost.rejoin(fleet)
+    print(f"\n{back}")
+    assert (back.did, back.why) == ("joined", "live servers")  # state_at_start: auto
+    assert back.version == back.versions[0] == back.versions[1]
+    assert "latency" in back.differs
+    assert back.latency == back.expected_latency
+    assert back.latency["fixed_delay_ms"] == 1234
+    assert back.followed_s <= 0.5  # and it follows the state from then on
 
 
 @ALONE
@@ -73,7 +97,7 @@ def test_a_management_call_on_one_host_reaches_every_host_within_100_ms(
 
 @ALONE
 def test_a_host_cut_from_redis_limits_alone_at_its_share(fleet: manyhost.Fleet) -> None:
-    joined, alone, share = manyhost.cut_off(fleet, SECONDS)
+    joined, alone, share = manyhost.cut_off(fleet, CUT_SECONDS)
     print(f"\nthe two others: {joined} ({joined.ratio:.3f}); cut: {alone} ({alone.ratio:.3f})")
     assert joined.failed == alone.failed == 0  # no 5xx that was not ours, no lost answer
     assert joined.unharmed == alone.unharmed == 0  # chaos on throughout, on every worker
@@ -83,14 +107,3 @@ def test_a_host_cut_from_redis_limits_alone_at_its_share(fleet: manyhost.Fleet) 
     assert abs(joined.ratio - 1) <= 0.05, joined
     assert 0.85 <= alone.ratio <= 1.05, alone
     assert "mockforge: the store is unreachable" in fleet.hosts[2].log()  # said, once
-
-
-def test_a_killed_host_rejoins_with_the_current_state(fleet: manyhost.Fleet) -> None:
-    back = manyhost.rejoin(fleet)
-    print(f"\n{back}")
-    assert (back.did, back.why) == ("joined", "live servers")  # state_at_start: auto
-    assert back.version == back.versions[0] == back.versions[1]
-    assert "latency" in back.differs
-    assert back.latency == back.expected_latency
-    assert back.latency["fixed_delay_ms"] == 1234
-    assert back.followed_s <= 0.5  # and it follows the state from then on

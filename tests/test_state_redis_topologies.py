@@ -1,13 +1,14 @@
 """The Redis store on a real Redis Cluster (3 masters) and on a primary+replica watched
 by Sentinel: every script and key layout on a cluster, one limit and one state for
 ``mockforge serve`` servers of two workers, and an outage (a node down, a failover)
-that fails open and recovers without a restart. One cluster and one sentinel set per
-module: starting them is what costs (about 2 s each)."""
+that fails open and recovers without a restart. Starting them is what costs (about 2 s
+each): one sentinel set for the module, and the test process's one cluster
+(``redis_cluster`` in conftest.py, emptied for each module; test_manyhost.py runs on it
+too)."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import threading
 import time
@@ -22,6 +23,7 @@ from servers import (
     _stop,
     free_port,
     mockforge_serve,
+    needs_redis_server,
     session,
 )
 from test_state_redis import _hammer
@@ -29,9 +31,9 @@ from test_state_redis import _hammer
 from mockforge_wsgi.state import Bucket, StoreError
 from mockforge_wsgi.state.redis_store import RETRY_S, RedisStore
 
-# One process runs the module (--dist loadgroup): the cluster and the sentinel set start
-# once, not once per xdist worker.
-pytestmark = [pytest.mark.server, pytest.mark.xdist_group("redis_topologies")]
+# One process runs the module (--dist loadgroup), and test_manyhost.py: the cluster and
+# the sentinel set start once, not once per xdist worker.
+pytestmark = [pytest.mark.server, pytest.mark.xdist_group("redis_cluster")]
 
 LIMIT = {
     "MOCKFORGE_CHAOS_ENABLED": "true",
@@ -42,27 +44,14 @@ LIMIT = {
 SERVE = ("--workers", "2", "--threads", "4", "--access-log", "off")
 
 
-def _needs_redis_server() -> None:
-    if shutil.which("redis-server") is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is missing: .ci/run installs it with apt-get")
-        pytest.skip("redis-server is not installed (apt-get install redis-server; CI has it)")
-
-
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
-    _needs_redis_server()
-    servers = RedisClusterServers(tmp_path_factory.mktemp("cluster"))
-    try:
-        servers.start()
-        yield servers
-    finally:
-        servers.stop()
+def cluster(redis_cluster: RedisClusterServers) -> RedisClusterServers:
+    return redis_cluster
 
 
 @pytest.fixture(scope="module")
 def sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSentinelServers]:
-    _needs_redis_server()
+    needs_redis_server()
     servers = RedisSentinelServers(tmp_path_factory.mktemp("sentinel"))
     try:
         servers.start()
@@ -77,7 +66,7 @@ def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     password: its ``rediss+cluster://`` URL, trusting the throwaway CA."""
     import redis
 
-    _needs_redis_server()
+    needs_redis_server()
     trustme = pytest.importorskip("trustme")
     directory = tmp_path_factory.mktemp("tls")
     ca = trustme.CA()
