@@ -32,11 +32,19 @@ CHAOS: dict[str, tuple[dict[str, Any], str | None]] = {
         {"enabled": True, "rate_limit": {**NEVER_REFUSED, "expose_headers": False}},
         None,
     ),
+    "limit-embedded-headers-none": (
+        {"enabled": True, "rate_limit": {**NEVER_REFUSED, "headers": "none"}},
+        None,
+    ),
     "limit-embedded-exact": (
         {"enabled": True, "rate_limit": {**NEVER_REFUSED, "store_mode": "exact"}},
         None,
     ),
     "limit-redis": ({"enabled": True, "rate_limit": NEVER_REFUSED}, "redis"),
+    "limit-redis-headers-none": (
+        {"enabled": True, "rate_limit": {**NEVER_REFUSED, "headers": "none"}},
+        "redis",
+    ),
     "limit-redis-exact": (
         {"enabled": True, "rate_limit": {**NEVER_REFUSED, "store_mode": "exact"}},
         "redis",
@@ -106,7 +114,7 @@ def build(case: str) -> Flask:
             response.headers.extend(SEVEN_HEADERS)
             return response
 
-    elif case != "plain":
+    elif case not in ("plain", "plain-again"):
         raise SystemExit(f"unknown BENCH_CASE {case!r}")
     return app
 
