@@ -210,8 +210,9 @@ class RuntimeState:
     written_by: str = ""
     resets: int = 0  # how many resets: each releases the requests held before it
     # The guard (chaos.guard): when chaos was last switched on (its window counts from
-    # then), when the API last switched it on or renewed it (max_duration_s counts from
-    # then; None: on since start), and the last trip, shown until the next switch-on.
+    # then), when it was last switched on (at start, a reset or by the API) or renewed
+    # (max_duration_s counts from then; None: never on), and the last trip, shown until
+    # the next switch-on.
     guard_armed_at: float = 0.0
     guard_renewed_at: float | None = None
     guard_trip: dict[str, Any] | None = None
@@ -430,6 +431,8 @@ class ScenarioEngine:
             started_at=now,
             written_by=self.server,
             guard_armed_at=now,
+            # Chaos on at start: max_duration_s counts from the start, as from an enable.
+            guard_renewed_at=now if self.startup.enabled else None,
         )
         if self.startup.scenario:
             self._lookup(state, self.startup.scenario, "chaos.scenario")
@@ -819,6 +822,13 @@ class ScenarioEngine:
         if not config.enabled or not config.guard.on:
             return None
         return GuardView(config.guard, state.guard_armed_at, state.guard_renewed_at)
+
+    def watch_from_start(self) -> None:
+        """A worker's start, before any request: read the state, and with chaos and the
+        guard on, start the guard's watcher (else the first request or change does)."""
+        config = self.effective()  # a first read starts it when the state is found on
+        if config.enabled and config.guard.on:
+            self.tripwire.changed()
 
     def guard_status(self) -> dict[str, Any]:
         """What /status shows under ``guard``: the last trip (until the next switch-on

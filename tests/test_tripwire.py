@@ -8,6 +8,7 @@ import threading
 import time
 from typing import Any
 
+import attrs
 import pytest
 from werkzeug.test import Client
 
@@ -111,10 +112,24 @@ def test_max_duration_trips_by_itself() -> None:
     assert engine.status()["guard"]["tripped"]
 
 
-def test_chaos_on_since_start_has_no_deadline() -> None:
-    config = config_from_dict({"enabled": True, "guard": {"max_duration_s": 1}})
-    engine = ScenarioEngine(config, store=MemoryStore())
-    assert engine.guard_status()["expires_at"] is None
+def test_chaos_on_since_start_counts_max_duration_from_the_start() -> None:
+    """Chaos on in the config: the deadline counts from the start (and from a reset,
+    which brings the startup state back); chaos off at start has none."""
+    now = [1000.0]
+    config = config_from_dict({"enabled": True, "guard": {"max_duration_s": 30}})
+    engine = ScenarioEngine(config, store=MemoryStore(), clock=lambda: now[0])
+    assert engine.guard_status()["expires_at"] == 1030.0
+    now[0] = 1029.0
+    assert engine.tripwire.check() is None
+    now[0] = 1030.0
+    assert (engine.tripwire.check() or "").startswith("max_duration_s: chaos was on for 30.0 s")
+    assert not engine.state().enabled
+    now[0] = 2000.0
+    engine.reset()
+    assert engine.state().enabled
+    assert engine.guard_status()["expires_at"] == 2030.0
+    off = ScenarioEngine(attrs.evolve(config, enabled=False), store=MemoryStore())
+    assert off.guard_status()["expires_at"] is None
 
 
 def test_a_trip_is_a_disable_releasing_held_requests() -> None:
