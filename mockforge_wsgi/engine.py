@@ -654,7 +654,9 @@ class ScenarioEngine:
             self._guard_moved()
         return state
 
-    def _save(self, state: RuntimeState) -> None:
+    def _save(self, state: RuntimeState, *, expect: int | None = None) -> bool:
+        """Save ``state`` with a new version; with ``expect``, only if the store's is
+        still that one (returns whether it saved: False, someone saved meanwhile)."""
         rearmed = state.guard_armed_at != self._state.guard_armed_at
         for name, value in self.store.counters().items():
             base = name.removeprefix(OUTBOUND_COUNTERS)
@@ -664,8 +666,15 @@ class ScenarioEngine:
                 self.store.set_counter(name, 0)  # the guard's window counts from a switch-on
         # ... and time them from it; the writer is named (/status says who wrote it).
         state = attrs.evolve(state, changed_at=self.clock(), written_by=self.server)
-        self._version = self.store.save_state(state.to_dict())
+        if expect is None:
+            self._version = self.store.save_state(state.to_dict())
+        else:
+            saved = self.store.replace_state(state.to_dict(), expect)
+            if not saved:
+                return False
+            self._version = saved
         self._state = state
+        return True
 
     def since_change(self) -> float:
         """Seconds since the last change of the runtime state (time-based patterns)."""
@@ -857,26 +866,35 @@ class ScenarioEngine:
         released, on every worker), the trip kept in the state for /status; counted
         (``guard_tripped``) and logged. Nothing happens if chaos is off already, or was
         switched on or renewed since the figures were taken (``armed_at``,
-        ``renewed_at``, when given); returns whether it tripped."""
-        tripped: list[dict[str, Any]] = []
+        ``renewed_at``, when given); returns whether it tripped.
 
-        def off(state: RuntimeState, now: float) -> RuntimeState:
-            if not state.enabled:
-                return state
-            if armed_at is not None and state.guard_armed_at != armed_at:
-                return state
-            if renewed_at is not None and state.guard_renewed_at != renewed_at:
-                return state
+        Processes that trip at the same instant (every worker watches the same deadline)
+        each save only if the state's version is still the one they judged
+        (:meth:`Store.replace_state`): one wins, and only it counts the trip."""
+        with self._lock:
+            self._refresh()
+            state, now = self._state, self.clock()
+            if (
+                not state.enabled
+                or (armed_at is not None and state.guard_armed_at != armed_at)
+                or (renewed_at is not None and state.guard_renewed_at != renewed_at)
+            ):
+                return False
             trip = {"reason": reason, "at": now, "figures": figures}
-            tripped.append(trip)
-            # Counted before it is saved: whoever sees chaos off sees the count too.
-            with contextlib.suppress(StoreError):
-                self.store.incr(GUARD_TRIPPED)
-            return attrs.evolve(state, enabled=False, guard_trip=trip)
-
-        self._change(off)
-        if not tripped:
+            off = attrs.evolve(state, enabled=False, guard_trip=trip)
+            won = self._save(off, expect=self._version)
+            if won:
+                self._settle(self._state, now)
+        if not won:
+            self.refresh_at = 0.0  # read what the winner saved (and tell of its trip)
+            self._refresh()
             return False
+        # Counted once saved (by the winner only): a /status read in between may show
+        # chaos off with the trip not yet counted, never a trip counted twice.
+        with contextlib.suppress(StoreError):
+            self.store.incr(GUARD_TRIPPED)
+        release_all()
+        self._guard_moved()
         log.warning("mockforge: guard tripped, chaos off: %s", reason)
         return True
 

@@ -23,6 +23,10 @@ def test_store_basics(redis_server: RedisServer) -> None:
     assert store.load_state() == (0, None)
     assert store.save_state({"enabled": True}) == 1
     assert store.load_state() == (1, {"enabled": True})
+    # Compare-and-set (a guard's trip): written only at the version given.
+    assert store.replace_state({"enabled": False}, 1) == 2
+    assert store.replace_state({"enabled": True}, 1) == 0
+    assert store.load_state() == (2, {"enabled": False})
     assert store.incr("latency", 2) == 2
     store.set_counter("pattern_requests", 0)
     assert store.counters() == {"latency": 2}

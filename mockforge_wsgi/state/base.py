@@ -180,6 +180,12 @@ class Store(abc.ABC):
         """Replace the runtime state; returns the new version."""
 
     @abc.abstractmethod
+    def replace_state(self, state: dict[str, Any], version: int) -> int:
+        """Replace the runtime state only if its version is still ``version``, in one
+        atomic step: the new version, or 0 (someone saved meanwhile; nothing written).
+        Of processes deciding the same change at once, one wins (a guard's trip)."""
+
+    @abc.abstractmethod
     def init_state(self, state: dict[str, Any]) -> bool:
         """Save ``state`` only if no state was ever saved, in one atomic step; whether it
         was saved. The first of many processes to start seeds the state; the rest, even

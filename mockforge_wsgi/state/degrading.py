@@ -244,6 +244,9 @@ class DegradingStore(Store):
     def save_state(self, state: dict[str, Any]) -> int:
         return self.inner.save_state(state)
 
+    def replace_state(self, state: dict[str, Any], version: int) -> int:
+        return self.inner.replace_state(state, version)
+
     def init_state(self, state: dict[str, Any]) -> bool:
         return self.inner.init_state(state)
 
