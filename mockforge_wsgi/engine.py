@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import os
 import sys
 import threading
 import time
@@ -65,6 +66,9 @@ _POLL = 1e300
 STORE_RETRY_S = 1.0
 # Scenarios waiting to resume, at most (the oldest is forgotten): bounds the state.
 MAX_PAUSED = 16
+# On a network store, a process reads the state version at least this often, requests
+# or not: one cut off from the store later applies what it read last, at most this old.
+IDLE_POLL_S = 1.0
 
 
 class UnknownScenario(KeyError):
@@ -362,6 +366,7 @@ class ScenarioEngine:
         self.tripwire = Tripwire(self)
         self.trip_listeners: list[Callable[[dict[str, Any]], None]] = []
         self._told_trip: float | None = None
+        self._poller: tuple[int, threading.Event] | None = None  # (its process, its stop)
         self._state = self._initial_state()
         self.attach(store if store is not None else MemoryStore(), start=start)
 
@@ -831,6 +836,37 @@ class ScenarioEngine:
         if not config.enabled or not config.guard.on:
             return None
         return GuardView(config.guard, state.guard_armed_at, state.guard_renewed_at)
+
+    def poll_while_idle(self, every_s: float = IDLE_POLL_S) -> bool:
+        """On a network store (Redis), read the state version every ``every_s`` in a
+        daemon thread of this process (started once; after fork, call again), so a
+        worker with no requests does not keep a state hours old for when it is cut off
+        from the store. Costs a request nothing: it only moves what the request path
+        compares. Returns whether the thread runs."""
+        if not self.store.remote:
+            return False
+        with self._lock:
+            if self._poller is not None and self._poller[0] == os.getpid():
+                return True
+            stop = threading.Event()
+            thread = threading.Thread(
+                target=self._poll, args=(every_s, stop), name="mockforge-state-poll", daemon=True
+            )
+            self._poller = (os.getpid(), stop)
+        thread.start()
+        return True
+
+    def stop_polling(self) -> None:
+        """End the thread of :meth:`poll_while_idle` (tests; a process that exits needs not)."""
+        with self._lock:
+            if self._poller is not None:
+                self._poller[1].set()
+                self._poller = None
+
+    def _poll(self, every_s: float, stop: threading.Event) -> None:
+        while not stop.wait(every_s):
+            with contextlib.suppress(StoreError):  # counted; the next poll tries again
+                self.watched_version()
 
     def watch_from_start(self) -> None:
         """A worker's start, before any request: read the state, and with chaos and the

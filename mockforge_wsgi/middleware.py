@@ -385,6 +385,8 @@ class ChaosMiddleware:
                     self.engine.server = _state_start.server_name(multiprocess=True)
                 if environ.get("wsgi.multiprocess"):
                     self.decider.use_server_store()
+                if self._engine_ours:
+                    self.engine.poll_while_idle()  # on Redis: read while no request comes
             finally:
                 # Set last: a thread that saw False waits on the lock, then uses the
                 # store chosen here (a management call must not land in the old one).

@@ -85,6 +85,9 @@ class Store(abc.ABC):
     shared = True
     # Whether servers must renew a lease to count as alive on it (renew_lease).
     leases = False
+    # Whether it is reached over a network, so a process can be cut off from it: an idle
+    # worker then reads its state version in the background (engine.poll_while_idle).
+    remote = False
 
     @abc.abstractmethod
     def acquire(self, buckets: Sequence[Bucket], now: float) -> tuple[int, BucketOutcome]:

@@ -222,6 +222,7 @@ class RedisStore(Store):
     (``redis+sentinel://host:port/service/db``)."""
 
     leases = True
+    remote = True
 
     def __init__(
         self,
