@@ -685,8 +685,9 @@ GUARD_DURATION_S = kinds.Between(1, 2_592_000)  # 30 days
 @attrs.frozen
 class GuardConfig:
     """A guard that turns chaos off by itself: when the app's own answers breach a bound
-    over a sliding window (across every worker and host), or when chaos switched on by
-    the API has run for ``max_duration_s`` without a renewal. An unset bound is off."""
+    over a sliding window (across every worker and host), or when chaos (on from the
+    start, or switched on by the API) has run for ``max_duration_s`` without a renewal.
+    An unset bound is off."""
 
     max_error_ratio: float | None = setting(
         None,
@@ -714,8 +715,9 @@ class GuardConfig:
     max_duration_s: float | None = setting(
         None,
         kinds.OPTIONAL_FLOAT,
-        "Chaos switched on by the API (enable, a scenario started or scheduled) turns off "
-        "after this long unless renewed (`POST /api/chaos/guard/renew`, or any enable).",
+        "Chaos on (from the start, or switched on by the API: enable, a scenario started or "
+        "scheduled) turns off after this long unless renewed (`POST /api/chaos/guard/renew`, "
+        "or any enable).",
         GUARD_DURATION_S,
     )
 

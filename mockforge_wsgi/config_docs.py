@@ -303,9 +303,16 @@ GENERATORS = {
 }
 
 
+def _in_fence(document: str, at: int) -> bool:
+    """Whether ``at`` is inside a fenced code block: markers shown there are an example
+    to copy (docs/plugins.md), not a section to fill."""
+    return sum(1 for line in document[:at].splitlines() if line.startswith("```")) % 2 == 1
+
+
 def render_into(document: str, plugin: str | None = None) -> str:
-    """``document`` with every generated section (between its markers) made anew; with
-    ``plugin``, only its ``settings`` section, from that plugin's settings."""
+    """``document`` with every generated section (between its markers, outside fenced
+    code blocks) made anew; with ``plugin``, only its ``settings`` section, from that
+    plugin's settings."""
     found = False
     generators = GENERATORS
     if plugin is not None:
@@ -314,10 +321,18 @@ def render_into(document: str, plugin: str | None = None) -> str:
     for name, generate in generators.items():
         begin, end = BEGIN.format(name=name), END.format(name=name)
         pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
-        if pattern.search(document):
+        replacement: str | None = None
+        parts, done = [], 0
+        for match in pattern.finditer(document):
+            if _in_fence(document, match.start()):
+                continue
+            if replacement is None:
+                replacement = f"{begin}\n{generate()}\n{end}"
+            parts += [document[done : match.start()], replacement]
+            done = match.end()
+        if replacement is not None:
             found = True
-            replacement = f"{begin}\n{generate()}\n{end}"
-            document = pattern.sub(lambda _: replacement, document)  # noqa: B023 (used at once)
+            document = "".join([*parts, document[done:]])
     if not found:
         raise ValueError("no generated-section markers found")
     return document

@@ -125,7 +125,9 @@ class Decider:
     only with it. ``store_named``: the store was chosen by the caller, so
     :meth:`use_server_store` keeps it. ``max_keys``: the server store's bound on tracked
     keys (default: the startup config's). ``counters``: a prefix of the counters that
-    number requests (the outbound direction's ``outbound:``).
+    number requests (the outbound direction's ``outbound:``). ``workers``: how many
+    workers the server was started with (gunicorn's ``-w``), this worker's share of the
+    limits while the store is unreachable before it has said how many are alive.
 
     Per request: :meth:`decide` (or :meth:`decide_lazily`, :meth:`decide_now`); when the
     answer is done, :meth:`releaser`'s callable and :meth:`answered` (the breaker).
@@ -141,8 +143,10 @@ class Decider:
         store_named: bool = True,
         max_keys: int | None = None,
         counters: str = "",
+        workers: int = 1,
     ) -> None:
         self.engine = engine
+        self._workers = workers
         # The store counters that number requests (a seed's sequence, a pattern's, a
         # script's steps), prefixed: the outbound direction numbers its calls apart, so
         # the app's calls never move the inbound sequence (nor the other way round).
@@ -518,7 +522,9 @@ class Decider:
         plain memory store cannot be (and costs nothing more on the request path)."""
         if type(store) is MemoryStore:
             return store
-        return DegradingStore(store, mode=self._on_store_error, report=self.store_error)
+        return DegradingStore(
+            store, mode=self._on_store_error, report=self.store_error, workers=self._workers
+        )
 
     def _on_store_error(self) -> str:
         return self.engine.current.on_store_error

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import os
 import sys
 import threading
 import time
@@ -65,6 +66,9 @@ _POLL = 1e300
 STORE_RETRY_S = 1.0
 # Scenarios waiting to resume, at most (the oldest is forgotten): bounds the state.
 MAX_PAUSED = 16
+# On a network store, a process reads the state version at least this often, requests
+# or not: one cut off from the store later applies what it read last, at most this old.
+IDLE_POLL_S = 1.0
 
 
 class UnknownScenario(KeyError):
@@ -210,8 +214,9 @@ class RuntimeState:
     written_by: str = ""
     resets: int = 0  # how many resets: each releases the requests held before it
     # The guard (chaos.guard): when chaos was last switched on (its window counts from
-    # then), when the API last switched it on or renewed it (max_duration_s counts from
-    # then; None: on since start), and the last trip, shown until the next switch-on.
+    # then), when it was last switched on (at start, a reset or by the API) or renewed
+    # (max_duration_s counts from then; None: never on), and the last trip, shown until
+    # the next switch-on.
     guard_armed_at: float = 0.0
     guard_renewed_at: float | None = None
     guard_trip: dict[str, Any] | None = None
@@ -361,6 +366,7 @@ class ScenarioEngine:
         self.tripwire = Tripwire(self)
         self.trip_listeners: list[Callable[[dict[str, Any]], None]] = []
         self._told_trip: float | None = None
+        self._poller: tuple[int, threading.Event] | None = None  # (its process, its stop)
         self._state = self._initial_state()
         self.attach(store if store is not None else MemoryStore(), start=start)
 
@@ -430,6 +436,8 @@ class ScenarioEngine:
             started_at=now,
             written_by=self.server,
             guard_armed_at=now,
+            # Chaos on at start: max_duration_s counts from the start, as from an enable.
+            guard_renewed_at=now if self.startup.enabled else None,
         )
         if self.startup.scenario:
             self._lookup(state, self.startup.scenario, "chaos.scenario")
@@ -651,7 +659,9 @@ class ScenarioEngine:
             self._guard_moved()
         return state
 
-    def _save(self, state: RuntimeState) -> None:
+    def _save(self, state: RuntimeState, *, expect: int | None = None) -> bool:
+        """Save ``state`` with a new version; with ``expect``, only if the store's is
+        still that one (returns whether it saved: False, someone saved meanwhile)."""
         rearmed = state.guard_armed_at != self._state.guard_armed_at
         for name, value in self.store.counters().items():
             base = name.removeprefix(OUTBOUND_COUNTERS)
@@ -661,8 +671,15 @@ class ScenarioEngine:
                 self.store.set_counter(name, 0)  # the guard's window counts from a switch-on
         # ... and time them from it; the writer is named (/status says who wrote it).
         state = attrs.evolve(state, changed_at=self.clock(), written_by=self.server)
-        self._version = self.store.save_state(state.to_dict())
+        if expect is None:
+            self._version = self.store.save_state(state.to_dict())
+        else:
+            saved = self.store.replace_state(state.to_dict(), expect)
+            if not saved:
+                return False
+            self._version = saved
         self._state = state
+        return True
 
     def since_change(self) -> float:
         """Seconds since the last change of the runtime state (time-based patterns)."""
@@ -820,6 +837,44 @@ class ScenarioEngine:
             return None
         return GuardView(config.guard, state.guard_armed_at, state.guard_renewed_at)
 
+    def poll_while_idle(self, every_s: float = IDLE_POLL_S) -> bool:
+        """On a network store (Redis), read the state version every ``every_s`` in a
+        daemon thread of this process (started once; after fork, call again), so a
+        worker with no requests does not keep a state hours old for when it is cut off
+        from the store. Costs a request nothing: it only moves what the request path
+        compares. Returns whether the thread runs."""
+        if not self.store.remote:
+            return False
+        with self._lock:
+            if self._poller is not None and self._poller[0] == os.getpid():
+                return True
+            stop = threading.Event()
+            thread = threading.Thread(
+                target=self._poll, args=(every_s, stop), name="mockforge-state-poll", daemon=True
+            )
+            self._poller = (os.getpid(), stop)
+        thread.start()
+        return True
+
+    def stop_polling(self) -> None:
+        """End the thread of :meth:`poll_while_idle` (tests; a process that exits needs not)."""
+        with self._lock:
+            if self._poller is not None:
+                self._poller[1].set()
+                self._poller = None
+
+    def _poll(self, every_s: float, stop: threading.Event) -> None:
+        while not stop.wait(every_s):
+            with contextlib.suppress(StoreError):  # counted; the next poll tries again
+                self.watched_version()
+
+    def watch_from_start(self) -> None:
+        """A worker's start, before any request: read the state, and with chaos and the
+        guard on, start the guard's watcher (else the first request or change does)."""
+        config = self.effective()  # a first read starts it when the state is found on
+        if config.enabled and config.guard.on:
+            self.tripwire.changed()
+
     def guard_status(self) -> dict[str, Any]:
         """What /status shows under ``guard``: the last trip (until the next switch-on
         or reset), and when max_duration_s would turn chaos off (``expires_at``)."""
@@ -847,26 +902,35 @@ class ScenarioEngine:
         released, on every worker), the trip kept in the state for /status; counted
         (``guard_tripped``) and logged. Nothing happens if chaos is off already, or was
         switched on or renewed since the figures were taken (``armed_at``,
-        ``renewed_at``, when given); returns whether it tripped."""
-        tripped: list[dict[str, Any]] = []
+        ``renewed_at``, when given); returns whether it tripped.
 
-        def off(state: RuntimeState, now: float) -> RuntimeState:
-            if not state.enabled:
-                return state
-            if armed_at is not None and state.guard_armed_at != armed_at:
-                return state
-            if renewed_at is not None and state.guard_renewed_at != renewed_at:
-                return state
+        Processes that trip at the same instant (every worker watches the same deadline)
+        each save only if the state's version is still the one they judged
+        (:meth:`Store.replace_state`): one wins, and only it counts the trip."""
+        with self._lock:
+            self._refresh()
+            state, now = self._state, self.clock()
+            if (
+                not state.enabled
+                or (armed_at is not None and state.guard_armed_at != armed_at)
+                or (renewed_at is not None and state.guard_renewed_at != renewed_at)
+            ):
+                return False
             trip = {"reason": reason, "at": now, "figures": figures}
-            tripped.append(trip)
-            # Counted before it is saved: whoever sees chaos off sees the count too.
-            with contextlib.suppress(StoreError):
-                self.store.incr(GUARD_TRIPPED)
-            return attrs.evolve(state, enabled=False, guard_trip=trip)
-
-        self._change(off)
-        if not tripped:
+            off = attrs.evolve(state, enabled=False, guard_trip=trip)
+            won = self._save(off, expect=self._version)
+            if won:
+                self._settle(self._state, now)
+        if not won:
+            self.refresh_at = 0.0  # read what the winner saved (and tell of its trip)
+            self._refresh()
             return False
+        # Counted once saved (by the winner only): a /status read in between may show
+        # chaos off with the trip not yet counted, never a trip counted twice.
+        with contextlib.suppress(StoreError):
+            self.store.incr(GUARD_TRIPPED)
+        release_all()
+        self._guard_moved()
         log.warning("mockforge: guard tripped, chaos off: %s", reason)
         return True
 

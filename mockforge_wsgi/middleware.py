@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, RequestRedirect
 
-from . import _env, _state_start, outbound
+from . import _env, _gunicorn, _state_start, outbound
 from ._answers import answer, answer_json
 from ._headers import REQUEST_ID_HEADER, REQUEST_ID_KEY, new_request_id
 from ._observe import observe
@@ -107,6 +107,9 @@ class ChaosMiddleware:
         self._server_checked = False
         self._server_lock = threading.Lock()
         self._engine_ours = engine is None
+        # Built by a gunicorn worker (or its master, --preload): its configured worker
+        # count is this worker's share of the limits until the store says how many live.
+        loaded = _gunicorn.loaded_by_gunicorn()
         if engine is None:
             if store is None:
                 store = store_from_env(max_keys=max_keys)
@@ -124,6 +127,7 @@ class ChaosMiddleware:
             admin_token=admin_token,
             store_named=store_named,
             max_keys=max_keys,
+            workers=1 if loaded is None else loaded.workers,
         )
         # The app's own calls: this engine's chaos.outbound; those made while serving a
         # request carry its test id and request id (outbound.CALLER).
@@ -162,6 +166,21 @@ class ChaosMiddleware:
                 protect_reads=protect_reads,
                 guard=guard,
             )
+        if loaded is not None and loaded.in_worker:
+            self._started_in_worker(loaded)
+
+    def _started_in_worker(self, loaded: _gunicorn.Loaded) -> None:
+        """A gunicorn worker, after fork, before its first request: the store of its
+        server chosen now, as its first request would (gunicorn says ``wsgi.multiprocess``
+        when it runs more than one worker), and the state read, so the guard's watcher
+        runs from the start: an idle worker still turns chaos off at max_duration_s."""
+        try:
+            self._check_server(
+                {"wsgi.multiprocess": loaded.workers > 1, "SERVER_SOFTWARE": "gunicorn/"}
+            )
+            self.engine.watch_from_start()
+        except Exception:
+            self.decider.internal_error("starting in a gunicorn worker")
 
     def attach_recorder(
         self, recorder: Any
@@ -366,6 +385,8 @@ class ChaosMiddleware:
                     self.engine.server = _state_start.server_name(multiprocess=True)
                 if environ.get("wsgi.multiprocess"):
                     self.decider.use_server_store()
+                if self._engine_ours:
+                    self.engine.poll_while_idle()  # on Redis: read while no request comes
             finally:
                 # Set last: a thread that saw False waits on the lock, then uses the
                 # store chosen here (a management call must not land in the old one).

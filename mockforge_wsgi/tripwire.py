@@ -3,13 +3,15 @@ that asks.
 
 :func:`trip_reason` is the decision, pure: a bound of ``chaos.guard`` breached by the
 window's figures (``answer_window.py``) once it holds ``min_requests`` answers, or
-chaos switched on by the API for ``max_duration_s`` without a renewal.
+chaos on (since start, or switched on by the API) for ``max_duration_s`` without a
+renewal.
 
 :class:`Tripwire` asks it in one daemon thread per process, never on a request's path:
 at most every ``CHECK_S`` while this process has answers to send, and at the
 ``max_duration_s`` deadline it knows of (so chaos goes off with no traffic at all).
 While neither is due the thread waits on an event; with chaos or the guard off it
-ends, and the next switch-on starts it again. Tripping is the owner's
+ends, and the next switch-on starts it again; a gunicorn worker starts it when it
+loads the app, so an idle worker trips at the deadline too. Tripping is the owner's
 (:meth:`ScenarioEngine.trip`: chaos off as ``/disable`` does, the trip kept in the
 store). A failure in here fails open: logged, counted as an internal error, and chaos
 stays as it was.
@@ -43,8 +45,8 @@ ERROR_LOG_INTERVAL_S = 60.0
 
 class GuardView(NamedTuple):
     """What the watcher needs of the runtime state (chaos on, a bound set): the guard,
-    when chaos was switched on (the window counts from then), and when the API last
-    switched it on or renewed it (None: on since start, no deadline)."""
+    when chaos was switched on (the window counts from then), and when it was last
+    switched on (at start or by the API) or renewed (None: no deadline)."""
 
     guard: GuardConfig
     armed_at: float
@@ -78,7 +80,7 @@ def trip_reason(
 ) -> tuple[str, dict[str, Any]] | None:
     """Why chaos must go off now (one line, starting with the setting's name, and the
     figures it judged), or None. ``figures`` are the window's (None: not read this
-    time); ``on_for_s`` how long since the API switched chaos on or renewed it."""
+    time); ``on_for_s`` how long since chaos was switched on or renewed."""
     most = guard.max_duration_s
     if most is not None and on_for_s is not None and on_for_s >= most:
         return (

@@ -210,3 +210,50 @@ def test_through_the_middleware_the_limit_stays_and_errors_are_the_stores() -> N
 
 def test_the_default_is_local() -> None:
     assert load_config(environ={}).on_store_error == "local"
+
+
+def test_a_worker_that_starts_with_the_store_down_takes_its_share_of_the_workers_started() -> None:
+    """Never reached: no live count yet, so the workers the server was started with
+    (gunicorn's -w) divide the limit, not 1 (each worker admitting the whole limit)."""
+    inner = Outage(workers=4)
+    inner.up = False
+    limiter_of = {}
+    for started_with in (1, 4):
+        store = DegradingStore(
+            inner, mode=lambda: "local", report=lambda doing, error: None, workers=started_with
+        )
+        limiter_of[started_with] = RateLimiter(store)
+    limits = RateLimitConfig(enabled=True, requests_per_second=1.0, burst_size=20)
+    admitted = {
+        n: sum(limiter.check(limits, "c", "GET /", 0.0).allowed for _ in range(30))
+        for n, limiter in limiter_of.items()
+    }
+    assert admitted == {1: 20, 4: 5}
+
+
+def _loading(owner: Any) -> Any:
+    """gunicorn's frame of ``owner`` (a worker's load_wsgi, an app's wsgi()) on the stack."""
+    from mockforge_wsgi._gunicorn import loaded_by_gunicorn
+
+    def wsgi(self: Any) -> Any:
+        return loaded_by_gunicorn()
+
+    return wsgi(owner)
+
+
+def test_gunicorn_says_how_many_workers_it_was_started_with() -> None:
+    from gunicorn.app.wsgiapp import WSGIApplication
+    from gunicorn.config import Config
+    from gunicorn.workers.sync import SyncWorker
+
+    from mockforge_wsgi._gunicorn import Loaded, loaded_by_gunicorn
+
+    cfg = Config()
+    cfg.set("workers", 3)
+    worker = object.__new__(SyncWorker)
+    worker.cfg = cfg
+    assert _loading(worker) == Loaded(3, in_worker=True)
+    application = object.__new__(WSGIApplication)  # the master, loading with --preload
+    application.cfg = cfg
+    assert _loading(application) == Loaded(3, in_worker=False)
+    assert loaded_by_gunicorn() is None  # not loaded by gunicorn

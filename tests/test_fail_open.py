@@ -32,6 +32,7 @@ ON_THE_REQUEST_PATH = {
     "set_counter": None,
     "counters": None,
     "save_state": None,
+    "replace_state": None,  # a guard's trip, in its watcher's thread
     "init_state": None,
     "tracked_keys": None,
     "slots_in_use": None,

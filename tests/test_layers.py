@@ -61,6 +61,7 @@ LAYERS = [
         "_env",
         "_answers",
         "_extras",
+        "_gunicorn",
         "_headers",
         "_observe",
         "_sockets",

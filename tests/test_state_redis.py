@@ -23,6 +23,10 @@ def test_store_basics(redis_server: RedisServer) -> None:
     assert store.load_state() == (0, None)
     assert store.save_state({"enabled": True}) == 1
     assert store.load_state() == (1, {"enabled": True})
+    # Compare-and-set (a guard's trip): written only at the version given.
+    assert store.replace_state({"enabled": False}, 1) == 2
+    assert store.replace_state({"enabled": True}, 1) == 0
+    assert store.load_state() == (2, {"enabled": False})
     assert store.incr("latency", 2) == 2
     store.set_counter("pattern_requests", 0)
     assert store.counters() == {"latency": 2}
@@ -393,3 +397,26 @@ def test_a_dead_workers_places_in_every_pool_are_forgotten(redis_server: RedisSe
     master.release_worker(os.getpid())
     assert master.slots_in_use("connections") == 0
     assert master.slots_in_use("bulkhead:0") == 0
+
+
+def test_an_idle_process_cut_off_from_redis_applies_the_state_it_polled(
+    redis_server: RedisServer,
+) -> None:
+    """A worker that gets no request still reads the state version (every 1 s; here
+    0.05 s): chaos turned off elsewhere, then Redis gone, and its first request applies
+    chaos off, not the state it read before the change."""
+    from mockforge_wsgi.config import config_from_dict
+    from mockforge_wsgi.engine import ScenarioEngine
+
+    config = config_from_dict({"enabled": True})
+    idle = ScenarioEngine(config, store=store_from_url(redis_server.url))
+    other = ScenarioEngine(config, store=store_from_url(redis_server.url))
+    assert idle.effective().enabled
+    assert idle.poll_while_idle(every_s=0.05)
+    try:
+        other.set_enabled(False)
+        time.sleep(0.5)
+        redis_server.stop()
+        assert not idle.effective().enabled
+    finally:
+        idle.stop_polling()

@@ -117,6 +117,9 @@ def _every_call(store: RedisStore) -> None:
     assert store.save_state({"enabled": True}) == 2
     assert store.load_state() == (2, {"enabled": True})
     assert store.watch_version() == 2 and store.state_version() == 2
+    assert store.replace_state({"enabled": False}, 1) == 0  # moved on: nothing written
+    assert store.replace_state({"enabled": True}, 2) == 3
+    assert store.load_state() == (3, {"enabled": True})
     started = store.start_state({"enabled": False}, server="web-1:1", mode="auto")
     assert (started.wrote, started.why) == (True, "no live server")
     store.renew_lease("web-1:1")

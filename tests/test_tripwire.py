@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 from werkzeug.test import Client
 
@@ -17,6 +19,7 @@ from mockforge_wsgi.engine import ScenarioEngine
 from mockforge_wsgi.middleware import ChaosMiddleware
 from mockforge_wsgi.release import RELEASER
 from mockforge_wsgi.state import MemoryStore, StoreError
+from mockforge_wsgi.state.embedded import EmbeddedStore
 from mockforge_wsgi.tripwire import trip_reason
 
 GUARD = GuardConfig(max_error_ratio=0.5, max_p99_ms=200.0, window_s=5.0, min_requests=10)
@@ -111,10 +114,24 @@ def test_max_duration_trips_by_itself() -> None:
     assert engine.status()["guard"]["tripped"]
 
 
-def test_chaos_on_since_start_has_no_deadline() -> None:
-    config = config_from_dict({"enabled": True, "guard": {"max_duration_s": 1}})
-    engine = ScenarioEngine(config, store=MemoryStore())
-    assert engine.guard_status()["expires_at"] is None
+def test_chaos_on_since_start_counts_max_duration_from_the_start() -> None:
+    """Chaos on in the config: the deadline counts from the start (and from a reset,
+    which brings the startup state back); chaos off at start has none."""
+    now = [1000.0]
+    config = config_from_dict({"enabled": True, "guard": {"max_duration_s": 30}})
+    engine = ScenarioEngine(config, store=MemoryStore(), clock=lambda: now[0])
+    assert engine.guard_status()["expires_at"] == 1030.0
+    now[0] = 1029.0
+    assert engine.tripwire.check() is None
+    now[0] = 1030.0
+    assert (engine.tripwire.check() or "").startswith("max_duration_s: chaos was on for 30.0 s")
+    assert not engine.state().enabled
+    now[0] = 2000.0
+    engine.reset()
+    assert engine.state().enabled
+    assert engine.guard_status()["expires_at"] == 2030.0
+    off = ScenarioEngine(attrs.evolve(config, enabled=False), store=MemoryStore())
+    assert off.guard_status()["expires_at"] is None
 
 
 def test_a_trip_is_a_disable_releasing_held_requests() -> None:
@@ -271,3 +288,37 @@ def test_the_pytest_plugin_names_a_trip() -> None:
     [line] = request.config.stash[pytest_plugin.SUMMARY]
     assert line.endswith("; guard tripped: max_error_ratio: 12 errors")
     assert ("chaos_guard_tripped", "max_error_ratio: 12 errors") in Node.user_properties
+
+
+class RacingStore(MemoryStore):
+    """Another process trips between this one's read of the state and its save."""
+
+    other: ScenarioEngine | None = None
+
+    def replace_state(self, state: dict[str, Any], version: int) -> int:
+        other, self.other = self.other, None
+        if other is not None:
+            assert other.trip("max_duration_s: the other worker", {})
+        return super().replace_state(state, version)
+
+
+def test_two_processes_tripping_at_once_count_it_once() -> None:
+    """Both judged chaos on at the same version; the second to save finds the version
+    moved, writes nothing and does not count: one trip, the winner's."""
+    config = config_from_dict({"enabled": True, "guard": {"max_duration_s": 30}})
+    store = RacingStore()
+    one = ScenarioEngine(config, store=store)
+    other = ScenarioEngine(config, store=store)
+    store.other = other
+    assert one.trip("max_duration_s: this worker", {}) is False
+    assert store.counters()["guard_tripped"] == 1
+    assert not one.state().enabled
+    assert one.guard_status()["reason"] == "max_duration_s: the other worker"
+
+
+def test_replace_state_writes_only_at_the_version_given(tmp_path: Path) -> None:
+    for store in (MemoryStore(), EmbeddedStore(tmp_path)):
+        version = store.save_state({"n": 1})
+        assert store.replace_state({"n": 2}, version) == version + 1
+        assert store.replace_state({"n": 3}, version) == 0  # moved: nothing written
+        assert store.load_state() == (version + 1, {"n": 2})

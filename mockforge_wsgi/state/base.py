@@ -85,6 +85,9 @@ class Store(abc.ABC):
     shared = True
     # Whether servers must renew a lease to count as alive on it (renew_lease).
     leases = False
+    # Whether it is reached over a network, so a process can be cut off from it: an idle
+    # worker then reads its state version in the background (engine.poll_while_idle).
+    remote = False
 
     @abc.abstractmethod
     def acquire(self, buckets: Sequence[Bucket], now: float) -> tuple[int, BucketOutcome]:
@@ -178,6 +181,12 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def save_state(self, state: dict[str, Any]) -> int:
         """Replace the runtime state; returns the new version."""
+
+    @abc.abstractmethod
+    def replace_state(self, state: dict[str, Any], version: int) -> int:
+        """Replace the runtime state only if its version is still ``version``, in one
+        atomic step: the new version, or 0 (someone saved meanwhile; nothing written).
+        Of processes deciding the same change at once, one wins (a guard's trip)."""
 
     @abc.abstractmethod
     def init_state(self, state: dict[str, Any]) -> bool:

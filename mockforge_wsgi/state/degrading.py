@@ -9,7 +9,8 @@ When a call fails, ``on_store_error`` (read then, never per request) says what n
 
 - ``local``: this process answers alone, from a :class:`MemoryStore` of its own (the
   same GCRA and slot logic), at its share: every bucket's rate and burst divided by the
-  live workers last known, every slot pool ``max(1, cap // workers)``.
+  live workers last known (before the store ever answered: the workers the server was
+  started with, ``workers``), every slot pool ``max(1, cap // workers)``.
 - ``open`` and ``closed``: :class:`StoreError`, for the caller to serve unharmed or 503.
 
 After a failure the store is not called for ``RETRY_S`` (one failure, not one per
@@ -50,6 +51,8 @@ class DegradingStore(Store):
     ``mode``: the ``on_store_error`` in force (called only when the store fails);
     ``report``: told of each call the store could not answer, and its error (None: not
     tried, the store being down); it counts them and logs at most a line a minute.
+    ``workers``: the workers this process's server was started with (gunicorn's
+    ``-w``): the share until the store says how many are alive.
     """
 
     def __init__(
@@ -59,12 +62,14 @@ class DegradingStore(Store):
         mode: Callable[[], str],
         report: Callable[[str, StoreError | None], None],
         clock: Callable[[], float] = time.monotonic,
+        workers: int = 1,
     ) -> None:
         self.inner = store
         self.shared = store.shared
         self.leases = store.leases
         self.local = MemoryStore()
-        self.workers = 1  # live workers, as last learned from the store
+        # Live workers, as last learned from the store; until then, those started.
+        self.workers = max(1, workers)
         self._mode = mode
         self._report = report
         self._clock = clock
@@ -238,6 +243,9 @@ class DegradingStore(Store):
 
     def save_state(self, state: dict[str, Any]) -> int:
         return self.inner.save_state(state)
+
+    def replace_state(self, state: dict[str, Any], version: int) -> int:
+        return self.inner.replace_state(state, version)
 
     def init_state(self, state: dict[str, Any]) -> bool:
         return self.inner.init_state(state)

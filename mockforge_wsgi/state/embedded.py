@@ -136,6 +136,13 @@ class EmbeddedStore(Store):
         with self._locked():
             return self._write_state(raw)
 
+    def replace_state(self, state: dict[str, Any], version: int) -> int:
+        raw = self._encode(state)
+        with self._locked():
+            if int(self._words[_VERSION]) != version:
+                return 0
+            return self._write_state(raw)
+
     def init_state(self, state: dict[str, Any]) -> bool:
         raw = self._encode(state)
         with self._locked():

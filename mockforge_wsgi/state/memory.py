@@ -155,6 +155,17 @@ class MemoryStore(Store):
             notify()
         return version
 
+    def replace_state(self, state: dict[str, Any], version: int) -> int:
+        with self._lock:
+            if self._version != version:
+                return 0
+            self._state = state
+            self._version += 1
+            saved = self._version
+        for notify in self._subscribers:
+            notify()
+        return saved
+
     def init_state(self, state: dict[str, Any]) -> bool:
         with self._lock:
             if self._state is not None:

@@ -141,6 +141,13 @@ redis.call('SET', KEYS[1], ARGV[1])
 return redis.call('INCR', KEYS[2])
 """
 
+# KEYS: state, version. ARGV: the state, the version it must still have.
+REPLACE_STATE = """
+if tonumber(redis.call('GET', KEYS[2]) or '0') ~= tonumber(ARGV[2]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+return redis.call('INCR', KEYS[2])
+"""
+
 # KEYS: state, version. ARGV: the state.
 INIT_STATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -215,6 +222,7 @@ class RedisStore(Store):
     (``redis+sentinel://host:port/service/db``)."""
 
     leases = True
+    remote = True
 
     def __init__(
         self,
@@ -252,6 +260,7 @@ class RedisStore(Store):
         self._put_slots = self._redis.register_script(PUT_SLOTS)
         self._init_state = self._redis.register_script(INIT_STATE)
         self._save_state = self._redis.register_script(SAVE_STATE)
+        self._replace_state = self._redis.register_script(REPLACE_STATE)
         self._start_state = self._redis.register_script(START_STATE)
         self._renew_lease = self._redis.register_script(RENEW_LEASE)
         self._live_workers = self._redis.register_script(LIVE_WORKERS)
@@ -372,6 +381,14 @@ class RedisStore(Store):
 
         self._version = self._call(save)
         return self._version
+
+    def replace_state(self, state: dict[str, Any], version: int) -> int:
+        raw = json.dumps(state, separators=(",", ":"))
+        keys = [self._key("state"), self._key("version")]
+        saved = int(self._call(lambda: self._replace_state(keys=keys, args=[raw, version])))
+        if saved:
+            self._version = saved
+        return saved
 
     def init_state(self, state: dict[str, Any]) -> bool:
         raw = json.dumps(state, separators=(",", ":"))
