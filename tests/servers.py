@@ -101,6 +101,22 @@ class _ClosingAdapter(requests.adapters.HTTPAdapter):
                 pool.close()
 
 
+# An app module (write it beside a config) whose /ready is answered before the
+# middleware: a readiness poll reaches no chaos state (nor starts anything in it).
+READY_APP = """\
+from mockforge_wsgi.app import create_app
+
+chaos = create_app()
+
+
+def app(environ, start_response):
+    if environ["PATH_INFO"] == "/ready":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ready"]
+    return chaos(environ, start_response)
+"""
+
+
 def session() -> requests.Session:
     """A client that never consults proxy settings (tests talk to 127.0.0.1 only) and
     closes its connections when closed."""

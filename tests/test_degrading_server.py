@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from servers import free_port, gunicorn_server, session
+from servers import READY_APP, free_port, gunicorn_server, session
 
 pytestmark = pytest.mark.server
 
@@ -18,18 +18,6 @@ chaos:
   enabled: true
   on_store_error: local
   rate_limit: {enabled: true, requests_per_second: 0.1, burst_size: 10}
-"""
-READY_APP = """\
-from mockforge_wsgi.app import create_app
-
-chaos = create_app()
-
-
-def app(environ, start_response):
-    if environ["PATH_INFO"] == "/ready":
-        start_response("200 OK", [("Content-Type", "text/plain")])
-        return [b"ready"]
-    return chaos(environ, start_response)
 """
 
 

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from servers import gunicorn_server, mockforge_serve, session
+from servers import READY_APP, gunicorn_server, mockforge_serve, session
 
 pytestmark = pytest.mark.server
 
@@ -18,20 +18,6 @@ chaos:
   enabled: true
   latency: {fixed_delay_ms: 10}
   guard: {max_duration_s: 1}
-"""
-# An app whose readiness path is answered before the middleware: no request reaches
-# the chaos state until the test asks for /status.
-READY_APP = """\
-from mockforge_wsgi.app import create_app
-
-chaos = create_app()
-
-
-def app(environ, start_response):
-    if environ["PATH_INFO"] == "/ready":
-        start_response("200 OK", [("Content-Type", "text/plain")])
-        return [b"ready"]
-    return chaos(environ, start_response)
 """
 
 
