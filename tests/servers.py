@@ -18,9 +18,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import requests
 import requests.adapters
@@ -28,6 +28,8 @@ from gunicorn.config import KNOWN_SETTINGS
 from werkzeug.serving import make_server
 
 from mockforge_wsgi.testing import ChaosServer
+
+T = TypeVar("T")
 
 TESTS_DIR = Path(__file__).parent
 READY_PATH = "/api/chaos/status"  # the management API: never subject to chaos
@@ -332,6 +334,21 @@ def _redis_process(
         time.sleep(0.02)
     _stop(proc)
     raise RuntimeError(f"redis-server on port {port} did not start")
+
+
+def once_counted(read: Callable[[], T], done: Callable[[T], bool], seconds: float = 2.0) -> T:
+    """``read()`` again until ``done`` holds of its value or ``seconds`` pass; the last value.
+
+    A worker counts an answer (metrics, the breaker, the recorder) when it closes it,
+    after the client has read it: a read right after the answer can miss it by a moment.
+    The caller asserts on the value returned, so a count that never comes still fails.
+    """
+    deadline = time.monotonic() + seconds
+    value = read()
+    while not done(value) and time.monotonic() < deadline:
+        time.sleep(0.02)
+        value = read()
+    return value
 
 
 def _until(what: str, done: Any, seconds: float = 15.0) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from servers import mockforge_serve, session
+from servers import mockforge_serve, once_counted, session
 
 pytestmark = pytest.mark.server
 
@@ -124,7 +124,10 @@ def test_the_admin_listener_serves_the_workers_metrics_too(tmp_path: Path) -> No
         admin = _admin_url(server.log)
         for _ in range(5):
             assert http.get(server.url + "/api/test", timeout=10).status_code == 200
-        metrics = http.get(admin + "/metrics", timeout=10)
+        counted = 'route="/api/test",status="200"} 5.0'
+        metrics = once_counted(
+            lambda: http.get(admin + "/metrics", timeout=10), lambda read: counted in read.text
+        )
         assert metrics.status_code == 200
-        assert 'route="/api/test",status="200"} 5.0' in metrics.text, metrics.text
+        assert counted in metrics.text, metrics.text
         assert http.get(admin + "/api/chaos/status", timeout=10).status_code == 200

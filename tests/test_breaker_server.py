@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 import requests
 from requests.adapters import HTTPAdapter
-from servers import Server, mockforge_serve, one_request_per_sync_worker, session, werkzeug_server
+from servers import (
+    Server,
+    mockforge_serve,
+    once_counted,
+    one_request_per_sync_worker,
+    session,
+    werkzeug_server,
+)
 from urllib3.util.retry import Retry
 
 from mockforge_wsgi.client import ChaosClient
@@ -67,11 +74,7 @@ def test_failures_open_the_breaker_for_every_worker_until_a_probe_closes_it(
         chaos = ChaosClient(server.url)
         # The probe's answer is counted when the worker closes it, after the client has
         # read it: a moment later (a clean-clone CI run read half_open here once).
-        deadline = time.monotonic() + 2
-        [breaker] = chaos.breakers()
-        while breaker["state"] != "closed" and time.monotonic() < deadline:
-            time.sleep(0.02)
-            [breaker] = chaos.breakers()
+        [breaker] = once_counted(chaos.breakers, lambda read: read[0]["state"] == "closed")
         counters = chaos.status()["counters"]
         assert breaker["state"] == "closed"
         assert counters["circuit_open"] >= len(refused) + 1  # and the polite client's first
