@@ -308,4 +308,5 @@ def test_plain_gunicorn_gets_the_same_logs_as_documented(tmp_path: Path) -> None
         log = once_counted(s.log, lambda text: _lines(text, '"GET /api/test HTTP/1.1" 503 ') >= 1)
     assert f"[INFO] chaos injected request_id={request_id} type=http_error detail=503" in log
     access = [line for line in log.splitlines() if '"GET /api/test HTTP/1.1" 503 ' in line]
+    assert access, log
     assert access[0].endswith(f'request_id={request_id} chaos="fault=http_503"'), log
