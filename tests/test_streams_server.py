@@ -16,7 +16,7 @@ import httpx
 import pytest
 import requests
 import urllib3
-from servers import TESTS_DIR, Server, assert_clean_log, mockforge_serve, session
+from servers import TESTS_DIR, Server, assert_clean_log, mockforge_serve, once_counted, session
 
 pytestmark = [pytest.mark.server, pytest.mark.xdist_group("streams_server")]
 
@@ -149,7 +149,9 @@ def test_a_cut_timer_is_released_by_disable(server: Server, http: requests.Sessi
     thread = threading.Thread(target=fetch, daemon=True)
     started = time.monotonic()
     thread.start()
-    time.sleep(0.5)
+    # Decided (counted then), so its end is held: now chaos goes off.
+    decided = once_counted(lambda: _counter(http, server, "stream_cut"), lambda n: n >= 1, 5)
+    assert decided == 1 and not answers
     http.post(server.url + "/api/chaos/disable", timeout=10).raise_for_status()
     thread.join(10)
     [answer] = answers
@@ -168,7 +170,9 @@ def test_a_dribble_is_released_by_disable(server: Server, http: requests.Session
     thread = threading.Thread(target=fetch, daemon=True)
     started = time.monotonic()
     thread.start()
-    time.sleep(0.5)
+    # Decided (counted then), so its body dribbles: now chaos goes off.
+    decided = once_counted(lambda: _counter(http, server, "body_dribbled"), lambda n: n >= 1, 5)
+    assert decided == 1 and not answers
     http.post(server.url + "/api/chaos/disable", timeout=10).raise_for_status()
     thread.join(10)
     [answer] = answers
