@@ -16,6 +16,7 @@ Standard library only (Chaos Toolkit itself is not imported).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -139,13 +140,24 @@ def guard_tripped(configuration: Mapping[str, Any] | None = None) -> bool:
 
 
 def breaker_state(
-    owner: str = "global", configuration: Mapping[str, Any] | None = None
+    owner: str = "global",
+    configuration: Mapping[str, Any] | None = None,
+    wait_for: str | None = None,
+    within_s: float = 2.0,
 ) -> str | None:
-    """``closed``, ``open`` or ``half_open`` (None: no such breaker in force)."""
-    for breaker in _client(configuration).breakers():
-        if breaker["owner"] == owner:
-            return str(breaker["state"])
-    return None
+    """``closed``, ``open`` or ``half_open`` (None: no such breaker in force).
+
+    With ``wait_for``, asks again (up to ``within_s``) until the breaker is in that
+    state, and returns the last: the server counts an answer when it closes it, a
+    moment after the client read it, so a probe right after a failure can be early.
+    """
+    client = _client(configuration)
+    deadline = time.monotonic() + within_s
+    while True:
+        state = next((str(b["state"]) for b in client.breakers() if b["owner"] == owner), None)
+        if wait_for is None or state == wait_for or time.monotonic() >= deadline:
+            return state
+        time.sleep(0.02)
 
 
 def verdicts(configuration: Mapping[str, Any] | None = None, **filters: Any) -> dict[str, Any]:

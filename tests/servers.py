@@ -340,7 +340,9 @@ def once_counted(read: Callable[[], T], done: Callable[[T], bool], seconds: floa
     """``read()`` again until ``done`` holds of its value or ``seconds`` pass; the last value.
 
     A worker counts an answer (metrics, the breaker, the recorder) when it closes it,
-    after the client has read it: a read right after the answer can miss it by a moment.
+    after the client has read it, and gunicorn writes its access line then too: a read
+    right after the answer can miss it by a moment. Also for what comes at its own pace
+    (a worker booting, another worker's next look at the state).
     The caller asserts on the value returned, so a count that never comes still fails.
     """
     deadline = time.monotonic() + seconds

@@ -49,7 +49,9 @@ def test_failures_open_the_breaker_for_every_worker_until_a_probe_closes_it(
         assert statuses == [500, 500, 500]
 
         # Every worker refuses: one request to each of the four, three times over (each
-        # to a worker of its own for sure, not by the kernel's choice: servers.py).
+        # to a worker of its own for sure, not by the kernel's choice: servers.py). No
+        # wait for the third failure's count: its worker takes a held request only once
+        # it has closed that answer, and none is decided before all four are taken.
         refused: list[tuple[int, str | None]] = []
         workers: set[str] = set()
         waits: set[str] = set()
@@ -165,9 +167,12 @@ def test_a_client_that_went_away_mid_body_opens_it(one_worker: Server) -> None:
 def test_a_whole_answer_leaves_it_closed(one_worker: Server) -> None:
     """The control: the same paced body read to its end is a success."""
     api = one_worker.url + "/api/chaos"
+    # A ratio that never trips (min_requests) makes the breaker count every answer in
+    # its window: the test waits until both were counted, as successes.
+    breaker_config = {"failure_ratio": 1.0, "min_requests": 1000, "window_s": 60}
     config = {
         "enabled": True,
-        "circuit_breaker": {"enabled": True, "failure_threshold": 1},
+        "circuit_breaker": {"enabled": True, "failure_threshold": 1, **breaker_config},
         "traffic_shaping": {"enabled": True, "bandwidth_limit_bps": 200000},
     }
     with session() as admin:
@@ -177,8 +182,12 @@ def test_a_whole_answer_leaves_it_closed(one_worker: Server) -> None:
             with session() as client:
                 answer = client.get(one_worker.url + "/api/bytes/20000", timeout=10)
                 assert (answer.status_code, len(answer.content)) == (200, 20000)
-        [breaker] = admin.get(api + "/breakers", timeout=10).json()["breakers"]
+        [breaker] = once_counted(
+            lambda: admin.get(api + "/breakers", timeout=10).json()["breakers"],
+            lambda read: read[0]["window"]["requests"] >= 2,
+        )
     assert (breaker["state"], breaker["failures_in_a_row"]) == ("closed", 0)
+    assert breaker["window"] == {"requests": 2, "failed": 0}, breaker
 
 
 @pytest.mark.parametrize("fault", _NO_ANSWER_KINDS[:2])

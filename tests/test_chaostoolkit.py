@@ -7,16 +7,16 @@ import json
 import os
 import shutil
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.server
-
 EXPERIMENT = Path(__file__).parent.parent / "examples" / "chaostoolkit" / "experiment.json"
 
 
+@pytest.mark.server
 def test_the_example_experiment_runs_against_a_live_server(
     tmp_path: Path, chaos_server: str
 ) -> None:
@@ -46,3 +46,23 @@ def test_the_example_experiment_runs_against_a_live_server(
     assert outputs["breaker-is-open"] == "open"  # three failures opened it
     assert outputs["injections-so-far"]["http_error"] == 3
     assert outputs["recover"]["enabled"] is False  # reset: the startup config again
+
+
+def test_breaker_state_waits_for_the_state_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The third failure is counted when the server closes its answer: a probe that
+    asks right after may see the breaker still closed, and asks again."""
+    from mockforge_wsgi import chaostoolkit
+
+    seen = iter(["closed", "closed", "open"])
+
+    class Client:
+        def breakers(self) -> list[dict[str, str]]:
+            return [{"owner": "0", "state": "closed"}, {"owner": "global", "state": next(seen)}]
+
+    monkeypatch.setattr(chaostoolkit, "_client", lambda configuration: Client())
+    assert chaostoolkit.breaker_state(wait_for="open") == "open"
+    seen = iter(["closed"] * 1000)
+    started = time.monotonic()
+    assert chaostoolkit.breaker_state(wait_for="open", within_s=0.1) == "closed"
+    assert time.monotonic() - started < 1.0  # gave up, and said what it saw
+    assert chaostoolkit.breaker_state("nobody") is None

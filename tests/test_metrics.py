@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import requests
-from servers import free_port, mockforge_serve, one_request_per_sync_worker, session
+from servers import free_port, mockforge_serve, once_counted, one_request_per_sync_worker, session
 from test_shared_state import _wait_for_workers
 from werkzeug.test import Client
 
@@ -99,7 +99,13 @@ def test_exact_counts_across_four_workers(tmp_path: Path) -> None:
         assert [status for status, _, _ in results] == [502] * 40
         workers = Counter(headers["X-Mockforge-Worker"] for _, headers, _ in results)
         assert sorted(workers.values()) == [10] * 4, workers
-        text = http.get(server.url + "/metrics", timeout=10).text
+        # Each worker counts an answer when it closes it, after the client read it: the
+        # worker that serves /metrics may read another's count a moment early. (The
+        # injections are counted last, so once they are all in, the rest is too.)
+        text = once_counted(
+            lambda: http.get(server.url + "/metrics", timeout=10).text,
+            lambda read: sample(read, "mockforge_chaos_injections_total", type="http_error") >= 40,
+        )
         assert (
             sample(text, "mockforge_chaos_injections_total", type="http_error", detail="502") == 40
         )

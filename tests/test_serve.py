@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from flask import Flask
-from servers import _stop, gunicorn_server, session
+from servers import _stop, gunicorn_server, once_counted, session
 from werkzeug.test import Client, EnvironBuilder
 
 from mockforge_wsgi import load_config
@@ -92,6 +92,16 @@ def console_serve(cwd: Path, logs: Path, *args: str) -> Iterator[Served]:
         _stop(proc)
 
 
+def _text(path: Path) -> str:
+    """The file's text, or "" while it does not exist yet."""
+    return path.read_text() if path.exists() else ""
+
+
+def _lines(text: str, part: str) -> int:
+    """How many whole lines of ``text`` (its last one ended) hold ``part``."""
+    return sum(part in line for line in text.splitlines(keepends=True) if line.endswith("\n"))
+
+
 def assert_wrapped(url: str, path: str, answer: str) -> None:
     """Chaos applies to the wrapped app (a 503), the management API turns it off, then
     the app itself answers, with no chaos from anywhere (an inner ChaosMiddleware too)."""
@@ -137,8 +147,10 @@ def test_chdir_and_pythonpath(tmp_path: Path) -> None:
         assert_wrapped(served.url, "/hello", "greetings from lib")
         status = http.get(served.url + "/api/chaos/status", timeout=10).json()
         assert status["effective_config"]["seed"] == 7  # the --config file was read
-        time.sleep(0.3)
-    access = (tmp_path / "access.log").read_text()
+        # gunicorn writes an access line once the answer is out: a moment after.
+        access = once_counted(
+            lambda: _text(tmp_path / "access.log"), lambda text: _lines(text, "GET /hello ") >= 11
+        )
     assert re.search(r'" 503 .* request_id=[0-9a-f]{16} chaos="fault=http_503"\n', access)
     calm = [line for line in access.splitlines() if '"GET /hello HTTP/1.1" 200 ' in line]
     assert len(calm) == 10, access
@@ -232,8 +244,9 @@ def test_the_logs_a_user_reads(tmp_path: Path) -> None:
         failed = http.get(served.url + "/api/test", timeout=10)
         http.post(served.url + "/api/chaos/disable", timeout=10)
         http.get(served.url + "/api/test?calm=1", timeout=10)
-        time.sleep(0.3)  # gunicorn writes the access line after the answer
-        out, err = served.stdout(), served.stderr()
+        # gunicorn writes the access line once the answer is out: a moment after.
+        out = once_counted(served.stdout, lambda text: _lines(text, "GET /api/test") >= 2)
+        err = served.stderr()
     request_id = failed.headers["X-Mockforge-Request-Id"]
 
     admin = re.search(r"mockforge: admin listener at (http://127\.0\.0\.1:\d+)/api/chaos", err)
@@ -291,8 +304,9 @@ def test_plain_gunicorn_gets_the_same_logs_as_documented(tmp_path: Path) -> None
         session() as http,
     ):
         request_id = http.get(s.url + "/api/test", timeout=10).headers["X-Mockforge-Request-Id"]
-        time.sleep(0.3)
-        log = s.log()
+        # gunicorn writes the access line once the answer is out: a moment after.
+        log = once_counted(s.log, lambda text: _lines(text, '"GET /api/test HTTP/1.1" 503 ') >= 1)
     assert f"[INFO] chaos injected request_id={request_id} type=http_error detail=503" in log
     access = [line for line in log.splitlines() if '"GET /api/test HTTP/1.1" 503 ' in line]
+    assert access, log
     assert access[0].endswith(f'request_id={request_id} chaos="fault=http_503"'), log

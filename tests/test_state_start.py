@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from servers import RedisServer, Server, gunicorn_server, mockforge_serve, session
+from servers import RedisServer, Server, gunicorn_server, mockforge_serve, once_counted, session
 
 from mockforge_wsgi import _state_start
 from mockforge_wsgi.config import ChaosConfig, ConfigError, LatencyConfig, load_config
@@ -297,7 +297,21 @@ def test_plain_gunicorn_workers_decide_once_per_server(
         deadline = time.monotonic() + 20
         while len(set(_children(master)) - set(workers)) < 1 and time.monotonic() < deadline:
             time.sleep(0.1)
-        time.sleep(0.5)
+        respawned = set(_children(master)) - set(workers)
+
+        def from_the_new_worker() -> dict[str, Any] | None:
+            """/status from the worker gunicorn started instead (None: another answered)."""
+            with session() as fresh:  # one kept-alive connection: one worker answers both
+                if fresh.get(second.url + "/api/chaos/stats", timeout=10).json()["worker"] in (
+                    respawned
+                ):
+                    return dict(fresh.get(second.url + "/api/chaos/status", timeout=10).json())
+            return None
+
+        # Asked until the new worker (booting meanwhile) is the one that answers.
+        joined = once_counted(from_the_new_worker, lambda found: found is not None, 10)
+        assert joined is not None, f"worker {respawned} never answered"
+        assert joined["enabled"] is True, joined
         assert all(_status(second)["enabled"] is True for _ in range(6))
         said = [line for line in second.log().splitlines() if "[INFO] mockforge:" in line]
     # The first worker said it; the others (the respawned one too) joined quietly.

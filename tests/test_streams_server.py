@@ -16,7 +16,7 @@ import httpx
 import pytest
 import requests
 import urllib3
-from servers import TESTS_DIR, Server, assert_clean_log, mockforge_serve, session
+from servers import TESTS_DIR, Server, assert_clean_log, mockforge_serve, once_counted, session
 
 pytestmark = [pytest.mark.server, pytest.mark.xdist_group("streams_server")]
 
@@ -147,9 +147,12 @@ def test_a_cut_timer_is_released_by_disable(server: Server, http: requests.Sessi
         )
 
     thread = threading.Thread(target=fetch, daemon=True)
+    before = _counter(http, server, "stream_cut")  # the module's earlier tests count too
     started = time.monotonic()
     thread.start()
-    time.sleep(0.5)
+    # Decided (counted then), so its end is held: now chaos goes off.
+    decided = once_counted(lambda: _counter(http, server, "stream_cut"), lambda n: n > before, 5)
+    assert decided == before + 1 and not answers
     http.post(server.url + "/api/chaos/disable", timeout=10).raise_for_status()
     thread.join(10)
     [answer] = answers
@@ -166,9 +169,14 @@ def test_a_dribble_is_released_by_disable(server: Server, http: requests.Session
         answers.append(session().get(server.url + "/bytes/10000", headers=ask, timeout=30))
 
     thread = threading.Thread(target=fetch, daemon=True)
+    before = _counter(http, server, "body_dribbled")  # the module's earlier tests count too
     started = time.monotonic()
     thread.start()
-    time.sleep(0.5)
+    # Decided (counted then), so its body dribbles: now chaos goes off.
+    decided = once_counted(
+        lambda: _counter(http, server, "body_dribbled"), lambda n: n > before, 5
+    )
+    assert decided == before + 1 and not answers
     http.post(server.url + "/api/chaos/disable", timeout=10).raise_for_status()
     thread.join(10)
     [answer] = answers

@@ -7,12 +7,20 @@ the embedded store and on Redis."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-from servers import RedisServer, mockforge_serve, session
+from servers import (
+    RedisServer,
+    mockforge_serve,
+    once_counted,
+    one_request_per_sync_worker,
+    session,
+)
 
 from mockforge_wsgi import chaostoolkit
 from mockforge_wsgi.client import ChaosClient
@@ -66,13 +74,23 @@ def _twenty_errors_turn_chaos_off(tmp_path: Path, env: dict[str, str] | None = N
         assert sum(note == "latency=50ms" for _, note, _ in answers) >= 10, answers
         # (The last ones may come after the trip: chaos off, no annotation, no worker.)
         assert len({worker for _, _, worker in answers if worker}) == 2, answers
-        deadline = time.monotonic() + TRIPS_WITHIN_S
-        with session() as http:
-            status = http.get(api + "/status", timeout=10).json()
-            while status["enabled"] and time.monotonic() < deadline:
-                time.sleep(0.05)
-                status = http.get(api + "/status", timeout=10).json()
-        assert not status["enabled"], status["guard"]
+
+        def every_worker() -> list[dict[str, Any]]:
+            """/status from each of the two workers, for sure (servers.py)."""
+            got = one_request_per_sync_worker(server.url, 2, "/api/chaos/status")
+            return [json.loads(body) for _, _, body in got]
+
+        # Off, and counted, on both workers: the trip is saved, then counted; a worker on
+        # Redis reads the state's version every 50 ms, so one may say it before the other.
+        [status, other] = once_counted(
+            every_worker,
+            lambda seen: all(
+                not s["enabled"] and s["counters"].get("guard_tripped") == 1 for s in seen
+            ),
+            TRIPS_WITHIN_S,
+        )
+        assert not status["enabled"] and not other["enabled"], (status["guard"], other["guard"])
+        assert other["guard"] == status["guard"]
         guard = status["guard"]
         print(f"\n{tmp_path.name}: workers {sorted({w for _, _, w in answers})}, {guard}")
         assert guard["tripped"] is True
@@ -109,8 +127,9 @@ def _twenty_errors_turn_chaos_off(tmp_path: Path, env: dict[str, str] | None = N
                 time.sleep(0.02)
                 status = http.get(api + "/status", timeout=10).json()
         assert status["enabled"] and status["guard"]["tripped"] is False, status["guard"]
-        time.sleep(0.1)  # Redis: each worker reads the state's version every 50 ms
-        assert chaostoolkit.guard_tripped(configuration) is False
+        # Redis: each worker reads the state's version every 50 ms.
+        tripped = once_counted(lambda: chaostoolkit.guard_tripped(configuration), lambda t: not t)
+        assert tripped is False
 
 
 def test_twenty_app_errors_turn_chaos_off_across_two_workers(tmp_path: Path) -> None:
