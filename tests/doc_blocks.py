@@ -574,12 +574,12 @@ def _wait(process: subprocess.Popen[bytes], url: str) -> int | None:
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(5)
+    """As the tests' servers stop (servers.py): a gunicorn worker forked just before the
+    TERM loses it, and its master would wait its graceful timeout (a document's reap
+    took 15 s, then killed it); its workers are told themselves after 3 s."""
+    from servers import _stop as stop  # here: servers.py imports gunicorn and werkzeug
+
+    stop(process)
 
 
 SYBIL = Sybil(

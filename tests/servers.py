@@ -230,17 +230,19 @@ def gunicorn_server(
     log_path = tmp_path / f"gunicorn-{port}.log"
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("MOCKFORGE_")}
     child_env.update(env or {})
-    with open(log_path, "wb") as log:
+    with open(log_path, "wb") as log, listener:
         proc = subprocess.Popen(
             args, env=child_env, pass_fds=[listener.fileno()], stdout=log, stderr=log
         )
+    # The server has the socket now. Kept open here too, a server that failed to start
+    # would leave it listening: the readiness request connected and waited its whole
+    # timeout (5 s) for an answer nobody would give, instead of being refused.
     try:
         url = f"http://127.0.0.1:{port}"
         _wait_ready(url, proc, ready_path)
         yield Server(url, log_path)
     finally:
         _stop(proc)
-        listener.close()
 
 
 @contextlib.contextmanager

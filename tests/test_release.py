@@ -8,9 +8,10 @@ may wait its turn for tens of ms, so the in-process assertions allow 0.1 s + MAR
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,34 @@ def _finished(seen: dict[str, Any], within: float = 10.0) -> dict[str, Any]:
     seen["thread"].join(within)
     assert "done" in seen, "still held"
     return seen
+
+
+@contextlib.contextmanager
+def _entering_holds() -> Iterator[set[int]]:
+    """The threads that have entered a hold of this process's releaser (every held
+    request's wait goes through ``RELEASER.hold``), while the block runs."""
+    entered: set[int] = set()
+    hold = RELEASER.hold
+
+    def counted(*args: Any, **kwargs: Any) -> bool:
+        entered.add(threading.get_ident())
+        return hold(*args, **kwargs)
+
+    vars(RELEASER)["hold"] = counted  # over the method, for this process's holds
+    try:
+        yield entered
+    finally:
+        vars(RELEASER).pop("hold")
+
+
+def _held(seen: list[dict[str, Any]], entered: set[int]) -> None:
+    """Until each request's thread is in a hold (5 s at most), and none has ended."""
+    threads = {one["thread"].ident for one in seen}
+    deadline = time.monotonic() + 5.0
+    while not threads <= entered and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert threads <= entered, "not held"
+    assert not any("done" in one for one in seen), "not held"
 
 
 # -- the primitive ------------------------------------------------------------------
@@ -157,13 +186,12 @@ def _released_by(
     change: Callable[[], None],
     path: str = "/",
     count: int = 4,
-    held_s: float = 0.3,
     **kwargs: Any,
 ) -> list[dict[str, Any]]:
     """``count`` requests held, then ``change``: each answered within the bound of it."""
-    holds = [_in_thread(_get(app, path, **kwargs)) for _ in range(count)]
-    time.sleep(held_s)
-    assert not any("done" in seen for seen in holds), "not held"
+    with _entering_holds() as entered:
+        holds = [_in_thread(_get(app, path, **kwargs)) for _ in range(count)]
+        _held(holds, entered)
     changed_at = time.monotonic()
     change()
     for seen in holds:
@@ -246,8 +274,9 @@ def test_a_timeout_hold_released_gives_the_app_its_request_body() -> None:
     def post() -> Any:
         return Client(app).post("/echo", data=b"x" * 1000).get_data()
 
-    seen = _in_thread(post)
-    time.sleep(0.2)
+    with _entering_holds() as entered:
+        seen = _in_thread(post)
+        _held([seen], entered)
     app.engine.set_enabled(False)
     assert _finished(seen)["result"] == b"x" * 1000
 
@@ -265,7 +294,7 @@ def test_an_after_app_stall_released_ends_at_once() -> None:
 
 
 def test_a_paced_body_released_sends_the_rest_at_full_speed() -> None:
-    # 20 KB at 2 KB/s: 10 s paced; released after 0.3 s, the rest goes at once.
+    # 20 KB at 2 KB/s: 10 s paced; released once it is paced, the rest goes at once.
     app = _middleware(traffic_shaping={"enabled": True, "bandwidth_limit_bps": 2000})
     holds = _released_by(app, lambda: app.engine.set_enabled(False), path="/bytes/20000")
     assert all(seen["result"][:2] == (200, b"x" * 20000) for seen in holds)
@@ -287,8 +316,9 @@ def test_a_paced_upload_released_reads_the_rest_at_full_speed() -> None:
     def post() -> Any:
         return Client(app).post("/echo", data=b"y" * 20000).get_data()
 
-    seen = _in_thread(post)
-    time.sleep(0.3)
+    with _entering_holds() as entered:
+        seen = _in_thread(post)
+        _held([seen], entered)
     changed_at = time.monotonic()
     app.engine.set_enabled(False)
     assert _finished(seen)["result"] == b"y" * 20000
