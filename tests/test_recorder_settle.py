@@ -39,19 +39,21 @@ def writers(database: Path) -> dict[int, tuple[float, float]]:
     return {pid: (mark, wall) for pid, mark, wall in found}
 
 
-def test_a_request_that_arrived_holds_its_writers_mark_until_its_row_is_queued(
-    tmp_path: Path,
+def test_a_request_that_arrived_holds_readers_until_its_row_is_queued(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A request in flight (its client may have its answer: the row is queued when the
+    server closes the response) keeps its writer's mark before its arrival."""
+    monkeypatch.setattr(recorder_module, "MAX_SETTLE_S", 0.3)
     recorder = Recorder(tmp_path / "r.db")
     ticket = recorder.arrived()
-    arrived = time.monotonic()
-    recorder.flush()
-    assert writers(recorder.path)[os.getpid()][0] <= arrived  # not written: not past it
+    assert recorder.settle() is False  # its row may be on its way: not settled
+    assert recorder.unsettled == 1
     recorder.record(row() + (None,) * 5, ticket)
-    recorder.flush()
+    assert recorder.settle() is True
     mark, wall = writers(recorder.path)[os.getpid()]
-    assert mark >= arrived and abs(wall - time.time()) < 60  # both clocks, one instant
-    assert len(recorder.search({})) == 1
+    assert mark <= time.monotonic() and abs(wall - time.time()) < 60  # one instant, twice
+    assert len(recorder.attempts({})) == 1
 
 
 def test_a_settle_with_nothing_pending_here_does_not_sleep(
