@@ -235,8 +235,8 @@ class Recorder:
         """Queue one row (``COLUMNS`` order); cheap, never blocks on the database. A row
         of the columns before ``direction`` is a request served (inbound); ``ticket`` is
         its :meth:`arrived`."""
-        if self._pid != os.getpid():  # first row in this process (workers fork)
-            self._start()
+        if ticket is None and self._pid != os.getpid():  # its first row (workers fork)
+            self._start()  # (a request's ticket started it, in this process)
         if len(row) == _BEFORE_DIRECTION:
             row = (*row, INBOUND, None, None)
         self._queue.put(row)
@@ -463,26 +463,23 @@ class Recorder:
 
 class _Pending:
     """This process's requests that arrived and whose row is not queued yet: their
-    arrival (time.monotonic()) by ticket."""
+    arrival (time.monotonic()) by ticket. No lock: a dict's item set, pop and copy are
+    each one step for other threads (the GIL; a free-threaded build locks the dict)."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
         self._arrived: dict[int, float] = {}
         self._tickets = itertools.count()
 
     def add(self, at: float) -> int:
-        with self._lock:
-            ticket = next(self._tickets)
-            self._arrived[ticket] = at
+        ticket = next(self._tickets)
+        self._arrived[ticket] = at
         return ticket
 
     def remove(self, ticket: int) -> None:
-        with self._lock:
-            self._arrived.pop(ticket, None)
+        self._arrived.pop(ticket, None)
 
     def oldest(self) -> float | None:
-        with self._lock:
-            return min(self._arrived.values(), default=None)
+        return min(self._arrived.copy().values(), default=None)
 
 
 @functools.cache
@@ -657,8 +654,9 @@ class RecorderMiddleware:
     def _done(self, environ: WSGIEnvironment, status: str, seconds: float) -> None:
         try:
             self._record(environ, status, seconds)
-        finally:
+        except BaseException:  # no row: the request must not hold this process's mark
             self.recorder.forget(environ[_TICKET_KEY])
+            raise
 
     def _record(self, environ: WSGIEnvironment, status: str, seconds: float) -> None:
         scenario = None
