@@ -132,6 +132,7 @@ PROMISES: list[tuple[str, str, str]] = [
     ("docs/state.md", "300 ms", T + "test_state_start.py::test_the_issues_two_servers_in_turn"),
     *[("docs/state.md", f, OUTAGE) for f in ("4 s", "1.5 s")],
     ("docs/RELIABILITY.md", "4 s", OUTAGE),
+    ("docs/RELIABILITY.md", "3 s", T + "test_recorder_settle.py::test_a_verdict_waits_for_a_late_writer_in_another_process_and_counts_its_rows"),
     ("docs/state.md", "5%", T + "test_state_redis_topologies.py::test_two_servers_of_two_workers_share_one_limit_and_one_state_on_a_cluster"),
     ("docs/state.md", "3%", T + "test_manyhost.py::test_a_global_limit_is_one_limit_across_three_hosts"),
     ("docs/state.md", "100 ms", T + "test_manyhost.py::test_a_management_call_on_one_host_reaches_every_host_within_100_ms"),
