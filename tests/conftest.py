@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 from servers import RedisClusterServers, RedisServer, needs_redis_server, session
+
+
+@pytest.fixture(autouse=True)
+def no_forked_child_left() -> Iterator[None]:
+    """A forked child still running when its test ends is killed, and the test fails
+    naming it. A child stuck for good (a fork taken while another thread held a lock
+    inside a C library, SQLite's say) would otherwise outlive the run: it keeps the
+    pipe to the CI log open, and the run never ends."""
+    yield
+    left = multiprocessing.active_children()
+    for child in left:
+        child.kill()
+        child.join(5)
+    assert not left, f"forked children still running at the end of the test: {left}"
 
 
 @pytest.fixture
