@@ -18,7 +18,12 @@ Verdicts must see every request a client finished before it asked, and each proc
 writes its own rows late. So each writer keeps a mark in the file ("every request that
 arrived here before this time is written": the time it last emptied its queue, or the
 arrival of its oldest request whose row is not queued yet), and a reader that starts at
-S waits until every live writer's mark is at least S (:meth:`Recorder.attempts`).
+S waits until every live writer's mark is at least S (:meth:`Recorder.attempts`). The
+reader asks by appending to a file beside the database (``<db>-asks``): an idle writer
+looks at its size with one stat() and opens SQLite only when asked, when it has rows, or
+every ``BEAT_S`` (a process that forks while a thread is inside SQLite can leave the
+child stuck on SQLite's locks, so the writer thread also keeps forks out while it
+writes).
 """
 
 from __future__ import annotations
@@ -38,8 +43,9 @@ import socket
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import closing
+from contextlib import closing, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
@@ -103,13 +109,14 @@ _ADDED = {
 MAX_HASHED_BODY = 64 * 1024  # bodies hashed to group retries; larger ones are not read
 MAX_VERDICT_ROWS = 100_000  # rows one verdict or report reads at most (max_rows' default)
 BATCH = 500
-FLUSH_EVERY_S = 0.2  # each writer writes its queue, and answers a reader's ask, this often
+FLUSH_EVERY_S = 0.2  # each writer writes its queue, and looks for a reader's ask, this often
 # A reader waits for the writers' marks at most this long: a writer late on a busy machine
 # (issue 12 saw rows 4.6 s late) or a request still being served (a held latency) holds
 # it; past this it answers with what is written, and logs it.
 MAX_SETTLE_S = 5.0
 SETTLE_POLL_S = 0.02  # how often a waiting reader reads the marks
-BEAT_S = 2.0  # an idle writer rewrites its mark this often: it is alive...
+ASKS_MAX = 4096  # the asks file's size at most (bytes)
+BEAT_S = 5.0  # an idle writer rewrites its mark this often: it is alive...
 GONE_S = 10.0  # ...and one on another host (or pid namespace) silent this long is gone
 MAX_LIMIT = 1000
 MAX_OFFSET = 10_000_000  # max_rows' own bound: no table holds more
@@ -146,8 +153,6 @@ CREATE TABLE IF NOT EXISTS writers (
     mark REAL NOT NULL, mark_wall REAL NOT NULL, beat REAL NOT NULL,
     answered INTEGER NOT NULL, PRIMARY KEY (boot, pidns, pid)
 );
-CREATE TABLE IF NOT EXISTS asks (id INTEGER PRIMARY KEY CHECK (id = 1), count INTEGER NOT NULL);
-INSERT OR IGNORE INTO asks (id, count) VALUES (1, 0);
 """
 log = logging.getLogger("mockforge_wsgi")
 
@@ -166,8 +171,10 @@ class Recorder:
         self._write_lock = threading.Lock()
         self._pid = 0
         self._pending = _Pending()
-        self._answered = 0  # the readers' ask this writer last answered
+        self._asks = Path(f"{self.path}-asks")  # readers append to it: a writer stat()s it
+        self._answered: tuple[int, int] | None = None  # the asks file as last answered
         self._beat = 0.0  # when it last wrote its mark (time.time())
+        self._stop = threading.Event()  # close(): the writer thread ends
         self.unsettled = 0  # reads that gave up waiting (MAX_SETTLE_S), in this process
         try:
             self._open()
@@ -256,25 +263,35 @@ class Recorder:
             # This process's mark is in the file before any of its requests can have been
             # answered: a reader never misses a writer it does not know of yet.
             now = time.monotonic()
+            asked = self._asked()
             with closing(self._connect()) as connection:
-                self._write(connection, [], now, time.time(), 0)
+                self._write(connection, [], now, time.time(), asked)
             self._pid = os.getpid()
+            self._stop = threading.Event()
+            # The thread holds the recorder weakly: one dropped ends its thread.
             threading.Thread(
-                target=self._drain_forever, name="mockforge-recorder", daemon=True
+                target=_drain,
+                args=(weakref.ref(self), self._stop),
+                name="mockforge-recorder",
+                daemon=True,
             ).start()
-            atexit.register(self._exit)  # a worker stopped right after load loses nothing
+            _STARTED.add(self)  # a worker stopped right after load loses nothing (atexit)
 
-    def _drain_forever(self) -> None:
-        while True:
-            time.sleep(FLUSH_EVERY_S)
-            try:
-                self.flush()
-            except sqlite3.Error as error:  # the file locked past its timeout: next time
-                log.warning("recorder: could not write its rows (%s); retrying", error)
+    def close(self) -> None:
+        """Write what is queued, take this process's mark away (it holds no reader back
+        once done) and end the writer thread. Recording again starts it again."""
+        self._stop.set()
+        _STARTED.discard(self)
+        self._exit()
+        self._pid = 0
+
+    def __del__(self) -> None:
+        if getattr(self, "_pid", 0) == os.getpid():  # dropped without close()
+            with suppress(sqlite3.Error):
+                self._exit()
 
     def _exit(self) -> None:
-        """At exit: write what is queued, then take this process's mark away (it holds
-        no reader back once gone)."""
+        """Write what is queued, then take this process's mark away."""
         self.flush()
         if self._pid == os.getpid():
             boot, pidns = _place()
@@ -284,6 +301,15 @@ class Recorder:
                     (boot, pidns, self._pid),
                 )
 
+    def _asked(self) -> tuple[int, int] | None:
+        """The asks file as it is now (size, mtime), without SQLite: it changes with
+        each ask."""
+        try:
+            found = os.stat(self._asks)
+        except FileNotFoundError:
+            return None
+        return found.st_size, found.st_mtime_ns
+
     def flush(self) -> int:
         """Write every queued row now, with this process's mark; returns how many rows.
         Idle, it writes its mark only when a reader asked or every ``BEAT_S``."""
@@ -291,22 +317,22 @@ class Recorder:
             writer = self._pid == os.getpid()
             if not writer and self._queue.empty():
                 return 0
-            with closing(self._connect()) as connection:
-                # The readers' ask first, then the time: a mark that answers an ask is
-                # never from before it.
-                asked = connection.execute("SELECT count FROM asks").fetchone()[0]
-                # Read before the queue is emptied: a request that arrived before `now`
-                # is pending still, or its row was queued (then left pending): taken below.
-                now, wall = time.monotonic(), time.time()
-                oldest = self._pending.oldest()
-                mark = now if oldest is None else min(now, oldest)
-                rows: list[tuple[Any, ...]] = []
-                while True:
-                    try:
-                        rows.append(self._queue.get_nowait())
-                    except queue.Empty:
-                        break
-                if rows or (writer and (asked != self._answered or wall - self._beat >= BEAT_S)):
+            # The readers' ask first, then the time: a mark that answers an ask is never
+            # from before it.
+            asked = self._asked() if writer else None
+            # Read before the queue is emptied: a request that arrived before `now` is
+            # pending still, or its row was queued (then left pending): taken below.
+            now, wall = time.monotonic(), time.time()
+            oldest = self._pending.oldest()
+            mark = now if oldest is None else min(now, oldest)
+            rows: list[tuple[Any, ...]] = []
+            while True:
+                try:
+                    rows.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            if rows or (writer and (asked != self._answered or wall - self._beat >= BEAT_S)):
+                with closing(self._connect()) as connection:
                     self._write(connection, rows, mark, wall - (now - mark), asked, writer)
         return len(rows)
 
@@ -316,7 +342,7 @@ class Recorder:
         rows: list[tuple[Any, ...]],
         mark: float,
         mark_wall: float,
-        asked: int,
+        asked: tuple[int, int] | None,
         writer: bool = True,
     ) -> None:
         """Rows and this process's mark in one transaction: a reader that sees the mark
@@ -338,7 +364,7 @@ class Recorder:
                 beat = time.time()
                 connection.execute(
                     "INSERT OR REPLACE INTO writers VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (*_place(), os.getpid(), mark, mark_wall, beat, asked),
+                    (*_place(), os.getpid(), mark, mark_wall, beat, asked[0] if asked else 0),
                 )
             connection.execute("COMMIT")
         except BaseException:
@@ -377,9 +403,10 @@ class Recorder:
         since, since_wall = time.monotonic(), time.time()
         give_up = since + MAX_SETTLE_S
         self.flush()  # this process's own rows, at once
-        asked = self._ask()
+        self._ask()
+        asked_at = time.monotonic()
         while True:
-            behind, answered = self._behind(since, since_wall, asked)
+            behind = self._behind(since, since_wall)
             if not behind:
                 return True
             if time.monotonic() >= give_up:
@@ -392,33 +419,29 @@ class Recorder:
                     MAX_SETTLE_S,
                 )
                 return False
-            if answered:  # it answered and is still behind (its clock): ask it again
-                asked = self._ask()
+            if time.monotonic() - asked_at >= FLUSH_EVERY_S:  # missed, or answered early
+                self._ask()
+                asked_at = time.monotonic()
             time.sleep(SETTLE_POLL_S)
 
-    def _ask(self) -> int:
-        """Ask every writer for its mark (they look each ``FLUSH_EVERY_S``); the ask's
-        number. (No RETURNING: SQLite before 3.35 lacks it.)"""
-        with closing(self._connect()) as connection:
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                connection.execute("UPDATE asks SET count = count + 1")
-                asked = int(connection.execute("SELECT count FROM asks").fetchone()[0])
-                connection.execute("COMMIT")
-            except BaseException:
-                connection.execute("ROLLBACK")
-                raise
-        return asked
+    def _ask(self) -> None:
+        """Ask every writer for its mark: one byte more in the asks file (they stat() it
+        each ``FLUSH_EVERY_S``); past ``ASKS_MAX`` bytes it starts again at one."""
+        with open(self._asks, "ab") as asks:
+            asks.write(b".")
+            if asks.tell() >= ASKS_MAX:
+                asks.truncate(0)
+                asks.write(b".")
 
-    def _behind(self, since: float, since_wall: float, asked: int) -> tuple[list[int], bool]:
-        """The pids of the live writers whose mark is before ``since``, and whether one of
-        them answered ``asked`` already; the marks of gone writers are removed."""
+    def _behind(self, since: float, since_wall: float) -> list[int]:
+        """The pids of the live writers whose mark is before ``since``; the marks of
+        gone writers are removed."""
         boot, pidns = _place()
-        behind, answered, gone = [], False, []
+        behind, gone = [], []
         with closing(self._connect()) as connection:
             writers = connection.execute("SELECT * FROM writers").fetchall()
             for row in writers:
-                their_boot, their_pidns, pid, mark, mark_wall, beat, their_answer = row
+                their_boot, their_pidns, pid, mark, mark_wall, beat, _ = row
                 # One boot shares CLOCK_MONOTONIC (time.monotonic): no wall-clock steps.
                 if (mark >= since) if their_boot == boot else (mark_wall >= since_wall):
                     continue
@@ -428,7 +451,6 @@ class Recorder:
                     alive = time.time() - beat < GONE_S
                 if alive:
                     behind.append(pid)
-                    answered = answered or their_answer >= asked
                 else:
                     gone.append((their_boot, their_pidns, pid, beat))
             for key in gone:
@@ -436,7 +458,7 @@ class Recorder:
                     "DELETE FROM writers WHERE boot = ? AND pidns = ? AND pid = ? AND beat = ?",
                     key,
                 )
-        return behind, answered
+        return behind
 
     def _select(self, sql: str, args: list[Any]) -> list[dict[str, Any]]:
         with closing(self._connect()) as connection:
@@ -480,6 +502,37 @@ class _Pending:
 
     def oldest(self) -> float | None:
         return min(self._arrived.copy().values(), default=None)
+
+
+_STARTED: weakref.WeakSet[Recorder] = weakref.WeakSet()  # writing in this process
+# Held by a writer thread while it is inside SQLite, and by a fork: a child forked while
+# a thread held one of SQLite's own mutexes would wait on it forever.
+_WRITING = threading.Lock()
+os.register_at_fork(
+    before=_WRITING.acquire, after_in_parent=_WRITING.release, after_in_child=_WRITING.release
+)
+
+
+def _drain(recorder_ref: weakref.ref[Recorder], stop: threading.Event) -> None:
+    """A recorder's writer thread: its queue written each ``FLUSH_EVERY_S`` until it is
+    closed or dropped."""
+    while not stop.wait(FLUSH_EVERY_S):
+        with _WRITING:
+            recorder = recorder_ref()
+            if recorder is None:
+                return
+            try:
+                recorder.flush()
+            except sqlite3.Error as error:  # the file locked past its timeout: next time
+                log.warning("recorder: could not write its rows (%s); retrying", error)
+            del recorder  # dropped here, its __del__ writes under the lock too
+
+
+@atexit.register
+def _at_exit() -> None:
+    """A worker stopped right after load loses nothing: each recorder writes its queue."""
+    for recorder in list(_STARTED):
+        recorder._exit()
 
 
 @functools.cache
