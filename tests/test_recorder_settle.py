@@ -106,6 +106,111 @@ def test_a_writer_elsewhere_silent_too_long_is_gone_and_a_live_one_is_waited_for
     assert 8 in writers(recorder.path)
 
 
+def sqlite_opens(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the threads that open the recorder's SQLite file, from now on."""
+    opened: list[str] = []
+    connect = Recorder._connect
+
+    def counted(self: Recorder) -> sqlite3.Connection:
+        opened.append(threading.current_thread().name)
+        return connect(self)
+
+    monkeypatch.setattr(Recorder, "_connect", counted)
+    return opened
+
+
+def test_an_idle_writer_opens_no_sqlite_until_a_reader_asks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle writer looks for an ask with one stat() (a fork while its thread is inside
+    SQLite can leave the child stuck): no SQLite for five intervals; asked, it answers."""
+    recorder = Recorder(tmp_path / "r.db")
+    recorder.record(row() + (None,) * 5)
+    recorder.flush()
+    opened = sqlite_opens(monkeypatch)
+    time.sleep(5 * recorder_module.FLUSH_EVERY_S)
+    assert opened == []
+    other = Recorder(recorder.path)  # a reader in another process would do the same
+    assert other.settle() is True
+    assert "mockforge-recorder" in opened  # the writer answered the ask
+    recorder.close()
+
+
+def test_a_closed_or_dropped_recorder_ends_its_thread_and_takes_its_mark_away(
+    tmp_path: Path,
+) -> None:
+    """A recorder done with polls nothing more: its thread ends, its rows are written,
+    its mark no longer holds a reader."""
+
+    def threads() -> int:
+        return sum(t.name == "mockforge-recorder" for t in threading.enumerate())
+
+    before = threads()
+    closed, dropped = Recorder(tmp_path / "a.db"), Recorder(tmp_path / "b.db")
+    for recorder in (closed, dropped):
+        recorder.record(row() + (None,) * 5)
+    assert threads() == before + 2
+    closed.close()
+    del dropped, recorder
+    deadline = time.monotonic() + 2
+    while threads() > before:
+        assert time.monotonic() < deadline, "a writer thread outlived its recorder"
+        time.sleep(0.02)
+    for name in ("a.db", "b.db"):
+        assert writers(tmp_path / name) == {}
+        assert len(Recorder(tmp_path / name).attempts({}, settle=False)) == 1
+
+
+def _open_and_report(path: str, results: Any) -> None:
+    import faulthandler
+
+    faulthandler.dump_traceback_later(5, exit=True)  # stuck on SQLite's mutex: exit 1
+    Recorder(path)
+    results.put("ok")
+
+
+def test_a_fork_while_writer_threads_write_leaves_the_child_able_to_use_sqlite(
+    tmp_path: Path,
+) -> None:
+    """A child forked while a writer thread is inside SQLite could wait forever on one of
+    SQLite's mutexes (a clean-clone CI run's forked workers hung): forks wait for it."""
+    import multiprocessing
+
+    busy = [Recorder(tmp_path / f"busy{n}.db") for n in range(40)]
+    for recorder in busy:  # started here: the forks meet their writer threads only
+        recorder.record(row() + (None,) * 5)
+    stop = threading.Event()
+
+    def keep_busy() -> None:  # rows for every writer at every interval
+        while not stop.is_set():
+            for recorder in busy:
+                recorder.record(row() + (None,) * 5)
+            time.sleep(0.001)
+
+    feeder = threading.Thread(target=keep_busy)
+    feeder.start()
+    fork = multiprocessing.get_context("fork")
+    try:
+        for round_ in range(3):
+            results = fork.Queue()
+            children = [
+                fork.Process(
+                    target=_open_and_report, args=(str(tmp_path / f"c{round_}{n}.db"), results)
+                )
+                for n in range(8)
+            ]
+            for child in children:
+                child.start()
+            for child in children:
+                child.join(10)
+            assert [child.exitcode for child in children] == [0] * 8
+    finally:
+        stop.set()
+        feeder.join()
+        for recorder in busy:
+            recorder.close()
+
+
 # A second process that records into the server's file and serves on a real socket; its
 # writer thread is held HELD_S at its first write of rows (a writer late on a busy machine).
 HELD_S = 3.0
