@@ -131,7 +131,9 @@ def test_an_idle_writer_opens_no_sqlite_until_a_reader_asks(
     time.sleep(5 * recorder_module.FLUSH_EVERY_S)
     assert opened == []
     other = Recorder(recorder.path)  # a reader in another process would do the same
+    asked = time.monotonic()
     assert other.settle() is True
+    assert time.monotonic() - asked < 1.0  # answered at its next look (0.2 s), no beat (5 s)
     assert "mockforge-recorder" in opened  # the writer answered the ask
     recorder.close()
 
