@@ -45,8 +45,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--mockforge-no-verdicts",
         action="store_true",
-        help="leave the verdict out of each test's chaos summary (it waits 0.4 s for the "
-        "workers' recorder queues)",
+        help="leave the verdict out of each test's chaos summary (it waits until the "
+        "workers have written what they recorded)",
     )
 
 

@@ -13,23 +13,39 @@ the table under ``max_rows``. ``RecorderMiddleware`` records and serves the sear
 Rows queued in a process are written when it exits (gunicorn stops workers with SIGTERM
 and they exit normally), so a stop right after load loses none. With an admin token set,
 both routes need it: they expose request data.
+
+Verdicts must see every request a client finished before it asked, and each process
+writes its own rows late. So each writer keeps a mark in the file ("every request that
+arrived here before this time is written": the time it last emptied its queue, or the
+arrival of its oldest request whose row is not queued yet), and a reader that starts at
+S waits until every live writer's mark is at least S (:meth:`Recorder.attempts`). The
+reader asks by appending to a file beside the database (``<db>-asks``): an idle writer
+looks at its size with one stat() and opens SQLite only when asked, when it has rows, or
+every ``BEAT_S`` (a process that forks while a thread is inside SQLite can leave the
+child stuck on SQLite's locks, so the writer thread also keeps forks out while it
+writes).
 """
 
 from __future__ import annotations
 
 import atexit
 import csv
+import functools
 import hashlib
 import io
+import itertools
 import json
+import logging
 import math
 import os
 import queue
+import socket
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import closing
+from contextlib import closing, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
@@ -93,9 +109,15 @@ _ADDED = {
 MAX_HASHED_BODY = 64 * 1024  # bodies hashed to group retries; larger ones are not read
 MAX_VERDICT_ROWS = 100_000  # rows one verdict or report reads at most (max_rows' default)
 BATCH = 500
-FLUSH_EVERY_S = 0.2
-SETTLE_S = 2 * FLUSH_EVERY_S  # every worker has written what it held this long ago
-MAX_SETTLE_S = 2.0  # ...or, on a busy machine, once a flush interval adds no row
+FLUSH_EVERY_S = 0.2  # each writer writes its queue, and looks for a reader's ask, this often
+# A reader waits for the writers' marks at most this long: a writer late on a busy machine
+# (issue 12 saw rows 4.6 s late) or a request still being served (a held latency) holds
+# it; past this it answers with what is written, and logs it.
+MAX_SETTLE_S = 5.0
+SETTLE_POLL_S = 0.02  # how often a waiting reader reads the marks
+ASKS_MAX = 4096  # the asks file's size at most (bytes)
+BEAT_S = 5.0  # an idle writer rewrites its mark this often: it is alive...
+GONE_S = 10.0  # ...and one on another host (or pid namespace) silent this long is gone
 MAX_LIMIT = 1000
 MAX_OFFSET = 10_000_000  # max_rows' own bound: no table holds more
 EXPORT_PAGE = 1000
@@ -126,7 +148,13 @@ CREATE INDEX IF NOT EXISTS requests_status ON requests (status);
 CREATE TABLE IF NOT EXISTS events (
     time REAL NOT NULL, kind TEXT NOT NULL, detail TEXT NOT NULL, UNIQUE (kind, time)
 );
+CREATE TABLE IF NOT EXISTS writers (
+    boot TEXT NOT NULL, pidns TEXT NOT NULL, pid INTEGER NOT NULL,
+    mark REAL NOT NULL, mark_wall REAL NOT NULL, beat REAL NOT NULL,
+    answered INTEGER NOT NULL, PRIMARY KEY (boot, pidns, pid)
+);
 """
+log = logging.getLogger("mockforge_wsgi")
 
 
 class RecorderError(ValueError):
@@ -142,6 +170,12 @@ class Recorder:
         self._queue: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._write_lock = threading.Lock()
         self._pid = 0
+        self._pending = _Pending()
+        self._asks = Path(f"{self.path}-asks")  # readers append to it: a writer stat()s it
+        self._answered: tuple[int, int] | None = None  # the asks file as last answered
+        self._beat = 0.0  # when it last wrote its mark (time.time())
+        self._stop = threading.Event()  # close(): the writer thread ends
+        self.unsettled = 0  # reads that gave up waiting (MAX_SETTLE_S), in this process
         try:
             self._open()
         except sqlite3.Error as error:
@@ -196,53 +230,148 @@ class Recorder:
             {"time": at, "kind": name, "detail": json.loads(detail)} for at, name, detail in rows
         ]
 
-    def record(self, row: tuple[Any, ...]) -> None:
-        """Queue one row (``COLUMNS`` order); cheap, never blocks on the database. A row
-        of the columns before ``direction`` is a request served (inbound)."""
-        if self._pid != os.getpid():  # first row in this process (workers fork)
+    def arrived(self) -> int:
+        """A request arrived (the middleware calls it first): until :meth:`record` queues
+        its row with this ticket, this process's mark stays before it. Cheap: a lock and
+        a dict entry."""
+        if self._pid != os.getpid():  # first request in this process (workers fork)
             self._start()
+        return self._pending.add(time.monotonic())
+
+    def record(self, row: tuple[Any, ...], ticket: int | None = None) -> None:
+        """Queue one row (``COLUMNS`` order); cheap, never blocks on the database. A row
+        of the columns before ``direction`` is a request served (inbound); ``ticket`` is
+        its :meth:`arrived`."""
+        if ticket is None and self._pid != os.getpid():  # its first row (workers fork)
+            self._start()  # (a request's ticket started it, in this process)
         if len(row) == _BEFORE_DIRECTION:
             row = (*row, INBOUND, None, None)
         self._queue.put(row)
+        if ticket is not None:  # queued first, then no longer pending: flush() relies on it
+            self._pending.remove(ticket)
+
+    def forget(self, ticket: int) -> None:
+        """A request that :meth:`arrived` ended with no row (recording it failed): it no
+        longer holds this process's mark back."""
+        self._pending.remove(ticket)
 
     def _start(self) -> None:
         with self._write_lock:
             if self._pid == os.getpid():
                 return
+            self._pending = _Pending()  # a fork's copy: the parent's requests are not ours
+            # This process's mark is in the file before any of its requests can have been
+            # answered: a reader never misses a writer it does not know of yet.
+            now = time.monotonic()
+            asked = self._asked()
+            with closing(self._connect()) as connection:
+                self._write(connection, [], now, time.time(), asked)
             self._pid = os.getpid()
+            self._stop = threading.Event()
+            # The thread holds the recorder weakly: one dropped ends its thread.
             threading.Thread(
-                target=self._drain_forever, name="mockforge-recorder", daemon=True
+                target=_drain,
+                args=(weakref.ref(self), self._stop),
+                name="mockforge-recorder",
+                daemon=True,
             ).start()
-            atexit.register(self.flush)  # a worker stopped right after load loses nothing
+            _STARTED.add(self)  # a worker stopped right after load loses nothing (atexit)
 
-    def _drain_forever(self) -> None:
-        while True:
-            time.sleep(FLUSH_EVERY_S)
-            self.flush()
+    def close(self) -> None:
+        """Write what is queued, take this process's mark away (it holds no reader back
+        once done) and end the writer thread. Recording again starts it again."""
+        self._stop.set()
+        _STARTED.discard(self)
+        self._exit()
+        self._pid = 0
+
+    def __del__(self) -> None:
+        if getattr(self, "_pid", 0) == os.getpid():  # dropped without close()
+            with suppress(sqlite3.Error):
+                self._exit()
+
+    def _exit(self) -> None:
+        """Write what is queued, then take this process's mark away."""
+        self.flush()
+        if self._pid == os.getpid():
+            boot, pidns = _place()
+            with closing(self._connect()) as connection:
+                connection.execute(
+                    "DELETE FROM writers WHERE boot = ? AND pidns = ? AND pid = ?",
+                    (boot, pidns, self._pid),
+                )
+
+    def _asked(self) -> tuple[int, int] | None:
+        """The asks file as it is now (size, mtime), without SQLite: it changes with
+        each ask."""
+        try:
+            found = os.stat(self._asks)
+        except FileNotFoundError:
+            return None
+        return found.st_size, found.st_mtime_ns
 
     def flush(self) -> int:
-        """Write every queued row now; returns how many."""
-        rows: list[tuple[Any, ...]] = []
+        """Write every queued row now, with this process's mark; returns how many rows.
+        Idle, it writes its mark only when a reader asked or every ``BEAT_S``."""
         with self._write_lock:
+            writer = self._pid == os.getpid()
+            if not writer and self._queue.empty():
+                return 0
+            # The readers' ask first, then the time: a mark that answers an ask is never
+            # from before it.
+            asked = self._asked() if writer else None
+            # Read before the queue is emptied: a request that arrived before `now` is
+            # pending still, or its row was queued (then left pending): taken below.
+            now, wall = time.monotonic(), time.time()
+            oldest = self._pending.oldest()
+            mark = now if oldest is None else min(now, oldest)
+            rows: list[tuple[Any, ...]] = []
             while True:
                 try:
                     rows.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            if not rows:
-                return 0
-            placeholders = ", ".join("?" * len(COLUMNS))
-            with closing(self._connect()) as connection:
-                for start in range(0, len(rows), BATCH):
-                    connection.executemany(
-                        f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({placeholders})",
-                        rows[start : start + BATCH],
-                    )
+            if rows or (writer and (asked != self._answered or wall - self._beat >= BEAT_S)):
+                with closing(self._connect()) as connection:
+                    self._write(connection, rows, mark, wall - (now - mark), asked, writer)
+        return len(rows)
+
+    def _write(
+        self,
+        connection: sqlite3.Connection,
+        rows: list[tuple[Any, ...]],
+        mark: float,
+        mark_wall: float,
+        asked: tuple[int, int] | None,
+        writer: bool = True,
+    ) -> None:
+        """Rows and this process's mark in one transaction: a reader that sees the mark
+        sees the rows."""
+        placeholders = ", ".join("?" * len(COLUMNS))
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            for start in range(0, len(rows), BATCH):
+                connection.executemany(
+                    f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({placeholders})",
+                    rows[start : start + BATCH],
+                )
+            if rows:
                 connection.execute(
                     "DELETE FROM requests WHERE id <= (SELECT MAX(id) FROM requests) - ?",
                     (self.max_rows,),
                 )
-        return len(rows)
+            if writer:
+                beat = time.time()
+                connection.execute(
+                    "INSERT OR REPLACE INTO writers VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (*_place(), os.getpid(), mark, mark_wall, beat, asked[0] if asked else 0),
+                )
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        if writer:
+            self._answered, self._beat = asked, beat
 
     def search(self, filters: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Rows matching ``filters`` (see the module docstring), newest first."""
@@ -254,32 +383,82 @@ class Recorder:
 
     def attempts(self, filters: Mapping[str, Any], *, settle: bool = True) -> list[dict[str, Any]]:
         """The newest ``MAX_VERDICT_ROWS`` rows matching ``filters``, oldest first: what
-        verdicts and the report read. With ``settle``, first wait out the other workers'
-        next writes: a test asks right after its last request, which another worker may
-        still hold in its queue."""
+        verdicts and the report read. With ``settle``, first wait until every process
+        that records has written what arrived before this call (:meth:`settle`): a test
+        asks right after its last request, which another worker may still hold."""
         if settle:
-            self._settle()
+            self.settle()
         else:
             self.flush()
         sql, args = _matching(filters)
         sql = f"SELECT * FROM ({sql} ORDER BY id DESC LIMIT ?) ORDER BY time"
         return self._select(sql, [*args, MAX_VERDICT_ROWS])
 
-    def _settle(self) -> None:
-        """Wait out the other workers' queued rows: ``SETTLE_S`` (two of their flushes),
-        then until a flush interval adds no row (a worker whose writer thread was late,
-        on a busy machine), at most ``MAX_SETTLE_S`` in all."""
-        give_up = time.monotonic() + MAX_SETTLE_S
-        time.sleep(SETTLE_S)
-        last = None
+    def settle(self) -> bool:
+        """Wait until every live writer's mark is at least now, ``MAX_SETTLE_S`` at most
+        (then log it, count it in ``unsettled`` and return False). It asks the writers
+        (each answers within ``FLUSH_EVERY_S``) and reads their marks every
+        ``SETTLE_POLL_S``; a writer whose process is gone is skipped and its mark
+        removed."""
+        since, since_wall = time.monotonic(), time.time()
+        give_up = since + MAX_SETTLE_S
+        self.flush()  # this process's own rows, at once
+        self._ask()
+        asked_at = time.monotonic()
         while True:
-            self.flush()
-            with closing(self._connect()) as connection:
-                newest = connection.execute("SELECT MAX(id) FROM requests").fetchone()[0]
-            if newest == last or time.monotonic() >= give_up:
-                return
-            last = newest
-            time.sleep(FLUSH_EVERY_S)
+            behind = self._behind(since, since_wall)
+            if not behind:
+                return True
+            if time.monotonic() >= give_up:
+                self.unsettled += 1
+                log.warning(
+                    "recorder: answering without waiting longer for %s (pid %s): %g s "
+                    "passed and its rows from before the question may be missing",
+                    "a writer" if len(behind) == 1 else f"{len(behind)} writers",
+                    ", ".join(str(pid) for pid in behind),
+                    MAX_SETTLE_S,
+                )
+                return False
+            if time.monotonic() - asked_at >= FLUSH_EVERY_S:  # missed, or answered early
+                self._ask()
+                asked_at = time.monotonic()
+            time.sleep(SETTLE_POLL_S)
+
+    def _ask(self) -> None:
+        """Ask every writer for its mark: one byte more in the asks file (they stat() it
+        each ``FLUSH_EVERY_S``); past ``ASKS_MAX`` bytes it starts again at one."""
+        with open(self._asks, "ab") as asks:
+            asks.write(b".")
+            if asks.tell() >= ASKS_MAX:
+                asks.truncate(0)
+                asks.write(b".")
+
+    def _behind(self, since: float, since_wall: float) -> list[int]:
+        """The pids of the live writers whose mark is before ``since``; the marks of
+        gone writers are removed."""
+        boot, pidns = _place()
+        behind, gone = [], []
+        with closing(self._connect()) as connection:
+            writers = connection.execute("SELECT * FROM writers").fetchall()
+            for row in writers:
+                their_boot, their_pidns, pid, mark, mark_wall, beat, _ = row
+                # One boot shares CLOCK_MONOTONIC (time.monotonic): no wall-clock steps.
+                if (mark >= since) if their_boot == boot else (mark_wall >= since_wall):
+                    continue
+                if their_boot == boot and their_pidns == pidns:
+                    alive = _alive(pid)
+                else:  # another host or container: no pid to look at, its beat tells
+                    alive = time.time() - beat < GONE_S
+                if alive:
+                    behind.append(pid)
+                else:
+                    gone.append((their_boot, their_pidns, pid, beat))
+            for key in gone:
+                connection.execute(
+                    "DELETE FROM writers WHERE boot = ? AND pidns = ? AND pid = ? AND beat = ?",
+                    key,
+                )
+        return behind
 
     def _select(self, sql: str, args: list[Any]) -> list[dict[str, Any]]:
         with closing(self._connect()) as connection:
@@ -302,6 +481,90 @@ class Recorder:
             if len(page) < EXPORT_PAGE:
                 return
             after = page[-1][0]
+
+
+class _Pending:
+    """This process's requests that arrived and whose row is not queued yet: their
+    arrival (time.monotonic()) by ticket. No lock: a dict's item set, pop and copy are
+    each one step for other threads (the GIL; a free-threaded build locks the dict)."""
+
+    def __init__(self) -> None:
+        self._arrived: dict[int, float] = {}
+        self._tickets = itertools.count()
+
+    def add(self, at: float) -> int:
+        ticket = next(self._tickets)
+        self._arrived[ticket] = at
+        return ticket
+
+    def remove(self, ticket: int) -> None:
+        self._arrived.pop(ticket, None)
+
+    def oldest(self) -> float | None:
+        return min(self._arrived.copy().values(), default=None)
+
+
+_STARTED: weakref.WeakSet[Recorder] = weakref.WeakSet()  # writing in this process
+# Held by a writer thread while it is inside SQLite, and by a fork: a child forked while
+# a thread held one of SQLite's own mutexes would wait on it forever.
+_WRITING = threading.Lock()
+os.register_at_fork(
+    before=_WRITING.acquire, after_in_parent=_WRITING.release, after_in_child=_WRITING.release
+)
+
+
+def _drain(recorder_ref: weakref.ref[Recorder], stop: threading.Event) -> None:
+    """A recorder's writer thread: its queue written each ``FLUSH_EVERY_S`` until it is
+    closed or dropped."""
+    while not stop.wait(FLUSH_EVERY_S):
+        with _WRITING:
+            recorder = recorder_ref()
+            if recorder is None:
+                return
+            try:
+                recorder.flush()
+            except sqlite3.Error as error:  # the file locked past its timeout: next time
+                log.warning("recorder: could not write its rows (%s); retrying", error)
+            del recorder  # dropped here, its __del__ writes under the lock too
+
+
+@atexit.register
+def _at_exit() -> None:
+    """A worker stopped right after load loses nothing: each recorder writes its queue."""
+    for recorder in list(_STARTED):
+        recorder._exit()
+
+
+@functools.cache
+def _place() -> tuple[str, str]:
+    """Where pids and time.monotonic() mean the same: this boot (one CLOCK_MONOTONIC for
+    every process on it, unless a time namespace moves it) and this pid namespace (a
+    container has its own). Elsewhere than Linux, the host name for both."""
+    host = socket.gethostname()
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        pidns = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return host, host
+    return boot, pidns
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` (in this pid namespace) runs: not gone, not a zombie (a
+    killed worker until its master reaps it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
 
 
 def _wal(connection: sqlite3.Connection, *, patience_s: float = 10.0) -> None:
@@ -438,9 +701,17 @@ class RecorderMiddleware:
                     environ[_RETRY_AFTER_KEY] = value
             return start_response(status, headers, exc_info)
 
+        environ[_TICKET_KEY] = self.recorder.arrived()
         return observe(self.app, environ, start, self._done)
 
     def _done(self, environ: WSGIEnvironment, status: str, seconds: float) -> None:
+        try:
+            self._record(environ, status, seconds)
+        except BaseException:  # no row: the request must not hold this process's mark
+            self.recorder.forget(environ[_TICKET_KEY])
+            raise
+
+    def _record(self, environ: WSGIEnvironment, status: str, seconds: float) -> None:
         scenario = None
         if self._scenario_now is not None:
             try:
@@ -474,7 +745,8 @@ class RecorderMiddleware:
                 INBOUND,
                 None,
                 None,
-            )
+            ),
+            environ[_TICKET_KEY],
         )
 
     def _call_done(self, call: outbound.CallRecord) -> None:
@@ -593,6 +865,7 @@ def _never(path: str) -> bool:
 
 
 _BODY_HASH_KEY = "mockforge.body_hash"
+_TICKET_KEY = "mockforge.recorder_ticket"
 _RETRY_AFTER_KEY = "mockforge.retry_after"
 
 

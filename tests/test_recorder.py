@@ -268,15 +268,16 @@ def test_the_writer_thread_waits_the_documented_0_2_s_between_writes(
 
     waits: list[float] = []
 
-    def sleep(seconds: float) -> None:
-        if threading.current_thread().name == "mockforge-recorder":
-            waits.append(seconds)
-        time.sleep(0.001)
+    class Event(threading.Event):  # the writer thread waits on its stop event
+        def wait(self, timeout: float | None = None) -> bool:
+            if threading.current_thread().name == "mockforge-recorder":
+                waits.append(timeout or 0)
+            return super().wait(0.001)
 
     monkeypatch.setattr(
         recorder_module,
-        "time",
-        SimpleNamespace(sleep=sleep, time=time.time, monotonic=time.monotonic),
+        "threading",
+        SimpleNamespace(Event=Event, Lock=threading.Lock, Thread=threading.Thread),
     )
     client, recorder = recorded(tmp_path)
     client.get("/x", buffered=True)
