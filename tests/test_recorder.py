@@ -242,6 +242,7 @@ def test_a_stop_right_after_load_loses_no_row(tmp_path: Path) -> None:
     assert len(rows) == 600
 
 
+@pytest.mark.alone  # a wall-clock bound: a fast loop's other worker once delayed it 1.2 s
 def test_a_queued_row_is_written_within_the_flush_interval(tmp_path: Path) -> None:
     """docs/observability.md: the background thread writes every 0.2 s; no flush()."""
     import sqlite3
