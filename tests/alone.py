@@ -47,15 +47,8 @@ def _flock(path: Path, mode: int) -> Iterator[None]:
 
 def alone_first(items: list[pytest.Item]) -> None:
     """The ``alone`` tests first, in their order (pytest-xdist then hands them out one
-    after another). A group's tests (``xdist_group``) keep their place: the group goes to
-    one worker as a whole anyway, and its order is the module's (test_manyhost.py starts
-    each fleet in a test that is not ``alone``, so not while every other worker waits)."""
-    items.sort(
-        key=lambda item: (
-            item.get_closest_marker("alone") is None
-            or item.get_closest_marker("xdist_group") is not None
-        )
-    )
+    after another; a group's stay in their group, first in it)."""
+    items.sort(key=lambda item: item.get_closest_marker("alone") is None)
 
 
 # This worker's exclusive hold, kept from one ``alone`` test to the next (a flock lock

@@ -1,6 +1,5 @@
-"""The ``alone`` marker's scheduling (tests/alone.py): the alone tests first (but for a
-group's, which keep their place), and a worker keeps its exclusive lock from one alone
-test to the next."""
+"""The ``alone`` marker's scheduling (tests/alone.py): the alone tests first, and a
+worker keeps its exclusive lock from one alone test to the next."""
 
 from __future__ import annotations
 
@@ -13,13 +12,11 @@ import pytest
 
 
 class _Item:
-    def __init__(self, name: str, *, is_alone: bool, grouped: bool = False) -> None:
-        self.name, self.is_alone, self.grouped = name, is_alone, grouped
+    def __init__(self, name: str, *, is_alone: bool) -> None:
+        self.name, self.is_alone = name, is_alone
 
     def get_closest_marker(self, name: str) -> Any:
-        if name == "alone":
-            return object() if self.is_alone else None
-        return object() if name == "xdist_group" and self.grouped else None
+        return object() if name == "alone" and self.is_alone else None
 
 
 def _locked(path: Path) -> bool:
@@ -45,14 +42,6 @@ def test_the_alone_tests_come_first_in_their_order() -> None:
     items = [_Item(n, is_alone=n in "bd") for n in "abcde"]
     alone.alone_first(items)  # type: ignore[arg-type]
     assert [i.name for i in items] == ["b", "d", "a", "c", "e"]
-
-
-def test_a_groups_tests_keep_their_place() -> None:
-    """A group runs in one worker, in its order: test_manyhost.py starts each fleet in a
-    test that is not ``alone``, before the ones that are."""
-    items = [_Item(n, is_alone=n in "cd", grouped=n in "bc") for n in "abcde"]
-    alone.alone_first(items)  # type: ignore[arg-type]
-    assert [i.name for i in items] == ["d", "a", "b", "c", "e"]
 
 
 def test_a_worker_keeps_the_lock_between_two_alone_tests(
