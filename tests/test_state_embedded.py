@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import gc
 import multiprocessing
 import os
 import signal
@@ -287,3 +289,30 @@ def test_a_waiter_gets_the_slot_of_a_killed_holder(tmp_path: Path) -> None:
     # The limit is full with the dead holder's slot; waiting finds it gone.
     assert store.acquire_slot("connections", 1, 5.0)
     assert store.slots_in_use("connections") == 1
+
+
+def _try_the_lock(path: Path, results: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0)
+        results.put("taken")
+    except OSError:
+        results.put("held")
+    finally:
+        os.close(fd)
+
+
+def test_a_second_store_collected_leaves_the_first_ones_lock_held(tmp_path: Path) -> None:
+    """Closing any descriptor of a file drops every fcntl lock the process holds on it,
+    and an mmap closes its own copy of the descriptor when collected: a second store of
+    the same file, collected while the first held the lock, let another process in (a
+    fast loop once admitted 101 of a burst of 100)."""
+    first, second = EmbeddedStore(tmp_path), EmbeddedStore(tmp_path)
+    results: multiprocessing.Queue = FORK.Queue()  # type: ignore[type-arg]
+    with first._locked():
+        del second
+        gc.collect()  # a store is in a reference cycle (its lock holds it): collected here
+        child = FORK.Process(target=_try_the_lock, args=(first.path, results))
+        child.start()
+        child.join(10)
+    assert results.get(timeout=10) == "held"

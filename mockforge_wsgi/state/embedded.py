@@ -34,6 +34,7 @@ import json
 import mmap
 import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence, Set
@@ -101,9 +102,8 @@ class EmbeddedStore(Store):
             if os.fstat(self._fd).st_size == 0:
                 entries = max(1024, 2 * max_keys)
                 os.ftruncate(self._fd, _BUCKETS + 16 * entries)
-                with mmap.mmap(self._fd, 0) as fresh:
-                    memoryview(fresh).cast("Q")[_ENTRIES] = entries
-        self._map = mmap.mmap(self._fd, 0)
+                os.pwrite(self._fd, entries.to_bytes(8, sys.byteorder), 8 * _ENTRIES)
+        self._map = _map_for(self._fd)
         self._words = memoryview(self._map).cast("Q")
         self._floats = memoryview(self._map).cast("d")
         self._entries = int(self._words[_ENTRIES])
@@ -552,6 +552,25 @@ def _thread_lock_for(path: Path) -> threading.RLock:
     key = os.path.realpath(path)
     with _LOCKS_GUARD:
         return _LOCKS.setdefault(key, threading.RLock())
+
+
+_MAPS: dict[tuple[int, int], mmap.mmap] = {}  # by the file's (device, inode)
+
+
+def _map_for(fd: int) -> mmap.mmap:
+    """One mapping of a store file per process, kept for good. An mmap holds a copy of
+    its file descriptor and closes it when collected, and closing any descriptor of a
+    file drops every fcntl lock the process holds on it: a second store of the same
+    file, collected while the first held the lock, let another process in (a rate
+    limit admitted one request too many). Keyed by inode: a file made anew at the same
+    path is mapped anew."""
+    stat = os.fstat(fd)
+    key = (stat.st_dev, stat.st_ino)
+    with _LOCKS_GUARD:
+        found = _MAPS.get(key)
+        if found is None:
+            found = _MAPS[key] = mmap.mmap(fd, 0)
+        return found
 
 
 def _reinit_locks_in_child() -> None:
