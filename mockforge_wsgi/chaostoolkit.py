@@ -139,6 +139,9 @@ def guard_tripped(configuration: Mapping[str, Any] | None = None) -> bool:
     return bool(_client(configuration).guard()["tripped"])
 
 
+MAX_WAIT_S = 60.0  # breaker_state's within_s at most
+
+
 def breaker_state(
     owner: str = "global",
     configuration: Mapping[str, Any] | None = None,
@@ -151,6 +154,8 @@ def breaker_state(
     state, and returns the last: the server counts an answer when it closes it, a
     moment after the client read it, so a probe right after a failure can be early.
     """
+    if not 0 <= within_s <= MAX_WAIT_S:  # NaN too: a wait that could never end
+        raise ValueError(f"within_s: {within_s!r} is not a number of seconds from 0 to 60")
     client = _client(configuration)
     deadline = time.monotonic() + within_s
     while True:

@@ -66,3 +66,12 @@ def test_breaker_state_waits_for_the_state_asked_for(monkeypatch: pytest.MonkeyP
     assert chaostoolkit.breaker_state(wait_for="open", within_s=0.1) == "closed"
     assert time.monotonic() - started < 1.0  # gave up, and said what it saw
     assert chaostoolkit.breaker_state("nobody") is None
+
+
+@pytest.mark.parametrize("within_s", [-1.0, float("nan"), float("inf"), 61.0])
+def test_breaker_state_refuses_a_wait_that_could_not_end(within_s: float) -> None:
+    """Every number a user sends is bounded: NaN or inf would ask for good."""
+    from mockforge_wsgi import chaostoolkit
+
+    with pytest.raises(ValueError, match=r"within_s: .* is not a number of seconds from 0 to 60"):
+        chaostoolkit.breaker_state(wait_for="open", within_s=within_s)
