@@ -45,7 +45,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import closing, suppress
+from contextlib import closing, contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
@@ -185,7 +185,7 @@ class Recorder:
 
     def _open(self) -> None:
         """Make the table (or add the columns a newer version records)."""
-        with closing(self._connect()) as connection:
+        with self._database() as connection:
             connection.executescript(_SCHEMA)
             # Every worker opens the file at once: one at a time looks and adds.
             connection.execute("BEGIN IMMEDIATE")
@@ -198,6 +198,13 @@ class Recorder:
             except BaseException:
                 connection.execute("ROLLBACK")
                 raise
+
+    @contextmanager
+    def _database(self) -> Iterator[sqlite3.Connection]:
+        """A connection for one block, closed at its end; a fork waits while any thread
+        of the process is in such a block (``_FORK_GATE``)."""
+        with _FORK_GATE, closing(self._connect()) as connection:
+            yield connection
 
     def _connect(self) -> sqlite3.Connection:
         connection = sqlite3.connect(self.path, timeout=10, isolation_level=None)
@@ -213,7 +220,7 @@ class Recorder:
         """Write one event of the server (``guard_tripped``: the trip as /status shows
         it) now. Every worker that sees it writes it; the first write counts (an event is
         its kind and its time)."""
-        with closing(self._connect()) as connection:
+        with self._database() as connection:
             connection.execute(
                 "INSERT OR IGNORE INTO events (time, kind, detail) VALUES (?, ?, ?)",
                 (at, kind, json.dumps(detail, sort_keys=True)),
@@ -224,7 +231,7 @@ class Recorder:
         sql, args = "SELECT time, kind, detail FROM events", []
         if kind is not None:
             sql, args = sql + " WHERE kind = ?", [kind]
-        with closing(self._connect()) as connection:
+        with self._database() as connection:
             rows = connection.execute(sql + " ORDER BY time", args).fetchall()
         return [
             {"time": at, "kind": name, "detail": json.loads(detail)} for at, name, detail in rows
@@ -264,7 +271,7 @@ class Recorder:
             # answered: a reader never misses a writer it does not know of yet.
             now = time.monotonic()
             asked = self._asked()
-            with closing(self._connect()) as connection:
+            with self._database() as connection:
                 self._write(connection, [], now, time.time(), asked)
             self._pid = os.getpid()
             self._stop = threading.Event()
@@ -295,7 +302,7 @@ class Recorder:
         self.flush()
         if self._pid == os.getpid():
             boot, pidns = _place()
-            with closing(self._connect()) as connection:
+            with self._database() as connection:
                 connection.execute(
                     "DELETE FROM writers WHERE boot = ? AND pidns = ? AND pid = ?",
                     (boot, pidns, self._pid),
@@ -332,7 +339,7 @@ class Recorder:
                 except queue.Empty:
                     break
             if rows or (writer and (asked != self._answered or wall - self._beat >= BEAT_S)):
-                with closing(self._connect()) as connection:
+                with self._database() as connection:
                     self._write(connection, rows, mark, wall - (now - mark), asked, writer)
         return len(rows)
 
@@ -438,7 +445,7 @@ class Recorder:
         gone writers are removed."""
         boot, pidns = _place()
         behind, gone = [], []
-        with closing(self._connect()) as connection:
+        with self._database() as connection:
             writers = connection.execute("SELECT * FROM writers").fetchall()
             for row in writers:
                 their_boot, their_pidns, pid, mark, mark_wall, beat, _ = row
@@ -461,7 +468,7 @@ class Recorder:
         return behind
 
     def _select(self, sql: str, args: list[Any]) -> list[dict[str, Any]]:
-        with closing(self._connect()) as connection:
+        with self._database() as connection:
             found = connection.execute(sql, args).fetchall()
         return [dict(zip(COLUMNS, row, strict=True)) for row in found]
 
@@ -470,7 +477,7 @@ class Recorder:
         self.flush()
         after = 0
         while True:
-            with closing(self._connect()) as connection:
+            with self._database() as connection:
                 page = connection.execute(
                     f"SELECT id, {', '.join(COLUMNS)} FROM requests WHERE id > ? "
                     "ORDER BY id LIMIT ?",
@@ -505,11 +512,62 @@ class _Pending:
 
 
 _STARTED: weakref.WeakSet[Recorder] = weakref.WeakSet()  # writing in this process
-# Held by a writer thread while it is inside SQLite, and by a fork: a child forked while
-# a thread held one of SQLite's own mutexes would wait on it forever.
-_WRITING = threading.Lock()
+
+
+class _ForkGate:
+    """The threads of this process inside SQLite, counted: a fork waits until none is,
+    and no thread enters while a fork is being taken. A child forked while a thread held
+    one of SQLite's own mutexes (its allocator's, taken on every malloc) would wait on it
+    forever at its first connection: writer threads and request threads alike (gunicorn's
+    master forks respawned workers while its admin listener answers searches). A thread
+    may enter again while inside (a recorder's ``__del__`` run by the GC there)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._inside = 0
+        self._forking = False
+        self._depth = threading.local()
+
+    def __enter__(self) -> None:
+        depth = getattr(self._depth, "n", 0)
+        with self._cond:
+            while self._forking and not depth:
+                self._cond.wait()
+            self._inside += 1
+        self._depth.n = depth + 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._depth.n -= 1
+        with self._cond:
+            self._inside -= 1
+            if not self._inside:
+                self._cond.notify_all()
+
+    def before_fork(self) -> None:
+        """Held from here to the fork's end: every other thread out of SQLite."""
+        self._cond.acquire()
+        self._forking = True
+        own = getattr(self._depth, "n", 0)  # a fork from inside a block waits for the others
+        while self._inside > own:
+            self._cond.wait()
+
+    def after_fork_in_parent(self) -> None:
+        self._forking = False
+        self._cond.notify_all()
+        self._cond.release()
+
+    def after_fork_in_child(self) -> None:
+        """The only thread now is the one that forked: the others' blocks are not ours."""
+        self._cond = threading.Condition()
+        self._inside = getattr(self._depth, "n", 0)
+        self._forking = False
+
+
+_FORK_GATE = _ForkGate()
 os.register_at_fork(
-    before=_WRITING.acquire, after_in_parent=_WRITING.release, after_in_child=_WRITING.release
+    before=_FORK_GATE.before_fork,
+    after_in_parent=_FORK_GATE.after_fork_in_parent,
+    after_in_child=_FORK_GATE.after_fork_in_child,
 )
 
 
@@ -517,15 +575,14 @@ def _drain(recorder_ref: weakref.ref[Recorder], stop: threading.Event) -> None:
     """A recorder's writer thread: its queue written each ``FLUSH_EVERY_S`` until it is
     closed or dropped."""
     while not stop.wait(FLUSH_EVERY_S):
-        with _WRITING:
-            recorder = recorder_ref()
-            if recorder is None:
-                return
-            try:
-                recorder.flush()
-            except sqlite3.Error as error:  # the file locked past its timeout: next time
-                log.warning("recorder: could not write its rows (%s); retrying", error)
-            del recorder  # dropped here, its __del__ writes under the lock too
+        recorder = recorder_ref()
+        if recorder is None:
+            return
+        try:
+            recorder.flush()
+        except sqlite3.Error as error:  # the file locked past its timeout: next time
+            log.warning("recorder: could not write its rows (%s); retrying", error)
+        del recorder  # dropped here, its __del__ writes (through the fork gate too)
 
 
 @atexit.register

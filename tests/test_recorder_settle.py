@@ -313,3 +313,73 @@ def test_a_killed_worker_does_not_hold_a_verdict(served: tuple[Server, Path]) ->
     assert verdict_calls(server, "after-kill") == 1
     assert victim not in writers(database)  # seen gone (pid not alive), its mark removed
     assert "answering without waiting" not in server.log()
+
+
+def test_a_fork_while_a_request_thread_reads_leaves_the_child_able_to_use_sqlite(
+    tmp_path: Path,
+) -> None:
+    """Request threads read the file too (the admin listener in gunicorn's master serves
+    searches and verdicts while the master forks a respawned worker): a fork waits until
+    no thread of the process is inside SQLite, whoever's it is."""
+    import multiprocessing
+
+    recorder = Recorder(tmp_path / "read.db")
+    for _ in range(500):
+        recorder.record(row() + (None,) * 5)
+    recorder.flush()
+    stop = threading.Event()
+
+    def keep_reading() -> None:  # a request thread answering searches back to back
+        while not stop.is_set():
+            assert len(recorder.search({"limit": 500})) == 500
+
+    readers = [threading.Thread(target=keep_reading) for _ in range(2)]
+    for reader in readers:
+        reader.start()
+    fork = multiprocessing.get_context("fork")
+    try:
+        for round_ in range(3):
+            results = fork.Queue()
+            children = [
+                fork.Process(
+                    target=_open_and_report, args=(str(tmp_path / f"c{round_}{n}.db"), results)
+                )
+                for n in range(8)
+            ]
+            for child in children:
+                child.start()
+            for child in children:
+                child.join(10)
+            assert [child.exitcode for child in children] == [0] * 8
+    finally:
+        stop.set()
+        for reader in readers:
+            reader.join()
+        recorder.close()
+
+
+def test_a_fork_taken_inside_a_database_block_does_not_wait_for_itself(tmp_path: Path) -> None:
+    """The fork gate counts the forking thread's own blocks out (a GC-run ``__del__`` or
+    a user's fork inside one would otherwise wait for itself forever)."""
+    script = textwrap.dedent(
+        """
+        import os, sys
+        from mockforge_wsgi.recorder import Recorder
+        recorder = Recorder(sys.argv[1])
+        with recorder._database() as connection:
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        with recorder._database() as connection:  # the gate is open again in the parent
+            connection.execute("SELECT 1")
+        print("forked", os.waitstatus_to_exitcode(status))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "gate.db")],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    assert done.stdout.strip() == "forked 0", done.stderr
