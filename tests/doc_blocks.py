@@ -316,7 +316,8 @@ def _lines(source: str) -> list[str]:
 def _commands(line: str) -> list[list[str]]:
     """The commands of one line (``A && B``), ``VAR=value`` and ``cd DIR &&`` taken off."""
     words = shlex.split(line.partition("  #")[0])
-    commands, current = [], []
+    commands: list[list[str]] = []
+    current: list[str] = []
     for word in [*words, "&&"]:
         if word == "&&":
             commands.append(current)

@@ -396,7 +396,7 @@ class RedisClusterServers:
     def start_node(self, port: int, *, wait: bool = True) -> None:
         # The bus port is given: port + 10000 by default, which may be a client's.
         bus = self.bus_ports.setdefault(port, free_port())
-        args = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
+        args: tuple[str, ...] = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
         args += ("--cluster-node-timeout", "1000", "--cluster-port", str(bus))
         self.procs[port] = _redis_process(port, self.tmp_path / str(port), *args)
         if wait:
