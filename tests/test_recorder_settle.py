@@ -164,6 +164,27 @@ def test_a_closed_or_dropped_recorder_ends_its_thread_and_takes_its_mark_away(
         assert len(Recorder(tmp_path / name).attempts({}, settle=False)) == 1
 
 
+def children_open_recorders(tmp_path: Path) -> None:
+    """Three rounds of eight forked children, each opening a recorder of its own: every
+    one must exit 0 (one stuck on SQLite's mutex exits 1 after 5 s)."""
+    import multiprocessing
+
+    fork = multiprocessing.get_context("fork")
+    for round_ in range(3):
+        results = fork.Queue()
+        children = [
+            fork.Process(
+                target=_open_and_report, args=(str(tmp_path / f"c{round_}{n}.db"), results)
+            )
+            for n in range(8)
+        ]
+        for child in children:
+            child.start()
+        for child in children:
+            child.join(10)
+        assert [child.exitcode for child in children] == [0] * 8
+
+
 def _open_and_report(path: str, results: Any) -> None:
     import faulthandler
 
@@ -177,8 +198,6 @@ def test_a_fork_while_writer_threads_write_leaves_the_child_able_to_use_sqlite(
 ) -> None:
     """A child forked while a writer thread is inside SQLite could wait forever on one of
     SQLite's mutexes (a clean-clone CI run's forked workers hung): forks wait for it."""
-    import multiprocessing
-
     busy = [Recorder(tmp_path / f"busy{n}.db") for n in range(40)]
     for recorder in busy:  # started here: the forks meet their writer threads only
         recorder.record(row() + (None,) * 5)
@@ -192,21 +211,8 @@ def test_a_fork_while_writer_threads_write_leaves_the_child_able_to_use_sqlite(
 
     feeder = threading.Thread(target=keep_busy)
     feeder.start()
-    fork = multiprocessing.get_context("fork")
     try:
-        for round_ in range(3):
-            results = fork.Queue()
-            children = [
-                fork.Process(
-                    target=_open_and_report, args=(str(tmp_path / f"c{round_}{n}.db"), results)
-                )
-                for n in range(8)
-            ]
-            for child in children:
-                child.start()
-            for child in children:
-                child.join(10)
-            assert [child.exitcode for child in children] == [0] * 8
+        children_open_recorders(tmp_path)
     finally:
         stop.set()
         feeder.join()
@@ -321,8 +327,6 @@ def test_a_fork_while_a_request_thread_reads_leaves_the_child_able_to_use_sqlite
     """Request threads read the file too (the admin listener in gunicorn's master serves
     searches and verdicts while the master forks a respawned worker): a fork waits until
     no thread of the process is inside SQLite, whoever's it is."""
-    import multiprocessing
-
     recorder = Recorder(tmp_path / "read.db")
     for _ in range(500):
         recorder.record(row() + (None,) * 5)
@@ -336,21 +340,8 @@ def test_a_fork_while_a_request_thread_reads_leaves_the_child_able_to_use_sqlite
     readers = [threading.Thread(target=keep_reading) for _ in range(2)]
     for reader in readers:
         reader.start()
-    fork = multiprocessing.get_context("fork")
     try:
-        for round_ in range(3):
-            results = fork.Queue()
-            children = [
-                fork.Process(
-                    target=_open_and_report, args=(str(tmp_path / f"c{round_}{n}.db"), results)
-                )
-                for n in range(8)
-            ]
-            for child in children:
-                child.start()
-            for child in children:
-                child.join(10)
-            assert [child.exitcode for child in children] == [0] * 8
+        children_open_recorders(tmp_path)
     finally:
         stop.set()
         for reader in readers:
