@@ -176,6 +176,7 @@ class Recorder:
         self._beat = 0.0  # when it last wrote its mark (time.time())
         self._stop = threading.Event()  # close(): the writer thread ends
         self.unsettled = 0  # reads that gave up waiting (MAX_SETTLE_S), in this process
+        _RECORDERS.add(self)
         try:
             self._open()
         except sqlite3.Error as error:
@@ -262,11 +263,18 @@ class Recorder:
         longer holds this process's mark back."""
         self._pending.remove(ticket)
 
+    def _forked(self) -> None:
+        """In a forked child, before anything else runs: the parent's write lock may have
+        been held by one of its threads (never released here), and its queued rows and
+        pending requests are the parent's to write, not this process's."""
+        self._write_lock = threading.Lock()
+        self._queue = queue.SimpleQueue()
+        self._pending = _Pending()
+
     def _start(self) -> None:
         with self._write_lock:
             if self._pid == os.getpid():
                 return
-            self._pending = _Pending()  # a fork's copy: the parent's requests are not ours
             # This process's mark is in the file before any of its requests can have been
             # answered: a reader never misses a writer it does not know of yet.
             now = time.monotonic()
@@ -564,10 +572,19 @@ class _ForkGate:
 
 
 _FORK_GATE = _ForkGate()
+_RECORDERS: weakref.WeakSet[Recorder] = weakref.WeakSet()  # every one in this process
+
+
+def _after_fork_in_child() -> None:
+    _FORK_GATE.after_fork_in_child()
+    for recorder in list(_RECORDERS):
+        recorder._forked()
+
+
 os.register_at_fork(
     before=_FORK_GATE.before_fork,
     after_in_parent=_FORK_GATE.after_fork_in_parent,
-    after_in_child=_FORK_GATE.after_fork_in_child,
+    after_in_child=_after_fork_in_child,
 )
 
 

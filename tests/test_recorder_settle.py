@@ -374,3 +374,34 @@ def test_a_fork_taken_inside_a_database_block_does_not_wait_for_itself(tmp_path:
         timeout=10,
     )
     assert done.stdout.strip() == "forked 0", done.stderr
+
+
+def _record_in_child(recorder: Recorder, results: Any) -> None:
+    import faulthandler
+
+    faulthandler.dump_traceback_later(5, exit=True)  # stuck on the parent's lock: exit 1
+    recorder.record(row() + (None,) * 5)
+    results.put(recorder.flush())
+
+
+def test_a_child_forked_mid_flush_records_and_leaves_the_parents_rows_to_it(
+    tmp_path: Path,
+) -> None:
+    """A fork taken while one of the parent's threads held the recorder's write lock (a
+    writer thread between taking its queue and SQLite, a request thread flushing before a
+    search) left the child waiting on that lock forever at its first request; and the
+    child wrote the rows it found queued, which the parent writes too."""
+    import multiprocessing
+
+    recorder = Recorder(tmp_path / "mid.db")
+    recorder.record(row() + (None,) * 5)  # the parent's, queued when the child is forked
+    fork = multiprocessing.get_context("fork")
+    results = fork.Queue()
+    with recorder._write_lock:  # held by "another thread" of the parent at fork time
+        child = fork.Process(target=_record_in_child, args=(recorder, results))
+        child.start()
+    child.join(10)
+    assert child.exitcode == 0
+    assert results.get(timeout=1) == 1  # its own row only
+    recorder.close()
+    assert len(recorder.attempts({}, settle=False)) == 2
