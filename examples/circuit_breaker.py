@@ -4,6 +4,9 @@ The scenario's 1-5 s delays outlast the client's 0.5 s timeout and its errors fa
 calls outright; after three failures the breaker opens and later calls fail fast,
 without touching the struggling service.
 
+It needs pybreaker and requests (`python3 -m pip install -e '.[examples]'` from the
+repository)::
+
     mockforge serve --chaos --chaos-scenario cascading_failure &
     python examples/circuit_breaker.py http://127.0.0.1:3000
 """

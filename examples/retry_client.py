@@ -1,7 +1,9 @@
 """A requests client that survives `service_instability`: urllib3's Retry on 5xx.
 
-mockforge serve --chaos --chaos-scenario service_instability --seed 6 &
-python examples/retry_client.py http://127.0.0.1:3000
+It needs requests (`python3 -m pip install -e '.[examples]'` from the repository)::
+
+    mockforge serve --chaos --chaos-scenario service_instability --seed 6 &
+    python examples/retry_client.py http://127.0.0.1:3000
 """
 
 from __future__ import annotations
