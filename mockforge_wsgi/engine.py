@@ -220,12 +220,23 @@ class RuntimeState:
     guard_armed_at: float = 0.0
     guard_renewed_at: float | None = None
     guard_trip: dict[str, Any] | None = None
+    # A scenario turned chaos on (it was off): off again when no scenario is left. The
+    # switch thrown by hand (enable, disable, a config with `enabled`) clears it.
+    off_after_scenarios: bool = False
 
     def armed(self, at: float) -> RuntimeState:
         """Chaos switched on by the API at ``at``: on, the guard's window and its
         max_duration_s counting from then, the last trip forgotten."""
         return attrs.evolve(
             self, enabled=True, guard_armed_at=at, guard_renewed_at=at, guard_trip=None
+        )
+
+    def scenario_on(self, active: ActiveScenario, **changes: Any) -> RuntimeState:
+        """``active`` started (:meth:`started`) and chaos switched on with it; if chaos
+        was off, it goes off again when the last scenario ends (:meth:`ended`)."""
+        started = self.started(active, **changes).armed(active.started_at)
+        return attrs.evolve(
+            started, off_after_scenarios=self.off_after_scenarios or not self.enabled
         )
 
     def started(self, active: ActiveScenario, **changes: Any) -> RuntimeState:
@@ -244,9 +255,17 @@ class RuntimeState:
 
     def ended(self, at: float) -> RuntimeState:
         """The active scenario ends at ``at``: the last one it replaced resumes for the
-        time it had left, with its changes; with none paused, the runtime config returns."""
+        time it had left, with its changes; with none paused, the runtime config returns,
+        and chaos goes off if a scenario turned it on."""
         if not self.paused:
-            return attrs.evolve(self, active=None, overridden=(), overrides=None)
+            return attrs.evolve(
+                self,
+                active=None,
+                overridden=(),
+                overrides=None,
+                enabled=self.enabled and not self.off_after_scenarios,
+                off_after_scenarios=False,
+            )
         held = self.paused[-1]
         resumed = attrs.evolve(
             held.active,
@@ -296,6 +315,7 @@ class RuntimeState:
             "guard_armed_at": self.guard_armed_at,
             "guard_renewed_at": self.guard_renewed_at,
             "guard_trip": self.guard_trip,
+            "off_after_scenarios": self.off_after_scenarios,
         }
 
     @classmethod
@@ -322,6 +342,7 @@ class RuntimeState:
             guard_armed_at=float(data.get("guard_armed_at", 0.0)),
             guard_renewed_at=data.get("guard_renewed_at"),
             guard_trip=data.get("guard_trip"),
+            off_after_scenarios=bool(data.get("off_after_scenarios", False)),
         )
 
 
@@ -592,7 +613,7 @@ class ScenarioEngine:
                 active = ActiveScenario(
                     entry.name, entry.start_at, entry.duration_s, reason="schedule"
                 )
-                state = state.started(active, schedule=state.schedule[1:]).armed(entry.start_at)
+                state = state.scenario_on(active, schedule=state.schedule[1:])
             else:
                 return state
 
@@ -689,9 +710,13 @@ class ScenarioEngine:
         """The master switch. On (even if it was) is a switch-on: the guard's window and
         max_duration_s count from now, and a trip shown in /status is forgotten."""
         if enabled:
-            self._change(lambda state, now: state.armed(now))
+            self._change(
+                lambda state, now: attrs.evolve(state.armed(now), off_after_scenarios=False)
+            )
         else:
-            self._change(lambda state, now: attrs.evolve(state, enabled=False))
+            self._change(
+                lambda state, now: attrs.evolve(state, enabled=False, off_after_scenarios=False)
+            )
 
     def editable(self) -> ChaosConfig:
         """The config changes apply to (see :meth:`RuntimeState.editable`), with the
@@ -704,7 +729,11 @@ class ScenarioEngine:
         runtime config, or while a scenario runs, all of it on top of the scenario."""
 
         def write(state: RuntimeState, now: float) -> RuntimeState:
-            written = attrs.evolve(self._write(state, config, OVERRIDABLE), enabled=config.enabled)
+            written = attrs.evolve(
+                self._write(state, config, OVERRIDABLE),
+                enabled=config.enabled,
+                off_after_scenarios=False,
+            )
             return written.armed(now) if config.enabled and not state.enabled else written
 
         self._change(write)
@@ -766,7 +795,7 @@ class ScenarioEngine:
         def start(state: RuntimeState, now: float) -> RuntimeState:
             self._lookup(state, name)
             active = ActiveScenario(name, now, duration_s, ramp_s, reason="api")
-            return state.started(active).armed(now)
+            return state.scenario_on(active)
 
         state = self._change(start)
         assert state.active is not None

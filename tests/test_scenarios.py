@@ -148,6 +148,61 @@ def test_duration_returns_the_base_config_by_itself() -> None:
     assert eng.status()["active_scenario"] is None
 
 
+@pytest.mark.parametrize(
+    "end",
+    [
+        pytest.param(lambda eng, clock: eng.stop(), id="stopped"),
+        pytest.param(lambda eng, clock: setattr(clock, "now", clock.now + 30), id="timed-out"),
+    ],
+)
+def test_chaos_a_scenario_turned_on_goes_off_with_the_last_scenario(end: Any) -> None:
+    """A change made while chaos was off (a 503 on every request, here) must not start
+    being injected because a scenario came and went: chaos was off before it."""
+    eng, clock = engine()
+    eng.update_config(
+        fault_injection=FaultInjectionConfig(http_errors=(503,), http_error_probability=1.0)
+    )
+    eng.activate("slow_backend", duration_s=30)
+    eng.activate("peak_traffic")  # on top of it: still the scenarios' doing
+    eng.stop()
+    assert eng.effective().enabled  # slow_backend resumed
+    end(eng, clock)
+    assert eng.status()["active_scenario"] is None
+    assert eng.effective().enabled is False
+    eng.schedule([(1, "slow_backend", 2)])  # a scheduled one too
+    clock.now += 1
+    assert eng.effective().enabled
+    clock.now += 2
+    assert eng.effective().enabled is False
+
+
+@pytest.mark.parametrize(
+    "by_hand",
+    [
+        pytest.param(lambda eng: eng.set_enabled(True), id="enable"),
+        pytest.param(
+            lambda eng: eng.set_config(attrs.evolve(eng.editable(), enabled=True)), id="config"
+        ),
+    ],
+)
+def test_chaos_switched_on_by_hand_stays_on_after_the_scenario(by_hand: Any) -> None:
+    eng, _ = engine()
+    eng.activate("slow_backend")
+    by_hand(eng)  # during the scenario: the user's switch from now on
+    eng.stop()
+    assert eng.effective().enabled
+    eng.set_enabled(False)
+    eng.activate("slow_backend")
+    eng.set_enabled(False)
+    eng.set_enabled(True)
+    eng.stop()
+    assert eng.effective().enabled
+    on_before, _ = engine(load_config(environ={}, overrides={"enabled": True}))
+    on_before.activate("slow_backend")
+    on_before.stop()
+    assert on_before.effective().enabled  # it was on before the scenario
+
+
 def test_ramp_grows_probabilities_and_delays_linearly() -> None:
     eng, clock = engine()
     eng.activate("cascading_failure", ramp_s=10)
