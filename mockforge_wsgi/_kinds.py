@@ -7,6 +7,7 @@ describe themselves for the generated configuration reference.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
 import math
@@ -337,6 +338,19 @@ def shown(raw: Any, limit: int = 60) -> str:
     """``repr(raw)`` for a message, cut short: a hostile value must not flood it."""
     text = repr(raw)
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def unknown_name(
+    kind: str, name: str, choices: Iterable[str], path: str, *, near: str | None = None
+) -> str:
+    """``path: unknown <kind> 'nope'; did you mean 'nearest'? (choices: ...)``: ``near``
+    (already written as the user should write it) or else the choice spelled closest."""
+    known = list(choices)
+    if near is None:
+        close = difflib.get_close_matches(name, known, n=1)
+        near = f"'{close[0]}'" if close else None
+    hint = f"; did you mean {near}?" if near else ""
+    return f"{path}: unknown {kind} {name!r}{hint} (choices: {', '.join(known)})"
 
 
 def _some(items: Iterable[str], most: int = 3) -> str:
