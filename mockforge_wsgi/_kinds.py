@@ -56,7 +56,8 @@ def _bool(raw: Any) -> bool:
         return raw
     if isinstance(raw, str):
         return boolean(raw)
-    raise ValueError("is not a boolean (true or false)")
+    # YAML and JSON read an unquoted 1 as a number, never taken for a boolean: the text is.
+    raise ValueError("is not a boolean (allowed: true/false, yes/no, on/off, '1'/'0' quoted)")
 
 
 def _float(raw: Any) -> float:
@@ -400,6 +401,15 @@ class AtLeast:
 
     def json_schema(self) -> dict[str, Any]:
         return {"minimum": self.low}
+
+
+def not_of_kind(raw: Any, error: ValueError, check: Check | None) -> str:
+    """``'lots' is not a number in [0.001, 1000000]``: a value of the wrong kind is told
+    the setting's bound too, worded as for a value out of it."""
+    problem = f"{shown(raw)} {error}"
+    if isinstance(check, (Between, AtLeast, EachBetween)) and str(error).startswith("is not"):
+        problem += f" {'in ' if isinstance(check, Between) else ''}{check.describe()}"
+    return problem
 
 
 @attrs.frozen
