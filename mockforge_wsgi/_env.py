@@ -15,6 +15,7 @@ from collections.abc import Mapping
 # Standard library only: the management client reads the admin token through here.
 TRUE = frozenset({"1", "true", "yes", "on"})
 FALSE = frozenset({"0", "false", "no", "off"})
+NOT_A_BOOLEAN = "is not a boolean (allowed: true/false, yes/no, on/off, 1/0)"
 
 ADMIN_TOKEN = "MOCKFORGE_ADMIN_TOKEN"  # bearer token the management API requires
 STORE = "MOCKFORGE_STORE"  # memory://, file:///dir, redis://, redis+cluster://, redis+sentinel://
@@ -62,4 +63,4 @@ def boolean(raw: str) -> bool:
     word = raw.strip().lower()
     if word in TRUE | FALSE:
         return word in TRUE
-    raise ValueError("is not a boolean (true or false)")
+    raise ValueError(NOT_A_BOOLEAN)

@@ -7,6 +7,7 @@ describe themselves for the generated configuration reference.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
 import math
@@ -55,7 +56,8 @@ def _bool(raw: Any) -> bool:
         return raw
     if isinstance(raw, str):
         return boolean(raw)
-    raise ValueError("is not a boolean (true or false)")
+    # YAML and JSON read an unquoted 1 as a number, never taken for a boolean: the text is.
+    raise ValueError("is not a boolean (allowed: true/false, yes/no, on/off, '1'/'0' quoted)")
 
 
 def _float(raw: Any) -> float:
@@ -339,6 +341,19 @@ def shown(raw: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
+def unknown_name(
+    kind: str, name: str, choices: Iterable[str], path: str, *, near: str | None = None
+) -> str:
+    """``path: unknown <kind> 'nope'; did you mean 'nearest'? (choices: ...)``: ``near``
+    (already written as the user should write it) or else the choice spelled closest."""
+    known = list(choices)
+    if near is None:
+        close = difflib.get_close_matches(name, known, n=1)
+        near = f"'{close[0]}'" if close else None
+    hint = f"; did you mean {near}?" if near else ""
+    return f"{path}: unknown {kind} {name!r}{hint} (choices: {', '.join(known)})"
+
+
 def _some(items: Iterable[str], most: int = 3) -> str:
     """The first ``most`` items, and how many more: a long list must not flood a message."""
     listed = list(items)
@@ -386,6 +401,15 @@ class AtLeast:
 
     def json_schema(self) -> dict[str, Any]:
         return {"minimum": self.low}
+
+
+def not_of_kind(raw: Any, error: ValueError, check: Check | None) -> str:
+    """``'lots' is not a number in [0.001, 1000000]``: a value of the wrong kind is told
+    the setting's bound too, worded as for a value out of it."""
+    problem = f"{shown(raw)} {error}"
+    if isinstance(check, (Between, AtLeast, EachBetween)) and str(error).startswith("is not"):
+        problem += f" {'in ' if isinstance(check, Between) else ''}{check.describe()}"
+    return problem
 
 
 @attrs.frozen

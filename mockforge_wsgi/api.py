@@ -12,6 +12,7 @@ Usage (any WSGI stack: ChaosMiddleware mounts it for you at ``/api/chaos``)::
 from __future__ import annotations
 
 import base64
+import difflib
 import functools
 import hashlib
 import json
@@ -30,7 +31,7 @@ from werkzeug.exceptions import HTTPException
 from . import _env
 from ._guard import NOSNIFF, BrowserGuard
 from ._headers import bearer_matches
-from ._kinds import shown, strict_json
+from ._kinds import shown, strict_json, unknown_name
 from ._sections import DEFAULT_PREFIX, URL_SEGMENTS
 from .active_faults import pool_name as active_pool
 from .answer_window import PREFIX as WINDOW_PREFIX
@@ -860,8 +861,12 @@ def _management_app(
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Response:
         """404, 405, 413 and friends as JSON, like every other answer of the API."""
+        name = error.name.lower()
         problems = {413: [f"body: larger than {MAX_BODY_BYTES} bytes"]}.get(error.code or 0, [])
-        response = _json({"error": error.name.lower(), "problems": problems}, error.code or 500)
+        section = request.path.removeprefix(f"{prefix}/config/")
+        if error.code == 404 and section != request.path and "/" not in section:
+            name, problems = "unknown config section", [unknown_section(section, prefix)]
+        response = _json({"error": name, "problems": problems}, error.code or 500)
         for name, value in error.get_headers():  # Allow on a 405, say
             if name.lower() != "content-type":
                 response.headers[name] = value
@@ -869,6 +874,17 @@ def _management_app(
         return response
 
     return app
+
+
+def unknown_section(name: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """A section named as /status names it (``fault_injection``) or misspelled: the URL
+    to use, and every section the API serves."""
+    by_attribute = {attribute: segment for segment, attribute in URL_SEGMENTS.items()}
+    near = by_attribute.get(name.replace("-", "_")) or next(
+        iter(difflib.get_close_matches(name, URL_SEGMENTS, n=1)), None
+    )
+    hint = f"{prefix}/config/{near}" if near else None
+    return unknown_name("config section", name, URL_SEGMENTS, "section", near=hint)
 
 
 class LazyManagementApp:

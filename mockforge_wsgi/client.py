@@ -237,6 +237,7 @@ class ChaosClient:
         most ``max_attempts``, waited the Retry-After it was told (``honours_retry_after``),
         waited longer each time (``backoff_grows``) and got its answer (``succeeds``).
         Returns the verdicts' summary."""
+        __tracebackhide__ = True  # pytest shows the test's line and the message, not ours
         found = self.verdicts(**filters)
         if not found["calls"]:
             raise AssertionError(f"no calls recorded for {self._scope_text(filters)}")
@@ -270,6 +271,7 @@ class ChaosClient:
         """Fail, naming each one, if the client sent a POST or PATCH without an
         Idempotency-Key again after a fault that came after the app ran (the side effect
         done twice). Returns the verdicts' summary."""
+        __tracebackhide__ = True
         found = self.verdicts(**filters)
         unsafe = [call for call in found["calls"] if call["unsafe_retry"]]
         if unsafe:

@@ -809,7 +809,7 @@ def _rule_setting(name: str, raw: Any, path: str, problems: list[str]) -> Any:
     try:
         value = kind.parse(raw)
     except ValueError as error:
-        problems.append(f"{path}: {kinds.shown(raw)} {error}")
+        problems.append(f"{path}: {kinds.not_of_kind(raw, error, check)}")
         return _INVALID
     problem = check.problem(value) if check else None
     if problem:
@@ -1281,7 +1281,7 @@ def _build(
             problems.extend(_located(f"{field_path}{p}", "", origins) for p in error.problems)
             continue
         except ValueError as error:
-            problems.append(_located(field_path, f"{kinds.shown(raw)} {error}", origins))
+            problems.append(_located(field_path, kinds.not_of_kind(raw, error, check), origins))
             continue
         problem = check.problem(value) if check else None
         if problem:

@@ -7,7 +7,6 @@ times and ramps them) it is the effective config.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -15,7 +14,7 @@ from typing import Any, Literal
 
 import attrs
 
-from ._kinds import shown
+from ._kinds import shown, unknown_name
 from .config import ChaosConfig, ConfigError, config_from_dict, iter_settings, yaml_layer
 
 __all__ = [
@@ -239,10 +238,7 @@ BUILTIN_SCENARIOS: dict[str, Scenario] = {**PREDEFINED_SCENARIOS, **NETWORK_PROF
 
 def unknown_scenario(name: str, choices: Iterable[str], path: str) -> str:
     """``chaos.scenario: unknown scenario 'nope'; did you mean 'slow_3g'? (choices: ...)``"""
-    known = list(choices)
-    close = difflib.get_close_matches(name, known, n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
-    return f"{path}: unknown scenario {name!r}{hint} (choices: {', '.join(known)})"
+    return unknown_name("scenario", name, choices, path)
 
 
 def scenario_from_dict(name: str, data: Any, path: str) -> tuple[Scenario, bool]:

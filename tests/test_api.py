@@ -204,6 +204,29 @@ def test_bad_input(method: str, path: str, body: Any, status: int, expected: str
     assert call(client, "GET", "/status").get_json() == before
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "expected"),
+    [
+        ("PATCH", "/config/fault_injection", "did you mean /api/chaos/config/faults?"),
+        ("GET", "/config/rate_limit", "did you mean /api/chaos/config/rate-limit?"),
+        ("PUT", "/config/latencyy", "did you mean /api/chaos/config/latency?"),
+        ("DELETE", "/config/zzz", "'zzz' (choices"),
+    ],
+)
+def test_an_unknown_config_section_names_the_url_and_the_sections(
+    method: str, path: str, expected: str
+) -> None:
+    """/status names sections by attribute (``fault_injection``), the URLs by segment."""
+    client, _ = make()
+    response = call(client, method, path, {"http_errors": [700]} if method != "GET" else None)
+    assert response.status_code == 404
+    assert response.get_json()["error"] == "unknown config section"
+    [problem] = problems(response)
+    assert problem.startswith(f"section: unknown config section '{path[8:]}'")
+    assert expected in problem
+    assert problem.endswith(f"(choices: {', '.join(URL_SEGMENTS)})")
+
+
 def test_body_over_64kb_is_413() -> None:
     client, _ = make()
     response = call(client, "PUT", "/config", b"{" + b" " * 70_000 + b"}")

@@ -97,17 +97,44 @@ def test_defaults_are_valid_and_off() -> None:
         ),
         pytest.param(
             {"enabled": "maybe"},
-            "chaos.enabled: 'maybe' is not a boolean (true or false)",
+            "chaos.enabled: 'maybe' is not a boolean (allowed: true/false, yes/no, on/off, 1/0)",
             id="bool",
         ),
         pytest.param(
+            {"enabled": 2},
+            "chaos.enabled: 2 is not a boolean (allowed: true/false, yes/no, on/off, "
+            "'1'/'0' quoted)",
+            id="bool-number",
+        ),
+        pytest.param(
             {"latency": {"fixed_delay_ms": "slow"}},
-            "chaos.latency.fixed_delay_ms: 'slow' is not a number",
+            "chaos.latency.fixed_delay_ms: 'slow' is not a number in [0, 600000]",
             id="not-a-number",
         ),
         pytest.param(
+            {"rate_limit": {"requests_per_second": "lots"}},
+            "chaos.rate_limit.requests_per_second: 'lots' is not a number in [0.001, 1e+06]",
+            id="not-a-number-bounded",
+        ),
+        pytest.param(
+            {"rate_limit": {"burst_size": "ten"}},
+            "chaos.rate_limit.burst_size: 'ten' is not an integer in [1, 1000000]",
+            id="not-an-integer-bounded",
+        ),
+        pytest.param(
+            {"fault_injection": {"http_errors": "five hundred"}},
+            "chaos.fault_injection.http_errors: 'five hundred' is not a list of integers "
+            "each in [400, 599]",
+            id="not-a-list-bounded",
+        ),
+        pytest.param(
+            {"scenario": 5},
+            "chaos.scenario: 5 is not a string",
+            id="not-a-string-unbounded",
+        ),
+        pytest.param(
             {"latency": {"fixed_delay_ms": float("inf")}},
-            "chaos.latency.fixed_delay_ms: inf is not a finite number",
+            "chaos.latency.fixed_delay_ms: inf is not a finite number in [0, 600000]",
             id="infinite",
         ),
         pytest.param(
@@ -129,7 +156,7 @@ def test_defaults_are_valid_and_off() -> None:
             {"fault_injection": {"timeout_ms": 10**400}},
             "chaos.fault_injection.timeout_ms: 1"
             + "0" * 59
-            + "... (401 characters) is not a finite number",
+            + "... (401 characters) is not a finite number in [0, 600000]",
             id="400-digit-timeout",
         ),
         pytest.param(
@@ -246,6 +273,18 @@ def test_bad_yaml_files(tmp_path: Path, text: str, expected: str) -> None:
     path.write_text(text)
     with pytest.raises(ConfigError, match=expected.replace("[", r"\[").replace("]", r"\]")):
         load_config(path, environ={})
+
+
+def test_a_yaml_value_of_the_wrong_kind_is_told_what_is_allowed(tmp_path: Path) -> None:
+    """The words docs/configuration.md takes for a boolean; a number's declared bound."""
+    path = tmp_path / "chaos.yaml"
+    path.write_text("chaos:\n  enabled: maybe\n  rate_limit: {requests_per_second: lots}\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config(path, environ={})
+    assert raised.value.problems == [
+        "chaos.enabled: 'maybe' is not a boolean (allowed: true/false, yes/no, on/off, 1/0)",
+        "chaos.rate_limit.requests_per_second: 'lots' is not a number in [0.001, 1e+06]",
+    ]
 
 
 def test_missing_file_names_it(tmp_path: Path) -> None:

@@ -46,8 +46,9 @@ def test_bad_switches_are_one_clear_error_before_anything_is_built() -> None:
     with pytest.raises(ConfigError) as caught:
         create_app(environ={_env.METRICS: "sometimes", _env.DEBUG_HEADERS: "2"})
     assert caught.value.problems == [
-        "MOCKFORGE_METRICS: 'sometimes' is not a boolean (true or false)",
-        "MOCKFORGE_DEBUG_HEADERS: '2' is not a boolean (true or false)",
+        "MOCKFORGE_METRICS: 'sometimes' is not a boolean (allowed: true/false, yes/no, on/off, "
+        "1/0)",
+        "MOCKFORGE_DEBUG_HEADERS: '2' is not a boolean (allowed: true/false, yes/no, on/off, 1/0)",
     ]
 
 

@@ -204,7 +204,10 @@ BAD_FILES = [
     pytest.param(
         ["--upstream", "https://127.0.0.1:1"],
         {"MOCKFORGE_UPSTREAM_INSECURE": "maybe"},
-        ["MOCKFORGE_UPSTREAM_INSECURE: 'maybe' is not a boolean (true or false)"],
+        [
+            "MOCKFORGE_UPSTREAM_INSECURE: 'maybe' is not a boolean (allowed: true/false, "
+            "yes/no, on/off, 1/0)"
+        ],
         id="upstream-insecure-variable-not-boolean",
     ),
 ]
