@@ -492,9 +492,13 @@ def serve(
     threads = _threads_for(worker_class, threads)
     if admin_token is not None and not admin_token.strip():
         # "$TOKEN" of an unset variable: a server with no token, thought protected.
+        source = click.get_current_context().get_parameter_source("admin_token")
+        if source is ParameterSource.ENVIRONMENT:
+            given, fix = f"{_env.ADMIN_TOKEN}={admin_token!r}", f"unset {_env.ADMIN_TOKEN}"
+        else:
+            given, fix = f"--admin-token {admin_token!r}", "leave --admin-token out"
         raise BadValue(
-            f"--admin-token {admin_token!r}: an empty token protects nothing; give the "
-            "token, or leave --admin-token out for none"
+            f"{given}: an empty token protects nothing; give the token, or {fix} for none"
         )
     _checked_url("upstream", upstream)
     if app_spec and upstream:
