@@ -4,7 +4,8 @@
     gunicorn "mockforge_wsgi.app:create_app('chaos.yaml')"
 
 ``app`` is built on first use, in each worker, from ``MOCKFORGE_CONFIG`` (a YAML path)
-and the ``MOCKFORGE_CHAOS_*`` environment; a bad config stops the worker from booting.
+and the ``MOCKFORGE_CHAOS_*`` environment; a bad config stops gunicorn with its message
+("App failed to load"), not a traceback.
 """
 
 from __future__ import annotations
