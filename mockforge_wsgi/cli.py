@@ -13,6 +13,7 @@ import http.client
 import json
 import math
 import os
+import reprlib
 import shutil
 import socket
 import sqlite3
@@ -228,10 +229,17 @@ def _import_app(spec: str) -> Any:
         problem: BaseException = error
     except AppImportError as error:
         if str(error) == "Application object must be callable.":
+            name = spec.split(":", 1)[-1]
+            found = getattr(sys.modules.get(module), name, None) if name.isidentifier() else None
+            what = (
+                ""
+                if found is None
+                else f" ({reprlib.repr(found)}, of type {type(found).__name__})"
+            )
             raise BadValue(
-                f"--app {spec}: {module} imported, but {spec.split(':', 1)[-1]} is not a WSGI "
-                "callable; expected module:name of a WSGI app (a callable taking environ "
-                "and start_response) or module:factory() returning one"
+                f"--app {spec}: {module} imported, but {name}{what} is not a WSGI callable; "
+                "expected module:name of a WSGI app (a callable taking environ and "
+                "start_response) or module:factory() returning one"
             ) from None
         problem = error
     except BaseException as error:  # gunicorn raises SystemExit-like errors, too

@@ -110,7 +110,7 @@ def app_dir(tmp_path: Path) -> Any:
 
 def test_an_app_that_is_not_callable_is_said_so(app_dir: Path) -> None:
     result = _serve(["--chdir", str(app_dir), "--app", "cliux_notcall:app"])
-    _error_alone(result, "--app cliux_notcall:app", "is not a WSGI callable")
+    _error_alone(result, "--app cliux_notcall:app", "app (5, of type int) is not a WSGI callable")
     assert "current directory" not in result.output
 
 
