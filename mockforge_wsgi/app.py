@@ -4,12 +4,14 @@
     gunicorn "mockforge_wsgi.app:create_app('chaos.yaml')"
 
 ``app`` is built on first use, in each worker, from ``MOCKFORGE_CONFIG`` (a YAML path)
-and the ``MOCKFORGE_CHAOS_*`` environment; a bad config stops the worker from booting.
+and the ``MOCKFORGE_CHAOS_*`` environment; a bad config stops gunicorn with its message
+("App failed to load"), not a traceback.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -18,6 +20,7 @@ import attrs
 from . import _env
 from ._extras import MissingExtra, require
 from ._guard import BrowserGuard, GuardError
+from ._gunicorn import loaded_by_gunicorn
 from ._tls import GivenFile, TLSFileError, check_ca_file
 from .config import ENV_PREFIX, RULES, ConfigError, load_config, read_yaml
 from .middleware import ChaosMiddleware
@@ -67,6 +70,7 @@ def create_app(
             _env.flag(switch, environ)
         except ValueError as error:
             problems.append(str(error))
+    problems += _blank_token(admin_token, environ)
     if guard is None:
         try:
             guard = BrowserGuard.from_env(environ)
@@ -191,6 +195,20 @@ def _proxy(
         raise ConfigError([f"{upstream_from}: {error}"]) from None
 
 
+def _blank_token(admin_token: str | None, environ: Mapping[str, str]) -> list[str]:
+    """An admin token that is empty or blank (``"$TOKEN"`` of an unset variable) would
+    leave the management API open while the user thinks it is protected: refused."""
+    given = environ.get(_env.ADMIN_TOKEN) if admin_token is None else admin_token
+    shown = (
+        f"admin_token {given!r}" if admin_token is not None else f"{_env.ADMIN_TOKEN}={given!r}"
+    )
+    if given is None or given.strip():
+        return []
+    return [
+        f"{shown}: an empty admin token protects nothing; give the token, or unset it for none"
+    ]
+
+
 def _require(extra: str, variable: str) -> None:
     """An extra a variable asks for, or one ConfigError naming the variable."""
     try:
@@ -216,10 +234,32 @@ def _document(path: str | os.PathLike[str]) -> Mapping[str, Any]:
     return document if isinstance(document, Mapping) else {}
 
 
+def _not_loaded(error: ConfigError) -> None:
+    """A config gunicorn's worker cannot load ``app`` with: one message and gunicorn's
+    APP_LOAD_ERROR (the worker prints an AppImportError alone and exits 4; the master
+    stops, "App failed to load"), not a traceback and "Worker failed to boot". Loaded
+    in the master (``--preload``), where gunicorn shows any error as a traceback: the
+    message, and the same exit status. Not loaded by gunicorn: the ConfigError stays."""
+    loaded = loaded_by_gunicorn()
+    if loaded is None:
+        return
+    from gunicorn.arbiter import Arbiter
+    from gunicorn.errors import AppImportError
+
+    if loaded.in_worker:
+        raise AppImportError(str(error)) from None
+    print(error, file=sys.stderr, flush=True)
+    raise SystemExit(Arbiter.APP_LOAD_ERROR)
+
+
 def __getattr__(name: str) -> Any:
     """``app``: built on first use, so importing this module reads no configuration."""
     if name == "app":
-        application = create_app()
+        try:
+            application = create_app()
+        except ConfigError as error:
+            _not_loaded(error)
+            raise
         globals()["app"] = application
         return application
     raise AttributeError(name)

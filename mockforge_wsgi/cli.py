@@ -13,6 +13,7 @@ import http.client
 import json
 import math
 import os
+import reprlib
 import shutil
 import socket
 import sqlite3
@@ -53,6 +54,39 @@ DEFAULT_URL = "http://127.0.0.1:3000"
 # gunicorn's own default worker timeout; we only ever raise it.
 BASE_WORKER_TIMEOUT_S = 30
 DEFAULT_BURST = 10
+
+
+class BadValue(click.ClickException):
+    """A flag, variable or file whose value is wrong: the command was typed right, so the
+    error alone, without click's usage lines; exit status 2, as a usage error's."""
+
+    exit_code = 2
+
+
+class IntRange(click.IntRange):
+    """click's IntRange; a value that is no integer is refused naming the range."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            int(value)
+        except (TypeError, ValueError):
+            self.fail(
+                f"{value!r} is not an integer in the range {self._describe_range()}.", param, ctx
+            )
+        return super().convert(value, param, ctx)
+
+
+class FloatRange(click.FloatRange):
+    """click's FloatRange; a value that is no number is refused naming the range."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            float(value)
+        except (TypeError, ValueError):
+            self.fail(
+                f"{value!r} is not a number in the range {self._describe_range()}.", param, ctx
+            )
+        return super().convert(value, param, ctx)
 
 
 @click.group()
@@ -137,7 +171,7 @@ def _check_port(host: str, port: int, flag: str = "--port") -> None:
     try:
         probe.bind((host, port))
     except OSError as error:
-        raise click.UsageError(
+        raise BadValue(
             f"--host {host} {flag} {port}: cannot bind ({error.strerror}); "
             f"choose another {flag} (0: any free port)"
         ) from None
@@ -172,21 +206,49 @@ def _checked_url(name: str, value: str | None) -> None:
     ctx = click.get_current_context()
     param = next(param for param in ctx.command.params if param.name == name)
     if ctx.get_parameter_source(name) is ParameterSource.ENVIRONMENT:
-        raise click.UsageError(f"{param.envvar}={value}: {problem}", ctx)
-    raise click.BadParameter(problem, ctx, param)
+        raise BadValue(f"{param.envvar}={value}: {problem}")
+    raise BadValue(click.BadParameter(problem, ctx, param).format_message())
 
 
 def _import_app(spec: str) -> Any:
+    """gunicorn's import of ``--app``, each way it fails said for what it is: the module
+    not found (where it looks), a module the app imports missing, or no WSGI callable."""
+    from gunicorn.errors import AppImportError
     from gunicorn.util import import_app
 
+    module = spec.split(":", 1)[0]
     try:
         return import_app(spec)
+    except ModuleNotFoundError as error:
+        missing = error.name or ""
+        if missing and missing != module and not module.startswith(f"{missing}."):
+            raise BadValue(
+                f"--app {spec}: {module} imports {missing!r}, which is not installed "
+                f"(ModuleNotFoundError: {error})"
+            ) from None
+        problem: BaseException = error
+    except AppImportError as error:
+        if str(error) == "Application object must be callable.":
+            name = spec.split(":", 1)[-1]
+            found = getattr(sys.modules.get(module), name, None) if name.isidentifier() else None
+            what = (
+                ""
+                if found is None
+                else f" ({reprlib.repr(found)}, of type {type(found).__name__})"
+            )
+            raise BadValue(
+                f"--app {spec}: {module} imported, but {name}{what} is not a WSGI callable; "
+                "expected module:name of a WSGI app (a callable taking environ and "
+                "start_response) or module:factory() returning one"
+            ) from None
+        problem = error
     except BaseException as error:  # gunicorn raises SystemExit-like errors, too
-        raise click.UsageError(
-            f"--app {spec}: could not import it ({type(error).__name__}: {error}); "
-            "expected module:name or module:factory(), importable from the current directory "
-            "(or --chdir DIR, --pythonpath DIRS)"
-        ) from None
+        problem = error
+    raise BadValue(
+        f"--app {spec}: could not import it ({type(problem).__name__}: {problem}); "
+        "expected module:name or module:factory(), importable from the current directory "
+        "(or --chdir DIR, --pythonpath DIRS)"
+    )
 
 
 def _import_paths(chdir: str | None, pythonpath: str | None) -> None:
@@ -201,16 +263,16 @@ def _import_paths(chdir: str | None, pythonpath: str | None) -> None:
     try:
         directory = validate_chdir(chdir or os.getcwd())  # gunicorn's: absolute, exists
     except GunicornConfigError as error:
-        raise click.UsageError(f"--chdir {chdir}: {error}: no such directory") from None
+        raise BadValue(f"--chdir {chdir}: {error}: no such directory") from None
     if not os.path.isdir(directory):
-        raise click.UsageError(f"--chdir {chdir}: can't chdir to {chdir!r}: not a directory")
+        raise BadValue(f"--chdir {chdir}: can't chdir to {chdir!r}: not a directory")
     os.chdir(directory)
     if directory not in sys.path:
         sys.path.insert(0, directory)
     for entry in filter(None, (pythonpath or "").split(",")):
         path = os.path.abspath(entry)  # relative to --chdir, as gunicorn resolves it
         if not os.path.exists(path):
-            raise click.UsageError(
+            raise BadValue(
                 f"--pythonpath {pythonpath}: {entry!r} does not exist (from {directory}); "
                 "expected directories separated by commas"
             )
@@ -231,7 +293,7 @@ def _access_log(value: str) -> str | None:
         with open(path, "a"):
             pass
     except OSError as error:
-        raise click.UsageError(
+        raise BadValue(
             f"--access-log {value}: cannot write it ({error.strerror}); "
             "expected -, off or a file path"
         ) from None
@@ -251,20 +313,21 @@ def _access_log(value: str) -> str | None:
     "--port",
     default=3000,
     show_default=True,
-    type=click.IntRange(0, 65535),
+    type=IntRange(0, 65535),
     help="0: any free port (gunicorn logs which).",
 )
 @click.option(
     "--workers",
     default=1,
     show_default=True,
-    type=click.IntRange(1, 64),
+    type=IntRange(1, 64),
     help="Worker processes (several share one state).",
 )
 @click.option(
     "--threads",
-    type=click.IntRange(1, 1000),
-    help="Threads per worker: 8 for gthread; sync workers have one.",
+    type=IntRange(1, 1000),
+    show_default="8 for gthread, 1 for sync",
+    help="Threads per worker (a sync worker has one).",
 )
 @click.option(
     "--worker-class",
@@ -373,12 +436,10 @@ def _access_log(value: str) -> str | None:
 @click.option(
     "--metrics", is_flag=True, help="Prometheus metrics at /metrics (the `metrics` extra)."
 )
-@click.option(
-    "--metrics-port", type=click.IntRange(1, 65535), help="Also serve /metrics on this port."
-)
+@click.option("--metrics-port", type=IntRange(1, 65535), help="Also serve /metrics on this port.")
 @click.option(
     "--admin-port",
-    type=click.IntRange(0, 65535),
+    type=IntRange(0, 65535),
     help="Also serve the management API (and /metrics, with --metrics) on this port, from "
     "the master process: injected delays and slow clients cannot occupy it (0: a free "
     "port, logged).",
@@ -387,13 +448,15 @@ def _access_log(value: str) -> str | None:
 @click.option(
     "--recorder-db",
     type=click.Path(dir_okay=False),
-    help="Recorder database [mockforge-recorder.db].",
+    help="Recorder database (SQLite; turns --recorder on).  [default: mockforge-recorder.db]",
 )
 @click.option(
     "--tracing", is_flag=True, help="A span per request, chaos as span events (the `otel` extra)."
 )
 @click.option(
-    "--otlp-endpoint", metavar="URL", help="OTLP/HTTP collector [http://localhost:4318]."
+    "--otlp-endpoint",
+    metavar="URL",
+    help="OTLP/HTTP collector (turns --tracing on).  [default: http://localhost:4318]",
 )
 @click.option(
     "--jaeger-endpoint", metavar="URL", help="Alias of --otlp-endpoint (Jaeger speaks OTLP)."
@@ -435,6 +498,16 @@ def serve(
     Precedence: flags > MOCKFORGE_CHAOS_* environment > --config YAML > defaults.
     """
     threads = _threads_for(worker_class, threads)
+    if admin_token is not None and not admin_token.strip():
+        # "$TOKEN" of an unset variable: a server with no token, thought protected.
+        source = click.get_current_context().get_parameter_source("admin_token")
+        if source is ParameterSource.ENVIRONMENT:
+            given, fix = f"{_env.ADMIN_TOKEN}={admin_token!r}", f"unset {_env.ADMIN_TOKEN}"
+        else:
+            given, fix = f"--admin-token {admin_token!r}", "leave --admin-token out"
+        raise BadValue(
+            f"{given}: an empty token protects nothing; give the token, or {fix} for none"
+        )
     _checked_url("upstream", upstream)
     if app_spec and upstream:
         raise click.UsageError("--app and --upstream: serve one of them, not both")
@@ -451,7 +524,7 @@ def serve(
         try:
             Recorder(recorder_db)  # made here, so the workers need not fail to boot
         except RecorderError as error:
-            raise click.UsageError(f"--recorder-db: {error}") from None
+            raise BadValue(f"--recorder-db: {error}") from None
     _checked_url("otlp_endpoint", otlp_endpoint)
     _checked_url("jaeger_endpoint", jaeger_endpoint)
     if chdir and config_path:
@@ -478,10 +551,10 @@ def serve(
             on_warning=_warn,  # said once, here
         )
     except ConfigError as error:
-        raise click.UsageError(str(error)) from None
+        raise BadValue(str(error)) from None
     except UnknownScenario as error:
         known = ", ".join(BUILTIN_SCENARIOS)
-        raise click.UsageError(
+        raise BadValue(
             f"--chaos-scenario: {error} is not a scenario (built-in: {known})"
         ) from None
     ports = {"--port": port, "--admin-port": admin_port, "--metrics-port": metrics_port}
@@ -490,7 +563,7 @@ def serve(
         if not number:  # unset, or 0: any free port
             continue
         if number in asked:
-            raise click.UsageError(f"{flag} {number}: the same port as {asked[number]}")
+            raise BadValue(f"{flag} {number}: the same port as {asked[number]}")
         asked[number] = flag
         _check_port(host, number, flag)
     # chaos.state_at_start, applied once for the server, before forking (workers adopt).
@@ -658,7 +731,7 @@ def _served_tls(certfile: str | None, keyfile: str | None, ca_certs: str | None)
     try:
         check_server_files(cert, key, cas)
     except TLSFileError as error:
-        raise click.UsageError(str(error)) from None
+        raise BadValue(str(error)) from None
     options: dict[str, Any] = {"certfile": cert.path, "keyfile": key and key.path}
     if cas is not None:
         # gunicorn loads ca_certs but asks clients for nothing unless cert_reqs says so.
@@ -677,7 +750,7 @@ def _upstream_tls(
         if insecure is None and _env.flag(_env.UPSTREAM_INSECURE):
             insecure = f"{_env.UPSTREAM_INSECURE}={_env.text(_env.UPSTREAM_INSECURE)}"
     except ValueError as error:
-        raise click.UsageError(str(error)) from None
+        raise BadValue(str(error)) from None
     if ca_certs is None and insecure is None:
         return None, None
     given = None if ca_certs is None else _given("upstream_ca_certs", ca_certs)
@@ -692,7 +765,7 @@ def _upstream_tls(
     try:
         check_ca_file(given)
     except TLSFileError as error:
-        raise click.UsageError(str(error)) from None
+        raise BadValue(str(error)) from None
     return given.path, None
 
 
@@ -708,10 +781,12 @@ def _all_threads_held(engine: ScenarioEngine, workers: int, threads: int) -> str
     total = workers * threads
     if most == 0 or (most is not None and most < total):
         return None
+    below = max(1, total * 3 // 4)  # a quarter left, as docs/serving.md sizes it
     return (
         f"injected chaos can hold all {total} threads ({workers} worker(s) x {threads}), "
-        f"leaving none for real work: set chaos.max_active_faults below {total} "
-        "(docs/serving.md)"
+        f"leaving none for real work: set max_active_faults below {total}, e.g. "
+        f"--chaos-max-active-faults {below} (or chaos.max_active_faults in the YAML, "
+        "MOCKFORGE_CHAOS_MAX_ACTIVE_FAULTS; docs/serving.md)"
     )
 
 
@@ -734,7 +809,7 @@ def _guard(host: str, hosts: tuple[str, ...], origins: tuple[str, ...]) -> Brows
             for label, source in labels.items():
                 problem = problem.replace(label, source, 1)
             problems.append(problem)
-        raise click.UsageError("; ".join(problems)) from None
+        raise BadValue("; ".join(problems)) from None
 
 
 def _exposure_warnings(host: str, guard: BrowserGuard, admin_token: str | None) -> list[str]:
@@ -774,7 +849,7 @@ def _require(extra: str, flag: str) -> None:
     try:
         require(extra, flag)
     except MissingExtra as error:
-        raise click.UsageError(str(error)) from None
+        raise BadValue(str(error)) from None
 
 
 def _threads_for(worker_class: str, threads: int | None) -> int:
@@ -899,12 +974,8 @@ def reset(server: ServerAddress) -> None:
 @chaos.command()
 @server_options
 @click.argument("name")
-@click.option(
-    "--duration", type=click.FloatRange(min=0, min_open=True), help="Seconds, then stop."
-)
-@click.option(
-    "--ramp", type=click.FloatRange(min=0, min_open=True), help="Seconds to grow to full."
-)
+@click.option("--duration", type=FloatRange(min=0, min_open=True), help="Seconds, then stop.")
+@click.option("--ramp", type=FloatRange(min=0, min_open=True), help="Seconds to grow to full.")
 def scenario(server: ServerAddress, name: str, duration: float | None, ramp: float | None) -> None:
     """Start scenario NAME now."""
     body = {k: v for k, v in (("duration_s", duration), ("ramp_s", ramp)) if v is not None}
@@ -969,13 +1040,13 @@ def validate(file: str, with_env: bool) -> None:
     help="The recorder's SQLite file (mockforge serve --recorder-db).",
 )
 @click.option("--out", "out", default="report.html", show_default=True, type=click.Path())
-@click.option("--since", type=click.FloatRange(0, 1e11), help="From this Unix time.")
-@click.option("--until", type=click.FloatRange(0, 1e11), help="Up to this Unix time.")
+@click.option("--since", type=FloatRange(0, 1e11), help="From this Unix time.")
+@click.option("--until", type=FloatRange(0, 1e11), help="Up to this Unix time.")
 @click.option("--path", "path_prefix", help="Only paths starting so.")
 @click.option("--test-id", help="Only requests that sent this X-Mockforge-Test-Id.")
 @click.option(
     "--window-s",
-    type=click.FloatRange(0, 3600, min_open=True),
+    type=FloatRange(0, 3600, min_open=True),
     default=DEFAULT_WINDOW_S,
     show_default=True,
     help="Attempts of one call are at most this far apart.",
@@ -1025,11 +1096,11 @@ def _check_recorder_db(db: str) -> None:
         finally:
             connection.close()
     except sqlite3.Error as error:
-        raise click.BadParameter(
-            f"{db!r} is not a SQLite database ({error}); {fix}", param_hint="--db"
-        ) from None
+        problem = f"{db!r} is not a SQLite database ({error}); {fix}"
+        raise BadValue(click.BadParameter(problem, param_hint="--db").format_message()) from None
     if "requests" not in tables:
-        raise click.BadParameter(f"{db!r} holds no recorded requests; {fix}", param_hint="--db")
+        problem = f"{db!r} holds no recorded requests; {fix}"
+        raise BadValue(click.BadParameter(problem, param_hint="--db").format_message())
 
 
 # The gunicorn parts lived here: GunicornLogger and ACCESS_LOG_FORMAT stay importable

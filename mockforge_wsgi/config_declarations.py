@@ -1007,6 +1007,7 @@ class ChaosConfig:
         "unharmed, annotated `max_active_faults=reached`, counted `fault_overflow`. A rule "
         "that sets its own has a pool of its own. Unset: unlimited (docs/serving.md).",
         ACTIVE_FAULTS,
+        flag=Flag("--chaos-max-active-faults", "N"),
     )
     state_at_start: str = setting(
         "auto",

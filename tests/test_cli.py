@@ -151,7 +151,7 @@ def test_client_verbs_send_the_admin_token(tmp_path: Path) -> None:
     with mockforge_serve(tmp_path, "--admin-token", "t0ken") as server:
         url = ["--url", server.url]
         refused = CliRunner().invoke(
-            main, ["chaos", "enable", *url], env={"MOCKFORGE_ADMIN_TOKEN": ""}
+            main, ["chaos", "enable", *url], env={"MOCKFORGE_ADMIN_TOKEN": None}
         )
         assert refused.exit_code == 1
         assert "401" in refused.output

@@ -448,6 +448,7 @@ FLAG_SAMPLES = {
     "--chaos": (True, True),
     "--chaos-scenario": ("slow_backend", "slow_backend"),
     "--seed": ("42", 42),
+    "--chaos-max-active-faults": ("6", 6),
     "--state-at-start": ("startup", "startup"),
     "--chaos-latency-ms": ("250", 250.0),
     "--chaos-latency-range": ("100-500", (100.0, 500.0)),

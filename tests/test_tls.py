@@ -74,7 +74,7 @@ def _invoke(args: list[str], env: dict[str, str] | None = None) -> Any:
     # A host this machine does not have: were a check missing, serve would stop at the
     # bind (a different error), never start gunicorn in the test process.
     command = ["serve", "--host", "192.0.2.1", "--port", "9", *args]
-    result = CliRunner().invoke(main, command, env={"MOCKFORGE_ADMIN_TOKEN": "", **(env or {})})
+    result = CliRunner().invoke(main, command, env={"MOCKFORGE_ADMIN_TOKEN": None, **(env or {})})
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     return result
 

@@ -306,7 +306,7 @@ def test_every_store_url_form_opens_its_store(tmp_path: Path, url: str, kind: An
 
 
 def _invoke(args: list[str], env: dict[str, str] | None = None) -> Any:
-    result = CliRunner().invoke(main, args, env={"MOCKFORGE_ADMIN_TOKEN": "", **(env or {})})
+    result = CliRunner().invoke(main, args, env={"MOCKFORGE_ADMIN_TOKEN": None, **(env or {})})
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     return result
 
