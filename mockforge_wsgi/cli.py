@@ -899,11 +899,18 @@ def _request(server: ServerAddress, method: str, path: str, body: Any = None) ->
         click.echo(f"{target}: not a mockforge answer ({error}); is --url {url} right?", err=True)
     except (OSError, http.client.HTTPException) as error:  # URLError, timeouts, resets
         reason = getattr(error, "reason", None) or error
-        click.echo(
-            f"cannot reach {url} ({reason}); start a server (mockforge serve) or give "
-            "its address with --url",
-            err=True,
-        )
+        if isinstance(reason, ssl.SSLCertVerificationError):  # it answered: not trusted
+            click.echo(
+                f"cannot verify the certificate of {url} ({reason.verify_message}); trust "
+                "it with SSL_CERT_FILE=cert.pem (the server's --certfile, or its CA)",
+                err=True,
+            )
+        else:
+            click.echo(
+                f"cannot reach {url} ({reason}); start a server (mockforge serve) or give "
+                "its address with --url",
+                err=True,
+            )
     sys.exit(1)
 
 

@@ -322,6 +322,25 @@ def test_curl_and_requests_verify_the_served_certificate(
 
 @SHARED
 @pytest.mark.server
+def test_the_cli_verbs_say_how_to_trust_a_certificate_they_cannot_verify(
+    https_server: Server, certs: Certs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that answers with a certificate the client does not trust is not a server
+    that cannot be reached: the hint is SSL_CERT_FILE (docs/serving.md "HTTPS")."""
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    status = ["chaos", "status", "--url", https_server.url]
+    refused = CliRunner().invoke(main, status)
+    assert refused.exit_code == 1
+    assert refused.output.startswith(f"cannot verify the certificate of {https_server.url} ")
+    assert "trust it with SSL_CERT_FILE=cert.pem" in refused.output
+    assert "start a server" not in refused.output
+    monkeypatch.setenv("SSL_CERT_FILE", certs.ca)
+    trusted = CliRunner().invoke(main, status)
+    assert trusted.exit_code == 0, trusted.output
+
+
+@SHARED
+@pytest.mark.server
 def test_every_worker_serves_tls(https_server: Server, certs: Certs) -> None:
     """The first worker holds a connection whose request is unfinished; the second must
     take the next: both answer over TLS, each with its pid."""
