@@ -263,7 +263,7 @@ def config() -> Response:
 
 def config_section(section: str) -> Response:
     attribute, cls = SECTIONS[section]
-    if request.method == "DELETE":  # the scenario's own section applies again
+    if request.method == "DELETE":  # the scenario's own section, or the startup config's
         _engine().clear_overrides(attribute)
     current = getattr(_engine().editable(), attribute)
     if request.method in ("PUT", "PATCH"):
@@ -627,7 +627,8 @@ ROUTES: tuple[Route, ...] = (
             ("GET", "PUT", "PATCH", "DELETE"),
             config_section,
             f"The {attribute} section in force (PUT replaces it atomically, PATCH merges; "
-            "DELETE drops a change made on top of the running scenario)",
+            "DELETE drops a change made on top of the running scenario, or without one "
+            "puts the startup config's section back)",
             defaults={"section": segment},
             body=cls.__name__,
         )

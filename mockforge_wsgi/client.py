@@ -156,7 +156,7 @@ class ChaosClient:
 
     def clear_override(self, name: str) -> dict[str, Any]:
         """Drop a change made to a section while a scenario runs: the scenario's own
-        section applies again (nothing to drop without a scenario)."""
+        section applies again (without a scenario, the startup config's section)."""
         return self.call("DELETE", f"/config/{SECTIONS[name]}")  # type: ignore[no-any-return]
 
     def scenarios(self) -> list[dict[str, Any]]:

@@ -751,9 +751,14 @@ class ScenarioEngine:
 
     def clear_overrides(self, *names: str) -> None:
         """Drop changes made on top of the active scenario (all when no ``names``): its
-        own values apply again."""
+        own values apply again. Without a scenario, the runtime config's sections go
+        back to the startup config's (what a user undoing a PATCH expects)."""
 
         def clear(state: RuntimeState, now: float) -> RuntimeState:
+            if state.active is None:
+                startup = {name: getattr(self.startup, name) for name in names or OVERRIDABLE}
+                back = attrs.evolve(state.config, **startup)
+                return state if back == state.config else attrs.evolve(state, config=back)
             if not state.overridden:
                 return state  # nothing to drop: no save, no pattern restart
             kept = tuple(n for n in state.overridden if names and n not in names)

@@ -432,6 +432,20 @@ def test_a_section_written_while_a_scenario_runs_applies_on_top_until_it_stops()
     assert call(client, "DELETE", "/config/faults").status_code == 200  # nothing to drop
 
 
+def test_without_a_scenario_delete_puts_the_startup_section_back() -> None:
+    """A user undoing their PATCH with DELETE gets the section they started with, and
+    only that section."""
+    client, _middleware = make()
+    startup = call(client, "GET", "/config/faults").get_json()
+    call(client, "POST", "/enable")
+    call(client, "PATCH", "/config/faults", {"http_errors": [503], "http_error_probability": 1.0})
+    call(client, "PATCH", "/config/latency", {"fixed_delay_ms": 1})
+    assert {client.get("/").status_code for _ in range(5)} == {503}
+    assert call(client, "DELETE", "/config/faults").get_json() == startup
+    assert {client.get("/").status_code for _ in range(5)} == {200}
+    assert call(client, "GET", "/config/latency").get_json()["fixed_delay_ms"] == 1
+
+
 def _number_settings() -> list[Any]:
     from mockforge_wsgi.config import iter_settings
 
