@@ -256,7 +256,7 @@ def config() -> Response:
             problem = unknown_scenario(new.scenario, known, "chaos.scenario")
             raise ApiError(400, "invalid configuration", [problem])
         _engine().set_config(new)
-        warnings = config_warnings(new, [(REQUEST, switched_on(body))])
+        warnings = config_warnings(new, [(REQUEST, switched_on(body))]) + _not_intercepted(new)
         return _json({**_engine().editable().to_dict(), "warnings": warnings})
     return _json(_engine().editable().to_dict())
 
@@ -275,8 +275,23 @@ def config_section(section: str) -> Response:
         _servable(changed, path)
         _engine().update_config(**{attribute: current})
         warnings = config_warnings(changed, [(REQUEST, {attribute: sent})])
+        warnings += _not_intercepted(changed)
         return _json({**section_to_dict(current), "warnings": warnings})
     return _json(section_to_dict(current))
+
+
+def _not_intercepted(config: ChaosConfig) -> list[str]:
+    """Outbound chaos turned on by the API where the server started without it: the
+    app's calls are intercepted only when the startup config enables chaos.outbound
+    (the middleware installs the interception as it is built, in each worker)."""
+    if not config.outbound.enabled or _engine().startup.outbound.enabled:
+        return []
+    return [
+        "chaos.outbound: set, but the app's calls are not intercepted: this server "
+        "started with chaos.outbound.enabled false, and the interception is installed "
+        "at start only; restart it with chaos.outbound.enabled: true in its config (or "
+        "MOCKFORGE_CHAOS_OUTBOUND_ENABLED=true), with no faults, to drive them from here"
+    ]
 
 
 def _patched(current: dict[str, Any], sent: Mapping[str, Any], cls: type[Any]) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from ._observe import ClosingBody
 from .injections import LATENCY, Injection
@@ -51,9 +52,20 @@ def record_injections(
         span.add_event(EVENT_NAME, attributes)
 
 
+JAEGER_LEGACY_PATH = "/api/traces"  # Jaeger's Thrift-over-HTTP collector (port 14268)
+
+
 def traces_url(endpoint: str) -> str:
-    """Where spans go: the collector's OTLP/HTTP traces path (``<endpoint>/v1/traces``)."""
+    """Where spans go: the collector's OTLP/HTTP traces path (``<endpoint>/v1/traces``).
+    Jaeger's legacy collector URL (``http://HOST:14268/api/traces``, the design note's
+    ``--jaeger-endpoint``) takes no OTLP: it means the same Jaeger's OTLP/HTTP endpoint,
+    ``http://HOST:4318/v1/traces`` (served since Jaeger 1.35)."""
     url = endpoint.rstrip("/")
+    parts = urlsplit(url)
+    if parts.path == JAEGER_LEGACY_PATH and parts.hostname:
+        port = 4318 if parts.port in (None, 14268) else parts.port
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        return urlunsplit((parts.scheme, f"{host}:{port}", "/v1/traces", "", ""))
     return url if url.endswith("/v1/traces") else url + "/v1/traces"
 
 

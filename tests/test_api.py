@@ -892,3 +892,21 @@ def test_naming_a_setting_turns_its_section_on_and_settings_that_do_nothing_are_
     assert middleware.engine.effective().latency.enabled is True
     assert middleware.engine.effective().fault_injection.enabled is False  # PUT replaced all
     assert "warnings" not in call(client, "GET", "/config/latency").get_json()
+
+
+def test_outbound_chaos_set_on_a_server_started_without_it_says_it_is_not_intercepted() -> None:
+    """The interception of the app's calls is installed at start (chaos.outbound.enabled
+    in the startup config): set later through the API alone, the app's calls stay
+    untouched, and the answer says so instead of an empty warnings list."""
+    section = {"enabled": True, "hosts": ["127.0.0.1:*"], "refused_probability": 1.0}
+    client, _middleware = make()
+    warned = call(client, "PUT", "/config/outbound", section).get_json()["warnings"]
+    assert any("the app's calls are not intercepted" in w for w in warned), warned
+    whole = {"enabled": True, "outbound": section}
+    warned = call(client, "PUT", "/config", whole).get_json()["warnings"]
+    assert any("chaos.outbound.enabled: true" in w for w in warned), warned
+    started_with = load_config(environ={}, overrides={"outbound": {"enabled": True}})
+    engine = ScenarioEngine(started_with)  # the API alone: no interception installed here
+    client = Client(create_management_app(engine, prefix=P))
+    call(client, "POST", "/enable")
+    assert call(client, "PUT", "/config/outbound", section).get_json()["warnings"] == []

@@ -17,6 +17,7 @@ from servers import free_port, mockforge_serve, session
 from werkzeug.test import Client
 
 from mockforge_wsgi import ChaosMiddleware, load_config
+from mockforge_wsgi.tracing import traces_url
 
 
 def hello(environ: dict[str, Any], start_response: Any) -> list[bytes]:
@@ -65,6 +66,22 @@ def test_injections_become_events_on_the_active_span() -> None:
             },
         ),
     ]
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "url"),
+    [
+        ("http://collector:4318", "http://collector:4318/v1/traces"),
+        ("http://collector:4318/v1/traces/", "http://collector:4318/v1/traces"),
+        # The design note's Jaeger URL is its legacy Thrift collector: Jaeger's OTLP port
+        ("http://localhost:14268/api/traces", "http://localhost:4318/v1/traces"),
+        ("https://jaeger.internal/api/traces", "https://jaeger.internal:4318/v1/traces"),
+        ("http://[::1]:14268/api/traces/", "http://[::1]:4318/v1/traces"),
+        ("http://jaeger:9999/api/traces", "http://jaeger:9999/v1/traces"),  # its own port
+    ],
+)
+def test_spans_go_to_the_otlp_traces_path(endpoint: str, url: str) -> None:
+    assert traces_url(endpoint) == url
 
 
 class Collector(ThreadingHTTPServer):
@@ -124,7 +141,7 @@ def test_full_observability_stack_command_starts(tmp_path: Path) -> None:
             metrics = http.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
             assert 'mockforge_chaos_injections_total{detail="",type="latency"} 1.0' in metrics
             log = server.log()  # the startup block names every endpoint opened
-            collector_url = f"http://127.0.0.1:{collector.server_port}/api/traces/v1/traces"
+            collector_url = f"http://127.0.0.1:{collector.server_port}/v1/traces"
             assert f"mockforge: tracing: spans over OTLP/HTTP to {collector_url}" in log
             metrics_urls = f"{server.url}/metrics, http://127.0.0.1:{metrics_port}/metrics"
             assert f"mockforge: metrics {metrics_urls}" in log

@@ -12,8 +12,9 @@ there is a second one):
 - a read timeout is not retried (the provider may have taken the request): the
   checkout answers 504 at once.
 
-Served with chaos by ``mockforge serve --app checkout:app`` from this folder (the
-outbound section set through the management API, ``PUT /api/chaos/config/outbound``).
+Served with chaos by ``MOCKFORGE_CHAOS_OUTBOUND_ENABLED=true mockforge serve --app
+checkout:app`` from this folder (the interception is installed at start; the outbound
+section then set through the management API, ``PUT /api/chaos/config/outbound``).
 """
 
 from __future__ import annotations
