@@ -639,7 +639,9 @@ ROUTES: tuple[Route, ...] = (
     *(
         Route(
             f"/config/{segment}",
-            ("GET", "PUT", "PATCH", "DELETE"),
+            # DELETE before PUT in the guide's list of examples: each section is left on
+            # (the breaker examples that follow need the circuit-breaker section on).
+            ("GET", "DELETE", "PUT", "PATCH"),
             config_section,
             f"The {attribute} section in force (PUT replaces it atomically, PATCH merges; "
             "DELETE drops a change made on top of the running scenario, or without one "
