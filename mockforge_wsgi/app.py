@@ -10,6 +10,7 @@ and the ``MOCKFORGE_CHAOS_*`` environment; a bad config stops gunicorn with its 
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -154,6 +155,9 @@ def create_app(
     if metrics:
         from .metrics import MetricsMiddleware  # needs the `metrics` extra
 
+        unshared = _metrics_of_one_worker(environ)
+        if unshared is not None:
+            (on_warning or _log_warning)(unshared)
         app = MetricsMiddleware(app, route_for=chaos.route_for, engine=chaos.engine)
     if otlp_endpoint is None:
         otlp_endpoint = _env.text(_env.OTLP_ENDPOINT, environ)
@@ -193,6 +197,23 @@ def _proxy(
         raise ConfigError([str(error)]) from None
     except ValueError as error:
         raise ConfigError([f"{upstream_from}: {error}"]) from None
+
+
+def _metrics_of_one_worker(environ: Mapping[str, str]) -> str | None:
+    """Metrics under gunicorn's several workers without prometheus_client's multiprocess
+    directory: each worker counts alone, and /metrics shows the one that answers it."""
+    loaded = loaded_by_gunicorn()
+    if loaded is None or loaded.workers < 2 or environ.get(_env.PROMETHEUS_MULTIPROC_DIR):
+        return None
+    return (
+        f"metrics: gunicorn runs {loaded.workers} workers but {_env.PROMETHEUS_MULTIPROC_DIR} "
+        "is not set: each worker counts alone and /metrics shows the one that answers it; "
+        "set it to an empty directory (docs/observability.md, Prometheus metrics)"
+    )
+
+
+def _log_warning(message: str) -> None:
+    logging.getLogger("mockforge_wsgi").warning("mockforge: %s", message)
 
 
 def _blank_token(admin_token: str | None, environ: Mapping[str, str]) -> list[str]:

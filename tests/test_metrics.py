@@ -116,3 +116,27 @@ def test_exact_counts_across_four_workers(tmp_path: Path) -> None:
             sample(on_port, "mockforge_chaos_injections_total", type="http_error", detail="502")
             == 40
         )
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("multiproc_dir", [False, True], ids=["no-dir", "dir"])
+def test_plain_gunicorn_workers_counting_alone_are_warned_of(
+    tmp_path: Path, multiproc_dir: bool
+) -> None:
+    """``MOCKFORGE_METRICS=1 gunicorn -w 2 mockforge_wsgi.app:app`` without
+    PROMETHEUS_MULTIPROC_DIR: each worker counts alone, which the log says (the memory
+    store says the same of the chaos state); with the directory, nothing is said."""
+    from servers import gunicorn_server
+
+    env = {"MOCKFORGE_METRICS": "1"}
+    if multiproc_dir:
+        (tmp_path / "prom").mkdir()
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "prom")
+    with gunicorn_server(
+        tmp_path, env=env, workers=2, app="mockforge_wsgi.app:app", ready_path="/api/test"
+    ) as server:
+        # A worker builds the app before it serves: the one that answered the readiness
+        # request has logged its warning (or not) by now; wait only for a missing one.
+        warned = "mockforge: metrics: gunicorn runs 2 workers but PROMETHEUS_MULTIPROC_DIR"
+        log = once_counted(server.log, lambda text: (warned in text) is not multiproc_dir)
+    assert (warned in log) is not multiproc_dir, log
