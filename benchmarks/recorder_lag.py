@@ -12,18 +12,13 @@ from __future__ import annotations
 
 import argparse
 import platform
-import signal
-import socket
 import statistics
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import requests
+from _recording_server import recording_server
 
 
 def main() -> None:
@@ -31,24 +26,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--clients", type=int, default=16)
     options = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="mockforge-lag-"))
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "mockforge_wsgi", "serve", "--port", str(port)]
-    command += ["--workers", "4", "--recorder", "--recorder-db", str(workdir / "lag.db")]
-    log = open(workdir / "serve.log", "wb")  # noqa: SIM115 (open for the whole run)
-    serve = subprocess.Popen(command, stdout=log, stderr=log, cwd=workdir)
-    url = f"http://127.0.0.1:{port}"
     lags: list[float] = []
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(url + "/health", timeout=2).ok:
-                    break
-            except requests.RequestException:
-                time.sleep(0.1)
+    with recording_server("mockforge-lag-", "lag.db") as url:
         stop_at = time.monotonic() + options.seconds
 
         def load() -> None:
@@ -75,10 +54,6 @@ def main() -> None:
             time.sleep(0.25)
         for thread in threads:
             thread.join()
-    finally:
-        serve.send_signal(signal.SIGTERM)
-        serve.wait(30)
-        log.close()
     lags.sort()
     print(
         f"# {platform.machine()}, Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}"

@@ -13,18 +13,13 @@ from __future__ import annotations
 
 import argparse
 import platform
-import signal
-import socket
 import statistics
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import requests
+from _recording_server import recording_server
 
 
 def main() -> None:
@@ -32,53 +27,35 @@ def main() -> None:
     parser.add_argument("--probes", type=int, default=20)
     parser.add_argument("--clients", type=int, default=0)
     options = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="mockforge-verdict-"))
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "mockforge_wsgi", "serve", "--port", str(port)]
-    command += ["--workers", "4", "--recorder", "--recorder-db", str(workdir / "v.db")]
-    log = open(workdir / "serve.log", "wb")  # noqa: SIM115 (open for the whole run)
-    serve = subprocess.Popen(command, stdout=log, stderr=log, cwd=workdir)
-    url = f"http://127.0.0.1:{port}"
     times: list[float] = []
     missed = 0
     stop = threading.Event()
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(url + "/health", timeout=2).ok:
-                    break
-            except requests.RequestException:
-                time.sleep(0.1)
+    with recording_server("mockforge-verdict-", "v.db") as url:
+        try:
 
-        def load() -> None:
-            with requests.Session() as http:
-                while not stop.is_set():
-                    http.get(url + "/api/test", timeout=10)
+            def load() -> None:
+                with requests.Session() as http:
+                    while not stop.is_set():
+                        http.get(url + "/api/test", timeout=10)
 
-        threads = [threading.Thread(target=load) for _ in range(options.clients)]
-        for thread in threads:
-            thread.start()
-        time.sleep(1.0 if threads else 0.0)
-        for _ in range(options.probes):
-            test_id = uuid.uuid4().hex
-            headers = {"X-Mockforge-Test-Id": test_id}
-            for n in range(4):  # a fresh connection each: any worker may answer
-                requests.get(f"{url}/probe/{n}", headers=headers, timeout=10)
-            asked = time.monotonic()
-            found = requests.get(
-                url + "/api/chaos/verdicts", params={"test_id": test_id}, timeout=30
-            ).json()["summary"]["calls"]
-            times.append(time.monotonic() - asked)
-            missed += found != 4
-            time.sleep(0.3)
-    finally:
-        stop.set()
-        serve.send_signal(signal.SIGTERM)
-        serve.wait(30)
-        log.close()
+            threads = [threading.Thread(target=load) for _ in range(options.clients)]
+            for thread in threads:
+                thread.start()
+            time.sleep(1.0 if threads else 0.0)
+            for _ in range(options.probes):
+                test_id = uuid.uuid4().hex
+                headers = {"X-Mockforge-Test-Id": test_id}
+                for n in range(4):  # a fresh connection each: any worker may answer
+                    requests.get(f"{url}/probe/{n}", headers=headers, timeout=10)
+                asked = time.monotonic()
+                found = requests.get(
+                    url + "/api/chaos/verdicts", params={"test_id": test_id}, timeout=30
+                ).json()["summary"]["calls"]
+                times.append(time.monotonic() - asked)
+                missed += found != 4
+                time.sleep(0.3)
+        finally:
+            stop.set()
     times.sort()
     print(
         f"# {platform.machine()}, Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}"
